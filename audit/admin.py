@@ -1,0 +1,22 @@
+from django.contrib import admin
+
+from audit.models import AuditRecord
+
+
+@admin.register(AuditRecord)
+class AuditRecordAdmin(admin.ModelAdmin):
+    """Read-only: the audit log is append-only."""
+
+    list_display = ("created_at", "request_id", "client_slug", "key_prefix", "agent", "method", "path", "status", "latency_ms")
+    list_filter = ("status", "agent", "method")
+    search_fields = ("request_id", "client_slug", "key_prefix", "path", "input_preview", "output_preview")
+    date_hierarchy = "created_at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -1,0 +1,49 @@
+"""Redact personal data from text before any of it is stored in an audit preview."""
+
+from __future__ import annotations
+
+import re
+
+from audit.models import PREVIEW_LENGTH
+
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+_SSN = re.compile(r"\b\d{3}-\d{2}-\d{4}\b")
+# 13 to 19 digits, optionally split by single spaces or dashes.
+_CARD = re.compile(r"\b\d(?:[ -]?\d){12,18}\b")
+_PHONE = re.compile(r"(?<![\w])(?:\+?\d{1,3}[ .-]?)?(?:\(\d{2,4}\)|\d{2,4})[ .-]?\d{3,4}[ .-]?\d{3,4}(?![\w])")
+
+
+def _luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, char in enumerate(reversed(digits)):
+        n = int(char)
+        if i % 2 == 1:
+            n *= 2
+            if n > 9:
+                n -= 9
+        total += n
+    return total % 10 == 0
+
+
+def _card(match: re.Match) -> str:
+    digits = re.sub(r"\D", "", match.group())
+    return "[CARD]" if _luhn_ok(digits) else match.group()
+
+
+def redact(text: str) -> str:
+    """Replace e-mails, SSNs, Luhn-valid card numbers and phone numbers with labels."""
+    text = _EMAIL.sub("[EMAIL]", text)
+    text = _SSN.sub("[SSN]", text)
+    text = _CARD.sub(_card, text)
+    text = _PHONE.sub("[PHONE]", text)
+    return text
+
+
+def preview(text: str | None) -> str:
+    """A redacted preview of at most PREVIEW_LENGTH characters.
+
+    Redacts a little more than it keeps so a value cut at the edge is still caught.
+    """
+    if not text:
+        return ""
+    return redact(text[: PREVIEW_LENGTH * 2])[:PREVIEW_LENGTH]

@@ -1,0 +1,76 @@
+"""Usage records and the monthly usage report a client sees at /v1/usage."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.db.models import Count, Sum
+from django.utils import timezone
+
+from billing.budgets import current_month
+from billing.models import Budget, UsageRecord
+from billing.pricing import nanos_to_usd
+
+
+def usage_record(*, request_id, client_id, key_id, agent, model, input_tokens, output_tokens, cost_nanos):
+    """An unsaved usage row for the buffered writer."""
+    return UsageRecord(
+        request_id=request_id,
+        created_at=timezone.now(),
+        client_id=client_id,
+        api_key_id=key_id,
+        agent=agent,
+        model=model,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cost_usd=nanos_to_usd(cost_nanos),
+    )
+
+
+def _money(value) -> str:
+    return str((value or Decimal(0)).quantize(Decimal("0.000001")))
+
+
+def monthly_usage(client_id: int) -> dict:
+    """This month's spend and tokens for a client, in total and by agent and by model."""
+    month, start, end = current_month()
+    rows = UsageRecord.objects.filter(client_id=client_id, created_at__gte=start, created_at__lt=end)
+    sums = {
+        "requests": Count("id"),
+        "input_tokens": Sum("input_tokens"),
+        "output_tokens": Sum("output_tokens"),
+        "cost": Sum("cost_usd"),
+    }
+
+    def grouped(field):
+        return [
+            {
+                field: row[field],
+                "requests": row["requests"],
+                "input_tokens": row["input_tokens"] or 0,
+                "output_tokens": row["output_tokens"] or 0,
+                "cost_usd": _money(row["cost"]),
+            }
+            for row in rows.values(field).annotate(**sums).order_by("-cost", field)
+        ]
+
+    total = rows.aggregate(**sums)
+    budget = Budget.objects.filter(client_id=client_id).first()
+    spent = total["cost"] or Decimal(0)
+    return {
+        "object": "usage",
+        "period": {"month": f"{month[:4]}-{month[4:]}", "start": start.isoformat(), "end": end.isoformat()},
+        "requests": total["requests"],
+        "input_tokens": total["input_tokens"] or 0,
+        "output_tokens": total["output_tokens"] or 0,
+        "cost_usd": _money(spent),
+        "budget": None
+        if budget is None
+        else {
+            "monthly_limit_usd": str(budget.monthly_limit_usd),
+            "spent_usd": _money(spent),
+            "remaining_usd": _money(max(Decimal(0), budget.monthly_limit_usd - spent)),
+        },
+        "by_agent": grouped("agent"),
+        "by_model": grouped("model"),
+    }

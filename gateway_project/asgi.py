@@ -1,0 +1,15 @@
+"""ASGI entry point: the proxy consumer for gateway paths, Django for everything else."""
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_project.settings")
+
+from django.core.asgi import get_asgi_application  # noqa: E402
+
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter  # noqa: E402
+
+from gateway_project.routing import GatewayHttpRouter  # noqa: E402
+
+application = ProtocolTypeRouter({"http": GatewayHttpRouter(django_asgi_app)})

@@ -1,0 +1,40 @@
+"""The one error every gateway refusal raises, rendered in OpenAI's error shape."""
+
+import json
+
+
+class GatewayError(Exception):
+    """A refusal with an HTTP status, an OpenAI-style ``type`` and a specific ``code``."""
+
+    def __init__(self, status: int, type_: str, code: str, message: str, headers: list | None = None):
+        super().__init__(message)
+        self.status = status
+        self.type = type_
+        self.code = code
+        self.message = message
+        self.headers = headers or []
+
+    def body(self, request_id: str) -> bytes:
+        return json.dumps(
+            {
+                "error": {
+                    "type": self.type,
+                    "message": self.message,
+                    "code": self.code,
+                    "param": None,
+                    "request_id": request_id,
+                }
+            }
+        ).encode()
+
+
+def bad_request(message: str, code: str = "invalid_request") -> GatewayError:
+    return GatewayError(400, "invalid_request_error", code, message)
+
+
+def not_found(message: str, code: str = "not_found") -> GatewayError:
+    return GatewayError(404, "not_found_error", code, message)
+
+
+def forbidden(message: str, code: str) -> GatewayError:
+    return GatewayError(403, "permission_error", code, message)

@@ -1,0 +1,355 @@
+"""Hot shared state: rate counters, concurrency, spend and cached snapshots.
+
+One small interface with two implementations: ``MemoryHotState`` for the
+embedded profile (one process holds everything) and ``RedisHotState`` for
+production, where every check-and-commit is one Lua script so that several
+gateway processes never over-admit. No other module talks to Redis directly.
+
+Rates use GCRA (the "generic cell rate algorithm"): one number per limit,
+the theoretical arrival time, which gives an exact ``Retry-After`` and lets a
+request's token estimate be corrected after the fact by moving that time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+PERIOD_MS = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class RateCheck:
+    """Spend ``cost`` units of a limit of ``limit`` units per ``period_ms``."""
+
+    name: str
+    key: str
+    limit: int
+    cost: int
+    period_ms: int = PERIOD_MS
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetCheck:
+    """Refuse once the counter at ``key`` reaches ``limit`` (nanodollars); ``limit`` < 0 means none."""
+
+    key: str
+    limit: int
+    seed: int
+    ttl_seconds: int
+
+
+@dataclass(slots=True)
+class Admission:
+    ok: bool
+    failed: str = ""
+    retry_after_ms: int = 0
+    spent: int = 0
+    remaining: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RateAdjust:
+    """Move a limit's counter by ``delta`` units after the real cost is known."""
+
+    key: str
+    limit: int
+    delta: int
+    period_ms: int = PERIOD_MS
+
+
+class HotState:
+    """Interface both stores implement."""
+
+    # Whether other processes see what this store holds (so snapshots may be shared).
+    shared = False
+
+    async def admit(
+        self, rates: list[RateCheck], concurrency_key: str, max_concurrent: int, budget: BudgetCheck
+    ) -> Admission:
+        raise NotImplementedError
+
+    async def settle(
+        self, adjusts: list[RateAdjust], concurrency_key: str, budget: BudgetCheck, spend: int
+    ) -> int:
+        raise NotImplementedError
+
+    async def get_int(self, key: str) -> int | None:
+        raise NotImplementedError
+
+    async def get_json(self, key: str):
+        raise NotImplementedError
+
+    async def set_json(self, key: str, value, ttl_seconds: int) -> None:
+        raise NotImplementedError
+
+    def delete_now(self, key: str) -> None:
+        """Delete from synchronous code (model signals)."""
+        raise NotImplementedError
+
+    def key(self, *parts) -> str:
+        return ":".join([settings.GATEWAY["REDIS_PREFIX"], *map(str, parts)])
+
+
+def _gcra(tat: float, now: float, check_limit: int, cost: int, period: int):
+    """Return (new_tat, retry_after_ms or None, remaining)."""
+    interval = period / check_limit
+    tat = max(tat, now)
+    new_tat = tat + cost * interval
+    allow_at = new_tat - period
+    if allow_at > now:
+        retry = period if cost > check_limit else math.ceil(allow_at - now)
+        return tat, retry, max(0, math.floor((period - (tat - now)) / interval))
+    return new_tat, None, math.floor((period - (new_tat - now)) / interval)
+
+
+class MemoryHotState(HotState):
+    """In-process store: correct for one process, which is all the embedded profile runs."""
+
+    def __init__(self):
+        self._values: dict[str, tuple[object, float | None]] = {}
+
+    def _get(self, key, now_s):
+        item = self._values.get(key)
+        if item is None:
+            return None
+        value, expires = item
+        if expires is not None and expires <= now_s:
+            del self._values[key]
+            return None
+        return value
+
+    def _set(self, key, value, ttl_s: float | None, now_s: float):
+        self._values[key] = (value, None if ttl_s is None else now_s + ttl_s)
+        if len(self._values) > 200_000:
+            self._values = {k: v for k, v in self._values.items() if v[1] is None or v[1] > now_s}
+
+    async def admit(self, rates, concurrency_key, max_concurrent, budget):
+        # No await inside: the event loop makes this block atomic.
+        now_s = time.time()
+        now = now_s * 1000
+        new_tats = []
+        remaining = {}
+        for check in rates:
+            tat = self._get(check.key, now_s) or 0.0
+            new_tat, retry, left = _gcra(tat, now, check.limit, check.cost, check.period_ms)
+            if retry is not None:
+                return Admission(False, check.name, retry, remaining={check.name: left})
+            new_tats.append(new_tat)
+            remaining[check.name] = left
+        if max_concurrent > 0 and (self._get(concurrency_key, now_s) or 0) >= max_concurrent:
+            return Admission(False, "concurrency", 1000)
+        spent = self._get(budget.key, now_s)
+        if spent is None:
+            spent = budget.seed
+            self._set(budget.key, spent, budget.ttl_seconds, now_s)
+        if budget.limit >= 0 and spent >= budget.limit:
+            return Admission(False, "budget", 0, spent=spent)
+        for check, new_tat in zip(rates, new_tats, strict=True):
+            self._set(check.key, new_tat, (new_tat - now) / 1000 + 0.001, now_s)
+        if max_concurrent > 0:
+            self._set(concurrency_key, (self._get(concurrency_key, now_s) or 0) + 1, 300, now_s)
+        return Admission(True, spent=spent, remaining=remaining)
+
+    async def settle(self, adjusts, concurrency_key, budget, spend):
+        now_s = time.time()
+        now = now_s * 1000
+        for adj in adjusts:
+            if adj.delta == 0:
+                continue
+            tat = max(self._get(adj.key, now_s) or 0.0, now) + adj.delta * adj.period_ms / adj.limit
+            if tat > now:
+                self._set(adj.key, tat, (tat - now) / 1000 + 0.001, now_s)
+            else:
+                self._values.pop(adj.key, None)
+        if concurrency_key:
+            current = self._get(concurrency_key, now_s) or 0
+            self._set(concurrency_key, max(0, current - 1), 300, now_s)
+        spent = self._get(budget.key, now_s)
+        total = (budget.seed if spent is None else spent) + spend
+        self._set(budget.key, total, budget.ttl_seconds, now_s)
+        return total
+
+    async def get_int(self, key):
+        value = self._get(key, time.time())
+        return None if value is None else int(value)
+
+    async def get_json(self, key):
+        return self._get(key, time.time())
+
+    async def set_json(self, key, value, ttl_seconds):
+        self._set(key, value, ttl_seconds, time.time())
+
+    def delete_now(self, key):
+        self._values.pop(key, None)
+
+
+_ADMIT_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local n = tonumber(ARGV[1])
+local new_tats = {}
+local result = {0, 0, 0}
+for i = 1, n do
+  local limit = tonumber(ARGV[i * 3 - 1])
+  local cost = tonumber(ARGV[i * 3])
+  local period = tonumber(ARGV[i * 3 + 1])
+  local interval = period / limit
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if tat < now then tat = now end
+  local new_tat = tat + cost * interval
+  local allow_at = new_tat - period
+  if allow_at > now then
+    local retry = math.ceil(allow_at - now)
+    if cost > limit then retry = period end
+    return {i, retry, 0, math.max(0, math.floor((period - (tat - now)) / interval))}
+  end
+  new_tats[i] = new_tat
+  result[3 + i] = math.floor((period - (new_tat - now)) / interval)
+end
+local base = n * 3 + 2
+local conc_max = tonumber(ARGV[base])
+if conc_max > 0 then
+  local c = tonumber(redis.call('GET', KEYS[n + 1]) or '0')
+  if c >= conc_max then return {n + 1, 1000, 0} end
+end
+local limit = tonumber(ARGV[base + 1])
+local spent = redis.call('GET', KEYS[n + 2])
+if not spent then
+  spent = ARGV[base + 2]
+  redis.call('SET', KEYS[n + 2], spent, 'EX', ARGV[base + 3])
+end
+spent = tonumber(spent)
+result[3] = spent
+if limit >= 0 and spent >= limit then return {n + 2, 0, spent} end
+for i = 1, n do
+  redis.call('SET', KEYS[i], string.format('%.3f', new_tats[i]), 'PX', math.ceil(new_tats[i] - now) + 1)
+end
+if conc_max > 0 then
+  redis.call('INCR', KEYS[n + 1])
+  redis.call('EXPIRE', KEYS[n + 1], 300)
+end
+return result
+"""
+
+_SETTLE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local n = tonumber(ARGV[1])
+for i = 1, n do
+  local limit = tonumber(ARGV[i * 3 - 1])
+  local delta = tonumber(ARGV[i * 3])
+  local period = tonumber(ARGV[i * 3 + 1])
+  if delta ~= 0 then
+    local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+    if tat < now then tat = now end
+    tat = tat + delta * period / limit
+    if tat > now then
+      redis.call('SET', KEYS[i], string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1)
+    else
+      redis.call('DEL', KEYS[i])
+    end
+  end
+end
+local base = n * 3 + 2
+if ARGV[base] == '1' then
+  if redis.call('DECR', KEYS[n + 1]) < 0 then redis.call('SET', KEYS[n + 1], 0, 'EX', 300) end
+end
+local spend = tonumber(ARGV[base + 1])
+if redis.call('EXISTS', KEYS[n + 2]) == 1 then
+  return redis.call('INCRBY', KEYS[n + 2], spend)
+end
+local total = tonumber(ARGV[base + 2]) + spend
+redis.call('SET', KEYS[n + 2], string.format('%d', total), 'EX', ARGV[base + 3])
+return total
+"""
+
+
+class RedisHotState(HotState):
+    """Redis store: each admit and each settle is a single Lua script, one round trip."""
+
+    shared = True
+
+    def __init__(self, url: str):
+        import redis
+        import redis.asyncio as aioredis
+
+        self._url = url
+        self._sync = redis.Redis.from_url(url)
+        self._async_clients: dict[int, object] = {}
+        self._aioredis = aioredis
+
+    def _client(self):
+        # redis.asyncio connections belong to the loop that made them.
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        client = self._async_clients.get(id(loop))
+        if client is None:
+            client = self._aioredis.Redis.from_url(self._url, max_connections=256)
+            client._admit = client.register_script(_ADMIT_LUA)
+            client._settle = client.register_script(_SETTLE_LUA)
+            self._async_clients = {id(loop): client}
+        return client
+
+    async def admit(self, rates, concurrency_key, max_concurrent, budget):
+        client = self._client()
+        keys = [check.key for check in rates] + [concurrency_key, budget.key]
+        args = [len(rates)]
+        for check in rates:
+            args += [check.limit, check.cost, check.period_ms]
+        args += [max_concurrent, budget.limit, budget.seed, budget.ttl_seconds]
+        reply = await client._admit(keys=keys, args=args)
+        failed = int(reply[0])
+        if failed == 0:
+            remaining = {check.name: int(reply[3 + i]) for i, check in enumerate(rates)}
+            return Admission(True, spent=int(reply[2]), remaining=remaining)
+        if failed <= len(rates):
+            name = rates[failed - 1].name
+            return Admission(False, name, int(reply[1]), remaining={name: int(reply[3])})
+        if failed == len(rates) + 1:
+            return Admission(False, "concurrency", int(reply[1]))
+        return Admission(False, "budget", 0, spent=int(reply[2]))
+
+    async def settle(self, adjusts, concurrency_key, budget, spend):
+        client = self._client()
+        keys = [adj.key for adj in adjusts] + [concurrency_key or budget.key + ":none", budget.key]
+        args = [len(adjusts)]
+        for adj in adjusts:
+            args += [adj.limit, adj.delta, adj.period_ms]
+        args += ["1" if concurrency_key else "0", spend, budget.seed, budget.ttl_seconds]
+        return int(await client._settle(keys=keys, args=args))
+
+    async def get_int(self, key):
+        value = await self._client().get(key)
+        return None if value is None else int(value)
+
+    async def get_json(self, key):
+        value = await self._client().get(key)
+        return None if value is None else json.loads(value)
+
+    async def set_json(self, key, value, ttl_seconds):
+        await self._client().set(key, json.dumps(value), ex=ttl_seconds)
+
+    def delete_now(self, key):
+        self._sync.delete(key)
+
+
+_store: HotState | None = None
+
+
+def get_hot_state() -> HotState:
+    """Return this process's store, chosen by ``REDIS_URL``."""
+    global _store
+    if _store is None:
+        _store = RedisHotState(settings.REDIS_URL) if settings.REDIS_URL else MemoryHotState()
+    return _store
+
+
+def reset_hot_state() -> None:
+    global _store
+    _store = None

@@ -1,0 +1,22 @@
+"""Which ASGI application serves which HTTP path."""
+
+from routing.consumers import ProxyConsumer
+
+PROXY_PREFIXES = ("/v1/", "/agents/")
+
+
+class GatewayHttpRouter:
+    """Send gateway paths to the proxy consumer and the rest to Django.
+
+    A prefix test instead of Channels' ``URLRouter`` keeps the hot path free of
+    regular-expression resolving; the proxy parses its own paths.
+    """
+
+    def __init__(self, django_app):
+        self.django_app = django_app
+        self.proxy_app = ProxyConsumer.as_asgi()
+
+    async def __call__(self, scope, receive, send):
+        if scope["path"].startswith(PROXY_PREFIXES):
+            return await self.proxy_app(scope, receive, send)
+        return await self.django_app(scope, receive, send)

@@ -1,0 +1,190 @@
+"""Settings for the agent gateway: one module, every knob from the environment.
+
+With nothing set the project runs embedded (SQLite, in-process counters and
+cache, in-memory channel layer, eager Celery). ``DATABASE_URL`` and
+``REDIS_URL`` switch it to the production profile (PostgreSQL and Redis).
+"""
+
+from pathlib import Path
+
+import dj_database_url
+
+from gateway_project.env import envbool, envfloat, envint, envlist, envstr
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(envstr("GATEWAY_VAR_DIR", str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+DEBUG = envbool("DJANGO_DEBUG", False)
+SECRET_KEY = envstr("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    # Embedded runs get a stable per-checkout key instead of a hard-coded one.
+    _key_file = VAR_DIR / "secret_key"
+    if not _key_file.exists():
+        import secrets
+
+        _key_file.write_text(secrets.token_urlsafe(50))
+    SECRET_KEY = _key_file.read_text().strip()
+
+ALLOWED_HOSTS = envlist("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = envlist("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "channels",
+    "gateway_project",
+    "keys",
+    "routing",
+    "billing",
+    "audit",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "gateway_project.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+WSGI_APPLICATION = None
+ASGI_APPLICATION = "gateway_project.asgi.application"
+
+# --- Database -------------------------------------------------------------
+DATABASE_URL = envstr("DATABASE_URL", "")
+if DATABASE_URL:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": envstr("SQLITE_PATH", str(VAR_DIR / "gateway.sqlite3")),
+            "OPTIONS": {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"},
+            # A file, not memory, so a gateway started by the tests sees the test data.
+            "TEST": {"NAME": envstr("SQLITE_TEST_PATH", str(VAR_DIR / "test.sqlite3"))},
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: cache, counters, channel layer, Celery broker ------------------
+REDIS_URL = envstr("REDIS_URL", "")
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+CELERY_BROKER_URL = envstr("CELERY_BROKER_URL", REDIS_URL or "memory://")
+CELERY_RESULT_BACKEND = envstr("CELERY_RESULT_BACKEND", REDIS_URL or "cache+memory://")
+CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", not REDIS_URL)
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_TIMEZONE = "UTC"
+
+# --- Auth, i18n, static ----------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = envstr("GATEWAY_TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "/static/"
+STATIC_ROOT = VAR_DIR / "static"
+LOGIN_URL = "/admin/login/"
+
+# --- REST API ---------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    "DEFAULT_FILTER_BACKENDS": [
+        "django_filters.rest_framework.DjangoFilterBackend",
+        "rest_framework.filters.OrderingFilter",
+    ],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "gateway_project.api.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Agent Gateway management API",
+    "DESCRIPTION": "Manage clients, API keys, agents, budgets and prices; read the audit log.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Gateway ---------------------------------------------------------------
+GATEWAY = {
+    # Largest request body the proxy accepts, in bytes (413 above it).
+    "MAX_BODY_BYTES": envint("GATEWAY_MAX_BODY_BYTES", 1_048_576, minimum=1),
+    # How long a process trusts its local copy of a key snapshot, in seconds.
+    "KEY_CACHE_SECONDS": envfloat("GATEWAY_KEY_CACHE_SECONDS", 1.0, minimum=0),
+    # How often agents and prices are re-read into the in-memory routing table.
+    "CONFIG_REFRESH_SECONDS": envfloat("GATEWAY_CONFIG_REFRESH_SECONDS", 2.0, minimum=0.1),
+    # Audit/usage writer: flush at least this often, or at this many records.
+    "FLUSH_SECONDS": envfloat("GATEWAY_FLUSH_SECONDS", 0.2, minimum=0.01),
+    "FLUSH_BATCH": envint("GATEWAY_FLUSH_BATCH", 500, minimum=1),
+    # Default upstream timeout when an agent does not set its own, in seconds.
+    "UPSTREAM_TIMEOUT": envfloat("GATEWAY_UPSTREAM_TIMEOUT", 60.0, minimum=0.1),
+    "UPSTREAM_CONNECT_TIMEOUT": envfloat("GATEWAY_UPSTREAM_CONNECT_TIMEOUT", 5.0, minimum=0.1),
+    "UPSTREAM_MAX_CONNECTIONS": envint("GATEWAY_UPSTREAM_MAX_CONNECTIONS", 512, minimum=1),
+    # "aiohttp" (httpx API over aiohttp, the fast default) or "httpx" (httpcore).
+    "HTTP_TRANSPORT": envstr("GATEWAY_HTTP_TRANSPORT", "aiohttp"),
+    # Agent used by /v1/agent/invoke when content names no capability.
+    "DEFAULT_AGENT": envstr("GATEWAY_DEFAULT_AGENT", "research"),
+    # Redis key prefix, so several gateways can share one Redis.
+    "REDIS_PREFIX": envstr("GATEWAY_REDIS_PREFIX", "gw"),
+    # Trust X-Forwarded-For from a load balancer in front of the gateway.
+    "TRUST_FORWARDED_FOR": envbool("GATEWAY_TRUST_FORWARDED_FOR", False),
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": envstr("GATEWAY_LOG_LEVEL", "WARNING")},
+    "loggers": {
+        "gateway": {"level": envstr("GATEWAY_LOG_LEVEL", "INFO"), "propagate": True},
+    },
+}

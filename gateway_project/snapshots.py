@@ -1,0 +1,99 @@
+"""Caches that keep the hot path off the database.
+
+``SnapshotCache`` holds small per-identity records (a key, a client's budget)
+for a short local time, shares them across processes through the hot state
+when it is shared (Redis), and loads them from the database on a miss.
+``RefreshingTable`` holds a whole table (agents, prices) in memory and reloads
+it in the background once it is older than its interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from channels.db import database_sync_to_async
+
+from gateway_project.hotstate import get_hot_state
+
+log = logging.getLogger("gateway.snapshots")
+_MISSING = object()
+
+
+class SnapshotCache:
+    def __init__(
+        self,
+        name: str,
+        load: Callable[[str], dict | None],
+        decode: Callable[[dict], object],
+        local_seconds: Callable[[], float],
+        shared_seconds: int = 300,
+    ):
+        self.name = name
+        self._load = database_sync_to_async(load)
+        self._decode = decode
+        self._local_seconds = local_seconds
+        self._shared_seconds = shared_seconds
+        self._local: dict[str, tuple[object, float]] = {}
+
+    async def get(self, ident: str):
+        """Return the decoded snapshot for ``ident``, or None when it does not exist."""
+        now = time.monotonic()
+        hit = self._local.get(ident)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        store = get_hot_state()
+        shared_key = store.key(self.name, ident)
+        raw = await store.get_json(shared_key) if store.shared else None
+        if raw is None:
+            raw = await self._load(ident)
+            if raw is not None and store.shared:
+                await store.set_json(shared_key, raw, self._shared_seconds)
+        value = None if raw is None else self._decode(raw)
+        if len(self._local) > 50_000:
+            self._local.clear()
+        self._local[ident] = (value, now + self._local_seconds())
+        return value
+
+    def forget(self, ident: str) -> None:
+        """Drop ``ident`` here and in the shared store, so every process reloads it."""
+        self._local.pop(ident, None)
+        store = get_hot_state()
+        if store.shared:
+            store.delete_now(store.key(self.name, ident))
+
+
+class RefreshingTable:
+    def __init__(self, name: str, load: Callable[[], object], interval: Callable[[], float]):
+        self.name = name
+        self._load = database_sync_to_async(load)
+        self._interval = interval
+        self._value = _MISSING
+        self._loaded_at = 0.0
+        self._refreshing: asyncio.Task | None = None
+
+    async def get(self):
+        if self._value is _MISSING:
+            await self.reload()
+        elif time.monotonic() - self._loaded_at > self._interval() and self._refreshing is None:
+            self._refreshing = asyncio.ensure_future(self._refresh_in_background())
+        return self._value
+
+    async def reload(self):
+        self._value = await self._load()
+        self._loaded_at = time.monotonic()
+        return self._value
+
+    async def _refresh_in_background(self):
+        try:
+            await self.reload()
+        except Exception:  # keep serving the last good table; try again next interval
+            log.exception("reloading %s failed", self.name)
+            self._loaded_at = time.monotonic()
+        finally:
+            self._refreshing = None
+
+    def invalidate(self) -> None:
+        self._loaded_at = 0.0

@@ -1,0 +1,109 @@
+"""Buffered, batched writes for records the hot path produces.
+
+The proxy never writes to the database itself: it appends model instances
+here, and one background task per process bulk-inserts them every
+``FLUSH_SECONDS`` or ``FLUSH_BATCH`` records. On a database error the batch
+goes back to the front of the buffer and is retried; at process exit
+whatever is left is written synchronously.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import threading
+from collections.abc import Callable
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.db import close_old_connections, transaction
+
+log = logging.getLogger("gateway.writer")
+
+
+class BufferedWriter:
+    def __init__(self):
+        self._buffer: list = []
+        self._hooks: list[Callable[[list], None]] = []
+        self._task: asyncio.Task | None = None
+        self._wake: asyncio.Event | None = None
+        self._lock = threading.Lock()  # held while a batch is being written
+        self._exit_registered = False
+
+    def add_hook(self, hook: Callable[[list], None]) -> None:
+        """Run ``hook(batch)`` in the writer's thread after each batch is saved."""
+        if hook not in self._hooks:
+            self._hooks.append(hook)
+
+    def add(self, obj) -> None:
+        """Queue one unsaved model instance; never blocks, never touches the database."""
+        self._buffer.append(obj)
+        self._ensure_running()
+        if len(self._buffer) >= settings.GATEWAY["FLUSH_BATCH"] and self._wake is not None:
+            self._wake.set()
+
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    def _ensure_running(self) -> None:
+        if not self._exit_registered:
+            atexit.register(self.flush_sync)
+            self._exit_registered = True
+        if self._task is not None and not self._task.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # synchronous caller (a command, a test): flush_sync writes it
+        self._wake = asyncio.Event()
+        self._task = loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        interval = settings.GATEWAY["FLUSH_SECONDS"]
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if self._buffer and not await self.flush():
+                await asyncio.sleep(min(5.0, interval * 10))
+
+    async def flush(self) -> bool:
+        """Write everything queued so far; return False if the database refused it."""
+        batch, self._buffer = self._buffer, []
+        if not batch:
+            return True
+        try:
+            await database_sync_to_async(self._write)(batch)
+            return True
+        except Exception:
+            log.exception("writing %d records failed; keeping them to retry", len(batch))
+            self._buffer[:0] = batch
+            return False
+
+    def flush_sync(self) -> None:
+        """Write what is left, from synchronous code (process exit, commands, tests)."""
+        batch, self._buffer = self._buffer, []
+        if batch:
+            try:
+                self._write(batch)
+            finally:
+                close_old_connections()
+
+    def _write(self, batch: list) -> None:
+        by_model: dict[type, list] = {}
+        for obj in batch:
+            by_model.setdefault(type(obj), []).append(obj)
+        with self._lock, transaction.atomic():
+            for model, objs in by_model.items():
+                model.objects.bulk_create(objs, batch_size=500)
+        for hook in self._hooks:
+            try:
+                hook(batch)
+            except Exception:
+                log.exception("writer hook %s failed", getattr(hook, "__name__", hook))
+
+
+writer = BufferedWriter()

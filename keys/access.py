@@ -1,0 +1,153 @@
+"""What the hot path asks of keys: who is calling, may they, and within which limits."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from gateway_project.errors import GatewayError, forbidden
+from gateway_project.hotstate import HotState, RateAdjust, RateCheck
+from gateway_project.snapshots import SnapshotCache
+from keys.models import ALL, ApiKey, hash_key
+
+
+@dataclass(frozen=True, slots=True)
+class KeySnapshot:
+    """An immutable copy of a key and its client, as the hot path needs it."""
+
+    key_id: int
+    prefix: str
+    client_id: int
+    client_slug: str
+    state: str  # active, disabled, revoked, client_disabled
+    expires_at: float | None
+    allowed_agents: frozenset[str] | None  # None: every agent
+    allowed_models: frozenset[str] | None  # None: every model of an allowed agent
+    requests_per_minute: int
+    tokens_per_minute: int
+    max_concurrent: int
+
+    def may_use_agent(self, slug: str) -> bool:
+        return self.allowed_agents is None or slug in self.allowed_agents
+
+    def may_use_model(self, model: str) -> bool:
+        return self.allowed_models is None or not model or model in self.allowed_models
+
+
+def _scope(values) -> frozenset[str] | None:
+    return None if not values or ALL in values else frozenset(values)
+
+
+def snapshot_of(key: ApiKey) -> dict:
+    """Serialise a key (with its client loaded) into the cached snapshot form."""
+    if key.revoked_at is not None:
+        state = "revoked"
+    elif not key.is_active:
+        state = "disabled"
+    elif not key.client.is_active:
+        state = "client_disabled"
+    else:
+        state = "active"
+    return {
+        "key_id": key.pk,
+        "prefix": key.prefix,
+        "client_id": key.client_id,
+        "client_slug": key.client.slug,
+        "state": state,
+        "expires_at": key.expires_at.timestamp() if key.expires_at else None,
+        "allowed_agents": list(key.allowed_agents or []),
+        "allowed_models": list(key.allowed_models or []),
+        "requests_per_minute": key.requests_per_minute,
+        "tokens_per_minute": key.tokens_per_minute,
+        "max_concurrent": key.max_concurrent,
+    }
+
+
+def _decode(raw: dict) -> KeySnapshot:
+    return KeySnapshot(
+        **{
+            **raw,
+            "allowed_agents": _scope(raw["allowed_agents"]),
+            "allowed_models": _scope(raw["allowed_models"]),
+        }
+    )
+
+
+def _load(key_hash: str) -> dict | None:
+    key = ApiKey.objects.select_related("client").filter(key_hash=key_hash).first()
+    return None if key is None else snapshot_of(key)
+
+
+key_snapshots = SnapshotCache(
+    "keysnap", _load, _decode, local_seconds=lambda: settings.GATEWAY["KEY_CACHE_SECONDS"]
+)
+
+
+def presented_key(headers: dict[bytes, bytes]) -> str | None:
+    """The raw key from ``Authorization: Bearer`` or ``X-API-Key``, if any."""
+    auth = headers.get(b"authorization")
+    if auth:
+        scheme, _, value = auth.decode("latin-1").partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    value = headers.get(b"x-api-key")
+    if value and value.strip():
+        return value.decode("latin-1").strip()
+    return None
+
+
+_REFUSALS = {
+    "revoked": ("key_revoked", "This API key has been revoked."),
+    "disabled": ("key_disabled", "This API key is disabled."),
+    "client_disabled": ("client_disabled", "The client this API key belongs to is disabled."),
+}
+
+
+async def authenticate(headers: dict[bytes, bytes]) -> KeySnapshot:
+    """Return the caller's key snapshot, or raise 401 (no/unknown key) or 403 (unusable key)."""
+    raw = presented_key(headers)
+    if raw is None:
+        raise GatewayError(
+            401,
+            "authentication_error",
+            "missing_api_key",
+            "No API key given. Send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.",
+        )
+    snapshot = await key_snapshots.get(hash_key(raw))
+    if snapshot is None:
+        raise GatewayError(401, "authentication_error", "invalid_api_key", "The API key is not valid.")
+    if snapshot.state != "active":
+        code, message = _REFUSALS[snapshot.state]
+        raise forbidden(message, code)
+    if snapshot.expires_at is not None and snapshot.expires_at <= time.time():
+        raise forbidden("This API key has expired.", "key_expired")
+    return snapshot
+
+
+def authorize(snapshot: KeySnapshot, agent_slug: str, model: str = "") -> None:
+    """Raise 403 unless the key's scopes cover this agent and model."""
+    if not snapshot.may_use_agent(agent_slug):
+        raise forbidden(f"This API key may not use the agent '{agent_slug}'.", "agent_not_allowed")
+    if not snapshot.may_use_model(model):
+        raise forbidden(f"This API key may not use the model '{model}'.", "model_not_allowed")
+
+
+def rate_checks(store: HotState, snapshot: KeySnapshot, tokens: int) -> list[RateCheck]:
+    """The key's per-minute limits for a request estimated at ``tokens`` tokens."""
+    checks = [RateCheck("requests", store.key("rpm", snapshot.key_id), snapshot.requests_per_minute, 1)]
+    if tokens:
+        checks.append(RateCheck("tokens", store.key("tpm", snapshot.key_id), snapshot.tokens_per_minute, tokens))
+    return checks
+
+
+def token_correction(store: HotState, snapshot: KeySnapshot, estimated: int, actual: int) -> list[RateAdjust]:
+    """Move the key's token counter from the estimate to what the upstream really used."""
+    if actual == estimated:
+        return []
+    return [RateAdjust(store.key("tpm", snapshot.key_id), snapshot.tokens_per_minute, actual - estimated)]
+
+
+def concurrency_key(store: HotState, snapshot: KeySnapshot) -> str:
+    return store.key("conc", snapshot.key_id)

@@ -1,0 +1,91 @@
+import hashlib
+import secrets
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+KEY_PREFIX = "agk_"
+VISIBLE_PREFIX_LENGTH = 12
+ALL = "*"
+
+
+def hash_key(raw_key: str) -> str:
+    """Return the SHA-256 hex digest under which a raw key is stored."""
+    return hashlib.sha256(raw_key.encode("utf-8")).hexdigest()
+
+
+def validate_scope_list(value):
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise ValidationError('Give a list of names, or ["*"] for all.')
+
+
+class Client(models.Model):
+    """A program or team that calls the gateway; owns keys, a budget and spend."""
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=100, unique=True)
+    contact = models.CharField(max_length=200, blank=True, help_text="Who to call about this client.")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class ApiKey(models.Model):
+    """A gateway key: stored as a hash, shown raw once, scoped to agents and models."""
+
+    client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=200, blank=True)
+    prefix = models.CharField(max_length=VISIBLE_PREFIX_LENGTH, db_index=True, editable=False)
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    allowed_agents = models.JSONField(default=list, validators=[validate_scope_list])
+    allowed_models = models.JSONField(default=list, validators=[validate_scope_list])
+    requests_per_minute = models.PositiveIntegerField(default=60, validators=[MinValueValidator(1)])
+    tokens_per_minute = models.PositiveIntegerField(default=100_000, validators=[MinValueValidator(1)])
+    max_concurrent = models.PositiveIntegerField(
+        default=10, validators=[MinValueValidator(0)], help_text="0 means no limit."
+    )
+    is_active = models.BooleanField(default=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+
+    def __str__(self):
+        return f"{self.prefix}… ({self.client})"
+
+    @classmethod
+    def new_secret(cls) -> str:
+        return KEY_PREFIX + secrets.token_urlsafe(32)
+
+    def set_secret(self, raw_key: str) -> None:
+        self.key_hash = hash_key(raw_key)
+        self.prefix = raw_key[:VISIBLE_PREFIX_LENGTH]
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
+
+    @property
+    def status(self) -> str:
+        if self.is_revoked:
+            return "revoked"
+        if self.is_expired:
+            return "expired"
+        if not self.is_active:
+            return "disabled"
+        return "active"

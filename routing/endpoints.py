@@ -1,0 +1,261 @@
+"""The gateway's endpoints, each a sequence of the same steps.
+
+authenticate -> size and shape -> resolve -> authorize -> admit -> forward
+-> settle. Every step raises ``GatewayError`` to refuse; ``serve`` turns that
+into the JSON error and writes exactly one audit record whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+from channels.db import database_sync_to_async
+
+from billing.usage import monthly_usage
+from gateway_project.errors import GatewayError, not_found
+from gateway_project.writer import writer
+from keys.access import authenticate, authorize
+from routing import forward, protocols
+from routing.admission import admit, estimate_tokens, settle
+from routing.exchange import Exchange
+from routing.sse import AnthropicToOpenAIStream, OpenAIStreamScanner, openai_stream_of
+from routing.table import AgentRoute, routing_table
+
+log = logging.getLogger("gateway.proxy")
+
+CLIENT_CLOSED = 499
+
+
+async def serve(ex: Exchange) -> None:
+    try:
+        handler, args = _resolve_endpoint(ex)
+        await handler(ex, *args)
+    except GatewayError as error:
+        await ex.fail(error)
+    except asyncio.CancelledError:
+        ex.status, ex.error_type = ex.status or CLIENT_CLOSED, "client_disconnected"
+        raise
+    except Exception:
+        log.exception("request %s failed", ex.request_id)
+        await ex.fail(GatewayError(500, "api_error", "internal_error", "The gateway failed; see its logs."))
+    finally:
+        ex.record()
+
+
+def _resolve_endpoint(ex: Exchange):
+    if ex.path.startswith("/agents/"):
+        slug, _, rest = ex.path[len("/agents/") :].partition("/")
+        return pass_through, (slug, rest)
+    endpoint = ENDPOINTS.get(ex.path)
+    if endpoint is None:
+        return _unknown_path, ()
+    method, handler = endpoint
+    if ex.method != method:
+        return _wrong_method, (method,)
+    return handler, ()
+
+
+async def _unknown_path(ex: Exchange) -> None:
+    ex.key = await authenticate(ex.headers)
+    raise not_found(f"There is no endpoint {ex.method} {ex.path}.", "unknown_endpoint")
+
+
+async def _wrong_method(ex: Exchange, allowed: str) -> None:
+    ex.key = await authenticate(ex.headers)
+    raise GatewayError(
+        405, "invalid_request_error", "method_not_allowed", f"{ex.path} accepts {allowed} only.",
+        [(b"allow", allowed.encode())],
+    )
+
+
+async def _metered(ex: Exchange, route: AgentRoute, tokens: int, call) -> None:
+    """Admit, run ``call``, and settle whatever happened to it."""
+    ticket = await admit(ex, tokens)
+    try:
+        await call()
+    finally:
+        if not ex.input_tokens and not ex.output_tokens and ex.response_started and ex.output_text:
+            # The upstream reported no usage: fall back to estimates rather than charge nothing.
+            ex.input_tokens, ex.output_tokens = max(1, len(ex.input_text) // 4), max(1, len(ex.output_text) // 4)
+        await settle(ex, ticket, route.default_model)
+
+
+# --- POST /v1/chat/completions --------------------------------------------
+
+
+async def chat_completions(ex: Exchange) -> None:
+    ex.key = await authenticate(ex.headers)
+    payload = ex.json()
+    protocols.validate_chat(payload)
+    route = (await routing_table.get()).for_model(payload["model"])
+    model = route.default_model if payload["model"] == route.slug else payload["model"]
+    ex.agent, ex.model = route.slug, model
+    authorize(ex.key, route.slug, "" if payload["model"] == route.slug else model)
+    ex.input_text = protocols.last_user_text(payload["messages"])
+    tokens = estimate_tokens(ex.body, protocols.max_tokens(payload))
+    stream = payload.get("stream") is True
+    options = payload.get("stream_options")
+    wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+
+    async def call():
+        if route.kind == "openai":
+            await _chat_openai(ex, route, payload, stream, wants_usage)
+        elif route.kind == "anthropic":
+            await _chat_anthropic(ex, route, payload, stream, wants_usage)
+        else:
+            await _chat_agent(ex, route, payload, stream, wants_usage)
+
+    await _metered(ex, route, tokens, call)
+
+
+async def _chat_openai(ex, route, payload, stream, wants_usage):
+    if stream:
+        body = {**payload, "stream_options": {**(payload.get("stream_options") or {}), "include_usage": True}}
+        scanner = OpenAIStreamScanner(keep_usage_chunk=wants_usage)
+        await forward.stream_sse(ex, route, "/v1/chat/completions", json.dumps(body).encode(), scanner)
+        return
+    answer, _ = await forward.call_json(ex, route, "/v1/chat/completions", ex.body)
+    ex.output_text = protocols.chat_text(answer)
+    await forward.respond_upstream_json(ex, answer)
+
+
+async def _chat_anthropic(ex, route, payload, stream, wants_usage):
+    body = json.dumps(protocols.chat_to_anthropic(payload)).encode()
+    if stream:
+        scanner = AnthropicToOpenAIStream(ex.request_id, ex.model, include_usage=wants_usage)
+        await forward.stream_sse(ex, route, "/v1/messages", body, scanner)
+        return
+    answer, _ = await forward.call_json(ex, route, "/v1/messages", body)
+    chat = protocols.anthropic_to_chat(answer, ex.model, ex.request_id)
+    ex.output_text = protocols.chat_text(chat)
+    await forward.respond_upstream_json(ex, chat)
+
+
+async def _chat_agent(ex, route, payload, stream, wants_usage):
+    body = protocols.invoke_body(ex.input_text, ex.model, protocols.max_tokens(payload))
+    answer, _ = await forward.call_json(ex, route, "/invoke", json.dumps(body).encode())
+    ex.output_text = protocols.agent_text(answer)
+    model = ex.model or route.slug
+    if stream:
+        usage = (ex.input_tokens, ex.output_tokens)
+        await ex.start(200, forward.SSE_HEADERS)
+        await ex.send(openai_stream_of(ex.request_id, model, ex.output_text, usage, wants_usage), more=False)
+        return
+    chat = protocols.chat_completion(ex.request_id, model, ex.output_text, ex.input_tokens, ex.output_tokens)
+    await forward.respond_upstream_json(ex, chat)
+
+
+# --- POST /v1/agent/invoke --------------------------------------------------
+
+
+async def agent_invoke(ex: Exchange) -> None:
+    ex.key = await authenticate(ex.headers)
+    payload = ex.json()
+    protocols.validate_invoke(payload)
+    table = await routing_table.get()
+    if payload.get("agent"):
+        route, reason = table.agent(payload["agent"]), "requested"
+    elif payload.get("model"):
+        route, reason = table.for_model(payload["model"]), "model"
+    else:
+        route, reason = table.by_content(payload["input"], ex.key.may_use_agent)
+    model = payload.get("model") or route.default_model
+    ex.agent, ex.model, ex.input_text = route.slug, model, payload["input"]
+    authorize(ex.key, route.slug, payload.get("model") or "")
+    limit = protocols.max_tokens(payload)
+
+    async def call():
+        if route.kind == "openai":
+            body = {"model": model, "messages": [{"role": "user", "content": payload["input"]}]}
+            if limit:
+                body["max_tokens"] = limit
+            answer, _ = await forward.call_json(ex, route, "/v1/chat/completions", json.dumps(body).encode())
+            ex.output_text = protocols.chat_text(answer)
+        elif route.kind == "anthropic":
+            body = {"model": model, "max_tokens": limit or protocols.ANTHROPIC_DEFAULT_MAX_TOKENS,
+                    "messages": [{"role": "user", "content": payload["input"]}]}
+            answer, _ = await forward.call_json(ex, route, "/v1/messages", json.dumps(body).encode())
+            ex.output_text = protocols.anthropic_text(answer)
+        else:
+            body = protocols.invoke_body(payload["input"], payload.get("model") or "", limit)
+            answer, _ = await forward.call_json(ex, route, "/invoke", json.dumps(body).encode())
+            ex.output_text = protocols.agent_text(answer)
+
+    await _metered(ex, route, estimate_tokens(ex.body, limit), call)
+    latency_ms = round(ex.elapsed_ms(), 2)
+    ex.extra_headers.append((b"x-gateway-route-reason", reason.encode()))
+    await ex.respond_json(
+        200,
+        {
+            "request_id": ex.request_id,
+            "output": ex.output_text,
+            "agent_used": route.slug,
+            "model": ex.model,
+            "route_reason": reason,
+            "tokens_used": ex.input_tokens + ex.output_tokens,
+            "usage": {"input_tokens": ex.input_tokens, "output_tokens": ex.output_tokens},
+            "cost_usd": float(ex.cost_nanos) / 1e9,
+            "latency_ms": latency_ms,
+        },
+    )
+
+
+# --- ANY /agents/<agent>/<path> ---------------------------------------------
+
+
+async def pass_through(ex: Exchange, slug: str, rest: str) -> None:
+    ex.key = await authenticate(ex.headers)
+    if ex.too_large:
+        ex.json()  # raises the 413
+    route = (await routing_table.get()).agent(slug)
+    ex.agent, ex.model = route.slug, route.default_model
+    authorize(ex.key, route.slug)
+    ex.input_text = ex.body[:1000].decode("utf-8", "replace")
+    await _metered(ex, route, estimate_tokens(ex.body, None), lambda: forward.pass_through(ex, route, rest))
+
+
+# --- GET /v1/models ---------------------------------------------------------
+
+
+async def list_models(ex: Exchange) -> None:
+    ex.key = await authenticate(ex.headers)
+    ticket = await admit(ex, 0, metered=False)
+    try:
+        table = await routing_table.get()
+        created = int(time.time())
+        data = []
+        for route in sorted(table.agents.values(), key=lambda r: r.slug):
+            if not ex.key.may_use_agent(route.slug):
+                continue
+            data.append({"id": route.slug, "object": "model", "created": created, "owned_by": f"agent:{route.slug}"})
+            for model in route.served_models:
+                if ex.key.may_use_model(model):
+                    data.append({"id": model, "object": "model", "created": created, "owned_by": route.slug})
+        await ex.respond_json(200, {"object": "list", "data": data})
+    finally:
+        await settle(ex, ticket, "")
+
+
+# --- GET /v1/usage ----------------------------------------------------------
+
+
+async def usage(ex: Exchange) -> None:
+    ex.key = await authenticate(ex.headers)
+    ticket = await admit(ex, 0, metered=False)
+    try:
+        await writer.flush()  # so the report includes this process's latest requests
+        report = await database_sync_to_async(monthly_usage)(ex.key.client_id)
+        await ex.respond_json(200, {**report, "client": ex.key.client_slug})
+    finally:
+        await settle(ex, ticket, "")
+
+
+ENDPOINTS = {
+    "/v1/chat/completions": ("POST", chat_completions),
+    "/v1/agent/invoke": ("POST", agent_invoke),
+    "/v1/models": ("GET", list_models),
+    "/v1/usage": ("GET", usage),
+}

@@ -1,0 +1,134 @@
+"""One request/response through the gateway: what was asked, what was sent back, and its audit facts."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from django.conf import settings
+
+from audit.recorder import record_request
+from billing.pricing import nanos_to_usd
+from gateway_project.errors import GatewayError, bad_request
+from keys.access import KeySnapshot
+
+JSON = (b"content-type", b"application/json")
+
+
+class Exchange:
+    def __init__(self, scope: dict, body: bytes, too_large: bool, send):
+        self.request_id = uuid.uuid4().hex
+        self.started = time.perf_counter()
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.query: bytes = scope.get("query_string", b"")
+        self.raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
+        self.headers: dict[bytes, bytes] = dict(scope["headers"])
+        self.body = body
+        self.too_large = too_large
+        self._send = send
+        client = scope.get("client")
+        self.client_ip = client[0] if client else None
+        if settings.GATEWAY["TRUST_FORWARDED_FOR"] and b"x-forwarded-for" in self.headers:
+            self.client_ip = self.headers[b"x-forwarded-for"].decode("latin-1").split(",")[0].strip()
+        # Response state
+        self.status = 0
+        self.response_started = False
+        self.response_finished = False
+        self.extra_headers: list[tuple[bytes, bytes]] = []
+        # Audit facts, filled in as the request goes along
+        self.key: KeySnapshot | None = None
+        self.agent = ""
+        self.model = ""
+        self.error_type = ""
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.cost_nanos = 0
+        self.input_text = ""
+        self.output_text = ""
+
+    # --- request --------------------------------------------------------
+    def json(self):
+        """The body as JSON, after the size check: 413 comes before 400."""
+        if self.too_large:
+            raise GatewayError(
+                413,
+                "invalid_request_error",
+                "request_too_large",
+                f"The request body is larger than {settings.GATEWAY['MAX_BODY_BYTES']} bytes.",
+            )
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            raise bad_request("The request body is not valid JSON.", "invalid_json") from None
+
+    def header(self, name: bytes, default: str = "") -> str:
+        value = self.headers.get(name)
+        return value.decode("latin-1") if value is not None else default
+
+    # --- response -------------------------------------------------------
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        self.response_started = True
+        await self._send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    *headers,
+                    *self.extra_headers,
+                    (b"x-request-id", self.request_id.encode()),
+                    (b"x-response-time-ms", f"{self.elapsed_ms():.2f}".encode()),
+                ],
+            }
+        )
+
+    async def send(self, data: bytes, *, more: bool = True) -> None:
+        if not more:
+            self.response_finished = True
+        await self._send({"type": "http.response.body", "body": data, "more_body": more})
+
+    async def respond(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = (JSON,)) -> None:
+        await self.start(status, list(headers))
+        await self.send(body, more=False)
+
+    async def respond_json(self, status: int, obj) -> None:
+        await self.respond(status, json.dumps(obj).encode())
+
+    async def fail(self, error: GatewayError) -> None:
+        """Send ``error`` as the response, or, if the answer had already begun, end it."""
+        self.error_type = error.code
+        if self.response_started:
+            if not self.response_finished:
+                await self.send(b"", more=False)
+            return
+        await self.respond(error.status, error.body(self.request_id), [JSON, *error.headers])
+
+    # --- audit ----------------------------------------------------------
+    def record(self) -> None:
+        key = self.key
+        record_request(
+            request_id=self.request_id,
+            method=self.method,
+            path=self.path,
+            status=self.status,
+            error_type=self.error_type,
+            latency_ms=self.elapsed_ms(),
+            client_id=key.client_id if key else None,
+            client_slug=key.client_slug if key else "",
+            api_key_id=key.key_id if key else None,
+            key_prefix=key.prefix if key else "",
+            agent=self.agent,
+            model=self.model,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cost_usd=nanos_to_usd(self.cost_nanos),
+            client_ip=self.client_ip,
+            user_agent=self.header(b"user-agent"),
+            input_text=self.input_text,
+            output_text=self.output_text,
+        )

@@ -1,0 +1,147 @@
+"""Forward a request to its upstream and bring the answer (and its usage) back.
+
+Composed calls (chat, invoke) go through ``call_json`` or ``stream_sse``;
+``/agents/<agent>/...`` goes through ``pass_through`` untouched. Each sets the
+exchange's tokens, model and output text from what the upstream really said.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+
+from gateway_project.errors import GatewayError
+from routing import upstream
+from routing.exchange import JSON, Exchange
+from routing.protocols import usage_from_headers, usage_from_json
+from routing.table import AgentRoute
+
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+USAGE_CAPTURE_LIMIT = 1_048_576
+
+
+def _rejected(status: int, route: AgentRoute, content: bytes) -> GatewayError:
+    """An upstream's own refusal (4xx): keep its status, say what it said."""
+    detail = content[:300].decode("utf-8", "replace")
+    try:
+        error = json.loads(content).get("error")
+        detail = error.get("message", detail) if isinstance(error, dict) else str(error or detail)
+    except (ValueError, AttributeError):
+        pass
+    return GatewayError(status, "upstream_error", "upstream_rejected", f"The agent '{route.slug}' refused: {detail}")
+
+
+async def call_json(ex: Exchange, route: AgentRoute, path: str, body: bytes) -> tuple[dict, httpx.Headers]:
+    """POST a composed JSON body and return the upstream's JSON answer, within the agent's timeout."""
+    headers = upstream.provider_headers(route, ex.request_id, ex.key.client_slug)
+    try:
+        async with asyncio.timeout(route.timeout):
+            response = await upstream.client().post(
+                route.url(path), content=body, headers=headers, timeout=upstream.timeout_for(route)
+            )
+    except (httpx.HTTPError, TimeoutError) as exc:
+        raise upstream.upstream_failure(exc, route) from None
+    if response.status_code >= 500:
+        raise upstream.upstream_status_error(response.status_code, route)
+    if response.status_code >= 400:
+        raise _rejected(response.status_code, route, response.content)
+    try:
+        answer = response.json()
+    except ValueError:
+        raise GatewayError(502, "upstream_error", "upstream_invalid", f"The agent '{route.slug}' sent invalid JSON.") from None
+    if not isinstance(answer, dict):
+        raise GatewayError(502, "upstream_error", "upstream_invalid", f"The agent '{route.slug}' sent unexpected JSON.")
+    usage = usage_from_json(answer) or usage_from_headers(response.headers)
+    if usage:
+        ex.input_tokens, ex.output_tokens = usage
+    if isinstance(answer.get("model"), str) and answer["model"]:
+        ex.model = answer["model"]
+    return answer, response.headers
+
+
+async def _open_stream(ex: Exchange, route: AgentRoute, request: httpx.Request) -> httpx.Response:
+    try:
+        return await upstream.client().send(request, stream=True)
+    except httpx.HTTPError as exc:
+        raise upstream.upstream_failure(exc, route) from None
+
+
+async def _relay(ex: Exchange, route: AgentRoute, response: httpx.Response, transform=None, capture=None) -> None:
+    """Send the upstream's body on as it arrives; a failure after the first byte ends the response."""
+    try:
+        async for chunk in response.aiter_raw():
+            if capture is not None and len(capture) < USAGE_CAPTURE_LIMIT:
+                capture += chunk
+            out = transform(chunk) if transform else chunk
+            if out:
+                await ex.send(out)
+    except httpx.HTTPError as exc:
+        ex.error_type = upstream.upstream_failure(exc, route).code
+    await ex.send(b"", more=False)
+
+
+async def stream_sse(ex: Exchange, route: AgentRoute, path: str, body: bytes, scanner) -> None:
+    """POST a streaming request and relay its events through ``scanner`` without buffering them."""
+    request = upstream.client().build_request(
+        "POST",
+        route.url(path),
+        content=body,
+        headers=upstream.provider_headers(route, ex.request_id, ex.key.client_slug),
+        timeout=upstream.timeout_for(route),
+    )
+    response = await _open_stream(ex, route, request)
+    try:
+        if response.status_code >= 400:
+            content = await response.aread()
+            if response.status_code >= 500:
+                raise upstream.upstream_status_error(response.status_code, route)
+            raise _rejected(response.status_code, route, content)
+        await ex.start(200, SSE_HEADERS)
+        await _relay(ex, route, response, transform=scanner.feed)
+    finally:
+        await response.aclose()
+        if scanner.usage:
+            ex.input_tokens, ex.output_tokens = scanner.usage
+        ex.output_text = scanner.text
+        ex.model = getattr(scanner, "model", "") or ex.model
+
+
+async def pass_through(ex: Exchange, route: AgentRoute, rest: str) -> None:
+    """Forward method, path, query, headers and body as they are; stream the answer back."""
+    url = route.url(rest)
+    if ex.query:
+        url = f"{url}?{ex.query.decode('latin-1')}"
+    request = upstream.client().build_request(
+        ex.method,
+        url,
+        content=ex.body or None,
+        headers=upstream.passthrough_headers(ex.raw_headers, route, ex.request_id, ex.key.client_slug),
+        timeout=upstream.timeout_for(route),
+    )
+    response = await _open_stream(ex, route, request)
+    try:
+        content_type = response.headers.get("content-type", "")
+        capture = bytearray() if "json" in content_type and "content-encoding" not in response.headers else None
+        await ex.start(response.status_code, upstream.response_headers(response))
+        await _relay(ex, route, response, capture=capture)
+    finally:
+        await response.aclose()
+    usage = usage_from_headers(response.headers)
+    if usage is None and capture:
+        try:
+            answer = json.loads(capture)
+        except ValueError:
+            answer = None
+        usage = usage_from_json(answer)
+        if isinstance(answer, dict):
+            ex.model = answer.get("model") if isinstance(answer.get("model"), str) else ex.model
+            ex.output_text = answer.get("output") if isinstance(answer.get("output"), str) else ""
+    if usage:
+        ex.input_tokens, ex.output_tokens = usage
+    ex.model = response.headers.get("x-usage-model", ex.model or "")
+
+
+async def respond_upstream_json(ex: Exchange, answer: dict) -> None:
+    await ex.respond(200, json.dumps(answer).encode(), [JSON])

@@ -1,0 +1,175 @@
+"""Wire shapes: build upstream requests per agent kind, read answers and usage back.
+
+OpenAI chat completions is the gateway's lingua franca; Anthropic messages
+and the agent ``/invoke`` shape are translated to and from it here.
+"""
+
+from __future__ import annotations
+
+import time
+
+from gateway_project.errors import bad_request
+
+ANTHROPIC_DEFAULT_MAX_TOKENS = 1024
+
+
+def _text(content) -> str:
+    """Plain text of an OpenAI or Anthropic message content (string or parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return ""
+
+
+def validate_chat(payload) -> None:
+    if not isinstance(payload, dict):
+        raise bad_request("The request body must be a JSON object.")
+    if not isinstance(payload.get("model"), str) or not payload["model"]:
+        raise bad_request("'model' is required and must be a string.", "missing_field")
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        raise bad_request("'messages' is required and must be a non-empty list of objects.", "missing_field")
+    max_tokens(payload)
+
+
+def validate_invoke(payload) -> None:
+    if not isinstance(payload, dict):
+        raise bad_request("The request body must be a JSON object.")
+    if not isinstance(payload.get("input"), str) or not payload["input"].strip():
+        raise bad_request("'input' is required and must be a non-empty string.", "missing_field")
+    for name in ("agent", "model"):
+        if name in payload and payload[name] is not None and not isinstance(payload[name], str):
+            raise bad_request(f"'{name}' must be a string.")
+    max_tokens(payload)
+
+
+def max_tokens(payload: dict) -> int | None:
+    value = payload.get("max_completion_tokens", payload.get("max_tokens"))
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise bad_request("'max_tokens' must be a positive integer.")
+    return value
+
+
+def last_user_text(messages: list) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return _text(message.get("content"))
+    return _text(messages[-1].get("content")) if messages else ""
+
+
+# --- usage ---------------------------------------------------------------
+
+
+def _int(value) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def usage_from_json(obj) -> tuple[int, int] | None:
+    """(input, output) tokens from an OpenAI, Anthropic or agent ``usage`` object."""
+    usage = obj.get("usage") if isinstance(obj, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    if "prompt_tokens" in usage or "completion_tokens" in usage:
+        return _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
+    if "input_tokens" in usage or "output_tokens" in usage:
+        return _int(usage.get("input_tokens")), _int(usage.get("output_tokens"))
+    return None
+
+
+def usage_from_headers(headers) -> tuple[int, int] | None:
+    """(input, output) tokens from ``X-Usage-Input-Tokens`` / ``X-Usage-Output-Tokens``."""
+    raw_in, raw_out = headers.get("x-usage-input-tokens"), headers.get("x-usage-output-tokens")
+    if raw_in is None and raw_out is None:
+        return None
+    try:
+        return max(0, int(raw_in or 0)), max(0, int(raw_out or 0))
+    except ValueError:
+        return None
+
+
+# --- OpenAI chat <-> Anthropic messages ----------------------------------
+
+
+def chat_to_anthropic(payload: dict) -> dict:
+    system = [_text(m.get("content")) for m in payload["messages"] if m.get("role") in ("system", "developer")]
+    messages = [
+        {"role": "assistant" if m.get("role") == "assistant" else "user", "content": _text(m.get("content"))}
+        for m in payload["messages"]
+        if m.get("role") not in ("system", "developer")
+    ]
+    body = {
+        "model": payload["model"],
+        "messages": messages,
+        "max_tokens": max_tokens(payload) or ANTHROPIC_DEFAULT_MAX_TOKENS,
+    }
+    if system:
+        body["system"] = "\n".join(system)
+    for name in ("temperature", "top_p", "stream"):
+        if name in payload:
+            body[name] = payload[name]
+    if payload.get("stop"):
+        stop = payload["stop"]
+        body["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    return body
+
+
+_STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
+
+
+def anthropic_to_chat(answer: dict, model: str, request_id: str) -> dict:
+    text = "".join(b.get("text", "") for b in answer.get("content", []) if b.get("type") == "text")
+    input_tokens, output_tokens = usage_from_json(answer) or (0, 0)
+    return chat_completion(
+        request_id, answer.get("model", model), text, input_tokens, output_tokens,
+        _STOP_REASONS.get(answer.get("stop_reason"), "stop"),
+    )
+
+
+def chat_completion(request_id, model, text, input_tokens, output_tokens, finish_reason="stop") -> dict:
+    return {
+        "id": f"chatcmpl-{request_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
+        ],
+        "usage": {
+            "prompt_tokens": input_tokens,
+            "completion_tokens": output_tokens,
+            "total_tokens": input_tokens + output_tokens,
+        },
+    }
+
+
+def chat_text(answer: dict) -> str:
+    try:
+        return _text(answer["choices"][0]["message"]["content"])
+    except (KeyError, IndexError, TypeError):
+        return ""
+
+
+# --- agent /invoke -------------------------------------------------------
+
+
+def invoke_body(text: str, model: str, limit: int | None) -> dict:
+    body = {"input": text}
+    if model:
+        body["model"] = model
+    if limit:
+        body["max_tokens"] = limit
+    return body
+
+
+def agent_text(answer) -> str:
+    if not isinstance(answer, dict):
+        return ""
+    output = answer.get("output")
+    return output if isinstance(output, str) else _text(output)
+
+
+def anthropic_text(answer: dict) -> str:
+    return "".join(b.get("text", "") for b in answer.get("content", []) if isinstance(b, dict))
