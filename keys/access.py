@@ -105,8 +105,8 @@ _REFUSALS = {
 }
 
 
-async def authenticate(headers: dict[bytes, bytes]) -> KeySnapshot:
-    """Return the caller's key snapshot, or raise 401 (no/unknown key) or 403 (unusable key)."""
+async def identify(headers: dict[bytes, bytes]) -> KeySnapshot:
+    """Return the snapshot of the presented key, or raise 401 when there is none or it is unknown."""
     raw = presented_key(headers)
     if raw is None:
         raise GatewayError(
@@ -118,12 +118,16 @@ async def authenticate(headers: dict[bytes, bytes]) -> KeySnapshot:
     snapshot = await key_snapshots.get(hash_key(raw))
     if snapshot is None:
         raise GatewayError(401, "authentication_error", "invalid_api_key", "The API key is not valid.")
+    return snapshot
+
+
+def ensure_usable(snapshot: KeySnapshot) -> None:
+    """Raise 403 for a disabled, revoked or expired key, or a key of a disabled client."""
     if snapshot.state != "active":
         code, message = _REFUSALS[snapshot.state]
         raise forbidden(message, code)
     if snapshot.expires_at is not None and snapshot.expires_at <= time.time():
         raise forbidden("This API key has expired.", "key_expired")
-    return snapshot
 
 
 def authorize(snapshot: KeySnapshot, agent_slug: str, model: str = "") -> None:

@@ -59,6 +59,9 @@ class ProxyConsumer(AsyncHttpConsumer):
         disconnect = asyncio.ensure_future(self._receive())
         try:
             await asyncio.wait({work, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done() and exchange.response_finished:
+                # The server says goodbye after a complete answer: let settling and audit finish.
+                await work
         finally:
             if not work.done():
                 work.cancel()  # the client went away (or we are shutting down): stop the upstream call

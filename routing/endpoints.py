@@ -17,7 +17,7 @@ from channels.db import database_sync_to_async
 from billing.usage import monthly_usage
 from gateway_project.errors import GatewayError, not_found
 from gateway_project.writer import writer
-from keys.access import authenticate, authorize
+from keys.access import authorize, ensure_usable, identify
 from routing import forward, protocols
 from routing.admission import admit, estimate_tokens, settle
 from routing.exchange import Exchange
@@ -45,6 +45,12 @@ async def serve(ex: Exchange) -> None:
         ex.record()
 
 
+async def authenticate(ex: Exchange) -> None:
+    """401 or 403, or the caller's key on the exchange (set before the 403, for the audit record)."""
+    ex.key = await identify(ex.headers)
+    ensure_usable(ex.key)
+
+
 def _resolve_endpoint(ex: Exchange):
     if ex.path.startswith("/agents/"):
         slug, _, rest = ex.path[len("/agents/") :].partition("/")
@@ -59,12 +65,12 @@ def _resolve_endpoint(ex: Exchange):
 
 
 async def _unknown_path(ex: Exchange) -> None:
-    ex.key = await authenticate(ex.headers)
+    await authenticate(ex)
     raise not_found(f"There is no endpoint {ex.method} {ex.path}.", "unknown_endpoint")
 
 
 async def _wrong_method(ex: Exchange, allowed: str) -> None:
-    ex.key = await authenticate(ex.headers)
+    await authenticate(ex)
     raise GatewayError(
         405, "invalid_request_error", "method_not_allowed", f"{ex.path} accepts {allowed} only.",
         [(b"allow", allowed.encode())],
@@ -87,7 +93,7 @@ async def _metered(ex: Exchange, route: AgentRoute, tokens: int, call) -> None:
 
 
 async def chat_completions(ex: Exchange) -> None:
-    ex.key = await authenticate(ex.headers)
+    await authenticate(ex)
     payload = ex.json()
     protocols.validate_chat(payload)
     route = (await routing_table.get()).for_model(payload["model"])
@@ -152,7 +158,7 @@ async def _chat_agent(ex, route, payload, stream, wants_usage):
 
 
 async def agent_invoke(ex: Exchange) -> None:
-    ex.key = await authenticate(ex.headers)
+    await authenticate(ex)
     payload = ex.json()
     protocols.validate_invoke(payload)
     table = await routing_table.get()
@@ -207,7 +213,7 @@ async def agent_invoke(ex: Exchange) -> None:
 
 
 async def pass_through(ex: Exchange, slug: str, rest: str) -> None:
-    ex.key = await authenticate(ex.headers)
+    await authenticate(ex)
     if ex.too_large:
         ex.json()  # raises the 413
     route = (await routing_table.get()).agent(slug)
@@ -221,7 +227,7 @@ async def pass_through(ex: Exchange, slug: str, rest: str) -> None:
 
 
 async def list_models(ex: Exchange) -> None:
-    ex.key = await authenticate(ex.headers)
+    await authenticate(ex)
     ticket = await admit(ex, 0, metered=False)
     try:
         table = await routing_table.get()
@@ -243,7 +249,7 @@ async def list_models(ex: Exchange) -> None:
 
 
 async def usage(ex: Exchange) -> None:
-    ex.key = await authenticate(ex.headers)
+    await authenticate(ex)
     ticket = await admit(ex, 0, metered=False)
     try:
         await writer.flush()  # so the report includes this process's latest requests

@@ -93,7 +93,7 @@ class Exchange:
         await self._send({"type": "http.response.body", "body": data, "more_body": more})
 
     async def respond(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = (JSON,)) -> None:
-        await self.start(status, list(headers))
+        await self.start(status, [*headers, (b"content-length", str(len(body)).encode())])
         await self.send(body, more=False)
 
     async def respond_json(self, status: int, obj) -> None:

@@ -1,0 +1,24 @@
+"""Serve the gateway, console and API with Daphne, on as many worker processes as asked."""
+
+import os
+
+from django.core.management.base import BaseCommand
+
+from gateway_project.server import serve
+
+
+class Command(BaseCommand):
+    help = "Run the gateway on Daphne with N worker processes sharing one socket."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default=os.environ.get("GATEWAY_HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("GATEWAY_PORT", "8000")))
+        parser.add_argument(
+            "--workers", type=int, default=int(os.environ.get("GATEWAY_WORKERS", "1")),
+            help="Daphne processes (one per core in production; 1 in the embedded profile).",
+        )
+        parser.add_argument("--access-log", action="store_true", help="Log every request to stdout.")
+
+    def handle(self, *args, **opts):
+        daphne_args = ["--access-log", "-"] if opts["access_log"] else ["-v", "0"]
+        serve(opts["host"], opts["port"], opts["workers"], "gateway_project.asgi:application", daphne_args)

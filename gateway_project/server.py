@@ -1,0 +1,92 @@
+"""Run N Daphne worker processes on one listening socket.
+
+Daphne serves one process per event loop; to use every core, this supervisor
+binds the socket once and hands it to each worker the way systemd socket
+activation does (fd 3, ``LISTEN_FDS``/``LISTEN_PID``), so the kernel spreads
+connections across workers. A worker that dies is started again; SIGTERM or
+SIGINT stops them all, each flushing its audit buffer on the way out.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+# The shell sets LISTEN_PID to its own pid and then execs Daphne in place, so
+# the pid Twisted sees is the one systemd's protocol expects.
+_EXEC = 'export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=gateway; exec "$0" "$@" 3<&{fd}'
+
+
+def bind(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.set_inheritable(True)
+    return sock
+
+
+def worker_command(sock: socket.socket, application: str, daphne_args: list[str]) -> list[str]:
+    fd = sock.fileno()
+    family = "INET6" if sock.family == socket.AF_INET6 else "INET"
+    return [
+        "sh",
+        "-c",
+        _EXEC.format(fd=fd),
+        sys.executable,
+        "-m",
+        "daphne",
+        "-e",
+        f"systemd:domain={family}:index=0",
+        *daphne_args,
+        application,
+    ]
+
+
+def serve(host: str, port: int, workers: int, application: str, daphne_args: list[str]) -> int:
+    sock = bind(host, port)
+    fd = sock.fileno()
+    command = worker_command(sock, application, daphne_args)
+    procs: dict[int, subprocess.Popen] = {}
+    stopping = False
+
+    def start(slot: int) -> None:
+        procs[slot] = subprocess.Popen(command, pass_fds=(fd,))
+
+    def stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for slot in range(workers):
+        start(slot)
+    print(f"gateway: {workers} Daphne worker(s) on http://{host}:{port}/", flush=True)
+    restarts: list[float] = []
+    while True:
+        time.sleep(0.2)
+        if stopping:
+            deadline = time.monotonic() + 30
+            for proc in procs.values():
+                try:
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            return 0
+        for slot, proc in list(procs.items()):
+            if proc.poll() is not None:
+                now = time.monotonic()
+                restarts = [t for t in restarts if now - t < 60] + [now]
+                if len(restarts) > 5 * workers:
+                    print("gateway: workers keep dying; giving up", file=sys.stderr, flush=True)
+                    stop(None, None)
+                    break
+                print(f"gateway: worker {slot} exited with {proc.returncode}; restarting", file=sys.stderr, flush=True)
+                start(slot)

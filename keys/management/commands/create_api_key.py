@@ -1,0 +1,67 @@
+"""Issue a gateway key from a script: prints the raw key and nothing else on stdout."""
+
+from datetime import timedelta
+from decimal import Decimal, InvalidOperation
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+from django.utils import timezone
+
+from billing.models import Budget
+from keys.services import client_for_slug, issue_key
+
+
+def _names(value: str) -> list[str]:
+    names = [item.strip() for item in value.split(",") if item.strip()]
+    if not names:
+        raise CommandError("Give at least one name, or * for all.")
+    return names
+
+
+class Command(BaseCommand):
+    help = "Create an API key for a client (created if needed) and print the raw key once."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--client", required=True, help="Client slug; the client is created if missing.")
+        parser.add_argument("--client-name", default="", help="Name for a newly created client.")
+        parser.add_argument("--name", default="", help="A label for the key.")
+        parser.add_argument("--agents", default="*", help="Comma-separated agent slugs, or * (default).")
+        parser.add_argument("--models", default="*", help="Comma-separated model names, or * (default).")
+        parser.add_argument("--rpm", type=int, default=60, help="Requests per minute.")
+        parser.add_argument("--tpm", type=int, default=100_000, help="Tokens per minute.")
+        parser.add_argument("--max-concurrent", type=int, default=10, help="Requests in flight at once (0: no limit).")
+        parser.add_argument("--expires-in-days", type=int, default=None, help="Expire the key after this many days.")
+        parser.add_argument("--monthly-budget", default=None, help="Set the client's monthly budget in USD.")
+
+    def handle(self, *args, **opts):
+        budget = None
+        if opts["monthly_budget"] is not None:
+            try:
+                budget = Decimal(opts["monthly_budget"])
+            except InvalidOperation:
+                raise CommandError(f"--monthly-budget {opts['monthly_budget']!r} is not a number.")
+            if budget < 0:
+                raise CommandError("--monthly-budget must not be negative.")
+        if opts["expires_in_days"] is not None and opts["expires_in_days"] < 1:
+            raise CommandError("--expires-in-days must be at least 1.")
+        try:
+            with transaction.atomic():
+                client, _ = client_for_slug(opts["client"], name=opts["client_name"])
+                if budget is not None:
+                    Budget.objects.update_or_create(client=client, defaults={"monthly_limit_usd": budget})
+                _, raw = issue_key(
+                    client,
+                    name=opts["name"],
+                    allowed_agents=_names(opts["agents"]),
+                    allowed_models=_names(opts["models"]),
+                    requests_per_minute=opts["rpm"],
+                    tokens_per_minute=opts["tpm"],
+                    max_concurrent=opts["max_concurrent"],
+                    expires_at=timezone.now() + timedelta(days=opts["expires_in_days"])
+                    if opts["expires_in_days"]
+                    else None,
+                )
+        except ValidationError as exc:
+            raise CommandError("; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.message_dict.items()))
+        self.stdout.write(raw)

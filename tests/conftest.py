@@ -1,0 +1,148 @@
+"""Shared fixtures: live servers on loopback, committed data, and the personas tests use.
+
+Gateway tests talk HTTP to real Daphne processes, so the data they make must
+be committed where those processes can read it: ``live_db`` gives a test
+autocommit access to the test database, and every test names its own client
+and key so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from decimal import Decimal
+
+import pytest
+from django.conf import settings
+
+from tests.servers import Gateway, MockUpstream
+
+# Agents every gateway test can use; the mock upstream answers for all of them.
+SPECIAL_AGENTS = [
+    # slug, kind, served models, timeout, point at
+    ("slow", "agent", [], 0.5, "mock"),
+    ("dead", "agent", [], 2.0, "http://127.0.0.1:9"),
+    ("openai-slow", "openai", ["slow-model"], 0.5, "mock"),
+]
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_test_environment, django_db_blocker):
+    """Always create the test database: live-server tests use it without the django_db mark."""
+    from django.test.utils import setup_databases, teardown_databases
+
+    with django_db_blocker.unblock():
+        config = setup_databases(verbosity=0, interactive=False, aliases={"default"}, serialized_aliases=set())
+    yield
+    with django_db_blocker.unblock():
+        teardown_databases(config, verbosity=0)
+
+
+@pytest.fixture(scope="session")
+def mock_upstream():
+    mock = MockUpstream()
+    yield mock
+    mock.stop()
+
+
+@pytest.fixture(scope="session")
+def seeded(django_db_setup, django_db_blocker, mock_upstream):
+    """Demo agents and a few special ones, committed once for the session."""
+    from gateway_project.demo import seed_agents
+    from routing.models import Agent
+
+    if settings.REDIS_URL:
+        import redis
+
+        redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    with django_db_blocker.unblock():
+        seed_agents(mock_upstream.url)
+        for slug, kind, served, timeout, target in SPECIAL_AGENTS:
+            Agent.objects.update_or_create(
+                slug=slug,
+                defaults={
+                    "name": slug,
+                    "kind": kind,
+                    "served_models": served,
+                    "upstream_url": mock_upstream.url if target == "mock" else target,
+                    "timeout_seconds": timeout,
+                    "default_model": "gpt-4o-mini",
+                },
+            )
+    return mock_upstream
+
+
+@pytest.fixture(scope="session")
+def gateway(seeded):
+    server = Gateway()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def live_db(django_db_setup, django_db_blocker):
+    """Database access that commits, so a gateway process sees what the test makes."""
+    with django_db_blocker.unblock():
+        yield
+
+
+@pytest.fixture
+def make_key(live_db):
+    """Issue a key for a fresh client: ``make_key(agents=[...], rpm=..., budget=...) -> (raw, key)``."""
+    from billing.models import Budget
+    from keys.models import Client
+    from keys.services import issue_key
+
+    def make(agents=("*",), models=("*",), rpm=1000, tpm=1_000_000, concurrent=50, budget=None, **fields):
+        client = Client.objects.create(name="Test client", slug=f"c-{uuid.uuid4().hex[:12]}")
+        if budget is not None:
+            Budget.objects.create(client=client, monthly_limit_usd=Decimal(str(budget)))
+        key, raw = issue_key(
+            client,
+            allowed_agents=list(agents),
+            allowed_models=list(models),
+            requests_per_minute=rpm,
+            tokens_per_minute=tpm,
+            max_concurrent=concurrent,
+            **fields,
+        )
+        return raw, key
+
+    return make
+
+
+def wait_for(predicate, seconds: float = 10.0, interval: float = 0.05):
+    """Poll until ``predicate()`` is truthy (the audit writer is asynchronous by design)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+@pytest.fixture
+def audit_for(live_db):
+    """``audit_for(key, count)``: that key's audit records, once ``count`` of them are written."""
+    from audit.models import AuditRecord
+
+    def fetch(key, count: int = 1, seconds: float = 10.0):
+        def ready():
+            rows = list(AuditRecord.objects.filter(api_key_id=key.pk).order_by("id"))
+            return rows if len(rows) >= count else None
+
+        return wait_for(ready, seconds) or list(AuditRecord.objects.filter(api_key_id=key.pk).order_by("id"))
+
+    return fetch
+
+
+@pytest.fixture
+def audit_of(live_db):
+    """``audit_of(response)``: the one audit record of a gateway response, by its request id."""
+    from audit.models import AuditRecord
+
+    def fetch(response, seconds: float = 10.0):
+        request_id = response.headers["x-request-id"]
+        return wait_for(lambda: AuditRecord.objects.filter(request_id=request_id).first(), seconds)
+
+    return fetch

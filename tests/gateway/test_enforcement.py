@@ -1,0 +1,226 @@
+"""Every refusal, in the documented order, with its OpenAI-shaped error and one audit record each."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+CHAT = "/v1/chat/completions"
+
+
+def chat_body(model="gpt-4o-mini", text="hello", **extra):
+    return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
+
+
+def assert_error(response, status, code, error_type=None):
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert error["request_id"] == response.headers["x-request-id"]
+    assert error["message"]
+    if error_type:
+        assert error["type"] == error_type
+    return error
+
+
+def test_it_refuses_a_request_without_a_key(gateway, audit_of):
+    response = gateway.client().post(CHAT, json=chat_body())
+    assert_error(response, 401, "missing_api_key", "authentication_error")
+    record = audit_of(response)
+    assert (record.status, record.error_type, record.path) == (401, "missing_api_key", CHAT)
+
+
+def test_it_refuses_an_unknown_key(gateway, audit_of):
+    response = gateway.client("agk_not-a-real-key").post(CHAT, json=chat_body())
+    assert_error(response, 401, "invalid_api_key")
+    assert audit_of(response).status == 401
+
+
+def test_it_accepts_the_key_as_x_api_key(gateway, make_key):
+    raw, _ = make_key()
+    response = gateway.client().post(CHAT, json=chat_body(), headers={"X-API-Key": raw})
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"is_active": False}, "key_disabled"),
+        ({"revoked_at": timezone.now()}, "key_revoked"),
+        ({"expires_at": timezone.now() - timedelta(seconds=1)}, "key_expired"),
+    ],
+)
+def test_it_refuses_an_unusable_key(gateway, make_key, audit_for, change, code):
+    raw, key = make_key(**change)
+    response = gateway.client(raw).post(CHAT, json=chat_body())
+    assert_error(response, 403, code, "permission_error")
+    assert audit_for(key)[0].error_type == code
+
+
+def test_it_refuses_a_key_of_a_disabled_client(gateway, make_key):
+    raw, key = make_key()
+    key.client.is_active = False
+    key.client.save()
+    assert_error(gateway.client(raw).post(CHAT, json=chat_body()), 403, "client_disabled")
+
+
+def test_it_stops_accepting_a_revoked_key_within_a_second(gateway, make_key):
+    from keys.services import revoke_key
+
+    raw, key = make_key()
+    client = gateway.client(raw)
+    assert client.post(CHAT, json=chat_body()).status_code == 200
+    revoke_key(key)
+    time.sleep(1.1)
+    assert_error(client.post(CHAT, json=chat_body()), 403, "key_revoked")
+
+
+def test_it_checks_the_key_before_the_body_size(gateway, make_key):
+    big = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 70_000}]}
+    assert gateway.client("agk_unknown").post(CHAT, json=big).status_code == 401
+    raw, key = make_key()
+    response = gateway.client(raw).post(CHAT, json=big)
+    assert_error(response, 413, "request_too_large")
+
+
+def test_it_refuses_malformed_json(gateway, make_key, audit_for):
+    raw, key = make_key()
+    response = gateway.client(raw).post(CHAT, content=b"{not json", headers={"content-type": "application/json"})
+    assert_error(response, 400, "invalid_json", "invalid_request_error")
+    assert audit_for(key)[0].status == 400
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"messages": [{"role": "user", "content": "x"}]}, {"model": "gpt-4o"}, {"model": "gpt-4o", "messages": []}, []],
+)
+def test_it_refuses_a_chat_request_missing_fields(gateway, make_key, body):
+    raw, _ = make_key()
+    response = gateway.client(raw).post(CHAT, json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_it_refuses_an_invoke_without_input(gateway, make_key):
+    raw, _ = make_key()
+    assert_error(gateway.client(raw).post("/v1/agent/invoke", json={"agent": "research"}), 400, "missing_field")
+
+
+def test_it_refuses_a_bad_max_tokens(gateway, make_key):
+    raw, _ = make_key()
+    response = gateway.client(raw).post(CHAT, json=chat_body(max_tokens=-5))
+    assert_error(response, 400, "invalid_request")
+
+
+def test_it_answers_404_for_an_unknown_model_and_agent(gateway, make_key):
+    raw, _ = make_key()
+    client = gateway.client(raw)
+    assert_error(client.post(CHAT, json=chat_body(model="no-such-model")), 404, "model_not_found", "not_found_error")
+    assert_error(client.post("/v1/agent/invoke", json={"input": "x", "agent": "nobody"}), 404, "agent_not_found")
+    assert_error(client.get("/agents/nobody/x"), 404, "agent_not_found")
+    assert_error(client.get("/v1/nothing-here"), 404, "unknown_endpoint")
+
+
+def test_it_refuses_an_agent_outside_the_keys_scopes(gateway, make_key, audit_for):
+    raw, key = make_key(agents=["research"])
+    client = gateway.client(raw)
+    assert_error(client.post(CHAT, json=chat_body(model="gpt-4o")), 403, "agent_not_allowed")
+    assert_error(client.post("/v1/agent/invoke", json={"input": "x", "agent": "code"}), 403, "agent_not_allowed")
+    assert_error(client.get("/agents/writing/anything"), 403, "agent_not_allowed")
+    assert client.post(CHAT, json=chat_body(model="research")).status_code == 200
+    records = audit_for(key, 4)
+    assert [r.status for r in records] == [403, 403, 403, 200]
+
+
+def test_it_refuses_a_model_outside_the_keys_scopes(gateway, make_key):
+    raw, _ = make_key(agents=["openai"], models=["gpt-4o-mini"])
+    client = gateway.client(raw)
+    assert client.post(CHAT, json=chat_body(model="gpt-4o-mini")).status_code == 200
+    assert_error(client.post(CHAT, json=chat_body(model="gpt-4o")), 403, "model_not_allowed")
+
+
+def test_it_limits_requests_per_minute_with_retry_after(gateway, make_key, audit_for):
+    raw, key = make_key(rpm=3)
+    client = gateway.client(raw)
+    statuses = [client.post(CHAT, json=chat_body()).status_code for _ in range(3)]
+    assert statuses == [200, 200, 200]
+    refused = client.post(CHAT, json=chat_body())
+    assert_error(refused, 429, "rate_limit_requests", "rate_limit_error")
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert audit_for(key, 4)[-1].error_type == "rate_limit_requests"
+
+
+def test_it_limits_tokens_per_minute(gateway, make_key):
+    raw, _ = make_key(tpm=200)
+    client = gateway.client(raw)
+    assert client.post(CHAT, json=chat_body(max_tokens=50)).status_code == 200
+    refused = client.post(CHAT, json=chat_body(max_tokens=190))
+    assert_error(refused, 429, "rate_limit_tokens")
+    assert int(refused.headers["retry-after"]) >= 1
+
+
+def test_it_reports_remaining_limits_on_success(gateway, make_key):
+    raw, _ = make_key(rpm=10, tpm=5000)
+    response = gateway.client(raw).post(CHAT, json=chat_body())
+    assert response.status_code == 200
+    assert response.headers["x-ratelimit-remaining-requests"] == "9"
+    assert 0 < int(response.headers["x-ratelimit-remaining-tokens"]) < 5000
+    assert len(response.headers["x-request-id"]) == 32
+    assert float(response.headers["x-response-time-ms"]) > 0
+
+
+def test_it_refuses_once_the_monthly_budget_is_spent(gateway, make_key, audit_for):
+    raw, key = make_key(budget="0.01")
+    client = gateway.client(raw)
+    # 40,000 characters are 10,000 input tokens: $0.025 at gpt-4o's $2.50 per million.
+    assert client.post(CHAT, json=chat_body(model="gpt-4o", text="x" * 40_000)).status_code == 200
+    refused = client.post(CHAT, json=chat_body(model="gpt-4o"))
+    assert_error(refused, 402, "budget_exceeded", "insufficient_quota")
+    assert audit_for(key, 2)[-1].status == 402
+
+
+def test_a_zero_budget_refuses_at_once(gateway, make_key):
+    raw, _ = make_key(budget="0")
+    assert_error(gateway.client(raw).post(CHAT, json=chat_body()), 402, "budget_exceeded")
+
+
+def test_it_answers_502_when_the_upstream_is_unreachable(gateway, make_key, audit_for):
+    raw, key = make_key()
+    response = gateway.client(raw).post("/v1/agent/invoke", json={"input": "hello", "agent": "dead"})
+    assert_error(response, 502, "upstream_unreachable", "upstream_error")
+    assert audit_for(key)[0].error_type == "upstream_unreachable"
+
+
+def test_it_answers_502_when_the_upstream_fails(gateway, make_key):
+    raw, _ = make_key()
+    response = gateway.client(raw).post(CHAT, json=chat_body(mock={"status": 503}))
+    assert_error(response, 502, "upstream_error")
+
+
+def test_it_passes_an_upstream_client_error_through(gateway, make_key):
+    raw, _ = make_key()
+    response = gateway.client(raw).post(CHAT, json=chat_body(mock={"status": 422}))
+    assert_error(response, 422, "upstream_rejected")
+
+
+def test_it_answers_504_when_the_upstream_is_too_slow(gateway, make_key, audit_for):
+    raw, key = make_key()
+    client = gateway.client(raw)
+    started = time.monotonic()
+    response = client.post("/agents/slow/work", content=b"{}", headers={"x-mock-delay-ms": "3000"})
+    assert_error(response, 504, "upstream_timeout", "timeout_error")
+    assert time.monotonic() - started < 2.5
+    response = client.post(CHAT, json=chat_body(model="slow-model", mock={"delay_ms": 3000}))
+    assert_error(response, 504, "upstream_timeout")
+    assert [r.status for r in audit_for(key, 2)] == [504, 504]
+
+
+def test_refusals_do_not_use_up_the_rate_limit_of_later_steps(gateway, make_key):
+    raw, _ = make_key(rpm=2)
+    client = gateway.client(raw)
+    for _ in range(3):
+        assert client.post(CHAT, json=chat_body(model="missing")).status_code == 404
+    assert client.post(CHAT, json=chat_body()).status_code == 200

@@ -1,0 +1,115 @@
+"""Real servers for the tests: the mock upstream and gateways, as subprocesses on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from django.conf import settings
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port} after {seconds} s")
+
+
+def stop(proc: subprocess.Popen, sig=signal.SIGTERM, seconds: float = 30) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def server_env(**extra) -> dict[str, str]:
+    """The environment a gateway needs to share the test database and Redis with the tests."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        env["SQLITE_PATH"] = str(db["NAME"])
+    else:
+        env["DATABASE_URL"] = (
+            f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+        )
+    if settings.REDIS_URL:
+        env["REDIS_URL"] = settings.REDIS_URL
+    env.update(
+        DJANGO_SETTINGS_MODULE="gateway_project.settings",
+        GATEWAY_CONFIG_REFRESH_SECONDS="0.2",
+        GATEWAY_FLUSH_SECONDS="0.05",
+        GATEWAY_MAX_BODY_BYTES="65536",
+        GATEWAY_LOG_LEVEL="WARNING",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+class Gateway:
+    """A running ``manage.py rungateway`` with its base URL."""
+
+    def __init__(self, workers: int = 1, **env):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(Path(settings.VAR_DIR) / f"gateway-{self.port}.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "manage.py", "rungateway", "--port", str(self.port), "--workers", str(workers)],
+            cwd=ROOT,
+            env=server_env(**env),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port, self.proc)
+        if workers > 1:
+            time.sleep(1.0)  # let every worker reach its accept loop
+
+    def client(self, key: str | None = None, **kwargs) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        code = stop(self.proc, sig)
+        self.log.close()
+        return code
+
+
+class MockUpstream:
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "routing.mock_upstream", "--port", str(self.port)], cwd=ROOT
+        )
+        wait_for_port(self.port, self.proc)
+
+    def configure(self, **config) -> None:
+        httpx.post(f"{self.url}/__mock__/config", json=config).raise_for_status()
+
+    def stop(self) -> None:
+        stop(self.proc)
