@@ -36,7 +36,7 @@ def run(*args, check=True, **kwargs) -> subprocess.CompletedProcess:
 
 
 def ensure_venv(dev: bool) -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py runs on whatever python3 the machine has
         sys.exit("Python 3.11 or newer is needed (Django 5.2 LTS supports 3.10-3.13; we pin 3.11+).")
     if not PY.exists():
         say(f"creating virtualenv in {VENV}")
@@ -80,15 +80,32 @@ def ensure_services() -> None:
     if not _listening("127.0.0.1", 6379):
         say("starting Redis")
         if shutil.which("redis-server"):
-            run("redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
-                "--save", "", "--appendonly", "no", check=False)
+            run(
+                "redis-server",
+                "--daemonize",
+                "yes",
+                "--bind",
+                "127.0.0.1",
+                "-::1",
+                "--port",
+                "6379",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                check=False,
+            )
         if not _wait_listening("127.0.0.1", 6379):
             sys.exit("Redis is not running on 127.0.0.1:6379 and could not be started.")
 
 
 def cmd_run(args: list[str]) -> int:
     ensure_venv(dev=False)
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")} if "--embedded" in args else None
+    env = (
+        {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+        if "--embedded" in args
+        else None
+    )
     args = [a for a in args if a != "--embedded"]
     return run(PY, "manage.py", "demo", *args, check=False, env=env).returncode
 
@@ -106,7 +123,10 @@ def cmd_test(args: list[str]) -> int:
         if profile == "production":
             ensure_services()
             env.update(DATABASE_URL=POSTGRES_URL, REDIS_URL=REDIS_URL)
-        say(f"tests, {profile} profile" + (" (PostgreSQL + Redis)" if profile == "production" else " (SQLite, in-process)"))
+        say(
+            f"tests, {profile} profile"
+            + (" (PostgreSQL + Redis)" if profile == "production" else " (SQLite, in-process)")
+        )
         result = run(PY, "-m", "pytest", *args, check=False, env=env).returncode
         status = status or result
     return status

@@ -7,7 +7,17 @@ from audit.models import AuditRecord
 class AuditRecordAdmin(admin.ModelAdmin):
     """Read-only: the audit log is append-only."""
 
-    list_display = ("created_at", "request_id", "client_slug", "key_prefix", "agent", "method", "path", "status", "latency_ms")
+    list_display = (
+        "created_at",
+        "request_id",
+        "client_slug",
+        "key_prefix",
+        "agent",
+        "method",
+        "path",
+        "status",
+        "latency_ms",
+    )
     list_filter = ("status", "agent", "method")
     search_fields = ("request_id", "client_slug", "key_prefix", "path", "input_preview", "output_preview")
     date_hierarchy = "created_at"

@@ -6,6 +6,8 @@ import re
 
 from audit.models import PREVIEW_LENGTH
 
+# Gateway keys, provider keys (sk-..., sk-ant-...) and bearer tokens.
+_SECRET = re.compile(r"\b(?:agk_|sk-(?:ant-)?)[A-Za-z0-9_-]{16,}|(?i:bearer)\s+[A-Za-z0-9._~+/=-]{16,}")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _SSN = re.compile(r"\b\d{3}-\d{2}-\d{4}\b")
 # 13 to 19 digits, optionally split by single spaces or dashes.
@@ -31,7 +33,8 @@ def _card(match: re.Match) -> str:
 
 
 def redact(text: str) -> str:
-    """Replace e-mails, SSNs, Luhn-valid card numbers and phone numbers with labels."""
+    """Replace secrets, e-mails, SSNs, Luhn-valid card numbers and phone numbers with labels."""
+    text = _SECRET.sub("[SECRET]", text)
     text = _EMAIL.sub("[EMAIL]", text)
     text = _SSN.sub("[SSN]", text)
     text = _CARD.sub(_card, text)

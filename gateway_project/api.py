@@ -1,8 +1,68 @@
-"""Shared pieces of the management API."""
+"""Shared pieces of the management API: the error handler, filter backends and field types."""
 
+import logging
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django_filters.rest_framework import DjangoFilterBackend
+from rest_framework import serializers, status
+from rest_framework.exceptions import ValidationError
+from rest_framework.filters import OrderingFilter, SearchFilter
+from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework.views import set_rollback
+
+log = logging.getLogger("gateway.api")
+
+# The settings' default backends plus ?search=, for viewsets that declare search_fields.
+SEARCHABLE_FILTER_BACKENDS = [DjangoFilterBackend, SearchFilter, OrderingFilter]
 
 
 def exception_handler(exc, context):
-    """DRF's handler; every error body is a JSON object."""
-    return drf_exception_handler(exc, context)
+    """DRF's handler, made uniform: every error body is a JSON object with a ``detail``.
+
+    Validation errors keep their field errors at the top level (DRF's usual shape)
+    and gain a ``detail`` summarising the first one. Model validation that escapes
+    a serializer becomes a 400, and anything unexpected a JSON 500.
+    """
+    if isinstance(exc, DjangoValidationError):
+        exc = ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        log.exception("Unhandled error in %s", context.get("view").__class__.__name__)
+        set_rollback()
+        return Response({"detail": "Internal server error."}, status=status.HTTP_500_INTERNAL_SERVER_ERROR)
+    if isinstance(response.data, list):
+        response.data = {"detail": _first_message(response.data)}
+    elif isinstance(response.data, dict) and "detail" not in response.data:
+        response.data = {"detail": _first_message(response.data), **response.data}
+    return response
+
+
+def _first_message(errors, field: str = "") -> str:
+    """Return the first error in a DRF error structure, prefixed with its field."""
+    if isinstance(errors, dict):
+        for name, value in errors.items():
+            label = "" if name == "non_field_errors" else str(name)
+            return _first_message(value, f"{field}.{label}" if field and label else field or label)
+    elif isinstance(errors, list) and errors:
+        return _first_message(errors[0], field)
+    elif errors:
+        return f"{field}: {errors}" if field else str(errors)
+    return "Invalid input."
+
+
+class StrictCharField(serializers.CharField):
+    """A CharField that refuses numbers and booleans instead of turning them into text."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class NameListField(serializers.ListField):
+    """A JSON list of non-empty strings (surrounding whitespace is trimmed)."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("child", StrictCharField(allow_blank=False, max_length=200))
+        super().__init__(**kwargs)

@@ -2,6 +2,18 @@
 
 from rest_framework.routers import DefaultRouter
 
-urlpatterns = []
+from audit.api import AuditRecordViewSet
+from billing.api import BudgetViewSet, ModelPriceViewSet, UsageRecordViewSet
+from keys.api import ApiKeyViewSet, ClientViewSet
+from routing.api import AgentViewSet
+
 router = DefaultRouter()
-urlpatterns += router.urls
+router.register("clients", ClientViewSet)
+router.register("keys", ApiKeyViewSet)
+router.register("agents", AgentViewSet)
+router.register("prices", ModelPriceViewSet)
+router.register("budgets", BudgetViewSet)
+router.register("usage", UsageRecordViewSet)
+router.register("audit", AuditRecordViewSet)
+
+urlpatterns = router.urls

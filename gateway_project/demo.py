@@ -14,12 +14,33 @@ from routing.models import Agent
 
 DEMO_AGENTS = [
     # slug, name, kind, served models, default model, capabilities, cost center
-    ("research", "Research agent", "agent", [], "gpt-4o-mini",
-     ["research", "find", "search", "investigate", "compare", "lookup"], "research"),
-    ("writing", "Writing agent", "agent", [], "gpt-4o-mini",
-     ["write", "draft", "edit", "rewrite", "summarize", "email", "essay"], "marketing"),
-    ("code", "Code agent", "agent", [], "gpt-4o",
-     ["code", "debug", "implement", "refactor", "bug", "function", "test"], "engineering"),
+    (
+        "research",
+        "Research agent",
+        "agent",
+        [],
+        "gpt-4o-mini",
+        ["research", "find", "search", "investigate", "compare", "lookup"],
+        "research",
+    ),
+    (
+        "writing",
+        "Writing agent",
+        "agent",
+        [],
+        "gpt-4o-mini",
+        ["write", "draft", "edit", "rewrite", "summarize", "email", "essay"],
+        "marketing",
+    ),
+    (
+        "code",
+        "Code agent",
+        "agent",
+        [],
+        "gpt-4o",
+        ["code", "debug", "implement", "refactor", "bug", "function", "test"],
+        "engineering",
+    ),
     ("openai", "OpenAI (mock)", "openai", ["gpt-4o", "gpt-4o-mini"], "gpt-4o-mini", [], "platform"),
     ("anthropic", "Anthropic (mock)", "anthropic", ["claude-sonnet", "claude-haiku"], "claude-haiku", [], "platform"),
 ]

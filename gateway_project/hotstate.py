@@ -73,9 +73,7 @@ class HotState:
     ) -> Admission:
         raise NotImplementedError
 
-    async def settle(
-        self, adjusts: list[RateAdjust], concurrency_key: str, budget: BudgetCheck, spend: int
-    ) -> int:
+    async def settle(self, adjusts: list[RateAdjust], concurrency_key: str, budget: BudgetCheck, spend: int) -> int:
         raise NotImplementedError
 
     async def get_int(self, key: str) -> int | None:

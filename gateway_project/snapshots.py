@@ -4,7 +4,7 @@
 for a short local time, shares them across processes through the hot state
 when it is shared (Redis), and loads them from the database on a miss.
 ``RefreshingTable`` holds a whole table (agents, prices) in memory and reloads
-it in the background once it is older than its interval.
+it in the background every interval, so changes apply without a restart.
 """
 
 from __future__ import annotations
@@ -71,29 +71,24 @@ class RefreshingTable:
         self._load = database_sync_to_async(load)
         self._interval = interval
         self._value = _MISSING
-        self._loaded_at = 0.0
-        self._refreshing: asyncio.Task | None = None
+        self._refresher: asyncio.Task | None = None
 
     async def get(self):
+        """The table as last loaded; the first call loads it and starts the periodic refresh."""
         if self._value is _MISSING:
             await self.reload()
-        elif time.monotonic() - self._loaded_at > self._interval() and self._refreshing is None:
-            self._refreshing = asyncio.ensure_future(self._refresh_in_background())
+        if self._refresher is None or self._refresher.done():
+            self._refresher = asyncio.ensure_future(self._refresh_forever())
         return self._value
 
     async def reload(self):
         self._value = await self._load()
-        self._loaded_at = time.monotonic()
         return self._value
 
-    async def _refresh_in_background(self):
-        try:
-            await self.reload()
-        except Exception:  # keep serving the last good table; try again next interval
-            log.exception("reloading %s failed", self.name)
-            self._loaded_at = time.monotonic()
-        finally:
-            self._refreshing = None
-
-    def invalidate(self) -> None:
-        self._loaded_at = 0.0
+    async def _refresh_forever(self):
+        while True:
+            await asyncio.sleep(self._interval())
+            try:
+                await self.reload()
+            except Exception:  # keep serving the last good table; try again next interval
+                log.exception("reloading %s failed", self.name)

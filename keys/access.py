@@ -33,11 +33,13 @@ class KeySnapshot:
         return self.allowed_agents is None or slug in self.allowed_agents
 
     def may_use_model(self, model: str) -> bool:
+        """An empty ``model`` means the agent's own default, which the agent scope covers."""
         return self.allowed_models is None or not model or model in self.allowed_models
 
 
 def _scope(values) -> frozenset[str] | None:
-    return None if not values or ALL in values else frozenset(values)
+    """None means everything; an empty set means nothing."""
+    return None if ALL in (values or ()) else frozenset(values or ())
 
 
 def snapshot_of(key: ApiKey) -> dict:
@@ -80,9 +82,7 @@ def _load(key_hash: str) -> dict | None:
     return None if key is None else snapshot_of(key)
 
 
-key_snapshots = SnapshotCache(
-    "keysnap", _load, _decode, local_seconds=lambda: settings.GATEWAY["KEY_CACHE_SECONDS"]
-)
+key_snapshots = SnapshotCache("keysnap", _load, _decode, local_seconds=lambda: settings.GATEWAY["KEY_CACHE_SECONDS"])
 
 
 def presented_key(headers: dict[bytes, bytes]) -> str | None:

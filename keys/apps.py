@@ -6,4 +6,8 @@ class KeysConfig(AppConfig):
     verbose_name = "Clients and API keys"
 
     def ready(self):
+        from gateway_project.writer import writer
         from keys import signals  # noqa: F401
+        from keys.services import mark_keys_used
+
+        writer.add_hook(mark_keys_used)

@@ -17,8 +17,14 @@ def hash_key(raw_key: str) -> str:
 
 
 def validate_scope_list(value):
-    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+    if not isinstance(value, list) or not all(isinstance(item, str) and item.strip() for item in value):
         raise ValidationError('Give a list of names, or ["*"] for all.')
+    if ALL in value and len(value) > 1:
+        raise ValidationError('"*" already means all; give it alone.')
+
+
+def all_scope():
+    return [ALL]
 
 
 class Client(models.Model):
@@ -44,13 +50,12 @@ class ApiKey(models.Model):
     name = models.CharField(max_length=200, blank=True)
     prefix = models.CharField(max_length=VISIBLE_PREFIX_LENGTH, db_index=True, editable=False)
     key_hash = models.CharField(max_length=64, unique=True, editable=False)
-    allowed_agents = models.JSONField(default=list, validators=[validate_scope_list])
-    allowed_models = models.JSONField(default=list, validators=[validate_scope_list])
+    # ["*"] allows everything; an empty list allows nothing.
+    allowed_agents = models.JSONField(default=list, blank=True, validators=[validate_scope_list])
+    allowed_models = models.JSONField(default=all_scope, blank=True, validators=[validate_scope_list])
     requests_per_minute = models.PositiveIntegerField(default=60, validators=[MinValueValidator(1)])
     tokens_per_minute = models.PositiveIntegerField(default=100_000, validators=[MinValueValidator(1)])
-    max_concurrent = models.PositiveIntegerField(
-        default=10, validators=[MinValueValidator(0)], help_text="0 means no limit."
-    )
+    max_concurrent = models.PositiveIntegerField(default=10, help_text="0 means no limit.")
     is_active = models.BooleanField(default=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
@@ -82,10 +87,13 @@ class ApiKey(models.Model):
 
     @property
     def status(self) -> str:
+        """The state the gateway sees: why it would refuse this key, or "active"."""
         if self.is_revoked:
             return "revoked"
         if self.is_expired:
             return "expired"
         if not self.is_active:
             return "disabled"
+        if not self.client.is_active:
+            return "client_disabled"
         return "active"

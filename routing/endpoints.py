@@ -72,7 +72,10 @@ async def _unknown_path(ex: Exchange) -> None:
 async def _wrong_method(ex: Exchange, allowed: str) -> None:
     await authenticate(ex)
     raise GatewayError(
-        405, "invalid_request_error", "method_not_allowed", f"{ex.path} accepts {allowed} only.",
+        405,
+        "invalid_request_error",
+        "method_not_allowed",
+        f"{ex.path} accepts {allowed} only.",
         [(b"allow", allowed.encode())],
     )
 
@@ -181,8 +184,11 @@ async def agent_invoke(ex: Exchange) -> None:
             answer, _ = await forward.call_json(ex, route, "/v1/chat/completions", json.dumps(body).encode())
             ex.output_text = protocols.chat_text(answer)
         elif route.kind == "anthropic":
-            body = {"model": model, "max_tokens": limit or protocols.ANTHROPIC_DEFAULT_MAX_TOKENS,
-                    "messages": [{"role": "user", "content": payload["input"]}]}
+            body = {
+                "model": model,
+                "max_tokens": limit or protocols.ANTHROPIC_DEFAULT_MAX_TOKENS,
+                "messages": [{"role": "user", "content": payload["input"]}],
+            }
             answer, _ = await forward.call_json(ex, route, "/v1/messages", json.dumps(body).encode())
             ex.output_text = protocols.anthropic_text(answer)
         else:

@@ -50,7 +50,9 @@ async def call_json(ex: Exchange, route: AgentRoute, path: str, body: bytes) -> 
     try:
         answer = response.json()
     except ValueError:
-        raise GatewayError(502, "upstream_error", "upstream_invalid", f"The agent '{route.slug}' sent invalid JSON.") from None
+        raise GatewayError(
+            502, "upstream_error", "upstream_invalid", f"The agent '{route.slug}' sent invalid JSON."
+        ) from None
     if not isinstance(answer, dict):
         raise GatewayError(502, "upstream_error", "upstream_invalid", f"The agent '{route.slug}' sent unexpected JSON.")
     usage = usage_from_json(answer) or usage_from_headers(response.headers)

@@ -4,7 +4,7 @@ Speaks OpenAI chat completions (JSON and SSE with a final usage chunk),
 Anthropic messages (JSON and SSE) and the agent ``/invoke`` shape, with
 deterministic answers and token counts. It can be told to be slow or to fail:
 per request with ``X-Mock-Delay-Ms`` / ``X-Mock-Status`` headers or a
-``"mock": {"delay_ms", "status"}`` body field, or for every request with
+``"mock": {"delay_ms", "status", "chunk_delay_ms"}`` body field, or for every request with
 ``POST /__mock__/config {"delay_ms", "status"}``. Any other path echoes the
 request (method, path, query, headers, body) as JSON, for pass-through tests.
 """
@@ -119,7 +119,8 @@ class MockUpstream:
 
         await event(chunk({"role": "assistant", "content": ""}))
         words = text.split(" ")
-        step_delay = float(request.headers.get("x-mock-chunk-delay-ms", "0")) / 1000
+        mock = body.get("mock") if isinstance(body.get("mock"), dict) else {}
+        step_delay = float(request.headers.get("x-mock-chunk-delay-ms", mock.get("chunk_delay_ms", 0))) / 1000
         for i in range(0, len(words), WORDS_PER_CHUNK):
             piece = " ".join(words[i : i + WORDS_PER_CHUNK])
             await event(chunk({"content": piece if i == 0 else " " + piece}))
@@ -165,20 +166,40 @@ class MockUpstream:
             "message_start",
             {
                 "type": "message_start",
-                "message": {"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
-                            "content": [], "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 1}},
+                "message": {
+                    "id": "msg_mock",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": [],
+                    "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 1},
+                },
             },
         )
-        await event("content_block_start", {"type": "content_block_start", "index": 0,
-                                             "content_block": {"type": "text", "text": ""}})
+        await event(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        )
         words = text.split(" ")
         for i in range(0, len(words), WORDS_PER_CHUNK):
             piece = " ".join(words[i : i + WORDS_PER_CHUNK])
-            await event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                "delta": {"type": "text_delta", "text": piece if i == 0 else " " + piece}})
+            await event(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": piece if i == 0 else " " + piece},
+                },
+            )
         await event("content_block_stop", {"type": "content_block_stop", "index": 0})
-        await event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
-                                      "usage": {"output_tokens": usage["output_tokens"]}})
+        await event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn"},
+                "usage": {"output_tokens": usage["output_tokens"]},
+            },
+        )
         await event("message_stop", {"type": "message_stop"})
         await response.write_eof()
         return response

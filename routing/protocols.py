@@ -123,7 +123,11 @@ def anthropic_to_chat(answer: dict, model: str, request_id: str) -> dict:
     text = "".join(b.get("text", "") for b in answer.get("content", []) if b.get("type") == "text")
     input_tokens, output_tokens = usage_from_json(answer) or (0, 0)
     return chat_completion(
-        request_id, answer.get("model", model), text, input_tokens, output_tokens,
+        request_id,
+        answer.get("model", model),
+        text,
+        input_tokens,
+        output_tokens,
         _STOP_REASONS.get(answer.get("stop_reason"), "stop"),
     )
 
@@ -134,9 +138,7 @@ def chat_completion(request_id, model, text, input_tokens, output_tokens, finish
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
-        ],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}],
         "usage": {
             "prompt_tokens": input_tokens,
             "completion_tokens": output_tokens,

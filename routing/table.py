@@ -95,6 +95,4 @@ def load_table() -> RoutingTable:
     return RoutingTable(agents, by_model)
 
 
-routing_table = RefreshingTable(
-    "routing", load_table, interval=lambda: settings.GATEWAY["CONFIG_REFRESH_SECONDS"]
-)
+routing_table = RefreshingTable("routing", load_table, interval=lambda: settings.GATEWAY["CONFIG_REFRESH_SECONDS"])

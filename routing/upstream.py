@@ -55,9 +55,7 @@ def client() -> httpx.AsyncClient:
 
 
 def timeout_for(route: AgentRoute) -> httpx.Timeout:
-    return httpx.Timeout(
-        route.timeout, connect=min(route.timeout, settings.GATEWAY["UPSTREAM_CONNECT_TIMEOUT"])
-    )
+    return httpx.Timeout(route.timeout, connect=min(route.timeout, settings.GATEWAY["UPSTREAM_CONNECT_TIMEOUT"]))
 
 
 def provider_headers(route: AgentRoute, request_id: str, client_slug: str) -> dict[str, str]:
@@ -119,6 +117,4 @@ def upstream_failure(exc: BaseException, route: AgentRoute) -> GatewayError:
 
 
 def upstream_status_error(status: int, route: AgentRoute) -> GatewayError:
-    return GatewayError(
-        502, "upstream_error", "upstream_error", f"The agent '{route.slug}' failed with HTTP {status}."
-    )
+    return GatewayError(502, "upstream_error", "upstream_error", f"The agent '{route.slug}' failed with HTTP {status}.")

@@ -54,9 +54,7 @@ def server_env(**extra) -> dict[str, str]:
     if db["ENGINE"].endswith("sqlite3"):
         env["SQLITE_PATH"] = str(db["NAME"])
     else:
-        env["DATABASE_URL"] = (
-            f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-        )
+        env["DATABASE_URL"] = f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
     if settings.REDIS_URL:
         env["REDIS_URL"] = settings.REDIS_URL
     env.update(
@@ -77,7 +75,7 @@ class Gateway:
     def __init__(self, workers: int = 1, **env):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(Path(settings.VAR_DIR) / f"gateway-{self.port}.log", "wb")  # noqa: SIM115
+        self.log = open(Path(settings.VAR_DIR) / f"gateway-{self.port}.log", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "manage.py", "rungateway", "--port", str(self.port), "--workers", str(workers)],
             cwd=ROOT,

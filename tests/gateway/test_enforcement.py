@@ -81,7 +81,7 @@ def test_it_stops_accepting_a_revoked_key_within_a_second(gateway, make_key):
 def test_it_checks_the_key_before_the_body_size(gateway, make_key):
     big = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 70_000}]}
     assert gateway.client("agk_unknown").post(CHAT, json=big).status_code == 401
-    raw, key = make_key()
+    raw, _ = make_key()
     response = gateway.client(raw).post(CHAT, json=big)
     assert_error(response, 413, "request_too_large")
 

@@ -77,8 +77,17 @@ class Command(BaseCommand):
         try:
             _wait_for_port("127.0.0.1", mock_port, mock)
             gateway = subprocess.Popen(
-                [sys.executable, "manage.py", "rungateway", "--host", host, "--port", str(port),
-                 "--workers", str(opts["workers"])],
+                [
+                    sys.executable,
+                    "manage.py",
+                    "rungateway",
+                    "--host",
+                    host,
+                    "--port",
+                    str(port),
+                    "--workers",
+                    str(opts["workers"]),
+                ],
                 cwd=settings.BASE_DIR,
                 env=env,
             )

@@ -14,7 +14,9 @@ class Command(BaseCommand):
         parser.add_argument("--host", default=os.environ.get("GATEWAY_HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("GATEWAY_PORT", "8000")))
         parser.add_argument(
-            "--workers", type=int, default=int(os.environ.get("GATEWAY_WORKERS", "1")),
+            "--workers",
+            type=int,
+            default=int(os.environ.get("GATEWAY_WORKERS", "1")),
             help="Daphne processes (one per core in production; 1 in the embedded profile).",
         )
         parser.add_argument("--access-log", action="store_true", help="Log every request to stdout.")

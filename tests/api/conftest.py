@@ -1,0 +1,79 @@
+"""Personas and small builders shared by the management API tests."""
+
+import itertools
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from audit.models import AuditRecord
+from keys.models import Client
+
+_request_ids = itertools.count(1)
+
+
+def _client_with_token(user) -> APIClient:
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    return api
+
+
+@pytest.fixture
+def admin_user(db):
+    return get_user_model().objects.create_user("admin", is_staff=True)
+
+
+@pytest.fixture
+def admin_token(admin_user):
+    """The operator persona: a staff user's token."""
+    return Token.objects.create(user=admin_user)
+
+
+@pytest.fixture
+def api(admin_token):
+    """An API client that calls as the operator."""
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {admin_token.key}")
+    return client
+
+
+@pytest.fixture
+def outsider_api(db):
+    """An API client with a valid token of a user who is not staff: refused with 403."""
+    return _client_with_token(get_user_model().objects.create_user("outsider"))
+
+
+@pytest.fixture
+def anonymous_api():
+    """An API client with no credentials: refused with 401."""
+    return APIClient()
+
+
+@pytest.fixture
+def acme(db):
+    return Client.objects.create(name="Acme", slug="acme")
+
+
+@pytest.fixture
+def globex(db):
+    return Client.objects.create(name="Globex", slug="globex")
+
+
+@pytest.fixture
+def make_audit(db):
+    """Build audit records; ``ago`` is how long before now the request happened."""
+
+    def make(*, ago: timedelta = timedelta(0), **fields) -> AuditRecord:
+        defaults = {
+            "request_id": f"req-{next(_request_ids)}",
+            "created_at": timezone.now() - ago,
+            "method": "POST",
+            "path": "/v1/chat/completions",
+            "status": 200,
+        }
+        return AuditRecord.objects.create(**{**defaults, **fields})
+
+    return make

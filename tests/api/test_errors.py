@@ -1,0 +1,21 @@
+"""Every management API error is a JSON object with a detail."""
+
+
+def test_a_validation_error_has_a_detail_and_field_errors(api):
+    response = api.post("/api/v1/clients/", {"slug": "acme"}, format="json")
+    assert response.status_code == 400
+    body = response.json()
+    assert body["detail"] == "name: This field is required."
+    assert body["name"] == ["This field is required."]
+
+
+def test_a_missing_object_is_a_json_404(api):
+    response = api.get("/api/v1/keys/999999/")
+    assert response.status_code == 404
+    assert "detail" in response.json()
+
+
+def test_a_malformed_body_is_a_json_400(api):
+    response = api.generic("POST", "/api/v1/clients/", "{not json", content_type="application/json")
+    assert response.status_code == 400
+    assert "detail" in response.json()
