@@ -117,7 +117,13 @@ def cmd_test(args: list[str]) -> int:
         profiles = [args.pop(0)[2:]]
     base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     base["CELERY_TASK_ALWAYS_EAGER"] = "1"
-    status = 0
+    say("gates: ruff, manage.py check, makemigrations --check")
+    status = run(PY, "-m", "ruff", "check", ".", check=False).returncode
+    status = status or run(PY, "-m", "ruff", "format", "--check", "--quiet", ".", check=False).returncode
+    status = status or run(PY, "manage.py", "check", "--fail-level", "WARNING", check=False, env=base).returncode
+    status = status or run(PY, "manage.py", "makemigrations", "--check", "--dry-run", check=False, env=base).returncode
+    if status:
+        return status
     for profile in profiles:
         env = dict(base)
         if profile == "production":

@@ -32,13 +32,21 @@ def _card(match: re.Match) -> str:
     return "[CARD]" if _luhn_ok(digits) else match.group()
 
 
+def _phone(match: re.Match) -> str:
+    """A run of digits is a phone number only if it is written like one."""
+    value = match.group()
+    digits = sum(char.isdigit() for char in value)
+    written_as_phone = value.startswith("+") or any(char in value for char in " .-()")
+    return "[PHONE]" if written_as_phone or digits in (10, 11) else value
+
+
 def redact(text: str) -> str:
     """Replace secrets, e-mails, SSNs, Luhn-valid card numbers and phone numbers with labels."""
     text = _SECRET.sub("[SECRET]", text)
     text = _EMAIL.sub("[EMAIL]", text)
     text = _SSN.sub("[SSN]", text)
     text = _CARD.sub(_card, text)
-    text = _PHONE.sub("[PHONE]", text)
+    text = _PHONE.sub(_phone, text)
     return text
 
 

@@ -5,6 +5,7 @@ from decimal import Decimal, InvalidOperation
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
+from django.core.validators import validate_slug
 from django.db import transaction
 from django.utils import timezone
 
@@ -35,6 +36,10 @@ class Command(BaseCommand):
         parser.add_argument("--monthly-budget", default=None, help="Set the client's monthly budget in USD.")
 
     def handle(self, *args, **opts):
+        try:
+            validate_slug(opts["client"])
+        except ValidationError:
+            raise CommandError(f"--client {opts['client']!r} is not a slug (letters, digits, - and _).")
         budget = None
         if opts["monthly_budget"] is not None:
             try:

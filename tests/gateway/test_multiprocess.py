@@ -1,0 +1,98 @@
+"""Limits, spend and the audit log across gateway processes, and through a shutdown."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from django.conf import settings
+
+from tests.servers import Gateway
+
+CHAT = "/v1/chat/completions"
+BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
+needs_redis = pytest.mark.skipif(not settings.REDIS_URL, reason="limits are shared across processes through Redis")
+
+
+@pytest.fixture(scope="module")
+def two_workers(seeded):
+    """Two Daphne processes on one socket when Redis is there to share state; else the one-process profile."""
+    server = Gateway(workers=2 if settings.REDIS_URL else 1)
+    yield server
+    server.stop()
+
+
+def burst(url: str, raw: str, count: int, path=CHAT, body=BODY, headers=None) -> Counter:
+    """``count`` requests at once, each on its own connection."""
+
+    def one(_):
+        with httpx.Client(base_url=url, timeout=30) as client:
+            response = client.post(path, json=body, headers={"Authorization": f"Bearer {raw}", **(headers or {})})
+            return response.status_code, response.headers.get("x-request-id")
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        results = list(pool.map(one, range(count)))
+    return Counter(status for status, _ in results)
+
+
+def worker_cpu_ticks(server: Gateway) -> dict[int, int]:
+    children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()
+    ticks = {}
+    for pid in children:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks[int(pid)] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def test_the_requests_per_minute_limit_admits_exactly_the_limit(two_workers, make_key, audit_for):
+    raw, key = make_key(rpm=20)
+    before = worker_cpu_ticks(two_workers)
+    statuses = burst(two_workers.url, raw, 60)
+    assert statuses == Counter({200: 20, 429: 40})
+    assert len(audit_for(key, 60)) == 60
+    if settings.REDIS_URL:
+        after = worker_cpu_ticks(two_workers)
+        assert len(after) == 2
+        assert all(after[pid] > before.get(pid, 0) for pid in after), "both workers should have served the burst"
+
+
+def test_the_tokens_per_minute_limit_holds_across_processes(two_workers, make_key):
+    raw, _ = make_key(tpm=1000)
+    # Slow answers, so every request is admitted on its estimate before any settles.
+    body = {**BODY, "max_tokens": 90, "mock": {"delay_ms": 1500}}
+    estimate = len(json.dumps(body, separators=(",", ":"))) // 4 + 90
+    statuses = burst(two_workers.url, raw, 30, body=body)
+    assert statuses == Counter({200: 1000 // estimate, 429: 30 - 1000 // estimate})
+
+
+def test_the_concurrency_limit_holds_across_processes(two_workers, make_key):
+    raw, _ = make_key(concurrent=3)
+    statuses = burst(two_workers.url, raw, 12, path="/agents/research/slow", headers={"x-mock-delay-ms": "1500"})
+    assert statuses == Counter({200: 3, 429: 9})
+
+
+@needs_redis
+def test_spend_is_shared_so_every_process_refuses_a_spent_budget(two_workers, make_key):
+    raw, _ = make_key(budget="0.01")
+    big = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 40_000}]}
+    with httpx.Client(base_url=two_workers.url, timeout=30) as client:
+        assert client.post(CHAT, json=big, headers={"Authorization": f"Bearer {raw}"}).status_code == 200
+    statuses = burst(two_workers.url, raw, 20)
+    assert statuses == Counter({402: 20})
+
+
+def test_buffered_audit_records_are_flushed_on_shutdown(seeded, make_key, audit_for):
+    server = Gateway(GATEWAY_FLUSH_SECONDS=600, GATEWAY_FLUSH_BATCH=100_000)
+    raw, key = make_key()
+    with server.client(raw) as client:
+        ids = [client.post(CHAT, json=BODY).headers["x-request-id"] for _ in range(5)]
+        ids.append(client.post(CHAT, content=b"broken").headers["x-request-id"])
+    time.sleep(0.3)
+    assert audit_for(key, 1, seconds=0.5) == []  # still in the buffer
+    assert server.stop() == 0
+    assert sorted(r.request_id for r in audit_for(key, 6)) == sorted(ids)

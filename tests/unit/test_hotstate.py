@@ -1,0 +1,120 @@
+"""The hot-state stores admit and settle the same way; Redis does it atomically across callers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from django.conf import settings
+
+from gateway_project.hotstate import BudgetCheck, MemoryHotState, RateAdjust, RateCheck, RedisHotState
+
+STORES = ["memory"] + (["redis"] if settings.REDIS_URL else [])
+
+
+@pytest.fixture(params=STORES)
+def store(request):
+    return MemoryHotState() if request.param == "memory" else RedisHotState(settings.REDIS_URL)
+
+
+def ids():
+    unique = uuid.uuid4().hex
+    return f"t:{unique}:rpm", f"t:{unique}:tpm", f"t:{unique}:conc", f"t:{unique}:spend"
+
+
+def no_budget(key):
+    return BudgetCheck(key, -1, 0, 60)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_it_admits_up_to_the_limit_then_says_when_to_retry(store):
+    rpm, _, conc, spend = ids()
+
+    async def scenario():
+        results = [await store.admit([RateCheck("requests", rpm, 5, 1)], conc, 0, no_budget(spend)) for _ in range(6)]
+        return results
+
+    results = run(scenario())
+    assert [r.ok for r in results] == [True] * 5 + [False]
+    assert [r.remaining["requests"] for r in results[:5]] == [4, 3, 2, 1, 0]
+    refused = results[-1]
+    assert refused.failed == "requests"
+    assert 11_000 <= refused.retry_after_ms <= 12_000  # one slot frees every 60/5 s
+
+
+def test_a_refused_check_commits_nothing(store):
+    rpm, tpm, conc, spend = ids()
+
+    async def scenario():
+        checks = [RateCheck("requests", rpm, 10, 1), RateCheck("tokens", tpm, 100, 80)]
+        first = await store.admit(checks, conc, 0, no_budget(spend))
+        second = await store.admit(checks, conc, 0, no_budget(spend))
+        small = await store.admit(
+            [RateCheck("requests", rpm, 10, 1), RateCheck("tokens", tpm, 100, 20)], conc, 0, no_budget(spend)
+        )
+        return first, second, small
+
+    first, second, small = run(scenario())
+    assert first.ok and not second.ok and second.failed == "tokens"
+    assert small.ok and small.remaining["requests"] == 8  # the refused request used no request slot
+
+
+def test_settling_returns_unused_tokens(store):
+    _, tpm, conc, spend = ids()
+
+    async def scenario():
+        check = [RateCheck("tokens", tpm, 100, 90)]
+        assert (await store.admit(check, conc, 0, no_budget(spend))).ok
+        assert not (await store.admit(check, conc, 0, no_budget(spend))).ok
+        await store.settle([RateAdjust(tpm, 100, -80)], "", no_budget(spend), 0)
+        return await store.admit(check, conc, 0, no_budget(spend))
+
+    assert run(scenario()).ok
+
+
+def test_it_limits_requests_in_flight(store):
+    _, _, conc, spend = ids()
+
+    async def scenario():
+        first = await store.admit([], conc, 2, no_budget(spend))
+        second = await store.admit([], conc, 2, no_budget(spend))
+        third = await store.admit([], conc, 2, no_budget(spend))
+        await store.settle([], conc, no_budget(spend), 0)
+        fourth = await store.admit([], conc, 2, no_budget(spend))
+        return first, second, third, fourth
+
+    first, second, third, fourth = run(scenario())
+    assert (first.ok, second.ok, third.ok, fourth.ok) == (True, True, False, True)
+    assert third.failed == "concurrency"
+
+
+def test_spend_starts_from_the_seed_and_refuses_at_the_limit(store):
+    _, _, conc, spend = ids()
+    budget = BudgetCheck(spend, 1_000, 900, 60)
+
+    async def scenario():
+        first = await store.admit([], conc, 0, budget)
+        total = await store.settle([], "", budget, 150)
+        second = await store.admit([], conc, 0, budget)
+        return first, total, second
+
+    first, total, second = run(scenario())
+    assert first.ok and first.spent == 900
+    assert total == 1_050
+    assert not second.ok and second.failed == "budget"
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="needs Redis")
+def test_redis_never_over_admits_concurrent_callers():
+    store = RedisHotState(settings.REDIS_URL)
+    rpm, _, conc, spend = ids()
+
+    async def scenario():
+        calls = [store.admit([RateCheck("requests", rpm, 25, 1)], conc, 0, no_budget(spend)) for _ in range(200)]
+        return await asyncio.gather(*calls)
+
+    assert sum(result.ok for result in run(scenario())) == 25
