@@ -220,8 +220,7 @@ async def agent_invoke(ex: Exchange) -> None:
 
 async def pass_through(ex: Exchange, slug: str, rest: str) -> None:
     await authenticate(ex)
-    if ex.too_large:
-        ex.json()  # raises the 413
+    ex.ensure_size()
     route = (await routing_table.get()).agent(slug)
     ex.agent, ex.model = route.slug, route.default_model
     authorize(ex.key, route.slug)

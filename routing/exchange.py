@@ -49,8 +49,8 @@ class Exchange:
         self.output_text = ""
 
     # --- request --------------------------------------------------------
-    def json(self):
-        """The body as JSON, after the size check: 413 comes before 400."""
+    def ensure_size(self) -> None:
+        """Raise 413 if the body was over the limit (it was not kept)."""
         if self.too_large:
             raise GatewayError(
                 413,
@@ -58,6 +58,10 @@ class Exchange:
                 "request_too_large",
                 f"The request body is larger than {settings.GATEWAY['MAX_BODY_BYTES']} bytes.",
             )
+
+    def json(self):
+        """The body as JSON, after the size check: 413 comes before 400."""
+        self.ensure_size()
         try:
             return json.loads(self.body)
         except ValueError:
