@@ -30,9 +30,9 @@ def record_request(
     user_agent: str = "",
     input_text: str = "",
     output_text: str = "",
-) -> AuditRecord:
+) -> dict:
     """Queue the record for the buffered writer; previews are redacted before anything is kept."""
-    record = AuditRecord(
+    record = dict(
         request_id=request_id,
         created_at=timezone.now(),
         client_id=client_id,
@@ -54,5 +54,5 @@ def record_request(
         input_preview=preview(input_text),
         output_preview=preview(output_text),
     )
-    writer.add(record)
+    writer.add(AuditRecord, record)
     return record

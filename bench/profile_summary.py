@@ -24,6 +24,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT_DIRS = ("routing", "keys", "billing", "audit", "gateway_project")
+# Leaf frames of threads that are waiting, not running, which py-spy's idle
+# detection misses: the thread-pool workers blocked on their queue (the wait is
+# in C, below this frame) and an event loop inside epoll_wait.
+IDLE_LEAVES = {
+    ("_worker", "concurrent/futures/thread.py"),
+    ("EpollSelector.select", "selectors.py"),
+    ("Condition.wait", "threading.py"),
+    ("Thread._wait_for_tstate_lock", "threading.py"),
+}
+
+
+def _idle(frame: dict) -> bool:
+    file = frame.get("file") or ""
+    return any(frame.get("name") == name and file.endswith(suffix) for name, suffix in IDLE_LEAVES)
 
 
 def _short(path: str) -> str:
@@ -46,6 +60,8 @@ def _is_project(path: str) -> bool:
 
 def summarise(paths: list[str], top: int = 20) -> dict:
     total = 0
+    idle = 0
+    seconds = 0.0
     inclusive: Counter = Counter()
     own: Counter = Counter()
     self_: Counter = Counter()
@@ -56,17 +72,23 @@ def summarise(paths: list[str], top: int = 20) -> dict:
         frames = data["shared"]["frames"]
         keys = []
         project = []
+        idle_frame = [_idle(frame) for frame in frames]
         for frame in frames:
             file = frame.get("file") or ""
             keys.append(f"{frame.get('name', '?')} ({_short(file)})")
             project.append(_is_project(file))
         for profile in data["profiles"]:
-            weights = profile.get("weights") or [1] * len(profile["samples"])
-            for stack, weight in zip(profile["samples"], weights, strict=False):
+            weights = profile.get("weights") or [0.0] * len(profile["samples"])
+            for stack, seconds_of_sample in zip(profile["samples"], weights, strict=False):
                 if not stack:
                     continue
-                total += weight
                 leaf = stack[-1]  # speedscope stacks run from the root to the leaf
+                if idle_frame[leaf]:
+                    idle += 1
+                    continue
+                weight = 1
+                total += weight
+                seconds += seconds_of_sample
                 if project[leaf]:
                     self_[keys[leaf]] += weight
                 else:
@@ -91,6 +113,8 @@ def summarise(paths: list[str], top: int = 20) -> dict:
 
     return {
         "samples": total,
+        "seconds": round(seconds, 3),
+        "idle_samples_dropped": idle,
         "with_gateway_code_on_stack": round(with_project / total, 4) if total else 0.0,
         "gateway_own": share(own),
         "gateway_inclusive": share(inclusive),
@@ -101,7 +125,8 @@ def summarise(paths: list[str], top: int = 20) -> dict:
 
 def render(summary: dict, top: int = 15) -> str:
     lines = [
-        f"{summary['samples']} CPU samples; "
+        f"{summary['samples']} CPU samples ({summary['seconds']:.1f} s; "
+        f"{summary['idle_samples_dropped']} samples of waiting threads left out); "
         f"{summary['with_gateway_code_on_stack']:.1%} have gateway code (routing/ keys/ billing/ audit/ "
         "gateway_project/) on the stack; the rest is Daphne/Twisted/asyncio/Channels/Django plumbing.",
         "",

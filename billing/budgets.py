@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -64,9 +65,21 @@ budget_snapshots = SnapshotCache(
 )
 
 
+_month_cache: tuple[str, float] = ("", 0.0)
+
+
+def _month_now() -> str:
+    """The current month key, recomputed only when a month ends (the hot path asks every request)."""
+    global _month_cache
+    month, ends_at = _month_cache
+    if time.time() >= ends_at:
+        month, _, end = current_month()
+        _month_cache = (month, end.timestamp())
+    return month
+
+
 async def budget_for(client_id: int) -> BudgetSnapshot:
-    month, _, _ = current_month()
-    return await budget_snapshots.get(f"{client_id}:{month}")
+    return await budget_snapshots.get(f"{client_id}:{_month_now()}")
 
 
 def budget_check(store: HotState, budget: BudgetSnapshot) -> BudgetCheck:

@@ -10,11 +10,12 @@ from django.utils import timezone
 from billing.budgets import current_month
 from billing.models import Budget, UsageRecord
 from billing.pricing import nanos_to_usd
+from gateway_project.writer import writer
 
 
-def usage_record(*, request_id, client_id, key_id, agent, model, input_tokens, output_tokens, cost_nanos):
-    """An unsaved usage row for the buffered writer."""
-    return UsageRecord(
+def record_usage(*, request_id, client_id, key_id, agent, model, input_tokens, output_tokens, cost_nanos) -> dict:
+    """Queue one usage row for the buffered writer."""
+    row = dict(
         request_id=request_id,
         created_at=timezone.now(),
         client_id=client_id,
@@ -25,6 +26,8 @@ def usage_record(*, request_id, client_id, key_id, agent, model, input_tokens, o
         output_tokens=output_tokens,
         cost_usd=nanos_to_usd(cost_nanos),
     )
+    writer.add(UsageRecord, row)
+    return row
 
 
 def _money(value) -> str:

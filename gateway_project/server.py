@@ -1,10 +1,14 @@
 """Run N Daphne worker processes on one listening socket.
 
 Daphne serves one process per event loop; to use every core, this supervisor
-binds the socket once and hands it to each worker the way systemd socket
-activation does (fd 3, ``LISTEN_FDS``/``LISTEN_PID``), so the kernel spreads
-connections across workers. A worker that dies is started again; SIGTERM or
-SIGINT stops them all, each flushing its audit buffer on the way out.
+binds one ``SO_REUSEPORT`` socket per worker on the same port and hands each
+to its worker the way systemd socket activation does (fd 3, ``LISTEN_FDS``/
+``LISTEN_PID``). The kernel then spreads new connections evenly across the
+workers; with one shared socket, whichever worker woke first took a whole
+burst of connections and left the other idle. The supervisor keeps every
+socket open, so a worker that dies is restarted on the same socket without
+dropping queued connections. SIGTERM or SIGINT stops them all, each flushing
+its audit buffer on the way out.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ def bind(host: str, port: int, backlog: int = 2048) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(backlog)
     sock.set_inheritable(True)
@@ -48,14 +53,15 @@ def worker_command(sock: socket.socket, application: str, daphne_args: list[str]
 
 
 def serve(host: str, port: int, workers: int, application: str, daphne_args: list[str]) -> int:
-    sock = bind(host, port)
-    fd = sock.fileno()
-    command = worker_command(sock, application, daphne_args)
+    sockets = [bind(host, port)]
+    port = sockets[0].getsockname()[1]  # a port of 0 asks the kernel for a free one
+    sockets += [bind(host, port) for _ in range(workers - 1)]
     procs: dict[int, subprocess.Popen] = {}
     stopping = False
 
     def start(slot: int) -> None:
-        procs[slot] = subprocess.Popen(command, pass_fds=(fd,))
+        sock = sockets[slot]
+        procs[slot] = subprocess.Popen(worker_command(sock, application, daphne_args), pass_fds=(sock.fileno(),))
 
     def stop(signum, frame):
         nonlocal stopping

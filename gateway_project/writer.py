@@ -1,9 +1,12 @@
 """Buffered, batched writes for records the hot path produces.
 
-The proxy never writes to the database itself: it appends model instances
-here, and one background task per process bulk-inserts them every
-``FLUSH_SECONDS`` or ``FLUSH_BATCH`` records. On a database error the batch
-goes back to the front of the buffer and is retried; at process exit
+The proxy never writes to the database itself: it appends rows (a model and
+a dict of column values) here, and one background task per process writes
+them every ``FLUSH_SECONDS`` or ``FLUSH_BATCH`` rows. On PostgreSQL a batch is
+one ``COPY`` per table, several times cheaper per row than ``bulk_create``
+(which builds and prepares a model instance per row while the event loop
+waits for the GIL); elsewhere it is ``bulk_create``. On a database error the
+batch goes back to the front of the buffer and is retried; at process exit
 whatever is left is written synchronously.
 """
 
@@ -17,7 +20,7 @@ from collections.abc import Callable
 
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections, connection, transaction
 
 log = logging.getLogger("gateway.writer")
 
@@ -32,13 +35,13 @@ class BufferedWriter:
         self._exit_registered = False
 
     def add_hook(self, hook: Callable[[list], None]) -> None:
-        """Run ``hook(batch)`` in the writer's thread after each batch is saved."""
+        """Run ``hook(rows)`` (a list of column dicts) in the writer's thread after each batch is saved."""
         if hook not in self._hooks:
             self._hooks.append(hook)
 
-    def add(self, obj) -> None:
-        """Queue one unsaved model instance; never blocks, never touches the database."""
-        self._buffer.append(obj)
+    def add(self, model, row: dict) -> None:
+        """Queue one row of ``model`` (column name -> value); never blocks, never touches the database."""
+        self._buffer.append((model, row))
         self._ensure_running()
         if len(self._buffer) >= settings.GATEWAY["FLUSH_BATCH"] and self._wake is not None:
             self._wake.set()
@@ -93,17 +96,32 @@ class BufferedWriter:
                 close_old_connections()
 
     def _write(self, batch: list) -> None:
-        by_model: dict[type, list] = {}
-        for obj in batch:
-            by_model.setdefault(type(obj), []).append(obj)
+        by_model: dict[type, list[dict]] = {}
+        for model, row in batch:
+            by_model.setdefault(model, []).append(row)
         with self._lock, transaction.atomic():
-            for model, objs in by_model.items():
-                model.objects.bulk_create(objs, batch_size=500)
+            for model, rows in by_model.items():
+                if connection.vendor == "postgresql":
+                    _copy(model, rows)
+                else:
+                    model.objects.bulk_create([model(**row) for row in rows], batch_size=500)
+        rows = [row for _, row in batch]
         for hook in self._hooks:
             try:
-                hook(batch)
+                hook(rows)
             except Exception:
                 log.exception("writer hook %s failed", getattr(hook, "__name__", hook))
+
+
+def _copy(model, rows: list[dict]) -> None:
+    """Stream rows into the model's table with PostgreSQL's COPY."""
+    columns = list(rows[0])
+    names = ", ".join(connection.ops.quote_name(model._meta.get_field(c).column) for c in columns)
+    with connection.cursor() as cursor:
+        raw = cursor.cursor  # psycopg's own cursor, under Django's wrapper
+        with raw.copy(f"COPY {connection.ops.quote_name(model._meta.db_table)} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([row[c] for c in columns])
 
 
 writer = BufferedWriter()

@@ -32,12 +32,12 @@ def client_for_slug(slug: str, *, name: str = "") -> tuple[Client, bool]:
     return Client.objects.get_or_create(slug=slug, defaults={"name": name or slug})
 
 
-def mark_keys_used(batch: list) -> None:
+def mark_keys_used(rows: list[dict]) -> None:
     """Writer hook: set ``last_used_at`` for the keys seen in a batch of usage/audit rows."""
     used: dict[int, object] = {}
-    for obj in batch:
-        key_id = getattr(obj, "api_key_id", None)
+    for row in rows:
+        key_id = row.get("api_key_id")
         if key_id is not None:
-            used[key_id] = max(obj.created_at, used.get(key_id, obj.created_at))
+            used[key_id] = max(row["created_at"], used.get(key_id, row["created_at"]))
     for key_id, when in used.items():
         ApiKey.objects.filter(pk=key_id).update(last_used_at=when)

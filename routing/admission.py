@@ -11,10 +11,9 @@ from dataclasses import dataclass
 
 from billing.budgets import budget_check, budget_for
 from billing.pricing import cost_nanos, price_for, prices
-from billing.usage import usage_record
+from billing.usage import record_usage
 from gateway_project.errors import GatewayError
 from gateway_project.hotstate import BudgetCheck, HotState, get_hot_state
-from gateway_project.writer import writer
 from keys.access import concurrency_key, rate_checks, token_correction
 from routing.exchange import Exchange
 
@@ -89,17 +88,15 @@ async def settle(ex: Exchange, ticket: Ticket, default_model: str) -> None:
         model = ex.model or default_model
         spend = cost_nanos(price_for(await prices.get(), model), ex.input_tokens, ex.output_tokens)
         ex.cost_nanos = spend
-        writer.add(
-            usage_record(
-                request_id=ex.request_id,
-                client_id=key.client_id,
-                key_id=key.key_id,
-                agent=ex.agent,
-                model=model,
-                input_tokens=ex.input_tokens,
-                output_tokens=ex.output_tokens,
-                cost_nanos=spend,
-            )
+        record_usage(
+            request_id=ex.request_id,
+            client_id=key.client_id,
+            key_id=key.key_id,
+            agent=ex.agent,
+            model=model,
+            input_tokens=ex.input_tokens,
+            output_tokens=ex.output_tokens,
+            cost_nanos=spend,
         )
     actual = ex.input_tokens + ex.output_tokens if ticket.metered else 0
     adjusts = token_correction(ticket.store, key, ticket.estimated_tokens, actual)

@@ -126,9 +126,9 @@ async def _chat_openai(ex, route, payload, stream, wants_usage):
         scanner = OpenAIStreamScanner(keep_usage_chunk=wants_usage)
         await forward.stream_sse(ex, route, "/v1/chat/completions", json.dumps(body).encode(), scanner)
         return
-    answer, _ = await forward.call_json(ex, route, "/v1/chat/completions", ex.body)
+    answer, content = await forward.call_json(ex, route, "/v1/chat/completions", ex.body)
     ex.output_text = protocols.chat_text(answer)
-    await forward.respond_upstream_json(ex, answer)
+    await forward.respond_json_bytes(ex, content)  # the provider's own bytes, as it sent them
 
 
 async def _chat_anthropic(ex, route, payload, stream, wants_usage):

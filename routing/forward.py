@@ -33,22 +33,27 @@ def _rejected(status: int, route: AgentRoute, content: bytes) -> GatewayError:
     return GatewayError(status, "upstream_error", "upstream_rejected", f"The agent '{route.slug}' refused: {detail}")
 
 
-async def call_json(ex: Exchange, route: AgentRoute, path: str, body: bytes) -> tuple[dict, httpx.Headers]:
-    """POST a composed JSON body and return the upstream's JSON answer, within the agent's timeout."""
+async def call_json(ex: Exchange, route: AgentRoute, path: str, body: bytes) -> tuple[dict, bytes]:
+    """POST a composed JSON body; return the upstream's JSON answer and its bytes, within the agent's timeout."""
     headers = upstream.provider_headers(route, ex.request_id, ex.key.client_slug)
+    request = upstream.build_request(
+        "POST", upstream.provider_url(route, path), content=body, headers=headers, route=route
+    )
     try:
         async with asyncio.timeout(route.timeout):
-            response = await upstream.client().post(
-                route.url(path), content=body, headers=headers, timeout=upstream.timeout_for(route)
-            )
+            response = await upstream.send(request)
+            try:
+                content = await response.aread()
+            finally:
+                await response.aclose()
     except (httpx.HTTPError, TimeoutError) as exc:
         raise upstream.upstream_failure(exc, route) from None
     if response.status_code >= 500:
         raise upstream.upstream_status_error(response.status_code, route)
     if response.status_code >= 400:
-        raise _rejected(response.status_code, route, response.content)
+        raise _rejected(response.status_code, route, content)
     try:
-        answer = response.json()
+        answer = json.loads(content)
     except ValueError:
         raise GatewayError(
             502, "upstream_error", "upstream_invalid", f"The agent '{route.slug}' sent invalid JSON."
@@ -60,12 +65,12 @@ async def call_json(ex: Exchange, route: AgentRoute, path: str, body: bytes) -> 
         ex.input_tokens, ex.output_tokens = usage
     if isinstance(answer.get("model"), str) and answer["model"]:
         ex.model = answer["model"]
-    return answer, response.headers
+    return answer, content
 
 
 async def _open_stream(ex: Exchange, route: AgentRoute, request: httpx.Request) -> httpx.Response:
     try:
-        return await upstream.client().send(request, stream=True)
+        return await upstream.send(request)
     except httpx.HTTPError as exc:
         raise upstream.upstream_failure(exc, route) from None
 
@@ -86,12 +91,12 @@ async def _relay(ex: Exchange, route: AgentRoute, response: httpx.Response, tran
 
 async def stream_sse(ex: Exchange, route: AgentRoute, path: str, body: bytes, scanner) -> None:
     """POST a streaming request and relay its events through ``scanner`` without buffering them."""
-    request = upstream.client().build_request(
+    request = upstream.build_request(
         "POST",
-        route.url(path),
+        upstream.provider_url(route, path),
         content=body,
         headers=upstream.provider_headers(route, ex.request_id, ex.key.client_slug),
-        timeout=upstream.timeout_for(route),
+        route=route,
     )
     response = await _open_stream(ex, route, request)
     try:
@@ -115,12 +120,12 @@ async def pass_through(ex: Exchange, route: AgentRoute, rest: str) -> None:
     url = route.url(rest)
     if ex.query:
         url = f"{url}?{ex.query.decode('latin-1')}"
-    request = upstream.client().build_request(
+    request = upstream.build_request(
         ex.method,
         url,
         content=ex.body or None,
         headers=upstream.passthrough_headers(ex.raw_headers, route, ex.request_id, ex.key.client_slug),
-        timeout=upstream.timeout_for(route),
+        route=route,
     )
     response = await _open_stream(ex, route, request)
     try:
@@ -145,5 +150,9 @@ async def pass_through(ex: Exchange, route: AgentRoute, rest: str) -> None:
     ex.model = response.headers.get("x-usage-model", ex.model or "")
 
 
+async def respond_json_bytes(ex: Exchange, content: bytes) -> None:
+    await ex.respond(200, content, [JSON])
+
+
 async def respond_upstream_json(ex: Exchange, answer: dict) -> None:
-    await ex.respond(200, json.dumps(answer).encode(), [JSON])
+    await respond_json_bytes(ex, json.dumps(answer).encode())
