@@ -358,7 +358,17 @@ class Bench:
     def start_gateway(self) -> str:
         port = self.args.gateway_port or free_port()
         self.gateway = subprocess.Popen(
-            [str(VENV_PY), "manage.py", "rungateway", "--port", str(port), "--workers", str(self.args.workers)],
+            [
+                str(VENV_PY),
+                "manage.py",
+                "rungateway",
+                "--port",
+                str(port),
+                "--workers",
+                str(self.args.workers),
+                "--server",
+                self.args.server,
+            ],
             cwd=ROOT,
             env=self.gateway_env,
             stdout=self.log_file("gateway"),
@@ -369,7 +379,7 @@ class Bench:
         deadline = time.monotonic() + 30
         while True:
             pids = children(self.gateway.pid)
-            if len(pids) == self.args.workers and all("daphne" in cmdline(pid) for pid in pids):
+            if len(pids) == self.args.workers and all(self.args.server in cmdline(pid) for pid in pids):
                 self.workers = pids
                 break
             if time.monotonic() > deadline:
@@ -670,8 +680,9 @@ def report(results: dict) -> str:
     d = results["derived"]
     lines = [
         "",
-        f"Results (transport={results['config']['transport']}, {results['config']['seconds']} s per run "
-        f"after {results['config']['warmup']} s warm-up, {results['config']['workers']} Daphne workers)",
+        f"Results (server={results['config'].get('server', 'daphne')}, transport={results['config']['transport']}, "
+        f"{results['config']['seconds']} s per run "
+        f"after {results['config']['warmup']} s warm-up, {results['config']['workers']} workers)",
         "",
         table(main),
         "",
@@ -747,6 +758,9 @@ def parse_args(argv=None):
     parser.add_argument("--seconds", type=int, default=10, help="length of each timed run (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured warm-up before each run (default 2; 0: none)")
     parser.add_argument("--transport", choices=("aiohttp", "httpx"), default="aiohttp", help="GATEWAY_HTTP_TRANSPORT")
+    parser.add_argument(
+        "--server", choices=("daphne", "uvicorn"), default="daphne", help="ASGI server of the gateway's workers"
+    )
     parser.add_argument("--workers", type=int, default=2, help="Daphne worker processes (default 2)")
     parser.add_argument("--connections", type=int, default=32, help="connections of the loaded runs (default 32)")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads of the loaded runs (default 2)")
@@ -798,6 +812,7 @@ def main(argv=None) -> int:
         "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "config": {
             "transport": args.transport,
+            "server": args.server,
             "workers": args.workers,
             "seconds": args.seconds,
             "warmup": args.warmup,
@@ -836,7 +851,10 @@ def main(argv=None) -> int:
         if not key or len(key.split()) != 1:
             raise RuntimeError(f"create_api_key printed {key!r}, not a key")
         gateway_url = bench.start_gateway()
-        say(f"gateway on {gateway_url} ({args.transport}), supervisor {bench.gateway.pid}, workers {bench.workers}")
+        say(
+            f"gateway on {gateway_url} ({args.server}, {args.transport}), supervisor {bench.gateway.pid}, "
+            f"workers {bench.workers}"
+        )
         bench.wait_ready(gateway_url, key)
         plan = [
             ("direct-1c", mock_url, 1, 1, ""),

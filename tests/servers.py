@@ -72,12 +72,22 @@ def server_env(**extra) -> dict[str, str]:
 class Gateway:
     """A running ``manage.py rungateway`` with its base URL."""
 
-    def __init__(self, workers: int = 1, **env):
+    def __init__(self, workers: int = 1, server: str = "daphne", **env):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(Path(settings.VAR_DIR) / f"gateway-{self.port}.log", "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "manage.py", "rungateway", "--port", str(self.port), "--workers", str(workers)],
+            [
+                sys.executable,
+                "manage.py",
+                "rungateway",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(workers),
+                "--server",
+                server,
+            ],
             cwd=ROOT,
             env=server_env(**env),
             stdout=self.log,

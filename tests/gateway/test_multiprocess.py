@@ -19,10 +19,10 @@ BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"
 needs_redis = pytest.mark.skipif(not settings.REDIS_URL, reason="limits are shared across processes through Redis")
 
 
-@pytest.fixture(scope="module")
-def two_workers(seeded):
-    """Two Daphne processes on one socket when Redis is there to share state; else the one-process profile."""
-    server = Gateway(workers=2 if settings.REDIS_URL else 1)
+@pytest.fixture(scope="module", params=["daphne", "uvicorn"])
+def two_workers(request, seeded):
+    """Two worker processes on one port when Redis is there to share state; else the one-process profile."""
+    server = Gateway(workers=2 if settings.REDIS_URL else 1, server=request.param)
     yield server
     server.stop()
 
@@ -86,8 +86,9 @@ def test_spend_is_shared_so_every_process_refuses_a_spent_budget(two_workers, ma
     assert statuses == Counter({402: 20})
 
 
-def test_buffered_audit_records_are_flushed_on_shutdown(seeded, make_key, audit_for):
-    server = Gateway(GATEWAY_FLUSH_SECONDS=600, GATEWAY_FLUSH_BATCH=100_000)
+@pytest.mark.parametrize("server_name", ["daphne", "uvicorn"])
+def test_buffered_audit_records_are_flushed_on_shutdown(seeded, make_key, audit_for, server_name):
+    server = Gateway(server=server_name, GATEWAY_FLUSH_SECONDS=600, GATEWAY_FLUSH_BATCH=100_000)
     raw, key = make_key()
     with server.client(raw) as client:
         ids = [client.post(CHAT, json=BODY).headers["x-request-id"] for _ in range(5)]

@@ -8,7 +8,7 @@ from gateway_project.server import serve
 
 
 class Command(BaseCommand):
-    help = "Run the gateway on Daphne with N worker processes sharing one socket."
+    help = "Run the gateway with N worker processes (Daphne by default) on one port."
 
     def add_arguments(self, parser):
         parser.add_argument("--host", default=os.environ.get("GATEWAY_HOST", "127.0.0.1"))
@@ -20,7 +20,16 @@ class Command(BaseCommand):
             help="Daphne processes (one per core in production; 1 in the embedded profile).",
         )
         parser.add_argument("--access-log", action="store_true", help="Log every request to stdout.")
+        parser.add_argument(
+            "--server",
+            choices=["daphne", "uvicorn"],
+            default=os.environ.get("GATEWAY_SERVER", "daphne"),
+            help="ASGI server of the workers: daphne (default) or uvicorn (uvloop + httptools).",
+        )
 
     def handle(self, *args, **opts):
-        daphne_args = ["--access-log", "-"] if opts["access_log"] else ["-v", "0"]
-        serve(opts["host"], opts["port"], opts["workers"], "gateway_project.asgi:application", daphne_args)
+        if opts["server"] == "uvicorn":
+            extra = ["--log-level", "warning"] + ([] if opts["access_log"] else ["--no-access-log"])
+        else:
+            extra = ["--access-log", "-"] if opts["access_log"] else ["-v", "0"]
+        serve(opts["host"], opts["port"], opts["workers"], "gateway_project.asgi:application", opts["server"], extra)
