@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from audit.models import AuditRecord
+from audit.models import AdminAction, AuditRecord
 
 
 @admin.register(AuditRecord)
@@ -20,6 +20,25 @@ class AuditRecordAdmin(admin.ModelAdmin):
     )
     list_filter = ("status", "agent", "method")
     search_fields = ("request_id", "client_slug", "key_prefix", "path", "input_preview", "output_preview")
+    date_hierarchy = "created_at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(AdminAction)
+class AdminActionAdmin(admin.ModelAdmin):
+    """Read-only: the admin-action trail is append-only."""
+
+    list_display = ("created_at", "actor", "via", "action", "object_type", "object_repr")
+    list_filter = ("action", "object_type", "via")
+    search_fields = ("actor", "object_repr", "object_id")
     date_hierarchy = "created_at"
 
     def has_add_permission(self, request):

@@ -3,7 +3,8 @@
 from django_filters import rest_framework as filters
 from rest_framework import serializers, viewsets
 
-from audit.models import AuditRecord
+from audit.models import AdminAction, AuditRecord
+from gateway_project import roles
 
 
 class AuditRecordSerializer(serializers.ModelSerializer):
@@ -71,3 +72,40 @@ class AuditRecordViewSet(viewsets.ReadOnlyModelViewSet):
     filterset_class = AuditRecordFilter
     ordering_fields = ["created_at", "latency_ms", "status"]
     ordering = ["-created_at", "-id"]
+
+
+class AdminActionSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AdminAction
+        fields = [
+            "id",
+            "created_at",
+            "actor",
+            "actor_id",
+            "via",
+            "action",
+            "object_type",
+            "object_id",
+            "object_repr",
+            "changes",
+        ]
+
+
+class AdminActionFilter(filters.FilterSet):
+    since = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    until = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
+    class Meta:
+        model = AdminAction
+        fields = ["since", "until", "actor", "action", "object_type", "object_id", "via"]
+
+
+class AdminActionViewSet(viewsets.ReadOnlyModelViewSet):
+    """The admin-action trail, newest first: every change made through the console or the API."""
+
+    queryset = AdminAction.objects.all()
+    serializer_class = AdminActionSerializer
+    filterset_class = AdminActionFilter
+    ordering_fields = ["created_at", "actor", "action"]
+    ordering = ["-created_at", "-id"]
+    read_roles = roles.EXPORT

@@ -38,3 +38,27 @@ class AuditRecord(models.Model):
 
     def __str__(self):
         return f"{self.request_id} {self.method} {self.path} {self.status}"
+
+
+class AdminAction(models.Model):
+    """One change made through the console or the management API: who, when, what, from -> to.
+
+    Append-only like the request log. Secrets never enter it: raw keys are never
+    known after issue, and secret fields are recorded as changed, not by value.
+    """
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.CharField(max_length=150, db_index=True, help_text="Username of who made the change.")
+    actor_id = models.BigIntegerField(null=True, blank=True)
+    via = models.CharField(max_length=20, help_text="console or api")
+    action = models.CharField(max_length=30, db_index=True)  # create, update, delete, revoke, rotate
+    object_type = models.CharField(max_length=60, db_index=True)
+    object_id = models.CharField(max_length=64, blank=True)
+    object_repr = models.CharField(max_length=200, blank=True)
+    changes = models.JSONField(default=dict, blank=True, help_text='{"field": [from, to]}')
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return f"{self.actor} {self.action} {self.object_type} {self.object_repr}"

@@ -5,7 +5,7 @@ from rest_framework import serializers, viewsets
 from rest_framework.validators import UniqueValidator
 
 from billing.models import Budget, ModelPrice, UsageRecord
-from gateway_project.api import SEARCHABLE_FILTER_BACKENDS
+from gateway_project.api import SEARCHABLE_FILTER_BACKENDS, TrailedModelViewSet
 from keys.models import Client
 
 
@@ -16,7 +16,7 @@ class ModelPriceSerializer(serializers.ModelSerializer):
         read_only_fields = ["updated_at"]
 
 
-class ModelPriceViewSet(viewsets.ModelViewSet):
+class ModelPriceViewSet(TrailedModelViewSet):
     """Prices in USD per million input and output tokens; the ``default`` row prices unlisted models."""
 
     queryset = ModelPrice.objects.all()
@@ -43,7 +43,7 @@ class BudgetSerializer(serializers.ModelSerializer):
         read_only_fields = ["updated_at"]
 
 
-class BudgetViewSet(viewsets.ModelViewSet):
+class BudgetViewSet(TrailedModelViewSet):
     """Monthly spending limits in USD, at most one per client; the gateway refuses with 402 once spent."""
 
     queryset = Budget.objects.select_related("client").order_by("client__name")

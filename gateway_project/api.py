@@ -3,15 +3,41 @@
 import logging
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import transaction
 from django_filters.rest_framework import DjangoFilterBackend
-from rest_framework import serializers, status
+from rest_framework import serializers, status, viewsets
 from rest_framework.exceptions import ValidationError
 from rest_framework.filters import OrderingFilter, SearchFilter
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
+from audit.trail import record_create, record_delete, record_update, snapshot
+
 log = logging.getLogger("gateway.api")
+
+
+class TrailedModelViewSet(viewsets.ModelViewSet):
+    """A ModelViewSet whose every change lands in the admin-action trail, in the same transaction."""
+
+    def perform_create(self, serializer):
+        with transaction.atomic():
+            super().perform_create(serializer)
+            record_create(self.request.user, "api", serializer.instance)
+
+    def perform_update(self, serializer):
+        before = snapshot(serializer.instance)
+        with transaction.atomic():
+            super().perform_update(serializer)
+            record_update(self.request.user, "api", serializer.instance, before)
+
+    def perform_destroy(self, instance):
+        before, pk = snapshot(instance), instance.pk
+        with transaction.atomic():
+            super().perform_destroy(instance)
+            instance.pk = pk
+            record_delete(self.request.user, "api", instance, before)
+
 
 # The settings' default backends plus ?search=, for viewsets that declare search_fields.
 SEARCHABLE_FILTER_BACKENDS = [DjangoFilterBackend, SearchFilter, OrderingFilter]

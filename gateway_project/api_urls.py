@@ -2,7 +2,7 @@
 
 from rest_framework.routers import DefaultRouter
 
-from audit.api import AuditRecordViewSet
+from audit.api import AdminActionViewSet, AuditRecordViewSet
 from billing.api import BudgetViewSet, ModelPriceViewSet, UsageRecordViewSet
 from keys.api import ApiKeyViewSet, ClientViewSet
 from routing.api import AgentViewSet
@@ -15,5 +15,6 @@ router.register("prices", ModelPriceViewSet)
 router.register("budgets", BudgetViewSet)
 router.register("usage", UsageRecordViewSet)
 router.register("audit", AuditRecordViewSet)
+router.register("admin-actions", AdminActionViewSet)
 
 urlpatterns = router.urls

@@ -1,12 +1,14 @@
 """Clients and API keys in the management API: serializers, filtersets and viewsets."""
 
+from django.db import transaction
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import extend_schema, extend_schema_view
-from rest_framework import serializers, viewsets
+from rest_framework import serializers
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from gateway_project.api import SEARCHABLE_FILTER_BACKENDS, NameListField
+from audit.trail import record_update, snapshot
+from gateway_project.api import SEARCHABLE_FILTER_BACKENDS, NameListField, TrailedModelViewSet
 from keys.models import ALL, ApiKey, Client
 from keys.services import issue_key, revoke_key
 
@@ -20,7 +22,7 @@ class ClientSerializer(serializers.ModelSerializer):
         read_only_fields = ["created_at"]
 
 
-class ClientViewSet(viewsets.ModelViewSet):
+class ClientViewSet(TrailedModelViewSet):
     """Clients: the programs or teams that own keys, a budget and spend."""
 
     queryset = Client.objects.all()
@@ -113,7 +115,7 @@ class ApiKeyFilter(filters.FilterSet):
 
 
 @extend_schema_view(create=extend_schema(request=ApiKeySerializer, responses={201: IssuedApiKeySerializer}))
-class ApiKeyViewSet(viewsets.ModelViewSet):
+class ApiKeyViewSet(TrailedModelViewSet):
     """API keys. Creating one returns the raw key once; it is stored only as a hash.
 
     Revoke a key with ``POST /keys/{id}/revoke/``: that is the normal way to end a
@@ -133,5 +135,9 @@ class ApiKeyViewSet(viewsets.ModelViewSet):
     @action(detail=True, methods=["post"])
     def revoke(self, request, pk=None):
         """Revoke the key now; every gateway process refuses it within a second."""
-        key = revoke_key(self.get_object())
+        key = self.get_object()
+        before = snapshot(key)
+        with transaction.atomic():
+            revoke_key(key)
+            record_update(request.user, "api", key, before, action="revoke")
         return Response(self.get_serializer(key).data)

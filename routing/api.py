@@ -2,9 +2,9 @@
 
 import math
 
-from rest_framework import serializers, viewsets
+from rest_framework import serializers
 
-from gateway_project.api import SEARCHABLE_FILTER_BACKENDS, NameListField
+from gateway_project.api import SEARCHABLE_FILTER_BACKENDS, NameListField, TrailedModelViewSet
 from routing.models import Agent
 
 
@@ -44,7 +44,7 @@ class AgentSerializer(serializers.ModelSerializer):
         return value
 
 
-class AgentViewSet(viewsets.ModelViewSet):
+class AgentViewSet(TrailedModelViewSet):
     """Agents: the upstreams (agent services and LLM providers) the gateway forwards to."""
 
     queryset = Agent.objects.all()

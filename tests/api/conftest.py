@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
@@ -21,20 +22,39 @@ def _client_with_token(user) -> APIClient:
     return api
 
 
+def user_with_role(username: str, role: str | None):
+    user = get_user_model().objects.create_user(username)
+    if role:
+        user.groups.add(Group.objects.get(name=role))
+    return user
+
+
 @pytest.fixture
 def admin_user(db):
-    return get_user_model().objects.create_user("admin", is_staff=True)
+    return user_with_role("admin", "admin")
 
 
 @pytest.fixture
 def admin_token(admin_user):
-    """The operator persona: a staff user's token."""
+    """The admin persona's token."""
     return Token.objects.create(user=admin_user)
 
 
 @pytest.fixture
+def operator_api(db):
+    """An API client of an operator: manages clients, keys, budgets, agents and prices."""
+    return _client_with_token(user_with_role("olga", "operator"))
+
+
+@pytest.fixture
+def compliance_api(db):
+    """An API client of compliance staff: reads everything, changes nothing."""
+    return _client_with_token(user_with_role("carl", "compliance"))
+
+
+@pytest.fixture
 def api(admin_token):
-    """An API client that calls as the operator."""
+    """An API client that calls as the admin."""
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {admin_token.key}")
     return client
@@ -42,8 +62,8 @@ def api(admin_token):
 
 @pytest.fixture
 def outsider_api(db):
-    """An API client with a valid token of a user who is not staff: refused with 403."""
-    return _client_with_token(get_user_model().objects.create_user("outsider"))
+    """An API client with a valid token of a user with no role: refused with 403."""
+    return _client_with_token(user_with_role("outsider", None))
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Who may call the management API: staff tokens only."""
+"""Who may call the management API: a token of a user with a role, and what each role may do."""
 
 import pytest
 
@@ -14,7 +14,7 @@ LIST_URLS = [
 
 
 @pytest.mark.parametrize("url", LIST_URLS)
-def test_it_lists_for_a_staff_token(api, url):
+def test_it_lists_for_an_admin_token(api, url):
     response = api.get(url)
     assert response.status_code == 200
     assert set(response.json()) >= {"count", "results"}
@@ -29,13 +29,13 @@ def test_it_refuses_an_anonymous_caller_with_401(anonymous_api, url):
 
 
 @pytest.mark.parametrize("url", LIST_URLS)
-def test_it_refuses_a_user_who_is_not_staff_with_403(outsider_api, url):
+def test_it_refuses_a_user_without_a_role_with_403(outsider_api, url):
     response = outsider_api.get(url)
     assert response.status_code == 403
     assert "detail" in response.json()
 
 
-def test_it_refuses_a_non_staff_user_before_any_write(outsider_api, acme):
+def test_it_refuses_a_user_without_a_role_before_any_write(outsider_api, acme):
     response = outsider_api.post("/api/v1/keys/", {"client": acme.pk}, format="json")
     assert response.status_code == 403
     assert not acme.api_keys.exists()
@@ -48,4 +48,33 @@ def test_it_refuses_an_unknown_token(db, anonymous_api):
 
 def test_the_root_lists_every_resource(api):
     body = api.get("/api/v1/").json()
-    assert set(body) == {"clients", "keys", "agents", "prices", "budgets", "usage", "audit"}
+    assert set(body) == {"clients", "keys", "agents", "prices", "budgets", "usage", "audit", "admin-actions"}
+
+
+@pytest.mark.parametrize("url", LIST_URLS)
+def test_operators_and_compliance_staff_can_read(operator_api, compliance_api, url):
+    assert operator_api.get(url).status_code == 200
+    assert compliance_api.get(url).status_code == 200
+
+
+def test_an_operator_manages_clients_keys_and_budgets(operator_api):
+    client = operator_api.post("/api/v1/clients/", {"name": "Ops", "slug": "ops"}, format="json")
+    assert client.status_code == 201
+    key = operator_api.post(
+        "/api/v1/keys/",
+        {"client": client.json()["id"], "allowed_agents": ["*"], "allowed_models": ["*"]},
+        format="json",
+    )
+    assert key.status_code == 201
+    budget = operator_api.post(
+        "/api/v1/budgets/", {"client": client.json()["id"], "monthly_limit_usd": "10.00"}, format="json"
+    )
+    assert budget.status_code == 201
+
+
+def test_compliance_staff_change_nothing(compliance_api, acme):
+    assert compliance_api.post("/api/v1/clients/", {"name": "X", "slug": "x"}, format="json").status_code == 403
+    assert compliance_api.patch(f"/api/v1/clients/{acme.pk}/", {"name": "Y"}, format="json").status_code == 403
+    assert compliance_api.delete(f"/api/v1/clients/{acme.pk}/").status_code == 403
+    acme.refresh_from_db()
+    assert acme.name == "Acme"

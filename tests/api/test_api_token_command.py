@@ -1,4 +1,4 @@
-"""The api_token management command: a staff user's token on stdout, nothing else."""
+"""The api_token management command: a token of a user with a role on stdout, nothing else."""
 
 from io import StringIO
 
@@ -15,7 +15,7 @@ def api_token(*args) -> str:
     return out.getvalue()
 
 
-def test_it_prints_only_the_token_of_a_staff_user(admin_user):
+def test_it_prints_only_the_token_of_a_user_with_a_role(admin_user):
     output = api_token("admin")
     assert output == Token.objects.get(user=admin_user).key + "\n"
 
@@ -34,11 +34,11 @@ def test_it_prints_the_same_token_until_rotated(admin_user):
     assert list(Token.objects.filter(user=admin_user).values_list("key", flat=True)) == [rotated.strip()]
 
 
-def test_it_refuses_a_user_who_is_not_staff(db):
-    get_user_model().objects.create_user("outsider")
-    with pytest.raises(CommandError, match="not staff"):
+def test_it_refuses_a_user_without_a_role(db):
+    get_user_model().objects.create_user("outsider", is_staff=True)
+    with pytest.raises(CommandError, match="no role"):
         api_token("outsider")
-    with pytest.raises(CommandError, match="not staff"):
+    with pytest.raises(CommandError, match="no role"):
         api_token("outsider", "--create")
     assert not Token.objects.exists()
 
@@ -49,16 +49,22 @@ def test_it_refuses_a_missing_user(db):
     assert not get_user_model().objects.filter(username="nobody").exists()
 
 
-def test_it_refuses_an_inactive_staff_user(db):
+def test_it_refuses_an_inactive_user(db):
     get_user_model().objects.create_user("retired", is_staff=True, is_active=False)
     with pytest.raises(CommandError, match="inactive"):
         api_token("retired")
 
 
-def test_create_makes_a_staff_user_without_a_usable_password(db):
+def test_create_makes_an_operator_without_a_usable_password(db):
     token = api_token("robot", "--create").strip()
     user = get_user_model().objects.get(username="robot")
-    assert user.is_staff
-    assert not user.is_superuser
+    assert list(user.groups.values_list("name", flat=True)) == ["operator"]
+    assert not user.is_superuser and not user.is_staff
     assert not user.has_usable_password()
     assert Token.objects.get(user=user).key == token
+
+
+def test_create_can_make_a_compliance_user(db):
+    api_token("auditor", "--create", "--role", "compliance")
+    user = get_user_model().objects.get(username="auditor")
+    assert list(user.groups.values_list("name", flat=True)) == ["compliance"]

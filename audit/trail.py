@@ -1,0 +1,73 @@
+"""The admin-action trail: record what a person changed, field by field."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.db import models
+from django.forms.models import model_to_dict
+
+from audit.models import AdminAction
+
+# Fields whose values never go into the trail (their change is still recorded).
+SECRET_FIELDS = frozenset({"key_hash", "upstream_api_key", "password"})
+HIDDEN = "(secret)"
+
+
+def _plain(value):
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, models.Model):
+        return value.pk
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def snapshot(obj) -> dict:
+    """The object's field values as JSON-ready data, secrets masked."""
+    fields = [f.name for f in obj._meta.concrete_fields]
+    values = model_to_dict(obj, fields=fields)
+    values.update({f.name: getattr(obj, f.attname) for f in obj._meta.concrete_fields if not f.editable})
+    return {name: HIDDEN if name in SECRET_FIELDS and value else _plain(value) for name, value in values.items()}
+
+
+def diff(before: dict, after: dict) -> dict:
+    """``{field: [from, to]}`` for every field whose value changed."""
+    changed = {}
+    for name in sorted(set(before) | set(after)):
+        if before.get(name) != after.get(name):
+            changed[name] = [before.get(name), after.get(name)]
+    return changed
+
+
+def record_action(user, via: str, action: str, obj, changes: dict | None = None) -> AdminAction:
+    """Append one entry to the trail for ``obj`` (already saved, or just deleted)."""
+    return AdminAction.objects.create(
+        actor=getattr(user, "get_username", lambda: "")() or "anonymous",
+        actor_id=getattr(user, "pk", None),
+        via=via,
+        action=action,
+        object_type=obj._meta.label_lower,
+        object_id=str(obj.pk or ""),
+        object_repr=str(obj)[:200],
+        changes=changes or {},
+    )
+
+
+def record_create(user, via, obj) -> AdminAction:
+    return record_action(user, via, "create", obj, diff({}, snapshot(obj)))
+
+
+def record_delete(user, via, obj, before: dict) -> AdminAction:
+    return record_action(user, via, "delete", obj, diff(before, {}))
+
+
+def record_update(user, via, obj, before: dict, action: str = "update") -> AdminAction | None:
+    """Record the fields that changed since ``before``; nothing if none did."""
+    changes = diff(before, snapshot(obj))
+    if not changes:
+        return None
+    return record_action(user, via, action, obj, changes)
