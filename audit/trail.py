@@ -43,18 +43,23 @@ def diff(before: dict, after: dict) -> dict:
     return changed
 
 
-def record_action(user, via: str, action: str, obj, changes: dict | None = None) -> AdminAction:
-    """Append one entry to the trail for ``obj`` (already saved, or just deleted)."""
+def record_event(user, via: str, action: str, object_type: str, object_id="", object_repr="", changes=None):
+    """Append one entry to the trail."""
     return AdminAction.objects.create(
         actor=getattr(user, "get_username", lambda: "")() or "anonymous",
         actor_id=getattr(user, "pk", None),
         via=via,
         action=action,
-        object_type=obj._meta.label_lower,
-        object_id=str(obj.pk or ""),
-        object_repr=str(obj)[:200],
+        object_type=object_type,
+        object_id=str(object_id or ""),
+        object_repr=str(object_repr)[:200],
         changes=changes or {},
     )
+
+
+def record_action(user, via: str, action: str, obj, changes: dict | None = None) -> AdminAction:
+    """Append one entry for ``obj`` (already saved, or just deleted)."""
+    return record_event(user, via, action, obj._meta.label_lower, obj.pk, obj, changes)
 
 
 def record_create(user, via, obj) -> AdminAction:

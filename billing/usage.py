@@ -77,3 +77,15 @@ def monthly_usage(client_id: int) -> dict:
         "by_agent": grouped("agent"),
         "by_model": grouped("model"),
     }
+
+
+def spend_summary(now=None) -> dict:
+    """Spend across all clients today and this month, for the dashboard."""
+    now = timezone.localtime(now or timezone.now())
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    _, month_start, _ = current_month(now)
+
+    def total(since):
+        return UsageRecord.objects.filter(created_at__gte=since).aggregate(cost=Sum("cost_usd"))["cost"] or Decimal(0)
+
+    return {"spend_today": total(today), "spend_month": total(month_start)}

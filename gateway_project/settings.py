@@ -40,6 +40,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "django_filters",
+    "django_ratelimit",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
@@ -59,6 +60,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_ratelimit.middleware.RatelimitMiddleware",
 ]
 
 ROOT_URLCONF = "gateway_project.urls"
@@ -72,6 +74,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "gateway_project.console.console_context",
             ],
         },
     },
@@ -131,7 +134,15 @@ STORAGES = {
 # Tests and first runs before collectstatic still get their files.
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "console:login"
+LOGIN_REDIRECT_URL = "console:dashboard"
+LOGOUT_REDIRECT_URL = "console:login"
+# Sign-in attempts per client IP per minute before the console refuses to check more.
+LOGIN_RATE = envstr("GATEWAY_LOGIN_RATE", "10/m")
+RATELIMIT_VIEW = "gateway_project.views.rate_limited"
+if not REDIS_URL:
+    # The embedded profile is one process, so its in-process cache is shared by all of it.
+    SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
 
 # --- REST API ---------------------------------------------------------------
 REST_FRAMEWORK = {

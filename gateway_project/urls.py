@@ -1,8 +1,11 @@
 from django.contrib import admin
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 urlpatterns = [
+    path("", RedirectView.as_view(pattern_name="console:dashboard", permanent=False)),
+    path("console/", include("gateway_project.console_urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include("gateway_project.api_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

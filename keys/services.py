@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.db import transaction
 from django.utils import timezone
 
@@ -24,6 +26,29 @@ def revoke_key(key: ApiKey) -> ApiKey:
         key.revoked_at = timezone.now()
         key.save(update_fields=["revoked_at"])
     return key
+
+
+DEFAULT_ROTATION_GRACE = timedelta(hours=24)
+
+
+@transaction.atomic
+def rotate_key(key: ApiKey, grace: timedelta = DEFAULT_ROTATION_GRACE) -> tuple[ApiKey, str]:
+    """Issue a successor with the same scopes and limits; the old key expires after ``grace``."""
+    successor, raw = issue_key(
+        key.client,
+        name=key.name,
+        allowed_agents=key.allowed_agents,
+        allowed_models=key.allowed_models,
+        requests_per_minute=key.requests_per_minute,
+        tokens_per_minute=key.tokens_per_minute,
+        max_concurrent=key.max_concurrent,
+        expires_at=key.expires_at,
+    )
+    ends = timezone.now() + grace
+    key.expires_at = min(key.expires_at, ends) if key.expires_at else ends
+    key.replaced_by = successor
+    key.save(update_fields=["expires_at", "replaced_by"])
+    return successor, raw
 
 
 @transaction.atomic

@@ -1,0 +1,91 @@
+"""Console pages for the request log and the admin-action trail: browse, open, export."""
+
+from __future__ import annotations
+
+from django.http import Http404, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.utils import timezone
+from django.views import View
+
+from audit.exports import export_lines
+from audit.filters import AuditFilterForm
+from audit.models import AdminAction, AuditRecord
+from audit.trail import record_event
+from gateway_project import roles
+from gateway_project.console import RoleRequiredMixin, sorted_page
+
+RECORD_FIELDS = [
+    "request_id", "created_at", "client_slug", "key_prefix", "agent", "model", "method", "path", "status",
+    "error_type", "latency_ms", "input_tokens", "output_tokens", "cost_usd", "client_ip", "user_agent",
+    "input_preview", "output_preview",
+]  # fmt: skip
+ACTION_FIELDS = ["created_at", "actor", "via", "action", "object_type", "object_id", "object_repr", "changes"]
+FORMATS = {"csv": ("text/csv", "csv"), "jsonl": ("application/x-ndjson", "jsonl")}
+
+
+def _export(request, queryset, fields, name: str, described_filter: dict):
+    fmt = request.GET.get("format", "csv")
+    if fmt not in FORMATS:
+        raise Http404("Unknown export format.")
+    content_type, extension = FORMATS[fmt]
+    record_event(request.user, "console", "export", f"audit.{name}", object_repr=f"{name} ({fmt})",
+                 changes={"filter": [None, described_filter]})  # fmt: skip
+    response = StreamingHttpResponse(export_lines(queryset, fields, fmt), content_type=content_type)
+    stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+    response["Content-Disposition"] = f'attachment; filename="{name}-{stamp}.{extension}"'
+    return response
+
+
+class AuditListView(RoleRequiredMixin, View):
+    def get(self, request):
+        form = AuditFilterForm(request.GET or None)
+        records = form.filter()
+        page, sort = sorted_page(
+            request, records, {"time": "created_at", "status": "status", "latency": "latency_ms", "cost": "cost_usd"},
+            "-time",
+        )  # fmt: skip
+        query = request.GET.copy()
+        query.pop("page", None)
+        query.pop("sort", None)
+        context = {"form": form, "page": page, "sort": sort, "query": query.urlencode()}
+        return render(request, "audit/audit_list.html", context)
+
+
+class AuditDetailView(RoleRequiredMixin, View):
+    def get(self, request, pk):
+        return render(request, "audit/audit_detail.html", {"record": get_object_or_404(AuditRecord, pk=pk)})
+
+
+class AuditExportView(RoleRequiredMixin, View):
+    needed_roles = roles.EXPORT
+
+    def get(self, request):
+        form = AuditFilterForm(request.GET or None)
+        described = {k: str(v) for k, v in (form.cleaned_data if form.is_valid() else {}).items() if v}
+        records = form.filter().order_by("created_at", "id")
+        return _export(request, records, RECORD_FIELDS, "audit-log", described)
+
+
+class TrailListView(RoleRequiredMixin, View):
+    needed_roles = roles.EXPORT
+
+    def get(self, request):
+        actions = AdminAction.objects.all()
+        for name in ("actor", "action", "object_type"):
+            if request.GET.get(name):
+                actions = actions.filter(**{name: request.GET[name]})
+        page, sort = sorted_page(request, actions, {"time": "created_at", "actor": "actor"}, "-time")
+        return render(request, "audit/trail_list.html", {"page": page, "sort": sort, "query": request.GET.urlencode()})
+
+
+class TrailExportView(RoleRequiredMixin, View):
+    needed_roles = roles.EXPORT
+
+    def get(self, request):
+        actions = AdminAction.objects.order_by("created_at", "id")
+        described = {}
+        for name in ("actor", "action", "object_type"):
+            if request.GET.get(name):
+                actions = actions.filter(**{name: request.GET[name]})
+                described[name] = request.GET[name]
+        return _export(request, actions, ACTION_FIELDS, "admin-actions", described)

@@ -1,0 +1,16 @@
+"""The web console under /console/: each app contributes its pages."""
+
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from gateway_project import views
+
+app_name = "console"
+
+urlpatterns = [
+    path("", views.DashboardView.as_view(), name="dashboard"),
+    path("login/", views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("", include("keys.console_urls")),
+    path("", include("audit.console_urls")),
+]

@@ -1,0 +1,144 @@
+"""Console pages for clients and their keys: thin views over ``keys.services``."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.db import transaction
+from django.db.models import Count, Q
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views import View
+
+from audit.models import AuditRecord
+from audit.trail import record_create, record_update, snapshot
+from billing.usage import monthly_usage
+from gateway_project import roles
+from gateway_project.console import RoleRequiredMixin, agent_choices, sorted_page
+from keys.forms import ApiKeyForm, ClientForm, RotateForm
+from keys.models import ApiKey, Client
+from keys.services import issue_key, revoke_key, rotate_key
+
+RAW_KEY_SESSION = "issued_raw_key"
+
+
+class ClientListView(RoleRequiredMixin, View):
+    def get(self, request):
+        clients = Client.objects.annotate(
+            live_keys=Count("api_keys", filter=Q(api_keys__revoked_at__isnull=True, api_keys__is_active=True))
+        )
+        if request.GET.get("q"):
+            clients = clients.filter(Q(name__icontains=request.GET["q"]) | Q(slug__icontains=request.GET["q"]))
+        page, sort = sorted_page(
+            request, clients, {"name": "name", "slug": "slug", "created": "created_at", "keys": "live_keys"}, "name"
+        )
+        return render(request, "keys/client_list.html", {"page": page, "sort": sort})
+
+
+class ClientEditView(RoleRequiredMixin, View):
+    """Create (no ``pk``) or edit a client; reading the form needs a managing role too."""
+
+    needed_roles = roles.MANAGE
+
+    def get(self, request, pk=None):
+        client = get_object_or_404(Client, pk=pk) if pk else None
+        return render(request, "keys/client_form.html", {"form": ClientForm(instance=client), "client": client})
+
+    def post(self, request, pk=None):
+        client = get_object_or_404(Client, pk=pk) if pk else None
+        before = snapshot(client) if client else None
+        form = ClientForm(request.POST, instance=client)
+        if not form.is_valid():
+            return render(request, "keys/client_form.html", {"form": form, "client": client}, status=400)
+        with transaction.atomic():
+            saved = form.save()
+            if before is None:
+                record_create(request.user, "console", saved)
+            else:
+                record_update(request.user, "console", saved, before)
+        messages.success(request, f"Client “{saved.name}” saved.")
+        return redirect("console:client", pk=saved.pk)
+
+
+class ClientDetailView(RoleRequiredMixin, View):
+    def get(self, request, pk):
+        client = get_object_or_404(Client, pk=pk)
+        context = {
+            "client": client,
+            "keys": client.api_keys.all(),
+            "usage": monthly_usage(client.pk),
+            "recent": AuditRecord.objects.filter(client_id=client.pk).order_by("-created_at", "-id")[:20],
+        }
+        return render(request, "keys/client_detail.html", context)
+
+
+class KeyCreateView(RoleRequiredMixin, View):
+    needed_roles = roles.MANAGE
+
+    def get(self, request, pk):
+        client = get_object_or_404(Client, pk=pk)
+        form = ApiKeyForm(agent_choices=agent_choices(), initial={"all_agents": True})
+        return render(request, "keys/key_form.html", {"form": form, "client": client})
+
+    def post(self, request, pk):
+        client = get_object_or_404(Client, pk=pk)
+        form = ApiKeyForm(request.POST, agent_choices=agent_choices())
+        if not form.is_valid():
+            return render(request, "keys/key_form.html", {"form": form, "client": client}, status=400)
+        fields = {k: v for k, v in form.cleaned_data.items() if k in ApiKeyForm.Meta.fields}
+        with transaction.atomic():
+            key, raw = issue_key(client, **fields, **form.scope_fields())
+            record_create(request.user, "console", key)
+        return _show_once(request, key, raw)
+
+
+def _show_once(request, key: ApiKey, raw: str):
+    """Keep the raw key in the session just long enough for one page view."""
+    request.session[RAW_KEY_SESSION] = {"key_id": key.pk, "raw": raw}
+    return redirect("console:key-issued", pk=key.pk)
+
+
+class KeyIssuedView(RoleRequiredMixin, View):
+    """Shows the raw key exactly once: the session copy is deleted as the page renders."""
+
+    needed_roles = roles.MANAGE
+
+    def get(self, request, pk):
+        key = get_object_or_404(ApiKey.objects.select_related("client"), pk=pk)
+        issued = request.session.pop(RAW_KEY_SESSION, None)
+        raw = issued["raw"] if issued and issued.get("key_id") == key.pk else None
+        response = render(request, "keys/key_issued.html", {"key": key, "raw": raw})
+        response["Cache-Control"] = "no-store"
+        return response
+
+
+class KeyRevokeView(RoleRequiredMixin, View):
+    needed_roles = roles.MANAGE
+
+    def post(self, request, pk):
+        key = get_object_or_404(ApiKey, pk=pk)
+        before = snapshot(key)
+        with transaction.atomic():
+            revoke_key(key)
+            record_update(request.user, "console", key, before, action="revoke")
+        messages.success(request, f"Key {key.prefix}… revoked. Gateways refuse it within a second.")
+        return redirect("console:client", pk=key.client_id)
+
+
+class KeyRotateView(RoleRequiredMixin, View):
+    needed_roles = roles.MANAGE
+
+    def get(self, request, pk):
+        key = get_object_or_404(ApiKey.objects.select_related("client"), pk=pk)
+        return render(request, "keys/key_rotate.html", {"key": key, "form": RotateForm()})
+
+    def post(self, request, pk):
+        key = get_object_or_404(ApiKey.objects.select_related("client"), pk=pk)
+        form = RotateForm(request.POST)
+        if not form.is_valid():
+            return render(request, "keys/key_rotate.html", {"key": key, "form": form}, status=400)
+        before = snapshot(key)
+        with transaction.atomic():
+            successor, raw = rotate_key(key, form.grace)
+            record_update(request.user, "console", key, before, action="rotate")
+            record_create(request.user, "console", successor)
+        messages.success(request, f"Key {key.prefix}… keeps working until {key.expires_at:%Y-%m-%d %H:%M} UTC.")
+        return _show_once(request, successor, raw)

@@ -1,0 +1,42 @@
+"""Personas for the console: one user per role, one without a role."""
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.test import Client as Browser
+
+
+def _browser(username, role):
+    user = get_user_model().objects.create_user(username, password="correct horse battery staple")
+    if role:
+        user.groups.add(Group.objects.get(name=role))
+    browser = Browser()
+    browser.force_login(user)
+    return browser
+
+
+@pytest.fixture
+def admin(db):
+    return _browser("ada", "admin")
+
+
+@pytest.fixture
+def operator(db):
+    return _browser("olga", "operator")
+
+
+@pytest.fixture
+def compliance(db):
+    return _browser("carl", "compliance")
+
+
+@pytest.fixture
+def nobody(db):
+    return _browser("nina", None)
+
+
+@pytest.fixture
+def acme(db):
+    from keys.models import Client
+
+    return Client.objects.create(name="Acme", slug="acme")
