@@ -99,6 +99,18 @@ def ensure_services() -> None:
             sys.exit("Redis is not running on 127.0.0.1:6379 and could not be started.")
 
 
+def ensure_chromium() -> None:
+    """Debian's Chromium for the browser tests (Playwright drives it; it downloads no browser)."""
+    if shutil.which("chromium"):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        sys.exit("The browser tests need Debian's chromium: run 'apt-get install chromium' as root.")
+    say("installing Debian's chromium for the browser tests")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    run("apt-get", "update", "-qq", env=env)
+    run("apt-get", "install", "-y", "-qq", "chromium", env=env)
+
+
 def cmd_run(args: list[str]) -> int:
     ensure_venv(dev=False)
     env = (
@@ -112,6 +124,7 @@ def cmd_run(args: list[str]) -> int:
 
 def cmd_test(args: list[str]) -> int:
     ensure_venv(dev=True)
+    ensure_chromium()
     profiles = ["default", "production"]
     if args and args[0] in ("--default", "--production"):
         profiles = [args.pop(0)[2:]]

@@ -14,6 +14,7 @@ class AuditFilterForm(forms.Form):
     agent = forms.CharField(required=False)
     status = forms.IntegerField(required=False, min_value=100, max_value=599)
     text = forms.CharField(required=False, label="Text in previews")
+    request_id = forms.CharField(required=False, label="Request id")
 
     def filter(self, queryset=None):
         """The records matching the valid fields (invalid ones are reported by the form)."""
@@ -31,6 +32,8 @@ class AuditFilterForm(forms.Form):
             queryset = queryset.filter(agent=data["agent"])
         if data.get("status"):
             queryset = queryset.filter(status=data["status"])
+        if data.get("request_id"):
+            queryset = queryset.filter(request_id=data["request_id"])
         if data.get("text"):
             text = data["text"]
             queryset = queryset.filter(Q(input_preview__icontains=text) | Q(output_preview__icontains=text))

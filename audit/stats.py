@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.db.models import Count, Q, Sum
+from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
 from audit.models import AuditRecord
@@ -43,4 +44,23 @@ def traffic_summary(now=None) -> dict:
         ),
         "top_agents": list(todays.exclude(agent="").values("agent").annotate(n=Count("id")).order_by("-n")[:5]),
         "recent": list(AuditRecord.objects.order_by("-created_at", "-id")[:20]),
+        "per_minute": requests_per_minute(now),
     }
+
+
+def requests_per_minute(now, minutes: int = 60) -> list[dict]:
+    """Requests and errors in each of the last ``minutes`` minutes, oldest first (for the chart)."""
+    start = (now - timedelta(minutes=minutes - 1)).replace(second=0, microsecond=0)
+    counts = {
+        row["minute"]: row
+        for row in AuditRecord.objects.filter(created_at__gte=start)
+        .annotate(minute=TruncMinute("created_at"))
+        .values("minute")
+        .annotate(n=Count("id"), errors=Count("id", filter=Q(status__gte=400)))
+    }
+    series = []
+    for i in range(minutes):
+        minute = start + timedelta(minutes=i)
+        row = counts.get(minute, {})
+        series.append({"minute": minute.strftime("%H:%M"), "requests": row.get("n", 0), "errors": row.get("errors", 0)})
+    return series

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from decimal import Decimal
 
 from django.db import models
@@ -9,9 +10,14 @@ from django.forms.models import model_to_dict
 
 from audit.models import AdminAction
 
-# Fields whose values never go into the trail (their change is still recorded).
+# Fields whose values never go into the trail. Each is recorded as a short fingerprint,
+# so replacing one secret with another still shows as a change.
 SECRET_FIELDS = frozenset({"key_hash", "upstream_api_key", "password"})
 HIDDEN = "(secret)"
+
+
+def mask(value) -> str:
+    return f"(secret {hashlib.sha256(str(value).encode()).hexdigest()[:8]})"
 
 
 def _plain(value):
@@ -31,7 +37,7 @@ def snapshot(obj) -> dict:
     fields = [f.name for f in obj._meta.concrete_fields]
     values = model_to_dict(obj, fields=fields)
     values.update({f.name: getattr(obj, f.attname) for f in obj._meta.concrete_fields if not f.editable})
-    return {name: HIDDEN if name in SECRET_FIELDS and value else _plain(value) for name, value in values.items()}
+    return {name: mask(value) if name in SECRET_FIELDS and value else _plain(value) for name, value in values.items()}
 
 
 def diff(before: dict, after: dict) -> dict:

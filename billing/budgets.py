@@ -6,6 +6,7 @@ import calendar
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 
 from django.conf import settings
 from django.db.models import Sum
@@ -95,3 +96,7 @@ def budget_check(store: HotState, budget: BudgetSnapshot) -> BudgetCheck:
 def forget_budget(client_id: int) -> None:
     month, _, _ = current_month()
     budget_snapshots.forget(f"{client_id}:{month}")
+
+
+# Share of a monthly limit at which the console shows a budget in red.
+ALERT_SHARE = Decimal("0.8")

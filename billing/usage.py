@@ -85,7 +85,14 @@ def spend_summary(now=None) -> dict:
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
     _, month_start, _ = current_month(now)
 
-    def total(since):
-        return UsageRecord.objects.filter(created_at__gte=since).aggregate(cost=Sum("cost_usd"))["cost"] or Decimal(0)
+    def totals(since):
+        return UsageRecord.objects.filter(created_at__gte=since).aggregate(
+            cost=Sum("cost_usd"), input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens")
+        )
 
-    return {"spend_today": total(today), "spend_month": total(month_start)}
+    day, month = totals(today), totals(month_start)
+    return {
+        "spend_today": day["cost"] or Decimal(0),
+        "spend_month": month["cost"] or Decimal(0),
+        "tokens_month": (month["input_tokens"] or 0) + (month["output_tokens"] or 0),
+    }

@@ -12,9 +12,11 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
 from gateway_project.lifespan import lifespan  # noqa: E402
-from gateway_project.routing import GatewayHttpRouter  # noqa: E402
+from gateway_project.routing import GatewayHttpRouter, websocket_application  # noqa: E402
 
-application = ProtocolTypeRouter({"http": GatewayHttpRouter(django_asgi_app), "lifespan": lifespan})
+application = ProtocolTypeRouter(
+    {"http": GatewayHttpRouter(django_asgi_app), "websocket": websocket_application, "lifespan": lifespan}
+)
 
 # Everything loaded so far lives as long as the process: move it out of the
 # collector's sight, and collect the young generation less often, so full

@@ -13,4 +13,6 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include("keys.console_urls")),
     path("", include("audit.console_urls")),
+    path("", include("routing.console_urls")),
+    path("", include("billing.console_urls")),
 ]

@@ -1,5 +1,11 @@
-"""Which ASGI application serves which HTTP path."""
+"""Which ASGI application serves which path."""
 
+from channels.auth import AuthMiddlewareStack
+from channels.routing import URLRouter
+from channels.security.websocket import AllowedHostsOriginValidator
+from django.urls import path
+
+from audit.consumers import LiveFeedConsumer
 from routing.consumers import ProxyConsumer
 
 PROXY_PREFIXES = ("/v1/", "/agents/")
@@ -20,3 +26,8 @@ class GatewayHttpRouter:
         if scope["path"].startswith(PROXY_PREFIXES):
             return await self.proxy_app(scope, receive, send)
         return await self.django_app(scope, receive, send)
+
+
+websocket_application = AllowedHostsOriginValidator(
+    AuthMiddlewareStack(URLRouter([path("ws/console/feed/", LiveFeedConsumer.as_asgi())]))
+)

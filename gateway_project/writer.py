@@ -34,8 +34,8 @@ class BufferedWriter:
         self._lock = threading.Lock()  # held while a batch is being written
         self._exit_registered = False
 
-    def add_hook(self, hook: Callable[[list], None]) -> None:
-        """Run ``hook(rows)`` (a list of column dicts) in the writer's thread after each batch is saved."""
+    def add_hook(self, hook: Callable[[dict], None]) -> None:
+        """Run ``hook({model: [row, ...]})`` in the writer's thread after each batch is saved."""
         if hook not in self._hooks:
             self._hooks.append(hook)
 
@@ -105,10 +105,9 @@ class BufferedWriter:
                     _copy(model, rows)
                 else:
                     model.objects.bulk_create([model(**row) for row in rows], batch_size=500)
-        rows = [row for _, row in batch]
         for hook in self._hooks:
             try:
-                hook(rows)
+                hook(by_model)
             except Exception:
                 log.exception("writer hook %s failed", getattr(hook, "__name__", hook))
 

@@ -57,10 +57,10 @@ def client_for_slug(slug: str, *, name: str = "") -> tuple[Client, bool]:
     return Client.objects.get_or_create(slug=slug, defaults={"name": name or slug})
 
 
-def mark_keys_used(rows: list[dict]) -> None:
-    """Writer hook: set ``last_used_at`` for the keys seen in a batch of usage/audit rows."""
+def mark_keys_used(batch: dict) -> None:
+    """Writer hook: set ``last_used_at`` for the keys seen in a batch of rows ({model: rows})."""
     used: dict[int, object] = {}
-    for row in rows:
+    for row in (row for rows in batch.values() for row in rows):
         key_id = row.get("api_key_id")
         if key_id is not None:
             used[key_id] = max(row["created_at"], used.get(key_id, row["created_at"]))

@@ -47,6 +47,8 @@ class ClientEditView(RoleRequiredMixin, View):
         before = snapshot(client) if client else None
         form = ClientForm(request.POST, instance=client)
         if not form.is_valid():
+            if client:
+                client.refresh_from_db()  # the heading names the stored client, not the rejected values
             return render(request, "keys/client_form.html", {"form": form, "client": client}, status=400)
         with transaction.atomic():
             saved = form.save()

@@ -34,7 +34,7 @@ def test_the_demo_prints_a_key_and_snippets_that_work(tmp_path, live_db):
         assert "Press Ctrl+C" in output, output
         key = re.search(r"Demo client API key\s+(agk_\S+)", output).group(1)
         assert re.search(r"user: admin\s+password: \S+", output)
-        assert f"http://127.0.0.1:{port}/admin/" in output
+        assert f"http://127.0.0.1:{port}/console/" in output and f"http://127.0.0.1:{port}/admin/" in output
         assert "curl http://127.0.0.1:" in output and "from openai import OpenAI" in output
 
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
@@ -49,6 +49,7 @@ def test_the_demo_prints_a_key_and_snippets_that_work(tmp_path, live_db):
         )
         assert curl_like.status_code == 200
         assert httpx.get(f"http://127.0.0.1:{port}/admin/login/").status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/console/login/").status_code == 200
     finally:
         stop(proc)
     if "DATABASE_URL" in env:  # the demo shared the test database: its audit records are there

@@ -32,7 +32,7 @@ def test_issuing_and_revoking_a_key_never_records_the_raw_key(api, acme):
     assert [a.action for a in actions] == ["create", "revoke"]
     assert created["key"] not in str([a.changes for a in actions])
     assert ApiKey.objects.get().key_hash not in str([a.changes for a in actions])
-    assert actions[0].changes["key_hash"] == [None, "(secret)"]
+    assert actions[0].changes["key_hash"][0] is None and actions[0].changes["key_hash"][1].startswith("(secret ")
     assert actions[1].changes["revoked_at"][0] is None and actions[1].changes["revoked_at"][1]
 
 
@@ -48,7 +48,8 @@ def test_agent_secrets_are_masked(api):
         {"slug": "x", "name": "X", "kind": "openai", "upstream_url": "http://127.0.0.1:9", "upstream_api_key": "sk-1"},
         format="json",
     )
-    assert AdminAction.objects.get().changes["upstream_api_key"] == [None, "(secret)"]
+    before, after = AdminAction.objects.get().changes["upstream_api_key"]
+    assert before is None and after.startswith("(secret ") and "sk-1" not in after
 
 
 def test_compliance_reads_the_trail_and_operators_do_not(api, compliance_api, operator_api, acme):

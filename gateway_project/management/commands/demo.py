@@ -14,8 +14,9 @@ from django.core.management.base import BaseCommand, CommandError
 from gateway_project.demo import seed_admin, seed_agents, seed_demo_client
 
 SNIPPET = """
-  Gateway, console and API  http://{host}:{port}/
-  Django admin              http://{host}:{port}/admin/   user: admin   password: {password}
+  Console                   http://{host}:{port}/console/   user: admin   password: {password}
+  Django admin              http://{host}:{port}/admin/     (same login)
+  Gateway                   http://{host}:{port}/v1/
   API docs                  http://{host}:{port}/api/docs/
   Demo client API key       {key}
                             (shown once; run this command again for a new one)
@@ -35,7 +36,7 @@ SNIPPET = """
         model="gpt-4o-mini", messages=[{{"role": "user", "content": "Say hello"}}])
     print(answer.choices[0].message.content)
 
-  Every request lands in the audit log: http://{host}:{port}/admin/audit/auditrecord/
+  Every request lands in the audit log: http://{host}:{port}/console/audit/ (live on the dashboard)
   Press Ctrl+C to stop.
 """
 
