@@ -96,3 +96,42 @@ def spend_summary(now=None) -> dict:
         "spend_month": month["cost"] or Decimal(0),
         "tokens_month": (month["input_tokens"] or 0) + (month["output_tokens"] or 0),
     }
+
+
+def usage_by_key(client_id: int) -> dict[int, dict]:
+    """This month's requests, tokens and cost of each of a client's keys."""
+    _, start, end = current_month()
+    rows = (
+        UsageRecord.objects.filter(client_id=client_id, created_at__gte=start, created_at__lt=end)
+        .values("api_key_id")
+        .annotate(requests=Count("id"), input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"),
+                  cost=Sum("cost_usd"))
+    )  # fmt: skip
+    return {
+        row["api_key_id"]: {
+            "requests": row["requests"],
+            "tokens": (row["input_tokens"] or 0) + (row["output_tokens"] or 0),
+            "cost_usd": _money(row["cost"]),
+        }
+        for row in rows
+    }
+
+
+def daily_spend(client_id: int, days: int = 30, now=None) -> list[dict]:
+    """The client's spend per day for the last ``days`` days, oldest first (for the trend chart)."""
+    from django.db.models.functions import TruncDate
+
+    today = timezone.localdate(now or timezone.now())
+    start = today - timezone.timedelta(days=days - 1)
+    totals = {
+        row["day"]: row["cost"]
+        for row in UsageRecord.objects.filter(client_id=client_id, created_at__date__gte=start)
+        .annotate(day=TruncDate("created_at"))
+        .values("day")
+        .annotate(cost=Sum("cost_usd"))
+    }
+    return [
+        {"day": (start + timezone.timedelta(days=i)).isoformat(),
+         "cost": float(totals.get(start + timezone.timedelta(days=i)) or 0)}
+        for i in range(days)
+    ]  # fmt: skip

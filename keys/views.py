@@ -10,7 +10,7 @@ from django.views import View
 
 from audit.models import AuditRecord
 from audit.trail import record_create, record_update, snapshot
-from billing.usage import monthly_usage
+from billing.usage import daily_spend, monthly_usage, usage_by_key
 from gateway_project import roles
 from gateway_project.console import RoleRequiredMixin, agent_choices, sorted_page
 from keys.forms import ApiKeyForm, ClientForm, RotateForm
@@ -63,10 +63,15 @@ class ClientEditView(RoleRequiredMixin, View):
 class ClientDetailView(RoleRequiredMixin, View):
     def get(self, request, pk):
         client = get_object_or_404(Client, pk=pk)
+        per_key = usage_by_key(client.pk)
+        keys = list(client.api_keys.all())
+        for key in keys:
+            key.month_usage = per_key.get(key.pk, {"requests": 0, "tokens": 0, "cost_usd": "0.000000"})
         context = {
             "client": client,
-            "keys": client.api_keys.all(),
+            "keys": keys,
             "usage": monthly_usage(client.pk),
+            "spend_trend": daily_spend(client.pk),
             "recent": AuditRecord.objects.filter(client_id=client.pk).order_by("-created_at", "-id")[:20],
         }
         return render(request, "keys/client_detail.html", context)

@@ -89,3 +89,14 @@ def test_an_admin_issues_watches_rotates_revokes_and_exports(gateway, page, cons
     assert len(rows) == count
     assert {row["client_slug"] for row in rows} == {slug}
     assert sorted(int(row["status"]) for row in rows) == [200, 200, 200, 403]
+
+
+def test_filtering_the_audit_log_updates_the_table_in_place(gateway, page, console_admin):
+    sign_in(page, gateway, *console_admin)
+    page.goto(f"{gateway.url}/console/audit/")
+    page.evaluate("window.__same_page = true")
+    page.fill("#id_status", "599")
+    page.get_by_role("button", name="Filter").click()
+    page.wait_for_selector("text=No requests match.")
+    assert page.evaluate("window.__same_page === true")  # htmx swapped the results, no page load
+    assert "status=599" in page.url  # and the address can be shared or reloaded

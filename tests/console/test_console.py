@@ -216,3 +216,31 @@ def test_compliance_reads_and_exports_the_trail(compliance, operator, acme):
 
 def test_an_unknown_export_format_is_a_404(compliance):
     assert compliance.get("/console/audit/export/?format=xlsx").status_code == 404
+
+
+def test_a_clients_page_shows_each_keys_usage_and_the_spend_trend(operator, acme):
+    from decimal import Decimal
+
+    from billing.models import UsageRecord
+    from keys.services import issue_key
+
+    key, _ = issue_key(acme, allowed_agents=["*"], allowed_models=["*"])
+    for cost in ("0.25", "0.50"):
+        UsageRecord.objects.create(
+            request_id=f"u{cost}", created_at=timezone.now(), client=acme, api_key=key, agent="research",
+            model="gpt-4o", input_tokens=10, output_tokens=20, cost_usd=Decimal(cost),
+        )  # fmt: skip
+    page = operator.get(f"/console/clients/{acme.pk}/").content.decode()
+    assert "2 req · 60 tok · $0.750000" in page
+    trend = json.loads(re.search(r'id="spend-trend" type="application/json">(.*?)</script>', page).group(1))
+    assert len(trend) == 30 and trend[-1]["cost"] == 0.75 and sum(p["cost"] for p in trend) == 0.75
+
+
+def test_django_admin_is_for_superusers_only(admin, db):
+    from django.contrib.auth import get_user_model
+
+    assert admin.get("/admin/").status_code == 302  # an admin-role user who is not a superuser
+    root = get_user_model().objects.create_superuser("root", "root@example.com", "pw-long-enough-1")
+    browser = Browser()
+    browser.force_login(root)
+    assert browser.get("/admin/").status_code == 200
