@@ -76,9 +76,9 @@ def record_delete(user, via, obj, before: dict) -> AdminAction:
     return record_action(user, via, "delete", obj, diff(before, {}))
 
 
-def record_update(user, via, obj, before: dict, action: str = "update") -> AdminAction | None:
-    """Record the fields that changed since ``before``; nothing if none did."""
-    changes = diff(before, snapshot(obj))
+def record_update(user, via, obj, before: dict, action: str = "update", after: dict | None = None):
+    """Record the fields that changed since ``before`` (or up to ``after``); nothing if none did."""
+    changes = diff(before, snapshot(obj) if after is None else after)
     if not changes:
         return None
     return record_action(user, via, action, obj, changes)

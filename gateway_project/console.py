@@ -36,6 +36,7 @@ def console_context(request):
         "can_manage": roles.may(user, roles.MANAGE),
         "can_export": roles.may(user, roles.EXPORT),
         "can_read": roles.may(user, roles.READ),
+        "can_manage_users": roles.may(user, roles.USERS),
     }
 
 
