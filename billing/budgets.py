@@ -83,13 +83,18 @@ async def budget_for(client_id: int) -> BudgetSnapshot:
     return await budget_snapshots.get(f"{client_id}:{_month_now()}")
 
 
-def budget_check(store: HotState, budget: BudgetSnapshot) -> BudgetCheck:
-    """The spend counter for this client and month, kept a day past the month's end."""
+def budget_check(
+    store: HotState, budget: BudgetSnapshot, *, reserve: int = 0, reservation: str = "", hold_seconds: float = 0
+) -> BudgetCheck:
+    """The spend counter for this client and month (kept a day past the month's end), reserving ``reserve``."""
     return BudgetCheck(
         key=store.key("spend", budget.client_id, budget.month),
         limit=budget.limit_nanos,
         seed=budget.spent_nanos_in_db,
         ttl_seconds=max(60, budget.seconds_left + 86_400),
+        reserve=reserve,
+        reservation=reservation,
+        hold_ms=int(hold_seconds * 1000),
     )
 
 

@@ -35,12 +35,34 @@ class RateCheck:
 
 @dataclass(frozen=True, slots=True)
 class BudgetCheck:
-    """Refuse once the counter at ``key`` reaches ``limit`` (nanodollars); ``limit`` < 0 means none."""
+    """Spend against a limit (nanodollars; ``limit`` < 0 means none), with a reservation.
+
+    ``key`` counts settled spend (``seed`` fills it when empty). A request reserves
+    ``reserve`` (its worst-case cost) under ``reservation`` before it is forwarded; it
+    fits only if settled + reserved + reserve <= limit. Settling swaps the reservation
+    for the real cost; a reservation never settled (a crashed process) lapses after
+    ``hold_ms``, so the budget cannot stay blocked.
+    """
 
     key: str
     limit: int
     seed: int
     ttl_seconds: int
+    reserve: int = 0
+    reservation: str = ""
+    hold_ms: int = 0
+
+    @property
+    def held_key(self) -> str:
+        return self.key + ":held"  # reservation -> expiry (ms), a sorted set
+
+    @property
+    def amounts_key(self) -> str:
+        return self.key + ":amounts"  # reservation -> amount, a hash
+
+    @property
+    def reserved_key(self) -> str:
+        return self.key + ":reserved"  # sum of the live reservations
 
 
 @dataclass(slots=True)
@@ -145,13 +167,24 @@ class MemoryHotState(HotState):
         if spent is None:
             spent = budget.seed
             self._set(budget.key, spent, budget.ttl_seconds, now_s)
-        if budget.limit >= 0 and spent >= budget.limit:
+        held = self._held(budget, now)
+        reserved = sum(amount for amount, _ in held.values())
+        if budget.limit >= 0 and (spent >= budget.limit or spent + reserved + budget.reserve > budget.limit):
             return Admission(False, "budget", 0, spent=spent)
         for check, new_tat in zip(rates, new_tats, strict=True):
             self._set(check.key, new_tat, (new_tat - now) / 1000 + 0.001, now_s)
         if max_concurrent > 0:
             self._set(concurrency_key, (self._get(concurrency_key, now_s) or 0) + 1, 300, now_s)
+        if budget.reserve > 0 and budget.reservation:
+            held[budget.reservation] = (budget.reserve, now + budget.hold_ms)
         return Admission(True, spent=spent, remaining=remaining)
+
+    def _held(self, budget: BudgetCheck, now: float) -> dict:
+        """The live reservations of a budget, lapsed ones dropped."""
+        held = self._values.setdefault(budget.held_key, ({}, None))[0]
+        for name in [name for name, (_, until) in held.items() if until <= now]:
+            del held[name]
+        return held
 
     async def settle(self, adjusts, concurrency_key, budget, spend):
         now_s = time.time()
@@ -167,6 +200,8 @@ class MemoryHotState(HotState):
         if concurrency_key:
             current = self._get(concurrency_key, now_s) or 0
             self._set(concurrency_key, max(0, current - 1), 300, now_s)
+        if budget.reservation:
+            self._held(budget, now).pop(budget.reservation, None)
         spent = self._get(budget.key, now_s)
         total = (budget.seed if spent is None else spent) + spend
         self._set(budget.key, total, budget.ttl_seconds, now_s)
@@ -223,13 +258,32 @@ if not spent then
 end
 spent = tonumber(spent)
 result[3] = spent
-if limit >= 0 and spent >= limit then return {n + 2, 0, spent} end
+local reserve = tonumber(ARGV[base + 4])
+local lapsed = redis.call('ZRANGEBYSCORE', KEYS[n + 3], '-inf', now)
+if #lapsed > 0 then
+  local freed = 0
+  for _, amount in ipairs(redis.call('HMGET', KEYS[n + 4], unpack(lapsed))) do
+    freed = freed + (tonumber(amount) or 0)
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[n + 3], '-inf', now)
+  redis.call('HDEL', KEYS[n + 4], unpack(lapsed))
+  redis.call('DECRBY', KEYS[n + 5], freed)
+end
+local reserved = tonumber(redis.call('GET', KEYS[n + 5]) or '0')
+if limit >= 0 and (spent >= limit or spent + reserved + reserve > limit) then return {n + 2, 0, spent} end
 for i = 1, n do
   redis.call('SET', KEYS[i], string.format('%.3f', new_tats[i]), 'PX', math.ceil(new_tats[i] - now) + 1)
 end
 if conc_max > 0 then
   redis.call('INCR', KEYS[n + 1])
   redis.call('EXPIRE', KEYS[n + 1], 300)
+end
+if reserve > 0 then
+  local name, ttl = ARGV[base + 5], ARGV[base + 3]
+  redis.call('ZADD', KEYS[n + 3], now + tonumber(ARGV[base + 6]), name)
+  redis.call('HSET', KEYS[n + 4], name, reserve)
+  redis.call('INCRBY', KEYS[n + 5], reserve)
+  for i = 3, 5 do redis.call('EXPIRE', KEYS[n + i], ttl) end
 end
 return result
 """
@@ -256,6 +310,15 @@ end
 local base = n * 3 + 2
 if ARGV[base] == '1' then
   if redis.call('DECR', KEYS[n + 1]) < 0 then redis.call('SET', KEYS[n + 1], 0, 'EX', 300) end
+end
+local name = ARGV[base + 4]
+if name ~= '' then
+  local amount = redis.call('HGET', KEYS[n + 4], name)
+  if amount then
+    redis.call('HDEL', KEYS[n + 4], name)
+    redis.call('ZREM', KEYS[n + 3], name)
+    redis.call('DECRBY', KEYS[n + 5], amount)
+  end
 end
 local spend = tonumber(ARGV[base + 1])
 if redis.call('EXISTS', KEYS[n + 2]) == 1 then
@@ -296,11 +359,13 @@ class RedisHotState(HotState):
 
     async def admit(self, rates, concurrency_key, max_concurrent, budget):
         client = self._client()
-        keys = [check.key for check in rates] + [concurrency_key, budget.key]
+        keys = [check.key for check in rates]
+        keys += [concurrency_key, budget.key, budget.held_key, budget.amounts_key, budget.reserved_key]
         args = [len(rates)]
         for check in rates:
             args += [check.limit, check.cost, check.period_ms]
-        args += [max_concurrent, budget.limit, budget.seed, budget.ttl_seconds]
+        args += [max_concurrent, budget.limit, budget.seed, budget.ttl_seconds, budget.reserve]
+        args += [budget.reservation, budget.hold_ms]
         reply = await client._admit(keys=keys, args=args)
         failed = int(reply[0])
         if failed == 0:
@@ -316,10 +381,11 @@ class RedisHotState(HotState):
     async def settle(self, adjusts, concurrency_key, budget, spend):
         client = self._client()
         keys = [adj.key for adj in adjusts] + [concurrency_key or budget.key + ":none", budget.key]
+        keys += [budget.held_key, budget.amounts_key, budget.reserved_key]
         args = [len(adjusts)]
         for adj in adjusts:
             args += [adj.limit, adj.delta, adj.period_ms]
-        args += ["1" if concurrency_key else "0", spend, budget.seed, budget.ttl_seconds]
+        args += ["1" if concurrency_key else "0", spend, budget.seed, budget.ttl_seconds, budget.reservation]
         return int(await client._settle(keys=keys, args=args))
 
     async def get_int(self, key):

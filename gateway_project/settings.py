@@ -191,6 +191,8 @@ GATEWAY = {
     "UPSTREAM_MAX_CONNECTIONS": envint("GATEWAY_UPSTREAM_MAX_CONNECTIONS", 512, minimum=1),
     # "aiohttp" (httpx API over aiohttp, the fast default) or "httpx" (httpcore).
     "HTTP_TRANSPORT": envstr("GATEWAY_HTTP_TRANSPORT", "aiohttp"),
+    # Output tokens assumed for a request that sets no max_tokens, when reserving its worst-case cost.
+    "DEFAULT_MAX_OUTPUT_TOKENS": envint("GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS", 1024, minimum=1),
     # Agent used by /v1/agent/invoke when content names no capability.
     "DEFAULT_AGENT": envstr("GATEWAY_DEFAULT_AGENT", "research"),
     # Redis key prefix, so several gateways can share one Redis.

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from django.conf import settings
+
 from billing.budgets import budget_check, budget_for
 from billing.pricing import cost_nanos, price_for, prices
 from billing.usage import record_usage
@@ -29,9 +31,9 @@ class Ticket:
     metered: bool
 
 
-def estimate_tokens(body: bytes, max_tokens: int | None) -> int:
-    """A conservative guess (about four bytes a token, plus the answer's cap) for admission."""
-    return max(1, len(body) // 4) + (max_tokens or 0)
+def input_estimate(body: bytes) -> int:
+    """A conservative guess of a request's input tokens: about four bytes a token."""
+    return max(1, len(body) // 4)
 
 
 def _refusal(failed: str, snapshot, retry_after_ms: int) -> GatewayError:
@@ -49,14 +51,30 @@ def _refusal(failed: str, snapshot, retry_after_ms: int) -> GatewayError:
     return GatewayError(429, "rate_limit_error", code, f"{message} Retry after {retry} s.", headers)
 
 
-async def admit(ex: Exchange, tokens: int, *, metered: bool = True) -> Ticket:
-    """Reserve a request slot (and, when ``metered``, check the budget) or raise 429/402."""
+async def admit(
+    ex: Exchange, input_tokens: int = 0, max_output: int | None = None, *, hold_seconds: float = 0, metered=True
+) -> Ticket:
+    """Take a request slot and, when ``metered``, reserve its worst-case cost; or raise 429/402.
+
+    Tokens per minute count the input estimate plus ``max_output`` when the client
+    capped the answer. The budget reservation prices the input estimate plus
+    ``max_output`` (or the configured default cap) at the model's price, so
+    concurrent requests can never together spend past a hard budget.
+    """
     store = get_hot_state()
     key = ex.key
-    budget = budget_check(store, await budget_for(key.client_id))
-    if not metered:
-        budget = BudgetCheck(budget.key, NO_BUDGET, budget.seed, budget.ttl_seconds)
-    checks = rate_checks(store, key, tokens if metered else 0)
+    snapshot = await budget_for(key.client_id)
+    if metered:
+        price = price_for(await prices.get(), ex.model)
+        cap = max_output or settings.GATEWAY["DEFAULT_MAX_OUTPUT_TOKENS"]
+        budget = budget_check(
+            store, snapshot, reserve=cost_nanos(price, input_tokens, cap), reservation=ex.request_id,
+            hold_seconds=hold_seconds,
+        )  # fmt: skip
+    else:
+        budget = BudgetCheck(budget_check(store, snapshot).key, NO_BUDGET, 0, 60)
+    tokens = input_tokens + (max_output or 0) if metered else 0
+    checks = rate_checks(store, key, tokens)
     conc = concurrency_key(store, key) if key.max_concurrent else ""
     result = await store.admit(checks, conc, key.max_concurrent, budget)
     if not result.ok:
@@ -65,7 +83,8 @@ async def admit(ex: Exchange, tokens: int, *, metered: bool = True) -> Ticket:
                 402,
                 "insufficient_quota",
                 "budget_exceeded",
-                "The client's monthly budget is spent. Raise the budget or wait for the next month.",
+                "The client's monthly budget cannot cover this request's worst-case cost. "
+                "Raise the budget, lower max_tokens, or wait for the next month.",
             )
         raise _refusal(result.failed, key, result.retry_after_ms)
     ex.extra_headers += [
@@ -77,7 +96,7 @@ async def admit(ex: Exchange, tokens: int, *, metered: bool = True) -> Ticket:
             str(result.remaining.get("tokens", key.tokens_per_minute)).encode(),
         ),
     ]
-    return Ticket(store, budget, tokens if metered else 0, conc, metered)
+    return Ticket(store, budget, tokens, conc, metered)
 
 
 async def settle(ex: Exchange, ticket: Ticket, default_model: str) -> None:

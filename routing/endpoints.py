@@ -19,7 +19,7 @@ from gateway_project.errors import GatewayError, not_found
 from gateway_project.writer import writer
 from keys.access import authorize, ensure_usable, identify
 from routing import forward, protocols
-from routing.admission import admit, estimate_tokens, settle
+from routing.admission import admit, input_estimate, settle
 from routing.exchange import Exchange
 from routing.sse import AnthropicToOpenAIStream, OpenAIStreamScanner, openai_stream_of
 from routing.table import AgentRoute, routing_table
@@ -27,6 +27,8 @@ from routing.table import AgentRoute, routing_table
 log = logging.getLogger("gateway.proxy")
 
 CLIENT_CLOSED = 499
+# A reservation outlives its request's own timeout by this much before it lapses.
+RESERVATION_MARGIN_SECONDS = 60
 
 
 async def serve(ex: Exchange) -> None:
@@ -80,9 +82,10 @@ async def _wrong_method(ex: Exchange, allowed: str) -> None:
     )
 
 
-async def _metered(ex: Exchange, route: AgentRoute, tokens: int, call) -> None:
-    """Admit, run ``call``, and settle whatever happened to it."""
-    ticket = await admit(ex, tokens)
+async def _metered(ex: Exchange, route: AgentRoute, max_output: int | None, call) -> None:
+    """Admit (reserving the worst case), run ``call``, and settle whatever happened to it."""
+    hold = route.timeout + RESERVATION_MARGIN_SECONDS
+    ticket = await admit(ex, input_estimate(ex.body), max_output, hold_seconds=hold)
     try:
         await call()
     finally:
@@ -104,7 +107,6 @@ async def chat_completions(ex: Exchange) -> None:
     ex.agent, ex.model = route.slug, model
     authorize(ex.key, route.slug, "" if payload["model"] == route.slug else model)
     ex.input_text = protocols.last_user_text(payload["messages"])
-    tokens = estimate_tokens(ex.body, protocols.max_tokens(payload))
     stream = payload.get("stream") is True
     options = payload.get("stream_options")
     wants_usage = isinstance(options, dict) and options.get("include_usage") is True
@@ -117,7 +119,7 @@ async def chat_completions(ex: Exchange) -> None:
         else:
             await _chat_agent(ex, route, payload, stream, wants_usage)
 
-    await _metered(ex, route, tokens, call)
+    await _metered(ex, route, protocols.max_tokens(payload), call)
 
 
 async def _chat_openai(ex, route, payload, stream, wants_usage):
@@ -196,7 +198,7 @@ async def agent_invoke(ex: Exchange) -> None:
             answer, _ = await forward.call_json(ex, route, "/invoke", json.dumps(body).encode())
             ex.output_text = protocols.agent_text(answer)
 
-    await _metered(ex, route, estimate_tokens(ex.body, limit), call)
+    await _metered(ex, route, limit, call)
     latency_ms = round(ex.elapsed_ms(), 2)
     ex.extra_headers.append((b"x-gateway-route-reason", reason.encode()))
     await ex.respond_json(
@@ -225,7 +227,7 @@ async def pass_through(ex: Exchange, slug: str, rest: str) -> None:
     ex.agent, ex.model = route.slug, route.default_model
     authorize(ex.key, route.slug)
     ex.input_text = ex.body[:1000].decode("utf-8", "replace")
-    await _metered(ex, route, estimate_tokens(ex.body, None), lambda: forward.pass_through(ex, route, rest))
+    await _metered(ex, route, None, lambda: forward.pass_through(ex, route, rest))
 
 
 # --- GET /v1/models ---------------------------------------------------------
@@ -233,7 +235,7 @@ async def pass_through(ex: Exchange, slug: str, rest: str) -> None:
 
 async def list_models(ex: Exchange) -> None:
     await authenticate(ex)
-    ticket = await admit(ex, 0, metered=False)
+    ticket = await admit(ex, metered=False)
     try:
         table = await routing_table.get()
         created = int(time.time())
@@ -255,7 +257,7 @@ async def list_models(ex: Exchange) -> None:
 
 async def usage(ex: Exchange) -> None:
     await authenticate(ex)
-    ticket = await admit(ex, 0, metered=False)
+    ticket = await admit(ex, metered=False)
     try:
         await writer.flush()  # so the report includes this process's latest requests
         report = await database_sync_to_async(monthly_usage)(ex.key.client_id)

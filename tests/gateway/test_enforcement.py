@@ -173,13 +173,16 @@ def test_it_reports_remaining_limits_on_success(gateway, make_key):
 
 
 def test_it_refuses_once_the_monthly_budget_is_spent(gateway, make_key, audit_for):
-    raw, key = make_key(budget="0.01")
+    raw, key = make_key(budget="0.05")
     client = gateway.client(raw)
-    # 40,000 characters are 10,000 input tokens: $0.025 at gpt-4o's $2.50 per million.
-    assert client.post(CHAT, json=chat_body(model="gpt-4o", text="x" * 40_000)).status_code == 200
-    refused = client.post(CHAT, json=chat_body(model="gpt-4o"))
+    # 40,000 characters are 10,000 input tokens: $0.025 at gpt-4o's $2.50 per million, and the
+    # worst case reserved with the default 1,024-token answer cap is $0.035: it fits once, not twice.
+    big = chat_body(model="gpt-4o", text="x" * 40_000)
+    assert client.post(CHAT, json=big).status_code == 200
+    refused = client.post(CHAT, json=big)
     assert_error(refused, 402, "budget_exceeded", "insufficient_quota")
     assert audit_for(key, 2)[-1].status == 402
+    assert client.post(CHAT, json=chat_body(model="gpt-4o-mini", max_tokens=10)).status_code == 200  # a small one fits
 
 
 def test_a_zero_budget_refuses_at_once(gateway, make_key):

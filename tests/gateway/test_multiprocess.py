@@ -78,12 +78,31 @@ def test_the_concurrency_limit_holds_across_processes(two_workers, make_key):
 
 @needs_redis
 def test_spend_is_shared_so_every_process_refuses_a_spent_budget(two_workers, make_key):
-    raw, _ = make_key(budget="0.01")
+    raw, _ = make_key(budget="0.05")
     big = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 40_000}]}
     with httpx.Client(base_url=two_workers.url, timeout=30) as client:
         assert client.post(CHAT, json=big, headers={"Authorization": f"Bearer {raw}"}).status_code == 200
-    statuses = burst(two_workers.url, raw, 20)
+    statuses = burst(two_workers.url, raw, 20, body=big)
     assert statuses == Counter({402: 20})
+
+
+def test_concurrent_requests_never_spend_past_a_hard_budget(two_workers, make_key, audit_for):
+    """64 slow requests at once: each reserves its worst case, so only as many as fit are admitted."""
+    from decimal import Decimal
+
+    from billing.models import UsageRecord
+
+    raw, key = make_key(budget="0.01", concurrent=0)
+    body = {**BODY, "messages": [{"role": "user", "content": "y" * 4000}], "max_tokens": 1000,
+            "mock": {"delay_ms": 1500}}  # fmt: skip
+    # gpt-4o-mini: 150 nanodollars per input token, 600 per output token.
+    worst_case = (len(json.dumps(body, separators=(",", ":"))) // 4) * 150 + 1000 * 600
+    fits = 10_000_000 // worst_case
+    statuses = burst(two_workers.url, raw, 64, body=body)
+    assert statuses == Counter({200: fits, 402: 64 - fits})
+    audit_for(key, 64)
+    spent = sum(row.cost_usd for row in UsageRecord.objects.filter(api_key_id=key.pk))
+    assert Decimal(0) < spent <= Decimal("0.01")
 
 
 @pytest.mark.parametrize("server_name", ["daphne", "uvicorn"])

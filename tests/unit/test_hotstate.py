@@ -118,3 +118,24 @@ def test_redis_never_over_admits_concurrent_callers():
         return await asyncio.gather(*calls)
 
     assert sum(result.ok for result in run(scenario())) == 25
+
+
+def test_reservations_hold_budget_until_settled_or_lapsed(store):
+    _, _, conc, spend = ids()
+
+    def check(name, reserve, hold_ms=60_000):
+        return BudgetCheck(spend, 1_000, 0, 60, reserve=reserve, reservation=name, hold_ms=hold_ms)
+
+    async def scenario():
+        first = await store.admit([], conc, 0, check("a", 600))
+        second = await store.admit([], conc, 0, check("b", 600))  # 600 + 600 > 1000
+        small = await store.admit([], conc, 0, check("c", 300, hold_ms=1))  # lapses almost at once
+        await asyncio.sleep(0.01)
+        await store.settle([], "", check("a", 600), 100)  # real cost 100: frees 500
+        third = await store.admit([], conc, 0, check("d", 800))  # 100 spent + 800 <= 1000
+        fourth = await store.admit([], conc, 0, check("e", 200))  # 100 + 800 + 200 > 1000
+        return first, second, small, third, fourth
+
+    first, second, small, third, fourth = run(scenario())
+    assert (first.ok, second.ok, small.ok, third.ok, fourth.ok) == (True, False, True, True, False)
+    assert second.failed == fourth.failed == "budget"
