@@ -15,7 +15,7 @@ from billing.budgets import ALERT_SHARE, current_month, spent_in_db
 from billing.forms import BudgetForm, ModelPriceForm
 from billing.models import NANOS_PER_USD, Budget, ModelPrice
 from gateway_project import roles
-from gateway_project.console import RoleRequiredMixin, sorted_page
+from gateway_project.console import RoleRequiredMixin, TrailedEditView, sorted_page
 from keys.models import Client
 
 
@@ -122,28 +122,12 @@ class PriceListView(RoleRequiredMixin, View):
         return render(request, "billing/price_list.html", {"page": page, "sort": sort})
 
 
-class PriceEditView(RoleRequiredMixin, View):
-    """Create (no ``pk``) or edit a model's price."""
+class PriceEditView(TrailedEditView):
+    model = ModelPrice
+    form_class = ModelPriceForm
+    template_name = "billing/price_form.html"
+    context_name = "price"
+    success_url_name = "console:prices"
 
-    needed_roles = roles.MANAGE
-
-    def get(self, request, pk=None):
-        price = get_object_or_404(ModelPrice, pk=pk) if pk else None
-        return render(request, "billing/price_form.html", {"form": ModelPriceForm(instance=price), "price": price})
-
-    def post(self, request, pk=None):
-        price = get_object_or_404(ModelPrice, pk=pk) if pk else None
-        before = snapshot(price) if price else None
-        form = ModelPriceForm(request.POST, instance=price)
-        if not form.is_valid():
-            if price:
-                price.refresh_from_db()  # the heading names the stored model, not the rejected one
-            return render(request, "billing/price_form.html", {"form": form, "price": price}, status=400)
-        with transaction.atomic():
-            saved = form.save()
-            if before is None:
-                record_create(request.user, "console", saved)
-            else:
-                record_update(request.user, "console", saved, before)
-        messages.success(request, f"Price of “{saved.model}” saved. Gateways pick it up within their refresh.")
-        return redirect("console:prices")
+    def saved_message(self, obj):
+        return f"Price of “{obj.model}” saved. Gateways pick it up within their refresh."

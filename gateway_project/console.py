@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from django.contrib import messages
 from django.contrib.auth.mixins import LoginRequiredMixin
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
+from django.db import transaction
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views import View
 
+from audit.trail import record_create, record_update, snapshot
 from gateway_project import roles
 
 PAGE_SIZE = 25
@@ -59,3 +65,53 @@ def agent_choices() -> list[str]:
     from routing.models import Agent
 
     return list(Agent.objects.filter(is_active=True).order_by("slug").values_list("slug", flat=True))
+
+
+class TrailedEditView(RoleRequiredMixin, View):
+    """Create (no ``pk``) or edit one object through a ModelForm; the change goes into the admin-action trail.
+
+    Subclasses name the ``model``, ``form_class``, ``template_name``, the template's
+    name for the object (``context_name``), where to go after saving and what to say.
+    Opening the form needs a managing role too, not just saving it.
+    """
+
+    model = None
+    form_class = None
+    template_name = ""
+    context_name = "object"
+    needed_roles = roles.MANAGE
+
+    def snapshot(self, obj) -> dict:
+        return snapshot(obj)
+
+    def saved_message(self, obj) -> str:
+        return f"“{obj}” saved."
+
+    success_url_name = ""
+
+    def success_url(self, obj) -> str:
+        return reverse(self.success_url_name)
+
+    def _render(self, request, form, obj, status=200):
+        return render(request, self.template_name, {"form": form, self.context_name: obj}, status=status)
+
+    def get(self, request, pk=None):
+        obj = get_object_or_404(self.model, pk=pk) if pk else None
+        return self._render(request, self.form_class(instance=obj), obj)
+
+    def post(self, request, pk=None):
+        obj = get_object_or_404(self.model, pk=pk) if pk else None
+        before = self.snapshot(obj) if obj else None
+        form = self.form_class(request.POST, instance=obj)
+        if not form.is_valid():
+            if obj:
+                obj.refresh_from_db()  # headings name the stored object, not the rejected values
+            return self._render(request, form, obj, status=400)
+        with transaction.atomic():
+            saved = form.save()
+            if before is None:
+                record_create(request.user, "console", saved)
+            else:
+                record_update(request.user, "console", saved, before, after=self.snapshot(saved))
+        messages.success(request, self.saved_message(saved))
+        return redirect(self.success_url(saved))

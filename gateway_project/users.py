@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from django import forms
-from django.contrib import messages
 from django.contrib.auth import get_user_model, password_validation
 from django.contrib.auth.models import Group
-from django.db import transaction
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import render
 from django.views import View
 
-from audit.trail import record_create, record_update, snapshot
+from audit.trail import snapshot
 from gateway_project import roles
-from gateway_project.console import RoleRequiredMixin, sorted_page
+from gateway_project.console import RoleRequiredMixin, TrailedEditView, sorted_page
 
 User = get_user_model()
 
@@ -67,28 +65,17 @@ class UserListView(RoleRequiredMixin, View):
         return render(request, "console/user_list.html", {"page": page, "sort": sort})
 
 
-class UserEditView(RoleRequiredMixin, View):
-    needed_roles = roles.USERS
-    write_roles = roles.USERS
+class UserEditView(TrailedEditView):
+    model = User
+    form_class = UserForm
+    template_name = "console/user_form.html"
+    context_name = "edited"
+    success_url_name = "console:users"
+    needed_roles = write_roles = roles.USERS
 
-    def get(self, request, pk=None):
-        user = get_object_or_404(User, pk=pk) if pk else None
-        return render(request, "console/user_form.html", {"form": UserForm(instance=user), "edited": user})
+    def snapshot(self, obj):
+        obj._gateway_roles = None  # roles may have just changed
+        return _snapshot(obj)
 
-    def post(self, request, pk=None):
-        user = get_object_or_404(User, pk=pk) if pk else None
-        before = _snapshot(user) if user else None
-        form = UserForm(request.POST, instance=user)
-        if not form.is_valid():
-            if user:
-                user.refresh_from_db()
-            return render(request, "console/user_form.html", {"form": form, "edited": user}, status=400)
-        with transaction.atomic():
-            saved = form.save()
-            saved._gateway_roles = None  # roles just changed
-            if before is None:
-                record_create(request.user, "console", saved)
-            else:
-                record_update(request.user, "console", saved, before, after=_snapshot(saved))
-        messages.success(request, f"User “{saved.get_username()}” saved.")
-        return redirect("console:users")
+    def saved_message(self, obj):
+        return f"User “{obj.get_username()}” saved."

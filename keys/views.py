@@ -6,13 +6,14 @@ from django.contrib import messages
 from django.db import transaction
 from django.db.models import Count, Q
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views import View
 
 from audit.models import AuditRecord
 from audit.trail import record_create, record_update, snapshot
 from billing.usage import daily_spend, monthly_usage, usage_by_key
 from gateway_project import roles
-from gateway_project.console import RoleRequiredMixin, agent_choices, sorted_page
+from gateway_project.console import RoleRequiredMixin, TrailedEditView, agent_choices, sorted_page
 from keys.forms import ApiKeyForm, ClientForm, RotateForm
 from keys.models import ApiKey, Client
 from keys.services import issue_key, revoke_key, rotate_key
@@ -33,31 +34,17 @@ class ClientListView(RoleRequiredMixin, View):
         return render(request, "keys/client_list.html", {"page": page, "sort": sort})
 
 
-class ClientEditView(RoleRequiredMixin, View):
-    """Create (no ``pk``) or edit a client; reading the form needs a managing role too."""
+class ClientEditView(TrailedEditView):
+    model = Client
+    form_class = ClientForm
+    template_name = "keys/client_form.html"
+    context_name = "client"
 
-    needed_roles = roles.MANAGE
+    def saved_message(self, obj):
+        return f"Client “{obj.name}” saved."
 
-    def get(self, request, pk=None):
-        client = get_object_or_404(Client, pk=pk) if pk else None
-        return render(request, "keys/client_form.html", {"form": ClientForm(instance=client), "client": client})
-
-    def post(self, request, pk=None):
-        client = get_object_or_404(Client, pk=pk) if pk else None
-        before = snapshot(client) if client else None
-        form = ClientForm(request.POST, instance=client)
-        if not form.is_valid():
-            if client:
-                client.refresh_from_db()  # the heading names the stored client, not the rejected values
-            return render(request, "keys/client_form.html", {"form": form, "client": client}, status=400)
-        with transaction.atomic():
-            saved = form.save()
-            if before is None:
-                record_create(request.user, "console", saved)
-            else:
-                record_update(request.user, "console", saved, before)
-        messages.success(request, f"Client “{saved.name}” saved.")
-        return redirect("console:client", pk=saved.pk)
+    def success_url(self, obj):
+        return reverse("console:client", kwargs={"pk": obj.pk})
 
 
 class ClientDetailView(RoleRequiredMixin, View):

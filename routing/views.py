@@ -8,9 +8,9 @@ from django.db.models import Q
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views import View
 
-from audit.trail import record_create, record_update, snapshot
+from audit.trail import record_update, snapshot
 from gateway_project import roles
-from gateway_project.console import RoleRequiredMixin, sorted_page
+from gateway_project.console import RoleRequiredMixin, TrailedEditView, sorted_page
 from routing.forms import AgentForm
 from routing.models import Agent
 
@@ -24,31 +24,15 @@ class AgentListView(RoleRequiredMixin, View):
         return render(request, "routing/agent_list.html", {"page": page, "sort": sort})
 
 
-class AgentEditView(RoleRequiredMixin, View):
-    """Create (no ``pk``) or edit an agent; reading the form needs a managing role too."""
+class AgentEditView(TrailedEditView):
+    model = Agent
+    form_class = AgentForm
+    template_name = "routing/agent_form.html"
+    context_name = "agent"
+    success_url_name = "console:agents"
 
-    needed_roles = roles.MANAGE
-
-    def get(self, request, pk=None):
-        agent = get_object_or_404(Agent, pk=pk) if pk else None
-        return render(request, "routing/agent_form.html", {"form": AgentForm(instance=agent), "agent": agent})
-
-    def post(self, request, pk=None):
-        agent = get_object_or_404(Agent, pk=pk) if pk else None
-        before = snapshot(agent) if agent else None
-        form = AgentForm(request.POST, instance=agent)
-        if not form.is_valid():
-            if agent:
-                agent.refresh_from_db()  # the heading names the stored slug, not the rejected one
-            return render(request, "routing/agent_form.html", {"form": form, "agent": agent}, status=400)
-        with transaction.atomic():
-            saved = form.save()
-            if before is None:
-                record_create(request.user, "console", saved)
-            else:
-                record_update(request.user, "console", saved, before)
-        messages.success(request, f"Agent “{saved.slug}” saved. Gateways pick up the change within their refresh.")
-        return redirect("console:agents")
+    def saved_message(self, obj):
+        return f"Agent “{obj.slug}” saved. Gateways pick up the change within their refresh."
 
 
 class AgentToggleView(RoleRequiredMixin, View):
