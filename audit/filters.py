@@ -5,6 +5,17 @@ from django.db.models import Q
 
 from audit.models import AuditRecord
 
+# Form field -> queryset lookup; "text" searches both previews and is applied apart.
+LOOKUPS = {
+    "since": "created_at__gte",
+    "until": "created_at__lt",
+    "client": "client_slug",
+    "key_prefix": "key_prefix__startswith",
+    "agent": "agent",
+    "status": "status",
+    "request_id": "request_id",
+}
+
 
 class AuditFilterForm(forms.Form):
     since = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
@@ -20,20 +31,8 @@ class AuditFilterForm(forms.Form):
         """The records matching the valid fields (invalid ones are reported by the form)."""
         queryset = AuditRecord.objects.all() if queryset is None else queryset
         data = self.cleaned_data if self.is_valid() else {}
-        if data.get("since"):
-            queryset = queryset.filter(created_at__gte=data["since"])
-        if data.get("until"):
-            queryset = queryset.filter(created_at__lt=data["until"])
-        if data.get("client"):
-            queryset = queryset.filter(client_slug=data["client"])
-        if data.get("key_prefix"):
-            queryset = queryset.filter(key_prefix__startswith=data["key_prefix"])
-        if data.get("agent"):
-            queryset = queryset.filter(agent=data["agent"])
-        if data.get("status"):
-            queryset = queryset.filter(status=data["status"])
-        if data.get("request_id"):
-            queryset = queryset.filter(request_id=data["request_id"])
+        lookups = {name: value for name, value in data.items() if value not in (None, "") and name in LOOKUPS}
+        queryset = queryset.filter(**{LOOKUPS[name]: value for name, value in lookups.items()})
         if data.get("text"):
             text = data["text"]
             queryset = queryset.filter(Q(input_preview__icontains=text) | Q(output_preview__icontains=text))
