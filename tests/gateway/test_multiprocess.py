@@ -116,3 +116,22 @@ def test_buffered_audit_records_are_flushed_on_shutdown(seeded, make_key, audit_
     assert audit_for(key, 1, seconds=0.5) == []  # still in the buffer
     assert server.stop() == 0
     assert sorted(r.request_id for r in audit_for(key, 6)) == sorted(ids)
+
+
+@needs_redis
+def test_a_redis_restart_does_not_reset_anyones_spend(two_workers, make_key, audit_for):
+    import redis
+
+    from billing.models import UsageRecord
+
+    raw, key = make_key(budget="0.05")
+    big = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 40_000}]}
+    headers = {"Authorization": f"Bearer {raw}"}
+    with httpx.Client(base_url=two_workers.url, timeout=30) as client:
+        assert client.post(CHAT, json=big, headers=headers).status_code == 200
+        audit_for(key)
+        assert UsageRecord.objects.filter(api_key_id=key.pk).exists()  # the spend is in the database
+        redis.Redis.from_url(settings.REDIS_URL).flushdb()  # Redis loses every counter
+        time.sleep(1.2)  # and each process's local snapshot of the budget lapses
+        refused = client.post(CHAT, json=big, headers=headers)
+    assert refused.status_code == 402  # the counter was rebuilt from the database
