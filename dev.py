@@ -113,13 +113,13 @@ def ensure_chromium() -> None:
 
 def cmd_run(args: list[str]) -> int:
     ensure_venv(dev=False)
-    env = (
-        {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-        if "--embedded" in args
-        else None
-    )
+    env = dict(os.environ)
+    if "--embedded" in args:
+        env = {k: v for k, v in env.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     args = [a for a in args if a != "--embedded"]
-    return run(PY, "manage.py", "demo", *args, check=False, env=env).returncode
+    os.chdir(ROOT)
+    # Become the demo, so Ctrl+C and SIGTERM reach it directly (it then stops the gateway and the mock).
+    os.execve(PY, [str(PY), "manage.py", "demo", *args], env)
 
 
 def cmd_test(args: list[str]) -> int:
