@@ -162,6 +162,9 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "gateway_project.api.exception_handler",
+    # Requests per user of the management API (callers without a valid token are refused before this).
+    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"user": envstr("GATEWAY_API_USER_RATE", "1200/min")},
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Agent Gateway management API",

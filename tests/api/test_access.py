@@ -78,3 +78,19 @@ def test_compliance_staff_change_nothing(compliance_api, acme):
     assert compliance_api.delete(f"/api/v1/clients/{acme.pk}/").status_code == 403
     acme.refresh_from_db()
     assert acme.name == "Acme"
+
+
+def test_each_user_is_throttled(api):
+    from django.core.cache import cache
+    from rest_framework.throttling import UserRateThrottle
+
+    cache.clear()
+    original = UserRateThrottle.THROTTLE_RATES
+    UserRateThrottle.THROTTLE_RATES = {**original, "user": "3/min"}
+    try:
+        responses = [api.get("/api/v1/clients/") for _ in range(4)]
+    finally:
+        UserRateThrottle.THROTTLE_RATES = original
+        cache.clear()
+    assert [r.status_code for r in responses] == [200, 200, 200, 429]
+    assert int(responses[-1]["Retry-After"]) >= 1
