@@ -11,7 +11,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
 
 @admin.register(Budget)
 class BudgetAdmin(admin.ModelAdmin):
-    list_display = ("client", "monthly_limit_usd", "updated_at")
+    list_display = ("client", "limit_usd", "updated_at")
     list_select_related = ("client",)
 
 

@@ -39,7 +39,7 @@ class BudgetSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Budget
-        fields = ["id", "client", "client_slug", "monthly_limit_usd", "updated_at"]
+        fields = ["id", "client", "client_slug", "limit_usd", "updated_at"]
         read_only_fields = ["updated_at"]
 
 
@@ -49,7 +49,7 @@ class BudgetViewSet(TrailedModelViewSet):
     queryset = Budget.objects.select_related("client").order_by("client__name")
     serializer_class = BudgetSerializer
     filterset_fields = ["client"]
-    ordering_fields = ["monthly_limit_usd", "updated_at"]
+    ordering_fields = ["limit_usd", "updated_at"]
 
 
 class UsageRecordSerializer(serializers.ModelSerializer):

@@ -1,107 +1,153 @@
-"""Monthly budgets as the hot path sees them: a limit and a spend counter per client."""
+"""Budgets as the hot path sees them: every active budget in memory, and the spend counters of their windows.
+
+A request must fit every budget that applies to it: the organization's, its
+client's cost center's, its client's and its key's. Each budget's spend in its
+current window is one counter in the hot state, keyed by budget and window, so a
+new window starts from zero by itself and the old one's record stays in the
+database. A counter that is missing (a new window, a Redis restart) is seeded
+from the usage rows before it is used, never guessed.
+"""
 
 from __future__ import annotations
 
-import calendar
-import time
-from dataclasses import dataclass
-from datetime import datetime
-from decimal import Decimal
+from dataclasses import dataclass, field
+from datetime import date, datetime
 
 from django.conf import settings
 from django.db.models import Sum
-from django.utils import timezone
 
 from billing.models import NANOS_PER_USD, Budget, UsageRecord
+from billing.periods import Period, clock, period_of
 from gateway_project.hotstate import BudgetCheck, HotState
-from gateway_project.snapshots import SnapshotCache
+from gateway_project.snapshots import RefreshingTable
 
 NO_LIMIT = -1
+# Counters outlive their window by a day, so late settles still land and reports can read them.
+COUNTER_GRACE_SECONDS = 86_400
 
 
 @dataclass(frozen=True, slots=True)
-class BudgetSnapshot:
-    client_id: int
-    month: str  # YYYYMM
-    limit_nanos: int  # NO_LIMIT when the client has no budget
-    spent_nanos_in_db: int  # seeds the shared counter when it is empty
-    seconds_left: int
+class BudgetRule:
+    """An immutable copy of an active budget."""
+
+    budget_id: int
+    scope: str
+    target_id: int | None
+    period: str
+    period_days: int | None
+    anchor: date | None
+    limit_nanos: int
+    hard: bool
+    alert_percent: int
+    label: str
+
+    def window(self) -> Period:
+        return clock.current(self.period, self.period_days, self.anchor)
+
+    def window_at(self, at: datetime) -> Period:
+        return period_of(self.period, at, days=self.period_days, anchor=self.anchor)
 
 
-def current_month(now: datetime | None = None) -> tuple[str, datetime, datetime]:
-    """The month key and its [start, end) in the gateway's time zone."""
-    now = timezone.localtime(now)
-    start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    days = calendar.monthrange(start.year, start.month)[1]
-    end = start + timezone.timedelta(days=days)
-    return start.strftime("%Y%m"), start, end
+def rule_of(budget: Budget) -> BudgetRule:
+    return BudgetRule(
+        budget_id=budget.pk,
+        scope=budget.scope,
+        target_id=getattr(budget, f"{Budget.TARGET_FIELDS[budget.scope]}_id") if budget.scope != Budget.ORGANIZATION
+        else None,
+        period=budget.period,
+        period_days=budget.period_days,
+        anchor=budget.period_anchor,
+        limit_nanos=budget.limit_nanos,
+        hard=budget.mode == Budget.HARD,
+        alert_percent=budget.alert_percent,
+        label=f"{budget.describe_target()}'s {budget.get_period_display().split(' ')[0].lower()} budget",
+    )  # fmt: skip
 
 
-def spent_in_db(client_id: int, start: datetime, end: datetime) -> int:
-    total = UsageRecord.objects.filter(client_id=client_id, created_at__gte=start, created_at__lt=end).aggregate(
-        total=Sum("cost_usd")
-    )["total"]
+@dataclass(frozen=True, slots=True)
+class BudgetTable:
+    organization: tuple[BudgetRule, ...] = ()
+    by_target: dict[tuple[str, int], tuple[BudgetRule, ...]] = field(default_factory=dict)
+
+    def applying_to(self, key_id: int, client_id: int, cost_center_id: int | None) -> tuple[BudgetRule, ...]:
+        """The budgets a request of this key must fit, widest scope first."""
+        found = self.organization
+        for scope, target in (
+            (Budget.COST_CENTER, cost_center_id),
+            (Budget.CLIENT, client_id),
+            (Budget.KEY, key_id),
+        ):
+            if target is not None:
+                found += self.by_target.get((scope, target), ())
+        return found
+
+
+def _load_budgets() -> BudgetTable:
+    rules = [
+        rule_of(b) for b in Budget.objects.filter(is_active=True).select_related("client", "cost_center", "api_key")
+    ]
+    by_target: dict[tuple[str, int], tuple[BudgetRule, ...]] = {}
+    for rule in rules:
+        if rule.scope != Budget.ORGANIZATION:
+            by_target[(rule.scope, rule.target_id)] = (*by_target.get((rule.scope, rule.target_id), ()), rule)
+    return BudgetTable(tuple(r for r in rules if r.scope == Budget.ORGANIZATION), by_target)
+
+
+budget_table = RefreshingTable("budgets", _load_budgets, interval=lambda: settings.GATEWAY["CONFIG_REFRESH_SECONDS"])
+
+
+def counter_key(store: HotState, rule: BudgetRule, period: Period) -> str:
+    return store.key("spend", rule.budget_id, period.key)
+
+
+def budget_checks(
+    store: HotState, rules: tuple[BudgetRule, ...], *, reserve: int = 0, reservation: str = "", hold_seconds: float = 0
+) -> tuple[list[BudgetCheck], list[Period]]:
+    """One check per budget in its current window; only hard budgets refuse and hold reservations."""
+    checks, periods = [], []
+    for rule in rules:
+        period = rule.window()
+        checks.append(
+            BudgetCheck(
+                key=counter_key(store, rule, period),
+                limit=rule.limit_nanos if rule.hard else NO_LIMIT,
+                ttl_seconds=period.seconds_left + COUNTER_GRACE_SECONDS,
+                reserve=reserve if rule.hard else 0,
+                reservation=reservation if rule.hard else "",
+                hold_ms=int(hold_seconds * 1000),
+            )
+        )
+        periods.append(period)
+    return checks, periods
+
+
+def usage_in_scope(scope: str, target_id: int | None):
+    """The usage rows a budget of ``scope`` counts."""
+    rows = UsageRecord.objects.all()
+    if scope == Budget.COST_CENTER:
+        rows = rows.filter(cost_center_id=target_id)
+    elif scope == Budget.CLIENT:
+        rows = rows.filter(client_id=target_id)
+    elif scope == Budget.KEY:
+        rows = rows.filter(api_key_id=target_id)
+    return rows
+
+
+def spent_in_window(scope: str, target_id: int | None, period: Period) -> int:
+    """Nanodollars spent in ``period`` by what a budget of ``scope`` covers, counted from the usage rows."""
+    total = (
+        usage_in_scope(scope, target_id)
+        .filter(created_at__gte=period.start, created_at__lt=period.end)
+        .aggregate(total=Sum("cost_usd"))["total"]
+    )
     return int((total or 0) * NANOS_PER_USD)
 
 
-def _load(ident: str) -> dict:
-    client_id, month = ident.split(":")
-    month_key, start, end = current_month()
-    budget = Budget.objects.filter(client_id=int(client_id)).first()
-    return {
-        "client_id": int(client_id),
-        "month": month,
-        "limit_nanos": budget.limit_nanos if budget else NO_LIMIT,
-        "spent_nanos_in_db": spent_in_db(int(client_id), start, end) if month == month_key else 0,
-        "seconds_left": int((end - timezone.now()).total_seconds()),
-    }
+def seeds_for(rules: list[BudgetRule], periods: list[Period]) -> list[int]:
+    """Spend so far of each budget's window, to fill counters that are empty."""
+    return [spent_in_window(r.scope, r.target_id, p) for r, p in zip(rules, periods, strict=True)]
 
 
-budget_snapshots = SnapshotCache(
-    "budgetsnap",
-    _load,
-    lambda raw: BudgetSnapshot(**raw),
-    local_seconds=lambda: settings.GATEWAY["KEY_CACHE_SECONDS"],
-    shared_seconds=60,
-)
-
-
-_month_cache: tuple[str, float] = ("", 0.0)
-
-
-def _month_now() -> str:
-    """The current month key, recomputed only when a month ends (the hot path asks every request)."""
-    global _month_cache
-    month, ends_at = _month_cache
-    if time.time() >= ends_at:
-        month, _, end = current_month()
-        _month_cache = (month, end.timestamp())
-    return month
-
-
-async def budget_for(client_id: int) -> BudgetSnapshot:
-    return await budget_snapshots.get(f"{client_id}:{_month_now()}")
-
-
-def budget_check(
-    store: HotState, budget: BudgetSnapshot, *, reserve: int = 0, reservation: str = "", hold_seconds: float = 0
-) -> BudgetCheck:
-    """The spend counter for this client and month (kept a day past the month's end), reserving ``reserve``."""
-    return BudgetCheck(
-        key=store.key("spend", budget.client_id, budget.month),
-        limit=budget.limit_nanos,
-        seed=budget.spent_nanos_in_db,
-        ttl_seconds=max(60, budget.seconds_left + 86_400),
-        reserve=reserve,
-        reservation=reservation,
-        hold_ms=int(hold_seconds * 1000),
-    )
-
-
-def forget_budget(client_id: int) -> None:
-    month, _, _ = current_month()
-    budget_snapshots.forget(f"{client_id}:{month}")
-
-
-# Share of a monthly limit at which the console shows a budget in red.
-ALERT_SHARE = Decimal("0.8")
+def forget_budgets() -> None:
+    """Make this process re-read the budgets on its next request (others do within their refresh)."""
+    budget_table.expire()

@@ -17,14 +17,14 @@ class BudgetForm(forms.ModelForm):
 
     class Meta:
         model = Budget
-        fields = ["monthly_limit_usd"]
-        labels = {"monthly_limit_usd": "Monthly limit (USD)"}
-        widgets = {"monthly_limit_usd": forms.NumberInput(attrs={"step": "0.01", "min": "0"})}
-        help_texts = {"monthly_limit_usd": "The gateway refuses the client's requests with 402 once this is spent."}
+        fields = ["limit_usd"]
+        labels = {"limit_usd": "Monthly limit (USD)"}
+        widgets = {"limit_usd": forms.NumberInput(attrs={"step": "0.01", "min": "0"})}
+        help_texts = {"limit_usd": "The gateway refuses the client's requests with 402 once this is spent."}
 
-    def clean_monthly_limit_usd(self):
+    def clean_limit_usd(self):
         # Stored with two decimals: say "100.00" in the trail whether "100" or "100.00" was typed.
-        return self.cleaned_data["monthly_limit_usd"].quantize(CENTS)
+        return self.cleaned_data["limit_usd"].quantize(CENTS)
 
 
 class ModelPriceForm(forms.ModelForm):

@@ -7,24 +7,38 @@ from decimal import Decimal
 from django.db.models import Count, Sum
 from django.utils import timezone
 
-from billing.budgets import current_month
-from billing.models import Budget, UsageRecord
+from billing.models import UsageRecord
+from billing.periods import MONTHLY, period_of
 from billing.pricing import nanos_to_usd
 from gateway_project.writer import writer
 
 
-def record_usage(*, request_id, client_id, key_id, agent, model, input_tokens, output_tokens, cost_nanos) -> dict:
+def record_usage(
+    *,
+    request_id,
+    client_id,
+    key_id,
+    agent,
+    model,
+    input_tokens,
+    output_tokens,
+    cost_nanos,
+    cost_center_id=None,
+    default_priced=False,
+) -> dict:
     """Queue one usage row for the buffered writer."""
     row = dict(
         request_id=request_id,
         created_at=timezone.now(),
         client_id=client_id,
         api_key_id=key_id,
+        cost_center_id=cost_center_id,
         agent=agent,
         model=model,
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         cost_usd=nanos_to_usd(cost_nanos),
+        default_priced=default_priced,
     )
     writer.add(UsageRecord, row)
     return row
@@ -36,7 +50,8 @@ def _money(value) -> str:
 
 def monthly_usage(client_id: int) -> dict:
     """This month's spend and tokens for a client, in total and by agent and by model."""
-    month, start, end = current_month()
+    month = period_of(MONTHLY)
+    start, end = month.start, month.end
     rows = UsageRecord.objects.filter(client_id=client_id, created_at__gte=start, created_at__lt=end)
     sums = {
         "requests": Count("id"),
@@ -58,22 +73,14 @@ def monthly_usage(client_id: int) -> dict:
         ]
 
     total = rows.aggregate(**sums)
-    budget = Budget.objects.filter(client_id=client_id).first()
     spent = total["cost"] or Decimal(0)
     return {
         "object": "usage",
-        "period": {"month": f"{month[:4]}-{month[4:]}", "start": start.isoformat(), "end": end.isoformat()},
+        "period": {"month": f"{start:%Y-%m}", "start": start.isoformat(), "end": end.isoformat()},
         "requests": total["requests"],
         "input_tokens": total["input_tokens"] or 0,
         "output_tokens": total["output_tokens"] or 0,
         "cost_usd": _money(spent),
-        "budget": None
-        if budget is None
-        else {
-            "monthly_limit_usd": str(budget.monthly_limit_usd),
-            "spent_usd": _money(spent),
-            "remaining_usd": _money(max(Decimal(0), budget.monthly_limit_usd - spent)),
-        },
         "by_agent": grouped("agent"),
         "by_model": grouped("model"),
     }
@@ -83,7 +90,7 @@ def spend_summary(now=None) -> dict:
     """Spend across all clients today and this month, for the dashboard."""
     now = timezone.localtime(now or timezone.now())
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    _, month_start, _ = current_month(now)
+    month_start = period_of(MONTHLY, now).start
 
     def totals(since):
         return UsageRecord.objects.filter(created_at__gte=since).aggregate(
@@ -100,7 +107,8 @@ def spend_summary(now=None) -> dict:
 
 def usage_by_key(client_id: int) -> dict[int, dict]:
     """This month's requests, tokens and cost of each of a client's keys."""
-    _, start, end = current_month()
+    month = period_of(MONTHLY)
+    start, end = month.start, month.end
     rows = (
         UsageRecord.objects.filter(client_id=client_id, created_at__gte=start, created_at__lt=end)
         .values("api_key_id")

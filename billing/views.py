@@ -11,9 +11,10 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views import View
 
 from audit.trail import record_create, record_delete, record_update, snapshot
-from billing.budgets import ALERT_SHARE, current_month, spent_in_db
+from billing.budgets import spent_in_window
 from billing.forms import BudgetForm, ModelPriceForm
 from billing.models import NANOS_PER_USD, Budget, ModelPrice
+from billing.periods import MONTHLY, period_of
 from gateway_project import roles
 from gateway_project.console import RoleRequiredMixin, TrailedEditView, sorted_page
 from keys.models import Client
@@ -21,8 +22,7 @@ from keys.models import Client
 
 def _spent_usd(client_id: int) -> Decimal:
     """What the client spent this month, as the gateway's budget check counts it."""
-    _, start, end = current_month()
-    return Decimal(spent_in_db(client_id, start, end)) / NANOS_PER_USD
+    return Decimal(spent_in_window(Budget.CLIENT, client_id, period_of(MONTHLY))) / NANOS_PER_USD
 
 
 def budget_row(client: Client) -> dict:
@@ -30,7 +30,7 @@ def budget_row(client: Client) -> dict:
 
     A limit of zero is spent already (the gateway refuses every request), so it shows full and red.
     """
-    budget = getattr(client, "budget", None)
+    budget = client.budgets.filter(scope=Budget.CLIENT).first()
     spent = _spent_usd(client.pk)
     row = {
         "client": client,
@@ -42,12 +42,12 @@ def budget_row(client: Client) -> dict:
         "exhausted": False,
     }
     if budget is not None:
-        limit = budget.monthly_limit_usd
+        limit = budget.limit_usd
         share = spent / limit if limit > 0 else Decimal(1)
         row.update(
             percent=int(share * 100),
             width=min(100, int(share * 100)),
-            over=share >= ALERT_SHARE,
+            over=share >= Decimal("0.8"),
             exhausted=spent >= limit,
         )
     return row
@@ -61,9 +61,9 @@ class BudgetListView(RoleRequiredMixin, View):
         if request.GET.get("q"):
             clients = clients.filter(Q(name__icontains=request.GET["q"]) | Q(slug__icontains=request.GET["q"]))
         page, sort = sorted_page(
-            request, clients, {"name": "name", "slug": "slug", "limit": "budget__monthly_limit_usd"}, "name"
+            request, clients, {"name": "name", "slug": "slug", "limit": "budget__limit_usd"}, "name"
         )
-        context = {"page": page, "sort": sort, "rows": [budget_row(c) for c in page], "alert_share": ALERT_SHARE}
+        context = {"page": page, "sort": sort, "rows": [budget_row(c) for c in page], "alert_share": Decimal("0.8")}
         return render(request, "billing/budget_list.html", context)
 
 
@@ -91,7 +91,7 @@ class BudgetEditView(RoleRequiredMixin, View):
                 record_create(request.user, "console", saved)
             else:
                 record_update(request.user, "console", saved, before)
-        messages.success(request, f"Budget of “{client.name}” set to ${saved.monthly_limit_usd} a month.")
+        messages.success(request, f"Budget of “{client.name}” set to ${saved.limit_usd} a month.")
         return redirect("console:budgets")
 
 

@@ -8,7 +8,7 @@ from decimal import Decimal
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
-from billing.models import Budget
+from billing.services import set_client_monthly_budget
 from keys.services import client_for_slug, issue_key
 from routing.models import Agent
 
@@ -83,7 +83,7 @@ def seed_admin(username: str = "admin") -> str:
 def seed_demo_client() -> str:
     """A demo client with a $100 monthly budget and a fresh key for every agent; returns the raw key."""
     client, _ = client_for_slug("demo", name="Demo client")
-    Budget.objects.get_or_create(client=client, defaults={"monthly_limit_usd": Decimal("100.00")})
+    set_client_monthly_budget(client, Decimal("100.00"))
     _, raw = issue_key(
         client,
         name="demo key",

@@ -35,18 +35,18 @@ class RateCheck:
 
 @dataclass(frozen=True, slots=True)
 class BudgetCheck:
-    """Spend against a limit (nanodollars; ``limit`` < 0 means none), with a reservation.
+    """Spend against one budget's window (nanodollars; ``limit`` < 0 means count but never refuse).
 
-    ``key`` counts settled spend (``seed`` fills it when empty). A request reserves
-    ``reserve`` (its worst-case cost) under ``reservation`` before it is forwarded; it
-    fits only if settled + reserved + reserve <= limit. Settling swaps the reservation
-    for the real cost; a reservation never settled (a crashed process) lapses after
+    ``key`` counts settled spend. An empty counter is never guessed: admission asks
+    for it to be seeded (from the database) first. A request reserves ``reserve``
+    (its worst-case cost) under ``reservation`` before it is forwarded; it fits only
+    if settled + reserved + reserve <= limit. Settling swaps the reservation for the
+    real cost; a reservation never settled (a crashed process) lapses after
     ``hold_ms``, so the budget cannot stay blocked.
     """
 
     key: str
     limit: int
-    seed: int
     ttl_seconds: int
     reserve: int = 0
     reservation: str = ""
@@ -64,13 +64,19 @@ class BudgetCheck:
     def reserved_key(self) -> str:
         return self.key + ":reserved"  # sum of the live reservations
 
+    @property
+    def keys(self) -> list[str]:
+        return [self.key, self.held_key, self.amounts_key, self.reserved_key]
+
 
 @dataclass(slots=True)
 class Admission:
     ok: bool
-    failed: str = ""
+    failed: str = ""  # a rate's name, "concurrency", "budget" or "seed"
     retry_after_ms: int = 0
-    spent: int = 0
+    spent: int = 0  # the refusing budget's settled spend
+    budget_index: int = -1  # which budget refused
+    unseeded: list[int] = field(default_factory=list)  # budgets whose counters must be seeded first
     remaining: dict[str, int] = field(default_factory=dict)
 
 
@@ -91,11 +97,21 @@ class HotState:
     shared = False
 
     async def admit(
-        self, rates: list[RateCheck], concurrency_key: str, max_concurrent: int, budget: BudgetCheck
+        self, rates: list[RateCheck], concurrency_key: str, max_concurrent: int, budgets: list[BudgetCheck]
     ) -> Admission:
+        """Check and take everything at once, or nothing. Refuses with ``failed="seed"`` (changing
+        nothing) while a budget counter is empty: seed those and ask again."""
         raise NotImplementedError
 
-    async def settle(self, adjusts: list[RateAdjust], concurrency_key: str, budget: BudgetCheck, spend: int) -> int:
+    async def seed(self, budgets: list[BudgetCheck], spent: list[int]) -> None:
+        """Fill empty budget counters with spend counted elsewhere (the database); never overwrite."""
+        raise NotImplementedError
+
+    async def settle(
+        self, adjusts: list[RateAdjust], concurrency_key: str, budgets: list[BudgetCheck], spend: int
+    ) -> list[int]:
+        """Undo the estimates, release the reservations, add ``spend`` to every budget; return the
+        new totals (-1 where a counter had vanished: the next admission seeds it again)."""
         raise NotImplementedError
 
     async def get_int(self, key: str) -> int | None:
@@ -148,10 +164,13 @@ class MemoryHotState(HotState):
         if len(self._values) > 200_000:
             self._values = {k: v for k, v in self._values.items() if v[1] is None or v[1] > now_s}
 
-    async def admit(self, rates, concurrency_key, max_concurrent, budget):
+    async def admit(self, rates, concurrency_key, max_concurrent, budgets):
         # No await inside: the event loop makes this block atomic.
         now_s = time.time()
         now = now_s * 1000
+        unseeded = [i for i, budget in enumerate(budgets) if self._get(budget.key, now_s) is None]
+        if unseeded:
+            return Admission(False, "seed", unseeded=unseeded)
         new_tats = []
         remaining = {}
         for check in rates:
@@ -163,21 +182,28 @@ class MemoryHotState(HotState):
             remaining[check.name] = left
         if max_concurrent > 0 and (self._get(concurrency_key, now_s) or 0) >= max_concurrent:
             return Admission(False, "concurrency", 1000)
-        spent = self._get(budget.key, now_s)
-        if spent is None:
-            spent = budget.seed
-            self._set(budget.key, spent, budget.ttl_seconds, now_s)
-        held = self._held(budget, now)
-        reserved = sum(amount for amount, _ in held.values())
-        if budget.limit >= 0 and (spent >= budget.limit or spent + reserved + budget.reserve > budget.limit):
-            return Admission(False, "budget", 0, spent=spent)
+        helds = []
+        for i, budget in enumerate(budgets):
+            spent = self._get(budget.key, now_s)
+            held = self._held(budget, now)
+            reserved = sum(amount for amount, _ in held.values())
+            if budget.limit >= 0 and (spent >= budget.limit or spent + reserved + budget.reserve > budget.limit):
+                return Admission(False, "budget", 0, spent=spent, budget_index=i)
+            helds.append(held)
         for check, new_tat in zip(rates, new_tats, strict=True):
             self._set(check.key, new_tat, (new_tat - now) / 1000 + 0.001, now_s)
         if max_concurrent > 0:
             self._set(concurrency_key, (self._get(concurrency_key, now_s) or 0) + 1, 300, now_s)
-        if budget.reserve > 0 and budget.reservation:
-            held[budget.reservation] = (budget.reserve, now + budget.hold_ms)
-        return Admission(True, spent=spent, remaining=remaining)
+        for budget, held in zip(budgets, helds, strict=True):
+            if budget.reserve > 0 and budget.reservation:
+                held[budget.reservation] = (budget.reserve, now + budget.hold_ms)
+        return Admission(True, remaining=remaining)
+
+    async def seed(self, budgets, spent):
+        now_s = time.time()
+        for budget, amount in zip(budgets, spent, strict=True):
+            if self._get(budget.key, now_s) is None:
+                self._set(budget.key, amount, budget.ttl_seconds, now_s)
 
     def _held(self, budget: BudgetCheck, now: float) -> dict:
         """The live reservations of a budget, lapsed ones dropped."""
@@ -186,7 +212,7 @@ class MemoryHotState(HotState):
             del held[name]
         return held
 
-    async def settle(self, adjusts, concurrency_key, budget, spend):
+    async def settle(self, adjusts, concurrency_key, budgets, spend):
         now_s = time.time()
         now = now_s * 1000
         for adj in adjusts:
@@ -200,12 +226,17 @@ class MemoryHotState(HotState):
         if concurrency_key:
             current = self._get(concurrency_key, now_s) or 0
             self._set(concurrency_key, max(0, current - 1), 300, now_s)
-        if budget.reservation:
-            self._held(budget, now).pop(budget.reservation, None)
-        spent = self._get(budget.key, now_s)
-        total = (budget.seed if spent is None else spent) + spend
-        self._set(budget.key, total, budget.ttl_seconds, now_s)
-        return total
+        totals = []
+        for budget in budgets:
+            if budget.reservation:
+                self._held(budget, now).pop(budget.reservation, None)
+            spent = self._get(budget.key, now_s)
+            if spent is None:
+                totals.append(-1)
+                continue
+            self._set(budget.key, spent + spend, budget.ttl_seconds, now_s)
+            totals.append(spent + spend)
+        return totals
 
     async def get_int(self, key):
         value = self._get(key, time.time())
@@ -221,10 +252,23 @@ class MemoryHotState(HotState):
         self._values.pop(key, None)
 
 
+# KEYS: n rate keys, the concurrency key, then 4 keys per budget (counter, held, amounts, reserved).
+# ARGV: n, (limit, cost, period) per rate, max concurrent, m budgets, then per budget
+# (limit, ttl, reserve, reservation name, hold ms).
+# Reply: {0, 0, 0, remaining per rate...} on success; {-1, 0, 0, unseeded budget indexes...};
+# {i, retry ms, 0, remaining} for rate i; {n + 1, retry ms} for concurrency; {n + 1 + j, 0, spent} for budget j.
 _ADMIT_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local n = tonumber(ARGV[1])
+local base = n * 3 + 2
+local conc_max = tonumber(ARGV[base])
+local m = tonumber(ARGV[base + 1])
+local unseeded = {-1, 0, 0}
+for j = 1, m do
+  if redis.call('EXISTS', KEYS[n + 1 + (j - 1) * 4 + 1]) == 0 then unseeded[#unseeded + 1] = j - 1 end
+end
+if #unseeded > 3 then return unseeded end
 local new_tats = {}
 local result = {0, 0, 0}
 for i = 1, n do
@@ -244,33 +288,30 @@ for i = 1, n do
   new_tats[i] = new_tat
   result[3 + i] = math.floor((period - (new_tat - now)) / interval)
 end
-local base = n * 3 + 2
-local conc_max = tonumber(ARGV[base])
 if conc_max > 0 then
   local c = tonumber(redis.call('GET', KEYS[n + 1]) or '0')
   if c >= conc_max then return {n + 1, 1000, 0} end
 end
-local limit = tonumber(ARGV[base + 1])
-local spent = redis.call('GET', KEYS[n + 2])
-if not spent then
-  spent = ARGV[base + 2]
-  redis.call('SET', KEYS[n + 2], spent, 'EX', ARGV[base + 3])
-end
-spent = tonumber(spent)
-result[3] = spent
-local reserve = tonumber(ARGV[base + 4])
-local lapsed = redis.call('ZRANGEBYSCORE', KEYS[n + 3], '-inf', now)
-if #lapsed > 0 then
-  local freed = 0
-  for _, amount in ipairs(redis.call('HMGET', KEYS[n + 4], unpack(lapsed))) do
-    freed = freed + (tonumber(amount) or 0)
+for j = 1, m do
+  local k = n + 1 + (j - 1) * 4
+  local a = base + 2 + (j - 1) * 5
+  local lapsed = redis.call('ZRANGEBYSCORE', KEYS[k + 2], '-inf', now)
+  if #lapsed > 0 then
+    local freed = 0
+    for _, amount in ipairs(redis.call('HMGET', KEYS[k + 3], unpack(lapsed))) do
+      freed = freed + (tonumber(amount) or 0)
+    end
+    redis.call('ZREMRANGEBYSCORE', KEYS[k + 2], '-inf', now)
+    redis.call('HDEL', KEYS[k + 3], unpack(lapsed))
+    redis.call('DECRBY', KEYS[k + 4], freed)
   end
-  redis.call('ZREMRANGEBYSCORE', KEYS[n + 3], '-inf', now)
-  redis.call('HDEL', KEYS[n + 4], unpack(lapsed))
-  redis.call('DECRBY', KEYS[n + 5], freed)
+  local limit = tonumber(ARGV[a])
+  if limit >= 0 then
+    local spent = tonumber(redis.call('GET', KEYS[k + 1]) or '0')
+    local reserved = tonumber(redis.call('GET', KEYS[k + 4]) or '0')
+    if spent >= limit or spent + reserved + tonumber(ARGV[a + 2]) > limit then return {n + 1 + j, 0, spent} end
+  end
 end
-local reserved = tonumber(redis.call('GET', KEYS[n + 5]) or '0')
-if limit >= 0 and (spent >= limit or spent + reserved + reserve > limit) then return {n + 2, 0, spent} end
 for i = 1, n do
   redis.call('SET', KEYS[i], string.format('%.3f', new_tats[i]), 'PX', math.ceil(new_tats[i] - now) + 1)
 end
@@ -278,16 +319,31 @@ if conc_max > 0 then
   redis.call('INCR', KEYS[n + 1])
   redis.call('EXPIRE', KEYS[n + 1], 300)
 end
-if reserve > 0 then
-  local name, ttl = ARGV[base + 5], ARGV[base + 3]
-  redis.call('ZADD', KEYS[n + 3], now + tonumber(ARGV[base + 6]), name)
-  redis.call('HSET', KEYS[n + 4], name, reserve)
-  redis.call('INCRBY', KEYS[n + 5], reserve)
-  for i = 3, 5 do redis.call('EXPIRE', KEYS[n + i], ttl) end
+for j = 1, m do
+  local k = n + 1 + (j - 1) * 4
+  local a = base + 2 + (j - 1) * 5
+  local reserve = tonumber(ARGV[a + 2])
+  if reserve > 0 and ARGV[a + 3] ~= '' then
+    local name, ttl = ARGV[a + 3], ARGV[a + 1]
+    redis.call('ZADD', KEYS[k + 2], now + tonumber(ARGV[a + 4]), name)
+    redis.call('HSET', KEYS[k + 3], name, reserve)
+    redis.call('INCRBY', KEYS[k + 4], reserve)
+    for i = 2, 4 do redis.call('EXPIRE', KEYS[k + i], ttl) end
+  end
 end
 return result
 """
 
+# KEYS: budget counters. ARGV: (value, ttl) per counter. SET NX: a counter already there wins.
+_SEED_LUA = """
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i * 2 - 1], 'EX', ARGV[i * 2], 'NX')
+end
+return 0
+"""
+
+# KEYS as for admit. ARGV: n, (limit, delta, period) per rate, '1' to release concurrency, spend, m,
+# then per budget (ttl, reservation name). Reply: the budgets' new totals (-1 where the counter is gone).
 _SETTLE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -311,22 +367,28 @@ local base = n * 3 + 2
 if ARGV[base] == '1' then
   if redis.call('DECR', KEYS[n + 1]) < 0 then redis.call('SET', KEYS[n + 1], 0, 'EX', 300) end
 end
-local name = ARGV[base + 4]
-if name ~= '' then
-  local amount = redis.call('HGET', KEYS[n + 4], name)
-  if amount then
-    redis.call('HDEL', KEYS[n + 4], name)
-    redis.call('ZREM', KEYS[n + 3], name)
-    redis.call('DECRBY', KEYS[n + 5], amount)
+local spend = tonumber(ARGV[base + 1])
+local m = tonumber(ARGV[base + 2])
+local totals = {}
+for j = 1, m do
+  local k = n + 1 + (j - 1) * 4
+  local a = base + 3 + (j - 1) * 2
+  local name = ARGV[a + 1]
+  if name ~= '' then
+    local amount = redis.call('HGET', KEYS[k + 3], name)
+    if amount then
+      redis.call('HDEL', KEYS[k + 3], name)
+      redis.call('ZREM', KEYS[k + 2], name)
+      redis.call('DECRBY', KEYS[k + 4], amount)
+    end
+  end
+  if redis.call('EXISTS', KEYS[k + 1]) == 1 then
+    totals[j] = redis.call('INCRBY', KEYS[k + 1], spend)
+  else
+    totals[j] = -1
   end
 end
-local spend = tonumber(ARGV[base + 1])
-if redis.call('EXISTS', KEYS[n + 2]) == 1 then
-  return redis.call('INCRBY', KEYS[n + 2], spend)
-end
-local total = tonumber(ARGV[base + 2]) + spend
-redis.call('SET', KEYS[n + 2], string.format('%d', total), 'EX', ARGV[base + 3])
-return total
+return totals
 """
 
 
@@ -353,40 +415,52 @@ class RedisHotState(HotState):
         if client is None:
             client = self._aioredis.Redis.from_url(self._url, max_connections=256)
             client._admit = client.register_script(_ADMIT_LUA)
+            client._seed = client.register_script(_SEED_LUA)
             client._settle = client.register_script(_SETTLE_LUA)
             self._async_clients = {id(loop): client}
         return client
 
-    async def admit(self, rates, concurrency_key, max_concurrent, budget):
+    async def admit(self, rates, concurrency_key, max_concurrent, budgets):
         client = self._client()
-        keys = [check.key for check in rates]
-        keys += [concurrency_key, budget.key, budget.held_key, budget.amounts_key, budget.reserved_key]
+        keys = [check.key for check in rates] + [concurrency_key or "-"]
         args = [len(rates)]
         for check in rates:
             args += [check.limit, check.cost, check.period_ms]
-        args += [max_concurrent, budget.limit, budget.seed, budget.ttl_seconds, budget.reserve]
-        args += [budget.reservation, budget.hold_ms]
+        args += [max_concurrent, len(budgets)]
+        for budget in budgets:
+            keys += budget.keys
+            args += [budget.limit, budget.ttl_seconds, budget.reserve, budget.reservation, budget.hold_ms]
         reply = await client._admit(keys=keys, args=args)
         failed = int(reply[0])
         if failed == 0:
             remaining = {check.name: int(reply[3 + i]) for i, check in enumerate(rates)}
-            return Admission(True, spent=int(reply[2]), remaining=remaining)
+            return Admission(True, remaining=remaining)
+        if failed == -1:
+            return Admission(False, "seed", unseeded=[int(i) for i in reply[3:]])
         if failed <= len(rates):
             name = rates[failed - 1].name
             return Admission(False, name, int(reply[1]), remaining={name: int(reply[3])})
         if failed == len(rates) + 1:
             return Admission(False, "concurrency", int(reply[1]))
-        return Admission(False, "budget", 0, spent=int(reply[2]))
+        return Admission(False, "budget", 0, spent=int(reply[2]), budget_index=failed - len(rates) - 2)
 
-    async def settle(self, adjusts, concurrency_key, budget, spend):
+    async def seed(self, budgets, spent):
+        args = []
+        for budget, amount in zip(budgets, spent, strict=True):
+            args += [amount, budget.ttl_seconds]
+        await self._client()._seed(keys=[budget.key for budget in budgets], args=args)
+
+    async def settle(self, adjusts, concurrency_key, budgets, spend):
         client = self._client()
-        keys = [adj.key for adj in adjusts] + [concurrency_key or budget.key + ":none", budget.key]
-        keys += [budget.held_key, budget.amounts_key, budget.reserved_key]
+        keys = [adj.key for adj in adjusts] + [concurrency_key or "-"]
         args = [len(adjusts)]
         for adj in adjusts:
             args += [adj.limit, adj.delta, adj.period_ms]
-        args += ["1" if concurrency_key else "0", spend, budget.seed, budget.ttl_seconds, budget.reservation]
-        return int(await client._settle(keys=keys, args=args))
+        args += ["1" if concurrency_key else "0", spend, len(budgets)]
+        for budget in budgets:
+            keys += budget.keys
+            args += [budget.ttl_seconds, budget.reservation]
+        return [int(total) for total in await client._settle(keys=keys, args=args)]
 
     async def get_int(self, key):
         value = await self._client().get(key)

@@ -72,6 +72,7 @@ class RefreshingTable:
         self._interval = interval
         self._value = _MISSING
         self._refresher: asyncio.Task | None = None
+        self.loaded_at = 0.0  # wall-clock time the current value was read from the database
 
     async def get(self):
         """The table as last loaded; the first call loads it and starts the periodic refresh."""
@@ -82,8 +83,20 @@ class RefreshingTable:
         return self._value
 
     async def reload(self):
+        started = time.time()
         self._value = await self._load()
+        self.loaded_at = started
         return self._value
+
+    async def get_fresh_since(self, moment: float):
+        """The table, reloaded first if it was read before ``moment`` (something newer must be in it)."""
+        if moment > self.loaded_at:
+            await self.reload()
+        return await self.get()
+
+    def expire(self) -> None:
+        """Reload on the next ``get`` (a change was saved in this process)."""
+        self._value = _MISSING
 
     async def _refresh_forever(self):
         while True:

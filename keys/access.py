@@ -12,6 +12,8 @@ from gateway_project.hotstate import HotState, RateAdjust, RateCheck
 from gateway_project.snapshots import SnapshotCache
 from keys.models import ALL, ApiKey, hash_key
 
+DAY_MS = 86_400_000
+
 
 @dataclass(frozen=True, slots=True)
 class KeySnapshot:
@@ -21,13 +23,16 @@ class KeySnapshot:
     prefix: str
     client_id: int
     client_slug: str
+    cost_center_id: int | None
     state: str  # active, disabled, revoked, client_disabled
     expires_at: float | None
     allowed_agents: frozenset[str] | None  # None: every agent
     allowed_models: frozenset[str] | None  # None: every model of an allowed agent
     requests_per_minute: int
+    requests_per_day: int  # 0: no daily limit
     tokens_per_minute: int
     max_concurrent: int
+    issued_at: float  # when the key was created: tables read before it may miss its budgets
 
     def may_use_agent(self, slug: str) -> bool:
         return self.allowed_agents is None or slug in self.allowed_agents
@@ -57,13 +62,16 @@ def snapshot_of(key: ApiKey) -> dict:
         "prefix": key.prefix,
         "client_id": key.client_id,
         "client_slug": key.client.slug,
+        "cost_center_id": key.client.cost_center_id,
         "state": state,
         "expires_at": key.expires_at.timestamp() if key.expires_at else None,
         "allowed_agents": list(key.allowed_agents or []),
         "allowed_models": list(key.allowed_models or []),
         "requests_per_minute": key.requests_per_minute,
+        "requests_per_day": key.requests_per_day,
         "tokens_per_minute": key.tokens_per_minute,
         "max_concurrent": key.max_concurrent,
+        "issued_at": key.created_at.timestamp(),
     }
 
 
@@ -82,7 +90,7 @@ def _load(key_hash: str) -> dict | None:
     return None if key is None else snapshot_of(key)
 
 
-key_snapshots = SnapshotCache("keysnap", _load, _decode, local_seconds=lambda: settings.GATEWAY["KEY_CACHE_SECONDS"])
+key_snapshots = SnapshotCache("keysnap2", _load, _decode, local_seconds=lambda: settings.GATEWAY["KEY_CACHE_SECONDS"])
 
 
 def presented_key(headers: dict[bytes, bytes]) -> str | None:
@@ -141,6 +149,10 @@ def authorize(snapshot: KeySnapshot, agent_slug: str, model: str = "") -> None:
 def rate_checks(store: HotState, snapshot: KeySnapshot, tokens: int) -> list[RateCheck]:
     """The key's per-minute limits for a request estimated at ``tokens`` tokens."""
     checks = [RateCheck("requests", store.key("rpm", snapshot.key_id), snapshot.requests_per_minute, 1)]
+    if snapshot.requests_per_day:
+        checks.append(
+            RateCheck("requests_per_day", store.key("rpd", snapshot.key_id), snapshot.requests_per_day, 1, DAY_MS)
+        )
     if tokens:
         checks.append(RateCheck("tokens", store.key("tpm", snapshot.key_id), snapshot.tokens_per_minute, tokens))
     return checks

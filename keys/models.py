@@ -27,12 +27,62 @@ def all_scope():
     return [ALL]
 
 
+class CostCenter(models.Model):
+    """A team or department: clients belong to one, and their spend is attributed and budgeted to it."""
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=100, unique=True)
+    code = models.CharField(max_length=50, blank=True, help_text="The accounting code finance knows it by.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class Plan(models.Model):
+    """Default limits and budget (free, pro, enterprise …) copied into new keys; a key may override them."""
+
+    name = models.CharField(max_length=100)
+    slug = models.SlugField(max_length=100, unique=True)
+    requests_per_minute = models.PositiveIntegerField(default=60, validators=[MinValueValidator(1)])
+    requests_per_day = models.PositiveIntegerField(default=0, help_text="0 means no daily limit.")
+    tokens_per_minute = models.PositiveIntegerField(default=100_000, validators=[MinValueValidator(1)])
+    max_concurrent = models.PositiveIntegerField(default=10, help_text="0 means no limit.")
+    monthly_budget_usd = models.DecimalField(
+        max_digits=14, decimal_places=2, null=True, blank=True, validators=[MinValueValidator(0)],
+        help_text="A hard monthly budget given to each new key on this plan; empty for none.",
+    )  # fmt: skip
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    def key_defaults(self) -> dict:
+        """The limits a new key on this plan starts with."""
+        return {
+            "requests_per_minute": self.requests_per_minute,
+            "requests_per_day": self.requests_per_day,
+            "tokens_per_minute": self.tokens_per_minute,
+            "max_concurrent": self.max_concurrent,
+        }
+
+
 class Client(models.Model):
-    """A program or team that calls the gateway; owns keys, a budget and spend."""
+    """A program or team that calls the gateway; owns keys, budgets and spend."""
 
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=100, unique=True)
     contact = models.CharField(max_length=200, blank=True, help_text="Who to call about this client.")
+    cost_center = models.ForeignKey(
+        CostCenter, null=True, blank=True, on_delete=models.SET_NULL, related_name="clients",
+        help_text="The team its spend is attributed to.",
+    )  # fmt: skip
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -53,7 +103,12 @@ class ApiKey(models.Model):
     # ["*"] allows everything; an empty list allows nothing.
     allowed_agents = models.JSONField(default=list, blank=True, validators=[validate_scope_list])
     allowed_models = models.JSONField(default=all_scope, blank=True, validators=[validate_scope_list])
+    plan = models.ForeignKey(
+        Plan, null=True, blank=True, on_delete=models.SET_NULL, related_name="api_keys",
+        help_text="Where the key's limits came from when it was issued.",
+    )  # fmt: skip
     requests_per_minute = models.PositiveIntegerField(default=60, validators=[MinValueValidator(1)])
+    requests_per_day = models.PositiveIntegerField(default=0, help_text="0 means no daily limit.")
     tokens_per_minute = models.PositiveIntegerField(default=100_000, validators=[MinValueValidator(1)])
     max_concurrent = models.PositiveIntegerField(default=10, help_text="0 means no limit.")
     is_active = models.BooleanField(default=True)

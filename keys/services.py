@@ -7,13 +7,18 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from keys.models import ApiKey, Client
+from keys.models import ApiKey, Client, Plan
 
 
-def issue_key(client: Client, **fields) -> tuple[ApiKey, str]:
-    """Create a key for ``client``; return it with the raw secret, which is never stored."""
+def issue_key(client: Client, plan: Plan | None = None, **fields) -> tuple[ApiKey, str]:
+    """Create a key for ``client``; return it with the raw secret, which is never stored.
+
+    A ``plan`` gives the limits the caller does not set (and, through billing, its budget).
+    """
+    if plan is not None:
+        fields = {**plan.key_defaults(), **fields}
     raw = ApiKey.new_secret()
-    key = ApiKey(client=client, **fields)
+    key = ApiKey(client=client, plan=plan, **fields)
     key.set_secret(raw)
     key.full_clean()
     key.save()
@@ -36,10 +41,12 @@ def rotate_key(key: ApiKey, grace: timedelta = DEFAULT_ROTATION_GRACE) -> tuple[
     """Issue a successor with the same scopes and limits; the old key expires after ``grace``."""
     successor, raw = issue_key(
         key.client,
+        plan=key.plan,
         name=key.name,
         allowed_agents=key.allowed_agents,
         allowed_models=key.allowed_models,
         requests_per_minute=key.requests_per_minute,
+        requests_per_day=key.requests_per_day,
         tokens_per_minute=key.tokens_per_minute,
         max_concurrent=key.max_concurrent,
         expires_at=key.expires_at,

@@ -9,9 +9,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from channels.db import database_sync_to_async
 from django.conf import settings
 
-from billing.budgets import budget_check, budget_for
+from billing import alerts
+from billing.budgets import BudgetRule, budget_checks, budget_table, seeds_for
+from billing.periods import Period
 from billing.pricing import cost_nanos, price_for, prices
 from billing.usage import record_usage
 from gateway_project.errors import GatewayError
@@ -19,13 +22,15 @@ from gateway_project.hotstate import BudgetCheck, HotState, get_hot_state
 from keys.access import concurrency_key, rate_checks, token_correction
 from routing.exchange import Exchange
 
-NO_BUDGET = -1
+_seeds_for = database_sync_to_async(seeds_for)
 
 
 @dataclass(slots=True)
 class Ticket:
     store: HotState
-    budget: BudgetCheck
+    rules: tuple[BudgetRule, ...]
+    budgets: list[BudgetCheck]
+    periods: list[Period]
     estimated_tokens: int
     concurrency_key: str
     metered: bool
@@ -42,6 +47,9 @@ def _refusal(failed: str, snapshot, retry_after_ms: int) -> GatewayError:
     if failed == "requests":
         message = f"Rate limit reached: {snapshot.requests_per_minute} requests per minute for this key."
         code = "rate_limit_requests"
+    elif failed == "requests_per_day":
+        message = f"Rate limit reached: {snapshot.requests_per_day} requests per day for this key."
+        code = "rate_limit_requests_per_day"
     elif failed == "tokens":
         message = f"Rate limit reached: {snapshot.tokens_per_minute} tokens per minute for this key."
         code = "rate_limit_tokens"
@@ -54,38 +62,50 @@ def _refusal(failed: str, snapshot, retry_after_ms: int) -> GatewayError:
 async def admit(
     ex: Exchange, input_tokens: int = 0, max_output: int | None = None, *, hold_seconds: float = 0, metered=True
 ) -> Ticket:
-    """Take a request slot and, when ``metered``, reserve its worst-case cost; or raise 429/402.
+    """Take a request slot and, when ``metered``, reserve its worst-case cost in every budget; or raise 429/402.
 
     Tokens per minute count the input estimate plus ``max_output`` when the client
-    capped the answer. The budget reservation prices the input estimate plus
-    ``max_output`` (or the configured default cap) at the model's price, so
-    concurrent requests can never together spend past a hard budget.
+    capped the answer. The reservation prices the input estimate plus ``max_output``
+    (or the configured default cap) at the model's price, so concurrent requests
+    can never together spend past a hard budget.
     """
     store = get_hot_state()
     key = ex.key
-    snapshot = await budget_for(key.client_id)
+    rules: tuple[BudgetRule, ...] = ()
+    reserve = 0
     if metered:
+        table = await budget_table.get_fresh_since(key.issued_at)  # a new key's budgets are often new too
+        rules = table.applying_to(key.key_id, key.client_id, key.cost_center_id)
         price = price_for(await prices.get(), ex.model)
-        cap = max_output or settings.GATEWAY["DEFAULT_MAX_OUTPUT_TOKENS"]
-        budget = budget_check(
-            store, snapshot, reserve=cost_nanos(price, input_tokens, cap), reservation=ex.request_id,
-            hold_seconds=hold_seconds,
-        )  # fmt: skip
-    else:
-        budget = BudgetCheck(budget_check(store, snapshot).key, NO_BUDGET, 0, 60)
+        reserve = cost_nanos(price, input_tokens, max_output or settings.GATEWAY["DEFAULT_MAX_OUTPUT_TOKENS"])
+    budgets, periods = budget_checks(
+        store, rules, reserve=reserve, reservation=ex.request_id, hold_seconds=hold_seconds
+    )
     tokens = input_tokens + (max_output or 0) if metered else 0
     checks = rate_checks(store, key, tokens)
     conc = concurrency_key(store, key) if key.max_concurrent else ""
-    result = await store.admit(checks, conc, key.max_concurrent, budget)
+    result = await store.admit(checks, conc, key.max_concurrent, budgets)
+    if result.failed == "seed":
+        # A new window or an emptied Redis: count the window's spend from the database once, then ask again.
+        missing = result.unseeded
+        spent = await _seeds_for([rules[i] for i in missing], [periods[i] for i in missing])
+        await store.seed([budgets[i] for i in missing], spent)
+        result = await store.admit(checks, conc, key.max_concurrent, budgets)
     if not result.ok:
         if result.failed == "budget":
+            rule, period = rules[result.budget_index], periods[result.budget_index]
+            alerts.notice(rule, period, alerts.LIMIT_PERCENT, result.spent)
             raise GatewayError(
                 402,
                 "insufficient_quota",
                 "budget_exceeded",
-                "The client's monthly budget cannot cover this request's worst-case cost. "
-                "Raise the budget, lower max_tokens, or wait for the next month.",
+                f"The {rule.label} (${rule.limit_nanos / 1e9:,.2f} until {period.end:%Y-%m-%d %H:%M %Z}) "
+                "cannot cover this request's worst-case cost. "
+                "Raise the budget, lower max_tokens, or wait for the next period.",
             )
+        if result.failed == "seed":
+            raise GatewayError(503, "api_error", "budget_unavailable", "Budget counters are being rebuilt; retry.",
+                               [(b"retry-after", b"1")])  # fmt: skip
         raise _refusal(result.failed, key, result.retry_after_ms)
     ex.extra_headers += [
         (b"x-ratelimit-limit-requests", str(key.requests_per_minute).encode()),
@@ -96,27 +116,35 @@ async def admit(
             str(result.remaining.get("tokens", key.tokens_per_minute)).encode(),
         ),
     ]
-    return Ticket(store, budget, tokens, conc, metered)
+    return Ticket(store, rules, budgets, periods, tokens, conc, metered)
 
 
 async def settle(ex: Exchange, ticket: Ticket, default_model: str) -> None:
-    """Price what the upstream really used, correct the counters and queue the usage row."""
+    """Price what the upstream really used, correct the counters, queue the usage row and notice alerts."""
     key = ex.key
     spend = 0
     if ticket.metered and (ex.input_tokens or ex.output_tokens):
         model = ex.model or default_model
-        spend = cost_nanos(price_for(await prices.get(), model), ex.input_tokens, ex.output_tokens)
+        price = price_for(await prices.get(), model)
+        spend = cost_nanos(price, ex.input_tokens, ex.output_tokens)
         ex.cost_nanos = spend
         record_usage(
             request_id=ex.request_id,
             client_id=key.client_id,
             key_id=key.key_id,
+            cost_center_id=key.cost_center_id,
             agent=ex.agent,
             model=model,
             input_tokens=ex.input_tokens,
             output_tokens=ex.output_tokens,
             cost_nanos=spend,
+            default_priced=price.is_default and model != price.model,
         )
     actual = ex.input_tokens + ex.output_tokens if ticket.metered else 0
     adjusts = token_correction(ticket.store, key, ticket.estimated_tokens, actual)
-    await ticket.store.settle(adjusts, ticket.concurrency_key, ticket.budget, spend)
+    totals = await ticket.store.settle(adjusts, ticket.concurrency_key, ticket.budgets, spend)
+    if spend:
+        for rule, period, total in zip(ticket.rules, ticket.periods, totals, strict=True):
+            if total >= 0:
+                for percent in alerts.crossed(rule, total - spend, total):
+                    alerts.notice(rule, period, percent, total)

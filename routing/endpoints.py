@@ -14,6 +14,7 @@ import time
 
 from channels.db import database_sync_to_async
 
+from billing.status import budget_report
 from billing.usage import monthly_usage
 from gateway_project.errors import GatewayError, not_found
 from gateway_project.writer import writer
@@ -260,8 +261,10 @@ async def usage(ex: Exchange) -> None:
     ticket = await admit(ex, metered=False)
     try:
         await writer.flush()  # so the report includes this process's latest requests
-        report = await database_sync_to_async(monthly_usage)(ex.key.client_id)
-        await ex.respond_json(200, {**report, "client": ex.key.client_slug})
+        key = ex.key
+        report = await database_sync_to_async(monthly_usage)(key.client_id)
+        budgets = await database_sync_to_async(budget_report)(key.key_id, key.client_id, key.cost_center_id)
+        await ex.respond_json(200, {**report, "client": key.client_slug, "budgets": budgets})
     finally:
         await settle(ex, ticket, "")
 

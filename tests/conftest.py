@@ -89,14 +89,14 @@ def live_db(django_db_setup, django_db_blocker):
 @pytest.fixture
 def make_key(live_db):
     """Issue a key for a fresh client: ``make_key(agents=[...], rpm=..., budget=...) -> (raw, key)``."""
-    from billing.models import Budget
+    from billing.services import set_client_monthly_budget
     from keys.models import Client
     from keys.services import issue_key
 
     def make(agents=("*",), models=("*",), rpm=1000, tpm=1_000_000, concurrent=50, budget=None, **fields):
         client = Client.objects.create(name="Test client", slug=f"c-{uuid.uuid4().hex[:12]}")
         if budget is not None:
-            Budget.objects.create(client=client, monthly_limit_usd=Decimal(str(budget)))
+            set_client_monthly_budget(client, Decimal(str(budget)))
         key, raw = issue_key(
             client,
             allowed_agents=list(agents),

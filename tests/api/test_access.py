@@ -66,9 +66,7 @@ def test_an_operator_manages_clients_keys_and_budgets(operator_api):
         format="json",
     )
     assert key.status_code == 201
-    budget = operator_api.post(
-        "/api/v1/budgets/", {"client": client.json()["id"], "monthly_limit_usd": "10.00"}, format="json"
-    )
+    budget = operator_api.post("/api/v1/budgets/", {"client": client.json()["id"], "limit_usd": "10.00"}, format="json")
     assert budget.status_code == 201
 
 

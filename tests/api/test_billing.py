@@ -46,30 +46,30 @@ def test_it_refuses_a_negative_price_and_a_duplicate_model(api):
 
 
 def test_it_creates_updates_and_deletes_a_budget(api, acme):
-    created = api.post("/api/v1/budgets/", {"client": acme.pk, "monthly_limit_usd": "100.00"}, format="json")
+    created = api.post("/api/v1/budgets/", {"client": acme.pk, "limit_usd": "100.00"}, format="json")
     assert created.status_code == 201
     assert created.json()["client_slug"] == "acme"
     url = f"/api/v1/budgets/{created.json()['id']}/"
 
-    assert api.patch(url, {"monthly_limit_usd": "250"}, format="json").status_code == 200
-    assert Budget.objects.get(client=acme).monthly_limit_usd == Decimal("250")
+    assert api.patch(url, {"limit_usd": "250"}, format="json").status_code == 200
+    assert Budget.objects.get(client=acme).limit_usd == Decimal("250")
 
     assert api.delete(url).status_code == 204
     assert not Budget.objects.filter(client=acme).exists()
 
 
 def test_it_refuses_a_second_budget_for_a_client(api, acme):
-    Budget.objects.create(client=acme, monthly_limit_usd=Decimal("10"))
-    response = api.post("/api/v1/budgets/", {"client": acme.pk, "monthly_limit_usd": "20"}, format="json")
+    Budget.objects.create(client=acme, limit_usd=Decimal("10"))
+    response = api.post("/api/v1/budgets/", {"client": acme.pk, "limit_usd": "20"}, format="json")
     assert response.status_code == 400
     assert response.json()["client"] == ["This client already has a budget; update that one instead."]
-    assert Budget.objects.get(client=acme).monthly_limit_usd == Decimal("10")
+    assert Budget.objects.get(client=acme).limit_usd == Decimal("10")
 
 
 def test_it_refuses_a_negative_budget(api, acme):
-    response = api.post("/api/v1/budgets/", {"client": acme.pk, "monthly_limit_usd": "-5"}, format="json")
+    response = api.post("/api/v1/budgets/", {"client": acme.pk, "limit_usd": "-5"}, format="json")
     assert response.status_code == 400
-    assert "monthly_limit_usd" in response.json()
+    assert "limit_usd" in response.json()
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ def research(db):
 
 @pytest.fixture
 def budget(acme):
-    return Budget.objects.create(client=acme, monthly_limit_usd=Decimal("100.00"))
+    return Budget.objects.create(client=acme, limit_usd=Decimal("100.00"))
 
 
 def agent_data(**fields):
@@ -103,7 +103,7 @@ def test_compliance_staff_and_users_without_a_role_cannot_change_anything(reques
         "/console/agents/new/": agent_data(),
         f"/console/agents/{research.pk}/edit/": edit_data(research, name="Hacked"),
         f"/console/agents/{research.pk}/toggle/": {},
-        f"/console/budgets/{acme.pk}/edit/": {"monthly_limit_usd": "1"},
+        f"/console/budgets/{acme.pk}/edit/": {"limit_usd": "1"},
         f"/console/budgets/{acme.pk}/delete/": {},
         "/console/prices/new/": {"model": "t-new", "input_per_million": "1", "output_per_million": "2"},
         f"/console/prices/{price.pk}/edit/": {"model": "default", "input_per_million": "0", "output_per_million": "0"},
@@ -115,7 +115,7 @@ def test_compliance_staff_and_users_without_a_role_cannot_change_anything(reques
     price.refresh_from_db()
     assert not Agent.objects.filter(slug="t-writer").exists()
     assert research.name == "Research" and research.is_active
-    assert budget.monthly_limit_usd == Decimal("100.00")
+    assert budget.limit_usd == Decimal("100.00")
     assert not ModelPrice.objects.filter(model="t-new").exists() and price.input_per_million > 0
     assert not AdminAction.objects.exists()
 
@@ -323,21 +323,21 @@ def test_spend_from_last_month_does_not_count(operator, acme, budget):
 
 
 def test_a_zero_limit_shows_as_spent(operator, acme):
-    Budget.objects.create(client=acme, monthly_limit_usd=Decimal(0))
+    Budget.objects.create(client=acme, limit_usd=Decimal(0))
     bar = bar_of(operator.get("/console/budgets/?q=acme").content.decode(), acme)
     assert bar.group(1) == " over" and bar.group(2) == "100"
 
 
 def test_an_operator_sets_edits_and_removes_a_budget_and_the_trail_says_so(operator, acme):
     assert operator.get(f"/console/budgets/{acme.pk}/edit/").status_code == 200
-    response = operator.post(f"/console/budgets/{acme.pk}/edit/", {"monthly_limit_usd": "100"})
+    response = operator.post(f"/console/budgets/{acme.pk}/edit/", {"limit_usd": "100"})
     assert response.status_code == 302 and response["Location"] == "/console/budgets/"
     budget = Budget.objects.get(client=acme)
-    assert budget.monthly_limit_usd == Decimal("100.00")
+    assert budget.limit_usd == Decimal("100.00")
 
-    operator.post(f"/console/budgets/{acme.pk}/edit/", {"monthly_limit_usd": "250.50"})
+    operator.post(f"/console/budgets/{acme.pk}/edit/", {"limit_usd": "250.50"})
     budget.refresh_from_db()
-    assert budget.monthly_limit_usd == Decimal("250.50") and Budget.objects.filter(client=acme).count() == 1
+    assert budget.limit_usd == Decimal("250.50") and Budget.objects.filter(client=acme).count() == 1
 
     response = operator.post(f"/console/budgets/{acme.pk}/delete/")
     assert response.status_code == 302 and not Budget.objects.filter(client=acme).exists()
@@ -346,9 +346,9 @@ def test_an_operator_sets_edits_and_removes_a_budget_and_the_trail_says_so(opera
     assert {a.object_type for a in (created, updated, deleted)} == {"billing.budget"}
     assert {a.object_id for a in (created, updated, deleted)} == {str(budget.pk)}
     assert created.action == "create" and created.actor == "olga"
-    assert created.changes["client"] == [None, acme.pk] and created.changes["monthly_limit_usd"] == [None, "100.00"]
-    assert updated.action == "update" and updated.changes["monthly_limit_usd"] == ["100.00", "250.50"]
-    assert deleted.action == "delete" and deleted.changes["monthly_limit_usd"] == ["250.50", None]
+    assert created.changes["client"] == [None, acme.pk] and created.changes["limit_usd"] == [None, "100.00"]
+    assert updated.action == "update" and updated.changes["limit_usd"] == ["100.00", "250.50"]
+    assert deleted.action == "delete" and deleted.changes["limit_usd"] == ["250.50", None]
 
 
 def test_the_client_page_links_to_its_budget(operator, acme):
@@ -365,7 +365,7 @@ def test_the_client_page_links_to_its_budget(operator, acme):
     ],
 )
 def test_a_bad_budget_shows_the_error_and_saves_nothing(operator, acme, value, message):
-    response = operator.post(f"/console/budgets/{acme.pk}/edit/", {"monthly_limit_usd": value})
+    response = operator.post(f"/console/budgets/{acme.pk}/edit/", {"limit_usd": value})
     assert response.status_code == 400 and message in response.content.decode()
     assert not Budget.objects.filter(client=acme).exists() and not AdminAction.objects.exists()
 
@@ -377,7 +377,7 @@ def test_removing_a_budget_that_does_not_exist_is_a_404(operator, acme):
 
 def test_the_budget_of_an_unknown_client_is_a_404(operator, db):
     assert operator.get("/console/budgets/999999/edit/").status_code == 404
-    assert operator.post("/console/budgets/999999/edit/", {"monthly_limit_usd": "1"}).status_code == 404
+    assert operator.post("/console/budgets/999999/edit/", {"limit_usd": "1"}).status_code == 404
 
 
 # --- prices -------------------------------------------------------------------------------------------------------

@@ -252,8 +252,9 @@ def test_usage_reports_this_months_spend_by_agent_and_model(gateway, make_key):
     assert {row["model"] for row in report["by_model"]} >= {"gpt-4o", "gpt-4o-mini"}
     total = sum(Decimal(row["cost_usd"]) for row in report["by_model"])
     assert abs(total - Decimal(report["cost_usd"])) <= Decimal("0.000003")
-    assert report["budget"]["monthly_limit_usd"] == "50.00"
-    assert Decimal(report["budget"]["remaining_usd"]) < Decimal("50")
+    [budget] = report["budgets"]
+    assert (budget["scope"], budget["period"], budget["limit_usd"]) == ("client", "monthly", "50.00")
+    assert Decimal(budget["remaining_usd"]) < Decimal("50")
 
 
 def test_audit_previews_are_redacted_and_short(gateway, make_key, audit_for):

@@ -24,7 +24,7 @@ def test_it_prints_only_the_raw_key_and_creates_the_client():
     key = ApiKey.objects.get(key_hash=hash_key(raw))
     assert key.client == Client.objects.get(slug="acme")
     assert (key.allowed_agents, key.requests_per_minute, key.tokens_per_minute) == (["research", "writing"], 60, 100000)
-    assert Budget.objects.get(client=key.client).monthly_limit_usd == Decimal("100")
+    assert Budget.objects.get(client=key.client).limit_usd == Decimal("100")
 
 
 @pytest.mark.django_db

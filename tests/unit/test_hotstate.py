@@ -24,7 +24,8 @@ def ids():
 
 
 def no_budget(key):
-    return BudgetCheck(key, -1, 0, 60)
+    """A budget that counts but never refuses, already seeded by the scenarios below."""
+    return []
 
 
 def run(coro):
@@ -92,20 +93,53 @@ def test_it_limits_requests_in_flight(store):
     assert third.failed == "concurrency"
 
 
-def test_spend_starts_from_the_seed_and_refuses_at_the_limit(store):
-    _, _, conc, spend = ids()
-    budget = BudgetCheck(spend, 1_000, 900, 60)
+def test_an_empty_budget_counter_is_seeded_before_anything_is_taken(store):
+    rpm, _, conc, spend = ids()
+    budget = BudgetCheck(spend, 1_000, 60)
+    rate = [RateCheck("requests", rpm, 10, 1)]
 
     async def scenario():
-        first = await store.admit([], conc, 0, budget)
-        total = await store.settle([], "", budget, 150)
-        second = await store.admit([], conc, 0, budget)
-        return first, total, second
+        unseeded = await store.admit(rate, conc, 0, [budget])
+        await store.seed([budget], [900])
+        await store.seed([budget], [0])  # a second seeder loses: the counter is there
+        first = await store.admit(rate, conc, 0, [budget])
+        totals = await store.settle([], "", [budget], 150)
+        second = await store.admit(rate, conc, 0, [budget])
+        return unseeded, first, totals, second
 
-    first, total, second = run(scenario())
-    assert first.ok and first.spent == 900
-    assert total == 1_050
-    assert not second.ok and second.failed == "budget"
+    unseeded, first, totals, second = run(scenario())
+    assert not unseeded.ok and unseeded.failed == "seed" and unseeded.unseeded == [0]
+    assert first.ok and first.remaining["requests"] == 9  # the unseeded attempt took no slot
+    assert totals == [1_050]
+    assert not second.ok and second.failed == "budget" and second.spent == 1_050 and second.budget_index == 0
+
+
+def test_a_request_must_fit_every_budget_and_settles_into_all_of_them(store):
+    _, _, conc, spend = ids()
+    wide = BudgetCheck(spend + ":org", 10_000, 60, reserve=400, reservation="r1", hold_ms=60_000)
+    narrow = BudgetCheck(spend + ":client", 500, 60, reserve=400, reservation="r1", hold_ms=60_000)
+    soft = BudgetCheck(spend + ":soft", -1, 60)  # counts, never refuses
+
+    async def scenario():
+        await store.seed([wide, narrow, soft], [0, 0, 5_000_000])
+        first = await store.admit([], conc, 0, [wide, narrow, soft])
+        second_wide = BudgetCheck(wide.key, 10_000, 60, reserve=400, reservation="r2", hold_ms=60_000)
+        second_narrow = BudgetCheck(narrow.key, 500, 60, reserve=400, reservation="r2", hold_ms=60_000)
+        second = await store.admit([], conc, 0, [second_wide, second_narrow, soft])
+        totals = await store.settle([], "", [wide, narrow, soft], 300)
+        return first, second, totals
+
+    first, second, totals = run(scenario())
+    assert first.ok
+    assert not second.ok and second.failed == "budget" and second.budget_index == 1  # the client's, not the org's
+    assert totals == [300, 300, 5_000_300]
+
+
+def test_settling_into_a_vanished_counter_reports_it_instead_of_guessing(store):
+    _, _, conc, spend = ids()
+    budget = BudgetCheck(spend, 1_000, 60)
+    assert run(store.settle([], "", [budget], 100)) == [-1]
+    assert run(store.admit([], conc, 0, [budget])).failed == "seed"
 
 
 @pytest.mark.skipif(not settings.REDIS_URL, reason="needs Redis")
@@ -124,9 +158,10 @@ def test_reservations_hold_budget_until_settled_or_lapsed(store):
     _, _, conc, spend = ids()
 
     def check(name, reserve, hold_ms=60_000):
-        return BudgetCheck(spend, 1_000, 0, 60, reserve=reserve, reservation=name, hold_ms=hold_ms)
+        return [BudgetCheck(spend, 1_000, 60, reserve=reserve, reservation=name, hold_ms=hold_ms)]
 
     async def scenario():
+        await store.seed(check("", 0), [0])
         first = await store.admit([], conc, 0, check("a", 600))
         second = await store.admit([], conc, 0, check("b", 600))  # 600 + 600 > 1000
         small = await store.admit([], conc, 0, check("c", 300, hold_ms=1))  # lapses almost at once

@@ -9,7 +9,7 @@ from django.core.validators import validate_slug
 from django.db import transaction
 from django.utils import timezone
 
-from billing.models import Budget
+from billing.services import set_client_monthly_budget
 from keys.services import client_for_slug, issue_key
 
 
@@ -54,7 +54,7 @@ class Command(BaseCommand):
             with transaction.atomic():
                 client, _ = client_for_slug(opts["client"], name=opts["client_name"])
                 if budget is not None:
-                    Budget.objects.update_or_create(client=client, defaults={"monthly_limit_usd": budget})
+                    set_client_monthly_budget(client, budget)
                 _, raw = issue_key(
                     client,
                     name=opts["name"],
