@@ -56,9 +56,9 @@ def notice(rule: BudgetRule, period: Period, percent: int, spent_nanos: int) -> 
 
 
 def _enqueue(args: dict) -> None:
-    from billing.tasks import record_budget_alert
-
     try:
+        from billing.tasks import record_budget_alert
+
         record_budget_alert.delay(**args)
     except Exception:
         # The beat sweep (``sweep_budget_alerts``) finds the crossing again from the database.

@@ -121,16 +121,16 @@ def budget_checks(
     return checks, periods
 
 
+def in_scope(rows, scope: str, target_id: int | None):
+    """Narrow usage or rollup ``rows`` to what a budget of ``scope`` on ``target_id`` counts."""
+    if scope == Budget.ORGANIZATION:
+        return rows
+    return rows.filter(**{f"{Budget.TARGET_FIELDS[scope]}_id": target_id})
+
+
 def usage_in_scope(scope: str, target_id: int | None):
     """The usage rows a budget of ``scope`` counts."""
-    rows = UsageRecord.objects.all()
-    if scope == Budget.COST_CENTER:
-        rows = rows.filter(cost_center_id=target_id)
-    elif scope == Budget.CLIENT:
-        rows = rows.filter(client_id=target_id)
-    elif scope == Budget.KEY:
-        rows = rows.filter(api_key_id=target_id)
-    return rows
+    return in_scope(UsageRecord.objects.all(), scope, target_id)
 
 
 def spent_in_window(scope: str, target_id: int | None, period: Period) -> int:

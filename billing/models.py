@@ -50,6 +50,7 @@ class Budget(models.Model):
     PERIODS = [(DAILY, "Daily"), (WEEKLY, "Weekly (from Monday)"), (MONTHLY, "Monthly"), (CUSTOM, "Custom length")]
     HARD, SOFT = "hard", "soft"
     MODES = [(HARD, "Hard: refuse with 402"), (SOFT, "Soft: allow and alert")]
+    SCOPE_PHRASES = {COST_CENTER: "a cost center", CLIENT: "a client", KEY: "an API key"}
     # The field that names the budget's target, for each scope (the organization has none).
     TARGET_FIELDS = {COST_CENTER: "cost_center", CLIENT: "client", KEY: "api_key"}
 
@@ -111,9 +112,10 @@ class Budget(models.Model):
         for scope, field in self.TARGET_FIELDS.items():
             has = getattr(self, f"{field}_id") is not None
             if scope == self.scope and not has:
-                errors[field] = f"A {self.get_scope_display().lower()} budget needs one."
+                phrase = self.SCOPE_PHRASES[scope]
+                errors[field] = f"{phrase[0].upper()}{phrase[1:]} budget needs one."
             elif scope != self.scope and has:
-                errors[field] = f"Only a {dict(self.SCOPES)[scope].lower()} budget names one."
+                errors[field] = f"Only {self.SCOPE_PHRASES[scope]} budget names one."
         if self.period == self.CUSTOM:
             if not self.period_days:
                 errors["period_days"] = "A custom period needs its length in days."

@@ -9,7 +9,7 @@ history from daily rollups.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 from django.utils import timezone
 
@@ -33,7 +33,9 @@ class Period:
 
 
 def _midnight(day: date) -> datetime:
-    return timezone.make_aware(datetime.combine(day, time.min), timezone.get_current_timezone())
+    """Local midnight of ``day``, as UTC: arithmetic on it is then absolute, DST or not."""
+    local = timezone.make_aware(datetime.combine(day, time.min), timezone.get_current_timezone())
+    return local.astimezone(UTC)
 
 
 def _add_months(day: date, months: int) -> date:
@@ -82,7 +84,7 @@ class PeriodClock:
         shape = (kind, days, anchor)
         hit = self._windows.get(shape)
         now = timezone.now().timestamp()
-        if hit is not None and hit[1] > now:
+        if hit is not None and hit[0].start.timestamp() <= now < hit[1]:
             return hit[0]
         period = period_of(kind, days=days, anchor=anchor)
         if len(self._windows) > 10_000:

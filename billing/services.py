@@ -5,8 +5,9 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.db import transaction
+from django.utils import timezone
 
-from billing.models import Budget
+from billing.models import Budget, BudgetAlert
 from keys.models import ApiKey, Client
 
 
@@ -39,3 +40,10 @@ def carry_budgets_over(old: ApiKey, successor: ApiKey) -> list[Budget]:
         budget.save()
         copies.append(budget)
     return copies
+
+
+def acknowledge_alert(alert: BudgetAlert) -> BudgetAlert:
+    """Mark ``alert`` as seen by a person; acknowledging it again keeps the first time."""
+    BudgetAlert.objects.filter(pk=alert.pk, acknowledged_at__isnull=True).update(acknowledged_at=timezone.now())
+    alert.refresh_from_db(fields=["acknowledged_at"])
+    return alert

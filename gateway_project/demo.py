@@ -1,4 +1,4 @@
-"""Demo data: agents on the mock upstream, a demo client with a budget, an admin login."""
+"""Demo data: agents on the mock upstream, plans, cost centers, a demo client under budgets, an admin login."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from decimal import Decimal
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
+from billing.models import Budget
 from billing.services import set_client_monthly_budget
+from keys.models import CostCenter, Plan
 from keys.services import client_for_slug, issue_key
 from routing.models import Agent
 
@@ -79,11 +81,51 @@ def seed_admin(username: str = "admin") -> str:
     return password
 
 
+DEMO_PLANS = [
+    # slug, name, rpm, rpd, tpm, max concurrent, monthly budget per key
+    ("free", "Free", 20, 1_000, 20_000, 2, Decimal("5.00")),
+    ("pro", "Pro", 300, 50_000, 500_000, 20, Decimal("200.00")),
+    ("enterprise", "Enterprise", 3_000, 0, 5_000_000, 200, None),
+]
+
+
+def seed_plans() -> list[Plan]:
+    plans = []
+    for slug, name, rpm, rpd, tpm, concurrent, budget in DEMO_PLANS:
+        plan, _ = Plan.objects.update_or_create(
+            slug=slug,
+            defaults=dict(
+                name=name, requests_per_minute=rpm, requests_per_day=rpd, tokens_per_minute=tpm,
+                max_concurrent=concurrent, monthly_budget_usd=budget,
+            ),
+        )  # fmt: skip
+        plans.append(plan)
+    return plans
+
+
 @transaction.atomic
 def seed_demo_client() -> str:
-    """A demo client with a $100 monthly budget and a fresh key for every agent; returns the raw key."""
+    """A demo client in the Research cost center under budgets at every scope; returns a fresh raw key.
+
+    The organization's and the cost center's budgets are soft (they alert, never refuse),
+    the client's $100 a month is hard.
+    """
+    seed_plans()
+    research, _ = CostCenter.objects.get_or_create(slug="research", defaults={"name": "Research", "code": "CC-4100"})
+    CostCenter.objects.get_or_create(slug="product", defaults={"name": "Product", "code": "CC-4200"})
     client, _ = client_for_slug("demo", name="Demo client")
+    if client.cost_center_id is None:
+        client.cost_center = research
+        client.save(update_fields=["cost_center"])
     set_client_monthly_budget(client, Decimal("100.00"))
+    Budget.objects.get_or_create(
+        scope=Budget.ORGANIZATION, period=Budget.MONTHLY, name="Company AI spend",
+        defaults={"limit_usd": Decimal("5000.00"), "mode": Budget.SOFT},
+    )  # fmt: skip
+    Budget.objects.get_or_create(
+        scope=Budget.COST_CENTER, cost_center=research, period=Budget.MONTHLY,
+        defaults={"limit_usd": Decimal("1000.00"), "mode": Budget.SOFT, "alert_percent": 75},
+    )  # fmt: skip
     _, raw = issue_key(
         client,
         name="demo key",

@@ -73,6 +73,8 @@ class RefreshingTable:
         self._value = _MISSING
         self._refresher: asyncio.Task | None = None
         self.loaded_at = 0.0  # wall-clock time the current value was read from the database
+        self._pending: tuple[float, asyncio.Future] | None = None  # a reload under way and when it began
+        self._started = self._accepted = 0  # numbers of the loads begun and of the one whose value is kept
 
     async def get(self):
         """The table as last loaded; the first call loads it and starts the periodic refresh."""
@@ -83,20 +85,29 @@ class RefreshingTable:
         return self._value
 
     async def reload(self):
-        started = time.time()
-        self._value = await self._load()
-        self.loaded_at = started
+        self._started += 1
+        number, started = self._started, time.time()
+        value = await self._load()
+        if number > self._accepted:  # a slower load that began earlier must not overwrite a newer one
+            self._value, self.loaded_at, self._accepted = value, started, number
         return self._value
 
     async def get_fresh_since(self, moment: float):
-        """The table, reloaded first if it was read before ``moment`` (something newer must be in it)."""
+        """The table, reloaded first if it was read before ``moment`` (something newer must be in it).
+
+        Requests that need the same reload share it: a burst on a new key costs one query.
+        """
         if moment > self.loaded_at:
-            await self.reload()
+            pending = self._pending
+            if pending is None or pending[0] < moment or pending[1].done():
+                pending = (time.time(), asyncio.ensure_future(self.reload()))
+                self._pending = pending
+            await asyncio.shield(pending[1])
         return await self.get()
 
     def expire(self) -> None:
         """Reload on the next ``get`` (a change was saved in this process)."""
-        self._value = _MISSING
+        self._value, self.loaded_at = _MISSING, 0.0
 
     async def _refresh_forever(self):
         while True:

@@ -85,6 +85,11 @@ def _decode(raw: dict) -> KeySnapshot:
     )
 
 
+def snapshot_for(key: ApiKey) -> KeySnapshot:
+    """The snapshot the hot path would hold for ``key`` (with its client loaded)."""
+    return _decode(snapshot_of(key))
+
+
 def _load(key_hash: str) -> dict | None:
     key = ApiKey.objects.select_related("client").filter(key_hash=key_hash).first()
     return None if key is None else snapshot_of(key)

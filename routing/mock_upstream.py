@@ -4,7 +4,7 @@ Speaks OpenAI chat completions (JSON and SSE with a final usage chunk),
 Anthropic messages (JSON and SSE) and the agent ``/invoke`` shape, with
 deterministic answers and token counts. It can be told to be slow or to fail:
 per request with ``X-Mock-Delay-Ms`` / ``X-Mock-Status`` headers or a
-``"mock": {"delay_ms", "status", "chunk_delay_ms"}`` body field, or for every request with
+``"mock": {"delay_ms", "status", "chunk_delay_ms", "usage_output_tokens"}`` body field, or for every request with
 ``POST /__mock__/config {"delay_ms", "status"}``. Any other path echoes the
 request (method, path, query, headers, body) as JSON, for pass-through tests.
 """
@@ -87,6 +87,9 @@ class MockUpstream:
         text = answer_for(prompt, body.get("max_tokens") or body.get("max_completion_tokens"))
         model = body.get("model", "mock-model")
         usage = {"prompt_tokens": count_tokens(prompt), "completion_tokens": count_tokens(text)}
+        mock = body.get("mock") if isinstance(body.get("mock"), dict) else {}
+        if "usage_output_tokens" in mock:  # play a model that bills its whole answer budget
+            usage["completion_tokens"] = int(mock["usage_output_tokens"])
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         created = int(time.time())
         if not body.get("stream"):

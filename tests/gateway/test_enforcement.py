@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from django.utils import timezone
@@ -153,6 +154,17 @@ def test_it_limits_requests_per_minute_with_retry_after(gateway, make_key, audit
     assert audit_for(key, 4)[-1].error_type == "rate_limit_requests"
 
 
+def test_it_limits_requests_per_day(gateway, make_key, audit_for):
+    raw, key = make_key(rpm=100, requests_per_day=3)
+    client = gateway.client(raw)
+    assert [client.post(CHAT, json=chat_body()).status_code for _ in range(3)] == [200, 200, 200]
+    refused = client.post(CHAT, json=chat_body())
+    assert_error(refused, 429, "rate_limit_requests_per_day", "rate_limit_error")
+    assert "3 requests per day" in refused.json()["error"]["message"]
+    assert 3600 < int(refused.headers["retry-after"]) <= 86_400  # a slot frees every 8 hours
+    assert audit_for(key, 4)[-1].error_type == "rate_limit_requests_per_day"
+
+
 def test_it_limits_tokens_per_minute(gateway, make_key):
     raw, _ = make_key(tpm=200)
     client = gateway.client(raw)
@@ -183,6 +195,17 @@ def test_it_refuses_once_the_monthly_budget_is_spent(gateway, make_key, audit_fo
     assert_error(refused, 402, "budget_exceeded", "insufficient_quota")
     assert audit_for(key, 2)[-1].status == 402
     assert client.post(CHAT, json=chat_body(model="gpt-4o-mini", max_tokens=10)).status_code == 200  # a small one fits
+
+
+def test_the_refusal_names_the_budget_that_refused(gateway, make_key):
+    from billing.models import Budget
+
+    raw, key = make_key(budget="100")  # the client's monthly budget is far away
+    Budget.objects.create(scope=Budget.KEY, api_key=key, period=Budget.DAILY, limit_usd=Decimal("0.0001"))
+    time.sleep(0.5)  # gateways re-read budgets within GATEWAY_CONFIG_REFRESH_SECONDS (0.2 s in tests)
+    refused = gateway.client(raw).post(CHAT, json=chat_body())
+    assert_error(refused, 402, "budget_exceeded")
+    assert "API key" in refused.json()["error"]["message"] and "daily budget" in refused.json()["error"]["message"]
 
 
 def test_a_zero_budget_refuses_at_once(gateway, make_key):

@@ -63,9 +63,11 @@ def test_the_requests_per_minute_limit_admits_exactly_the_limit(two_workers, mak
 
 def test_the_tokens_per_minute_limit_holds_across_processes(two_workers, make_key):
     raw, _ = make_key(tpm=1000)
-    # Slow answers, so every request is admitted on its estimate before any settles.
-    body = {**BODY, "max_tokens": 90, "mock": {"delay_ms": 1500}}
-    estimate = len(json.dumps(body, separators=(",", ":"))) // 4 + 90
+    # Slow answers that use their whole max_tokens, so settling frees almost nothing; big requests,
+    # so the limit refills one only every ~15 s: the count is exact even if a loaded machine spreads the burst
+    # (two fit; what is left, with what settling frees, is far from a third).
+    body = {**BODY, "max_tokens": 400, "mock": {"delay_ms": 1500, "usage_output_tokens": 400}}
+    estimate = len(json.dumps(body, separators=(",", ":"))) // 4 + 400
     statuses = burst(two_workers.url, raw, 30, body=body)
     assert statuses == Counter({200: 1000 // estimate, 429: 30 - 1000 // estimate})
 
@@ -87,14 +89,18 @@ def test_spend_is_shared_so_every_process_refuses_a_spent_budget(two_workers, ma
 
 
 def test_concurrent_requests_never_spend_past_a_hard_budget(two_workers, make_key, audit_for):
-    """64 slow requests at once: each reserves its worst case, so only as many as fit are admitted."""
+    """64 slow requests at once: each reserves its worst case, so only as many as fit are admitted.
+
+    The answers bill their whole max_tokens, so a request that settles early frees (almost) nothing
+    and the count is exact however the burst is spread in time.
+    """
     from decimal import Decimal
 
     from billing.models import UsageRecord
 
     raw, key = make_key(budget="0.01", concurrent=0)
     body = {**BODY, "messages": [{"role": "user", "content": "y" * 4000}], "max_tokens": 1000,
-            "mock": {"delay_ms": 1500}}  # fmt: skip
+            "mock": {"delay_ms": 1500, "usage_output_tokens": 1000}}  # fmt: skip
     # gpt-4o-mini: 150 nanodollars per input token, 600 per output token.
     worst_case = (len(json.dumps(body, separators=(",", ":"))) // 4) * 150 + 1000 * 600
     fits = 10_000_000 // worst_case
@@ -135,3 +141,38 @@ def test_a_redis_restart_does_not_reset_anyones_spend(two_workers, make_key, aud
         time.sleep(1.2)  # and each process's local snapshot of the budget lapses
         refused = client.post(CHAT, json=big, headers=headers)
     assert refused.status_code == 402  # the counter was rebuilt from the database
+
+
+def test_two_clients_racing_never_spend_past_their_cost_centers_budget(two_workers, make_key, audit_for):
+    """64 slow requests from two clients of one team at once: the team's hard budget holds for both together."""
+    import uuid
+    from decimal import Decimal
+
+    from billing.models import Budget, UsageRecord
+    from keys.models import CostCenter
+
+    team = CostCenter.objects.create(name="Team", slug=f"team-{uuid.uuid4().hex[:8]}")
+    Budget.objects.create(scope=Budget.COST_CENTER, cost_center=team, period=Budget.DAILY, limit_usd=Decimal("0.01"))
+    keys = []
+    for _ in range(2):
+        raw, key = make_key(budget="5", concurrent=0)  # each client's own budget is far from the limit
+        key.client.cost_center = team
+        key.client.save()
+        keys.append((raw, key))
+    body = {**BODY, "messages": [{"role": "user", "content": "y" * 4000}], "max_tokens": 1000,
+            "mock": {"delay_ms": 1500, "usage_output_tokens": 1000}}  # fmt: skip
+    worst_case = (len(json.dumps(body, separators=(",", ":"))) // 4) * 150 + 1000 * 600
+    fits = 10_000_000 // worst_case
+
+    def one(i):
+        raw = keys[i % 2][0]
+        with httpx.Client(base_url=two_workers.url, timeout=30) as client:
+            return client.post(CHAT, json=body, headers={"Authorization": f"Bearer {raw}"}).status_code
+
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        statuses = Counter(pool.map(one, range(64)))
+    assert statuses == Counter({200: fits, 402: 64 - fits})
+    for _, key in keys:
+        audit_for(key, 32)
+    spent = sum(row.cost_usd for row in UsageRecord.objects.filter(cost_center_id=team.pk))
+    assert Decimal(0) < spent <= Decimal("0.01")

@@ -10,6 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing.services import set_client_monthly_budget
+from keys.models import CostCenter, Plan
 from keys.services import client_for_slug, issue_key
 
 
@@ -29,9 +30,14 @@ class Command(BaseCommand):
         parser.add_argument("--name", default="", help="A label for the key.")
         parser.add_argument("--agents", default="*", help="Comma-separated agent slugs, or * (default).")
         parser.add_argument("--models", default="*", help="Comma-separated model names, or * (default).")
-        parser.add_argument("--rpm", type=int, default=60, help="Requests per minute.")
-        parser.add_argument("--tpm", type=int, default=100_000, help="Tokens per minute.")
-        parser.add_argument("--max-concurrent", type=int, default=10, help="Requests in flight at once (0: no limit).")
+        parser.add_argument("--plan", default=None, help="Plan slug: the limits not given here come from it.")
+        parser.add_argument("--cost-center", default=None, help="Put the client in this cost center (made if needed).")
+        parser.add_argument("--rpm", type=int, default=None, help="Requests per minute (default: the plan's, or 60).")
+        parser.add_argument("--rpd", type=int, default=None, help="Requests per day, 0 for none (default: the plan's).")
+        parser.add_argument("--tpm", type=int, default=None, help="Tokens per minute (default: the plan's, or 100000).")
+        parser.add_argument(
+            "--max-concurrent", type=int, default=None, help="Requests in flight at once, 0: no limit (default 10)."
+        )
         parser.add_argument("--expires-in-days", type=int, default=None, help="Expire the key after this many days.")
         parser.add_argument("--monthly-budget", default=None, help="Set the client's monthly budget in USD.")
 
@@ -50,19 +56,40 @@ class Command(BaseCommand):
                 raise CommandError("--monthly-budget must not be negative.")
         if opts["expires_in_days"] is not None and opts["expires_in_days"] < 1:
             raise CommandError("--expires-in-days must be at least 1.")
+        plan = None
+        if opts["plan"] is not None:
+            plan = Plan.objects.filter(slug=opts["plan"]).first()
+            if plan is None:
+                known = ", ".join(Plan.objects.values_list("slug", flat=True)) or "none yet"
+                raise CommandError(f"There is no plan {opts['plan']!r} (plans: {known}).")
+        limits = {
+            field: opts[option]
+            for option, field in [
+                ("rpm", "requests_per_minute"),
+                ("rpd", "requests_per_day"),
+                ("tpm", "tokens_per_minute"),
+                ("max_concurrent", "max_concurrent"),
+            ]
+            if opts[option] is not None
+        }
         try:
             with transaction.atomic():
                 client, _ = client_for_slug(opts["client"], name=opts["client_name"])
+                if opts["cost_center"]:
+                    client.cost_center, _ = CostCenter.objects.get_or_create(
+                        slug=opts["cost_center"], defaults={"name": opts["cost_center"]}
+                    )
+                    client.full_clean()
+                    client.save(update_fields=["cost_center"])
                 if budget is not None:
                     set_client_monthly_budget(client, budget)
                 _, raw = issue_key(
                     client,
+                    plan=plan,
                     name=opts["name"],
                     allowed_agents=_names(opts["agents"]),
                     allowed_models=_names(opts["models"]),
-                    requests_per_minute=opts["rpm"],
-                    tokens_per_minute=opts["tpm"],
-                    max_concurrent=opts["max_concurrent"],
+                    **limits,
                     expires_at=timezone.now() + timedelta(days=opts["expires_in_days"])
                     if opts["expires_in_days"]
                     else None,
