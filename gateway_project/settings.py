@@ -5,9 +5,12 @@ cache, in-memory channel layer, eager Celery). ``DATABASE_URL`` and
 ``REDIS_URL`` switch it to the production profile (PostgreSQL and Redis).
 """
 
+import hashlib
+import hmac
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from gateway_project.env import envbool, envfloat, envint, envlist, envstr
 
@@ -91,7 +94,9 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": envstr("SQLITE_PATH", str(VAR_DIR / "gateway.sqlite3")),
-            "OPTIONS": {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"},
+            # IMMEDIATE: a transaction takes the write lock when it begins, so two processes writing
+            # wait for each other (up to the timeout) instead of failing on a lock upgrade.
+            "OPTIONS": {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE"},
             # A file, not memory, so a gateway started by the tests sees the test data.
             "TEST": {"NAME": envstr("SQLITE_TEST_PATH", str(VAR_DIR / "test.sqlite3"))},
         }
@@ -112,6 +117,55 @@ CELERY_RESULT_BACKEND = envstr("CELERY_RESULT_BACKEND", REDIS_URL or "cache+memo
 CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", not REDIS_URL)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TIMEZONE = "UTC"
+# Beat keeps its last-run times under var/, not in whatever directory it was started from.
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+_ROLLUP_SECONDS = envfloat("GATEWAY_ROLLUP_SECONDS", 300.0, minimum=1)
+_ALERT_SWEEP_SECONDS = envfloat("GATEWAY_ALERT_SWEEP_SECONDS", 60.0, minimum=1)
+CELERY_BEAT_SCHEDULE = {
+    # Each run expires at the next, so a stopped worker does not come back to a pile of stale ones.
+    "roll-up-usage": {
+        "task": "billing.tasks.rollup_usage",
+        "schedule": _ROLLUP_SECONDS,
+        "options": {"expires": _ROLLUP_SECONDS},
+    },
+    "sweep-budget-alerts": {
+        "task": "billing.tasks.sweep_budget_alerts",
+        "schedule": _ALERT_SWEEP_SECONDS,
+        "options": {"expires": _ALERT_SWEEP_SECONDS},
+    },
+}
+
+# --- E-mail (budget alerts) -------------------------------------------------
+# Without an SMTP host, mail is written as files to var/mail, so the demo shows its alerts without a mail server.
+EMAIL_HOST = envstr("EMAIL_HOST", "")
+EMAIL_PORT = envint("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = envstr("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = envstr("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = envbool("EMAIL_USE_SSL", False)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL exclude each other: set one")
+EMAIL_TIMEOUT = envfloat("EMAIL_TIMEOUT", 10.0, minimum=0.1)
+EMAIL_FILE_PATH = envstr("EMAIL_FILE_PATH", str(VAR_DIR / "mail"))
+EMAIL_BACKEND = envstr(
+    "EMAIL_BACKEND",
+    "django.core.mail.backends.smtp.EmailBackend" if EMAIL_HOST else "django.core.mail.backends.filebased.EmailBackend",
+)
+DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "Agent Gateway <gateway@localhost>")
+
+# --- Alerts and webhooks ----------------------------------------------------
+# Base URL of the console, for the links in alert e-mails and webhooks.
+GATEWAY_CONSOLE_URL = envstr("GATEWAY_CONSOLE_URL", "http://127.0.0.1:8000").rstrip("/")
+# Key of the HMAC-SHA256 signature on every webhook; by default derived from SECRET_KEY, never equal to it.
+GATEWAY_WEBHOOK_SECRET = (
+    envstr("GATEWAY_WEBHOOK_SECRET", "")
+    or hmac.new(SECRET_KEY.encode(), b"agent-gateway webhooks", hashlib.sha256).hexdigest()
+)
+GATEWAY_WEBHOOK_TIMEOUT = envfloat("GATEWAY_WEBHOOK_TIMEOUT", 5.0, minimum=0.1)
+# Deliveries of one webhook before it is given up as failed, waiting about base * 2^n seconds (with jitter) between.
+GATEWAY_WEBHOOK_MAX_ATTEMPTS = envint("GATEWAY_WEBHOOK_MAX_ATTEMPTS", 5, minimum=1)
+GATEWAY_WEBHOOK_BACKOFF_SECONDS = envfloat("GATEWAY_WEBHOOK_BACKOFF_SECONDS", 10.0, minimum=0)
+GATEWAY_WEBHOOK_BACKOFF_MAX_SECONDS = envfloat("GATEWAY_WEBHOOK_BACKOFF_MAX_SECONDS", 600.0, minimum=0)
 
 # --- Auth, i18n, static ----------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -175,6 +229,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # A budget alert's e-mail and webhook share one set of delivery states: one enum, one name.
+    "ENUM_NAME_OVERRIDES": {"DeliveryStatusEnum": "billing.models.BudgetAlert.DELIVERY"},
 }
 
 # --- Gateway ---------------------------------------------------------------
@@ -202,6 +258,8 @@ GATEWAY = {
     "REDIS_PREFIX": envstr("GATEWAY_REDIS_PREFIX", "gw"),
     # Trust X-Forwarded-For from a load balancer in front of the gateway.
     "TRUST_FORWARDED_FOR": envbool("GATEWAY_TRUST_FORWARDED_FOR", False),
+    # Usage reports roll today's usage up again when its rollup is older than this, in seconds.
+    "ROLLUP_MAX_AGE": envfloat("GATEWAY_ROLLUP_MAX_AGE", 60.0, minimum=0),
 }
 
 LOGGING = {

@@ -1,0 +1,81 @@
+"""Signed webhooks: how the gateway POSTs events and how a receiver checks that one came from it.
+
+The signature is ``sha256=<hex HMAC-SHA256(secret, "<timestamp>." + body)>`` in
+``X-Gateway-Signature``, with the Unix time in ``X-Gateway-Timestamp``; a receiver
+recomputes it over the raw body with the shared ``GATEWAY_WEBHOOK_SECRET`` and refuses
+stale timestamps, so a captured delivery cannot be replayed later. Every delivery of one
+event carries the same ``X-Gateway-Event-Id``, so a receiver can drop retried duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Mapping
+
+import httpx
+from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
+
+SIGNATURE_HEADER = "X-Gateway-Signature"
+TIMESTAMP_HEADER = "X-Gateway-Timestamp"
+EVENT_ID_HEADER = "X-Gateway-Event-Id"
+SCHEME = "sha256="
+USER_AGENT = "agent-gateway-webhooks/1"
+
+
+class DeliveryError(Exception):
+    """The receiver could not be reached or did not answer 2xx: worth another try later."""
+
+
+def encode(payload: dict) -> bytes:
+    """The exact bytes that are signed and sent (dates and decimals as strings)."""
+    return json.dumps(payload, cls=DjangoJSONEncoder, separators=(",", ":"), sort_keys=True).encode()
+
+
+def sign(body: bytes, timestamp: int, secret: str | None = None) -> str:
+    """Hex HMAC-SHA256 of ``"<timestamp>." + body`` under the webhook secret."""
+    key = (secret if secret is not None else settings.GATEWAY_WEBHOOK_SECRET).encode()
+    return hmac.new(key, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def signed_headers(body: bytes, *, event_id: str = "", timestamp: int | None = None) -> dict[str, str]:
+    """The headers that make ``body`` verifiable by the receiver."""
+    stamp = int(time.time()) if timestamp is None else timestamp
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        TIMESTAMP_HEADER: str(stamp),
+        SIGNATURE_HEADER: SCHEME + sign(body, stamp),
+    }
+    if event_id:
+        headers[EVENT_ID_HEADER] = event_id
+    return headers
+
+
+def verify(body: bytes, headers: Mapping[str, str], secret: str | None = None, tolerance_seconds: float = 300) -> bool:
+    """True when ``headers`` carry a fresh, valid signature of exactly ``body``."""
+    found = {name.lower(): value for name, value in headers.items()}
+    signature = found.get(SIGNATURE_HEADER.lower(), "")
+    try:
+        stamp = int(found.get(TIMESTAMP_HEADER.lower(), ""))
+    except ValueError:
+        return False
+    if not signature.startswith(SCHEME) or abs(time.time() - stamp) > tolerance_seconds:
+        return False
+    return hmac.compare_digest(signature[len(SCHEME) :], sign(body, stamp, secret))
+
+
+def post_signed(url: str, payload: dict, event_id: str, *, timeout: float | None = None) -> httpx.Response:
+    """POST ``payload`` as signed JSON; raise ``DeliveryError`` unless the receiver answers 2xx."""
+    body = encode(payload)
+    seconds = settings.GATEWAY_WEBHOOK_TIMEOUT if timeout is None else timeout
+    try:
+        response = httpx.post(url, content=body, headers=signed_headers(body, event_id=event_id), timeout=seconds)
+    except httpx.HTTPError as exc:
+        raise DeliveryError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+    if not response.is_success:
+        raise DeliveryError(f"HTTP {response.status_code}: {response.text[:200]}".strip())
+    return response
