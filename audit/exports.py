@@ -21,7 +21,8 @@ class _Echo:
         return value
 
 
-def _cell(value) -> str:
+def csv_cell(value) -> str:
+    """One CSV cell as text; a cell a spreadsheet would run as a formula gets a leading quote."""
     if value is None:
         return ""
     text = value.isoformat() if hasattr(value, "isoformat") else str(value)
@@ -40,7 +41,7 @@ def csv_lines(queryset, fields: list[str]) -> Iterator[str]:
     writer = csv.writer(_Echo())
     yield writer.writerow(fields)
     for row in queryset.values_list(*fields).iterator(chunk_size=CHUNK):
-        yield writer.writerow([_cell(v) for v in row])
+        yield writer.writerow([csv_cell(v) for v in row])
 
 
 def jsonl_lines(queryset, fields: list[str]) -> Iterator[str]:

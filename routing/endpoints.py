@@ -15,8 +15,8 @@ import time
 from channels.db import database_sync_to_async
 
 from billing.status import budget_report
-from billing.usage import monthly_usage
-from gateway_project.errors import GatewayError, not_found
+from billing.usage import client_usage, usage_query
+from gateway_project.errors import GatewayError, bad_request, not_found
 from gateway_project.writer import writer
 from keys.access import authorize, ensure_usable, identify
 from routing import forward, protocols
@@ -258,11 +258,15 @@ async def list_models(ex: Exchange) -> None:
 
 async def usage(ex: Exchange) -> None:
     await authenticate(ex)
+    try:
+        query = usage_query(ex.query.decode("latin-1"))
+    except ValueError as error:
+        raise bad_request(str(error)) from None
     ticket = await admit(ex, metered=False)
     try:
         await writer.flush()  # so the report includes this process's latest requests
         key = ex.key
-        report = await database_sync_to_async(monthly_usage)(key.client_id)
+        report = await database_sync_to_async(client_usage)(key.client_id, query)
         budgets = await database_sync_to_async(budget_report)(key.key_id, key.client_id, key.cost_center_id)
         await ex.respond_json(200, {**report, "client": key.client_slug, "budgets": budgets})
     finally:
