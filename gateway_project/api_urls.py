@@ -1,20 +1,29 @@
 """The management API under /api/v1/: one router for every app's viewsets."""
 
+from django.urls import path
 from rest_framework.routers import DefaultRouter
 
 from audit.api import AdminActionViewSet, AuditRecordViewSet
-from billing.api import BudgetViewSet, ModelPriceViewSet, UsageRecordViewSet
-from keys.api import ApiKeyViewSet, ClientViewSet
+from billing.api import BudgetAlertViewSet, BudgetViewSet, ModelPriceViewSet, UsageRecordViewSet
+from billing.report_api import TopSpendersView, UsageReportView
+from keys.api import ApiKeyViewSet, ClientViewSet, CostCenterViewSet, PlanViewSet
 from routing.api import AgentViewSet
 
 router = DefaultRouter()
+router.register("cost-centers", CostCenterViewSet)
+router.register("plans", PlanViewSet)
 router.register("clients", ClientViewSet)
 router.register("keys", ApiKeyViewSet)
 router.register("agents", AgentViewSet)
 router.register("prices", ModelPriceViewSet)
 router.register("budgets", BudgetViewSet)
+router.register("alerts", BudgetAlertViewSet)
 router.register("usage", UsageRecordViewSet)
 router.register("audit", AuditRecordViewSet)
 router.register("admin-actions", AdminActionViewSet)
 
-urlpatterns = router.urls
+urlpatterns = [
+    path("reports/usage/", UsageReportView.as_view(), name="report-usage"),
+    path("reports/top-spenders/", TopSpendersView.as_view(), name="report-top-spenders"),
+    *router.urls,
+]

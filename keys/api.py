@@ -1,24 +1,83 @@
-"""Clients and API keys in the management API: serializers, filtersets and viewsets."""
+"""Cost centers, plans, clients and API keys in the management API: serializers, filtersets and viewsets."""
 
 from django.db import transaction
+from django.db.models import Count
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import serializers
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from audit.trail import record_update, snapshot
+from audit.trail import record_create, record_update, snapshot
 from gateway_project.api import SEARCHABLE_FILTER_BACKENDS, NameListField, TrailedModelViewSet
-from keys.models import ALL, ApiKey, Client
+from keys.models import ALL, ApiKey, Client, CostCenter, Plan
 from keys.services import issue_key, revoke_key
 
 KEY_STATUSES = ["active", "expired", "disabled", "revoked", "client_disabled"]
 
 
+class CostCenterSerializer(serializers.ModelSerializer):
+    client_count = serializers.SerializerMethodField(help_text="How many clients belong to it.")
+
+    class Meta:
+        model = CostCenter
+        fields = ["id", "name", "slug", "code", "client_count", "created_at"]
+        read_only_fields = ["created_at"]
+
+    def get_client_count(self, cost_center) -> int:
+        counted = getattr(cost_center, "client_count", None)
+        return cost_center.clients.count() if counted is None else counted
+
+
+class CostCenterViewSet(TrailedModelViewSet):
+    """Cost centers: the teams or departments clients belong to, whose spend is attributed and budgeted to them.
+
+    Deleting one leaves its clients without a cost center and deletes its budgets;
+    past usage keeps its attribution.
+    """
+
+    queryset = CostCenter.objects.annotate(client_count=Count("clients"))
+    serializer_class = CostCenterSerializer
+    filter_backends = SEARCHABLE_FILTER_BACKENDS
+    search_fields = ["name", "slug", "code"]
+    ordering_fields = ["name", "slug", "code", "created_at"]
+
+
+class PlanSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Plan
+        fields = [
+            "id",
+            "name",
+            "slug",
+            "requests_per_minute",
+            "requests_per_day",
+            "tokens_per_minute",
+            "max_concurrent",
+            "monthly_budget_usd",
+            "created_at",
+        ]
+        read_only_fields = ["created_at"]
+
+
+class PlanViewSet(TrailedModelViewSet):
+    """Plans (free, pro, enterprise …): the limits and monthly budget a new key starts with.
+
+    A plan's values are copied when a key is issued; changing a plan later does
+    not change the keys already issued on it.
+    """
+
+    queryset = Plan.objects.all()
+    serializer_class = PlanSerializer
+    filter_backends = SEARCHABLE_FILTER_BACKENDS
+    search_fields = ["name", "slug"]
+    ordering_fields = ["name", "slug", "created_at"]
+
+
 class ClientSerializer(serializers.ModelSerializer):
     class Meta:
         model = Client
-        fields = ["id", "name", "slug", "contact", "is_active", "created_at"]
+        fields = ["id", "name", "slug", "contact", "cost_center", "is_active", "created_at"]
         read_only_fields = ["created_at"]
 
 
@@ -28,7 +87,7 @@ class ClientViewSet(TrailedModelViewSet):
     queryset = Client.objects.all()
     serializer_class = ClientSerializer
     filter_backends = SEARCHABLE_FILTER_BACKENDS
-    filterset_fields = ["is_active"]
+    filterset_fields = ["is_active", "cost_center"]
     search_fields = ["name", "slug"]
     ordering_fields = ["name", "slug", "created_at"]
 
@@ -70,7 +129,9 @@ class ApiKeySerializer(serializers.ModelSerializer):
             "status",
             "allowed_agents",
             "allowed_models",
+            "plan",
             "requests_per_minute",
+            "requests_per_day",
             "tokens_per_minute",
             "max_concurrent",
             "is_active",
@@ -81,7 +142,9 @@ class ApiKeySerializer(serializers.ModelSerializer):
         ]
         read_only_fields = ["prefix", "revoked_at", "last_used_at", "created_at"]
         extra_kwargs = {
+            "plan": {"help_text": "The plan the key was issued on: it gives the limits (and budget) not set here."},
             "requests_per_minute": {"min_value": 1},
+            "requests_per_day": {"min_value": 0, "help_text": "0 means no daily limit."},
             "tokens_per_minute": {"min_value": 1},
             "max_concurrent": {"min_value": 0},
         }
@@ -90,6 +153,13 @@ class ApiKeySerializer(serializers.ModelSerializer):
         if self.instance is not None and client != self.instance.client:
             raise serializers.ValidationError("A key cannot move to another client; issue a new key instead.")
         return client
+
+    def validate_plan(self, plan):
+        if self.instance is not None and getattr(plan, "pk", None) != self.instance.plan_id:
+            raise serializers.ValidationError(
+                "A key's plan is where its limits came from when it was issued; change the limits instead."
+            )
+        return plan
 
 
 class IssuedApiKeySerializer(ApiKeySerializer):
@@ -111,12 +181,15 @@ class IssuedApiKeySerializer(ApiKeySerializer):
 class ApiKeyFilter(filters.FilterSet):
     class Meta:
         model = ApiKey
-        fields = ["client", "client__slug", "is_active", "prefix"]
+        fields = ["client", "client__slug", "plan", "is_active", "prefix"]
 
 
 @extend_schema_view(create=extend_schema(request=ApiKeySerializer, responses={201: IssuedApiKeySerializer}))
 class ApiKeyViewSet(TrailedModelViewSet):
     """API keys. Creating one returns the raw key once; it is stored only as a hash.
+
+    A key issued on a ``plan`` takes the plan's limits for those not given, and its
+    own monthly budget if the plan has one.
 
     Revoke a key with ``POST /keys/{id}/revoke/``: that is the normal way to end a
     key, and it keeps the row so usage and audit records still name it. ``DELETE``
@@ -130,6 +203,14 @@ class ApiKeyViewSet(TrailedModelViewSet):
 
     def get_serializer_class(self):
         return IssuedApiKeySerializer if self.action == "create" else ApiKeySerializer
+
+    def perform_create(self, serializer):
+        with transaction.atomic():
+            key = serializer.save()
+            record_create(self.request.user, "api", key)
+            # The budget the key's plan gave it (billing's signal) is a change too.
+            for budget in key.budgets.all():
+                record_create(self.request.user, "api", budget)
 
     @extend_schema(request=None, responses=ApiKeySerializer)
     @action(detail=True, methods=["post"])

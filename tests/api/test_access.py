@@ -3,11 +3,15 @@
 import pytest
 
 LIST_URLS = [
+    "/api/v1/cost-centers/",
+    "/api/v1/plans/",
     "/api/v1/clients/",
     "/api/v1/keys/",
     "/api/v1/agents/",
     "/api/v1/prices/",
     "/api/v1/budgets/",
+    "/api/v1/budgets/status/",
+    "/api/v1/alerts/",
     "/api/v1/usage/",
     "/api/v1/audit/",
 ]
@@ -48,7 +52,19 @@ def test_it_refuses_an_unknown_token(db, anonymous_api):
 
 def test_the_root_lists_every_resource(api):
     body = api.get("/api/v1/").json()
-    assert set(body) == {"clients", "keys", "agents", "prices", "budgets", "usage", "audit", "admin-actions"}
+    assert set(body) >= {
+        "cost-centers",
+        "plans",
+        "clients",
+        "keys",
+        "agents",
+        "prices",
+        "budgets",
+        "alerts",
+        "usage",
+        "audit",
+        "admin-actions",
+    }
 
 
 @pytest.mark.parametrize("url", LIST_URLS)
@@ -57,21 +73,32 @@ def test_operators_and_compliance_staff_can_read(operator_api, compliance_api, u
     assert compliance_api.get(url).status_code == 200
 
 
-def test_an_operator_manages_clients_keys_and_budgets(operator_api):
-    client = operator_api.post("/api/v1/clients/", {"name": "Ops", "slug": "ops"}, format="json")
+def test_an_operator_manages_cost_centers_plans_clients_keys_and_budgets(operator_api):
+    center = operator_api.post("/api/v1/cost-centers/", {"name": "Ops team", "slug": "ops-team"}, format="json")
+    assert center.status_code == 201
+    plan = operator_api.post("/api/v1/plans/", {"name": "Pro", "slug": "pro"}, format="json")
+    assert plan.status_code == 201
+    client = operator_api.post(
+        "/api/v1/clients/", {"name": "Ops", "slug": "ops", "cost_center": center.json()["id"]}, format="json"
+    )
     assert client.status_code == 201
     key = operator_api.post(
         "/api/v1/keys/",
-        {"client": client.json()["id"], "allowed_agents": ["*"], "allowed_models": ["*"]},
+        {"client": client.json()["id"], "plan": plan.json()["id"], "allowed_agents": ["*"], "allowed_models": ["*"]},
         format="json",
     )
     assert key.status_code == 201
-    budget = operator_api.post("/api/v1/budgets/", {"client": client.json()["id"], "limit_usd": "10.00"}, format="json")
+    budget = operator_api.post(
+        "/api/v1/budgets/", {"scope": "client", "client": client.json()["id"], "limit_usd": "10.00"}, format="json"
+    )
     assert budget.status_code == 201
 
 
 def test_compliance_staff_change_nothing(compliance_api, acme):
     assert compliance_api.post("/api/v1/clients/", {"name": "X", "slug": "x"}, format="json").status_code == 403
+    assert compliance_api.post("/api/v1/cost-centers/", {"name": "X", "slug": "x"}, format="json").status_code == 403
+    assert compliance_api.post("/api/v1/plans/", {"name": "X", "slug": "x"}, format="json").status_code == 403
+    assert compliance_api.post("/api/v1/budgets/", {"scope": "organization", "limit_usd": "1"}).status_code == 403
     assert compliance_api.patch(f"/api/v1/clients/{acme.pk}/", {"name": "Y"}, format="json").status_code == 403
     assert compliance_api.delete(f"/api/v1/clients/{acme.pk}/").status_code == 403
     acme.refresh_from_db()

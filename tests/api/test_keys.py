@@ -1,11 +1,14 @@
-"""API keys over the management API: issued once, stored as a hash, revoked on demand."""
+"""API keys over the management API: issued once, stored as a hash, revoked on demand, limited by their plan."""
 
 import hashlib
 import logging
+from decimal import Decimal
 
 import pytest
 
-from keys.models import ApiKey
+from audit.models import AdminAction
+from billing.models import Budget
+from keys.models import ApiKey, Plan
 from keys.services import issue_key
 
 
@@ -197,3 +200,95 @@ def test_it_refuses_a_key_for_a_missing_client(api):
     response = issue(api, client=999_999)
     assert response.status_code == 400
     assert "client" in response.json()
+
+
+# Plans and the daily limit
+
+
+@pytest.fixture
+def pro(db):
+    return Plan.objects.create(
+        name="Pro",
+        slug="pro",
+        requests_per_minute=600,
+        requests_per_day=50_000,
+        tokens_per_minute=1_000_000,
+        max_concurrent=20,
+        monthly_budget_usd=Decimal("250"),
+    )
+
+
+def limits(key: ApiKey) -> tuple:
+    return (key.requests_per_minute, key.requests_per_day, key.tokens_per_minute, key.max_concurrent)
+
+
+def test_a_key_on_a_plan_takes_the_plans_limits(api, acme, pro):
+    body = issue(api, client=acme.pk, plan=pro.pk).json()
+    assert body["plan"] == pro.pk
+    assert (body["requests_per_minute"], body["requests_per_day"]) == (600, 50_000)
+    assert limits(ApiKey.objects.get(pk=body["id"])) == (600, 50_000, 1_000_000, 20)
+    assert body["key"].startswith("agk_")
+
+
+def test_limits_given_with_a_plan_override_the_plans(api, acme, pro):
+    body = issue(api, client=acme.pk, plan=pro.pk, requests_per_minute=5, requests_per_day=0).json()
+    assert limits(ApiKey.objects.get(pk=body["id"])) == (5, 0, 1_000_000, 20)
+
+
+def test_a_key_on_a_plan_with_a_budget_gets_its_own_monthly_budget(api, acme, pro):
+    body = issue(api, client=acme.pk, plan=pro.pk).json()
+    budget = Budget.objects.get(api_key_id=body["id"])
+    assert (budget.scope, budget.period, budget.mode, budget.limit_usd) == ("key", "monthly", "hard", Decimal("250"))
+    trail = AdminAction.objects.order_by("id")
+    assert [(a.action, a.object_type) for a in trail] == [("create", "keys.apikey"), ("create", "billing.budget")]
+    assert trail[1].changes["limit_usd"] == [None, "250.00"]
+
+
+def test_a_key_on_a_plan_without_a_budget_gets_none(api, acme, pro):
+    pro.monthly_budget_usd = None
+    pro.save()
+    body = issue(api, client=acme.pk, plan=pro.pk).json()
+    assert not Budget.objects.filter(api_key_id=body["id"]).exists()
+
+
+def test_a_key_without_a_plan_keeps_the_default_limits(api, acme):
+    body = issue(api, client=acme.pk).json()
+    assert body["plan"] is None
+    assert limits(ApiKey.objects.get(pk=body["id"])) == (60, 0, 100_000, 10)
+    assert not Budget.objects.exists()
+
+
+def test_it_sets_and_changes_the_daily_limit(api, acme):
+    body = issue(api, client=acme.pk, requests_per_day=1000).json()
+    assert body["requests_per_day"] == 1000
+    response = api.patch(f"/api/v1/keys/{body['id']}/", {"requests_per_day": 0}, format="json")
+    assert response.json()["requests_per_day"] == 0
+    assert ApiKey.objects.get(pk=body["id"]).requests_per_day == 0
+
+
+def test_it_refuses_a_negative_daily_limit(api, acme):
+    response = issue(api, client=acme.pk, requests_per_day=-1)
+    assert response.status_code == 400
+    assert "requests_per_day" in response.json()
+    assert not ApiKey.objects.exists()
+
+
+def test_it_refuses_a_missing_plan(api, acme):
+    response = issue(api, client=acme.pk, plan=999_999)
+    assert response.status_code == 400
+    assert "plan" in response.json()
+    assert not ApiKey.objects.exists()
+
+
+def test_a_keys_plan_is_where_its_limits_came_from_and_stays(api, key, pro):
+    response = api.patch(f"/api/v1/keys/{key.pk}/", {"plan": pro.pk}, format="json")
+    assert response.status_code == 400
+    assert "plan" in response.json()
+    key.refresh_from_db()
+    assert key.plan is None
+
+
+def test_it_filters_keys_by_plan(api, acme, pro):
+    on_plan, _ = issue_key(acme, plan=pro, allowed_agents=["*"], allowed_models=["*"])
+    issue_key(acme, allowed_agents=["*"], allowed_models=["*"])
+    assert [k["id"] for k in api.get("/api/v1/keys/", {"plan": pro.pk}).json()["results"]] == [on_plan.pk]

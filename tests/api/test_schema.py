@@ -2,6 +2,10 @@
 
 import re
 
+import pytest
+from drf_spectacular.drainage import GENERATOR_STATS
+from drf_spectacular.generators import SchemaGenerator
+
 
 def test_the_schema_documents_the_keys_endpoints(api):
     response = api.get("/api/schema/", {"format": "json"})
@@ -11,6 +15,52 @@ def test_the_schema_documents_the_keys_endpoints(api):
     assert "/api/v1/keys/" in schema["paths"]
     assert "/api/v1/keys/{id}/revoke/" in schema["paths"]
     assert "put" not in schema["paths"]["/api/v1/keys/{id}/"]
+
+
+@pytest.mark.parametrize(
+    ("path", "methods"),
+    [
+        ("/api/v1/cost-centers/", {"get", "post"}),
+        ("/api/v1/cost-centers/{id}/", {"get", "put", "patch", "delete"}),
+        ("/api/v1/plans/", {"get", "post"}),
+        ("/api/v1/plans/{id}/", {"get", "put", "patch", "delete"}),
+        ("/api/v1/budgets/", {"get", "post"}),
+        ("/api/v1/budgets/{id}/", {"get", "put", "patch", "delete"}),
+        ("/api/v1/budgets/{id}/status/", {"get"}),
+        ("/api/v1/budgets/status/", {"get"}),
+        ("/api/v1/alerts/", {"get"}),
+        ("/api/v1/alerts/{id}/", {"get"}),
+        ("/api/v1/alerts/{id}/acknowledge/", {"post"}),
+        ("/api/v1/prices/", {"get", "post"}),
+        ("/api/v1/usage/", {"get"}),
+    ],
+)
+def test_the_schema_documents_the_billing_endpoints(api, path, methods):
+    paths = api.get("/api/schema/", {"format": "json"}).json()["paths"]
+    assert set(paths[path]) - {"parameters"} == methods
+
+
+def test_the_schema_documents_budget_status_and_filters(api):
+    schema = api.get("/api/schema/", {"format": "json"}).json()
+    components = schema["components"]["schemas"]
+    assert {"spent_usd", "remaining_usd", "percent", "period_start", "period_end", "exhausted"} <= set(
+        components["BudgetStatus"]["properties"]
+    )
+    detail = schema["paths"]["/api/v1/budgets/{id}/"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert "status" in components[detail["schema"]["$ref"].rsplit("/", 1)[-1]]["properties"]
+    report = schema["paths"]["/api/v1/budgets/status/"]["get"]
+    assert {"scope", "limit", "offset"} <= {p["name"] for p in report["parameters"]}
+    prices = schema["paths"]["/api/v1/prices/"]["get"]
+    assert {"model", "in_force"} <= {p["name"] for p in prices["parameters"]}
+    assert "effective_from" in components["ModelPriceRequest"]["properties"]
+
+
+def test_the_schema_generates_without_warnings(db):
+    GENERATOR_STATS.reset()
+    SchemaGenerator().get_schema(request=None, public=True)
+    assert not GENERATOR_STATS._warn_cache and not GENERATOR_STATS._error_cache, dict(
+        **GENERATOR_STATS._warn_cache, **GENERATOR_STATS._error_cache
+    )
 
 
 def test_the_schema_shows_the_raw_key_only_in_the_create_response(api):
