@@ -1,133 +1,168 @@
-"""Console pages for budgets (one per client) and model prices: thin views over the billing models."""
+"""Console pages for budgets, their alerts and model prices: thin views over the billing modules."""
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 from django.contrib import messages
 from django.db import transaction
-from django.db.models import Q
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views import View
 
-from audit.trail import record_create, record_delete, record_update, snapshot
-from billing.budgets import spent_in_window
-from billing.forms import BudgetForm, ModelPriceForm
-from billing.models import NANOS_PER_USD, Budget, ModelPrice
+from audit.trail import record_update, snapshot
+from billing import overview
+from billing.forms import AlertFilterForm, BudgetFilterForm, BudgetForm, ModelPriceForm
+from billing.history import budget_history
+from billing.models import DEFAULT_PRICE_MODEL, Budget, BudgetAlert, ModelPrice
 from billing.periods import MONTHLY, period_of
+from billing.prices import price_book, unpriced_models, unprices_unknown_models
+from billing.services import acknowledge_alert
 from gateway_project import roles
-from gateway_project.console import RoleRequiredMixin, TrailedEditView, sorted_page
-from keys.models import Client
+from gateway_project.console import RoleRequiredMixin, TrailedDeleteView, TrailedEditView, sorted_page
+
+# --- budgets ----------------------------------------------------------------------------------------------------
 
 
-def _spent_usd(client_id: int) -> Decimal:
-    """What the client spent this month, as the gateway's budget check counts it."""
-    return Decimal(spent_in_window(Budget.CLIENT, client_id, period_of(MONTHLY))) / NANOS_PER_USD
-
-
-def budget_row(client: Client) -> dict:
-    """A client's limit, spend this month, and the bar: its width (capped at 100%) and whether it is red.
-
-    A limit of zero is spent already (the gateway refuses every request), so it shows full and red.
-    """
-    budget = client.budgets.filter(scope=Budget.CLIENT).first()
-    spent = _spent_usd(client.pk)
-    row = {
-        "client": client,
-        "budget": budget,
-        "spent": spent,
-        "percent": None,
-        "width": 0,
-        "over": False,
-        "exhausted": False,
-    }
-    if budget is not None:
-        limit = budget.limit_usd
-        share = spent / limit if limit > 0 else Decimal(1)
-        row.update(
-            percent=int(share * 100),
-            width=min(100, int(share * 100)),
-            over=share >= Decimal("0.8"),
-            exhausted=spent >= limit,
-        )
-    return row
+def _query_without(request, *names) -> str:
+    query = request.GET.copy()
+    for name in ("page", "sort", *names):
+        query.pop(name, None)
+    return query.urlencode()
 
 
 class BudgetListView(RoleRequiredMixin, View):
-    """Every client, with or without a budget."""
+    """Every budget at every scope, with where it stands in its current window."""
 
     def get(self, request):
-        clients = Client.objects.select_related("budget")
-        if request.GET.get("q"):
-            clients = clients.filter(Q(name__icontains=request.GET["q"]) | Q(slug__icontains=request.GET["q"]))
+        form = BudgetFilterForm(request.GET or None)
+        budgets = form.filter(overview.with_targets(Budget.objects.all()))
         page, sort = sorted_page(
-            request, clients, {"name": "name", "slug": "slug", "limit": "budget__limit_usd"}, "name"
-        )
-        context = {"page": page, "sort": sort, "rows": [budget_row(c) for c in page], "alert_share": Decimal("0.8")}
+            request, budgets, {"scope": "scope", "period": "period", "limit": "limit_usd", "created": "created_at"},
+            "scope",
+        )  # fmt: skip
+        context = {
+            "form": form,
+            "page": page,
+            "sort": sort,
+            "rows": overview.bars(page),
+            "query": _query_without(request),
+        }
         return render(request, "billing/budget_list.html", context)
 
 
-class BudgetEditView(RoleRequiredMixin, View):
-    """Set (create) or change the budget of the client ``pk``."""
-
-    needed_roles = roles.MANAGE
-
+class BudgetDetailView(RoleRequiredMixin, View):
     def get(self, request, pk):
-        client = get_object_or_404(Client.objects.select_related("budget"), pk=pk)
-        form = BudgetForm(instance=getattr(client, "budget", None))
-        return render(request, "billing/budget_form.html", {"form": form, "row": budget_row(client)})
-
-    def post(self, request, pk):
-        client = get_object_or_404(Client, pk=pk)
-        row = budget_row(client)  # before the form: a rejected value must not show as the current limit
-        budget = Budget.objects.filter(client=client).first()
-        before = snapshot(budget) if budget else None
-        form = BudgetForm(request.POST, instance=budget or Budget(client=client))
-        if not form.is_valid():
-            return render(request, "billing/budget_form.html", {"form": form, "row": row}, status=400)
-        with transaction.atomic():
-            saved = form.save()
-            if before is None:
-                record_create(request.user, "console", saved)
-            else:
-                record_update(request.user, "console", saved, before)
-        messages.success(request, f"Budget of “{client.name}” set to ${saved.limit_usd} a month.")
-        return redirect("console:budgets")
+        budget = get_object_or_404(overview.with_targets(Budget.objects.all()), pk=pk)
+        context = {
+            "budget": budget,
+            "status": overview.bar(budget),
+            "alerts": budget.alerts.all()[:50],
+            "history": budget_history(budget, count=6),
+        }
+        return render(request, "billing/budget_detail.html", context)
 
 
-class BudgetDeleteView(RoleRequiredMixin, View):
-    """Remove the budget of the client ``pk``: the client may then spend without limit."""
+class BudgetEditView(TrailedEditView):
+    """Create a budget (``?scope=client&client=<pk>`` picks the target) or edit one, addressed by its own pk."""
 
+    model = Budget
+    form_class = BudgetForm
+    template_name = "billing/budget_form.html"
+    context_name = "budget"
+
+    def initial(self, request):
+        fields = ("scope", *Budget.TARGET_FIELDS.values())
+        return {name: request.GET[name] for name in fields if request.GET.get(name)}
+
+    def saved_message(self, obj):
+        return f"Budget saved: {obj}. Gateways apply it within their refresh."
+
+    def success_url(self, obj):
+        return reverse("console:budget", kwargs={"pk": obj.pk})
+
+
+class BudgetDeleteView(TrailedDeleteView):
+    model = Budget
+    success_url_name = "console:budgets"
+
+    def consequences(self, obj):
+        return [f"Requests of {obj.describe_target()} are no longer limited by this budget; its alerts go with it."]
+
+    def cancel_url(self, obj):
+        return reverse("console:budget", kwargs={"pk": obj.pk})
+
+    def deleted_message(self, obj):
+        return f"Budget removed: {obj}."
+
+
+# --- alerts -----------------------------------------------------------------------------------------------------
+
+
+class AlertListView(RoleRequiredMixin, View):
+    """Budget alerts, newest first, with how their e-mail and webhook went."""
+
+    def get(self, request):
+        form = AlertFilterForm(request.GET or None)
+        alerts = form.filter(BudgetAlert.objects.select_related(*(f"budget__{t}" for t in overview.TARGETS)))
+        page, sort = sorted_page(request, alerts, {"time": "created_at", "threshold": "threshold_percent"}, "-time")
+        context = {"form": form, "page": page, "sort": sort, "query": _query_without(request)}
+        return render(request, "billing/alert_list.html", context)
+
+
+class AlertAcknowledgeView(RoleRequiredMixin, View):
     needed_roles = roles.MANAGE
 
     def post(self, request, pk):
-        budget = get_object_or_404(Budget.objects.select_related("client"), client_id=pk)
-        before, budget_pk = snapshot(budget), budget.pk
+        alert = get_object_or_404(BudgetAlert, pk=pk)
+        before = snapshot(alert)
         with transaction.atomic():
-            budget.delete()
-            budget.pk = budget_pk
-            record_delete(request.user, "console", budget, before)
-        messages.success(request, f"Budget of “{budget.client.name}” removed; it now spends without a limit.")
-        return redirect("console:budgets")
+            acknowledge_alert(alert)
+            recorded = record_update(request.user, "console", alert, before, action="acknowledge")
+        messages.success(request, "Alert acknowledged." if recorded else "That alert was acknowledged already.")
+        back = request.POST.get("next", "")
+        if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}):
+            back = reverse("console:alerts")
+        return redirect(back)
+
+
+# --- prices -----------------------------------------------------------------------------------------------------
 
 
 class PriceListView(RoleRequiredMixin, View):
     def get(self, request):
-        page, sort = sorted_page(
-            request,
-            ModelPrice.objects.all(),
-            {"model": "model", "input": "input_per_million", "output": "output_per_million", "updated": "updated_at"},
-            "model",
-        )
-        return render(request, "billing/price_list.html", {"page": page, "sort": sort})
+        context = {"book": price_book(), "unpriced": unpriced_models(period_of(MONTHLY))}
+        return render(request, "billing/price_list.html", context)
 
 
 class PriceEditView(TrailedEditView):
+    """Add a price (``?model=`` names the model) or correct one; a change of price is a new row with a later date."""
+
     model = ModelPrice
     form_class = ModelPriceForm
     template_name = "billing/price_form.html"
     context_name = "price"
     success_url_name = "console:prices"
 
+    def initial(self, request):
+        return {"model": request.GET["model"]} if request.GET.get("model") else {}
+
     def saved_message(self, obj):
-        return f"Price of “{obj.model}” saved. Gateways pick it up within their refresh."
+        when = f"{timezone.localtime(obj.effective_from):%Y-%m-%d %H:%M}"
+        return f"Price of “{obj.model}” from {when} saved. Gateways pick it up within their refresh."
+
+
+class PriceDeleteView(TrailedDeleteView):
+    model = ModelPrice
+    success_url_name = "console:prices"
+
+    def refusal(self, obj):
+        if unprices_unknown_models(obj):
+            return (
+                f"This is the “{DEFAULT_PRICE_MODEL}” price in force: unlisted models would have no price. "
+                "Add a new default price first."
+            )
+        return ""
+
+    def consequences(self, obj):
+        return ["Usage already charged keeps the price it was charged; the gateway uses the model's other prices."]

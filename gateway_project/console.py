@@ -11,10 +11,12 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views import View
 
-from audit.trail import record_create, record_update, snapshot
+from audit.trail import record_create, record_delete, record_update, snapshot
 from gateway_project import roles
 
 PAGE_SIZE = 25
+# Pages under the navigation's "Budgets" area, by the start of their URL name.
+BUDGET_AREA = ("budget", "alert", "cost-center", "plan", "price", "report")
 
 
 class RoleRequiredMixin(LoginRequiredMixin):
@@ -37,7 +39,9 @@ def console_context(request):
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {}
+    url_name = getattr(getattr(request, "resolver_match", None), "url_name", None) or ""
     return {
+        "in_budget_area": url_name.startswith(BUDGET_AREA),
         "user_roles": sorted(roles.roles_of(user)),
         "can_manage": roles.may(user, roles.MANAGE),
         "can_export": roles.may(user, roles.EXPORT),
@@ -95,9 +99,13 @@ class TrailedEditView(RoleRequiredMixin, View):
     def _render(self, request, form, obj, status=200):
         return render(request, self.template_name, {"form": form, self.context_name: obj}, status=status)
 
+    def initial(self, request) -> dict:
+        """Values a new object's form starts with (e.g. from the query string of a "new …" link)."""
+        return {}
+
     def get(self, request, pk=None):
         obj = get_object_or_404(self.model, pk=pk) if pk else None
-        return self._render(request, self.form_class(instance=obj), obj)
+        return self._render(request, self.form_class(instance=obj, initial=None if obj else self.initial(request)), obj)
 
     def post(self, request, pk=None):
         obj = get_object_or_404(self.model, pk=pk) if pk else None
@@ -115,3 +123,73 @@ class TrailedEditView(RoleRequiredMixin, View):
                 record_update(request.user, "console", saved, before, after=self.snapshot(saved))
         messages.success(request, self.saved_message(saved))
         return redirect(self.success_url(saved))
+
+
+class TrailedDeleteView(RoleRequiredMixin, View):
+    """Ask first (GET), then delete one object (POST); the trail records it and what the deletion did to others.
+
+    ``nulled(obj)`` names the objects whose reference to it is emptied (``SET_NULL``) and
+    ``cascaded(obj)`` the ones deleted with it, so each gets its own row in the trail.
+    ``refusal(obj)`` says why it may not be deleted (the page then answers 400).
+    """
+
+    model = None
+    needed_roles = roles.MANAGE
+    template_name = "console/confirm_delete.html"
+    success_url_name = ""
+
+    def consequences(self, obj) -> list[str]:
+        return []
+
+    def refusal(self, obj) -> str:
+        return ""
+
+    def nulled(self, obj) -> list:
+        return []
+
+    def cascaded(self, obj) -> list:
+        return []
+
+    def cancel_url(self, obj) -> str:
+        return reverse(self.success_url_name)
+
+    def success_url(self, obj) -> str:
+        return reverse(self.success_url_name)
+
+    def deleted_message(self, obj) -> str:
+        return f"“{obj}” deleted."
+
+    def _render(self, request, obj, status=200, refusal=""):
+        context = {
+            "object": obj,
+            "kind": obj._meta.verbose_name,
+            "consequences": self.consequences(obj),
+            "refusal": refusal,
+            "cancel_url": self.cancel_url(obj),
+        }
+        return render(request, self.template_name, context, status=status)
+
+    def get(self, request, pk):
+        obj = get_object_or_404(self.model, pk=pk)
+        return self._render(request, obj, refusal=self.refusal(obj))
+
+    def post(self, request, pk):
+        with transaction.atomic():
+            obj = get_object_or_404(self.model.objects.select_for_update(), pk=pk)
+            refusal = self.refusal(obj)
+            if refusal:
+                return self._render(request, obj, status=400, refusal=refusal)
+            nulled = [(other, snapshot(other)) for other in self.nulled(obj)]
+            cascaded = [(other, other.pk, snapshot(other)) for other in self.cascaded(obj)]
+            before, obj_pk = snapshot(obj), obj.pk
+            obj.delete()
+            obj.pk = obj_pk
+            record_delete(request.user, "console", obj, before)
+            for other, other_before in nulled:
+                other.refresh_from_db()
+                record_update(request.user, "console", other, other_before)
+            for other, other_pk, other_before in cascaded:
+                other.pk = other_pk
+                record_delete(request.user, "console", other, other_before)
+        messages.success(request, self.deleted_message(obj))
+        return redirect(self.success_url(obj))

@@ -8,6 +8,7 @@ from django.views.generic import TemplateView
 from django_ratelimit.decorators import ratelimit
 
 from audit.stats import traffic_summary
+from billing.overview import open_alert_count
 from billing.usage import spend_summary
 from gateway_project.console import RoleRequiredMixin
 
@@ -28,4 +29,5 @@ class DashboardView(RoleRequiredMixin, TemplateView):
     template_name = "console/dashboard.html"
 
     def get_context_data(self, **kwargs):
-        return {**super().get_context_data(**kwargs), **traffic_summary(), **spend_summary()}
+        context = {**super().get_context_data(**kwargs), **traffic_summary(), **spend_summary()}
+        return {**context, "open_alerts": open_alert_count()}

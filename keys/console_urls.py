@@ -11,4 +11,13 @@ urlpatterns = [
     path("keys/<int:pk>/issued/", views.KeyIssuedView.as_view(), name="key-issued"),
     path("keys/<int:pk>/revoke/", views.KeyRevokeView.as_view(), name="key-revoke"),
     path("keys/<int:pk>/rotate/", views.KeyRotateView.as_view(), name="key-rotate"),
+    path("cost-centers/", views.CostCenterListView.as_view(), name="cost-centers"),
+    path("cost-centers/new/", views.CostCenterEditView.as_view(), name="cost-center-new"),
+    path("cost-centers/<int:pk>/", views.CostCenterDetailView.as_view(), name="cost-center"),
+    path("cost-centers/<int:pk>/edit/", views.CostCenterEditView.as_view(), name="cost-center-edit"),
+    path("cost-centers/<int:pk>/delete/", views.CostCenterDeleteView.as_view(), name="cost-center-delete"),
+    path("plans/", views.PlanListView.as_view(), name="plans"),
+    path("plans/new/", views.PlanEditView.as_view(), name="plan-new"),
+    path("plans/<int:pk>/edit/", views.PlanEditView.as_view(), name="plan-edit"),
+    path("plans/<int:pk>/delete/", views.PlanDeleteView.as_view(), name="plan-delete"),
 ]

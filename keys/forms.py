@@ -1,28 +1,75 @@
-"""Console forms for clients and keys."""
+"""Console forms for clients, keys, cost centers and plans."""
 
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 
 from django import forms
 
-from keys.models import ALL, ApiKey, Client
+from keys.models import ALL, ApiKey, Client, CostCenter, Plan
+
+CENTS = Decimal("0.01")
 
 
 class ClientForm(forms.ModelForm):
     class Meta:
         model = Client
-        fields = ["name", "slug", "contact", "is_active"]
-        help_texts = {"slug": "Short name used in logs and the API (letters, digits, - and _)."}
+        fields = ["name", "slug", "contact", "cost_center", "is_active"]
+        help_texts = {
+            "slug": "Short name used in logs and the API (letters, digits, - and _).",
+            "cost_center": "The team its spend is attributed to from now on (past usage keeps its attribution).",
+        }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["cost_center"].empty_label = "— none —"
+
+
+class CostCenterForm(forms.ModelForm):
+    class Meta:
+        model = CostCenter
+        fields = ["name", "slug", "code"]
+        help_texts = {"slug": "Short name used in reports and the API (letters, digits, - and _)."}
+
+
+class PlanForm(forms.ModelForm):
+    class Meta:
+        model = Plan
+        fields = [
+            "name", "slug", "requests_per_minute", "requests_per_day", "tokens_per_minute", "max_concurrent",
+            "monthly_budget_usd",
+        ]  # fmt: skip
+        labels = {"monthly_budget_usd": "Monthly budget per key (USD)"}
+        widgets = {"monthly_budget_usd": forms.NumberInput(attrs={"step": "0.01", "min": "0"})}
+
+    def clean_monthly_budget_usd(self):
+        value = self.cleaned_data["monthly_budget_usd"]
+        return None if value is None else value.quantize(CENTS)
 
 
 def _names(text: str) -> list[str]:
     return [part.strip() for part in text.replace("\n", ",").split(",") if part.strip()]
 
 
-class ApiKeyForm(forms.ModelForm):
-    """A key's scopes and limits; agents are checkboxes, models a comma-separated list or *."""
+# A new key's limits: blank ones come from the chosen plan, else from the key's defaults.
+LIMITS = ("requests_per_minute", "requests_per_day", "tokens_per_minute", "max_concurrent")
 
+
+class ApiKeyForm(forms.ModelForm):
+    """A key's scopes, plan and limits; agents are checkboxes, models a comma-separated list or *.
+
+    Limits left blank are filled by ``issue_key`` from the plan (or the key's defaults).
+    """
+
+    plan = forms.ModelChoiceField(
+        queryset=Plan.objects.all(), required=False, empty_label="No plan",
+        help_text="Limits left blank come from the plan; a plan with a monthly budget gives the key its own budget.",
+    )  # fmt: skip
+    requests_per_minute = forms.IntegerField(required=False, min_value=1, label="Requests per minute")
+    requests_per_day = forms.IntegerField(required=False, min_value=0, label="Requests per day")
+    tokens_per_minute = forms.IntegerField(required=False, min_value=1, label="Tokens per minute")
+    max_concurrent = forms.IntegerField(required=False, min_value=0, label="Max concurrent requests")
     all_agents = forms.BooleanField(required=False, label="All agents, including ones added later")
     agents = forms.MultipleChoiceField(required=False, widget=forms.CheckboxSelectMultiple, label="Agents")
     models_text = forms.CharField(
@@ -31,7 +78,7 @@ class ApiKeyForm(forms.ModelForm):
 
     class Meta:
         model = ApiKey
-        fields = ["name", "requests_per_minute", "tokens_per_minute", "max_concurrent", "expires_at"]
+        fields = ["name", "expires_at"]
         widgets = {"expires_at": forms.DateTimeInput(attrs={"type": "datetime-local"})}
         help_texts = {"expires_at": "Leave empty for a key that does not expire."}
 
@@ -62,6 +109,13 @@ class ApiKeyForm(forms.ModelForm):
             "allowed_agents": [ALL] if data["all_agents"] else list(data["agents"]),
             "allowed_models": data["models"],
         }
+
+    def key_fields(self) -> dict:
+        """What ``issue_key`` gets: the plan, name, expiry, scopes and only the limits that were given."""
+        data = self.cleaned_data
+        limits = {name: data[name] for name in LIMITS if data.get(name) is not None}
+        return {"plan": data["plan"], "name": data["name"], "expires_at": data["expires_at"], **limits,
+                **self.scope_fields()}  # fmt: skip
 
 
 class RotateForm(forms.Form):

@@ -1,6 +1,8 @@
-"""Console pages for clients and their keys: thin views over ``keys.services``."""
+"""Console pages for clients, their keys, cost centers and plans: thin views over ``keys.services``."""
 
 from __future__ import annotations
+
+from decimal import Decimal
 
 from django.contrib import messages
 from django.db import transaction
@@ -11,11 +13,15 @@ from django.views import View
 
 from audit.models import AuditRecord
 from audit.trail import record_create, record_update, snapshot
+from billing import overview
+from billing.budgets import spent_in_window
+from billing.models import NANOS_PER_USD, Budget
+from billing.periods import MONTHLY, period_of
 from billing.usage import daily_spend, monthly_usage, usage_by_key
 from gateway_project import roles
-from gateway_project.console import RoleRequiredMixin, TrailedEditView, agent_choices, sorted_page
-from keys.forms import ApiKeyForm, ClientForm, RotateForm
-from keys.models import ApiKey, Client
+from gateway_project.console import RoleRequiredMixin, TrailedDeleteView, TrailedEditView, agent_choices, sorted_page
+from keys.forms import LIMITS, ApiKeyForm, ClientForm, CostCenterForm, PlanForm, RotateForm
+from keys.models import ApiKey, Client, CostCenter, Plan
 from keys.services import issue_key, revoke_key, rotate_key
 
 RAW_KEY_SESSION = "issued_raw_key"
@@ -23,7 +29,7 @@ RAW_KEY_SESSION = "issued_raw_key"
 
 class ClientListView(RoleRequiredMixin, View):
     def get(self, request):
-        clients = Client.objects.annotate(
+        clients = Client.objects.select_related("cost_center").annotate(
             live_keys=Count("api_keys", filter=Q(api_keys__revoked_at__isnull=True, api_keys__is_active=True))
         )
         if request.GET.get("q"):
@@ -40,6 +46,9 @@ class ClientEditView(TrailedEditView):
     template_name = "keys/client_form.html"
     context_name = "client"
 
+    def initial(self, request):
+        return {"cost_center": request.GET["cost_center"]} if request.GET.get("cost_center") else {}
+
     def saved_message(self, obj):
         return f"Client “{obj.name}” saved."
 
@@ -49,15 +58,16 @@ class ClientEditView(TrailedEditView):
 
 class ClientDetailView(RoleRequiredMixin, View):
     def get(self, request, pk):
-        client = get_object_or_404(Client, pk=pk)
+        client = get_object_or_404(Client.objects.select_related("cost_center"), pk=pk)
         per_key = usage_by_key(client.pk)
-        keys = list(client.api_keys.all())
+        keys = list(client.api_keys.select_related("plan", "client"))
         for key in keys:
             key.month_usage = per_key.get(key.pk, {"requests": 0, "tokens": 0, "cost_usd": "0.000000"})
         context = {
             "client": client,
             "keys": keys,
             "usage": monthly_usage(client.pk),
+            "budgets": overview.bars(overview.applying_to_client(client)),
             "spend_trend": daily_spend(client.pk),
             "recent": AuditRecord.objects.filter(client_id=client.pk).order_by("-created_at", "-id")[:20],
         }
@@ -67,21 +77,31 @@ class ClientDetailView(RoleRequiredMixin, View):
 class KeyCreateView(RoleRequiredMixin, View):
     needed_roles = roles.MANAGE
 
+    def _render(self, request, client, form, status=200):
+        plans = {plan.pk: plan.key_defaults() for plan in Plan.objects.all()}
+        context = {"form": form, "client": client, "plan_limits": plans, "key_defaults": _key_defaults()}
+        return render(request, "keys/key_form.html", context, status=status)
+
     def get(self, request, pk):
         client = get_object_or_404(Client, pk=pk)
-        form = ApiKeyForm(agent_choices=agent_choices(), initial={"all_agents": True})
-        return render(request, "keys/key_form.html", {"form": form, "client": client})
+        return self._render(request, client, ApiKeyForm(agent_choices=agent_choices(), initial={"all_agents": True}))
 
     def post(self, request, pk):
         client = get_object_or_404(Client, pk=pk)
         form = ApiKeyForm(request.POST, agent_choices=agent_choices())
         if not form.is_valid():
-            return render(request, "keys/key_form.html", {"form": form, "client": client}, status=400)
-        fields = {k: v for k, v in form.cleaned_data.items() if k in ApiKeyForm.Meta.fields}
+            return self._render(request, client, form, status=400)
         with transaction.atomic():
-            key, raw = issue_key(client, **fields, **form.scope_fields())
+            key, raw = issue_key(client, **form.key_fields())
             record_create(request.user, "console", key)
+            for budget in Budget.objects.filter(api_key=key):  # the plan's budget, given by a signal
+                record_create(request.user, "console", budget)
         return _show_once(request, key, raw)
+
+
+def _key_defaults() -> dict:
+    """The limits a key without a plan gets for the fields left blank (the model's defaults)."""
+    return {name: ApiKey._meta.get_field(name).default for name in LIMITS}
 
 
 def _show_once(request, key: ApiKey, raw: str):
@@ -136,3 +156,120 @@ class KeyRotateView(RoleRequiredMixin, View):
             record_create(request.user, "console", successor)
         messages.success(request, f"Key {key.prefix}… keeps working until {key.expires_at:%Y-%m-%d %H:%M} UTC.")
         return _show_once(request, successor, raw)
+
+
+# --- cost centers -----------------------------------------------------------------------------------------------
+
+
+def _month_spend_usd(cost_center_id: int):
+    """What the cost center spent this month, counted as its budgets count it."""
+    return Decimal(spent_in_window(Budget.COST_CENTER, cost_center_id, period_of(MONTHLY))) / NANOS_PER_USD
+
+
+class CostCenterListView(RoleRequiredMixin, View):
+    def get(self, request):
+        centers = CostCenter.objects.annotate(client_count=Count("clients"))
+        if request.GET.get("q"):
+            text = request.GET["q"]
+            centers = centers.filter(Q(name__icontains=text) | Q(slug__icontains=text) | Q(code__icontains=text))
+        page, sort = sorted_page(
+            request, centers, {"name": "name", "slug": "slug", "code": "code", "clients": "client_count"}, "name"
+        )
+        for center in page:
+            center.month_spend = _month_spend_usd(center.pk)
+        return render(request, "keys/cost_center_list.html", {"page": page, "sort": sort})
+
+
+class CostCenterDetailView(RoleRequiredMixin, View):
+    def get(self, request, pk):
+        center = get_object_or_404(CostCenter, pk=pk)
+        context = {
+            "center": center,
+            "clients": center.clients.annotate(live_keys=Count(
+                "api_keys", filter=Q(api_keys__revoked_at__isnull=True, api_keys__is_active=True))),
+            "budgets": overview.bars(overview.with_targets(center.budgets.all())),
+            "month_spend": _month_spend_usd(center.pk),
+        }  # fmt: skip
+        return render(request, "keys/cost_center_detail.html", context)
+
+
+class CostCenterEditView(TrailedEditView):
+    model = CostCenter
+    form_class = CostCenterForm
+    template_name = "keys/cost_center_form.html"
+    context_name = "center"
+
+    def saved_message(self, obj):
+        return f"Cost center “{obj.name}” saved."
+
+    def success_url(self, obj):
+        return reverse("console:cost-center", kwargs={"pk": obj.pk})
+
+
+class CostCenterDeleteView(TrailedDeleteView):
+    """Clients stay, without a cost center; its budgets go with it. Past usage keeps its attribution."""
+
+    model = CostCenter
+    success_url_name = "console:cost-centers"
+
+    def nulled(self, obj):
+        return list(obj.clients.all())
+
+    def cascaded(self, obj):
+        return list(obj.budgets.all())
+
+    def consequences(self, obj):
+        clients, budgets = obj.clients.count(), obj.budgets.count()
+        return [
+            f"Its clients keep existing; their cost center becomes empty ({_count(clients, 'client')}).",
+            f"Its budgets are deleted with it ({_count(budgets, 'budget')}).",
+            "Usage already attributed to it keeps that attribution in reports.",
+        ]
+
+    def cancel_url(self, obj):
+        return reverse("console:cost-center", kwargs={"pk": obj.pk})
+
+    def deleted_message(self, obj):
+        return f"Cost center “{obj.name}” deleted; its clients now have none."
+
+
+# --- plans ------------------------------------------------------------------------------------------------------
+
+
+class PlanListView(RoleRequiredMixin, View):
+    def get(self, request):
+        plans = Plan.objects.annotate(key_count=Count("api_keys"))
+        page, sort = sorted_page(request, plans, {"name": "name", "slug": "slug", "keys": "key_count"}, "name")
+        return render(request, "keys/plan_list.html", {"page": page, "sort": sort})
+
+
+class PlanEditView(TrailedEditView):
+    model = Plan
+    form_class = PlanForm
+    template_name = "keys/plan_form.html"
+    context_name = "plan"
+    success_url_name = "console:plans"
+
+    def saved_message(self, obj):
+        return f"Plan “{obj.name}” saved. New keys on it get these limits; existing keys keep theirs."
+
+
+class PlanDeleteView(TrailedDeleteView):
+    """Keys on the plan keep their limits and budgets; only their link to the plan goes."""
+
+    model = Plan
+    success_url_name = "console:plans"
+
+    def nulled(self, obj):
+        return list(obj.api_keys.all())
+
+    def consequences(self, obj):
+        keys = obj.api_keys.count()
+        return [f"Its keys keep their limits and budgets; they just no longer name a plan ({_count(keys, 'key')})."]
+
+    def deleted_message(self, obj):
+        return f"Plan “{obj.name}” deleted; keys keep their limits."
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"

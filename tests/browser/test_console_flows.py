@@ -100,3 +100,35 @@ def test_filtering_the_audit_log_updates_the_table_in_place(gateway, page, conso
     page.wait_for_selector("text=No requests match.")
     assert page.evaluate("window.__same_page === true")  # htmx swapped the results, no page load
     assert "status=599" in page.url  # and the address can be shared or reloaded
+
+
+def test_an_admin_budgets_a_cost_center_and_sees_it_on_the_budgets_list(gateway, page, console_admin, screenshot):
+    sign_in(page, gateway, *console_admin)
+    tag = uuid.uuid4().hex[:8]
+
+    # A cost center, then a client in it from the cost center's page.
+    page.goto(f"{gateway.url}/console/cost-centers/new/")
+    page.fill("#id_name", f"Team {tag}")
+    page.fill("#id_slug", f"team-{tag}")
+    page.click("main button[type=submit]")
+    page.get_by_role("link", name="New client").click()
+    page.fill("#id_name", f"Client {tag}")
+    page.fill("#id_slug", f"client-{tag}")
+    page.click("main button[type=submit]")
+    page.get_by_role("link", name=f"Team {tag}").click()
+    assert page.locator(f"text=Client {tag}").count() == 1
+
+    # A budget for the cost center: the link picks the scope and target, only that target's select shows.
+    page.get_by_role("link", name="New budget").click()
+    assert page.is_visible("#id_cost_center") and not page.is_visible("#id_client")
+    page.fill("#id_limit_usd", "250")
+    page.select_option("#id_mode", "soft")
+    page.click("main button[type=submit]")
+    page.wait_for_selector(".messages li.success")
+    screenshot(page, "budget-detail")
+
+    page.goto(f"{gateway.url}/console/budgets/?scope=cost_center&q={tag}")
+    row = page.locator("tr[data-budget]")
+    assert row.count() == 1
+    assert f"Team {tag}" in row.text_content() and "$250.00" in row.text_content() and "soft" in row.text_content()
+    screenshot(page, "budgets")
