@@ -689,6 +689,18 @@ def report(results: dict) -> str:
         f"added p50 latency at 1 connection (gateway - direct): {fmt_us(d['added_p50_us_1c'])}",
         f"added p99 latency at 1 connection (gateway - direct): {fmt_us(d['added_p99_us_1c'])}",
         "",
+    ]
+    if d.get("budgets"):
+        b = d["budgets"]
+        lines += [
+            "Budget checks (same run, same gateway): "
+            f"no budget {b['rps_no_budgets']:,.0f} req/s at {fmt_us(b['cpu_us_per_req_no_budgets'])}/req; "
+            f"3 budgets (cost center, client, key) {b['rps_3_budgets']:,.0f} req/s at "
+            f"{fmt_us(b['cpu_us_per_req_3_budgets'])}/req: {b['rps_ratio']:.2f}x the throughput, "
+            f"{fmt_us(b['cpu_us_added_by_3_budgets'])} more gateway CPU per request",
+            "",
+        ]
+    lines += [
         table(cpu),
         "  * rest = machine - gateway - mock - loadgen: Redis, PostgreSQL, kernel softirq, anything else running"
         " (approximate: the kernel books loopback network work to processes and to softirq inconsistently).",
@@ -735,6 +747,19 @@ def evaluate(results: dict) -> None:
         "gateway_cpu_us_per_req_32c": g32["cpu_us_per_req"]["gateway"] if g32 else None,
         "gateway_cpu_us_per_req_1c": g1["cpu_us_per_req"]["gateway"] if g1 else None,
     }
+    connections = results["config"]["connections"]
+    bare, budgeted = by_name.get(f"gateway-{connections}c-no-budgets"), by_name.get(f"gateway-{connections}c-3-budgets")
+    if bare and budgeted:
+        derived["budgets"] = {
+            "rps_no_budgets": bare["rps"],
+            "rps_3_budgets": budgeted["rps"],
+            "rps_ratio": budgeted["rps"] / bare["rps"] if bare["rps"] else None,
+            "cpu_us_per_req_no_budgets": bare["cpu_us_per_req"]["gateway"],
+            "cpu_us_per_req_3_budgets": budgeted["cpu_us_per_req"]["gateway"],
+            "cpu_us_added_by_3_budgets": budgeted["cpu_us_per_req"]["gateway"] - bare["cpu_us_per_req"]["gateway"],
+            "p50_us_no_budgets": bare["p50_us"],
+            "p50_us_3_budgets": budgeted["p50_us"],
+        }
     results["derived"] = derived
     results["targets"] = []
     for key, label, comparison, limit, unit in TARGETS:
@@ -777,11 +802,37 @@ def parse_args(argv=None):
     parser.add_argument("--output", default=str(RESULTS / "latest.json"))
     parser.add_argument("--loadgen", choices=("wrk", "python"), default="wrk", help="python: bench/loadgen.py")
     parser.add_argument("--fail-on-miss", action="store_true", help="exit 3 when a target is missed")
+    parser.add_argument(
+        "--no-budgets", dest="budgets", action="store_false", help="skip the with/without budgets comparison runs"
+    )
     args = parser.parse_args(argv)
     if args.seconds < 1 or args.warmup < 0 or args.workers < 1 or args.connections < 1 or args.threads < 1:
         parser.error("--seconds, --workers, --connections and --threads must be positive, --warmup not negative")
     args.threads = min(args.threads, args.connections)
     return args
+
+
+# Two keys for the budget comparison: one whose requests no budget applies to, and one whose requests
+# must fit three hard budgets (its cost center's monthly, its client's daily, its own weekly), none of
+# which refuses. (An organization budget would apply to the bare key too, so it is left out of both.)
+BUDGET_KEYS_SNIPPET = """
+import json
+from decimal import Decimal
+from billing.models import Budget
+from keys.models import Client, CostCenter
+from keys.services import issue_key
+limits = dict(requests_per_minute=100_000_000, tokens_per_minute=2_000_000_000, max_concurrent=0)
+bare_client = Client.objects.create(name="bench-bare", slug="bench-bare")
+bare, bare_raw = issue_key(bare_client, allowed_agents=["*"], **limits)
+team = CostCenter.objects.create(name="bench-team", slug="bench-team")
+client = Client.objects.create(name="bench-budgets", slug="bench-budgets", cost_center=team)
+key, raw = issue_key(client, allowed_agents=["*"], **limits)
+big = Decimal("1000000")
+Budget.objects.create(scope=Budget.COST_CENTER, cost_center=team, period=Budget.MONTHLY, limit_usd=big)
+Budget.objects.create(scope=Budget.CLIENT, client=client, period=Budget.DAILY, limit_usd=big)
+Budget.objects.create(scope=Budget.KEY, api_key=key, period=Budget.WEEKLY, limit_usd=big)
+print(json.dumps({"no-budgets": bare_raw, "3-budgets": raw}))
+"""
 
 
 def main(argv=None) -> int:
@@ -850,6 +901,10 @@ def main(argv=None) -> int:
         ).strip()
         if not key or len(key.split()) != 1:
             raise RuntimeError(f"create_api_key printed {key!r}, not a key")
+        budget_keys = {}
+        if args.budgets:
+            say("two more keys for the budget comparison: one under no budget, one under three")
+            budget_keys = json.loads(bench.manage("shell", "-c", BUDGET_KEYS_SNIPPET).strip().splitlines()[-1])
         gateway_url = bench.start_gateway()
         say(
             f"gateway on {gateway_url} ({args.server}, {args.transport}), supervisor {bench.gateway.pid}, "
@@ -862,6 +917,10 @@ def main(argv=None) -> int:
             ("gateway-1c", gateway_url, 1, 1, key),
             (f"gateway-{args.connections}c", gateway_url, args.connections, args.threads, key),
         ]
+        for label, budget_key in budget_keys.items():  # interleaved in one run, on the same warm gateway
+            plan.append(
+                (f"gateway-{args.connections}c-{label}", gateway_url, args.connections, args.threads, budget_key)
+            )
         for name, url, connections, threads, run_key in plan:
             say(f"{name}: {connections} connection(s), {threads} thread(s), {args.warmup} s warm-up + {args.seconds} s")
             run = bench.measured(name, url, connections, threads, run_key)
@@ -896,7 +955,7 @@ def main(argv=None) -> int:
             signal.alarm(0)
     results["audit"] = bench.audit
     results["elapsed_s"] = round(time.monotonic() - started, 1)
-    if len(results["runs"]) == 4:
+    if len(results["runs"]) >= 4:
         evaluate(results)
         print(report(results), flush=True)
         if results["problems"]:

@@ -10,6 +10,7 @@ from the usage rows before it is used, never guessed.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
@@ -100,21 +101,32 @@ def counter_key(store: HotState, rule: BudgetRule, period: Period) -> str:
     return store.key("spend", rule.budget_id, period.key)
 
 
+_counter_keys: dict[tuple[int, str], str] = {}
+
+
 def budget_checks(
     store: HotState, rules: tuple[BudgetRule, ...], *, reserve: int = 0, reservation: str = "", hold_seconds: float = 0
 ) -> tuple[list[BudgetCheck], list[Period]]:
     """One check per budget in its current window; only hard budgets refuse and hold reservations."""
     checks, periods = [], []
+    now = time.time()
+    hold_ms = int(hold_seconds * 1000)
     for rule in rules:
-        period = rule.window()
+        period, ends = clock.current_and_end(rule.period, rule.period_days, rule.anchor)
+        key = _counter_keys.get((rule.budget_id, period.key))
+        if key is None:
+            if len(_counter_keys) > 100_000:
+                _counter_keys.clear()
+            key = _counter_keys[(rule.budget_id, period.key)] = counter_key(store, rule, period)
+        hard = rule.hard
         checks.append(
             BudgetCheck(
-                key=counter_key(store, rule, period),
-                limit=rule.limit_nanos if rule.hard else NO_LIMIT,
-                ttl_seconds=period.seconds_left + COUNTER_GRACE_SECONDS,
-                reserve=reserve if rule.hard else 0,
-                reservation=reservation if rule.hard else "",
-                hold_ms=int(hold_seconds * 1000),
+                key,
+                rule.limit_nanos if hard else NO_LIMIT,
+                int(ends - now) + COUNTER_GRACE_SECONDS,
+                reserve if hard else 0,
+                reservation if hard else "",
+                hold_ms,
             )
         )
         periods.append(period)

@@ -8,6 +8,7 @@ history from daily rollups.
 
 from __future__ import annotations
 
+import time as _time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
@@ -78,19 +79,23 @@ class PeriodClock:
     """The current window of each period shape, recomputed only when one ends (the hot path asks every request)."""
 
     def __init__(self):
-        self._windows: dict[tuple, tuple[Period, float]] = {}
+        self._windows: dict[tuple, tuple[Period, float, float]] = {}  # shape -> window, its start and end
 
     def current(self, kind: str, days: int | None = None, anchor: date | None = None) -> Period:
+        return self.current_and_end(kind, days, anchor)[0]
+
+    def current_and_end(self, kind: str, days: int | None = None, anchor: date | None = None) -> tuple[Period, float]:
+        """The current window and its end as epoch seconds."""
         shape = (kind, days, anchor)
         hit = self._windows.get(shape)
-        now = timezone.now().timestamp()
-        if hit is not None and hit[0].start.timestamp() <= now < hit[1]:
-            return hit[0]
+        now = _time.time()
+        if hit is not None and hit[1] <= now < hit[2]:
+            return hit[0], hit[2]
         period = period_of(kind, days=days, anchor=anchor)
         if len(self._windows) > 10_000:
             self._windows.clear()
-        self._windows[shape] = (period, period.end.timestamp())
-        return period
+        self._windows[shape] = (period, period.start.timestamp(), period.end.timestamp())
+        return period, period.end.timestamp()
 
     def clear(self) -> None:
         self._windows.clear()

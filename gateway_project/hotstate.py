@@ -33,7 +33,7 @@ class RateCheck:
     period_ms: int = PERIOD_MS
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: the hot path builds several a request, and frozen init costs twice as much
 class BudgetCheck:
     """Spend against one budget's window (nanodollars; ``limit`` < 0 means count but never refuse).
 
