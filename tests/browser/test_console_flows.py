@@ -80,7 +80,8 @@ def test_an_admin_issues_watches_rotates_revokes_and_exports(gateway, page, cons
     page.goto(f"{gateway.url}/console/audit/")
     page.fill("#id_client", slug)
     page.get_by_role("button", name="Filter").click()
-    page.wait_for_selector("text=in all")
+    # htmx swaps the results in place: wait for the filtered count, not for the unfiltered page's.
+    page.wait_for_selector(f".pagination:has-text('{count} in all')")
     assert f"{count} in all" in page.text_content(".pagination")
     screenshot(page, "audit")
     with page.expect_download() as download:
