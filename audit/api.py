@@ -1,8 +1,13 @@
 """The audit log in the management API, read-only: serializer, filterset and viewset."""
 
 from django_filters import rest_framework as filters
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.response import Response
 
+from audit.chain import verify
 from audit.models import AdminAction, AuditRecord
 from gateway_project import roles
 
@@ -32,6 +37,9 @@ class AuditRecordSerializer(serializers.ModelSerializer):
             "user_agent",
             "input_preview",
             "output_preview",
+            "seq",
+            "prev_hash",
+            "record_hash",
         ]
         read_only_fields = fields
 
@@ -70,8 +78,61 @@ class AuditRecordViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = AuditRecord.objects.all()
     serializer_class = AuditRecordSerializer
     filterset_class = AuditRecordFilter
-    ordering_fields = ["created_at", "latency_ms", "status"]
+    ordering_fields = ["created_at", "latency_ms", "status", "seq"]
     ordering = ["-created_at", "-id"]
+
+    @extend_schema(
+        summary="Verify the hash chain",
+        description="Recompute the chain over the records created in [since, until) (all by default) and name the "
+        "first record that was altered, inserted or removed.",
+        parameters=[
+            OpenApiParameter("since", str, description="ISO date-time: records created at or after it"),
+            OpenApiParameter("until", str, description="ISO date-time: records created before it"),
+        ],
+        responses=inline_serializer(
+            "AuditVerification",
+            {
+                "ok": serializers.BooleanField(),
+                "checked": serializers.IntegerField(),
+                "first_seq": serializers.IntegerField(allow_null=True),
+                "last_seq": serializers.IntegerField(allow_null=True),
+                "message": serializers.CharField(),
+                "finding": inline_serializer(
+                    "AuditChainFinding",
+                    {
+                        "kind": serializers.ChoiceField(["altered", "inserted", "removed"]),
+                        "seq": serializers.IntegerField(allow_null=True),
+                        "request_id": serializers.CharField(),
+                        "message": serializers.CharField(),
+                    },
+                    allow_null=True,
+                ),
+            },
+        ),
+    )
+    @action(detail=False, methods=["get"], filterset_class=None, pagination_class=None)
+    def verify(self, request):
+        bounds = serializers.Serializer()
+        bounds.fields["since"] = serializers.DateTimeField(required=False)
+        bounds.fields["until"] = serializers.DateTimeField(required=False)
+        bounds.initial_data = request.query_params
+        if not bounds.is_valid():
+            raise ValidationError(bounds.errors)
+        result = verify(bounds.validated_data.get("since"), bounds.validated_data.get("until"))
+        finding = result.finding
+        return Response(
+            {
+                "ok": result.ok,
+                "checked": result.checked,
+                "first_seq": result.first_seq,
+                "last_seq": result.last_seq,
+                "message": result.describe(),
+                "finding": None
+                if finding is None
+                else {"kind": finding.kind, "seq": finding.seq, "request_id": finding.request_id,
+                      "message": finding.message},
+            }
+        )  # fmt: skip
 
 
 class AdminActionSerializer(serializers.ModelSerializer):

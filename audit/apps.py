@@ -6,7 +6,10 @@ class AuditConfig(AppConfig):
     verbose_name = "Audit"
 
     def ready(self):
+        from audit.chain import chain_rows
         from audit.live import publish_batch
+        from audit.models import AuditRecord
         from gateway_project.writer import writer
 
-        writer.add_hook(publish_batch)
+        writer.set_preparer(AuditRecord, chain_rows)  # every batch joins the hash chain as it is written
+        writer.add_async_hook(publish_batch)  # on the loop: never blocks the writer's thread or the exit

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 from audit.models import AuditRecord
@@ -37,11 +36,11 @@ def summary(row: dict) -> dict:
     }
 
 
-def publish_batch(batch: dict) -> None:
-    """Writer hook: send the batch's request records to the console's live feed."""
+async def publish_batch(batch: dict) -> None:
+    """Writer hook, on the event loop: send the batch's request records to the console's live feed."""
     rows = batch.get(AuditRecord)
     layer = get_channel_layer()
     if not rows or layer is None:
         return
     message = {"type": "requests.recorded", "requests": [summary(row) for row in rows[-FEED_LIMIT:]]}
-    async_to_sync(layer.group_send)(FEED_GROUP, message)
+    await layer.group_send(FEED_GROUP, message)

@@ -7,6 +7,7 @@ from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 from django.views import View
 
+from audit.chain import verify
 from audit.exports import export_lines
 from audit.filters import AuditFilterForm
 from audit.models import AdminAction, AuditRecord
@@ -14,10 +15,11 @@ from audit.trail import record_event
 from gateway_project import roles
 from gateway_project.console import RoleRequiredMixin, sorted_page
 
+# Every chained field and the chain's own, so an export can be re-verified offline (audit/verify_export.py).
 RECORD_FIELDS = [
-    "request_id", "created_at", "client_slug", "key_prefix", "agent", "model", "method", "path", "status",
-    "error_type", "latency_ms", "input_tokens", "output_tokens", "cost_usd", "client_ip", "user_agent",
-    "input_preview", "output_preview",
+    "seq", "request_id", "created_at", "client_id", "client_slug", "api_key_id", "key_prefix", "agent", "model",
+    "method", "path", "status", "error_type", "latency_ms", "input_tokens", "output_tokens", "cost_usd", "client_ip",
+    "user_agent", "input_preview", "output_preview", "prev_hash", "record_hash",
 ]  # fmt: skip
 ACTION_FIELDS = ["created_at", "actor", "via", "action", "object_type", "object_id", "object_repr", "changes"]
 FORMATS = {"csv": ("text/csv", "csv"), "jsonl": ("application/x-ndjson", "jsonl")}
@@ -62,8 +64,21 @@ class AuditExportView(RoleRequiredMixin, View):
     def get(self, request):
         form = AuditFilterForm(request.GET or None)
         described = {k: str(v) for k, v in (form.cleaned_data if form.is_valid() else {}).items() if v}
-        records = form.filter().order_by("created_at", "id")
+        records = form.filter().order_by("seq", "id")  # chain order
         return _export(request, records, RECORD_FIELDS, "audit-log", described)
+
+
+class AuditVerifyView(RoleRequiredMixin, View):
+    """Check the hash chain over the filter's time range (all of it by default) and say where it breaks."""
+
+    def get(self, request):
+        form = AuditFilterForm(request.GET or None)
+        data = form.cleaned_data if form.is_valid() else {}
+        result = verify(data.get("since"), data.get("until"))
+        context = {"form": form, "result": result, "query": request.GET.urlencode()}
+        return render(
+            request, "audit/audit_verify.html", context, status=200 if form.is_valid() or not request.GET else 400
+        )
 
 
 class TrailListView(RoleRequiredMixin, View):

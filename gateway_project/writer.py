@@ -16,19 +16,22 @@ import asyncio
 import atexit
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 
 log = logging.getLogger("gateway.writer")
+ASYNC_HOOK_SECONDS = 2.0
 
 
 class BufferedWriter:
     def __init__(self):
         self._buffer: list = []
         self._hooks: list[Callable[[list], None]] = []
+        self._async_hooks: list[Callable[[dict], Awaitable[None]]] = []
+        self._preparers: dict[type, Callable[[list[dict]], None]] = {}
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
         self._lock = threading.Lock()  # held while a batch is being written
@@ -38,6 +41,20 @@ class BufferedWriter:
         """Run ``hook({model: [row, ...]})`` in the writer's thread after each batch is saved."""
         if hook not in self._hooks:
             self._hooks.append(hook)
+
+    def add_async_hook(self, hook: Callable[[dict], Awaitable[None]]) -> None:
+        """Await ``hook({model: [row, ...]})`` on the event loop after each batch the loop saved.
+
+        For work that belongs to the loop (the channel layer): run from the writer's thread it
+        would wait on a loop that may be shutting down, and hang the process's exit. Batches
+        written synchronously at exit skip these hooks.
+        """
+        if hook not in self._async_hooks:
+            self._async_hooks.append(hook)
+
+    def set_preparer(self, model, prepare: Callable[[list[dict]], None]) -> None:
+        """Run ``prepare(rows)`` on each batch of ``model`` inside its write transaction, just before the insert."""
+        self._preparers[model] = prepare
 
     def add(self, model, row: dict) -> None:
         """Queue one row of ``model`` (column name -> value); never blocks, never touches the database."""
@@ -79,12 +96,17 @@ class BufferedWriter:
         if not batch:
             return True
         try:
-            await database_sync_to_async(self._write)(batch)
-            return True
+            by_model = await database_sync_to_async(self._write)(batch)
         except Exception:
             log.exception("writing %d records failed; keeping them to retry", len(batch))
             self._buffer[:0] = batch
             return False
+        for hook in self._async_hooks:
+            try:
+                await asyncio.wait_for(hook(by_model), timeout=ASYNC_HOOK_SECONDS)
+            except Exception:  # the batch is saved; a slow or failing side effect must not undo that
+                log.exception("writer hook %s failed", getattr(hook, "__name__", hook))
+        return True
 
     def flush_sync(self) -> None:
         """Write what is left, from synchronous code (process exit, commands, tests)."""
@@ -95,12 +117,15 @@ class BufferedWriter:
             finally:
                 close_old_connections()
 
-    def _write(self, batch: list) -> None:
+    def _write(self, batch: list) -> dict:
         by_model: dict[type, list[dict]] = {}
         for model, row in batch:
             by_model.setdefault(model, []).append(row)
         with self._lock, transaction.atomic():
             for model, rows in by_model.items():
+                prepare = self._preparers.get(model)
+                if prepare is not None:
+                    prepare(rows)
                 if connection.vendor == "postgresql":
                     _copy(model, rows)
                 else:
@@ -110,6 +135,7 @@ class BufferedWriter:
                 hook(by_model)
             except Exception:
                 log.exception("writer hook %s failed", getattr(hook, "__name__", hook))
+        return by_model
 
 
 def _copy(model, rows: list[dict]) -> None:

@@ -102,7 +102,7 @@ class Gateway:
         return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
 
     def stop(self, sig=signal.SIGTERM) -> int:
-        code = stop(self.proc, sig)
+        code = stop(self.proc, sig, seconds=40)  # past the supervisor's own 30 s, so it reaps its workers first
         self.log.close()
         return code
 

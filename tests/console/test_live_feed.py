@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from asgiref.sync import async_to_sync
-from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser, Group
@@ -49,7 +48,7 @@ def test_a_console_user_receives_each_saved_batch():
     async def scenario():
         connected, _ = await comm.connect()
         assert connected
-        await database_sync_to_async(publish_batch)({AuditRecord: [row("r1"), row("r2", 429)]})
+        await publish_batch({AuditRecord: [row("r1"), row("r2", 429)]})
         message = await comm.receive_json_from(timeout=2)
         await comm.disconnect()
         return message

@@ -1,0 +1,133 @@
+"""The audit hash chain's format: what a record's hash covers, and how to check a run of records.
+
+Standard library only, so ``python audit/verify_export.py`` can check an exported
+file on any machine without the gateway. ``audit.chain`` uses the same functions
+when it writes and verifies records in the database.
+
+Each record's hash is SHA-256 over the previous record's hash, a newline, and
+the record's chained fields as canonical JSON (fixed key order, UTC timestamps
+with microseconds, money with 9 decimals, latency with 3, IP addresses as Python
+writes them). Records follow each other in ``seq`` order, 1, 2, 3, ...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+GENESIS = "0" * 64
+CHAINED_FIELDS = (
+    "seq", "request_id", "created_at", "client_id", "client_slug", "api_key_id", "key_prefix", "agent", "model",
+    "method", "path", "status", "error_type", "latency_ms", "input_tokens", "output_tokens", "cost_usd",
+    "client_ip", "user_agent", "input_preview", "output_preview",
+)  # fmt: skip
+CHAIN_FIELDS = ("seq", "prev_hash", "record_hash")
+_INTEGERS = {"seq", "client_id", "api_key_id", "status", "input_tokens", "output_tokens"}
+_NULLABLE = {"client_id", "api_key_id", "client_ip"}
+
+
+def _canonical_value(name: str, value):
+    if value is None or (value == "" and name in _NULLABLE):
+        return None
+    if name in _INTEGERS:
+        return int(value)
+    if name == "created_at":
+        moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+        return moment.astimezone(UTC).isoformat(timespec="microseconds")
+    if name == "cost_usd":
+        return str(Decimal(str(value)).quantize(Decimal("0.000000001")))
+    if name == "latency_ms":
+        return f"{float(value):.3f}"
+    if name == "client_ip":
+        return str(ipaddress.ip_address(str(value)))
+    return str(value)
+
+
+def canonical(row: Mapping) -> bytes:
+    """The bytes a record's hash covers, the same whatever form the database or an export gives the values in."""
+    fields = {name: _canonical_value(name, row.get(name)) for name in CHAINED_FIELDS}
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def record_hash(prev_hash: str, row: Mapping) -> str:
+    return hashlib.sha256(prev_hash.encode("ascii") + b"\n" + canonical(row)).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """The first place the chain breaks."""
+
+    kind: str  # altered, inserted, removed
+    seq: int | None
+    request_id: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    checked: int
+    first_seq: int | None
+    last_seq: int | None
+    finding: Finding | None
+
+    @property
+    def ok(self) -> bool:
+        return self.finding is None
+
+    def describe(self) -> str:
+        if self.finding is not None:
+            return self.finding.message
+        if not self.checked:
+            return "No chained records in that range."
+        return f"The chain holds: {self.checked} records, seq {self.first_seq} to {self.last_seq}."
+
+
+def verify_rows(rows: Iterable[Mapping], anchor: str | None = None) -> Verification:
+    """Check records given in ``seq`` order; ``anchor`` is the hash of the record before the first, when known.
+
+    Without an anchor the first record's ``prev_hash`` is taken on trust (a range
+    starting after records were archived, or an export of a time range).
+    """
+    checked, first, previous = 0, None, None
+    for row in rows:
+        seq = None if row.get("seq") in (None, "") else int(row["seq"])
+        request_id = str(row.get("request_id", ""))
+        if seq is None:
+            message = f"Record {request_id} is not in the chain (no seq): it was inserted."
+            return _broken(checked, first, previous, "inserted", None, request_id, message)
+        expected_prev = anchor if previous is None else previous[1]
+        if record_hash(str(row.get("prev_hash", "")), row) != row.get("record_hash"):
+            message = f"Record seq {seq} ({request_id}) was altered: its content no longer matches its hash."
+            return _broken(checked, first, previous, "altered", seq, request_id, message)
+        if expected_prev is not None and row.get("prev_hash") != expected_prev:
+            after = previous[0] if previous is not None else seq - 1
+            if previous is not None and seq > after + 1:
+                missing = f"seq {after + 1}" if seq == after + 2 else f"seq {after + 1} to {seq - 1}"
+                kind, message = "removed", f"Records were removed before seq {seq} ({request_id}): {missing}."
+            elif previous is not None and seq <= after:
+                kind, message = "inserted", f"Record seq {seq} ({request_id}) was inserted: seq {seq} already came."
+            else:
+                kind, message = (
+                    "inserted",
+                    (
+                        f"Record seq {seq} ({request_id}) does not follow seq {after}: "
+                        "it was inserted, or the one before it was replaced."
+                    ),
+                )
+            return _broken(checked, first, previous, kind, seq, request_id, message)
+        if previous is not None and seq != previous[0] + 1:
+            message = f"Records were renumbered or removed before seq {seq} ({request_id})."
+            return _broken(checked, first, previous, "removed", seq, request_id, message)
+        checked += 1
+        first = seq if first is None else first
+        previous = (seq, row["record_hash"])
+    return Verification(checked, first, previous[0] if previous else None, None)
+
+
+def _broken(checked, first, previous, kind, seq, request_id, message) -> Verification:
+    return Verification(checked, first, previous[0] if previous else None, Finding(kind, seq, request_id, message))

@@ -1,0 +1,34 @@
+"""Check the request log's hash chain and name the first record that was altered, inserted or removed."""
+
+from django.core.management.base import BaseCommand, CommandError
+from django.utils.dateparse import parse_date, parse_datetime
+
+from audit.chain import verify
+
+
+def _moment(value: str | None, option: str):
+    if value is None:
+        return None
+    moment = parse_datetime(value)
+    if moment is None and parse_date(value) is not None:
+        moment = parse_datetime(f"{value}T00:00:00+00:00")
+    if moment is None:
+        raise CommandError(f"{option} {value!r} is not a date or an ISO date-time.")
+    if moment.tzinfo is None:
+        raise CommandError(f"{option} {value!r} needs a time zone (e.g. +00:00 or Z).")
+    return moment
+
+
+class Command(BaseCommand):
+    help = "Verify the audit log's hash chain over a time range (all of it by default). Exits 1 if it is broken."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--since", help="ISO date or date-time with zone: records created at or after it")
+        parser.add_argument("--until", help="ISO date or date-time with zone: records created before it")
+
+    def handle(self, *args, **options):
+        result = verify(_moment(options["since"], "--since"), _moment(options["until"], "--until"))
+        if not result.ok:
+            self.stderr.write(result.describe())
+            raise SystemExit(1)
+        self.stdout.write(result.describe())

@@ -1,0 +1,66 @@
+"""Check the hash chain of an exported audit log, offline, with nothing but Python.
+
+    python audit/verify_export.py audit-export.jsonl        # or .csv, or either gzipped (.gz)
+
+The export must hold the chain fields (seq, prev_hash, record_hash) and every
+chained field, as the console's and the API's exports do. Records are checked in
+seq order; the first record's prev_hash is taken on trust unless you give
+``--anchor HASH`` (the record_hash of the record before it, from an earlier export).
+Exits 0 when the chain holds, 1 with the first altered, inserted or removed record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import io
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from chain_format import CHAIN_FIELDS, CHAINED_FIELDS, verify_rows  # type: ignore[no-redef]
+else:
+    from audit.chain_format import CHAIN_FIELDS, CHAINED_FIELDS, verify_rows
+
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _open(path: Path) -> io.TextIOBase:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path), encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
+def _uncell(value: str) -> str:
+    """Undo the export's spreadsheet-formula guard (a quote before a leading =, +, -, @)."""
+    return value[1:] if value.startswith("'") and value[1:].startswith(FORMULA_PREFIXES) else value
+
+
+def read_rows(path: Path) -> list[dict]:
+    name = path.name.removesuffix(".gz")
+    with _open(path) as handle:
+        if name.endswith(".csv"):
+            rows = [{k: _uncell(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+        else:
+            rows = [json.loads(line) for line in handle if line.strip()]
+    missing = [f for f in (*CHAINED_FIELDS, *CHAIN_FIELDS) if rows and f not in rows[0]]
+    if missing:
+        raise SystemExit(f"{path}: the export lacks the chain's fields {', '.join(missing)}.")
+    return sorted(rows, key=lambda row: int(row["seq"]) if str(row.get("seq") or "").isdigit() else -1)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("file", type=Path, help="an audit export: .jsonl or .csv, optionally .gz")
+    parser.add_argument("--anchor", default=None, help="record_hash of the record just before the first one")
+    args = parser.parse_args(argv)
+    result = verify_rows(read_rows(args.file), anchor=args.anchor)
+    print(result.describe())
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Personas for the audit tests: a console session and an API token per role.
+
+The chain tests write through the gateway's own writer, which commits, so they and
+their personas use committed data (``live_db``) with names of their own.
+"""
+
+import uuid
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.test import Client as Browser
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+
+def _user(username, role):
+    name = f"{username}-{uuid.uuid4().hex[:8]}"
+    user = get_user_model().objects.create_user(name, password="correct horse battery staple")
+    if role:
+        user.groups.add(Group.objects.get(name=role))
+    return user
+
+
+def _browser(user):
+    browser = Browser()
+    browser.force_login(user)
+    return browser
+
+
+@pytest.fixture
+def admin_console(live_db):
+    return _browser(_user("ada", "admin"))
+
+
+@pytest.fixture
+def compliance_console(live_db):
+    return _browser(_user("carl", "compliance"))
+
+
+@pytest.fixture
+def nobody_console(live_db):
+    return _browser(_user("nina", None))
+
+
+@pytest.fixture
+def compliance_api(live_db):
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=_user('cora', 'compliance')).key}")
+    return api
