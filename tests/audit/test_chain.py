@@ -156,6 +156,23 @@ def test_an_export_verifies_offline_and_a_tampered_one_does_not(fmt, tmp_path, a
     assert ("altered" if fmt == "jsonl" else "removed") in broken.stdout
 
 
+def test_a_filtered_export_is_checked_record_by_record(tmp_path, admin_console):
+    records = write(3)
+    write(2)  # records of the same time range that the filter leaves out
+    stamp = since(records).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    request_id = records[1].request_id
+    response = admin_console.get(
+        "/console/audit/export/", {"format": "jsonl", "since": stamp, "request_id": request_id}
+    )
+    exported = tmp_path / "one.jsonl"
+    exported.write_bytes(b"".join(response.streaming_content))
+    check = [sys.executable, str(ROOT / "audit" / "verify_export.py"), "--records-only", str(exported)]
+    assert subprocess.run(check, capture_output=True, text=True).returncode == 0
+    exported.write_text(exported.read_text().replace('"status": 200', '"status": 500'))
+    failed = subprocess.run(check, capture_output=True, text=True)
+    assert failed.returncode == 1 and request_id in failed.stdout
+
+
 def test_compliance_verifies_from_the_console_and_the_api(compliance_console, compliance_api):
     records = write(3)
     page = compliance_console.get("/console/audit/verify/", {"since": since(records).isoformat()})
