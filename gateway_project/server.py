@@ -52,7 +52,7 @@ def worker_command(sock: socket.socket, application: str, server: str, extra_arg
         _EXEC.format(fd=sock.fileno()),
         sys.executable,
         "-m",
-        "daphne",
+        "gateway_project.daphne_worker",  # Daphne, with its shutdown waiting for requests in flight
         "-e",
         f"systemd:domain={family}:index=0",
         *extra_args,

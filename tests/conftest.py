@@ -38,6 +38,28 @@ def django_db_setup(django_test_environment, django_db_blocker):
         teardown_databases(config, verbosity=0)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def test_spool():
+    """Batches the tests' writers cannot save spool here, never into the checkout's own var/spool.
+
+    The test process's own writer flushes at exit, after the test database is gone: what it
+    spools must not be replayed into anyone's database later. Gateways the tests start
+    inherit the variable.
+    """
+    import os
+    import shutil
+    from pathlib import Path
+
+    from gateway_project.writer import writer
+
+    spool = Path(settings.VAR_DIR) / "test-spool"
+    shutil.rmtree(spool, ignore_errors=True)
+    os.environ["GATEWAY_SPOOL_DIR"] = str(spool)
+    settings.GATEWAY["SPOOL_DIR"] = spool
+    writer._spool = None
+    return spool
+
+
 @pytest.fixture(scope="session")
 def mock_upstream():
     mock = MockUpstream()

@@ -1,0 +1,116 @@
+"""Batches the database could not take, kept in files on local disk until it can, then replayed in order.
+
+A gateway keeps serving while its database is down: the writer puts each batch
+it cannot write here instead of holding it in memory, so a process that stops
+or dies meanwhile loses nothing. Files are named by the time they were made, so
+replaying them oldest first keeps the order the batches were produced in. Any
+process on the host may replay any file: it claims one by renaming it (atomic),
+and gives it back if the database refuses it again. Files a dead process had
+claimed are given back when another one starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+
+from django.apps import apps
+
+log = logging.getLogger("gateway.spool")
+READY, CLAIMED = ".jsonl", ".claimed"
+
+
+def _encode(value):
+    if isinstance(value, datetime):
+        return {"$dt": value.isoformat()}
+    if isinstance(value, date):
+        return {"$date": value.isoformat()}
+    if isinstance(value, Decimal):
+        return {"$dec": str(value)}
+    raise TypeError(f"cannot spool a {type(value).__name__}")
+
+
+def _decode(obj: dict):
+    if len(obj) == 1:
+        ((tag, value),) = obj.items()
+        if tag == "$dt":
+            return datetime.fromisoformat(value)
+        if tag == "$date":
+            return date.fromisoformat(value)
+        if tag == "$dec":
+            return Decimal(value)
+    return obj
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Spool:
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+
+    def put(self, batch: list[tuple]) -> Path:
+        """Write ``batch`` ([(model, row), ...]) to a new file, durably, and return its path."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"{time.time_ns():020d}-{os.getpid()}"
+        temporary = self.directory / f"{name}.tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            for model, row in batch:
+                handle.write(json.dumps({"model": model._meta.label, "row": row}, default=_encode) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        path = temporary.with_suffix(READY)
+        os.replace(temporary, path)  # readers only ever see whole files
+        return path
+
+    def ready(self) -> list[Path]:
+        """Files waiting to be replayed, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(self.directory.glob(f"*{READY}"))
+
+    def claim(self, path: Path) -> tuple[Path, list[tuple]] | None:
+        """Take ``path`` for this process and read its batch; None if another process took it first."""
+        claimed = path.with_name(f"{path.stem}.{os.getpid()}{CLAIMED}")
+        try:
+            os.rename(path, claimed)
+        except FileNotFoundError:
+            return None
+        batch = []
+        with open(claimed, encoding="utf-8") as handle:
+            for line in handle:
+                if line.strip():
+                    item = json.loads(line, object_hook=_decode)
+                    batch.append((apps.get_model(item["model"]), item["row"]))
+        return claimed, batch
+
+    def done(self, claimed: Path) -> None:
+        claimed.unlink(missing_ok=True)
+
+    def give_back(self, claimed: Path) -> None:
+        stem = claimed.name.split(".")[0]
+        os.replace(claimed, claimed.with_name(stem + READY))
+
+    def recover(self) -> int:
+        """Give back the files that processes which no longer run had claimed."""
+        if not self.directory.is_dir():
+            return 0
+        recovered = 0
+        for claimed in self.directory.glob(f"*{CLAIMED}"):
+            pid = int(claimed.name.split(".")[1])
+            if pid != os.getpid() and not _alive(pid):
+                self.give_back(claimed)
+                recovered += 1
+        return recovered
