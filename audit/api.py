@@ -1,4 +1,4 @@
-"""The audit log in the management API, read-only: serializer, filterset and viewset."""
+"""The audit log in the management API (read-only) and the redaction rules that shape its previews."""
 
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
@@ -8,8 +8,11 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
 from audit.chain import verify
-from audit.models import AdminAction, AuditRecord
+from audit.forms import BUILTIN_FIXED
+from audit.models import AdminAction, AuditRecord, RedactionRule
+from audit.redaction_rules import deletion_refusal
 from gateway_project import roles
+from gateway_project.api import TrailedModelViewSet
 
 
 class AuditRecordSerializer(serializers.ModelSerializer):
@@ -170,3 +173,38 @@ class AdminActionViewSet(viewsets.ReadOnlyModelViewSet):
     ordering_fields = ["created_at", "actor", "action"]
     ordering = ["-created_at", "-id"]
     read_roles = roles.EXPORT
+
+
+class RedactionRuleSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = RedactionRule
+        fields = [
+            "id", "name", "pattern", "replacement", "code_check", "enabled", "builtin", "order", "created_at",
+            "updated_at",
+        ]  # fmt: skip
+        read_only_fields = ["code_check", "builtin", "created_at", "updated_at"]
+
+    def validate(self, attrs):
+        rule = self.instance
+        if rule is not None and rule.builtin:
+            fixed = sorted(name for name in BUILTIN_FIXED if name in attrs and attrs[name] != getattr(rule, name))
+            if fixed:
+                raise ValidationError({name: "A built-in rule can only be switched on or off." for name in fixed})
+        return attrs
+
+
+class RedactionRuleViewSet(TrailedModelViewSet):
+    """Rules that redact audit previews. Every role reads them; admins add, change and delete custom ones."""
+
+    queryset = RedactionRule.objects.all()
+    serializer_class = RedactionRuleSerializer
+    filterset_fields = ["enabled", "builtin"]
+    ordering_fields = ["order", "name"]
+    ordering = ["order", "id"]
+    write_roles = roles.AUDIT_POLICY
+
+    def perform_destroy(self, instance):
+        refusal = deletion_refusal(instance)
+        if refusal:
+            raise ValidationError(refusal)
+        super().perform_destroy(instance)

@@ -2,6 +2,8 @@ from decimal import Decimal
 
 from django.db import models
 
+from audit.redaction import CODE_CHECK_CHOICES, MAX_PATTERN_LENGTH, validate_pattern, validate_replacement
+
 PREVIEW_LENGTH = 200
 
 
@@ -66,3 +68,33 @@ class AdminAction(models.Model):
 
     def __str__(self):
         return f"{self.actor} {self.action} {self.object_type} {self.object_repr}"
+
+
+class RedactionRule(models.Model):
+    """One rule that replaces what its regex matches in audit previews with a label.
+
+    Built-in rules come from a migration: they may be switched on or off but not
+    edited or deleted. A built-in rule may name a code check (``audit.redaction``)
+    that a match must also pass, such as the Luhn check for card numbers.
+    """
+
+    name = models.CharField(max_length=100, unique=True)
+    pattern = models.CharField(
+        max_length=MAX_PATTERN_LENGTH, validators=[validate_pattern], help_text="A Python regular expression."
+    )
+    replacement = models.CharField(
+        max_length=40, default="[REDACTED]", validators=[validate_replacement],
+        help_text="What the matched text becomes in the preview, e.g. [ACCOUNT].",
+    )  # fmt: skip
+    code_check = models.CharField(max_length=20, blank=True, choices=CODE_CHECK_CHOICES, editable=False)
+    enabled = models.BooleanField(default=True)
+    builtin = models.BooleanField(default=False, editable=False)
+    order = models.PositiveIntegerField(default=100, help_text="Rules apply in this order, lowest first.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["order", "id"]
+
+    def __str__(self):
+        return self.name

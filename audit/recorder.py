@@ -6,6 +6,7 @@ from django.utils import timezone
 
 from audit.models import AuditRecord
 from audit.redaction import preview
+from audit.redaction_rules import active_rules
 from gateway_project.writer import writer
 
 
@@ -32,6 +33,7 @@ def record_request(
     output_text: str = "",
 ) -> dict:
     """Queue the record for the buffered writer; previews are redacted before anything is kept."""
+    rules = active_rules()
     record = dict(
         request_id=request_id,
         created_at=timezone.now(),
@@ -51,8 +53,8 @@ def record_request(
         cost_usd=cost_usd,
         client_ip=client_ip,
         user_agent=user_agent[:300],
-        input_preview=preview(input_text),
-        output_preview=preview(output_text),
+        input_preview=preview(input_text, rules),
+        output_preview=preview(output_text, rules),
     )
     writer.add(AuditRecord, record)
     return record

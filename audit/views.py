@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from django.contrib import messages
 from django.http import Http404, StreamingHttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views import View
 
 from audit.chain import verify
 from audit.exports import export_lines
 from audit.filters import AuditFilterForm
-from audit.models import AdminAction, AuditRecord
+from audit.forms import RedactionRuleForm
+from audit.models import AdminAction, AuditRecord, RedactionRule
+from audit.redaction_rules import deletion_refusal, set_enabled, try_rule
 from audit.trail import record_event
 from gateway_project import roles
-from gateway_project.console import RoleRequiredMixin, sorted_page
+from gateway_project.console import RoleRequiredMixin, TrailedDeleteView, TrailedEditView, sorted_page
 
 # Every chained field and the chain's own, so an export can be re-verified offline (audit/verify_export.py).
 RECORD_FIELDS = [
@@ -104,3 +107,55 @@ class TrailExportView(RoleRequiredMixin, View):
                 actions = actions.filter(**{name: request.GET[name]})
                 described[name] = request.GET[name]
         return _export(request, actions, ACTION_FIELDS, "admin-actions", described)
+
+
+class RedactionRuleListView(RoleRequiredMixin, View):
+    """The rules that redact audit previews; every role reads them, admins change them."""
+
+    def get(self, request):
+        context = {
+            "rules": RedactionRule.objects.order_by("order", "id"),
+            "can_edit_rules": roles.may(request.user, roles.AUDIT_POLICY),
+        }
+        return render(request, "audit/redaction_list.html", context)
+
+
+class RedactionRuleToggleView(RoleRequiredMixin, View):
+    needed_roles = write_roles = roles.AUDIT_POLICY
+
+    def post(self, request, pk):
+        rule = set_enabled(get_object_or_404(RedactionRule, pk=pk), request.POST.get("enabled") == "1",
+                           request.user, "console")  # fmt: skip
+        messages.success(request, f"“{rule}” switched {'on' if rule.enabled else 'off'}.")
+        return redirect("console:audit-redaction")
+
+
+class RedactionRuleEditView(TrailedEditView):
+    """Add or edit a rule; "Test this rule" shows what it does to sample text without saving anything."""
+
+    model = RedactionRule
+    form_class = RedactionRuleForm
+    template_name = "audit/redaction_form.html"
+    context_name = "rule"
+    success_url_name = "console:audit-redaction"
+    needed_roles = write_roles = roles.AUDIT_POLICY
+
+    def post(self, request, pk=None):
+        if "test" not in request.POST:
+            return super().post(request, pk)
+        obj = get_object_or_404(RedactionRule, pk=pk) if pk else None
+        form = self.form_class(request.POST, instance=obj)
+        if not form.is_valid():
+            return self._render(request, form, obj, status=400)
+        tried = try_rule(form.instance, form.cleaned_data["sample"])
+        context = {"form": form, "rule": obj, "tried": tried}
+        return render(request, self.template_name, context)
+
+
+class RedactionRuleDeleteView(TrailedDeleteView):
+    model = RedactionRule
+    success_url_name = "console:audit-redaction"
+    needed_roles = write_roles = roles.AUDIT_POLICY
+
+    def refusal(self, obj) -> str:
+        return deletion_refusal(obj)

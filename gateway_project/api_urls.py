@@ -3,7 +3,7 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-from audit.api import AdminActionViewSet, AuditRecordViewSet
+from audit.api import AdminActionViewSet, AuditRecordViewSet, RedactionRuleViewSet
 from billing.api import BudgetAlertViewSet, BudgetViewSet, ModelPriceViewSet, UsageRecordViewSet
 from billing.report_api import TopSpendersView, UsageReportView
 from keys.api import ApiKeyViewSet, ClientViewSet, CostCenterViewSet, PlanViewSet
@@ -21,6 +21,7 @@ router.register("alerts", BudgetAlertViewSet)
 router.register("usage", UsageRecordViewSet)
 router.register("audit", AuditRecordViewSet)
 router.register("admin-actions", AdminActionViewSet)
+router.register("redaction-rules", RedactionRuleViewSet)
 
 urlpatterns = [
     path("reports/usage/", UsageReportView.as_view(), name="report-usage"),

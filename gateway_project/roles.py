@@ -18,6 +18,7 @@ MANAGE = frozenset({ADMIN, OPERATOR})  # change clients, keys, budgets, agents, 
 READ = frozenset({ADMIN, OPERATOR, COMPLIANCE})  # see them, and the request log
 EXPORT = frozenset({ADMIN, COMPLIANCE})  # export the audit log, read the admin-action trail
 USERS = frozenset({ADMIN})  # manage console users and their roles
+AUDIT_POLICY = frozenset({ADMIN})  # change what the audit log keeps (redaction rules)
 
 
 def roles_of(user) -> frozenset[str]:

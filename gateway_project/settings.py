@@ -244,6 +244,9 @@ GATEWAY = {
     # Audit/usage writer: flush at least this often, or at this many records.
     "FLUSH_SECONDS": envfloat("GATEWAY_FLUSH_SECONDS", 0.2, minimum=0.01),
     "FLUSH_BATCH": envint("GATEWAY_FLUSH_BATCH", 500, minimum=1),
+    # Characters of each request's input and output kept, redacted, in its audit record; 0 keeps none.
+    # At most 200: the width of the preview columns (audit.models.PREVIEW_LENGTH).
+    "PREVIEW_LENGTH": envint("GATEWAY_PREVIEW_LENGTH", 200, minimum=0, maximum=200),
     # Default upstream timeout when an agent does not set its own, in seconds.
     "UPSTREAM_TIMEOUT": envfloat("GATEWAY_UPSTREAM_TIMEOUT", 60.0, minimum=0.1),
     "UPSTREAM_CONNECT_TIMEOUT": envfloat("GATEWAY_UPSTREAM_CONNECT_TIMEOUT", 5.0, minimum=0.1),
@@ -256,6 +259,8 @@ GATEWAY = {
     "DEFAULT_AGENT": envstr("GATEWAY_DEFAULT_AGENT", "research"),
     # Redis key prefix, so several gateways can share one Redis.
     "REDIS_PREFIX": envstr("GATEWAY_REDIS_PREFIX", "gw"),
+    # Where the writer keeps batches the database refused until it takes them again (local disk).
+    "SPOOL_DIR": Path(envstr("GATEWAY_SPOOL_DIR", str(VAR_DIR / "spool"))),
     # Trust X-Forwarded-For from a load balancer in front of the gateway.
     "TRUST_FORWARDED_FOR": envbool("GATEWAY_TRUST_FORWARDED_FOR", False),
     # Usage reports roll today's usage up again when its rollup is older than this, in seconds.

@@ -84,6 +84,10 @@ class RefreshingTable:
             self._refresher = asyncio.ensure_future(self._refresh_forever())
         return self._value
 
+    def last(self, default=None):
+        """The table as last loaded, or ``default`` before the first load, without waiting (for synchronous code)."""
+        return default if self._value is _MISSING else self._value
+
     async def reload(self):
         self._started += 1
         number, started = self._started, time.time()

@@ -33,6 +33,7 @@ class KeySnapshot:
     tokens_per_minute: int
     max_concurrent: int
     issued_at: float  # when the key was created: tables read before it may miss its budgets
+    audit_previews: bool  # whether its client's audit records keep (redacted) previews
 
     def may_use_agent(self, slug: str) -> bool:
         return self.allowed_agents is None or slug in self.allowed_agents
@@ -72,6 +73,7 @@ def snapshot_of(key: ApiKey) -> dict:
         "tokens_per_minute": key.tokens_per_minute,
         "max_concurrent": key.max_concurrent,
         "issued_at": key.created_at.timestamp(),
+        "audit_previews": key.client.audit_previews,
     }
 
 
@@ -95,7 +97,7 @@ def _load(key_hash: str) -> dict | None:
     return None if key is None else snapshot_of(key)
 
 
-key_snapshots = SnapshotCache("keysnap2", _load, _decode, local_seconds=lambda: settings.GATEWAY["KEY_CACHE_SECONDS"])
+key_snapshots = SnapshotCache("keysnap3", _load, _decode, local_seconds=lambda: settings.GATEWAY["KEY_CACHE_SECONDS"])
 
 
 def presented_key(headers: dict[bytes, bytes]) -> str | None:

@@ -77,7 +77,7 @@ class PlanViewSet(TrailedModelViewSet):
 class ClientSerializer(serializers.ModelSerializer):
     class Meta:
         model = Client
-        fields = ["id", "name", "slug", "contact", "cost_center", "is_active", "created_at"]
+        fields = ["id", "name", "slug", "contact", "cost_center", "is_active", "audit_previews", "created_at"]
         read_only_fields = ["created_at"]
 
 

@@ -15,7 +15,8 @@ CENTS = Decimal("0.01")
 class ClientForm(forms.ModelForm):
     class Meta:
         model = Client
-        fields = ["name", "slug", "contact", "cost_center", "is_active"]
+        fields = ["name", "slug", "contact", "cost_center", "is_active", "audit_previews"]
+        labels = {"audit_previews": "Audit previews"}
         help_texts = {
             "slug": "Short name used in logs and the API (letters, digits, - and _).",
             "cost_center": "The team its spend is attributed to from now on (past usage keeps its attribution).",

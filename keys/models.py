@@ -84,6 +84,9 @@ class Client(models.Model):
         help_text="The team its spend is attributed to.",
     )  # fmt: skip
     is_active = models.BooleanField(default=True)
+    audit_previews = models.BooleanField(
+        default=True, help_text="Keep redacted previews of this client's requests and answers in the audit log."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

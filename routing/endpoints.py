@@ -14,6 +14,7 @@ import time
 
 from channels.db import database_sync_to_async
 
+from audit.redaction_rules import warm_rules
 from billing.status import budget_report
 from billing.usage import client_usage, usage_query
 from gateway_project.errors import GatewayError, bad_request, not_found
@@ -51,6 +52,7 @@ async def serve(ex: Exchange) -> None:
 async def authenticate(ex: Exchange) -> None:
     """401 or 403, or the caller's key on the exchange (set before the 403, for the audit record)."""
     ex.key = await identify(ex.headers)
+    await warm_rules()  # the audit record's previews use the rules as last loaded
     ensure_usable(ex.key)
 
 

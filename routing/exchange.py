@@ -115,6 +115,7 @@ class Exchange:
     # --- audit ----------------------------------------------------------
     def record(self) -> None:
         key = self.key
+        previews = key is None or key.audit_previews  # a client may have its previews switched off
         record_request(
             request_id=self.request_id,
             method=self.method,
@@ -133,6 +134,6 @@ class Exchange:
             cost_usd=nanos_to_usd(self.cost_nanos),
             client_ip=self.client_ip,
             user_agent=self.header(b"user-agent"),
-            input_text=self.input_text,
-            output_text=self.output_text,
+            input_text=self.input_text if previews else "",
+            output_text=self.output_text if previews else "",
         )
