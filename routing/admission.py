@@ -60,7 +60,13 @@ def _refusal(failed: str, snapshot, retry_after_ms: int) -> GatewayError:
 
 
 async def admit(
-    ex: Exchange, input_tokens: int = 0, max_output: int | None = None, *, hold_seconds: float = 0, metered=True
+    ex: Exchange,
+    input_tokens: int = 0,
+    max_output: int | None = None,
+    *,
+    hold_seconds: float = 0,
+    metered=True,
+    default_output: int | None = None,
 ) -> Ticket:
     """Take a request slot and, when ``metered``, reserve its worst-case cost in every budget; or raise 429/402.
 
@@ -77,7 +83,8 @@ async def admit(
         table = await budget_table.get_fresh_since(key.issued_at)  # a new key's budgets are often new too
         rules = table.applying_to(key.key_id, key.client_id, key.cost_center_id)
         price = price_for(await prices.get(), ex.model)
-        reserve = cost_nanos(price, input_tokens, max_output or settings.GATEWAY["DEFAULT_MAX_OUTPUT_TOKENS"])
+        cap = max_output or default_output or settings.GATEWAY["DEFAULT_MAX_OUTPUT_TOKENS"]  # the agent's, or ours
+        reserve = cost_nanos(price, input_tokens, cap)
     budgets, periods = budget_checks(
         store, rules, reserve=reserve, reservation=ex.request_id, hold_seconds=hold_seconds
     )

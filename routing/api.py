@@ -27,6 +27,7 @@ class AgentSerializer(serializers.ModelSerializer):
             "default_model",
             "capabilities",
             "timeout_seconds",
+            "default_max_output_tokens",
             "cost_center",
             "is_active",
             "created_at",

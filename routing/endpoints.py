@@ -88,7 +88,9 @@ async def _wrong_method(ex: Exchange, allowed: str) -> None:
 async def _metered(ex: Exchange, route: AgentRoute, max_output: int | None, call) -> None:
     """Admit (reserving the worst case), run ``call``, and settle whatever happened to it."""
     hold = route.timeout + RESERVATION_MARGIN_SECONDS
-    ticket = await admit(ex, input_estimate(ex.body), max_output, hold_seconds=hold)
+    ticket = await admit(
+        ex, input_estimate(ex.body), max_output, hold_seconds=hold, default_output=route.default_max_output_tokens
+    )
     try:
         await call()
     finally:

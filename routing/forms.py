@@ -63,6 +63,7 @@ class AgentForm(forms.ModelForm):
             "default_model",
             "capabilities",
             "timeout_seconds",
+            "default_max_output_tokens",
             "cost_center",
             "is_active",
         ]
@@ -84,6 +85,7 @@ class AgentForm(forms.ModelForm):
         "default_model",
         "capabilities",
         "timeout_seconds",
+        "default_max_output_tokens",
         "cost_center",
         "is_active",
     ]

@@ -36,6 +36,10 @@ class Agent(models.Model):
         default=list, blank=True, validators=[validate_name_list], help_text="Keywords for content routing."
     )
     timeout_seconds = models.FloatField(default=60.0)
+    default_max_output_tokens = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Answer length assumed for a request without max_tokens when its worst-case "
+        "cost is reserved against budgets; empty: GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS.",
+    )  # fmt: skip
     cost_center = models.CharField(max_length=100, blank=True)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)

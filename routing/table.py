@@ -26,6 +26,7 @@ class AgentRoute:
     capabilities: tuple[str, ...]
     timeout: float
     cost_center: str
+    default_max_output_tokens: int | None = None
 
     def url(self, path: str) -> str:
         return f"{self.base_url}/{path.lstrip('/')}"
@@ -83,6 +84,7 @@ def _route(agent: Agent) -> AgentRoute:
         capabilities=tuple(word.lower() for word in agent.capabilities or ()),
         timeout=agent.timeout_seconds or settings.GATEWAY["UPSTREAM_TIMEOUT"],
         cost_center=agent.cost_center,
+        default_max_output_tokens=agent.default_max_output_tokens,
     )
 
 

@@ -59,7 +59,7 @@ def budget(limit, scope=Budget.CLIENT, period=Budget.DAILY, **target):
     return Budget.objects.create(scope=scope, period=period, limit_usd=Decimal(limit), **target)
 
 
-def call(key, *, model="gpt-4o", input_tokens=INPUT_TOKENS, output_tokens=ANSWER_TOKENS):
+def call(key, *, model="gpt-4o", input_tokens=INPUT_TOKENS, output_tokens=ANSWER_TOKENS, default_output=None):
     """Admit and settle one request of ``key`` the way the gateway does; return None or the refusal."""
 
     async def scenario():
@@ -70,7 +70,7 @@ def call(key, *, model="gpt-4o", input_tokens=INPUT_TOKENS, output_tokens=ANSWER
             input_tokens=0, output_tokens=0, cost_nanos=0,
         )  # fmt: skip
         try:
-            ticket = await admission.admit(ex, input_tokens, None, hold_seconds=60)
+            ticket = await admission.admit(ex, input_tokens, None, hold_seconds=60, default_output=default_output)
         except GatewayError as refusal:
             return refusal
         ex.input_tokens, ex.output_tokens = input_tokens, output_tokens
@@ -213,3 +213,13 @@ def test_a_price_applies_from_its_effective_date_and_unknown_models_are_flagged(
         (model, Decimal(2), False),
         ("never-priced", Decimal("2.5"), True),  # priced with the default row, and flagged
     ]
+
+
+def test_an_agents_default_answer_length_sets_the_worst_case_reserved(store):
+    client = new_client()
+    budget("0.06", client=client)
+    key, _ = issue_key(client, allowed_agents=["*"])
+    with freeze_time(at(2026, 12, 2, 12)):
+        assert call(key) is None
+        assert call(key) is not None  # $0.02534 spent + $0.03524 reserved (1,024-token cap) > $0.06
+        assert call(key, default_output=100) is None  # the agent expects short answers: $0.026 reserved
