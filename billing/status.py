@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from billing.budgets import rule_of, spent_in_window
+from billing.budgets import counter_key, rule_of, spent_in_window
 from billing.models import NANOS_PER_USD, Budget
 from billing.periods import Period
+from gateway_project.hotstate import get_hot_state
 
 CENTS = Decimal("0.01")
 
@@ -17,10 +18,20 @@ def _usd(nanos: int) -> Decimal:
 
 
 def budget_status(budget: Budget, at: datetime | None = None) -> dict:
-    """Spend, remaining and share of ``budget`` in the window containing ``at`` (now), from the usage rows."""
+    """Spend, remaining and share of ``budget`` in the window containing ``at`` (now).
+
+    The current window's spend is the gateway's own counter when it has one (what
+    enforcement sees, up to the last request, without summing rows); otherwise, and
+    for past windows, it is counted from the usage rows.
+    """
     rule = rule_of(budget)
     period: Period = rule.window_at(at) if at else rule.window()
-    spent = spent_in_window(rule.scope, rule.target_id, period)
+    spent = None
+    if at is None:
+        store = get_hot_state()
+        spent = store.get_int_now(counter_key(store, rule, period))
+    if spent is None:
+        spent = spent_in_window(rule.scope, rule.target_id, period)
     limit = budget.limit_nanos
     share = Decimal(spent) / limit if limit > 0 else (Decimal(1) if spent or budget.mode == Budget.HARD else Decimal(0))
     return {

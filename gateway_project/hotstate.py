@@ -127,6 +127,10 @@ class HotState:
         """Delete from synchronous code (model signals)."""
         raise NotImplementedError
 
+    def get_int_now(self, key: str) -> int | None:
+        """Read a counter from synchronous code (console pages)."""
+        raise NotImplementedError
+
     def key(self, *parts) -> str:
         return ":".join([settings.GATEWAY["REDIS_PREFIX"], *map(str, parts)])
 
@@ -250,6 +254,10 @@ class MemoryHotState(HotState):
 
     def delete_now(self, key):
         self._values.pop(key, None)
+
+    def get_int_now(self, key):
+        value = self._get(key, time.time())
+        return None if value is None else int(value)
 
 
 # KEYS: n rate keys, the concurrency key, then 4 keys per budget (counter, held, amounts, reserved).
@@ -475,6 +483,10 @@ class RedisHotState(HotState):
 
     def delete_now(self, key):
         self._sync.delete(key)
+
+    def get_int_now(self, key):
+        value = self._sync.get(key)
+        return None if value is None else int(value)
 
 
 _store: HotState | None = None

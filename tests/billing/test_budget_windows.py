@@ -20,7 +20,8 @@ from django.db import connections
 from django.test import override_settings
 from freezegun import freeze_time
 
-from billing.budgets import budget_table
+from billing import status
+from billing.budgets import budget_table, counter_key, rule_of
 from billing.models import Budget, UsageRecord
 from billing.periods import clock
 from billing.pricing import prices
@@ -46,6 +47,7 @@ def store(request, live_db, monkeypatch):
     with override_settings(TIME_ZONE="America/New_York", GATEWAY={**settings.GATEWAY, "REDIS_PREFIX": prefix}):
         chosen = MemoryHotState() if request.param == "memory" else RedisHotState(settings.REDIS_URL)
         monkeypatch.setattr(admission, "get_hot_state", lambda: chosen)
+        monkeypatch.setattr(status, "get_hot_state", lambda: chosen)
         clock.clear()
         yield chosen
         clock.clear()
@@ -223,3 +225,17 @@ def test_an_agents_default_answer_length_sets_the_worst_case_reserved(store):
         assert call(key) is None
         assert call(key) is not None  # $0.02534 spent + $0.03524 reserved (1,024-token cap) > $0.06
         assert call(key, default_output=100) is None  # the agent expects short answers: $0.026 reserved
+
+
+def test_the_status_of_the_current_window_is_the_gateways_own_counter(store):
+    client = new_client()
+    daily = budget("1.00", client=client)
+    key, _ = issue_key(client, allowed_agents=["*"])
+    with freeze_time(at(2026, 12, 2, 12)):
+        assert budget_status(daily)["spent_usd"] == Decimal(0)  # no counter yet: counted from the rows
+        assert call(key) is None
+        counter = counter_key(store, rule_of(daily), rule_of(daily).window())
+        assert store.get_int_now(counter) == 25_340_000
+        UsageRecord.objects.filter(api_key_id=key.pk).delete()  # rows not written yet, say: the counter knows
+        assert budget_status(daily)["spent_usd"] == Decimal("0.025340")
+        assert budget_status(daily, at=at(2026, 12, 2, 12))["spent_usd"] == Decimal(0)  # a given moment: the rows
