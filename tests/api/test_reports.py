@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import UTC, datetime
 
 import pytest
 from django.urls import resolve
 from freezegun import freeze_time
 
-from tests.billing.usage_rows import add_usage, cost_center, forget_all_usage, new_key
+from tests.billing.usage_rows import acme_and_globex
 
 USAGE = "/api/v1/reports/usage/"
 TOP = "/api/v1/reports/top-spenders/"
@@ -23,20 +22,9 @@ def clock():
         yield
 
 
-def utc(*args) -> datetime:
-    return datetime(*args, tzinfo=UTC)
-
-
 @pytest.fixture
 def spend(db):
-    forget_all_usage()
-    research, sales = cost_center("lab", "Research lab"), cost_center("sales", "Sales")
-    acme, globex = new_key("acme", research, "Acme"), new_key("globex", sales, "Globex")
-    add_usage(utc(2026, 11, 30, 10), acme, agent="research", model="gpt-4o", cost="1.25", input_tokens=100)
-    add_usage(utc(2026, 12, 1, 10), acme, agent="writing", model="gpt-4o-mini", cost="0.75", input_tokens=10)
-    add_usage(utc(2026, 12, 1, 11), globex, agent="code", model="+SUM(1,2)", cost="2.5", default_priced=True)
-    add_usage(utc(2026, 12, 2, 9), globex, agent="code", model="gpt-4o", cost="0.5")
-    return {"acme": acme, "globex": globex}
+    return acme_and_globex(hostile_model="+SUM(1,2)")
 
 
 @pytest.mark.parametrize("persona", ["api", "operator_api", "compliance_api"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from billing.models import RollupDay, UsageRecord, UsageRollup
@@ -64,3 +64,19 @@ def forget_all_usage() -> None:
     UsageRecord.objects.all().delete()
     UsageRollup.objects.all().delete()
     RollupDay.objects.all().delete()
+
+
+def utc(*args) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+def acme_and_globex(hostile_model: str) -> dict[str, ApiKey]:
+    """Acme (research lab) and Globex (sales) over the last days; one model name a spreadsheet would run."""
+    forget_all_usage()
+    research, sales = cost_center("lab", "Research lab"), cost_center("sales", "Sales")
+    acme, globex = new_key("acme", research, "Acme"), new_key("globex", sales, "Globex")
+    add_usage(utc(2026, 11, 30, 10), acme, agent="research", model="gpt-4o", cost="1.25", input_tokens=100)
+    add_usage(utc(2026, 12, 1, 10), acme, agent="writing", model="gpt-4o-mini", cost="0.75", input_tokens=10)
+    add_usage(utc(2026, 12, 1, 11), globex, agent="code", model=hostile_model, cost="2.5", default_priced=True)
+    add_usage(utc(2026, 12, 2, 9), globex, agent="code", model="gpt-4o", cost="0.5")
+    return {"acme": acme, "globex": globex}

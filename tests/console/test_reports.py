@@ -6,13 +6,12 @@ import csv
 import io
 import json
 import re
-from datetime import UTC, datetime
 
 import pytest
 from django.urls import resolve
 from freezegun import freeze_time
 
-from tests.billing.usage_rows import add_usage, cost_center, forget_all_usage, new_key
+from tests.billing.usage_rows import acme_and_globex
 
 URL = "/console/reports/"
 
@@ -24,21 +23,9 @@ def clock():
         yield
 
 
-def utc(*args) -> datetime:
-    return datetime(*args, tzinfo=UTC)
-
-
 @pytest.fixture
 def spend(db):
-    """Acme (research) and Globex (sales) over the last days; one model name a spreadsheet would run."""
-    forget_all_usage()
-    research, sales = cost_center("lab", "Research lab"), cost_center("sales", "Sales")
-    acme, globex = new_key("acme", research, "Acme"), new_key("globex", sales, "Globex")
-    add_usage(utc(2026, 11, 30, 10), acme, agent="research", model="gpt-4o", cost="1.25")
-    add_usage(utc(2026, 12, 1, 10), acme, agent="writing", model="gpt-4o-mini", cost="0.75")
-    add_usage(utc(2026, 12, 1, 11), globex, agent="code", model="=cmd|'/C calc'!A0", cost="2.5")
-    add_usage(utc(2026, 12, 2, 9), globex, agent="code", model="gpt-4o", cost="0.5")
-    return {"acme": acme, "globex": globex}
+    return acme_and_globex(hostile_model="=cmd|'/C calc'!A0")
 
 
 def csv_table(response) -> list[list[str]]:
