@@ -35,7 +35,30 @@ def django_db_setup(django_test_environment, django_db_blocker):
         config = setup_databases(verbosity=0, interactive=False, aliases={"default"}, serialized_aliases=set())
     yield
     with django_db_blocker.unblock():
+        _let_other_sessions_go()
         teardown_databases(config, verbosity=0)
+
+
+def _let_other_sessions_go(seconds: float = 10.0) -> None:
+    """Wait for the processes the tests started (gateways, workers) to close their connections, then close the rest.
+
+    PostgreSQL refuses to drop a database anyone is connected to; a process that is still exiting
+    must not fail a run whose tests all passed.
+    """
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    others = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    deadline = time.monotonic() + seconds
+    with connection.cursor() as cursor:
+        while True:
+            cursor.execute(others)
+            if not cursor.fetchall() or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        cursor.execute(f"SELECT pg_terminate_backend(pid) FROM ({others}) AS lingering")
+    connection.close()
 
 
 @pytest.fixture(scope="session", autouse=True)
