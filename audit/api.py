@@ -7,12 +7,71 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
-from audit.chain import verify
+from audit.chain import REQUEST_CHAIN, TRAIL_CHAIN, Chain, verify
 from audit.forms import BUILTIN_FIXED
 from audit.models import AdminAction, AuditRecord, RedactionRule
 from audit.redaction_rules import deletion_refusal
 from gateway_project import roles
 from gateway_project.api import TrailedModelViewSet
+
+VERIFICATION = inline_serializer(
+    "AuditVerification",
+    {
+        "ok": serializers.BooleanField(),
+        "checked": serializers.IntegerField(),
+        "first_seq": serializers.IntegerField(allow_null=True),
+        "last_seq": serializers.IntegerField(allow_null=True),
+        "message": serializers.CharField(),
+        "finding": inline_serializer(
+            "AuditChainFinding",
+            {
+                "kind": serializers.ChoiceField(["altered", "inserted", "removed"]),
+                "seq": serializers.IntegerField(allow_null=True),
+                "request_id": serializers.CharField(),
+                "message": serializers.CharField(),
+            },
+            allow_null=True,
+        ),
+    },
+)
+
+
+def verify_schema(what: str):
+    return extend_schema(
+        summary=f"Verify the {what}'s hash chain",
+        description=f"Recompute the {what}'s chain over the records created in [since, until) (all by default) and "
+        "name the first record that was altered, inserted or removed.",
+        parameters=[
+            OpenApiParameter("since", str, description="ISO date-time: records created at or after it"),
+            OpenApiParameter("until", str, description="ISO date-time: records created before it"),
+        ],
+        responses=VERIFICATION,
+    )
+
+
+def verification_response(request, chain: Chain) -> Response:
+    """Verify ``chain`` over the query's since/until; 400 when they are not date-times."""
+    bounds = serializers.Serializer()
+    bounds.fields["since"] = serializers.DateTimeField(required=False)
+    bounds.fields["until"] = serializers.DateTimeField(required=False)
+    bounds.initial_data = request.query_params
+    if not bounds.is_valid():
+        raise ValidationError(bounds.errors)
+    result = verify(bounds.validated_data.get("since"), bounds.validated_data.get("until"), chain=chain)
+    finding = result.finding
+    return Response(
+        {
+            "ok": result.ok,
+            "checked": result.checked,
+            "first_seq": result.first_seq,
+            "last_seq": result.last_seq,
+            "message": result.describe(),
+            "finding": None
+            if finding is None
+            else {"kind": finding.kind, "seq": finding.seq, "request_id": finding.request_id,
+                  "message": finding.message},
+        }
+    )  # fmt: skip
 
 
 class AuditRecordSerializer(serializers.ModelSerializer):
@@ -27,6 +86,7 @@ class AuditRecordSerializer(serializers.ModelSerializer):
             "api_key_id",
             "key_prefix",
             "agent",
+            "target",
             "model",
             "method",
             "path",
@@ -84,58 +144,10 @@ class AuditRecordViewSet(viewsets.ReadOnlyModelViewSet):
     ordering_fields = ["created_at", "latency_ms", "status", "seq"]
     ordering = ["-created_at", "-id"]
 
-    @extend_schema(
-        summary="Verify the hash chain",
-        description="Recompute the chain over the records created in [since, until) (all by default) and name the "
-        "first record that was altered, inserted or removed.",
-        parameters=[
-            OpenApiParameter("since", str, description="ISO date-time: records created at or after it"),
-            OpenApiParameter("until", str, description="ISO date-time: records created before it"),
-        ],
-        responses=inline_serializer(
-            "AuditVerification",
-            {
-                "ok": serializers.BooleanField(),
-                "checked": serializers.IntegerField(),
-                "first_seq": serializers.IntegerField(allow_null=True),
-                "last_seq": serializers.IntegerField(allow_null=True),
-                "message": serializers.CharField(),
-                "finding": inline_serializer(
-                    "AuditChainFinding",
-                    {
-                        "kind": serializers.ChoiceField(["altered", "inserted", "removed"]),
-                        "seq": serializers.IntegerField(allow_null=True),
-                        "request_id": serializers.CharField(),
-                        "message": serializers.CharField(),
-                    },
-                    allow_null=True,
-                ),
-            },
-        ),
-    )
+    @verify_schema("request log")
     @action(detail=False, methods=["get"], filterset_class=None, pagination_class=None)
     def verify(self, request):
-        bounds = serializers.Serializer()
-        bounds.fields["since"] = serializers.DateTimeField(required=False)
-        bounds.fields["until"] = serializers.DateTimeField(required=False)
-        bounds.initial_data = request.query_params
-        if not bounds.is_valid():
-            raise ValidationError(bounds.errors)
-        result = verify(bounds.validated_data.get("since"), bounds.validated_data.get("until"))
-        finding = result.finding
-        return Response(
-            {
-                "ok": result.ok,
-                "checked": result.checked,
-                "first_seq": result.first_seq,
-                "last_seq": result.last_seq,
-                "message": result.describe(),
-                "finding": None
-                if finding is None
-                else {"kind": finding.kind, "seq": finding.seq, "request_id": finding.request_id,
-                      "message": finding.message},
-            }
-        )  # fmt: skip
+        return verification_response(request, REQUEST_CHAIN)
 
 
 class AdminActionSerializer(serializers.ModelSerializer):
@@ -152,6 +164,9 @@ class AdminActionSerializer(serializers.ModelSerializer):
             "object_id",
             "object_repr",
             "changes",
+            "seq",
+            "prev_hash",
+            "record_hash",
         ]
 
 
@@ -170,9 +185,14 @@ class AdminActionViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = AdminAction.objects.all()
     serializer_class = AdminActionSerializer
     filterset_class = AdminActionFilter
-    ordering_fields = ["created_at", "actor", "action"]
+    ordering_fields = ["created_at", "actor", "action", "seq"]
     ordering = ["-created_at", "-id"]
     read_roles = roles.EXPORT
+
+    @verify_schema("admin-action trail")
+    @action(detail=False, methods=["get"], filterset_class=None, pagination_class=None)
+    def verify(self, request):
+        return verification_response(request, TRAIL_CHAIN)
 
 
 class RedactionRuleSerializer(serializers.ModelSerializer):

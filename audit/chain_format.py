@@ -21,41 +21,95 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 GENESIS = "0" * 64
-CHAINED_FIELDS = (
-    "seq", "request_id", "created_at", "client_id", "client_slug", "api_key_id", "key_prefix", "agent", "model",
-    "method", "path", "status", "error_type", "latency_ms", "input_tokens", "output_tokens", "cost_usd",
-    "client_ip", "user_agent", "input_preview", "output_preview",
-)  # fmt: skip
 CHAIN_FIELDS = ("seq", "prev_hash", "record_hash")
-_INTEGERS = {"seq", "client_id", "api_key_id", "status", "input_tokens", "output_tokens"}
-_NULLABLE = {"client_id", "api_key_id", "client_ip"}
 
 
-def _canonical_value(name: str, value):
-    if value is None or (value == "" and name in _NULLABLE):
-        return None
-    if name in _INTEGERS:
-        return int(value)
-    if name == "created_at":
-        moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-        return moment.astimezone(UTC).isoformat(timespec="microseconds")
-    if name == "cost_usd":
-        return str(Decimal(str(value)).quantize(Decimal("0.000000001")))
-    if name == "latency_ms":
-        return f"{float(value):.3f}"
-    if name == "client_ip":
-        return str(ipaddress.ip_address(str(value)))
-    return str(value)
+@dataclass(frozen=True)
+class ChainSpec:
+    """One chain's format: the fields its hash covers and how each is written canonically.
+
+    ``later`` fields were added after records were first chained: they are left
+    out of the hash while empty, so records chained before they existed still verify.
+    """
+
+    name: str
+    fields: tuple[str, ...]
+    ident: str  # the field that names a record in messages, besides its seq
+    integers: frozenset[str] = frozenset()
+    nullable: frozenset[str] = frozenset()
+    json_fields: frozenset[str] = frozenset()
+    later: frozenset[str] = frozenset()
+
+    def canonical(self, row: Mapping) -> bytes:
+        """The bytes a record's hash covers, the same whatever form the database or an export gives the values in."""
+        fields = {}
+        for name in self.fields:
+            value = self._value(name, row.get(name))
+            if value in (None, "") and name in self.later:
+                continue
+            fields[name] = value
+        return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def record_hash(self, prev_hash: str, row: Mapping) -> str:
+        return hashlib.sha256(prev_hash.encode("ascii") + b"\n" + self.canonical(row)).hexdigest()
+
+    def label(self, row: Mapping, seq) -> str:
+        ident = row.get(self.ident) if self.ident else None
+        return f"seq {seq} ({ident})" if ident not in (None, "") else f"seq {seq}"
+
+    def _value(self, name: str, value):
+        if value is None or (value == "" and name in self.nullable):
+            return None
+        if name in self.integers:
+            return int(value)
+        if name in self.json_fields:
+            return json.loads(value) if isinstance(value, str) else value
+        if name == "created_at":
+            moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+            return moment.astimezone(UTC).isoformat(timespec="microseconds")
+        if name == "cost_usd":
+            return str(Decimal(str(value)).quantize(Decimal("0.000000001")))
+        if name == "latency_ms":
+            return f"{float(value):.3f}"
+        if name == "client_ip":
+            return str(ipaddress.ip_address(str(value)))
+        return str(value)
 
 
-def canonical(row: Mapping) -> bytes:
-    """The bytes a record's hash covers, the same whatever form the database or an export gives the values in."""
-    fields = {name: _canonical_value(name, row.get(name)) for name in CHAINED_FIELDS}
-    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+REQUESTS = ChainSpec(
+    name="request log",
+    fields=(
+        "seq", "request_id", "created_at", "client_id", "client_slug", "api_key_id", "key_prefix", "agent", "model",
+        "method", "path", "status", "error_type", "latency_ms", "input_tokens", "output_tokens", "cost_usd",
+        "client_ip", "user_agent", "input_preview", "output_preview", "target",
+    ),
+    ident="request_id",
+    integers=frozenset({"seq", "client_id", "api_key_id", "status", "input_tokens", "output_tokens"}),
+    nullable=frozenset({"client_id", "api_key_id", "client_ip"}),
+    later=frozenset({"target"}),
+)  # fmt: skip
+TRAIL = ChainSpec(
+    name="admin-action trail",
+    fields=(
+        "seq", "created_at", "actor", "actor_id", "via", "action", "object_type", "object_id", "object_repr",
+        "changes",
+    ),
+    ident="id",
+    integers=frozenset({"seq", "actor_id"}),
+    nullable=frozenset({"actor_id"}),
+    json_fields=frozenset({"changes"}),
+)  # fmt: skip
+SPECS = {"records": REQUESTS, "trail": TRAIL}
+# The request log's, kept under their first names for existing callers.
+CHAINED_FIELDS = REQUESTS.fields
 
 
-def record_hash(prev_hash: str, row: Mapping) -> str:
-    return hashlib.sha256(prev_hash.encode("ascii") + b"\n" + canonical(row)).hexdigest()
+def canonical(row: Mapping, spec: ChainSpec = REQUESTS) -> bytes:
+    return spec.canonical(row)
+
+
+def record_hash(prev_hash: str, row: Mapping, spec: ChainSpec = REQUESTS) -> str:
+    return spec.record_hash(prev_hash, row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +141,7 @@ class Verification:
         return f"The chain holds: {self.checked} records, seq {self.first_seq} to {self.last_seq}."
 
 
-def verify_rows(rows: Iterable[Mapping], anchor: str | None = None) -> Verification:
+def verify_rows(rows: Iterable[Mapping], anchor: str | None = None, spec: ChainSpec = REQUESTS) -> Verification:
     """Check records given in ``seq`` order; ``anchor`` is the hash of the record before the first, when known.
 
     Without an anchor the first record's ``prev_hash`` is taken on trust (a range
@@ -96,32 +150,30 @@ def verify_rows(rows: Iterable[Mapping], anchor: str | None = None) -> Verificat
     checked, first, previous = 0, None, None
     for row in rows:
         seq = None if row.get("seq") in (None, "") else int(row["seq"])
-        request_id = str(row.get("request_id", ""))
+        request_id = str(row.get(spec.ident, "")) if spec.ident else ""
         if seq is None:
-            message = f"Record {request_id} is not in the chain (no seq): it was inserted."
+            message = f"Record {request_id or '(no seq)'} is not in the chain (no seq): it was inserted."
             return _broken(checked, first, previous, "inserted", None, request_id, message)
         expected_prev = anchor if previous is None else previous[1]
-        if record_hash(str(row.get("prev_hash", "")), row) != row.get("record_hash"):
-            message = f"Record seq {seq} ({request_id}) was altered: its content no longer matches its hash."
+        name = spec.label(row, seq)
+        if spec.record_hash(str(row.get("prev_hash", "")), row) != row.get("record_hash"):
+            message = f"Record {name} was altered: its content no longer matches its hash."
             return _broken(checked, first, previous, "altered", seq, request_id, message)
         if expected_prev is not None and row.get("prev_hash") != expected_prev:
             after = previous[0] if previous is not None else seq - 1
             if previous is not None and seq > after + 1:
                 missing = f"seq {after + 1}" if seq == after + 2 else f"seq {after + 1} to {seq - 1}"
-                kind, message = "removed", f"Records were removed before seq {seq} ({request_id}): {missing}."
+                kind, message = "removed", f"Records were removed before {name}: {missing}."
             elif previous is not None and seq <= after:
-                kind, message = "inserted", f"Record seq {seq} ({request_id}) was inserted: seq {seq} already came."
+                kind, message = "inserted", f"Record {name} was inserted: seq {seq} already came."
             else:
                 kind, message = (
                     "inserted",
-                    (
-                        f"Record seq {seq} ({request_id}) does not follow seq {after}: "
-                        "it was inserted, or the one before it was replaced."
-                    ),
+                    (f"Record {name} does not follow seq {after}: it was inserted, or the one before it was replaced."),
                 )
             return _broken(checked, first, previous, kind, seq, request_id, message)
         if previous is not None and seq != previous[0] + 1:
-            message = f"Records were renumbered or removed before seq {seq} ({request_id})."
+            message = f"Records were renumbered or removed before {name}."
             return _broken(checked, first, previous, "removed", seq, request_id, message)
         checked += 1
         first = seq if first is None else first

@@ -25,6 +25,8 @@ def csv_cell(value) -> str:
     """One CSV cell as text; a cell a spreadsheet would run as a formula gets a leading quote."""
     if value is None:
         return ""
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
     text = value.isoformat() if hasattr(value, "isoformat") else str(value)
     return "'" + text if text.startswith(FORMULA_PREFIXES) else text
 

@@ -1,9 +1,9 @@
-"""Filters of the request log, shared by the console and the API."""
+"""Filters of the request log and the admin-action trail, shared by the console and the API."""
 
 from django import forms
 from django.db.models import Q
 
-from audit.models import AuditRecord
+from audit.models import AdminAction, AuditRecord
 
 # Form field -> queryset lookup; "text" searches both previews and is applied apart.
 LOOKUPS = {
@@ -37,3 +37,22 @@ class AuditFilterForm(forms.Form):
             text = data["text"]
             queryset = queryset.filter(Q(input_preview__icontains=text) | Q(output_preview__icontains=text))
         return queryset
+
+
+class TrailFilterForm(forms.Form):
+    """Filters of the admin-action trail: who, what, on which kind of object, when."""
+
+    since = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
+    until = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
+    actor = forms.CharField(required=False)
+    action = forms.CharField(required=False)
+    object_type = forms.CharField(required=False, label="Object type")
+
+    LOOKUPS = {"since": "created_at__gte", "until": "created_at__lt", "actor": "actor", "action": "action",
+               "object_type": "object_type"}  # fmt: skip
+
+    def filter(self, queryset=None):
+        """The actions matching the valid fields (invalid ones are reported by the form)."""
+        queryset = AdminAction.objects.all() if queryset is None else queryset
+        data = self.cleaned_data if self.is_valid() else {}
+        return queryset.filter(**{self.LOOKUPS[name]: value for name, value in data.items() if value not in (None, "")})

@@ -1,6 +1,9 @@
+import uuid
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 from audit.redaction import CODE_CHECK_CHOICES, MAX_PATTERN_LENGTH, validate_pattern, validate_replacement
 
@@ -21,6 +24,7 @@ class AuditRecord(models.Model):
     api_key_id = models.BigIntegerField(null=True, blank=True)
     key_prefix = models.CharField(max_length=20, blank=True, db_index=True)
     agent = models.CharField(max_length=100, blank=True, db_index=True)
+    target = models.CharField(max_length=300, blank=True, help_text="The upstream that answered.")
     model = models.CharField(max_length=200, blank=True)
     method = models.CharField(max_length=10)
     path = models.CharField(max_length=500)
@@ -53,7 +57,7 @@ class AdminAction(models.Model):
     known after issue, and secret fields are recorded as changed, not by value.
     """
 
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
     actor = models.CharField(max_length=150, db_index=True, help_text="Username of who made the change.")
     actor_id = models.BigIntegerField(null=True, blank=True)
     via = models.CharField(max_length=20, help_text="console or api")
@@ -62,6 +66,10 @@ class AdminAction(models.Model):
     object_id = models.CharField(max_length=64, blank=True)
     object_repr = models.CharField(max_length=200, blank=True)
     changes = models.JSONField(default=dict, blank=True, help_text='{"field": [from, to]}')
+    # The trail's own hash chain, kept like the request log's (``audit.chain``).
+    seq = models.BigIntegerField(null=True, blank=True, unique=True, editable=False)
+    prev_hash = models.CharField(max_length=64, blank=True, editable=False)
+    record_hash = models.CharField(max_length=64, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -98,3 +106,88 @@ class RedactionRule(models.Model):
 
     def __str__(self):
         return self.name
+
+
+class AuditExport(models.Model):
+    """An export too large to stream in one response: written to a compressed file by a Celery task.
+
+    Only its requester may download the file, until ``expires_at``; the id is a
+    random UUID so a link cannot be guessed either.
+    """
+
+    RECORDS, TRAIL = "records", "trail"
+    KIND_CHOICES = [(RECORDS, "Request log"), (TRAIL, "Admin-action trail")]
+    FORMAT_CHOICES = [("csv", "CSV"), ("jsonl", "JSON Lines")]
+    QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+    STATUS_CHOICES = [(QUEUED, "Queued"), (RUNNING, "Running"), (DONE, "Done"), (FAILED, "Failed")]
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    requester = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="audit_exports"
+    )
+    kind = models.CharField(max_length=10, choices=KIND_CHOICES, default=RECORDS)
+    format = models.CharField(max_length=10, choices=FORMAT_CHOICES, default="csv")
+    filters = models.JSONField(default=dict, blank=True, help_text='The filter as given, e.g. {"client": "acme"}.')
+    status = models.CharField(max_length=10, choices=STATUS_CHOICES, default=QUEUED, db_index=True)
+    rows_total = models.PositiveBigIntegerField(default=0, help_text="Rows matching the filter when the task began.")
+    rows_written = models.PositiveBigIntegerField(default=0)
+    file_name = models.CharField(max_length=200, blank=True)
+    file_size = models.PositiveBigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.get_kind_display()} export {self.id} ({self.format}, {self.status})"
+
+
+class AuditArchive(models.Model):
+    """Request records removed by the retention job, kept as one compressed JSON Lines file.
+
+    The file holds every chained field, so it verifies offline; its runs
+    (``ArchivedRun``) let the chain still be checked in the database across the cut.
+    """
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    file_name = models.CharField(max_length=200, unique=True)
+    file_size = models.PositiveBigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64)
+    records = models.PositiveBigIntegerField(default=0)
+    first_seq = models.BigIntegerField(null=True, blank=True)
+    last_seq = models.BigIntegerField(null=True, blank=True)
+    oldest_at = models.DateTimeField(null=True, blank=True)
+    newest_at = models.DateTimeField(null=True, blank=True)
+    policy = models.JSONField(default=dict, blank=True, help_text="The retention that applied: default and overrides.")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return self.file_name
+
+
+class ArchivedRun(models.Model):
+    """A run of consecutive seq numbers that went into an archive, with the hashes at its two ends.
+
+    A record after the run must name ``last_hash`` as its previous hash, and
+    ``prev_hash`` must be the hash of the record before the run: the chain holds
+    across the cut without the archived records in the database.
+    """
+
+    archive = models.ForeignKey(AuditArchive, on_delete=models.PROTECT, related_name="runs")
+    first_seq = models.BigIntegerField(unique=True)
+    last_seq = models.BigIntegerField()
+    prev_hash = models.CharField(max_length=64)
+    last_hash = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["first_seq"]
+
+    def __str__(self):
+        return f"seq {self.first_seq}-{self.last_seq} in {self.archive}"

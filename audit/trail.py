@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from decimal import Decimal
 
-from django.db import models
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models, transaction
 from django.forms.models import model_to_dict
+from django.utils import timezone
 
+from audit.chain import TRAIL_CHAIN
 from audit.models import AdminAction
 
 # Fields whose values never go into the trail. Each is recorded as a short fingerprint,
@@ -50,8 +54,9 @@ def diff(before: dict, after: dict) -> dict:
 
 
 def record_event(user, via: str, action: str, object_type: str, object_id="", object_repr="", changes=None):
-    """Append one entry to the trail."""
-    return AdminAction.objects.create(
+    """Append one entry to the trail, chained by hash to the one before it."""
+    row = dict(
+        created_at=timezone.now(),
         actor=getattr(user, "get_username", lambda: "")() or "anonymous",
         actor_id=getattr(user, "pk", None),
         via=via,
@@ -59,8 +64,11 @@ def record_event(user, via: str, action: str, object_type: str, object_id="", ob
         object_type=object_type,
         object_id=str(object_id or ""),
         object_repr=str(object_repr)[:200],
-        changes=changes or {},
+        changes=json.loads(json.dumps(changes or {}, cls=DjangoJSONEncoder)),  # as the database will give it back
     )
+    with transaction.atomic():
+        TRAIL_CHAIN.chain_rows([row])
+        return AdminAction.objects.create(**row)
 
 
 def record_action(user, via: str, action: str, obj, changes: dict | None = None) -> AdminAction:

@@ -2,6 +2,9 @@
 
     python audit/verify_export.py audit-export.jsonl        # or .csv, or either gzipped (.gz)
 
+Works for exports of the request log and of the admin-action trail (told apart
+by their columns), and for the retention job's archives (gzipped JSON Lines).
+
 The export must hold the chain fields (seq, prev_hash, record_hash) and every
 chained field, as the console's and the API's exports do. Records are checked in
 seq order; the first record's prev_hash is taken on trust unless you give
@@ -23,9 +26,9 @@ from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from chain_format import CHAIN_FIELDS, CHAINED_FIELDS, record_hash, verify_rows  # type: ignore[no-redef]
+    from chain_format import CHAIN_FIELDS, REQUESTS, TRAIL, ChainSpec, verify_rows  # type: ignore[no-redef]
 else:
-    from audit.chain_format import CHAIN_FIELDS, CHAINED_FIELDS, record_hash, verify_rows
+    from audit.chain_format import CHAIN_FIELDS, REQUESTS, TRAIL, ChainSpec, verify_rows
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
@@ -41,17 +44,20 @@ def _uncell(value: str) -> str:
     return value[1:] if value.startswith("'") and value[1:].startswith(FORMULA_PREFIXES) else value
 
 
-def read_rows(path: Path) -> list[dict]:
+def read_rows(path: Path) -> tuple[ChainSpec, list[dict]]:
+    """The file's records in seq order, and which chain they belong to (the trail's have an actor)."""
     name = path.name.removesuffix(".gz")
     with _open(path) as handle:
         if name.endswith(".csv"):
             rows = [{k: _uncell(v) for k, v in row.items()} for row in csv.DictReader(handle)]
         else:
             rows = [json.loads(line) for line in handle if line.strip()]
-    missing = [f for f in (*CHAINED_FIELDS, *CHAIN_FIELDS) if rows and f not in rows[0]]
+    spec = TRAIL if rows and "actor" in rows[0] else REQUESTS
+    needed = [f for f in spec.fields if f not in spec.later]
+    missing = [f for f in (*needed, *CHAIN_FIELDS) if rows and f not in rows[0]]
     if missing:
         raise SystemExit(f"{path}: the export lacks the chain's fields {', '.join(missing)}.")
-    return sorted(rows, key=lambda row: int(row["seq"]) if str(row.get("seq") or "").isdigit() else -1)
+    return spec, sorted(rows, key=lambda row: int(row["seq"]) if str(row.get("seq") or "").isdigit() else -1)
 
 
 def main(argv=None) -> int:
@@ -60,16 +66,15 @@ def main(argv=None) -> int:
     parser.add_argument("--anchor", default=None, help="record_hash of the record just before the first one")
     parser.add_argument("--records-only", action="store_true", help="check each record alone (filtered exports)")
     args = parser.parse_args(argv)
-    rows = read_rows(args.file)
+    spec, rows = read_rows(args.file)
     if args.records_only:
         for row in rows:
-            if record_hash(str(row.get("prev_hash", "")), row) != row.get("record_hash"):
-                print(f"Record seq {row.get('seq')} ({row.get('request_id')}) was altered: its content no longer "
-                      "matches its hash.")  # fmt: skip
+            if spec.record_hash(str(row.get("prev_hash", "")), row) != row.get("record_hash"):
+                print(f"Record {spec.label(row, row.get('seq'))} was altered: its content no longer matches its hash.")
                 return 1
         print(f"Every record holds: {len(rows)} checked against its own hash (links not checked).")
         return 0
-    result = verify_rows(rows, anchor=args.anchor)
+    result = verify_rows(rows, anchor=args.anchor, spec=spec)
     print(result.describe())
     return 0 if result.ok else 1
 

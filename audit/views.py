@@ -3,35 +3,36 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.http import Http404, StreamingHttpResponse
+from django.http import Http404, HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views import View
 
-from audit.chain import verify
-from audit.exports import export_lines
-from audit.filters import AuditFilterForm
+from audit.chain import CHAINS, verify
+from audit.export_jobs import FIELDS, NAMES, request_export, too_large_to_stream
+from audit.exports import ACTION_FIELDS, RECORD_FIELDS, export_lines  # noqa: F401 - the exported columns, named here too
+from audit.filters import AuditFilterForm, TrailFilterForm
 from audit.forms import RedactionRuleForm
-from audit.models import AdminAction, AuditRecord, RedactionRule
+from audit.models import AuditExport, AuditRecord, RedactionRule
 from audit.redaction_rules import deletion_refusal, set_enabled, try_rule
 from audit.trail import record_event
 from gateway_project import roles
 from gateway_project.console import RoleRequiredMixin, TrailedDeleteView, TrailedEditView, sorted_page
 
-# Every chained field and the chain's own, so an export can be re-verified offline (audit/verify_export.py).
-RECORD_FIELDS = [
-    "seq", "request_id", "created_at", "client_id", "client_slug", "api_key_id", "key_prefix", "agent", "model",
-    "method", "path", "status", "error_type", "latency_ms", "input_tokens", "output_tokens", "cost_usd", "client_ip",
-    "user_agent", "input_preview", "output_preview", "prev_hash", "record_hash",
-]  # fmt: skip
-ACTION_FIELDS = ["created_at", "actor", "via", "action", "object_type", "object_id", "object_repr", "changes"]
 FORMATS = {"csv": ("text/csv", "csv"), "jsonl": ("application/x-ndjson", "jsonl")}
 
 
-def _export(request, queryset, fields, name: str, described_filter: dict):
+def _export(request, kind: str, queryset, described_filter: dict):
+    """Stream the rows in the response, or hand them to a background job when they are many (or ``?background=1``)."""
     fmt = request.GET.get("format", "csv")
     if fmt not in FORMATS:
         raise Http404("Unknown export format.")
+    if request.GET.get("background") == "1" or too_large_to_stream(queryset):
+        export = request_export(request.user, kind, fmt, described_filter)
+        messages.info(request, f"{export.rows_total} rows are written to a file in the background; "
+                               "this page follows the export and offers the file when it is ready.")  # fmt: skip
+        return redirect("console:export-detail", export.pk)
+    fields, name = FIELDS[kind], NAMES[kind]
     content_type, extension = FORMATS[fmt]
     record_event(request.user, "console", "export", f"audit.{name}", object_repr=f"{name} ({fmt})",
                  changes={"filter": [None, described_filter]})  # fmt: skip
@@ -68,7 +69,7 @@ class AuditExportView(RoleRequiredMixin, View):
         form = AuditFilterForm(request.GET or None)
         described = {k: str(v) for k, v in (form.cleaned_data if form.is_valid() else {}).items() if v}
         records = form.filter().order_by("seq", "id")  # chain order
-        return _export(request, records, RECORD_FIELDS, "audit-log", described)
+        return _export(request, AuditExport.RECORDS, records, described)
 
 
 class AuditVerifyView(RoleRequiredMixin, View):
@@ -77,8 +78,12 @@ class AuditVerifyView(RoleRequiredMixin, View):
     def get(self, request):
         form = AuditFilterForm(request.GET or None)
         data = form.cleaned_data if form.is_valid() else {}
-        result = verify(data.get("since"), data.get("until"))
-        context = {"form": form, "result": result, "query": request.GET.urlencode()}
+        name = request.GET.get("chain", "records")
+        chain = CHAINS.get(name)
+        if chain is None:
+            return HttpResponseBadRequest("Unknown chain: choose records or trail.")
+        result = verify(data.get("since"), data.get("until"), chain=chain)
+        context = {"form": form, "result": result, "chain": name, "chain_name": chain.spec.name}
         return render(
             request, "audit/audit_verify.html", context, status=200 if form.is_valid() or not request.GET else 400
         )
@@ -88,25 +93,25 @@ class TrailListView(RoleRequiredMixin, View):
     needed_roles = roles.EXPORT
 
     def get(self, request):
-        actions = AdminAction.objects.all()
-        for name in ("actor", "action", "object_type"):
-            if request.GET.get(name):
-                actions = actions.filter(**{name: request.GET[name]})
-        page, sort = sorted_page(request, actions, {"time": "created_at", "actor": "actor"}, "-time")
-        return render(request, "audit/trail_list.html", {"page": page, "sort": sort, "query": request.GET.urlencode()})
+        form = TrailFilterForm(request.GET or None)
+        page, sort = sorted_page(request, form.filter(), {"time": "created_at", "actor": "actor"}, "-time")
+        query = request.GET.copy()
+        query.pop("page", None)
+        query.pop("sort", None)
+        context = {"form": form, "page": page, "sort": sort, "query": query.urlencode()}
+        return render(
+            request, "audit/trail_list.html", context, status=400 if request.GET and not form.is_valid() else 200
+        )
 
 
 class TrailExportView(RoleRequiredMixin, View):
     needed_roles = roles.EXPORT
 
     def get(self, request):
-        actions = AdminAction.objects.order_by("created_at", "id")
-        described = {}
-        for name in ("actor", "action", "object_type"):
-            if request.GET.get(name):
-                actions = actions.filter(**{name: request.GET[name]})
-                described[name] = request.GET[name]
-        return _export(request, actions, ACTION_FIELDS, "admin-actions", described)
+        form = TrailFilterForm(request.GET or None)
+        described = {k: str(v) for k, v in (form.cleaned_data if form.is_valid() else {}).items() if v}
+        actions = form.filter().order_by("seq", "id")  # chain order
+        return _export(request, AuditExport.TRAIL, actions, described)
 
 
 class RedactionRuleListView(RoleRequiredMixin, View):

@@ -87,6 +87,10 @@ class Client(models.Model):
     audit_previews = models.BooleanField(
         default=True, help_text="Keep redacted previews of this client's requests and answers in the audit log."
     )
+    audit_retention_days = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="Keep this client's request records this many days; empty uses the gateway's default.",
+    )  # fmt: skip
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -40,6 +40,7 @@ class Exchange:
         # Audit facts, filled in as the request goes along
         self.key: KeySnapshot | None = None
         self.agent = ""
+        self.target = ""  # the upstream that was called
         self.model = ""
         self.error_type = ""
         self.input_tokens = 0
@@ -128,6 +129,7 @@ class Exchange:
             api_key_id=key.key_id if key else None,
             key_prefix=key.prefix if key else "",
             agent=self.agent,
+            target=self.target,
             model=self.model,
             input_tokens=self.input_tokens,
             output_tokens=self.output_tokens,

@@ -36,6 +36,7 @@ def _rejected(status: int, route: AgentRoute, content: bytes) -> GatewayError:
 async def call_json(ex: Exchange, route: AgentRoute, path: str, body: bytes) -> tuple[dict, bytes]:
     """POST a composed JSON body; return the upstream's JSON answer and its bytes, within the agent's timeout."""
     headers = upstream.provider_headers(route, ex.request_id, ex.key.client_slug)
+    ex.target = route.base_url
     request = upstream.build_request(
         "POST", upstream.provider_url(route, path), content=body, headers=headers, route=route
     )
@@ -69,6 +70,7 @@ async def call_json(ex: Exchange, route: AgentRoute, path: str, body: bytes) -> 
 
 
 async def _open_stream(ex: Exchange, route: AgentRoute, request: httpx.Request) -> httpx.Response:
+    ex.target = route.base_url
     try:
         return await upstream.send(request)
     except httpx.HTTPError as exc:

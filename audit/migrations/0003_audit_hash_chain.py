@@ -5,8 +5,14 @@ from django.db import migrations, models
 
 def chain_existing_records(apps, schema_editor):
     """Records written before the chain existed join it in the order they were written (by id)."""
-    from audit.chain_format import CHAINED_FIELDS, GENESIS, record_hash
+    from audit.chain_format import GENESIS, record_hash
 
+    # The fields chained when this migration was written (later ones are left out of the hash while empty).
+    CHAINED_FIELDS = (
+        "seq", "request_id", "created_at", "client_id", "client_slug", "api_key_id", "key_prefix", "agent", "model",
+        "method", "path", "status", "error_type", "latency_ms", "input_tokens", "output_tokens", "cost_usd",
+        "client_ip", "user_agent", "input_preview", "output_preview",
+    )  # fmt: skip
     AuditRecord = apps.get_model("audit", "AuditRecord")
     seq, prev, batch = 0, GENESIS, []
     for row in AuditRecord.objects.order_by("id").values("id", *[f for f in CHAINED_FIELDS if f != "seq"]).iterator(

@@ -1,9 +1,9 @@
-"""Check the request log's hash chain and name the first record that was altered, inserted or removed."""
+"""Check the audit hash chains and name the first record that was altered, inserted or removed."""
 
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.dateparse import parse_date, parse_datetime
 
-from audit.chain import verify
+from audit.chain import CHAINS, verify
 
 
 def _moment(value: str | None, option: str):
@@ -20,15 +20,30 @@ def _moment(value: str | None, option: str):
 
 
 class Command(BaseCommand):
-    help = "Verify the audit log's hash chain over a time range (all of it by default). Exits 1 if it is broken."
+    help = (
+        "Verify the request log's and the admin-action trail's hash chains over a time range (all of it by "
+        "default). Exits 1 if either is broken."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--since", help="ISO date or date-time with zone: records created at or after it")
         parser.add_argument("--until", help="ISO date or date-time with zone: records created before it")
+        parser.add_argument(
+            "--chain", choices=[*CHAINS, "all"], default="all", help="records (request log), trail, or all (default)"
+        )
 
     def handle(self, *args, **options):
-        result = verify(_moment(options["since"], "--since"), _moment(options["until"], "--until"))
-        if not result.ok:
-            self.stderr.write(result.describe())
+        since, until = _moment(options["since"], "--since"), _moment(options["until"], "--until")
+        names = list(CHAINS) if options["chain"] == "all" else [options["chain"]]
+        broken = False
+        for name in names:
+            chain = CHAINS[name]
+            result = verify(since, until, chain=chain)
+            line = f"{chain.spec.name.capitalize()}: {result.describe()}"
+            if result.ok:
+                self.stdout.write(line)
+            else:
+                self.stderr.write(line)
+                broken = True
+        if broken:
             raise SystemExit(1)
-        self.stdout.write(result.describe())
