@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -45,7 +45,7 @@ class ChainSpec:
         fields = {}
         for name in self.fields:
             value = self._value(name, row.get(name))
-            if value in (None, "") and name in self.later:
+            if name in self.later and value in (None, "", {}, []):
                 continue
             fields[name] = value
         return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
@@ -81,12 +81,13 @@ REQUESTS = ChainSpec(
     fields=(
         "seq", "request_id", "created_at", "client_id", "client_slug", "api_key_id", "key_prefix", "agent", "model",
         "method", "path", "status", "error_type", "latency_ms", "input_tokens", "output_tokens", "cost_usd",
-        "client_ip", "user_agent", "input_preview", "output_preview", "target",
+        "client_ip", "user_agent", "input_preview", "output_preview", "target", "details",
     ),
     ident="request_id",
     integers=frozenset({"seq", "client_id", "api_key_id", "status", "input_tokens", "output_tokens"}),
     nullable=frozenset({"client_id", "api_key_id", "client_ip"}),
-    later=frozenset({"target"}),
+    json_fields=frozenset({"details"}),
+    later=frozenset({"target", "details"}),
 )  # fmt: skip
 TRAIL = ChainSpec(
     name="admin-action trail",
@@ -141,11 +142,22 @@ class Verification:
         return f"The chain holds: {self.checked} records, seq {self.first_seq} to {self.last_seq}."
 
 
-def verify_rows(rows: Iterable[Mapping], anchor: str | None = None, spec: ChainSpec = REQUESTS) -> Verification:
+# bridge(seq, hash, next_seq) -> (seq, hash) reached across the gap, or None: see ``verify_rows``.
+Bridge = Callable[[int, str, int], "tuple[int, str | None] | None"]
+
+
+def verify_rows(
+    rows: Iterable[Mapping], anchor: str | None = None, spec: ChainSpec = REQUESTS, bridge: Bridge | None = None
+) -> Verification:
     """Check records given in ``seq`` order; ``anchor`` is the hash of the record before the first, when known.
 
     Without an anchor the first record's ``prev_hash`` is taken on trust (a range
     starting after records were archived, or an export of a time range).
+
+    ``bridge`` accounts for gaps the retention job left: when seq jumps from a record
+    to a later one, ``bridge(seq, hash, next_seq)`` gives the seq and hash the chain
+    reaches across the gap through archived records (a hash of None when only the
+    archive knows it), or None when nothing accounts for the missing records.
     """
     checked, first, previous = 0, None, None
     for row in rows:
@@ -154,6 +166,8 @@ def verify_rows(rows: Iterable[Mapping], anchor: str | None = None, spec: ChainS
         if seq is None:
             message = f"Record {request_id or '(no seq)'} is not in the chain (no seq): it was inserted."
             return _broken(checked, first, previous, "inserted", None, request_id, message)
+        if bridge is not None and previous is not None and seq > previous[0] + 1:
+            previous = bridge(previous[0], previous[1], seq) or previous
         expected_prev = anchor if previous is None else previous[1]
         name = spec.label(row, seq)
         if spec.record_hash(str(row.get("prev_hash", "")), row) != row.get("record_hash"):

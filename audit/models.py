@@ -38,6 +38,10 @@ class AuditRecord(models.Model):
     user_agent = models.CharField(max_length=300, blank=True)
     input_preview = models.CharField(max_length=PREVIEW_LENGTH, blank=True)
     output_preview = models.CharField(max_length=PREVIEW_LENGTH, blank=True)
+    details = models.JSONField(
+        default=dict, blank=True,
+        help_text="Facts of the exchange beyond the columns: retries, fallbacks, failed targets, WebSocket traffic.",
+    )  # fmt: skip
     # The hash chain (``audit.chain``): the record's place, the hash of the one before it, and its own hash.
     seq = models.BigIntegerField(null=True, blank=True, unique=True, editable=False)
     prev_hash = models.CharField(max_length=64, blank=True, editable=False)

@@ -32,6 +32,7 @@ def record_request(
     user_agent: str = "",
     input_text: str = "",
     output_text: str = "",
+    details: dict | None = None,
 ) -> dict:
     """Queue the record for the buffered writer; previews are redacted before anything is kept."""
     rules = active_rules()
@@ -57,6 +58,7 @@ def record_request(
         user_agent=user_agent[:300],
         input_preview=preview(input_text, rules),
         output_preview=preview(output_text, rules),
+        details=details or {},
     )
     writer.add(AuditRecord, record)
     return record

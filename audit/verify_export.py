@@ -11,6 +11,9 @@ seq order; the first record's prev_hash is taken on trust unless you give
 ``--anchor HASH`` (the record_hash of the record before it, from an earlier export).
 An export filtered by client, agent, status or text has gaps by design: check it
 with ``--records-only``, which proves each record's content against its own hash.
+A retention archive holds one or more runs of consecutive records: check one run
+with ``--seq FIRST-LAST --anchor PREV_HASH`` (the run's numbers and hashes, listed
+with the archive); it also prints the run's last record_hash, the run's last_hash.
 Exits 0 when the chain (or every record) holds, 1 with the first bad record.
 """
 
@@ -40,8 +43,8 @@ def _open(path: Path) -> io.TextIOBase:
 
 
 def _uncell(value: str) -> str:
-    """Undo the export's spreadsheet-formula guard (a quote before a leading =, +, -, @)."""
-    return value[1:] if value.startswith("'") and value[1:].startswith(FORMULA_PREFIXES) else value
+    """Undo the export's spreadsheet-formula guard (a quote before a leading =, +, -, @, tab, return or quote)."""
+    return value[1:] if value.startswith("'") and value[1:].startswith((*FORMULA_PREFIXES, "'")) else value
 
 
 def read_rows(path: Path) -> tuple[ChainSpec, list[dict]]:
@@ -65,8 +68,11 @@ def main(argv=None) -> int:
     parser.add_argument("file", type=Path, help="an audit export: .jsonl or .csv, optionally .gz")
     parser.add_argument("--anchor", default=None, help="record_hash of the record just before the first one")
     parser.add_argument("--records-only", action="store_true", help="check each record alone (filtered exports)")
+    parser.add_argument("--seq", default=None, metavar="FIRST-LAST", help="check only these records (an archive's run)")
     args = parser.parse_args(argv)
     spec, rows = read_rows(args.file)
+    if args.seq:
+        return _check_run(args.file, spec, rows, args.seq, args.anchor)
     if args.records_only:
         for row in rows:
             if spec.record_hash(str(row.get("prev_hash", "")), row) != row.get("record_hash"):
@@ -77,6 +83,24 @@ def main(argv=None) -> int:
     result = verify_rows(rows, anchor=args.anchor, spec=spec)
     print(result.describe())
     return 0 if result.ok else 1
+
+
+def _check_run(path: Path, spec: ChainSpec, rows: list[dict], seqs: str, anchor: str | None) -> int:
+    """Check the records FIRST to LAST alone: all there, linked from ``anchor``; print the last one's hash."""
+    try:
+        first, last = (int(part) for part in seqs.split("-"))
+    except ValueError:
+        raise SystemExit(f"--seq {seqs!r} is not FIRST-LAST, e.g. 101-250.") from None
+    run = [row for row in rows if str(row.get("seq") or "").isdigit() and first <= int(row["seq"]) <= last]
+    result = verify_rows(run, anchor=anchor, spec=spec)
+    print(result.describe())
+    if not result.ok:
+        return 1
+    if (result.first_seq, result.last_seq) != (first, last):
+        print(f"{path} does not hold seq {first} to {last} whole.")
+        return 1
+    print(f"Last record_hash: {run[-1]['record_hash']}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ from django.utils import timezone
 from django.views import View
 
 from audit.chain import CHAINS, verify
-from audit.export_jobs import FIELDS, NAMES, request_export, too_large_to_stream
-from audit.exports import ACTION_FIELDS, RECORD_FIELDS, export_lines  # noqa: F401 - the exported columns, named here too
+from audit.export_jobs import FIELDS, NAMES, request_export, rows_text, too_large_to_stream
+from audit.exports import ACTION_FIELDS, RECORD_FIELDS, export_lines  # noqa: F401 - the columns, long imported from here
 from audit.filters import AuditFilterForm, TrailFilterForm
 from audit.forms import RedactionRuleForm
 from audit.models import AuditExport, AuditRecord, RedactionRule
@@ -29,8 +29,8 @@ def _export(request, kind: str, queryset, described_filter: dict):
         raise Http404("Unknown export format.")
     if request.GET.get("background") == "1" or too_large_to_stream(queryset):
         export = request_export(request.user, kind, fmt, described_filter)
-        messages.info(request, f"{export.rows_total} rows are written to a file in the background; "
-                               "this page follows the export and offers the file when it is ready.")  # fmt: skip
+        messages.info(request, f"The export ({rows_text(export.rows_total)}) is written to a file in the background; "
+                               "this page follows it and offers the file when it is ready.")  # fmt: skip
         return redirect("console:export-detail", export.pk)
     fields, name = FIELDS[kind], NAMES[kind]
     content_type, extension = FORMATS[fmt]
@@ -40,6 +40,12 @@ def _export(request, kind: str, queryset, described_filter: dict):
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
     response["Content-Disposition"] = f'attachment; filename="{name}-{stamp}.{extension}"'
     return response
+
+
+def _bad_filter(form) -> HttpResponseBadRequest:
+    """400 naming the bad fields: an export never covers more than was asked for."""
+    errors = "; ".join(f"{name}: {' '.join(problems)}" for name, problems in form.errors.items())
+    return HttpResponseBadRequest(f"The export's filter is not valid: {errors}", content_type="text/plain")
 
 
 class AuditListView(RoleRequiredMixin, View):
@@ -67,7 +73,9 @@ class AuditExportView(RoleRequiredMixin, View):
 
     def get(self, request):
         form = AuditFilterForm(request.GET or None)
-        described = {k: str(v) for k, v in (form.cleaned_data if form.is_valid() else {}).items() if v}
+        if request.GET and not form.is_valid():
+            return _bad_filter(form)
+        described = {k: str(v) for k, v in form.cleaned_data.items() if v} if form.is_bound else {}
         records = form.filter().order_by("seq", "id")  # chain order
         return _export(request, AuditExport.RECORDS, records, described)
 
@@ -109,7 +117,9 @@ class TrailExportView(RoleRequiredMixin, View):
 
     def get(self, request):
         form = TrailFilterForm(request.GET or None)
-        described = {k: str(v) for k, v in (form.cleaned_data if form.is_valid() else {}).items() if v}
+        if request.GET and not form.is_valid():
+            return _bad_filter(form)
+        described = {k: str(v) for k, v in form.cleaned_data.items() if v} if form.is_bound else {}
         actions = form.filter().order_by("seq", "id")  # chain order
         return _export(request, AuditExport.TRAIL, actions, described)
 

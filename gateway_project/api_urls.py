@@ -4,6 +4,8 @@ from django.urls import path
 from rest_framework.routers import DefaultRouter
 
 from audit.api import AdminActionViewSet, AuditRecordViewSet, RedactionRuleViewSet
+from audit.export_api import AuditExportViewSet
+from audit.retention_api import AuditArchiveViewSet
 from billing.api import BudgetAlertViewSet, BudgetViewSet, ModelPriceViewSet, UsageRecordViewSet
 from billing.report_api import TopSpendersView, UsageReportView
 from keys.api import ApiKeyViewSet, ClientViewSet, CostCenterViewSet, PlanViewSet
@@ -19,6 +21,8 @@ router.register("prices", ModelPriceViewSet)
 router.register("budgets", BudgetViewSet)
 router.register("alerts", BudgetAlertViewSet)
 router.register("usage", UsageRecordViewSet)
+router.register("audit-exports", AuditExportViewSet)  # before "audit", whose routes would take its paths
+router.register("audit-archives", AuditArchiveViewSet)  # before "audit" too
 router.register("audit", AuditRecordViewSet)
 router.register("admin-actions", AdminActionViewSet)
 router.register("redaction-rules", RedactionRuleViewSet)

@@ -121,6 +121,8 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 _ROLLUP_SECONDS = envfloat("GATEWAY_ROLLUP_SECONDS", 300.0, minimum=1)
 _ALERT_SWEEP_SECONDS = envfloat("GATEWAY_ALERT_SWEEP_SECONDS", 60.0, minimum=1)
+_EXPORT_SWEEP_SECONDS = envfloat("GATEWAY_EXPORT_SWEEP_SECONDS", 900.0, minimum=1)
+_RETENTION_SECONDS = envfloat("GATEWAY_RETENTION_SECONDS", 3600.0, minimum=1)
 CELERY_BEAT_SCHEDULE = {
     # Each run expires at the next, so a stopped worker does not come back to a pile of stale ones.
     "roll-up-usage": {
@@ -132,6 +134,16 @@ CELERY_BEAT_SCHEDULE = {
         "task": "billing.tasks.sweep_budget_alerts",
         "schedule": _ALERT_SWEEP_SECONDS,
         "options": {"expires": _ALERT_SWEEP_SECONDS},
+    },
+    "delete-expired-audit-exports": {
+        "task": "audit.tasks.delete_expired_exports",
+        "schedule": _EXPORT_SWEEP_SECONDS,
+        "options": {"expires": _EXPORT_SWEEP_SECONDS},
+    },
+    "apply-audit-retention": {
+        "task": "audit.tasks.apply_audit_retention",
+        "schedule": _RETENTION_SECONDS,
+        "options": {"expires": _RETENTION_SECONDS},
     },
 }
 
@@ -166,6 +178,24 @@ GATEWAY_WEBHOOK_TIMEOUT = envfloat("GATEWAY_WEBHOOK_TIMEOUT", 5.0, minimum=0.1)
 GATEWAY_WEBHOOK_MAX_ATTEMPTS = envint("GATEWAY_WEBHOOK_MAX_ATTEMPTS", 5, minimum=1)
 GATEWAY_WEBHOOK_BACKOFF_SECONDS = envfloat("GATEWAY_WEBHOOK_BACKOFF_SECONDS", 10.0, minimum=0)
 GATEWAY_WEBHOOK_BACKOFF_MAX_SECONDS = envfloat("GATEWAY_WEBHOOK_BACKOFF_MAX_SECONDS", 600.0, minimum=0)
+
+# --- Audit exports ----------------------------------------------------------
+# Exports matching more rows than this are written to a file by a Celery task instead of streamed in the response.
+GATEWAY_EXPORT_STREAM_MAX_ROWS = envint("GATEWAY_EXPORT_STREAM_MAX_ROWS", 10_000, minimum=0)
+# Where those files are written (gzipped CSV or JSON Lines), and how long their requester may download them.
+GATEWAY_EXPORT_DIR = Path(envstr("GATEWAY_EXPORT_DIR", str(VAR_DIR / "exports")))
+GATEWAY_EXPORT_TTL_HOURS = envfloat("GATEWAY_EXPORT_TTL_HOURS", 24.0, minimum=0)
+
+# --- Audit retention ----------------------------------------------------------
+# Days request records are kept before the retention job archives and deletes them; 0 keeps them for ever.
+# A client's own audit_retention_days overrides it. The admin-action trail is never removed.
+GATEWAY_AUDIT_RETENTION_DAYS = envint("GATEWAY_AUDIT_RETENTION_DAYS", 90, minimum=0)
+# Where the archives (gzipped JSON Lines, one file per run) are written; keep it on durable storage.
+GATEWAY_ARCHIVE_DIR = Path(envstr("GATEWAY_ARCHIVE_DIR", str(VAR_DIR / "archive")))
+# Archived records are deleted this many per transaction, so no lock is held for long.
+GATEWAY_RETENTION_BATCH = envint("GATEWAY_RETENTION_BATCH", 5000, minimum=1)
+# At most this many records go into one run's archive; the next run takes the rest (bounds a run's time and memory).
+GATEWAY_RETENTION_MAX_RECORDS = envint("GATEWAY_RETENTION_MAX_RECORDS", 500_000, minimum=1)
 
 # --- Auth, i18n, static ----------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -230,7 +260,13 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     # A budget alert's e-mail and webhook share one set of delivery states: one enum, one name.
-    "ENUM_NAME_OVERRIDES": {"DeliveryStatusEnum": "billing.models.BudgetAlert.DELIVERY"},
+    "ENUM_NAME_OVERRIDES": {
+        "DeliveryStatusEnum": "billing.models.BudgetAlert.DELIVERY",
+        # Choice sets that share a field name with another ("kind", "status") get names of their own.
+        "ApiKeyStatusEnum": "keys.api.KEY_STATUSES",
+        "AuditExportKindEnum": "audit.models.AuditExport.KIND_CHOICES",
+        "AuditExportStatusEnum": "audit.models.AuditExport.STATUS_CHOICES",
+    },
 }
 
 # --- Gateway ---------------------------------------------------------------

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import close_old_connections, connection, models, transaction
 
 from gateway_project.spool import Spool
 
@@ -219,13 +219,20 @@ def _not_yet_written(batch: list) -> list:
 
 def _copy(model, rows: list[dict]) -> None:
     """Stream rows into the model's table with PostgreSQL's COPY."""
+    from psycopg.types.json import Jsonb
+
     columns = list(rows[0])
-    names = ", ".join(connection.ops.quote_name(model._meta.get_field(c).column) for c in columns)
+    fields = [model._meta.get_field(c) for c in columns]
+    names = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    as_json = [i for i, f in enumerate(fields) if isinstance(f, models.JSONField)]
     with connection.cursor() as cursor:
         raw = cursor.cursor  # psycopg's own cursor, under Django's wrapper
         with raw.copy(f"COPY {connection.ops.quote_name(model._meta.db_table)} ({names}) FROM STDIN") as copy:
             for row in rows:
-                copy.write_row([row[c] for c in columns])
+                values = [row[c] for c in columns]
+                for i in as_json:
+                    values[i] = Jsonb(values[i])
+                copy.write_row(values)
 
 
 writer = BufferedWriter()

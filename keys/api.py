@@ -77,7 +77,10 @@ class PlanViewSet(TrailedModelViewSet):
 class ClientSerializer(serializers.ModelSerializer):
     class Meta:
         model = Client
-        fields = ["id", "name", "slug", "contact", "cost_center", "is_active", "audit_previews", "created_at"]
+        fields = [
+            "id", "name", "slug", "contact", "cost_center", "is_active", "audit_previews", "audit_retention_days",
+            "created_at",
+        ]  # fmt: skip
         read_only_fields = ["created_at"]
 
 

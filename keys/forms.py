@@ -6,6 +6,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 from django import forms
+from django.conf import settings
 
 from keys.models import ALL, ApiKey, Client, CostCenter, Plan
 
@@ -15,8 +16,8 @@ CENTS = Decimal("0.01")
 class ClientForm(forms.ModelForm):
     class Meta:
         model = Client
-        fields = ["name", "slug", "contact", "cost_center", "is_active", "audit_previews"]
-        labels = {"audit_previews": "Audit previews"}
+        fields = ["name", "slug", "contact", "cost_center", "is_active", "audit_previews", "audit_retention_days"]
+        labels = {"audit_previews": "Audit previews", "audit_retention_days": "Audit retention (days)"}
         help_texts = {
             "slug": "Short name used in logs and the API (letters, digits, - and _).",
             "cost_center": "The team its spend is attributed to from now on (past usage keeps its attribution).",
@@ -25,6 +26,11 @@ class ClientForm(forms.ModelForm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["cost_center"].empty_label = "— none —"
+        default = settings.GATEWAY_AUDIT_RETENTION_DAYS
+        self.fields["audit_retention_days"].help_text = (
+            "Keep this client's request records this many days, then archive and delete them; empty uses the "
+            f"gateway's default ({f'{default} days' if default else 'for ever'})."
+        )
 
 
 class CostCenterForm(forms.ModelForm):

@@ -43,7 +43,8 @@ def audit_row(request_id=None, **fields):
         "request_id": request_id or uuid.uuid4().hex, "created_at": timezone.now(), "method": "POST", "path": CHAT,
         "status": 200, "latency_ms": 1.5, "cost_usd": Decimal("0.000170400"), "client_ip": None, "client_id": None,
         "client_slug": "", "api_key_id": None, "key_prefix": "", "agent": "", "model": "", "error_type": "",
-        "input_tokens": 0, "output_tokens": 0, "user_agent": "", "input_preview": "", "output_preview": "", **fields,
+        "input_tokens": 0, "output_tokens": 0, "user_agent": "", "input_preview": "", "output_preview": "",
+        "target": "", "details": {}, **fields,
     }  # fmt: skip
 
 

@@ -150,3 +150,36 @@ def test_a_field_added_later_leaves_older_hashes_alone():
     without = REQUESTS.record_hash("0" * 64, row)
     assert REQUESTS.record_hash("0" * 64, {**row, "target": ""}) == without
     assert REQUESTS.record_hash("0" * 64, {**row, "target": "http://a"}) != without
+
+
+def test_details_are_written_chained_and_verified():
+    """The request log's JSON details (retries, fallbacks, WebSocket traffic) go through the writer and the chain."""
+    from audit.models import AuditRecord
+    from audit.recorder import record_request
+    from gateway_project.writer import writer
+
+    started = timezone.now()
+    request_id = uuid.uuid4().hex
+    details = {"attempts": 2, "failed_targets": [{"target": "http://a", "error": "503"}]}
+    record_request(request_id=request_id, method="POST", path="/v1/x", status=200, details=details)
+    writer.flush_sync()
+    record = AuditRecord.objects.get(request_id=request_id)
+    assert record.details == details
+    assert verify(started).ok
+    AuditRecord.objects.filter(pk=record.pk).update(details={"attempts": 1})
+    assert verify(started).finding.kind == "altered"
+
+
+def test_an_invalid_export_filter_is_refused_not_widened(admin_console):
+    for url in ("/console/audit/export/", "/console/admin-actions/export/"):
+        response = admin_console.get(url, {"format": "csv", "since": "last tuesday"})
+        assert response.status_code == 400 and "since" in response.content.decode()
+
+
+def test_a_text_that_starts_with_the_guards_quote_survives_the_round_trip(tmp_path):
+    """A preview that really begins with a quote and an equals sign is exported and verified exactly."""
+    from audit.exports import csv_cell
+    from audit.verify_export import _uncell
+
+    for text in ("'=1+1", "=1+1", "'plain", "plain", "''"):
+        assert _uncell(csv_cell(text)) == text

@@ -1,0 +1,30 @@
+"""Audit's background work: write large exports, delete expired ones, apply the retention policy.
+
+Tasks take ids, re-fetch, and do nothing when the row is gone or another run took it.
+"""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from audit import export_jobs, retention
+
+
+@shared_task(ignore_result=True)
+def write_audit_export(export_id: str) -> None:
+    """Write one queued export's file; a failure is kept on the job, not raised."""
+    export = export_jobs.claim(export_id)
+    if export is not None:
+        export_jobs.write_export(export)
+
+
+@shared_task(ignore_result=True)
+def delete_expired_exports() -> int:
+    """Delete the files of exports past their expiry (beat runs this)."""
+    return export_jobs.delete_expired()
+
+
+@shared_task(ignore_result=True)
+def apply_audit_retention() -> dict:
+    """Archive and delete the request records past their retention (beat runs this; runs never overlap)."""
+    return retention.apply_retention().as_dict()
