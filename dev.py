@@ -4,6 +4,7 @@
     python3 dev.py run     set up, then start the mock upstream and the gateway with demo data
     python3 dev.py test    set up, then run the whole test suite on both profiles
     python3 dev.py bench   set up, then run the benchmark (production profile)
+    python3 dev.py bench --audit   the audit-log benchmark instead (bench/audit_bench.py: exports, writes)
 
 Set-up is idempotent: a virtualenv in .venv, the pinned requirements (re-installed
 only when requirements*.txt change), and for tests the services they need.
@@ -154,7 +155,10 @@ def cmd_test(args: list[str]) -> int:
 def cmd_bench(args: list[str]) -> int:
     ensure_venv(dev=True)
     ensure_services()
-    return run(PY, "bench/run.py", *args, check=False).returncode
+    script = "bench/run.py"
+    if args[:1] == ["--audit"]:
+        script, args = "bench/audit_bench.py", args[1:]
+    return run(PY, script, *args, check=False).returncode
 
 
 def main() -> int:
