@@ -1,6 +1,19 @@
-"""The one error every gateway refusal raises, rendered in OpenAI's error shape."""
+"""The one error every gateway refusal raises, rendered in OpenAI's error shape (or Anthropic's, on its API)."""
 
 import json
+
+# Anthropic's error types by status (docs.anthropic.com/en/api/errors); its SDK picks the exception by status.
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
 
 
 class GatewayError(Exception):
@@ -26,6 +39,12 @@ class GatewayError(Exception):
                 }
             }
         ).encode()
+
+    def anthropic_body(self, request_id: str) -> bytes:
+        """The error in Anthropic's shape, keeping the gateway's ``code`` beside its ``type``."""
+        fallback = "api_error" if self.status >= 500 else "invalid_request_error"
+        error = {"type": ANTHROPIC_TYPES.get(self.status, fallback), "message": self.message, "code": self.code}
+        return json.dumps({"type": "error", "error": error, "request_id": request_id}).encode()
 
 
 def bad_request(message: str, code: str = "invalid_request") -> GatewayError:

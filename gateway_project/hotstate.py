@@ -33,6 +33,15 @@ class RateCheck:
     period_ms: int = PERIOD_MS
 
 
+@dataclass(frozen=True, slots=True)
+class ConcurrencySlot:
+    """Hold one of ``limit`` slots under ``key`` for the request's whole life (released when it settles)."""
+
+    name: str
+    key: str
+    limit: int
+
+
 @dataclass(slots=True)  # not frozen: the hot path builds several a request, and frozen init costs twice as much
 class BudgetCheck:
     """Spend against one budget's window (nanodollars; ``limit`` < 0 means count but never refuse).
@@ -72,7 +81,7 @@ class BudgetCheck:
 @dataclass(slots=True)
 class Admission:
     ok: bool
-    failed: str = ""  # a rate's name, "concurrency", "budget" or "seed"
+    failed: str = ""  # a rate's or concurrency slot's name, "budget" or "seed"
     retry_after_ms: int = 0
     spent: int = 0  # the refusing budget's settled spend
     budget_index: int = -1  # which budget refused
@@ -97,7 +106,7 @@ class HotState:
     shared = False
 
     async def admit(
-        self, rates: list[RateCheck], concurrency_key: str, max_concurrent: int, budgets: list[BudgetCheck]
+        self, rates: list[RateCheck], slots: list[ConcurrencySlot], budgets: list[BudgetCheck]
     ) -> Admission:
         """Check and take everything at once, or nothing. Refuses with ``failed="seed"`` (changing
         nothing) while a budget counter is empty: seed those and ask again."""
@@ -108,10 +117,10 @@ class HotState:
         raise NotImplementedError
 
     async def settle(
-        self, adjusts: list[RateAdjust], concurrency_key: str, budgets: list[BudgetCheck], spend: int
+        self, adjusts: list[RateAdjust], slot_keys: list[str], budgets: list[BudgetCheck], spend: int
     ) -> list[int]:
-        """Undo the estimates, release the reservations, add ``spend`` to every budget; return the
-        new totals (-1 where a counter had vanished: the next admission seeds it again)."""
+        """Undo the estimates, release the slots and the reservations, add ``spend`` to every budget; return
+        the new totals (-1 where a counter had vanished: the next admission seeds it again)."""
         raise NotImplementedError
 
     async def get_int(self, key: str) -> int | None:
@@ -168,7 +177,7 @@ class MemoryHotState(HotState):
         if len(self._values) > 200_000:
             self._values = {k: v for k, v in self._values.items() if v[1] is None or v[1] > now_s}
 
-    async def admit(self, rates, concurrency_key, max_concurrent, budgets):
+    async def admit(self, rates, slots, budgets):
         # No await inside: the event loop makes this block atomic.
         now_s = time.time()
         now = now_s * 1000
@@ -184,8 +193,9 @@ class MemoryHotState(HotState):
                 return Admission(False, check.name, retry, remaining={check.name: left})
             new_tats.append(new_tat)
             remaining[check.name] = left
-        if max_concurrent > 0 and (self._get(concurrency_key, now_s) or 0) >= max_concurrent:
-            return Admission(False, "concurrency", 1000)
+        for slot in slots:
+            if (self._get(slot.key, now_s) or 0) >= slot.limit:
+                return Admission(False, slot.name, 1000)
         helds = []
         for i, budget in enumerate(budgets):
             spent = self._get(budget.key, now_s)
@@ -196,8 +206,8 @@ class MemoryHotState(HotState):
             helds.append(held)
         for check, new_tat in zip(rates, new_tats, strict=True):
             self._set(check.key, new_tat, (new_tat - now) / 1000 + 0.001, now_s)
-        if max_concurrent > 0:
-            self._set(concurrency_key, (self._get(concurrency_key, now_s) or 0) + 1, 300, now_s)
+        for slot in slots:
+            self._set(slot.key, (self._get(slot.key, now_s) or 0) + 1, 300, now_s)
         for budget, held in zip(budgets, helds, strict=True):
             if budget.reserve > 0 and budget.reservation:
                 held[budget.reservation] = (budget.reserve, now + budget.hold_ms)
@@ -216,7 +226,7 @@ class MemoryHotState(HotState):
             del held[name]
         return held
 
-    async def settle(self, adjusts, concurrency_key, budgets, spend):
+    async def settle(self, adjusts, slot_keys, budgets, spend):
         now_s = time.time()
         now = now_s * 1000
         for adj in adjusts:
@@ -227,9 +237,9 @@ class MemoryHotState(HotState):
                 self._set(adj.key, tat, (tat - now) / 1000 + 0.001, now_s)
             else:
                 self._values.pop(adj.key, None)
-        if concurrency_key:
-            current = self._get(concurrency_key, now_s) or 0
-            self._set(concurrency_key, max(0, current - 1), 300, now_s)
+        for slot_key in slot_keys:
+            current = self._get(slot_key, now_s) or 0
+            self._set(slot_key, max(0, current - 1), 300, now_s)
         totals = []
         for budget in budgets:
             if budget.reservation:
@@ -260,21 +270,21 @@ class MemoryHotState(HotState):
         return None if value is None else int(value)
 
 
-# KEYS: n rate keys, the concurrency key, then 4 keys per budget (counter, held, amounts, reserved).
-# ARGV: n, (limit, cost, period) per rate, max concurrent, m budgets, then per budget
+# KEYS: n rate keys, c concurrency slot keys, then 4 keys per budget (counter, held, amounts, reserved).
+# ARGV: n, (limit, cost, period) per rate, c, limit per slot, m budgets, then per budget
 # (limit, ttl, reserve, reservation name, hold ms).
 # Reply: {0, 0, 0, remaining per rate...} on success; {-1, 0, 0, unseeded budget indexes...};
-# {i, retry ms, 0, remaining} for rate i; {n + 1, retry ms} for concurrency; {n + 1 + j, 0, spent} for budget j.
+# {i, retry ms, 0, remaining} for rate i; {n + s, retry ms} for slot s; {n + c + j, 0, spent} for budget j.
 _ADMIT_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local n = tonumber(ARGV[1])
-local base = n * 3 + 2
-local conc_max = tonumber(ARGV[base])
-local m = tonumber(ARGV[base + 1])
+local c = tonumber(ARGV[n * 3 + 2])
+local base = n * 3 + 2 + c + 1
+local m = tonumber(ARGV[base])
 local unseeded = {-1, 0, 0}
 for j = 1, m do
-  if redis.call('EXISTS', KEYS[n + 1 + (j - 1) * 4 + 1]) == 0 then unseeded[#unseeded + 1] = j - 1 end
+  if redis.call('EXISTS', KEYS[n + c + (j - 1) * 4 + 1]) == 0 then unseeded[#unseeded + 1] = j - 1 end
 end
 if #unseeded > 3 then return unseeded end
 local new_tats = {}
@@ -296,13 +306,13 @@ for i = 1, n do
   new_tats[i] = new_tat
   result[3 + i] = math.floor((period - (new_tat - now)) / interval)
 end
-if conc_max > 0 then
-  local c = tonumber(redis.call('GET', KEYS[n + 1]) or '0')
-  if c >= conc_max then return {n + 1, 1000, 0} end
+for s = 1, c do
+  local held = tonumber(redis.call('GET', KEYS[n + s]) or '0')
+  if held >= tonumber(ARGV[n * 3 + 2 + s]) then return {n + s, 1000, 0} end
 end
 for j = 1, m do
-  local k = n + 1 + (j - 1) * 4
-  local a = base + 2 + (j - 1) * 5
+  local k = n + c + (j - 1) * 4
+  local a = base + 1 + (j - 1) * 5
   local lapsed = redis.call('ZRANGEBYSCORE', KEYS[k + 2], '-inf', now)
   if #lapsed > 0 then
     local freed = 0
@@ -317,19 +327,19 @@ for j = 1, m do
   if limit >= 0 then
     local spent = tonumber(redis.call('GET', KEYS[k + 1]) or '0')
     local reserved = tonumber(redis.call('GET', KEYS[k + 4]) or '0')
-    if spent >= limit or spent + reserved + tonumber(ARGV[a + 2]) > limit then return {n + 1 + j, 0, spent} end
+    if spent >= limit or spent + reserved + tonumber(ARGV[a + 2]) > limit then return {n + c + j, 0, spent} end
   end
 end
 for i = 1, n do
   redis.call('SET', KEYS[i], string.format('%.3f', new_tats[i]), 'PX', math.ceil(new_tats[i] - now) + 1)
 end
-if conc_max > 0 then
-  redis.call('INCR', KEYS[n + 1])
-  redis.call('EXPIRE', KEYS[n + 1], 300)
+for s = 1, c do
+  redis.call('INCR', KEYS[n + s])
+  redis.call('EXPIRE', KEYS[n + s], 300)
 end
 for j = 1, m do
-  local k = n + 1 + (j - 1) * 4
-  local a = base + 2 + (j - 1) * 5
+  local k = n + c + (j - 1) * 4
+  local a = base + 1 + (j - 1) * 5
   local reserve = tonumber(ARGV[a + 2])
   if reserve > 0 and ARGV[a + 3] ~= '' then
     local name, ttl = ARGV[a + 3], ARGV[a + 1]
@@ -350,7 +360,7 @@ end
 return 0
 """
 
-# KEYS as for admit. ARGV: n, (limit, delta, period) per rate, '1' to release concurrency, spend, m,
+# KEYS as for admit. ARGV: n, (limit, delta, period) per rate, c (slots to release), spend, m,
 # then per budget (ttl, reservation name). Reply: the budgets' new totals (-1 where the counter is gone).
 _SETTLE_LUA = """
 local t = redis.call('TIME')
@@ -372,14 +382,15 @@ for i = 1, n do
   end
 end
 local base = n * 3 + 2
-if ARGV[base] == '1' then
-  if redis.call('DECR', KEYS[n + 1]) < 0 then redis.call('SET', KEYS[n + 1], 0, 'EX', 300) end
+local c = tonumber(ARGV[base])
+for s = 1, c do
+  if redis.call('DECR', KEYS[n + s]) < 0 then redis.call('SET', KEYS[n + s], 0, 'EX', 300) end
 end
 local spend = tonumber(ARGV[base + 1])
 local m = tonumber(ARGV[base + 2])
 local totals = {}
 for j = 1, m do
-  local k = n + 1 + (j - 1) * 4
+  local k = n + c + (j - 1) * 4
   local a = base + 3 + (j - 1) * 2
   local name = ARGV[a + 1]
   if name ~= '' then
@@ -428,13 +439,13 @@ class RedisHotState(HotState):
             self._async_clients = {id(loop): client}
         return client
 
-    async def admit(self, rates, concurrency_key, max_concurrent, budgets):
+    async def admit(self, rates, slots, budgets):
         client = self._client()
-        keys = [check.key for check in rates] + [concurrency_key or "-"]
+        keys = [check.key for check in rates] + [slot.key for slot in slots]
         args = [len(rates)]
         for check in rates:
             args += [check.limit, check.cost, check.period_ms]
-        args += [max_concurrent, len(budgets)]
+        args += [len(slots), *(slot.limit for slot in slots), len(budgets)]
         for budget in budgets:
             keys += budget.keys
             args += [budget.limit, budget.ttl_seconds, budget.reserve, budget.reservation, budget.hold_ms]
@@ -448,9 +459,9 @@ class RedisHotState(HotState):
         if failed <= len(rates):
             name = rates[failed - 1].name
             return Admission(False, name, int(reply[1]), remaining={name: int(reply[3])})
-        if failed == len(rates) + 1:
-            return Admission(False, "concurrency", int(reply[1]))
-        return Admission(False, "budget", 0, spent=int(reply[2]), budget_index=failed - len(rates) - 2)
+        if failed <= len(rates) + len(slots):
+            return Admission(False, slots[failed - len(rates) - 1].name, int(reply[1]))
+        return Admission(False, "budget", 0, spent=int(reply[2]), budget_index=failed - len(rates) - len(slots) - 1)
 
     async def seed(self, budgets, spent):
         args = []
@@ -458,13 +469,13 @@ class RedisHotState(HotState):
             args += [amount, budget.ttl_seconds]
         await self._client()._seed(keys=[budget.key for budget in budgets], args=args)
 
-    async def settle(self, adjusts, concurrency_key, budgets, spend):
+    async def settle(self, adjusts, slot_keys, budgets, spend):
         client = self._client()
-        keys = [adj.key for adj in adjusts] + [concurrency_key or "-"]
+        keys = [adj.key for adj in adjusts] + list(slot_keys)
         args = [len(adjusts)]
         for adj in adjusts:
             args += [adj.limit, adj.delta, adj.period_ms]
-        args += ["1" if concurrency_key else "0", spend, len(budgets)]
+        args += [len(slot_keys), spend, len(budgets)]
         for budget in budgets:
             keys += budget.keys
             args += [budget.ttl_seconds, budget.reservation]

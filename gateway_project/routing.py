@@ -7,6 +7,7 @@ from django.urls import path
 
 from audit.consumers import LiveFeedConsumer
 from routing.consumers import ProxyConsumer
+from routing.ws_proxy import WebSocketProxyConsumer
 
 PROXY_PREFIXES = ("/v1/", "/agents/")
 
@@ -28,6 +29,28 @@ class GatewayHttpRouter:
         return await self.django_app(scope, receive, send)
 
 
-websocket_application = AllowedHostsOriginValidator(
-    AuthMiddlewareStack(URLRouter([path("ws/console/feed/", LiveFeedConsumer.as_asgi())]))
+class GatewayWebsocketRouter:
+    """Send ``/agents/`` sessions to the WebSocket proxy and the rest to the console's live feed.
+
+    The proxy's clients are programs that present an API key, not browsers with a
+    console session: they often send no ``Origin`` at all, which the origin check
+    refuses. That check exists because a browser attaches its cookies to a
+    cross-site WebSocket handshake; the proxy reads no cookies and trusts only a
+    key the caller must present itself, so a foreign page gains nothing there
+    that it could not do over HTTP. The console's feed keeps both the origin
+    check and the session lookup.
+    """
+
+    def __init__(self, console_app):
+        self.console_app = console_app
+        self.proxy_app = WebSocketProxyConsumer.as_asgi()
+
+    async def __call__(self, scope, receive, send):
+        if scope["path"].startswith("/agents/"):
+            return await self.proxy_app(scope, receive, send)
+        return await self.console_app(scope, receive, send)
+
+
+websocket_application = GatewayWebsocketRouter(
+    AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter([path("ws/console/feed/", LiveFeedConsumer.as_asgi())])))
 )

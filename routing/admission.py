@@ -18,9 +18,10 @@ from billing.periods import Period
 from billing.pricing import cost_nanos, price_for, prices
 from billing.usage import record_usage
 from gateway_project.errors import GatewayError
-from gateway_project.hotstate import BudgetCheck, HotState, get_hot_state
+from gateway_project.hotstate import BudgetCheck, ConcurrencySlot, HotState, RateCheck, get_hot_state
 from keys.access import concurrency_key, rate_checks, token_correction
 from routing.exchange import Exchange
+from routing.table import AgentRoute
 
 _seeds_for = database_sync_to_async(seeds_for)
 
@@ -32,7 +33,7 @@ class Ticket:
     budgets: list[BudgetCheck]
     periods: list[Period]
     estimated_tokens: int
-    concurrency_key: str
+    slot_keys: list[str]
     metered: bool
 
 
@@ -59,6 +60,34 @@ def _refusal(failed: str, snapshot, retry_after_ms: int) -> GatewayError:
     return GatewayError(429, "rate_limit_error", code, f"{message} Retry after {retry} s.", headers)
 
 
+def _agent_refusal(failed: str, route: AgentRoute, retry_after_ms: int) -> GatewayError:
+    """The agent, not the key, is full: its capacity is shared by every client."""
+    retry = max(1, math.ceil(retry_after_ms / 1000))
+    if failed == "agent_requests":
+        message = f"The agent '{route.slug}' is at capacity: {route.requests_per_minute} requests per minute"
+        code = "agent_rate_limit"
+    else:
+        message = f"The agent '{route.slug}' is at capacity: {route.max_concurrent} requests at once"
+        code = "agent_concurrency_limit"
+    return GatewayError(
+        429, "rate_limit_error", code, f"{message}, shared by all clients. Retry after {retry} s.",
+        [(b"retry-after", str(retry).encode())],
+    )  # fmt: skip
+
+
+def capacity_checks(store: HotState, route: AgentRoute | None) -> tuple[list[RateCheck], list[ConcurrencySlot]]:
+    """The agent's own limits, shared by every client and key."""
+    if route is None:
+        return [], []
+    rates = []
+    if route.requests_per_minute:
+        rates.append(RateCheck("agent_requests", store.key("agent-rpm", route.slug), route.requests_per_minute, 1))
+    slots = []
+    if route.max_concurrent:
+        slots.append(ConcurrencySlot("agent_concurrency", store.key("agent-conc", route.slug), route.max_concurrent))
+    return rates, slots
+
+
 async def admit(
     ex: Exchange,
     input_tokens: int = 0,
@@ -67,13 +96,15 @@ async def admit(
     hold_seconds: float = 0,
     metered=True,
     default_output: int | None = None,
+    route: AgentRoute | None = None,
 ) -> Ticket:
     """Take a request slot and, when ``metered``, reserve its worst-case cost in every budget; or raise 429/402.
 
     Tokens per minute count the input estimate plus ``max_output`` when the client
     capped the answer. The reservation prices the input estimate plus ``max_output``
     (or the configured default cap) at the model's price, so concurrent requests
-    can never together spend past a hard budget.
+    can never together spend past a hard budget. With ``route``, the agent's own
+    capacity (requests per minute and at once, shared by all clients) must fit too.
     """
     store = get_hot_state()
     key = ex.key
@@ -90,14 +121,19 @@ async def admit(
     )
     tokens = input_tokens + (max_output or 0) if metered else 0
     checks = rate_checks(store, key, tokens)
-    conc = concurrency_key(store, key) if key.max_concurrent else ""
-    result = await store.admit(checks, conc, key.max_concurrent, budgets)
+    slots = (
+        [ConcurrencySlot("concurrency", concurrency_key(store, key), key.max_concurrent)] if key.max_concurrent else []
+    )
+    agent_rates, agent_slots = capacity_checks(store, route)
+    checks += agent_rates
+    slots += agent_slots
+    result = await store.admit(checks, slots, budgets)
     if result.failed == "seed":
         # A new window or an emptied Redis: count the window's spend from the database once, then ask again.
         missing = result.unseeded
         spent = await _seeds_for([rules[i] for i in missing], [periods[i] for i in missing])
         await store.seed([budgets[i] for i in missing], spent)
-        result = await store.admit(checks, conc, key.max_concurrent, budgets)
+        result = await store.admit(checks, slots, budgets)
     if not result.ok:
         if result.failed == "budget":
             rule, period = rules[result.budget_index], periods[result.budget_index]
@@ -113,6 +149,8 @@ async def admit(
         if result.failed == "seed":
             raise GatewayError(503, "api_error", "budget_unavailable", "Budget counters are being rebuilt; retry.",
                                [(b"retry-after", b"1")])  # fmt: skip
+        if result.failed.startswith("agent_"):
+            raise _agent_refusal(result.failed, route, result.retry_after_ms)
         raise _refusal(result.failed, key, result.retry_after_ms)
     ex.extra_headers += [
         (b"x-ratelimit-limit-requests", str(key.requests_per_minute).encode()),
@@ -123,7 +161,7 @@ async def admit(
             str(result.remaining.get("tokens", key.tokens_per_minute)).encode(),
         ),
     ]
-    return Ticket(store, rules, budgets, periods, tokens, conc, metered)
+    return Ticket(store, rules, budgets, periods, tokens, [slot.key for slot in slots], metered)
 
 
 async def settle(ex: Exchange, ticket: Ticket, default_model: str) -> None:
@@ -149,7 +187,7 @@ async def settle(ex: Exchange, ticket: Ticket, default_model: str) -> None:
         )
     actual = ex.input_tokens + ex.output_tokens if ticket.metered else 0
     adjusts = token_correction(ticket.store, key, ticket.estimated_tokens, actual)
-    totals = await ticket.store.settle(adjusts, ticket.concurrency_key, ticket.budgets, spend)
+    totals = await ticket.store.settle(adjusts, ticket.slot_keys, ticket.budgets, spend)
     if spend:
         for rule, period, total in zip(ticket.rules, ticket.periods, totals, strict=True):
             if total >= 0:

@@ -28,6 +28,8 @@ class AgentSerializer(serializers.ModelSerializer):
             "capabilities",
             "timeout_seconds",
             "default_max_output_tokens",
+            "max_concurrent",
+            "requests_per_minute",
             "cost_center",
             "is_active",
             "created_at",

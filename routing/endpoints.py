@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+from functools import partial
 
 from channels.db import database_sync_to_async
 
@@ -20,10 +21,17 @@ from billing.usage import client_usage, usage_query
 from gateway_project.errors import GatewayError, bad_request, not_found
 from gateway_project.writer import writer
 from keys.access import authorize, ensure_usable, identify
-from routing import forward, protocols
+from routing import anthropic_shape, forward, protocols
 from routing.admission import admit, input_estimate, settle
 from routing.exchange import Exchange
-from routing.sse import AnthropicToOpenAIStream, OpenAIStreamScanner, openai_stream_of
+from routing.sse import (
+    AnthropicStreamScanner,
+    AnthropicToOpenAIStream,
+    OpenAIStreamScanner,
+    OpenAIToAnthropicStream,
+    anthropic_stream_of,
+    openai_stream_of,
+)
 from routing.table import AgentRoute, routing_table
 
 log = logging.getLogger("gateway.proxy")
@@ -60,6 +68,8 @@ def _resolve_endpoint(ex: Exchange):
     if ex.path.startswith("/agents/"):
         slug, _, rest = ex.path[len("/agents/") :].partition("/")
         return pass_through, (slug, rest)
+    if ex.path == "/v1/messages" or ex.path.startswith("/v1/messages/"):
+        ex.speak_anthropic()  # refusals, 404 and 405 included, in the shape Anthropic's SDK reads
     endpoint = ENDPOINTS.get(ex.path)
     if endpoint is None:
         return _unknown_path, ()
@@ -89,8 +99,9 @@ async def _metered(ex: Exchange, route: AgentRoute, max_output: int | None, call
     """Admit (reserving the worst case), run ``call``, and settle whatever happened to it."""
     hold = route.timeout + RESERVATION_MARGIN_SECONDS
     ticket = await admit(
-        ex, input_estimate(ex.body), max_output, hold_seconds=hold, default_output=route.default_max_output_tokens
-    )
+        ex, input_estimate(ex.body), max_output, hold_seconds=hold, default_output=route.default_max_output_tokens,
+        route=route,
+    )  # fmt: skip
     try:
         await call()
     finally:
@@ -100,6 +111,21 @@ async def _metered(ex: Exchange, route: AgentRoute, max_output: int | None, call
         await settle(ex, ticket, route.default_model)
 
 
+async def _route_for_model(ex: Exchange, requested: str) -> AgentRoute:
+    """The agent serving ``requested`` (a model, or an agent's slug for its default model), if the key may use it."""
+    route = (await routing_table.get()).for_model(requested)
+    ex.agent, ex.model = route.slug, route.default_model if requested == route.slug else requested
+    authorize(ex.key, route.slug, "" if requested == route.slug else requested)
+    return route
+
+
+def _note_stream_error(ex: Exchange, scanner) -> None:
+    """An upstream that failed mid-stream (its error went on to the client) is an error in the audit record."""
+    if scanner.error:
+        ex.error_type = ex.error_type or "upstream_error"
+        ex.details["upstream_stream_error"] = scanner.error
+
+
 # --- POST /v1/chat/completions --------------------------------------------
 
 
@@ -107,10 +133,7 @@ async def chat_completions(ex: Exchange) -> None:
     await authenticate(ex)
     payload = ex.json()
     protocols.validate_chat(payload)
-    route = (await routing_table.get()).for_model(payload["model"])
-    model = route.default_model if payload["model"] == route.slug else payload["model"]
-    ex.agent, ex.model = route.slug, model
-    authorize(ex.key, route.slug, "" if payload["model"] == route.slug else model)
+    route = await _route_for_model(ex, payload["model"])
     ex.input_text = protocols.last_user_text(payload["messages"])
     stream = payload.get("stream") is True
     options = payload.get("stream_options")
@@ -143,6 +166,7 @@ async def _chat_anthropic(ex, route, payload, stream, wants_usage):
     if stream:
         scanner = AnthropicToOpenAIStream(ex.request_id, ex.model, include_usage=wants_usage)
         await forward.stream_sse(ex, route, "/v1/messages", body, scanner)
+        _note_stream_error(ex, scanner)
         return
     answer, _ = await forward.call_json(ex, route, "/v1/messages", body)
     chat = protocols.anthropic_to_chat(answer, ex.model, ex.request_id)
@@ -162,6 +186,63 @@ async def _chat_agent(ex, route, payload, stream, wants_usage):
         return
     chat = protocols.chat_completion(ex.request_id, model, ex.output_text, ex.input_tokens, ex.output_tokens)
     await forward.respond_upstream_json(ex, chat)
+
+
+# --- POST /v1/messages: Anthropic's shape, whichever provider answers --------
+
+
+async def messages(ex: Exchange) -> None:
+    await authenticate(ex)
+    payload = ex.json()
+    anthropic_shape.validate_messages(payload)
+    route = await _route_for_model(ex, payload["model"])
+    ex.input_text = protocols.last_user_text(payload["messages"])
+    stream = payload.get("stream") is True
+    # Translate before admitting: what cannot be translated is refused without touching the limits.
+    if route.kind == "anthropic":
+        body = ex.body if payload["model"] == ex.model else json.dumps({**payload, "model": ex.model}).encode()
+        call = partial(_messages_anthropic, ex, route, body, stream)
+    elif route.kind == "openai":
+        body = json.dumps(anthropic_shape.messages_to_chat(payload, ex.model)).encode()
+        call = partial(_messages_openai, ex, route, body, stream)
+    else:
+        anthropic_shape.ensure_translatable(payload, ex.model)
+        call = partial(_messages_agent, ex, route, payload["max_tokens"], stream)
+    await _metered(ex, route, payload["max_tokens"], call)
+
+
+async def _messages_anthropic(ex, route, body, stream):
+    if stream:
+        scanner = AnthropicStreamScanner(ex.model)
+        await forward.stream_sse(ex, route, "/v1/messages", body, scanner)
+        _note_stream_error(ex, scanner)
+        return
+    answer, content = await forward.call_json(ex, route, "/v1/messages", body)
+    ex.output_text = protocols.anthropic_text(answer)
+    await forward.respond_json_bytes(ex, content)  # the provider's own bytes, as it sent them
+
+
+async def _messages_openai(ex, route, body, stream):
+    if stream:
+        scanner = OpenAIToAnthropicStream(ex.request_id, ex.model)
+        await forward.stream_sse(ex, route, "/v1/chat/completions", body, scanner)
+        _note_stream_error(ex, scanner)
+        return
+    answer, _ = await forward.call_json(ex, route, "/v1/chat/completions", body)
+    ex.output_text = protocols.chat_text(answer)
+    await forward.respond_upstream_json(ex, anthropic_shape.chat_to_message(answer, ex.model, ex.request_id))
+
+
+async def _messages_agent(ex, route, limit, stream):
+    body = protocols.invoke_body(ex.input_text, ex.model, limit)
+    answer, _ = await forward.call_json(ex, route, "/invoke", json.dumps(body).encode())
+    ex.output_text = protocols.agent_text(answer)
+    model, usage = ex.model or route.slug, (ex.input_tokens, ex.output_tokens)
+    if stream:
+        await ex.start(200, forward.SSE_HEADERS)
+        await ex.send(anthropic_stream_of(ex.request_id, model, ex.output_text, usage), more=False)
+        return
+    await forward.respond_upstream_json(ex, anthropic_shape.message(ex.request_id, model, ex.output_text, *usage))
 
 
 # --- POST /v1/agent/invoke --------------------------------------------------
@@ -279,6 +360,7 @@ async def usage(ex: Exchange) -> None:
 
 ENDPOINTS = {
     "/v1/chat/completions": ("POST", chat_completions),
+    "/v1/messages": ("POST", messages),
     "/v1/agent/invoke": ("POST", agent_invoke),
     "/v1/models": ("GET", list_models),
     "/v1/usage": ("GET", usage),

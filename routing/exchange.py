@@ -37,10 +37,12 @@ class Exchange:
         self.response_started = False
         self.response_finished = False
         self.extra_headers: list[tuple[bytes, bytes]] = []
+        self.dialect = "openai"  # the API shape the client speaks, which its errors follow; see speak_anthropic
         # Audit facts, filled in as the request goes along
         self.key: KeySnapshot | None = None
         self.agent = ""
         self.target = ""  # the upstream that was called
+        self.details: dict = {}  # further audit facts: retries, fallbacks, WebSocket traffic
         self.model = ""
         self.error_type = ""
         self.input_tokens = 0
@@ -73,6 +75,11 @@ class Exchange:
         return value.decode("latin-1") if value is not None else default
 
     # --- response -------------------------------------------------------
+    def speak_anthropic(self) -> None:
+        """Answer errors in Anthropic's shape, with the ``request-id`` header its SDK reads."""
+        self.dialect = "anthropic"
+        self.extra_headers.append((b"request-id", self.request_id.encode()))
+
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
 
@@ -111,7 +118,8 @@ class Exchange:
             if not self.response_finished:
                 await self.send(b"", more=False)
             return
-        await self.respond(error.status, error.body(self.request_id), [JSON, *error.headers])
+        body = error.anthropic_body(self.request_id) if self.dialect == "anthropic" else error.body(self.request_id)
+        await self.respond(error.status, body, [JSON, *error.headers])
 
     # --- audit ----------------------------------------------------------
     def record(self) -> None:
@@ -138,4 +146,5 @@ class Exchange:
             user_agent=self.header(b"user-agent"),
             input_text=self.input_text if previews else "",
             output_text=self.output_text if previews else "",
+            details=self.details,
         )

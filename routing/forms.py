@@ -64,10 +64,16 @@ class AgentForm(forms.ModelForm):
             "capabilities",
             "timeout_seconds",
             "default_max_output_tokens",
+            "max_concurrent",
+            "requests_per_minute",
             "cost_center",
             "is_active",
         ]
-        labels = {"timeout_seconds": "Timeout (seconds)"}
+        labels = {
+            "timeout_seconds": "Timeout (seconds)",
+            "max_concurrent": "Capacity: requests at once",
+            "requests_per_minute": "Capacity: requests per minute",
+        }
         widgets = {"timeout_seconds": forms.NumberInput(attrs={"step": "any", "min": "0"})}
         help_texts = {
             "slug": "Used in /agents/<slug>/ paths, key scopes and logs (letters, digits, - and _).",
@@ -86,9 +92,13 @@ class AgentForm(forms.ModelForm):
         "capabilities",
         "timeout_seconds",
         "default_max_output_tokens",
+        "max_concurrent",
+        "requests_per_minute",
         "cost_center",
         "is_active",
     ]
+    # Capacity fields left empty mean "no limit", like 0.
+    UNLIMITED_WHEN_EMPTY = ("max_concurrent", "requests_per_minute")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -101,6 +111,8 @@ class AgentForm(forms.ModelForm):
             )
         else:
             del self.fields["clear_upstream_api_key"]
+        for name in self.UNLIMITED_WHEN_EMPTY:
+            self.fields[name].required = False
 
     def clean_upstream_url(self):
         url = self.cleaned_data["upstream_url"]
@@ -110,6 +122,9 @@ class AgentForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
+        for name in self.UNLIMITED_WHEN_EMPTY:
+            if name in data and data[name] is None:
+                data[name] = 0
         if data.get("clear_upstream_api_key") and data.get("upstream_api_key"):
             self.add_error("upstream_api_key", "Either type a new key or remove the stored one, not both.")
         return data

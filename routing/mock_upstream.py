@@ -2,11 +2,18 @@
 
 Speaks OpenAI chat completions (JSON and SSE with a final usage chunk),
 Anthropic messages (JSON and SSE) and the agent ``/invoke`` shape, with
-deterministic answers and token counts. It can be told to be slow or to fail:
+deterministic answers and token counts; an answer ends at ``max_tokens`` words or
+at a stop sequence, and says which. It can be told to be slow or to fail:
 per request with ``X-Mock-Delay-Ms`` / ``X-Mock-Status`` headers or a
-``"mock": {"delay_ms", "status", "chunk_delay_ms", "usage_output_tokens"}`` body field, or for every request with
-``POST /__mock__/config {"delay_ms", "status"}``. Any other path echoes the
+``"mock": {"delay_ms", "status", "chunk_delay_ms", "usage_output_tokens" (chat), "fail_mid_stream" (messages)}``
+body field, or for every request with
+``POST /__mock__/config {"delay_ms", "status", "chunk_delay_ms"}``. Any other path echoes the
 request (method, path, query, headers, body) as JSON, for pass-through tests.
+
+``/ws`` is a WebSocket echo agent: text frames come back as ``"echo: <text>"``,
+binary frames as they are; ``"bye"`` closes with 1000, ``"close <code>"`` with that
+code, ``"drop"`` breaks the connection without a close frame. ``GET /__mock__/ws``
+lists the latest sessions (query, headers, the client's close code).
 """
 
 from __future__ import annotations
@@ -16,8 +23,9 @@ import asyncio
 import json
 import math
 import time
+from collections import deque
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 WORDS_PER_CHUNK = 3
 
@@ -36,31 +44,50 @@ def _text(content) -> str:
 
 
 def answer_for(prompt: str, max_tokens: int | None = None) -> str:
+    return ended_answer(prompt, max_tokens)[0]
+
+
+def ended_answer(prompt: str, max_tokens: int | None = None, stop=()) -> tuple[str, str, str | None]:
+    """The answer, why it ended ("end", "length": cut at ``max_tokens`` words, "stop") and the stop sequence met."""
     words = f"Mock answer to: {prompt.strip()[:120]}".split()
-    if max_tokens:
-        words = words[: max(1, max_tokens)]
-    return " ".join(words)
+    reason = "end"
+    if max_tokens and len(words) > max_tokens:
+        words, reason = words[: max(1, max_tokens)], "length"
+    text = " ".join(words)
+    stops = [stop] if isinstance(stop, str) else [s for s in stop or () if isinstance(s, str) and s]
+    met = min((s for s in stops if s in text), key=text.find, default=None)
+    if met is not None:
+        text, reason = text[: text.find(met)], "stop"
+    return text, reason, met
 
 
 class MockUpstream:
     def __init__(self, delay_ms: int = 0, status: int = 200):
-        self.config = {"delay_ms": delay_ms, "status": status}
+        self.config = {"delay_ms": delay_ms, "status": status, "chunk_delay_ms": 0}
         self.requests = 0
+        self.ws_sessions: deque[dict] = deque(maxlen=200)
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
         self.app.router.add_post("/__mock__/config", self.configure)
         self.app.router.add_get("/__mock__/stats", self.stats)
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_post("/v1/messages", self.messages)
         self.app.router.add_post("/invoke", self.invoke)
+        self.app.router.add_get("/__mock__/ws", self.ws_log)
+        self.app.router.add_get("/ws", self.websocket)
         self.app.router.add_route("*", "/{tail:.*}", self.echo)
 
     async def configure(self, request):
         body = await request.json()
-        self.config.update({k: int(v) for k, v in body.items() if k in ("delay_ms", "status")})
+        self.config.update({k: int(v) for k, v in body.items() if k in self.config})
         return web.json_response(self.config)
 
     async def stats(self, request):
         return web.json_response({"requests": self.requests, **self.config})
+
+    def _chunk_delay(self, request, mock: dict) -> float:
+        """Seconds to wait after each streamed chunk (a gateway's translated calls carry no ``mock`` field)."""
+        delay = request.headers.get("x-mock-chunk-delay-ms", mock.get("chunk_delay_ms", self.config["chunk_delay_ms"]))
+        return float(delay) / 1000
 
     async def _behave(self, request, body: dict | None):
         """Apply delay and failure settings; return a failure response or None."""
@@ -84,7 +111,10 @@ class MockUpstream:
         if failure:
             return failure
         prompt = " ".join(_text(m.get("content")) for m in body.get("messages", []))
-        text = answer_for(prompt, body.get("max_tokens") or body.get("max_completion_tokens"))
+        text, ended, _ = ended_answer(
+            prompt, body.get("max_tokens") or body.get("max_completion_tokens"), body.get("stop")
+        )
+        finish_reason = "length" if ended == "length" else "stop"
         model = body.get("model", "mock-model")
         usage = {"prompt_tokens": count_tokens(prompt), "completion_tokens": count_tokens(text)}
         mock = body.get("mock") if isinstance(body.get("mock"), dict) else {}
@@ -100,7 +130,7 @@ class MockUpstream:
                     "created": created,
                     "model": model,
                     "choices": [
-                        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
                     ],
                     "usage": usage,
                 }
@@ -123,13 +153,13 @@ class MockUpstream:
         await event(chunk({"role": "assistant", "content": ""}))
         words = text.split(" ")
         mock = body.get("mock") if isinstance(body.get("mock"), dict) else {}
-        step_delay = float(request.headers.get("x-mock-chunk-delay-ms", mock.get("chunk_delay_ms", 0))) / 1000
+        step_delay = self._chunk_delay(request, mock)
         for i in range(0, len(words), WORDS_PER_CHUNK):
             piece = " ".join(words[i : i + WORDS_PER_CHUNK])
             await event(chunk({"content": piece if i == 0 else " " + piece}))
             if step_delay:
                 await asyncio.sleep(step_delay)
-        await event(chunk({}, "stop"))
+        await event(chunk({}, finish_reason))
         if (body.get("stream_options") or {}).get("include_usage"):
             await event({**chunk({}), "choices": [], "usage": usage})
         await response.write(b"data: [DONE]\n\n")
@@ -144,9 +174,11 @@ class MockUpstream:
         prompt = " ".join(_text(m.get("content")) for m in body.get("messages", []))
         if body.get("system"):
             prompt = f"{_text(body['system'])} {prompt}"
-        text = answer_for(prompt, body.get("max_tokens"))
+        text, ended, stop_sequence = ended_answer(prompt, body.get("max_tokens"), body.get("stop_sequences"))
+        stop_reason = {"end": "end_turn", "length": "max_tokens", "stop": "stop_sequence"}[ended]
         model = body.get("model", "claude-mock")
         usage = {"input_tokens": count_tokens(prompt), "output_tokens": count_tokens(text)}
+        mock = body.get("mock") if isinstance(body.get("mock"), dict) else {}
         if not body.get("stream"):
             return web.json_response(
                 {
@@ -155,7 +187,8 @@ class MockUpstream:
                     "role": "assistant",
                     "model": model,
                     "content": [{"type": "text", "text": text}],
-                    "stop_reason": "end_turn",
+                    "stop_reason": stop_reason,
+                    "stop_sequence": stop_sequence,
                     "usage": usage,
                 }
             )
@@ -184,6 +217,7 @@ class MockUpstream:
             {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
         )
         words = text.split(" ")
+        step_delay = self._chunk_delay(request, mock)
         for i in range(0, len(words), WORDS_PER_CHUNK):
             piece = " ".join(words[i : i + WORDS_PER_CHUNK])
             await event(
@@ -194,12 +228,18 @@ class MockUpstream:
                     "delta": {"type": "text_delta", "text": piece if i == 0 else " " + piece},
                 },
             )
+            if step_delay:
+                await asyncio.sleep(step_delay)
+        if mock.get("fail_mid_stream"):  # play a provider that breaks off with an error event
+            await event("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+            await response.write_eof()
+            return response
         await event("content_block_stop", {"type": "content_block_stop", "index": 0})
         await event(
             "message_delta",
             {
                 "type": "message_delta",
-                "delta": {"stop_reason": "end_turn"},
+                "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
                 "usage": {"output_tokens": usage["output_tokens"]},
             },
         )
@@ -219,6 +259,40 @@ class MockUpstream:
             {"output": text, "model": body.get("model") or "mock-agent-model", "usage": usage},
             headers={"x-request-id-seen": request.headers.get("x-request-id", "")},
         )
+
+    async def websocket(self, request):
+        ws = web.WebSocketResponse(protocols=("echo.v1",))
+        if not ws.can_prepare(request).ok:
+            return await self.echo(request)  # a plain GET, as any other path
+        failure = await self._behave(request, None)
+        if failure:
+            return failure
+        await ws.prepare(request)
+        session = {
+            "query": request.query_string,
+            "headers": {k.lower(): v for k, v in request.headers.items()},
+            "subprotocol": ws.ws_protocol,
+            "close_code": None,
+        }
+        self.ws_sessions.append(session)
+        async for message in ws:
+            if message.type == WSMsgType.BINARY:
+                await ws.send_bytes(message.data)
+            elif message.type != WSMsgType.TEXT:
+                continue
+            elif message.data == "bye":
+                await ws.close(code=1000)
+            elif message.data.startswith("close "):
+                await ws.close(code=int(message.data.split()[1]))
+            elif message.data == "drop":
+                request.transport.abort()
+            else:
+                await ws.send_str(f"echo: {message.data}")
+        session["close_code"] = ws.close_code
+        return ws
+
+    async def ws_log(self, request):
+        return web.json_response(list(self.ws_sessions))
 
     async def echo(self, request):
         raw = await request.read()

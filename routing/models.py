@@ -40,6 +40,12 @@ class Agent(models.Model):
         null=True, blank=True, help_text="Answer length assumed for a request without max_tokens when its worst-case "
         "cost is reserved against budgets; empty: GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS.",
     )  # fmt: skip
+    max_concurrent = models.PositiveIntegerField(
+        default=0, help_text="Requests this agent serves at once, shared by all clients; 0 means no limit."
+    )
+    requests_per_minute = models.PositiveIntegerField(
+        default=0, help_text="Requests per minute this agent accepts, shared by all clients; 0 means no limit."
+    )
     cost_center = models.CharField(max_length=100, blank=True)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)

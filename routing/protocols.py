@@ -93,13 +93,58 @@ def usage_from_headers(headers) -> tuple[int, int] | None:
 # --- OpenAI chat <-> Anthropic messages ----------------------------------
 
 
+# Parts of OpenAI's chat API with no translation to Anthropic's here: refused rather than dropped.
+_TOOL_FIELDS = ("tools", "tool_choice", "functions", "function_call")
+
+
+def _anthropic_block(part, where: str) -> dict:
+    if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+        return {"type": "text", "text": part["text"]}
+    image = part.get("image_url") if isinstance(part, dict) and part.get("type") == "image_url" else None
+    url = image.get("url") if isinstance(image, dict) else image
+    if isinstance(url, str) and url.startswith("data:") and ";base64," in url:
+        media_type, _, data = url[len("data:") :].partition(";base64,")
+        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    if isinstance(url, str) and url:
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+    raise bad_request(
+        f"'{where}' is a '{kind}' part, which cannot be sent to an Anthropic model.", "unsupported_content"
+    )
+
+
+def _anthropic_content(content, where: str):
+    """A chat message's content as Anthropic's: a string, or text and image blocks."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if not isinstance(content, list):
+        raise bad_request(f"'{where}' must be a string or a list of content parts.")
+    blocks = [_anthropic_block(part, f"{where}.{i}") for i, part in enumerate(content)]
+    return blocks[0]["text"] if len(blocks) == 1 and blocks[0]["type"] == "text" else blocks
+
+
 def chat_to_anthropic(payload: dict) -> dict:
-    system = [_text(m.get("content")) for m in payload["messages"] if m.get("role") in ("system", "developer")]
-    messages = [
-        {"role": "assistant" if m.get("role") == "assistant" else "user", "content": _text(m.get("content"))}
-        for m in payload["messages"]
-        if m.get("role") not in ("system", "developer")
-    ]
+    """The Anthropic messages request for a chat one; tool calling is refused, not silently dropped."""
+    for name in _TOOL_FIELDS:
+        if payload.get(name):
+            raise bad_request(
+                f"'{name}' cannot be sent to an Anthropic model through this API.", "unsupported_parameter"
+            )
+    if isinstance(payload.get("n"), int) and payload["n"] > 1:
+        raise bad_request("An Anthropic model gives one choice per request: 'n' must be 1.", "unsupported_parameter")
+    system, messages = [], []
+    for i, m in enumerate(payload["messages"]):
+        role = m.get("role")
+        if role in ("tool", "function") or m.get("tool_calls"):
+            raise bad_request(
+                f"'messages.{i}' is a tool call or result, which cannot be sent to an Anthropic model.",
+                "unsupported_content",
+            )
+        if role in ("system", "developer"):
+            system.append(_text(m.get("content")))
+        else:
+            content = _anthropic_content(m.get("content"), f"messages.{i}.content")
+            messages.append({"role": "assistant" if role == "assistant" else "user", "content": content})
     body = {
         "model": payload["model"],
         "messages": messages,
@@ -108,15 +153,26 @@ def chat_to_anthropic(payload: dict) -> dict:
     if system:
         body["system"] = "\n".join(system)
     for name in ("temperature", "top_p", "stream"):
-        if name in payload:
+        if payload.get(name) is not None:
             body[name] = payload[name]
     if payload.get("stop"):
         stop = payload["stop"]
         body["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    if isinstance(payload.get("user"), str) and payload["user"]:
+        body["metadata"] = {"user_id": payload["user"]}
     return body
 
 
-_STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
+# Anthropic stop_reason -> OpenAI finish_reason
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
 
 
 def anthropic_to_chat(answer: dict, model: str, request_id: str) -> dict:
@@ -128,7 +184,7 @@ def anthropic_to_chat(answer: dict, model: str, request_id: str) -> dict:
         text,
         input_tokens,
         output_tokens,
-        _STOP_REASONS.get(answer.get("stop_reason"), "stop"),
+        FINISH_REASONS.get(answer.get("stop_reason"), "stop"),
     )
 
 

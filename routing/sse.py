@@ -10,7 +10,8 @@ import json
 import time
 
 from audit.models import PREVIEW_LENGTH
-from routing.protocols import usage_from_json
+from routing.anthropic_shape import STOP_REASONS, error_payload
+from routing.protocols import FINISH_REASONS, usage_from_json
 
 DONE = b"data: [DONE]\n\n"
 
@@ -34,6 +35,10 @@ def _events(buffer: bytearray):
 def _data(event: bytes) -> bytes:
     lines = [line[5:].strip() for line in event.splitlines() if line.startswith(b"data:")]
     return b"\n".join(lines)
+
+
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 class _TextCollector:
@@ -127,25 +132,186 @@ def openai_stream_of(request_id, model, text, usage, include_usage) -> bytes:
     return b"".join(parts)
 
 
-_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
+class _AnthropicReading:
+    """What an Anthropic stream's events say: model, usage, text and any error, as they pass."""
 
-
-class AnthropicToOpenAIStream:
-    """Translate an Anthropic messages stream into an OpenAI chat stream."""
-
-    def __init__(self, request_id: str, model: str, include_usage: bool):
-        self.request_id = request_id
+    def __init__(self, model: str):
         self.model = model
-        self.include_usage = include_usage
         self.input_tokens = 0
         self.output_tokens = 0
+        self.error = ""  # the error type of an ``error`` event, which ends the stream
         self._seen_usage = False
         self._text = _TextCollector()
-        self._buffer = bytearray()
 
     @property
     def usage(self) -> tuple[int, int] | None:
         return (self.input_tokens, self.output_tokens) if self._seen_usage else None
+
+    @property
+    def text(self) -> str:
+        return self._text.text
+
+    def note(self, obj: dict) -> None:
+        kind = obj.get("type")
+        if kind == "message_start":
+            message = _dict(obj.get("message"))
+            self.model = message.get("model") or self.model
+            self._note_usage(message.get("usage"))
+        elif kind == "content_block_delta":
+            self._text.add(_dict(obj.get("delta")).get("text"))
+        elif kind == "message_delta":
+            self._note_usage(obj.get("usage"))  # cumulative counts: they replace, never add
+        elif kind == "error":
+            error = obj.get("error")
+            self.error = (error.get("type") if isinstance(error, dict) else "") or "api_error"
+
+    def _note_usage(self, usage) -> None:
+        if not isinstance(usage, dict):
+            return
+        for name in ("input_tokens", "output_tokens"):
+            value = usage.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                setattr(self, name, value)
+                self._seen_usage = True
+
+
+def _json_of(event: bytes):
+    try:
+        obj = json.loads(_data(event) or b"null")
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+class AnthropicStreamScanner(_AnthropicReading):
+    """Pass an Anthropic messages stream through as it is, noting usage and text."""
+
+    def __init__(self, model: str):
+        super().__init__(model)
+        self._buffer = bytearray()
+
+    def feed(self, chunk: bytes) -> bytes:
+        self._buffer += chunk
+        out = []
+        for event in _events(self._buffer):
+            obj = _json_of(event)
+            if obj is not None:
+                self.note(obj)
+            out.append(event)
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        rest, self._buffer = bytes(self._buffer), bytearray()
+        return rest
+
+
+class AnthropicToOpenAIStream(_AnthropicReading):
+    """Translate an Anthropic messages stream into an OpenAI chat stream."""
+
+    def __init__(self, request_id: str, model: str, include_usage: bool):
+        super().__init__(model)
+        self.request_id = request_id
+        self.include_usage = include_usage
+        self._buffer = bytearray()
+
+    def feed(self, chunk: bytes) -> bytes:
+        self._buffer += chunk
+        return b"".join(self._translate(event) for event in _events(self._buffer))
+
+    def finish(self) -> bytes:
+        self._buffer.clear()
+        return b""
+
+    def _translate(self, event: bytes) -> bytes:
+        obj = _json_of(event)
+        if obj is None:
+            return b""
+        self.note(obj)
+        kind = obj.get("type")
+        if kind == "message_start":
+            return openai_chunk(self.request_id, self.model, {"role": "assistant", "content": ""})
+        if kind == "content_block_delta":
+            text = _dict(obj.get("delta")).get("text", "")
+            return openai_chunk(self.request_id, self.model, {"content": text}) if text else b""
+        if kind == "message_delta":
+            reason = FINISH_REASONS.get(_dict(obj.get("delta")).get("stop_reason"), "stop")
+            return openai_chunk(self.request_id, self.model, {}, reason)
+        if kind == "message_stop":
+            tail = b""
+            if self.include_usage:
+                tail = openai_chunk(self.request_id, self.model, {}, usage=(self.input_tokens, self.output_tokens))
+            return tail + DONE
+        if kind == "error":
+            # OpenAI's SDKs raise on a chunk that carries an ``error``.
+            error = obj.get("error") if isinstance(obj.get("error"), dict) else {}
+            detail = {"type": self.error, "message": str(error.get("message") or "The upstream stream failed.")}
+            return b"data: " + json.dumps({"error": detail}).encode() + b"\n\n"
+        return b""
+
+
+# --- OpenAI chat stream -> Anthropic message events ------------------------
+
+
+def anthropic_event(obj: dict) -> bytes:
+    return b"event: " + obj["type"].encode() + b"\ndata: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def _message_start(message_id: str, model: str, input_tokens: int) -> bytes:
+    message = {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": input_tokens, "output_tokens": 0},
+    }
+    start = anthropic_event({"type": "message_start", "message": message})
+    block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+    return start + anthropic_event(block)
+
+
+def _text_delta(text: str) -> bytes:
+    return anthropic_event({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}})
+
+
+def _message_end(stop_reason: str, usage: tuple[int, int]) -> bytes:
+    delta = {
+        "type": "message_delta",
+        "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+        "usage": {"input_tokens": usage[0], "output_tokens": usage[1]},
+    }
+    return anthropic_event(delta) + anthropic_event({"type": "message_stop"})
+
+
+def anthropic_stream_of(request_id: str, model: str, text: str, usage: tuple[int, int]) -> bytes:
+    """A whole answer as an Anthropic stream, for upstreams that cannot stream."""
+    parts = [_message_start(f"msg_{request_id}", model, usage[0])]
+    if text:
+        parts.append(_text_delta(text))
+    parts += [anthropic_event({"type": "content_block_stop", "index": 0}), _message_end("end_turn", usage)]
+    return b"".join(parts)
+
+
+class OpenAIToAnthropicStream:
+    """Translate an OpenAI chat stream, asked for its final usage chunk, into Anthropic message events.
+
+    The usage chunk comes after the finishing chunk, so ``message_delta`` (which
+    carries the stop reason and the usage) waits for ``[DONE]``.
+    """
+
+    def __init__(self, request_id: str, model: str):
+        self.request_id = request_id
+        self.model = model
+        self.usage: tuple[int, int] | None = None
+        self.error = ""
+        self._stop_reason = ""
+        self._started = False
+        self._block_open = False
+        self._ended = False
+        self._text = _TextCollector()
+        self._buffer = bytearray()
 
     @property
     def text(self) -> str:
@@ -160,33 +326,52 @@ class AnthropicToOpenAIStream:
         return b""
 
     def _translate(self, data: bytes) -> bytes:
+        if self._ended or not data:
+            return b""
+        if data == b"[DONE]":
+            return self._end()
         try:
-            obj = json.loads(data) if data else {}
+            obj = json.loads(data)
         except ValueError:
             return b""
-        kind = obj.get("type")
-        if kind == "message_start":
-            message = obj.get("message", {})
-            self.model = message.get("model", self.model)
-            usage = usage_from_json(message)
-            if usage:
-                self._seen_usage = True
-                self.input_tokens, self.output_tokens = usage
-            return openai_chunk(self.request_id, self.model, {"role": "assistant", "content": ""})
-        if kind == "content_block_delta":
-            text = (obj.get("delta") or {}).get("text", "")
-            self._text.add(text)
-            return openai_chunk(self.request_id, self.model, {"content": text}) if text else b""
-        if kind == "message_delta":
-            usage = obj.get("usage") or {}
-            if "output_tokens" in usage:
-                self._seen_usage = True
-                self.output_tokens = int(usage["output_tokens"])
-            reason = _FINISH.get((obj.get("delta") or {}).get("stop_reason"), "stop")
-            return openai_chunk(self.request_id, self.model, {}, reason)
-        if kind == "message_stop":
-            tail = b""
-            if self.include_usage:
-                tail = openai_chunk(self.request_id, self.model, {}, usage=(self.input_tokens, self.output_tokens))
-            return tail + DONE
-        return b""
+        if not isinstance(obj, dict):
+            return b""
+        if obj.get("error"):
+            self._ended = True
+            error = obj["error"] if isinstance(obj["error"], dict) else {"message": str(obj["error"])}
+            self.error = str(error.get("type") or error.get("code") or "api_error")
+            text = str(error.get("message") or "The upstream stream failed.")
+            return anthropic_event(error_payload("api_error", text))
+        self.model = obj.get("model") or self.model
+        out = [self._start()]
+        usage = usage_from_json(obj)
+        if usage is not None:
+            self.usage = usage
+        for choice in obj.get("choices") or []:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            text = _dict(choice.get("delta")).get("content")
+            if isinstance(text, str) and text:
+                self._text.add(text)
+                out.append(_text_delta(text))
+            if choice.get("finish_reason"):
+                self._stop_reason = STOP_REASONS.get(choice["finish_reason"], "end_turn")
+                out.append(self._close_block())
+        return b"".join(out)
+
+    def _start(self) -> bytes:
+        if self._started:
+            return b""
+        self._started = self._block_open = True
+        return _message_start(f"msg_{self.request_id}", self.model, 0)  # input tokens come with the usage chunk
+
+    def _close_block(self) -> bytes:
+        if not self._block_open:
+            return b""
+        self._block_open = False
+        return anthropic_event({"type": "content_block_stop", "index": 0})
+
+    def _end(self) -> bytes:
+        self._ended = True
+        out = self._start() + self._close_block()
+        return out + _message_end(self._stop_reason or "end_turn", self.usage or (0, 0))

@@ -27,6 +27,8 @@ class AgentRoute:
     timeout: float
     cost_center: str
     default_max_output_tokens: int | None = None
+    max_concurrent: int = 0  # the agent's capacity, shared by all clients; 0: no limit
+    requests_per_minute: int = 0
 
     def url(self, path: str) -> str:
         return f"{self.base_url}/{path.lstrip('/')}"
@@ -85,6 +87,8 @@ def _route(agent: Agent) -> AgentRoute:
         timeout=agent.timeout_seconds or settings.GATEWAY["UPSTREAM_TIMEOUT"],
         cost_center=agent.cost_center,
         default_max_output_tokens=agent.default_max_output_tokens,
+        max_concurrent=agent.max_concurrent,
+        requests_per_minute=agent.requests_per_minute,
     )
 
 

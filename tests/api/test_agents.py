@@ -80,3 +80,13 @@ def test_it_filters_agents_by_kind(api, agent):
     Agent.objects.create(slug="gpt", name="OpenAI", kind="openai", upstream_url="https://api.openai.test")
     body = api.get("/api/v1/agents/", {"kind": "openai"}).json()
     assert [a["slug"] for a in body["results"]] == ["gpt"]
+
+
+def test_an_agents_capacity_is_set_and_checked(api, agent):
+    response = api.patch(
+        f"/api/v1/agents/{agent.pk}/", {"max_concurrent": 20, "requests_per_minute": 600}, format="json"
+    )
+    assert response.status_code == 200
+    assert (response.json()["max_concurrent"], response.json()["requests_per_minute"]) == (20, 600)
+    refused = api.patch(f"/api/v1/agents/{agent.pk}/", {"max_concurrent": -1}, format="json")
+    assert refused.status_code == 400 and "max_concurrent" in refused.json()

@@ -8,7 +8,7 @@ import uuid
 import pytest
 from django.conf import settings
 
-from gateway_project.hotstate import BudgetCheck, MemoryHotState, RateAdjust, RateCheck, RedisHotState
+from gateway_project.hotstate import BudgetCheck, ConcurrencySlot, MemoryHotState, RateAdjust, RateCheck, RedisHotState
 
 STORES = ["memory"] + (["redis"] if settings.REDIS_URL else [])
 
@@ -33,10 +33,10 @@ def run(coro):
 
 
 def test_it_admits_up_to_the_limit_then_says_when_to_retry(store):
-    rpm, _, conc, spend = ids()
+    rpm, _, _, spend = ids()
 
     async def scenario():
-        results = [await store.admit([RateCheck("requests", rpm, 5, 1)], conc, 0, no_budget(spend)) for _ in range(6)]
+        results = [await store.admit([RateCheck("requests", rpm, 5, 1)], [], no_budget(spend)) for _ in range(6)]
         return results
 
     results = run(scenario())
@@ -48,14 +48,14 @@ def test_it_admits_up_to_the_limit_then_says_when_to_retry(store):
 
 
 def test_a_refused_check_commits_nothing(store):
-    rpm, tpm, conc, spend = ids()
+    rpm, tpm, _, spend = ids()
 
     async def scenario():
         checks = [RateCheck("requests", rpm, 10, 1), RateCheck("tokens", tpm, 100, 80)]
-        first = await store.admit(checks, conc, 0, no_budget(spend))
-        second = await store.admit(checks, conc, 0, no_budget(spend))
+        first = await store.admit(checks, [], no_budget(spend))
+        second = await store.admit(checks, [], no_budget(spend))
         small = await store.admit(
-            [RateCheck("requests", rpm, 10, 1), RateCheck("tokens", tpm, 100, 20)], conc, 0, no_budget(spend)
+            [RateCheck("requests", rpm, 10, 1), RateCheck("tokens", tpm, 100, 20)], [], no_budget(spend)
         )
         return first, second, small
 
@@ -65,14 +65,14 @@ def test_a_refused_check_commits_nothing(store):
 
 
 def test_settling_returns_unused_tokens(store):
-    _, tpm, conc, spend = ids()
+    _, tpm, _, spend = ids()
 
     async def scenario():
         check = [RateCheck("tokens", tpm, 100, 90)]
-        assert (await store.admit(check, conc, 0, no_budget(spend))).ok
-        assert not (await store.admit(check, conc, 0, no_budget(spend))).ok
-        await store.settle([RateAdjust(tpm, 100, -80)], "", no_budget(spend), 0)
-        return await store.admit(check, conc, 0, no_budget(spend))
+        assert (await store.admit(check, [], no_budget(spend))).ok
+        assert not (await store.admit(check, [], no_budget(spend))).ok
+        await store.settle([RateAdjust(tpm, 100, -80)], [], no_budget(spend), 0)
+        return await store.admit(check, [], no_budget(spend))
 
     assert run(scenario()).ok
 
@@ -81,11 +81,11 @@ def test_it_limits_requests_in_flight(store):
     _, _, conc, spend = ids()
 
     async def scenario():
-        first = await store.admit([], conc, 2, no_budget(spend))
-        second = await store.admit([], conc, 2, no_budget(spend))
-        third = await store.admit([], conc, 2, no_budget(spend))
-        await store.settle([], conc, no_budget(spend), 0)
-        fourth = await store.admit([], conc, 2, no_budget(spend))
+        first = await store.admit([], [ConcurrencySlot("concurrency", conc, 2)], no_budget(spend))
+        second = await store.admit([], [ConcurrencySlot("concurrency", conc, 2)], no_budget(spend))
+        third = await store.admit([], [ConcurrencySlot("concurrency", conc, 2)], no_budget(spend))
+        await store.settle([], [conc], no_budget(spend), 0)
+        fourth = await store.admit([], [ConcurrencySlot("concurrency", conc, 2)], no_budget(spend))
         return first, second, third, fourth
 
     first, second, third, fourth = run(scenario())
@@ -93,18 +93,41 @@ def test_it_limits_requests_in_flight(store):
     assert third.failed == "concurrency"
 
 
-def test_an_empty_budget_counter_is_seeded_before_anything_is_taken(store):
+def test_every_slot_must_have_room_and_a_refusal_takes_none(store):
+    """A key's own slot and an agent's shared one: the full one refuses, by name, and the other is not taken."""
     rpm, _, conc, spend = ids()
+    key_slot, agent_slot = ConcurrencySlot("concurrency", conc, 5), ConcurrencySlot("agent_concurrency", spend, 1)
+    budget = BudgetCheck(spend + ":b", 100, 60, reserve=10, reservation="r", hold_ms=60_000)
+
+    async def scenario():
+        await store.seed([budget], [95])
+        rate = [RateCheck("requests", rpm, 10, 1)]
+        first = await store.admit(rate, [key_slot, agent_slot], [])
+        full = await store.admit(rate, [key_slot, agent_slot], [budget])
+        await store.settle([], [key_slot.key, agent_slot.key], [], 0)
+        over_budget = await store.admit(rate, [key_slot, agent_slot], [budget])  # 95 + 10 > 100
+        held = await store.get_int(key_slot.key), await store.get_int(agent_slot.key)
+        return first, full, over_budget, held
+
+    first, full, over_budget, held = run(scenario())
+    assert first.ok
+    assert (full.ok, full.failed, full.retry_after_ms) == (False, "agent_concurrency", 1000)
+    assert (over_budget.failed, over_budget.budget_index, over_budget.spent) == ("budget", 0, 95)
+    assert held == (0, 0)  # the refusals took nothing; the one admitted was settled
+
+
+def test_an_empty_budget_counter_is_seeded_before_anything_is_taken(store):
+    rpm, _, _, spend = ids()
     budget = BudgetCheck(spend, 1_000, 60)
     rate = [RateCheck("requests", rpm, 10, 1)]
 
     async def scenario():
-        unseeded = await store.admit(rate, conc, 0, [budget])
+        unseeded = await store.admit(rate, [], [budget])
         await store.seed([budget], [900])
         await store.seed([budget], [0])  # a second seeder loses: the counter is there
-        first = await store.admit(rate, conc, 0, [budget])
-        totals = await store.settle([], "", [budget], 150)
-        second = await store.admit(rate, conc, 0, [budget])
+        first = await store.admit(rate, [], [budget])
+        totals = await store.settle([], [], [budget], 150)
+        second = await store.admit(rate, [], [budget])
         return unseeded, first, totals, second
 
     unseeded, first, totals, second = run(scenario())
@@ -115,18 +138,18 @@ def test_an_empty_budget_counter_is_seeded_before_anything_is_taken(store):
 
 
 def test_a_request_must_fit_every_budget_and_settles_into_all_of_them(store):
-    _, _, conc, spend = ids()
+    _, _, _, spend = ids()
     wide = BudgetCheck(spend + ":org", 10_000, 60, reserve=400, reservation="r1", hold_ms=60_000)
     narrow = BudgetCheck(spend + ":client", 500, 60, reserve=400, reservation="r1", hold_ms=60_000)
     soft = BudgetCheck(spend + ":soft", -1, 60)  # counts, never refuses
 
     async def scenario():
         await store.seed([wide, narrow, soft], [0, 0, 5_000_000])
-        first = await store.admit([], conc, 0, [wide, narrow, soft])
+        first = await store.admit([], [], [wide, narrow, soft])
         second_wide = BudgetCheck(wide.key, 10_000, 60, reserve=400, reservation="r2", hold_ms=60_000)
         second_narrow = BudgetCheck(narrow.key, 500, 60, reserve=400, reservation="r2", hold_ms=60_000)
-        second = await store.admit([], conc, 0, [second_wide, second_narrow, soft])
-        totals = await store.settle([], "", [wide, narrow, soft], 300)
+        second = await store.admit([], [], [second_wide, second_narrow, soft])
+        totals = await store.settle([], [], [wide, narrow, soft], 300)
         return first, second, totals
 
     first, second, totals = run(scenario())
@@ -136,39 +159,39 @@ def test_a_request_must_fit_every_budget_and_settles_into_all_of_them(store):
 
 
 def test_settling_into_a_vanished_counter_reports_it_instead_of_guessing(store):
-    _, _, conc, spend = ids()
+    _, _, _, spend = ids()
     budget = BudgetCheck(spend, 1_000, 60)
-    assert run(store.settle([], "", [budget], 100)) == [-1]
-    assert run(store.admit([], conc, 0, [budget])).failed == "seed"
+    assert run(store.settle([], [], [budget], 100)) == [-1]
+    assert run(store.admit([], [], [budget])).failed == "seed"
 
 
 @pytest.mark.skipif(not settings.REDIS_URL, reason="needs Redis")
 def test_redis_never_over_admits_concurrent_callers():
     store = RedisHotState(settings.REDIS_URL)
-    rpm, _, conc, spend = ids()
+    rpm, _, _, spend = ids()
 
     async def scenario():
-        calls = [store.admit([RateCheck("requests", rpm, 25, 1)], conc, 0, no_budget(spend)) for _ in range(200)]
+        calls = [store.admit([RateCheck("requests", rpm, 25, 1)], [], no_budget(spend)) for _ in range(200)]
         return await asyncio.gather(*calls)
 
     assert sum(result.ok for result in run(scenario())) == 25
 
 
 def test_reservations_hold_budget_until_settled_or_lapsed(store):
-    _, _, conc, spend = ids()
+    _, _, _, spend = ids()
 
     def check(name, reserve, hold_ms=60_000):
         return [BudgetCheck(spend, 1_000, 60, reserve=reserve, reservation=name, hold_ms=hold_ms)]
 
     async def scenario():
         await store.seed(check("", 0), [0])
-        first = await store.admit([], conc, 0, check("a", 600))
-        second = await store.admit([], conc, 0, check("b", 600))  # 600 + 600 > 1000
-        small = await store.admit([], conc, 0, check("c", 300, hold_ms=1))  # lapses almost at once
+        first = await store.admit([], [], check("a", 600))
+        second = await store.admit([], [], check("b", 600))  # 600 + 600 > 1000
+        small = await store.admit([], [], check("c", 300, hold_ms=1))  # lapses almost at once
         await asyncio.sleep(0.01)
-        await store.settle([], "", check("a", 600), 100)  # real cost 100: frees 500
-        third = await store.admit([], conc, 0, check("d", 800))  # 100 spent + 800 <= 1000
-        fourth = await store.admit([], conc, 0, check("e", 200))  # 100 + 800 + 200 > 1000
+        await store.settle([], [], check("a", 600), 100)  # real cost 100: frees 500
+        third = await store.admit([], [], check("d", 800))  # 100 spent + 800 <= 1000
+        fourth = await store.admit([], [], check("e", 200))  # 100 + 800 + 200 > 1000
         return first, second, small, third, fourth
 
     first, second, small, third, fourth = run(scenario())
