@@ -42,14 +42,14 @@ def test_the_agents_concurrency_is_shared_and_released(gateway, make_key, capped
     slug = capped_agent(max_concurrent=1)
     slow, other = gateway.client(make_key()[0]), gateway.client(make_key()[0])
     with ThreadPoolExecutor(1) as pool:
-        busy = pool.submit(slow.post, f"/agents/{slug}/work", content=b"{}", headers={"x-mock-delay-ms": "1500"})
+        busy = pool.submit(slow.post, f"/agents/{slug}/work", content=b"{}", headers={"x-mock-delay-ms": "4000"})
         # Wait until the slow request holds the agent's one slot: the other client is refused meanwhile.
         refused = wait_for(
-            lambda: (r := other.post(f"/agents/{slug}/work", content=b"{}")).status_code == 429 and r, seconds=5
+            lambda: (r := other.post(f"/agents/{slug}/work", content=b"{}")).status_code == 429 and r, seconds=8
         )
         assert refused, "the second client was never refused while the agent was busy"
         assert_error(refused, 429, "agent_concurrency_limit")
-        assert busy.result(timeout=10).status_code == 200
+        assert busy.result(timeout=15).status_code == 200
     assert other.post(f"/agents/{slug}/work", content=b"{}").status_code == 200  # the slot came back
 
 
