@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 
 from routing.models import Agent
@@ -38,17 +39,19 @@ def test_the_agents_requests_per_minute_are_shared_by_all_clients(gateway, make_
     assert audit_of(refused).error_type == "agent_rate_limit"
 
 
-def test_the_agents_concurrency_is_shared_and_released(gateway, make_key, capped_agent):
+def test_the_agents_concurrency_is_shared_and_released(gateway, seeded, make_key, capped_agent):
     slug = capped_agent(max_concurrent=1)
     slow, other = gateway.client(make_key()[0]), gateway.client(make_key()[0])
+
+    def upstream_requests():
+        return httpx.get(f"{seeded.url}/__mock__/stats").json()["requests"]
+
+    before = upstream_requests()
     with ThreadPoolExecutor(1) as pool:
-        busy = pool.submit(slow.post, f"/agents/{slug}/work", content=b"{}", headers={"x-mock-delay-ms": "4000"})
-        # Wait until the slow request holds the agent's one slot: the other client is refused meanwhile.
-        refused = wait_for(
-            lambda: (r := other.post(f"/agents/{slug}/work", content=b"{}")).status_code == 429 and r, seconds=8
-        )
-        assert refused, "the second client was never refused while the agent was busy"
-        assert_error(refused, 429, "agent_concurrency_limit")
+        busy = pool.submit(slow.post, f"/agents/{slug}/work", content=b"{}", headers={"x-mock-delay-ms": "3000"})
+        # Once the upstream holds the slow request, the agent's one slot is taken: the other client is refused.
+        assert wait_for(lambda: upstream_requests() > before), "the slow request never reached the upstream"
+        assert_error(other.post(f"/agents/{slug}/work", content=b"{}"), 429, "agent_concurrency_limit")
         assert busy.result(timeout=15).status_code == 200
     assert other.post(f"/agents/{slug}/work", content=b"{}").status_code == 200  # the slot came back
 
