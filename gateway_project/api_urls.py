@@ -9,7 +9,8 @@ from audit.retention_api import AuditArchiveViewSet
 from billing.api import BudgetAlertViewSet, BudgetViewSet, ModelPriceViewSet, UsageRecordViewSet
 from billing.report_api import TopSpendersView, UsageReportView
 from keys.api import ApiKeyViewSet, ClientViewSet, CostCenterViewSet, PlanViewSet
-from routing.api import AgentViewSet
+from routing.api import AgentViewSet, TargetViewSet
+from routing.route_api import CapabilityKeywordViewSet, PathRouteViewSet
 
 router = DefaultRouter()
 router.register("cost-centers", CostCenterViewSet)
@@ -17,6 +18,7 @@ router.register("plans", PlanViewSet)
 router.register("clients", ClientViewSet)
 router.register("keys", ApiKeyViewSet)
 router.register("agents", AgentViewSet)
+router.register("targets", TargetViewSet)
 router.register("prices", ModelPriceViewSet)
 router.register("budgets", BudgetViewSet)
 router.register("alerts", BudgetAlertViewSet)
@@ -26,6 +28,8 @@ router.register("audit-archives", AuditArchiveViewSet)  # before "audit" too
 router.register("audit", AuditRecordViewSet)
 router.register("admin-actions", AdminActionViewSet)
 router.register("redaction-rules", RedactionRuleViewSet)
+router.register("routes", PathRouteViewSet)
+router.register("capability-keywords", CapabilityKeywordViewSet)
 
 urlpatterns = [
     path("reports/usage/", UsageReportView.as_view(), name="report-usage"),

@@ -12,7 +12,7 @@ from billing.models import Budget
 from billing.services import set_client_monthly_budget
 from keys.models import CostCenter, Plan
 from keys.services import client_for_slug, issue_key
-from routing.models import Agent
+from routing.models import Agent, CapabilityKeyword
 
 DEMO_AGENTS = [
     # slug, name, kind, served models, default model, capabilities, cost center
@@ -22,7 +22,7 @@ DEMO_AGENTS = [
         "agent",
         [],
         "gpt-4o-mini",
-        ["research", "find", "search", "investigate", "compare", "lookup"],
+        ["research"],
         "research",
     ),
     (
@@ -31,7 +31,7 @@ DEMO_AGENTS = [
         "agent",
         [],
         "gpt-4o-mini",
-        ["write", "draft", "edit", "rewrite", "summarize", "email", "essay"],
+        ["writing"],
         "marketing",
     ),
     (
@@ -40,12 +40,28 @@ DEMO_AGENTS = [
         "agent",
         [],
         "gpt-4o",
-        ["code", "debug", "implement", "refactor", "bug", "function", "test"],
+        ["code"],
         "engineering",
     ),
     ("openai", "OpenAI (mock)", "openai", ["gpt-4o", "gpt-4o-mini"], "gpt-4o-mini", [], "platform"),
     ("anthropic", "Anthropic (mock)", "anthropic", ["claude-sonnet", "claude-haiku"], "claude-haiku", [], "platform"),
 ]
+
+
+# Content routing's keyword map: a word in the input -> the capability it asks for (a capability's own name
+# counts too). The demo agents have one capability each: research, writing, code.
+DEMO_KEYWORDS = {
+    "research": ["find", "search", "investigate", "compare", "lookup", "facts", "sources", "history"],
+    "writing": ["write", "draft", "edit", "rewrite", "summarize", "email", "essay", "letter", "proofread"],
+    "code": ["debug", "implement", "refactor", "bug", "function", "test", "python", "compile", "stacktrace"],
+}
+
+
+def seed_keywords() -> None:
+    """Create the demo keyword map; keywords already mapped (perhaps edited in the console) are left alone."""
+    for capability, words in DEMO_KEYWORDS.items():
+        for word in words:
+            CapabilityKeyword.objects.get_or_create(keyword=word, defaults={"capability": capability})
 
 
 @transaction.atomic
@@ -68,6 +84,7 @@ def seed_agents(upstream_url: str) -> list[Agent]:
             },
         )
         agents.append(agent)
+    seed_keywords()
     return agents
 
 

@@ -99,6 +99,49 @@ class RateAdjust:
     period_ms: int = PERIOD_MS
 
 
+@dataclass(slots=True)
+class TargetState:
+    """One upstream target's live state: requests in flight, recent latency and errors, its circuit."""
+
+    in_flight: int = 0
+    latency_ms: float = -1.0  # moving average; -1 until measured
+    error_rate: float = 0.0  # moving average of failures, 0..1
+    circuit: str = "closed"  # closed, open or half_open
+    open_until_ms: float = 0.0  # an open circuit lets one probe through from then (epoch ms)
+    probe_until_ms: float = 0.0  # a half-open circuit's probe holds its lease until then
+    failures: int = 0  # consecutive failures in the current window
+    now_ms: float = 0.0  # the store's clock when read
+
+    def blocked_ms(self) -> int:
+        """How long until this target takes a request (0: now), as far as its circuit goes."""
+        if self.circuit == "open" and self.open_until_ms > self.now_ms:
+            return math.ceil(self.open_until_ms - self.now_ms)
+        if self.circuit in ("open", "half_open") and self.probe_until_ms > self.now_ms:
+            return math.ceil(self.probe_until_ms - self.now_ms)
+        return 0
+
+    @property
+    def shown_circuit(self) -> str:
+        """The circuit as a request would find it: an open one whose cool-down is over is half-open."""
+        if self.circuit == "open" and self.open_until_ms <= self.now_ms:
+            return "half_open"
+        return self.circuit
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerRule:
+    """When a target's circuit opens: ``failures`` in a row within ``window_ms``; it stays open ``cooldown_ms``."""
+
+    failures: int = 5
+    window_ms: int = 60_000
+    cooldown_ms: int = 30_000
+
+
+# Moving averages of a target's latency and error rate weigh the newest outcome this much.
+TARGET_AVERAGE_WEIGHT = 0.3
+TARGET_STATE_TTL_SECONDS = 86_400
+
+
 class HotState:
     """Interface both stores implement."""
 
@@ -121,6 +164,35 @@ class HotState:
     ) -> list[int]:
         """Undo the estimates, release the slots and the reservations, add ``spend`` to every budget; return
         the new totals (-1 where a counter had vanished: the next admission seeds it again)."""
+        raise NotImplementedError
+
+    async def target_states(self, keys: list[str]) -> list[TargetState]:
+        """The live state of each target (one round trip)."""
+        raise NotImplementedError
+
+    async def target_acquire(self, key: str, lease: str, max_concurrent: int, lease_ms: int) -> tuple[str, int]:
+        """Count one request in flight on a target, if its circuit and capacity allow, atomically.
+
+        Returns ``("ok", 0)``, ``("probe", 0)`` (the one request a half-open circuit lets
+        through), or a refusal with the milliseconds until it may change: ``("open", ms)``,
+        ``("probing", ms)`` (another request is the probe) or ``("busy", ms)`` (at ``max_concurrent``).
+        A lease not released within ``lease_ms`` (a crashed process) stops counting.
+        """
+        raise NotImplementedError
+
+    async def target_release(
+        self, key: str, lease: str, outcome: str, latency_ms: float, probe: bool, rule: BreakerRule
+    ) -> str:
+        """End a request on a target and feed its ``outcome`` ("ok", "fail" or "none": no verdict, e.g. the
+        client left) to the averages and the circuit; return the circuit's state after it."""
+        raise NotImplementedError
+
+    def target_states_now(self, keys: list[str]) -> list[TargetState]:
+        """``target_states`` from synchronous code (console pages, the API)."""
+        raise NotImplementedError
+
+    def target_reset_now(self, key: str) -> None:
+        """Close a target's circuit by hand (its averages stay)."""
         raise NotImplementedError
 
     async def get_int(self, key: str) -> int | None:
@@ -251,6 +323,94 @@ class MemoryHotState(HotState):
             self._set(budget.key, spent + spend, budget.ttl_seconds, now_s)
             totals.append(spent + spend)
         return totals
+
+    # --- targets: in flight, averages, circuit ---------------------------------
+    def _target(self, key: str) -> dict:
+        return self._values.setdefault(key, ({"leases": {}}, None))[0]
+
+    def _target_state(self, key: str, now: float) -> TargetState:
+        target = self._target(key)
+        leases = target["leases"]
+        for name in [name for name, until in leases.items() if until <= now]:
+            del leases[name]
+        return TargetState(
+            in_flight=len(leases),
+            latency_ms=target.get("latency", -1.0),
+            error_rate=target.get("error_rate", 0.0),
+            circuit=target.get("state", "closed"),
+            open_until_ms=target.get("open_until", 0.0),
+            probe_until_ms=target.get("probe_until", 0.0),
+            failures=target.get("fails", 0),
+            now_ms=now,
+        )
+
+    async def target_states(self, keys):
+        return self.target_states_now(keys)
+
+    def target_states_now(self, keys):
+        now = time.time() * 1000
+        return [self._target_state(key, now) for key in keys]
+
+    async def target_acquire(self, key, lease, max_concurrent, lease_ms):
+        now = time.time() * 1000
+        state = self._target_state(key, now)
+        target = self._target(key)
+        probe = False
+        if state.circuit == "open":
+            if now < state.open_until_ms:
+                return "open", math.ceil(state.open_until_ms - now)
+            target["state"] = state.circuit = "half_open"
+        if state.circuit == "half_open":
+            if state.probe_until_ms > now:
+                return "probing", math.ceil(state.probe_until_ms - now)
+            target["probe_until"] = now + lease_ms
+            probe = True
+        elif max_concurrent and state.in_flight >= max_concurrent:
+            return "busy", 1000
+        target["leases"][lease] = now + lease_ms
+        return ("probe" if probe else "ok"), 0
+
+    async def target_release(self, key, lease, outcome, latency_ms, probe, rule):
+        now = time.time() * 1000
+        target = self._target(key)
+        target["leases"].pop(lease, None)
+        weight = TARGET_AVERAGE_WEIGHT
+        if outcome != "none":
+            if latency_ms >= 0:
+                old = target.get("latency", -1.0)
+                target["latency"] = latency_ms if old < 0 else old + weight * (latency_ms - old)
+            failed = 1.0 if outcome == "fail" else 0.0
+            target["error_rate"] = target.get("error_rate", 0.0) + weight * (failed - target.get("error_rate", 0.0))
+        state = target.get("state", "closed")
+        if outcome == "ok":
+            target["fails"], target["first_fail"] = 0, 0.0
+            if state == "half_open" and probe:
+                target["state"] = state = "closed"
+                target.pop("probe_until", None)
+        elif outcome == "fail":
+            if state == "closed":
+                fails, first = target.get("fails", 0), target.get("first_fail", 0.0)
+                if fails == 0 or now - first > rule.window_ms:
+                    fails, first = 1, now
+                else:
+                    fails += 1
+                if fails >= rule.failures:
+                    target.update(state="open", open_until=now + rule.cooldown_ms, fails=0, first_fail=0.0)
+                    state = "open"
+                else:
+                    target.update(fails=fails, first_fail=first)
+            elif state == "half_open" and probe:
+                target.update(state="open", open_until=now + rule.cooldown_ms)
+                target.pop("probe_until", None)
+                state = "open"
+        elif probe:
+            target.pop("probe_until", None)  # no verdict: the next request probes instead
+        return state
+
+    def target_reset_now(self, key):
+        target = self._target(key)
+        for name in ("state", "open_until", "probe_until", "fails", "first_fail"):
+            target.pop(name, None)
 
     async def get_int(self, key):
         value = self._get(key, time.time())
@@ -411,6 +571,134 @@ return totals
 """
 
 
+# A target: KEYS[1] a hash (state, open_until, probe_until, fails, first_fail, latency, error_rate),
+# KEYS[2] a sorted set of the leases in flight (lease -> expiry ms).
+_TARGET_ACQUIRE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local max, lease_ms = tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
+local probe = 0
+if state == 'open' then
+  local open_until = tonumber(redis.call('HGET', KEYS[1], 'open_until') or '0')
+  if now < open_until then return {'open', math.ceil(open_until - now)} end
+  state = 'half_open'
+  redis.call('HSET', KEYS[1], 'state', state)
+end
+if state == 'half_open' then
+  local held = tonumber(redis.call('HGET', KEYS[1], 'probe_until') or '0')
+  if held > now then return {'probing', math.ceil(held - now)} end
+  redis.call('HSET', KEYS[1], 'probe_until', now + lease_ms)
+  probe = 1
+elseif max > 0 and redis.call('ZCARD', KEYS[2]) >= max then
+  return {'busy', 1000}
+end
+redis.call('ZADD', KEYS[2], now + lease_ms, ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+if probe == 1 then return {'probe', 0} end
+return {'ok', 0}
+"""
+
+# ARGV: lease, outcome (ok, fail, none), latency ms (-1: none), probe (0/1), failures, window ms, cooldown ms,
+# average weight, ttl. Reply: the circuit's state after.
+_TARGET_RELEASE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local k = KEYS[1]
+redis.call('ZREM', KEYS[2], ARGV[1])
+local outcome, latency, probe = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local weight = tonumber(ARGV[8])
+if outcome ~= 'none' then
+  if latency >= 0 then
+    local old = tonumber(redis.call('HGET', k, 'latency') or '-1')
+    if old < 0 then old = latency end
+    redis.call('HSET', k, 'latency', tostring(old + weight * (latency - old)))
+  end
+  local failed = 0
+  if outcome == 'fail' then failed = 1 end
+  local rate = tonumber(redis.call('HGET', k, 'error_rate') or '0')
+  redis.call('HSET', k, 'error_rate', tostring(rate + weight * (failed - rate)))
+end
+local state = redis.call('HGET', k, 'state') or 'closed'
+if outcome == 'ok' then
+  redis.call('HSET', k, 'fails', 0, 'first_fail', 0)
+  if state == 'half_open' and probe == 1 then
+    state = 'closed'
+    redis.call('HSET', k, 'state', state)
+    redis.call('HDEL', k, 'probe_until')
+  end
+elseif outcome == 'fail' then
+  if state == 'closed' then
+    local fails = tonumber(redis.call('HGET', k, 'fails') or '0')
+    local first = tonumber(redis.call('HGET', k, 'first_fail') or '0')
+    if fails == 0 or now - first > tonumber(ARGV[6]) then
+      fails, first = 1, now
+    else
+      fails = fails + 1
+    end
+    if fails >= tonumber(ARGV[5]) then
+      state = 'open'
+      redis.call('HSET', k, 'state', state, 'open_until', now + tonumber(ARGV[7]), 'fails', 0, 'first_fail', 0)
+    else
+      redis.call('HSET', k, 'fails', fails, 'first_fail', first)
+    end
+  elseif state == 'half_open' and probe == 1 then
+    state = 'open'
+    redis.call('HSET', k, 'state', state, 'open_until', now + tonumber(ARGV[7]))
+    redis.call('HDEL', k, 'probe_until')
+  end
+elseif probe == 1 then
+  redis.call('HDEL', k, 'probe_until')
+end
+redis.call('EXPIRE', k, ARGV[9])
+return state
+"""
+
+# KEYS: (hash, leases) per target. Reply: now, then per target (in flight, state, open_until, probe_until,
+# fails, latency, error_rate).
+_TARGET_STATES_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local reply = {tostring(now)}
+for i = 1, #KEYS, 2 do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i + 1], '-inf', now)
+  reply[#reply + 1] = redis.call('ZCARD', KEYS[i + 1])
+  local fields = redis.call('HMGET', KEYS[i], 'state', 'open_until', 'probe_until', 'fails', 'latency', 'error_rate')
+  for j = 1, 6 do reply[#reply + 1] = fields[j] or false end
+end
+return reply
+"""
+
+
+def _target_keys(keys: list[str]) -> list[str]:
+    return [part for key in keys for part in (key, key + ":leases")]
+
+
+def _target_states(reply) -> list[TargetState]:
+    def text(value, default):
+        return default if value is None else value.decode() if isinstance(value, bytes) else str(value)
+
+    now = float(text(reply[0], "0"))
+    states = []
+    for i in range(1, len(reply), 7):
+        in_flight, state, open_until, probe_until, fails, latency, error_rate = reply[i : i + 7]
+        states.append(
+            TargetState(
+                in_flight=int(in_flight),
+                latency_ms=float(text(latency, "-1")),
+                error_rate=float(text(error_rate, "0")),
+                circuit=text(state, "closed"),
+                open_until_ms=float(text(open_until, "0")),
+                probe_until_ms=float(text(probe_until, "0")),
+                failures=int(text(fails, "0")),
+                now_ms=now,
+            )
+        )
+    return states
+
+
 class RedisHotState(HotState):
     """Redis store: each admit and each settle is a single Lua script, one round trip."""
 
@@ -436,6 +724,9 @@ class RedisHotState(HotState):
             client._admit = client.register_script(_ADMIT_LUA)
             client._seed = client.register_script(_SEED_LUA)
             client._settle = client.register_script(_SETTLE_LUA)
+            client._target_acquire = client.register_script(_TARGET_ACQUIRE_LUA)
+            client._target_release = client.register_script(_TARGET_RELEASE_LUA)
+            client._target_states = client.register_script(_TARGET_STATES_LUA)
             self._async_clients = {id(loop): client}
         return client
 
@@ -480,6 +771,32 @@ class RedisHotState(HotState):
             keys += budget.keys
             args += [budget.ttl_seconds, budget.reservation]
         return [int(total) for total in await client._settle(keys=keys, args=args)]
+
+    async def target_states(self, keys):
+        if not keys:
+            return []
+        return _target_states(await self._client()._target_states(keys=_target_keys(keys)))
+
+    def target_states_now(self, keys):
+        if not keys:
+            return []
+        return _target_states(self._sync.eval(_TARGET_STATES_LUA, len(keys) * 2, *_target_keys(keys)))
+
+    async def target_acquire(self, key, lease, max_concurrent, lease_ms):
+        args = [lease, max_concurrent, lease_ms, TARGET_STATE_TTL_SECONDS]
+        verdict, wait_ms = await self._client()._target_acquire(keys=_target_keys([key]), args=args)
+        return (verdict.decode() if isinstance(verdict, bytes) else verdict), int(wait_ms)
+
+    async def target_release(self, key, lease, outcome, latency_ms, probe, rule):
+        args = [
+            lease, outcome, round(latency_ms, 2), int(probe), rule.failures, rule.window_ms, rule.cooldown_ms,
+            TARGET_AVERAGE_WEIGHT, TARGET_STATE_TTL_SECONDS,
+        ]  # fmt: skip
+        state = await self._client()._target_release(keys=_target_keys([key]), args=args)
+        return state.decode() if isinstance(state, bytes) else state
+
+    def target_reset_now(self, key):
+        self._sync.hdel(key, "state", "open_until", "probe_until", "fails", "first_fail")
 
     async def get_int(self, key):
         value = await self._client().get(key)

@@ -7,16 +7,20 @@ from django.urls import path
 
 from audit.consumers import LiveFeedConsumer
 from routing.consumers import ProxyConsumer
+from routing.path_routes import match
+from routing.table import routing_table
 from routing.ws_proxy import WebSocketProxyConsumer
 
 PROXY_PREFIXES = ("/v1/", "/agents/")
 
 
 class GatewayHttpRouter:
-    """Send gateway paths to the proxy consumer and the rest to Django.
+    """Send gateway paths and path routes to the proxy consumer and the rest to Django.
 
     A prefix test instead of Channels' ``URLRouter`` keeps the hot path free of
-    regular-expression resolving; the proxy parses its own paths.
+    regular-expression resolving; the proxy parses its own paths. Path routes come
+    from the in-memory routing table (a dictionary look-up per path segment), so a
+    route saved in the console serves traffic after the next refresh, no restart.
     """
 
     def __init__(self, django_app):
@@ -24,9 +28,18 @@ class GatewayHttpRouter:
         self.proxy_app = ProxyConsumer.as_asgi()
 
     async def __call__(self, scope, receive, send):
-        if scope["path"].startswith(PROXY_PREFIXES):
+        path = scope["path"]
+        if path.startswith(PROXY_PREFIXES) or await self._is_path_route(path):
             return await self.proxy_app(scope, receive, send)
         return await self.django_app(scope, receive, send)
+
+    @staticmethod
+    async def _is_path_route(path: str) -> bool:
+        try:
+            table = await routing_table.get()
+        except Exception:  # no table yet (the database is away): Django answers, as before path routes
+            return False
+        return match(table.paths, path) is not None
 
 
 class GatewayWebsocketRouter:

@@ -123,6 +123,7 @@ _ROLLUP_SECONDS = envfloat("GATEWAY_ROLLUP_SECONDS", 300.0, minimum=1)
 _ALERT_SWEEP_SECONDS = envfloat("GATEWAY_ALERT_SWEEP_SECONDS", 60.0, minimum=1)
 _EXPORT_SWEEP_SECONDS = envfloat("GATEWAY_EXPORT_SWEEP_SECONDS", 900.0, minimum=1)
 _RETENTION_SECONDS = envfloat("GATEWAY_RETENTION_SECONDS", 3600.0, minimum=1)
+_JOB_SWEEP_SECONDS = envfloat("GATEWAY_JOB_SWEEP_SECONDS", 60.0, minimum=1)
 CELERY_BEAT_SCHEDULE = {
     # Each run expires at the next, so a stopped worker does not come back to a pile of stale ones.
     "roll-up-usage": {
@@ -144,6 +145,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "audit.tasks.apply_audit_retention",
         "schedule": _RETENTION_SECONDS,
         "options": {"expires": _RETENTION_SECONDS},
+    },
+    "expire-stuck-agent-jobs": {
+        "task": "routing.tasks.expire_stuck_jobs",
+        "schedule": _JOB_SWEEP_SECONDS,
+        "options": {"expires": _JOB_SWEEP_SECONDS},
     },
 }
 
@@ -178,6 +184,14 @@ GATEWAY_WEBHOOK_TIMEOUT = envfloat("GATEWAY_WEBHOOK_TIMEOUT", 5.0, minimum=0.1)
 GATEWAY_WEBHOOK_MAX_ATTEMPTS = envint("GATEWAY_WEBHOOK_MAX_ATTEMPTS", 5, minimum=1)
 GATEWAY_WEBHOOK_BACKOFF_SECONDS = envfloat("GATEWAY_WEBHOOK_BACKOFF_SECONDS", 10.0, minimum=0)
 GATEWAY_WEBHOOK_BACKOFF_MAX_SECONDS = envfloat("GATEWAY_WEBHOOK_BACKOFF_MAX_SECONDS", 600.0, minimum=0)
+
+# --- Async agent jobs (POST /v1/agent/invoke with "async": true) ------------
+# A job not started within this many seconds is failed unrun; its budget reservation is held this long plus the
+# agent's timeout and a minute.
+GATEWAY_JOB_MAX_QUEUE_SECONDS = envfloat("GATEWAY_JOB_MAX_QUEUE_SECONDS", 600.0, minimum=1)
+# Hosts a job's webhook_url may name ("hooks.example.com"; ".example.com" for its subdomains). Empty: any host whose
+# addresses are all public; loopback, private, link-local and reserved addresses are refused (see routing/job_webhooks).
+GATEWAY_JOB_WEBHOOK_HOSTS = envlist("GATEWAY_JOB_WEBHOOK_HOSTS", [])
 
 # --- Audit exports ----------------------------------------------------------
 # Exports matching more rows than this are written to a file by a Celery task instead of streamed in the response.

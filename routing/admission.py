@@ -23,6 +23,8 @@ from keys.access import concurrency_key, rate_checks, token_correction
 from routing.exchange import Exchange
 from routing.table import AgentRoute
 
+# The slot limit of an agent without ``max_concurrent``: its requests are counted, never refused.
+UNCOUNTED_LIMIT = 2**31
 _seeds_for = database_sync_to_async(seeds_for)
 
 
@@ -76,16 +78,48 @@ def _agent_refusal(failed: str, route: AgentRoute, retry_after_ms: int) -> Gatew
 
 
 def capacity_checks(store: HotState, route: AgentRoute | None) -> tuple[list[RateCheck], list[ConcurrencySlot]]:
-    """The agent's own limits, shared by every client and key."""
+    """The agent's own limits, shared by every client and key.
+
+    Every agent's requests in flight are counted (content routing reads them for the
+    least-loaded choice); only an agent with ``max_concurrent`` is ever full.
+    """
     if route is None:
         return [], []
     rates = []
     if route.requests_per_minute:
         rates.append(RateCheck("agent_requests", store.key("agent-rpm", route.slug), route.requests_per_minute, 1))
-    slots = []
-    if route.max_concurrent:
-        slots.append(ConcurrencySlot("agent_concurrency", store.key("agent-conc", route.slug), route.max_concurrent))
-    return rates, slots
+    limit = route.max_concurrent or UNCOUNTED_LIMIT
+    return rates, [ConcurrencySlot("agent_concurrency", store.key("agent-conc", route.slug), limit)]
+
+
+def path_route_check(store: HotState, path_route) -> list[RateCheck]:
+    """A path route's own requests per minute, shared by every caller and every gateway process."""
+    if path_route is None or not path_route.requests_per_minute:
+        return []
+    return [RateCheck("route_requests", store.key("route-rpm", path_route.id), path_route.requests_per_minute, 1)]
+
+
+def _route_refusal(path_route, retry_after_ms: int) -> GatewayError:
+    retry = max(1, math.ceil(retry_after_ms / 1000))
+    return GatewayError(
+        429, "rate_limit_error", "route_rate_limit",
+        f"The route {path_route.prefix} is at its limit of {path_route.requests_per_minute} requests per minute, "
+        f"shared by all callers. Retry after {retry} s.",
+        [(b"retry-after", str(retry).encode())],
+    )  # fmt: skip
+
+
+async def admit_anonymous(ex: Exchange, route: AgentRoute, path_route) -> Ticket:
+    """Admit a call on a route that needs no key: only the route's own rate and the agent's capacity apply."""
+    store = get_hot_state()
+    rates, slots = capacity_checks(store, route)
+    rates = path_route_check(store, path_route) + rates
+    result = await store.admit(rates, slots, [])
+    if not result.ok:
+        if result.failed == "route_requests":
+            raise _route_refusal(path_route, result.retry_after_ms)
+        raise _agent_refusal(result.failed, route, result.retry_after_ms)
+    return Ticket(store, (), [], [], 0, [slot.key for slot in slots], False)
 
 
 async def admit(
@@ -97,6 +131,7 @@ async def admit(
     metered=True,
     default_output: int | None = None,
     route: AgentRoute | None = None,
+    path_route=None,
 ) -> Ticket:
     """Take a request slot and, when ``metered``, reserve its worst-case cost in every budget; or raise 429/402.
 
@@ -104,7 +139,8 @@ async def admit(
     capped the answer. The reservation prices the input estimate plus ``max_output``
     (or the configured default cap) at the model's price, so concurrent requests
     can never together spend past a hard budget. With ``route``, the agent's own
-    capacity (requests per minute and at once, shared by all clients) must fit too.
+    capacity (requests per minute and at once, shared by all clients) must fit too, and
+    with ``path_route`` that route's own requests per minute.
     """
     store = get_hot_state()
     key = ex.key
@@ -125,7 +161,7 @@ async def admit(
         [ConcurrencySlot("concurrency", concurrency_key(store, key), key.max_concurrent)] if key.max_concurrent else []
     )
     agent_rates, agent_slots = capacity_checks(store, route)
-    checks += agent_rates
+    checks += path_route_check(store, path_route) + agent_rates
     slots += agent_slots
     result = await store.admit(checks, slots, budgets)
     if result.failed == "seed":
@@ -149,6 +185,8 @@ async def admit(
         if result.failed == "seed":
             raise GatewayError(503, "api_error", "budget_unavailable", "Budget counters are being rebuilt; retry.",
                                [(b"retry-after", b"1")])  # fmt: skip
+        if result.failed == "route_requests":
+            raise _route_refusal(path_route, result.retry_after_ms)
         if result.failed.startswith("agent_"):
             raise _agent_refusal(result.failed, route, result.retry_after_ms)
         raise _refusal(result.failed, key, result.retry_after_ms)

@@ -2,10 +2,15 @@
 
 import math
 
+from django.db import transaction
 from rest_framework import serializers
+from rest_framework.decorators import action
+from rest_framework.response import Response
 
+from audit.trail import record_action
 from gateway_project.api import SEARCHABLE_FILTER_BACKENDS, NameListField, TrailedModelViewSet
-from routing.models import Agent
+from routing.circuits import agent_health, reset_circuits
+from routing.models import Agent, Target
 
 
 class AgentSerializer(serializers.ModelSerializer):
@@ -30,6 +35,15 @@ class AgentSerializer(serializers.ModelSerializer):
             "default_max_output_tokens",
             "max_concurrent",
             "requests_per_minute",
+            "strategy",
+            "max_retries",
+            "retry_statuses",
+            "fallbacks",
+            "breaker_failures",
+            "breaker_window_seconds",
+            "breaker_cooldown_seconds",
+            "deprecated",
+            "sunset_at",
             "cost_center",
             "is_active",
             "created_at",
@@ -46,6 +60,34 @@ class AgentSerializer(serializers.ModelSerializer):
             raise serializers.ValidationError("Must be a number of seconds above zero.")
         return value
 
+    def validate_breaker_window_seconds(self, value):
+        return self.validate_timeout_seconds(value)
+
+    def validate_breaker_cooldown_seconds(self, value):
+        return self.validate_timeout_seconds(value)
+
+    def validate_retry_statuses(self, value):
+        if not isinstance(value, list) or not all(isinstance(s, int) and 400 <= s <= 599 for s in value):
+            raise serializers.ValidationError("Give a list of HTTP statuses from 400 to 599.")
+        return sorted(set(value))
+
+    def validate_fallbacks(self, value):
+        if not isinstance(value, list) or not all(isinstance(s, str) and s.strip() for s in value):
+            raise serializers.ValidationError("Give a list of agent slugs.")
+        value = list(dict.fromkeys(s.strip() for s in value))
+        return validate_fallback_slugs(value, self.instance.slug if self.instance else None, self.initial_data)
+
+
+def validate_fallback_slugs(value: list[str], own_slug: str | None, data) -> list[str]:
+    """Fallbacks must be existing agents, other than the agent itself."""
+    own = (data.get("slug") if hasattr(data, "get") else None) or own_slug
+    if own and own in value:
+        raise serializers.ValidationError("An agent cannot fall back to itself.")
+    unknown = sorted(set(value) - set(Agent.objects.filter(slug__in=value).values_list("slug", flat=True)))
+    if unknown:
+        raise serializers.ValidationError(f"No such agent: {', '.join(unknown)}.")
+    return value
+
 
 class AgentViewSet(TrailedModelViewSet):
     """Agents: the upstreams (agent services and LLM providers) the gateway forwards to."""
@@ -56,3 +98,54 @@ class AgentViewSet(TrailedModelViewSet):
     filterset_fields = ["kind", "is_active", "cost_center"]
     search_fields = ["slug", "name"]
     ordering_fields = ["slug", "name", "created_at"]
+
+    @action(detail=True, methods=["get"])
+    def health(self, request, pk=None):
+        """Each target's circuit (closed, open, half_open), requests in flight, recent latency and error rate."""
+        return Response(agent_health(self.get_object()))
+
+    @action(detail=True, methods=["post"], url_path="reset-circuit")
+    def reset_circuit(self, request, pk=None):
+        """Close the agent's circuits (``{"target": name}`` for one target only)."""
+        agent = self.get_object()
+        target = request.data.get("target") if isinstance(request.data, dict) else None
+        if target and not agent.targets.filter(name=target).exists() and target != "upstream":
+            raise serializers.ValidationError({"target": f"The agent '{agent.slug}' has no target '{target}'."})
+        with transaction.atomic():
+            closed = reset_circuits(agent, target)
+            record_action(request.user, "api", "reset_circuit", agent, {"targets": closed})
+        return Response(agent_health(agent))
+
+
+class TargetSerializer(serializers.ModelSerializer):
+    agent = serializers.SlugRelatedField(slug_field="slug", queryset=Agent.objects.all())
+
+    class Meta:
+        model = Target
+        fields = ["id", "agent", "name", "url", "weight", "max_concurrent", "enabled", "created_at"]
+        read_only_fields = ["created_at"]
+        validators = []  # the unique name per agent is checked in validate(), with a message that names both
+
+    def validate(self, data):
+        agent = data.get("agent", getattr(self.instance, "agent", None))
+        name = data.get("name", getattr(self.instance, "name", None))
+        clash = Target.objects.filter(agent=agent, name=name).exclude(pk=getattr(self.instance, "pk", None))
+        if clash.exists():
+            raise serializers.ValidationError({"name": f"The agent '{agent.slug}' already has a target '{name}'."})
+        return data
+
+
+class TargetViewSet(TrailedModelViewSet):
+    """An agent's upstream instances: weight (canary share), capacity, enabled. ``?agent=<slug>`` filters."""
+
+    queryset = Target.objects.select_related("agent")
+    serializer_class = TargetSerializer
+    filterset_fields = ["enabled"]
+    ordering_fields = ["name", "weight", "created_at"]
+
+    def get_queryset(self):
+        queryset = super().get_queryset()
+        agent = self.request.query_params.get("agent")
+        if agent:
+            queryset = queryset.filter(agent__pk=agent) if agent.isdigit() else queryset.filter(agent__slug=agent)
+        return queryset

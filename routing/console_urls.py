@@ -1,6 +1,6 @@
 from django.urls import path
 
-from routing import views
+from routing import route_views, views
 
 # Relative to /console/, so these never collide with the gateway's own /agents/<slug>/ proxy paths.
 urlpatterns = [
@@ -8,4 +8,14 @@ urlpatterns = [
     path("agents/new/", views.AgentEditView.as_view(), name="agent-new"),
     path("agents/<int:pk>/edit/", views.AgentEditView.as_view(), name="agent-edit"),
     path("agents/<int:pk>/toggle/", views.AgentToggleView.as_view(), name="agent-toggle"),
+    path("agents/<int:pk>/reset-circuit/", views.AgentResetCircuitView.as_view(), name="agent-reset-circuit"),
+    path("routes/", route_views.RouteListView.as_view(), name="routes"),
+    path("routes/new/", route_views.RouteEditView.as_view(), name="route-new"),
+    path("routes/<int:pk>/edit/", route_views.RouteEditView.as_view(), name="route-edit"),
+    path("routes/<int:pk>/toggle/", route_views.RouteToggleView.as_view(), name="route-toggle"),
+    path("routes/<int:pk>/delete/", route_views.RouteDeleteView.as_view(), name="route-delete"),
+    path("content-routing/", route_views.KeywordListView.as_view(), name="keywords"),
+    path("content-routing/new/", route_views.KeywordEditView.as_view(), name="keyword-new"),
+    path("content-routing/<int:pk>/edit/", route_views.KeywordEditView.as_view(), name="keyword-edit"),
+    path("content-routing/<int:pk>/delete/", route_views.KeywordDeleteView.as_view(), name="keyword-delete"),
 ]

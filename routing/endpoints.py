@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from functools import partial
+from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 
@@ -21,8 +22,8 @@ from billing.usage import client_usage, usage_query
 from gateway_project.errors import GatewayError, bad_request, not_found
 from gateway_project.writer import writer
 from keys.access import authorize, ensure_usable, identify
-from routing import anthropic_shape, forward, protocols
-from routing.admission import admit, input_estimate, settle
+from routing import anthropic_shape, deprecation, forward, jobs, path_routes, protocols, resilience
+from routing.admission import admit, admit_anonymous, input_estimate, settle
 from routing.exchange import Exchange
 from routing.sse import (
     AnthropicStreamScanner,
@@ -32,7 +33,7 @@ from routing.sse import (
     anthropic_stream_of,
     openai_stream_of,
 )
-from routing.table import AgentRoute, routing_table
+from routing.table import AgentRoute, RoutingTable, routing_table
 
 log = logging.getLogger("gateway.proxy")
 
@@ -70,8 +71,14 @@ def _resolve_endpoint(ex: Exchange):
         return pass_through, (slug, rest)
     if ex.path == "/v1/messages" or ex.path.startswith("/v1/messages/"):
         ex.speak_anthropic()  # refusals, 404 and 405 included, in the shape Anthropic's SDK reads
+    if ex.path.startswith("/v1/jobs/"):
+        return (job_status, (ex.path[len("/v1/jobs/") :],)) if ex.method == "GET" else (_wrong_method, ("GET",))
     endpoint = ENDPOINTS.get(ex.path)
     if endpoint is None:
+        if not ex.path.startswith("/v1/"):  # the router sent it here for a path route
+            entry = path_routes.match(routing_table.last(RoutingTable({}, {})).paths, ex.path)
+            if entry is not None:
+                return path_route, (entry,)
         return _unknown_path, ()
     method, handler = endpoint
     if ex.method != method:
@@ -113,7 +120,9 @@ async def _metered(ex: Exchange, route: AgentRoute, max_output: int | None, call
 
 async def _route_for_model(ex: Exchange, requested: str) -> AgentRoute:
     """The agent serving ``requested`` (a model, or an agent's slug for its default model), if the key may use it."""
-    route = (await routing_table.get()).for_model(requested)
+    table = await routing_table.get()
+    route = table.for_model(requested)
+    deprecation.mark(ex, table.deprecations.get(route.slug))
     ex.agent, ex.model = route.slug, route.default_model if requested == route.slug else requested
     authorize(ex.key, route.slug, "" if requested == route.slug else requested)
     return route
@@ -139,24 +148,30 @@ async def chat_completions(ex: Exchange) -> None:
     options = payload.get("stream_options")
     wants_usage = isinstance(options, dict) and options.get("include_usage") is True
 
-    async def call():
-        if route.kind == "openai":
-            await _chat_openai(ex, route, payload, stream, wants_usage)
-        elif route.kind == "anthropic":
-            await _chat_anthropic(ex, route, payload, stream, wants_usage)
-        else:
-            await _chat_agent(ex, route, payload, stream, wants_usage)
+    attempt = partial(_chat_via, ex, payload, stream, wants_usage)
+    await _metered(ex, route, protocols.max_tokens(payload), partial(resilience.run, ex, route, attempt))
 
-    await _metered(ex, route, protocols.max_tokens(payload), call)
+
+async def _chat_via(ex, payload, stream, wants_usage, route):
+    """One attempt on ``route`` (the agent asked for, or a fallback: ``ex.model`` is the model to ask it for)."""
+    if route.kind == "openai":
+        await _chat_openai(ex, route, payload, stream, wants_usage)
+    elif route.kind == "anthropic":
+        await _chat_anthropic(ex, route, {**payload, "model": ex.model}, stream, wants_usage)
+    else:
+        await _chat_agent(ex, route, payload, stream, wants_usage)
 
 
 async def _chat_openai(ex, route, payload, stream, wants_usage):
     if stream:
-        body = {**payload, "stream_options": {**(payload.get("stream_options") or {}), "include_usage": True}}
+        body = {**payload, "model": ex.model or payload["model"]}
+        body["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
         scanner = OpenAIStreamScanner(keep_usage_chunk=wants_usage)
         await forward.stream_sse(ex, route, "/v1/chat/completions", json.dumps(body).encode(), scanner)
         return
-    answer, content = await forward.call_json(ex, route, "/v1/chat/completions", ex.body)
+    same = not ex.model or payload["model"] == ex.model
+    body = ex.body if same else json.dumps({**payload, "model": ex.model}).encode()
+    answer, content = await forward.call_json(ex, route, "/v1/chat/completions", body)
     ex.output_text = protocols.chat_text(answer)
     await forward.respond_json_bytes(ex, content)  # the provider's own bytes, as it sent them
 
@@ -199,16 +214,30 @@ async def messages(ex: Exchange) -> None:
     ex.input_text = protocols.last_user_text(payload["messages"])
     stream = payload.get("stream") is True
     # Translate before admitting: what cannot be translated is refused without touching the limits.
+    _messages_body(ex, route, payload)
+    attempt = partial(_messages_via, ex, payload, stream)
+    await _metered(ex, route, payload["max_tokens"], partial(resilience.run, ex, route, attempt))
+
+
+def _messages_body(ex, route, payload) -> bytes | None:
+    """The request in ``route``'s wire shape for ``ex.model`` (None for an agent service), or a 400."""
     if route.kind == "anthropic":
-        body = ex.body if payload["model"] == ex.model else json.dumps({**payload, "model": ex.model}).encode()
-        call = partial(_messages_anthropic, ex, route, body, stream)
+        return ex.body if payload["model"] == ex.model else json.dumps({**payload, "model": ex.model}).encode()
+    if route.kind == "openai":
+        return json.dumps(anthropic_shape.messages_to_chat(payload, ex.model)).encode()
+    anthropic_shape.ensure_translatable(payload, ex.model)
+    return None
+
+
+async def _messages_via(ex, payload, stream, route):
+    """One attempt on ``route`` (the agent asked for, or a fallback), answered in Anthropic's shape."""
+    body = _messages_body(ex, route, payload)
+    if route.kind == "anthropic":
+        await _messages_anthropic(ex, route, body, stream)
     elif route.kind == "openai":
-        body = json.dumps(anthropic_shape.messages_to_chat(payload, ex.model)).encode()
-        call = partial(_messages_openai, ex, route, body, stream)
+        await _messages_openai(ex, route, body, stream)
     else:
-        anthropic_shape.ensure_translatable(payload, ex.model)
-        call = partial(_messages_agent, ex, route, payload["max_tokens"], stream)
-    await _metered(ex, route, payload["max_tokens"], call)
+        await _messages_agent(ex, route, payload["max_tokens"], stream)
 
 
 async def _messages_anthropic(ex, route, body, stream):
@@ -258,32 +287,17 @@ async def agent_invoke(ex: Exchange) -> None:
     elif payload.get("model"):
         route, reason = table.for_model(payload["model"]), "model"
     else:
-        route, reason = table.by_content(payload["input"], ex.key.may_use_agent)
+        route, reason = await table.by_content(payload["input"], ex.key.may_use_agent)
+    deprecation.mark(ex, table.deprecations.get(route.slug))
+    ex.details["route_reason"] = reason
     model = payload.get("model") or route.default_model
     ex.agent, ex.model, ex.input_text = route.slug, model, payload["input"]
     authorize(ex.key, route.slug, payload.get("model") or "")
     limit = protocols.max_tokens(payload)
-
-    async def call():
-        if route.kind == "openai":
-            body = {"model": model, "messages": [{"role": "user", "content": payload["input"]}]}
-            if limit:
-                body["max_tokens"] = limit
-            answer, _ = await forward.call_json(ex, route, "/v1/chat/completions", json.dumps(body).encode())
-            ex.output_text = protocols.chat_text(answer)
-        elif route.kind == "anthropic":
-            body = {
-                "model": model,
-                "max_tokens": limit or protocols.ANTHROPIC_DEFAULT_MAX_TOKENS,
-                "messages": [{"role": "user", "content": payload["input"]}],
-            }
-            answer, _ = await forward.call_json(ex, route, "/v1/messages", json.dumps(body).encode())
-            ex.output_text = protocols.anthropic_text(answer)
-        else:
-            body = protocols.invoke_body(payload["input"], payload.get("model") or "", limit)
-            answer, _ = await forward.call_json(ex, route, "/invoke", json.dumps(body).encode())
-            ex.output_text = protocols.agent_text(answer)
-
+    if jobs.wants_async(ex, payload):  # a job: admitted the same way, answered 202, run in the background
+        await jobs.submit(ex, route, reason, payload, model, limit)
+        return
+    call = partial(invoke_route, ex, route, payload["input"], model, payload.get("model") or "", limit)
     await _metered(ex, route, limit, call)
     latency_ms = round(ex.elapsed_ms(), 2)
     ex.extra_headers.append((b"x-gateway-route-reason", reason.encode()))
@@ -292,7 +306,7 @@ async def agent_invoke(ex: Exchange) -> None:
         {
             "request_id": ex.request_id,
             "output": ex.output_text,
-            "agent_used": route.slug,
+            "agent_used": ex.agent,
             "model": ex.model,
             "route_reason": reason,
             "tokens_used": ex.input_tokens + ex.output_tokens,
@@ -303,17 +317,96 @@ async def agent_invoke(ex: Exchange) -> None:
     )
 
 
+async def invoke_route(ex: Exchange, route: AgentRoute, text: str, model: str, requested: str, limit) -> None:
+    """Ask ``route`` (with its retries and fallbacks) for an answer to ``text``; it lands on ``ex.output_text``."""
+
+    async def attempt(target: AgentRoute) -> None:
+        if target.slug == route.slug:
+            await _invoke_once(ex, target, text, model, requested, limit)
+        else:  # a fallback: its own default model
+            await _invoke_once(ex, target, text, ex.model, "", limit)
+
+    await resilience.run(ex, route, attempt)
+
+
+async def _invoke_once(ex: Exchange, route: AgentRoute, text: str, model: str, requested: str, limit) -> None:
+    """One call to ``route`` in its own wire shape."""
+    if route.kind == "openai":
+        body = {"model": model, "messages": [{"role": "user", "content": text}]}
+        if limit:
+            body["max_tokens"] = limit
+        answer, _ = await forward.call_json(ex, route, "/v1/chat/completions", json.dumps(body).encode())
+        ex.output_text = protocols.chat_text(answer)
+    elif route.kind == "anthropic":
+        body = {
+            "model": model,
+            "max_tokens": limit or protocols.ANTHROPIC_DEFAULT_MAX_TOKENS,
+            "messages": [{"role": "user", "content": text}],
+        }
+        answer, _ = await forward.call_json(ex, route, "/v1/messages", json.dumps(body).encode())
+        ex.output_text = protocols.anthropic_text(answer)
+    else:
+        body = protocols.invoke_body(text, requested, limit)
+        answer, _ = await forward.call_json(ex, route, "/invoke", json.dumps(body).encode())
+        ex.output_text = protocols.agent_text(answer)
+
+
 # --- ANY /agents/<agent>/<path> ---------------------------------------------
 
 
 async def pass_through(ex: Exchange, slug: str, rest: str) -> None:
     await authenticate(ex)
     ex.ensure_size()
-    route = (await routing_table.get()).agent(slug)
+    table = await routing_table.get()
+    route = table.agent(slug)
+    deprecation.mark(ex, table.deprecations.get(route.slug))
     ex.agent, ex.model = route.slug, route.default_model
     authorize(ex.key, route.slug)
     ex.input_text = ex.body[:1000].decode("utf-8", "replace")
-    await _metered(ex, route, None, lambda: forward.pass_through(ex, route, rest))
+    attempt = partial(_pass_through_once, ex, rest)
+    await _metered(ex, route, None, partial(resilience.run, ex, route, attempt, fallbacks=False))
+
+
+async def _pass_through_once(ex: Exchange, rest: str, route: AgentRoute) -> None:
+    await forward.pass_through(ex, route, rest)
+
+
+# --- a path route: ANY <prefix>[/<rest>] -------------------------------------
+
+
+async def path_route(ex: Exchange, entry: path_routes.PathRouteEntry) -> None:
+    """Forward like pass-through, under the route's own timeout, retries, auth, rate and protocol."""
+    ex.details["path_route"] = entry.prefix
+    deprecation.mark(ex, entry.deprecation)
+    if entry.auth_required:
+        await authenticate(ex)
+    if not entry.allows(ex.method):
+        raise GatewayError(
+            405, "invalid_request_error", "method_not_allowed", f"{entry.prefix} accepts {entry.allow_header} only.",
+            [(b"allow", entry.allow_header.encode())],
+        )  # fmt: skip
+    ex.ensure_size()
+    table = await routing_table.get()
+    route = entry.agent_route(table.agent(entry.agent))
+    deprecation.mark(ex, table.deprecations.get(route.slug))
+    ex.agent, ex.model = route.slug, route.default_model
+    ex.input_text = ex.body[:1000].decode("utf-8", "replace")
+    scanner = path_routes.observe_sse(ex) if entry.sse else None
+    if entry.auth_required:
+        authorize(ex.key, route.slug)
+        hold = route.timeout + RESERVATION_MARGIN_SECONDS
+        ticket = await admit(ex, input_estimate(ex.body), None, hold_seconds=hold,
+                             default_output=route.default_max_output_tokens, route=route, path_route=entry)  # fmt: skip
+    else:
+        ex.details["anonymous"] = True
+        ticket = await admit_anonymous(ex, route, entry)
+    try:
+        # The route's retries and timeout (``agent_route``), on the agent's targets and behind their breakers.
+        attempt = partial(_pass_through_once, ex, entry.upstream_rest(ex.path))
+        await resilience.run(ex, route, attempt, fallbacks=False)
+    finally:
+        path_routes.note_sse_usage(ex, scanner)
+        await settle(ex, ticket, route.default_model)
 
 
 # --- GET /v1/models ---------------------------------------------------------
@@ -358,7 +451,26 @@ async def usage(ex: Exchange) -> None:
         await settle(ex, ticket, "")
 
 
+# --- GET /v1/jobs, GET /v1/jobs/<id>: asynchronous invokes ------------------
+
+
+async def job_status(ex: Exchange, job_id: str) -> None:
+    await authenticate(ex)
+    await jobs.admit_poll(ex)
+    job = await jobs.job_for(ex.key, job_id)
+    ex.details["job_id"] = str(job.pk)
+    await ex.respond_json(200, jobs.job_body(job))
+
+
+async def list_jobs(ex: Exchange) -> None:
+    await authenticate(ex)
+    query = {k: v[-1] for k, v in parse_qs(ex.query.decode("latin-1")).items()}
+    await jobs.admit_poll(ex)
+    await ex.respond_json(200, await jobs.recent_jobs(ex.key, query))
+
+
 ENDPOINTS = {
+    "/v1/jobs": ("GET", list_jobs),
     "/v1/chat/completions": ("POST", chat_completions),
     "/v1/messages": ("POST", messages),
     "/v1/agent/invoke": ("POST", agent_invoke),

@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 from django import forms
 
-from routing.models import Agent
+from routing.models import Agent, Target
 
 NAME_MAX_LENGTH = 200
 
@@ -31,6 +31,27 @@ class NameListField(forms.CharField):
             raise forms.ValidationError(f"Names are at most {NAME_MAX_LENGTH} characters: {too_long[0][:40]}…")
 
 
+class StatusListField(forms.CharField):
+    """HTTP statuses typed as comma-separated numbers."""
+
+    def prepare_value(self, value):
+        if isinstance(value, list | tuple):
+            return ", ".join(str(status) for status in value)
+        return value
+
+    def to_python(self, value):
+        text = super().to_python(value)
+        statuses = []
+        for part in text.replace("\n", ",").split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if not part.isdigit() or not 400 <= int(part) <= 599:
+                raise forms.ValidationError(f"“{part[:20]}” is not an HTTP status from 400 to 599.")
+            statuses.append(int(part))
+        return sorted(set(statuses))
+
+
 class AgentForm(forms.ModelForm):
     """An agent's settings. The upstream credential is never shown: empty keeps it, "remove" clears it."""
 
@@ -49,7 +70,27 @@ class AgentForm(forms.ModelForm):
         required=False, label="Served models", help_text="Comma-separated model names this upstream serves."
     )
     capabilities = NameListField(
-        required=False, label="Capabilities", help_text="Comma-separated keywords for content routing."
+        required=False,
+        label="Capabilities",
+        help_text="Comma-separated capabilities (e.g. research) for content routing; the Content routing page maps "
+        "words of a request to them.",
+    )
+    retry_statuses = StatusListField(
+        required=False,
+        label="Retry statuses",
+        help_text="Comma-separated upstream statuses that are retried and fall back (e.g. 502, 503, 529); "
+        "connection errors and timeouts always are.",
+    )
+    fallbacks = NameListField(
+        required=False,
+        label="Fallbacks",
+        help_text="Comma-separated agent slugs tried in this order when this agent fails or its circuits are open.",
+    )
+    sunset_at = forms.DateTimeField(
+        required=False,
+        label="Sunset",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        help_text="When a deprecated agent goes away (sent in the Sunset header).",
     )
 
     class Meta:
@@ -66,18 +107,40 @@ class AgentForm(forms.ModelForm):
             "default_max_output_tokens",
             "max_concurrent",
             "requests_per_minute",
+            "strategy",
+            "max_retries",
+            "retry_statuses",
+            "fallbacks",
+            "breaker_failures",
+            "breaker_window_seconds",
+            "breaker_cooldown_seconds",
+            "deprecated",
+            "sunset_at",
             "cost_center",
             "is_active",
         ]
         labels = {
+            "strategy": "Balancing strategy",
+            "max_retries": "Retries",
+            "breaker_failures": "Circuit breaker: failures",
+            "breaker_window_seconds": "Circuit breaker: window (seconds)",
+            "breaker_cooldown_seconds": "Circuit breaker: cool-down (seconds)",
             "timeout_seconds": "Timeout (seconds)",
             "max_concurrent": "Capacity: requests at once",
             "requests_per_minute": "Capacity: requests per minute",
         }
-        widgets = {"timeout_seconds": forms.NumberInput(attrs={"step": "any", "min": "0"})}
+        widgets = {
+            "timeout_seconds": forms.NumberInput(attrs={"step": "any", "min": "0"}),
+            "breaker_window_seconds": forms.NumberInput(attrs={"step": "any", "min": "0"}),
+            "breaker_cooldown_seconds": forms.NumberInput(attrs={"step": "any", "min": "0"}),
+        }
         help_texts = {
             "slug": "Used in /agents/<slug>/ paths, key scopes and logs (letters, digits, - and _).",
-            "timeout_seconds": "How long the gateway waits for the upstream; above zero.",
+            "timeout_seconds": "The total time for a request to this agent, its retries included; above zero.",
+            "strategy": "How a request picks one of the agent's enabled targets: by weight (canary), the least busy "
+            "(in flight ÷ max at once), or the best score of load, recent latency and error rate.",
+            "max_retries": "Attempts after a failed one (on another target when there is one), with exponential "
+            "backoff and jitter, within the timeout; 0 never retries.",
         }
 
     field_order = [
@@ -94,11 +157,22 @@ class AgentForm(forms.ModelForm):
         "default_max_output_tokens",
         "max_concurrent",
         "requests_per_minute",
+        "strategy",
+        "max_retries",
+        "retry_statuses",
+        "fallbacks",
+        "breaker_failures",
+        "breaker_window_seconds",
+        "breaker_cooldown_seconds",
         "cost_center",
         "is_active",
     ]
     # Capacity fields left empty mean "no limit", like 0.
     UNLIMITED_WHEN_EMPTY = ("max_concurrent", "requests_per_minute")
+    # Resilience settings left empty (or not sent) keep what the agent has, or the defaults for a new one.
+    KEPT_WHEN_EMPTY = (
+        "strategy", "max_retries", "breaker_failures", "breaker_window_seconds", "breaker_cooldown_seconds",
+    )  # fmt: skip
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -111,7 +185,7 @@ class AgentForm(forms.ModelForm):
             )
         else:
             del self.fields["clear_upstream_api_key"]
-        for name in self.UNLIMITED_WHEN_EMPTY:
+        for name in self.UNLIMITED_WHEN_EMPTY + self.KEPT_WHEN_EMPTY:
             self.fields[name].required = False
 
     def clean_upstream_url(self):
@@ -120,11 +194,28 @@ class AgentForm(forms.ModelForm):
             raise forms.ValidationError("The upstream URL must start with http:// or https://.")
         return url
 
+    def clean_fallbacks(self):
+        fallbacks = self.cleaned_data["fallbacks"]
+        own = self.data.get("slug") or self.instance.slug
+        if own and own in fallbacks:
+            raise forms.ValidationError("An agent cannot fall back to itself.")
+        known = set(Agent.objects.filter(slug__in=fallbacks).values_list("slug", flat=True))
+        unknown = [slug for slug in fallbacks if slug not in known]
+        if unknown:
+            raise forms.ValidationError(f"No such agent: {', '.join(unknown)}.")
+        return fallbacks
+
     def clean(self):
         data = super().clean()
         for name in self.UNLIMITED_WHEN_EMPTY:
             if name in data and data[name] is None:
                 data[name] = 0
+        for name in self.KEPT_WHEN_EMPTY:
+            if name in data and data[name] in (None, ""):
+                data[name] = getattr(self.instance, name)
+        for name in ("breaker_window_seconds", "breaker_cooldown_seconds"):
+            if data.get(name) is not None and not data[name] > 0:
+                self.add_error(name, "Must be above zero.")
         if data.get("clear_upstream_api_key") and data.get("upstream_api_key"):
             self.add_error("upstream_api_key", "Either type a new key or remove the stored one, not both.")
         return data
@@ -138,3 +229,22 @@ class AgentForm(forms.ModelForm):
         if commit:
             agent.save()
         return agent
+
+
+class TargetForm(forms.ModelForm):
+    url = forms.URLField(max_length=500, assume_scheme="http", label="URL")
+
+    class Meta:
+        model = Target
+        fields = ["name", "url", "weight", "max_concurrent", "enabled"]
+        labels = {"max_concurrent": "Max at once"}
+
+    def clean_url(self):
+        url = self.cleaned_data["url"]
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise forms.ValidationError("The URL must start with http:// or https://.")
+        return url
+
+
+# An agent's targets, edited on its page; none means the agent's own upstream URL serves it.
+TargetFormSet = forms.inlineformset_factory(Agent, Target, form=TargetForm, extra=1, can_delete=True)

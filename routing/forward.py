@@ -30,7 +30,14 @@ def _rejected(status: int, route: AgentRoute, content: bytes) -> GatewayError:
         detail = error.get("message", detail) if isinstance(error, dict) else str(error or detail)
     except (ValueError, AttributeError):
         pass
-    return GatewayError(status, "upstream_error", "upstream_rejected", f"The agent '{route.slug}' refused: {detail}")
+    return upstream.UpstreamError(
+        status, "upstream_error", "upstream_rejected", f"The agent '{route.slug}' refused: {detail}",
+        kind="status", upstream_status=status,
+    )  # fmt: skip
+
+
+def _failed_status(status: int, route: AgentRoute, content: bytes) -> GatewayError:
+    return upstream.upstream_status_error(status, route) if status >= 500 else _rejected(status, route, content)
 
 
 async def call_json(ex: Exchange, route: AgentRoute, path: str, body: bytes) -> tuple[dict, bytes]:
@@ -49,18 +56,17 @@ async def call_json(ex: Exchange, route: AgentRoute, path: str, body: bytes) -> 
                 await response.aclose()
     except (httpx.HTTPError, TimeoutError) as exc:
         raise upstream.upstream_failure(exc, route) from None
-    if response.status_code >= 500:
-        raise upstream.upstream_status_error(response.status_code, route)
     if response.status_code >= 400:
-        raise _rejected(response.status_code, route, content)
+        raise _failed_status(response.status_code, route, content)
     try:
         answer = json.loads(content)
     except ValueError:
-        raise GatewayError(
-            502, "upstream_error", "upstream_invalid", f"The agent '{route.slug}' sent invalid JSON."
-        ) from None
+        answer = None
     if not isinstance(answer, dict):
-        raise GatewayError(502, "upstream_error", "upstream_invalid", f"The agent '{route.slug}' sent unexpected JSON.")
+        raise upstream.UpstreamError(
+            502, "upstream_error", "upstream_invalid", f"The agent '{route.slug}' sent an answer that is not JSON.",
+            kind="invalid",
+        )  # fmt: skip
     usage = usage_from_json(answer) or usage_from_headers(response.headers)
     if usage:
         ex.input_tokens, ex.output_tokens = usage
@@ -103,10 +109,7 @@ async def stream_sse(ex: Exchange, route: AgentRoute, path: str, body: bytes, sc
     response = await _open_stream(ex, route, request)
     try:
         if response.status_code >= 400:
-            content = await response.aread()
-            if response.status_code >= 500:
-                raise upstream.upstream_status_error(response.status_code, route)
-            raise _rejected(response.status_code, route, content)
+            raise _failed_status(response.status_code, route, await response.aread())
         await ex.start(200, SSE_HEADERS)
         await _relay(ex, route, response, transform=scanner.feed)
     finally:
@@ -122,15 +125,19 @@ async def pass_through(ex: Exchange, route: AgentRoute, rest: str) -> None:
     url = route.url(rest)
     if ex.query:
         url = f"{url}?{ex.query.decode('latin-1')}"
+    client_slug = ex.key.client_slug if ex.key else ""  # a path route may need no key
     request = upstream.build_request(
         ex.method,
         url,
         content=ex.body or None,
-        headers=upstream.passthrough_headers(ex.raw_headers, route, ex.request_id, ex.key.client_slug),
+        headers=upstream.passthrough_headers(ex.raw_headers, route, ex.request_id, client_slug),
         route=route,
     )
     response = await _open_stream(ex, route, request)
     try:
+        attempt = upstream.current_attempt.get()
+        if attempt is not None and not attempt.final and _worth_retrying(response.status_code, route):
+            raise _failed_status(response.status_code, route, await response.aread())
         content_type = response.headers.get("content-type", "")
         capture = bytearray() if "json" in content_type and "content-encoding" not in response.headers else None
         await ex.start(response.status_code, upstream.response_headers(response))
@@ -150,6 +157,11 @@ async def pass_through(ex: Exchange, route: AgentRoute, rest: str) -> None:
     if usage:
         ex.input_tokens, ex.output_tokens = usage
     ex.model = response.headers.get("x-usage-model", ex.model or "")
+
+
+def _worth_retrying(status: int, route: AgentRoute) -> bool:
+    """A status the attempt loop retries elsewhere rather than relay (the last attempt relays it as it is)."""
+    return status in route.retry_statuses
 
 
 async def respond_json_bytes(ex: Exchange, content: bytes) -> None:

@@ -10,6 +10,15 @@ body field, or for every request with
 ``POST /__mock__/config {"delay_ms", "status", "chunk_delay_ms"}``. Any other path echoes the
 request (method, path, query, headers, body) as JSON, for pass-through tests.
 
+Faults, for the resilience tests: ``POST /__mock__/faults {"faults": [...], "always": {...}}`` scripts
+the next requests, one fault each in order (then ``always``, if given, for every later one), e.g.
+"fail twice then succeed" is ``{"faults": [{"status": 503}, {"status": 503}]}``. A fault is
+``{"status": N}``, ``{"hang_ms": N}`` (wait, then answer), ``{"drop": true}`` (close the connection
+without an answer) or ``{"drop_mid_stream": true}`` (a stream breaks off after its first event, a JSON
+answer after a few bytes). ``X-Mock-Fault: drop | drop_mid_stream | hang`` does the same per request.
+``GET /__mock__/stats`` counts requests (``requests``, and ``answered``: those that got an answer);
+``POST /__mock__/reset`` clears faults and counts.
+
 ``/ws`` is a WebSocket echo agent: text frames come back as ``"echo: <text>"``,
 binary frames as they are; ``"bye"`` closes with 1000, ``"close <code>"`` with that
 code, ``"drop"`` breaks the connection without a close frame. ``GET /__mock__/ws``
@@ -65,10 +74,15 @@ class MockUpstream:
     def __init__(self, delay_ms: int = 0, status: int = 200):
         self.config = {"delay_ms": delay_ms, "status": status, "chunk_delay_ms": 0}
         self.requests = 0
+        self.answered = 0
+        self.faults: deque[dict] = deque()
+        self.always: dict = {}
         self.ws_sessions: deque[dict] = deque(maxlen=200)
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
         self.app.router.add_post("/__mock__/config", self.configure)
         self.app.router.add_get("/__mock__/stats", self.stats)
+        self.app.router.add_post("/__mock__/faults", self.set_faults)
+        self.app.router.add_post("/__mock__/reset", self.reset)
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_post("/v1/messages", self.messages)
         self.app.router.add_post("/invoke", self.invoke)
@@ -82,7 +96,37 @@ class MockUpstream:
         return web.json_response(self.config)
 
     async def stats(self, request):
-        return web.json_response({"requests": self.requests, **self.config})
+        return web.json_response(
+            {"requests": self.requests, "answered": self.answered, "faults_left": len(self.faults), **self.config}
+        )
+
+    async def set_faults(self, request):
+        body = await request.json()
+        self.faults = deque(f for f in body.get("faults", []) if isinstance(f, dict))
+        self.always = body.get("always") if isinstance(body.get("always"), dict) else {}
+        return web.json_response({"faults": list(self.faults), "always": self.always})
+
+    async def reset(self, request):
+        self.requests = self.answered = 0
+        self.faults.clear()
+        self.always = {}
+        return web.json_response({"requests": 0})
+
+    def _fault(self, request) -> dict:
+        """This request's scripted fault, if any (a header wins over the script)."""
+        named = request.headers.get("x-mock-fault", "")
+        if named:
+            return {"drop": True} if named == "drop" else {"hang_ms": 60_000} if named == "hang" else {named: True}
+        if self.faults:
+            return self.faults.popleft()
+        return dict(self.always)
+
+    @staticmethod
+    def _breaks_mid_stream(request) -> bool:
+        if request.get("fault", {}).get("drop_mid_stream"):
+            request.transport.abort()
+            return True
+        return False
 
     def _chunk_delay(self, request, mock: dict) -> float:
         """Seconds to wait after each streamed chunk (a gateway's translated calls carry no ``mock`` field)."""
@@ -92,6 +136,21 @@ class MockUpstream:
     async def _behave(self, request, body: dict | None):
         """Apply delay and failure settings; return a failure response or None."""
         self.requests += 1
+        fault = request["fault"] = self._fault(request)
+        if fault.get("hang_ms"):
+            await asyncio.sleep(int(fault["hang_ms"]) / 1000)
+        if fault.get("drop"):
+            request.transport.abort()
+            return web.Response(status=599)  # never reaches anyone: the connection is gone
+        if fault.get("status"):
+            error = {"type": "mock_failure", "message": f"mock upstream scripted to fail with {fault['status']}"}
+            return web.json_response({"error": error}, status=int(fault["status"]))
+        if fault.get("drop_mid_stream") and not (isinstance(body, dict) and body.get("stream")):
+            response = web.StreamResponse(headers={"content-type": "application/json"})
+            await response.prepare(request)
+            await response.write(b'{"id": "chatcmpl-mock", "choi')
+            request.transport.abort()
+            return response
         mock = (body or {}).get("mock") if isinstance(body, dict) else None
         mock = mock if isinstance(mock, dict) else {}
         delay = int(request.headers.get("x-mock-delay-ms", mock.get("delay_ms", self.config["delay_ms"])))
@@ -103,6 +162,7 @@ class MockUpstream:
                 {"error": {"type": "mock_failure", "message": f"mock upstream told to fail with {status}"}},
                 status=status,
             )
+        self.answered += 1
         return None
 
     async def chat(self, request):
@@ -157,6 +217,8 @@ class MockUpstream:
         for i in range(0, len(words), WORDS_PER_CHUNK):
             piece = " ".join(words[i : i + WORDS_PER_CHUNK])
             await event(chunk({"content": piece if i == 0 else " " + piece}))
+            if self._breaks_mid_stream(request):
+                return response
             if step_delay:
                 await asyncio.sleep(step_delay)
         await event(chunk({}, finish_reason))
@@ -228,6 +290,8 @@ class MockUpstream:
                     "delta": {"type": "text_delta", "text": piece if i == 0 else " " + piece},
                 },
             )
+            if self._breaks_mid_stream(request):
+                return response
             if step_delay:
                 await asyncio.sleep(step_delay)
         if mock.get("fail_mid_stream"):  # play a provider that breaks off with an error event

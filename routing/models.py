@@ -1,5 +1,19 @@
+import uuid
+
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+
+DEFAULT_RETRY_STATUSES = [502, 503, 529]
+
+
+def default_retry_statuses():
+    return list(DEFAULT_RETRY_STATUSES)
+
+
+def validate_status_list(value):
+    if not isinstance(value, list) or not all(isinstance(item, int) and 400 <= item <= 599 for item in value):
+        raise ValidationError("Give a list of HTTP statuses from 400 to 599.")
 
 
 def validate_name_list(value):
@@ -46,6 +60,35 @@ class Agent(models.Model):
     requests_per_minute = models.PositiveIntegerField(
         default=0, help_text="Requests per minute this agent accepts, shared by all clients; 0 means no limit."
     )
+
+    # How a request picks one of the agent's targets (when it has more than one enabled).
+    class Strategy(models.TextChoices):
+        WEIGHTED = "weighted", "Weighted (canary)"
+        LEAST_BUSY = "least_busy", "Least busy"
+        LATENCY = "latency", "Latency-aware"
+
+    strategy = models.CharField(max_length=20, choices=Strategy.choices, default=Strategy.WEIGHTED)
+    # Resilience: retries on the same agent, then the fallback chain, each target guarded by a circuit breaker.
+    max_retries = models.PositiveSmallIntegerField(
+        default=2, validators=[MaxValueValidator(10)], help_text="Retries after a failed attempt; 0 never retries."
+    )
+    retry_statuses = models.JSONField(
+        default=default_retry_statuses, blank=True, validators=[validate_status_list],
+        help_text="Upstream statuses that are retried (and fall back); connection errors and timeouts always are.",
+    )  # fmt: skip
+    fallbacks = models.JSONField(
+        default=list, blank=True, validators=[validate_name_list],
+        help_text="Agents tried in this order when this one fails (e.g. claude-sonnet → gpt-4o → local).",
+    )  # fmt: skip
+    breaker_failures = models.PositiveIntegerField(
+        default=5, validators=[MinValueValidator(1)], help_text="Consecutive failures that open a target's circuit."
+    )
+    breaker_window_seconds = models.FloatField(default=60.0, help_text="Within this many seconds.")
+    breaker_cooldown_seconds = models.FloatField(
+        default=30.0, help_text="How long an open circuit fails fast before one probe request is let through."
+    )
+    deprecated = models.BooleanField(default=False, help_text="Answers carry a Deprecation header.")
+    sunset_at = models.DateTimeField(null=True, blank=True, help_text="Answers carry a Sunset header with this date.")
     cost_center = models.CharField(max_length=100, blank=True)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -60,3 +103,104 @@ class Agent(models.Model):
     def clean(self):
         if self.timeout_seconds is not None and self.timeout_seconds <= 0:
             raise ValidationError({"timeout_seconds": "Must be above zero."})
+        for name in ("breaker_window_seconds", "breaker_cooldown_seconds"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValidationError({name: "Must be above zero."})
+        if self.slug and self.slug in (self.fallbacks or []):
+            raise ValidationError({"fallbacks": "An agent cannot fall back to itself."})
+
+
+class Target(models.Model):
+    """One upstream instance of an agent; an agent without enabled targets is served by its ``upstream_url``."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="targets")
+    name = models.SlugField(max_length=100, help_text="e.g. v1, v2-canary, eu-west")
+    url = models.URLField(max_length=500, help_text="Base URL, e.g. http://10.0.0.6:9000")
+    weight = models.PositiveIntegerField(
+        default=100, validators=[MaxValueValidator(10_000)], help_text="Share of traffic under the weighted strategy."
+    )
+    max_concurrent = models.PositiveIntegerField(default=0, help_text="Requests at once; 0 means no limit.")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["agent", "name"]
+        constraints = [models.UniqueConstraint(fields=["agent", "name"], name="unique_target_name_per_agent")]
+
+    def __str__(self):
+        return f"{self.agent.slug}/{self.name}"
+
+
+class PathRoute(models.Model):
+    """A path prefix and methods served by an agent, with their own timeout, retries, auth, rate and protocol."""
+
+    class Protocol(models.TextChoices):
+        PLAIN = "plain", "Plain HTTP"
+        SSE = "sse", "Server-sent events"
+
+    prefix = models.CharField(max_length=200, unique=True, help_text="e.g. /api/v1/search")
+    methods = models.JSONField(default=list, blank=True, help_text='e.g. ["POST"]; empty: every method.')
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="path_routes")
+    upstream_path = models.CharField(
+        max_length=200, blank=True, help_text="Path on the agent the prefix maps to; empty: the request's own path."
+    )
+    timeout_seconds = models.FloatField(null=True, blank=True, help_text="Total time; empty: the agent's.")
+    max_retries = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=[MaxValueValidator(10)], help_text="Empty: the agent's."
+    )
+    auth_required = models.BooleanField(default=True, help_text="Off: callers need no API key (audited as anonymous).")
+    requests_per_minute = models.PositiveIntegerField(default=0, help_text="For this route, all callers; 0: no limit.")
+    protocol = models.CharField(max_length=10, choices=Protocol.choices, default=Protocol.PLAIN)
+    deprecated = models.BooleanField(default=False)
+    sunset_at = models.DateTimeField(null=True, blank=True)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["prefix"]
+
+    def __str__(self):
+        return self.prefix
+
+
+class CapabilityKeyword(models.Model):
+    """Content routing's map: a word in the input names a capability; agents list the capabilities they have."""
+
+    keyword = models.CharField(max_length=100, unique=True)
+    capability = models.SlugField(max_length=100)
+
+    class Meta:
+        ordering = ["capability", "keyword"]
+
+    def __str__(self):
+        return f"{self.keyword} → {self.capability}"
+
+
+class AgentJob(models.Model):
+    """A long-running agent call made in the background (``"async": true``); its result waits here."""
+
+    QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
+    STATUS_CHOICES = [(QUEUED, "Queued"), (RUNNING, "Running"), (SUCCEEDED, "Succeeded"), (FAILED, "Failed")]
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    request_id = models.CharField(max_length=64, db_index=True)
+    api_key = models.ForeignKey("keys.ApiKey", on_delete=models.SET_NULL, null=True, related_name="jobs")
+    client = models.ForeignKey("keys.Client", on_delete=models.SET_NULL, null=True, related_name="jobs")
+    agent = models.CharField(max_length=100)
+    request = models.JSONField(default=dict)
+    status = models.CharField(max_length=10, choices=STATUS_CHOICES, default=QUEUED, db_index=True)
+    result = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    webhook_url = models.URLField(max_length=500, blank=True)
+    webhook_status = models.CharField(max_length=20, blank=True, help_text="pending, delivered or failed")
+    webhook_attempts = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"job {self.id} ({self.status})"

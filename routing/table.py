@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from django.conf import settings
 
-from gateway_project.errors import forbidden, not_found
+from gateway_project.errors import not_found
 from gateway_project.snapshots import RefreshingTable
-from routing.models import Agent
+from routing import content_routing
+from routing.deprecation import deprecation_headers
+from routing.models import DEFAULT_RETRY_STATUSES, Agent, CapabilityKeyword, PathRoute
+from routing.path_routes import PathRouteEntry, entry_of
 
-_WORD = re.compile(r"[a-z][a-z0-9_-]*")
+
+@dataclass(frozen=True, slots=True)
+class TargetRoute:
+    """One upstream instance of an agent (``routing.Target``)."""
+
+    name: str
+    base_url: str
+    weight: int = 100
+    max_concurrent: int = 0  # 0: no limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +40,17 @@ class AgentRoute:
     default_max_output_tokens: int | None = None
     max_concurrent: int = 0  # the agent's capacity, shared by all clients; 0: no limit
     requests_per_minute: int = 0
+    # Enabled targets; empty means the agent's own base_url is its one target.
+    targets: tuple[TargetRoute, ...] = ()
+    strategy: str = "weighted"
+    max_retries: int = 2
+    retry_statuses: frozenset[int] = field(default_factory=lambda: frozenset(DEFAULT_RETRY_STATUSES))
+    fallbacks: tuple[str, ...] = ()  # agent slugs tried in order when this one fails
+    breaker_failures: int = 5
+    breaker_window: float = 60.0
+    breaker_cooldown: float = 30.0
+    deprecated: bool = False
+    sunset_at: datetime | None = None
 
     def url(self, path: str) -> str:
         return f"{self.base_url}/{path.lstrip('/')}"
@@ -38,6 +60,9 @@ class AgentRoute:
 class RoutingTable:
     agents: dict[str, AgentRoute]
     by_model: dict[str, AgentRoute]
+    paths: dict[str, PathRouteEntry] = field(default_factory=dict)  # active path routes by prefix
+    keywords: dict[str, str] = field(default_factory=dict)  # content routing: keyword -> capability
+    deprecations: dict[str, tuple] = field(default_factory=dict)  # agent slug -> Deprecation/Sunset headers
 
     def agent(self, slug: str) -> AgentRoute:
         route = self.agents.get(slug)
@@ -52,26 +77,9 @@ class RoutingTable:
             raise not_found(f"The model '{model}' does not exist or no agent serves it.", "model_not_found")
         return route
 
-    def by_content(self, text: str, allowed) -> tuple[AgentRoute, str]:
-        """Pick the allowed agent whose capability keywords the text mentions most.
-
-        Returns the agent and the reason, for the response and the audit log.
-        """
-        candidates = [route for route in self.agents.values() if allowed(route.slug)]
-        if not candidates:
-            raise forbidden("This API key may not use any agent.", "agent_not_allowed")
-        words = set(_WORD.findall(text.lower()))
-        best, best_hits = None, 0
-        for route in candidates:
-            hits = sum(1 for keyword in route.capabilities if keyword in words)
-            if hits > best_hits:
-                best, best_hits = route, hits
-        if best is not None:
-            return best, "capability"
-        default = self.agents.get(settings.GATEWAY["DEFAULT_AGENT"])
-        if default is not None and allowed(default.slug):
-            return default, "default"
-        return candidates[0], "default"
+    async def by_content(self, text: str, allowed) -> tuple[AgentRoute, str]:
+        """The allowed agent for ``text`` by the keyword map and the agents' loads, and why (``content_routing``)."""
+        return await content_routing.choose(self, text, allowed)
 
 
 def _route(agent: Agent) -> AgentRoute:
@@ -89,16 +97,38 @@ def _route(agent: Agent) -> AgentRoute:
         default_max_output_tokens=agent.default_max_output_tokens,
         max_concurrent=agent.max_concurrent,
         requests_per_minute=agent.requests_per_minute,
+        targets=tuple(
+            TargetRoute(target.name, target.url.rstrip("/"), target.weight, target.max_concurrent)
+            for target in agent.targets.all()
+            if target.enabled
+        ),
+        strategy=agent.strategy,
+        max_retries=agent.max_retries,
+        retry_statuses=frozenset(agent.retry_statuses or ()),
+        fallbacks=tuple(agent.fallbacks or ()),
+        breaker_failures=agent.breaker_failures,
+        breaker_window=agent.breaker_window_seconds,
+        breaker_cooldown=agent.breaker_cooldown_seconds,
+        deprecated=agent.deprecated,
+        sunset_at=agent.sunset_at,
     )
 
 
 def load_table() -> RoutingTable:
-    agents = {agent.slug: _route(agent) for agent in Agent.objects.filter(is_active=True)}
+    active = Agent.objects.filter(is_active=True).prefetch_related("targets")
+    agents = {agent.slug: _route(agent) for agent in active}
     by_model = {}
     for route in agents.values():
         for model in route.served_models:
             by_model.setdefault(model, route)
-    return RoutingTable(agents, by_model)
+    routes = PathRoute.objects.filter(is_active=True).select_related("agent")
+    paths = {route.prefix: entry_of(route) for route in routes}
+    pairs = CapabilityKeyword.objects.values_list("keyword", "capability")
+    keywords = {word.lower(): capability.lower() for word, capability in pairs}
+    deprecations = {
+        agent.slug: deprecation_headers(True, agent.updated_at, agent.sunset_at) for agent in active if agent.deprecated
+    }
+    return RoutingTable(agents, by_model, paths, keywords, deprecations)
 
 
 routing_table = RefreshingTable("routing", load_table, interval=lambda: settings.GATEWAY["CONFIG_REFRESH_SECONDS"])

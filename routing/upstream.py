@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 import aiohttp
 import httpx
@@ -31,6 +34,31 @@ HOP_BY_HOP = frozenset(
 CREDENTIALS = frozenset({b"authorization", b"x-api-key", b"cookie"})
 
 _transports: dict[int, httpx.AsyncBaseTransport] = {}
+
+
+class UpstreamError(GatewayError):
+    """An upstream call that failed, with what the retry and breaker rules need: ``kind`` is "connect",
+    "timeout", "status" (the upstream answered ``upstream_status``) or "invalid" (an answer we cannot read)."""
+
+    def __init__(self, status, type_, code, message, *, kind: str, upstream_status: int | None = None):
+        super().__init__(status, type_, code, message)
+        self.kind = kind
+        self.upstream_status = upstream_status
+
+
+@dataclass(slots=True)
+class AttemptProbe:
+    """What one attempt learnt on the wire, for the attempt loop: when the headers came and their status.
+
+    ``final`` says the loop will not retry this attempt, so a pass-through relays any status as it is.
+    """
+
+    final: bool = True
+    answered_at: float = 0.0
+    status: int = 0
+
+
+current_attempt: ContextVar[AttemptProbe | None] = ContextVar("current_attempt", default=None)
 
 
 def _transport() -> httpx.AsyncBaseTransport:
@@ -80,7 +108,11 @@ def build_request(method: str, url, *, content, headers, route: AgentRoute) -> h
 
 async def send(request: httpx.Request) -> httpx.Response:
     """Send and return the response with its body still to be read (or streamed); close it after."""
-    return await _transport().handle_async_request(request)
+    response = await _transport().handle_async_request(request)
+    attempt = current_attempt.get()
+    if attempt is not None:
+        attempt.answered_at, attempt.status = time.perf_counter(), response.status_code
+    return response
 
 
 def timeout_for(route: AgentRoute) -> httpx.Timeout:
@@ -128,22 +160,27 @@ def _caused_by_timeout(exc: BaseException) -> bool:
     return isinstance(exc, httpx.TimeoutException)
 
 
-def upstream_failure(exc: BaseException, route: AgentRoute) -> GatewayError:
+def upstream_failure(exc: BaseException, route: AgentRoute) -> UpstreamError:
     """Turn a transport error into 504 (too slow) or 502 (unreachable or broken)."""
     if isinstance(exc, TimeoutError) or _caused_by_timeout(exc):
-        return GatewayError(
+        return UpstreamError(
             504,
             "timeout_error",
             "upstream_timeout",
-            f"The agent '{route.slug}' did not answer within {route.timeout:g} seconds.",
+            f"The agent '{route.slug}' did not answer within {round(route.timeout, 1):g} seconds.",
+            kind="timeout",
         )
-    return GatewayError(
+    return UpstreamError(
         502,
         "upstream_error",
         "upstream_unreachable",
         f"The agent '{route.slug}' could not be reached ({type(exc).__name__}).",
+        kind="connect",
     )
 
 
-def upstream_status_error(status: int, route: AgentRoute) -> GatewayError:
-    return GatewayError(502, "upstream_error", "upstream_error", f"The agent '{route.slug}' failed with HTTP {status}.")
+def upstream_status_error(status: int, route: AgentRoute) -> UpstreamError:
+    return UpstreamError(
+        502, "upstream_error", "upstream_error", f"The agent '{route.slug}' failed with HTTP {status}.",
+        kind="status", upstream_status=status,
+    )  # fmt: skip

@@ -1,4 +1,5 @@
-"""Console pages for agents (upstreams): list, create, edit, deactivate. Agents are never deleted here."""
+"""Console pages for agents (upstreams): list (with their targets' live health), create, edit with targets,
+deactivate, close circuits. Agents are never deleted here."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from django.db.models import Q
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views import View
 
-from audit.trail import record_update, snapshot
+from audit.trail import record_action, record_create, record_delete, record_update, snapshot
 from gateway_project import roles
 from gateway_project.console import RoleRequiredMixin, TrailedEditView, sorted_page
-from routing.forms import AgentForm
+from routing.circuits import agent_health, reset_circuits
+from routing.forms import AgentForm, TargetFormSet
 from routing.models import Agent
 
 
@@ -20,7 +22,10 @@ class AgentListView(RoleRequiredMixin, View):
         agents = Agent.objects.all()
         if request.GET.get("q"):
             agents = agents.filter(Q(name__icontains=request.GET["q"]) | Q(slug__icontains=request.GET["q"]))
+        agents = agents.prefetch_related("targets")
         page, sort = sorted_page(request, agents, {"slug": "slug", "kind": "kind", "name": "name"}, "slug")
+        for agent in page:
+            agent.health = agent_health(agent)["targets"] if agent.is_active else []
         return render(request, "routing/agent_list.html", {"page": page, "sort": sort})
 
 
@@ -33,6 +38,50 @@ class AgentEditView(TrailedEditView):
 
     def saved_message(self, obj):
         return f"Agent “{obj.slug}” saved. Gateways pick up the change within their refresh."
+
+    def _render(self, request, form, obj, status=200, targets=None):
+        if obj is not None and targets is None:
+            targets = TargetFormSet(instance=obj)
+        health = agent_health(obj)["targets"] if obj is not None and obj.is_active else []
+        context = {"form": form, "agent": obj, "targets": targets, "health": health}
+        return render(request, self.template_name, context, status=status)
+
+    def post(self, request, pk=None):
+        if pk is None:
+            return super().post(request)  # a new agent gets its targets on its edit page
+        agent = get_object_or_404(Agent, pk=pk)
+        before = snapshot(agent)
+        targets_before = {target.pk: snapshot(target) for target in agent.targets.all()}  # validation changes them
+        form = AgentForm(request.POST, instance=agent)
+        # A post without the targets' management form (a script) leaves the targets as they are.
+        targets = TargetFormSet(request.POST, instance=agent) if "targets-TOTAL_FORMS" in request.POST else None
+        if not (form.is_valid() and (targets is None or targets.is_valid())):
+            agent.refresh_from_db()
+            return self._render(request, form, agent, status=400, targets=targets)
+        with transaction.atomic():
+            saved = form.save()
+            record_update(request.user, "console", saved, before, after=snapshot(saved))
+            if targets is not None:
+                self._save_targets(request, targets, targets_before)
+        messages.success(request, self.saved_message(saved))
+        return redirect(self.success_url(saved))
+
+    @staticmethod
+    def _save_targets(request, targets, changed_before: dict) -> None:
+        """Save the formset, each created, changed or deleted target in the admin-action trail."""
+        saved = targets.save(commit=False)
+        for target in targets.deleted_objects:
+            before, target_pk = changed_before.get(target.pk) or snapshot(target), target.pk
+            target.delete()
+            target.pk = target_pk
+            record_delete(request.user, "console", target, before)
+        for target in saved:
+            is_new = target.pk is None
+            target.save()
+            if is_new:
+                record_create(request.user, "console", target)
+            else:
+                record_update(request.user, "console", target, changed_before[target.pk], after=snapshot(target))
 
 
 class AgentToggleView(RoleRequiredMixin, View):
@@ -49,4 +98,20 @@ class AgentToggleView(RoleRequiredMixin, View):
             agent.save(update_fields=["is_active", "updated_at"])
             record_update(request.user, "console", agent, before, action=action)
         messages.success(request, f"Agent “{agent.slug}” {action}d.")
+        return redirect("console:agents")
+
+
+class AgentResetCircuitView(RoleRequiredMixin, View):
+    """Close an agent's circuits by hand (POST only): its targets take traffic again at once."""
+
+    needed_roles = roles.MANAGE
+
+    def post(self, request, pk):
+        agent = get_object_or_404(Agent, pk=pk)
+        with transaction.atomic():
+            closed = reset_circuits(agent, request.POST.get("target") or None)
+            record_action(request.user, "console", "reset_circuit", agent, {"targets": closed})
+        messages.success(request, f"Circuits of “{agent.slug}” closed: {', '.join(closed) or 'none'}.")
+        if request.POST.get("next") == "edit":
+            return redirect("console:agent-edit", pk=agent.pk)
         return redirect("console:agents")

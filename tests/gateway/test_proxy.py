@@ -165,7 +165,8 @@ def test_invoke_routes_by_content_when_no_agent_is_named(gateway, make_key):
         assert response.status_code == 200
         answer = response.json()
         assert answer["agent_used"] == agent, text
-        assert response.headers["x-gateway-route-reason"] == "capability"
+        assert response.headers["x-gateway-route-reason"] == answer["route_reason"]
+        assert answer["route_reason"].startswith(f"capability={agent}; keywords=")
         assert set(answer) >= {"request_id", "output", "agent_used", "tokens_used", "cost_usd", "latency_ms"}
         assert answer["request_id"] == response.headers["x-request-id"]
         assert answer["tokens_used"] > 0 and answer["cost_usd"] > 0
@@ -175,7 +176,7 @@ def test_invoke_falls_back_to_the_default_agent(gateway, make_key):
     raw, _ = make_key()
     response = gateway.client(raw).post("/v1/agent/invoke", json={"input": "hello there"})
     assert response.json()["agent_used"] == "research"
-    assert response.headers["x-gateway-route-reason"] == "default"
+    assert response.headers["x-gateway-route-reason"] == "least_loaded; no capability keywords"
 
 
 def test_content_routing_only_picks_agents_the_key_may_use(gateway, make_key):

@@ -1,0 +1,197 @@
+"""The attempt loop around every forwarded call: targets, retries, circuit breakers, the fallback chain.
+
+An agent is tried on one of its targets (``balance``); a connection error, a
+timeout or a status in its ``retry_statuses`` is retried, on another target
+when it has one, after an exponential backoff with full jitter, while the
+agent's timeout (the budget for all its attempts) lasts. When the agent fails
+(or all its circuits are open), its ``fallbacks`` are tried in order, each
+asked in its own wire shape by the endpoint's per-route function. Nothing is
+retried once a byte of the answer went to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+from gateway_project.errors import GatewayError
+from routing import balance
+from routing.exchange import Exchange
+from routing.table import AgentRoute, routing_table
+from routing.upstream import AttemptProbe, UpstreamError, current_attempt
+
+# Backoff before retry n (from 0): a random wait up to min(CAP, BASE * 2**n) seconds ("full jitter").
+BACKOFF_BASE_SECONDS = 0.1
+BACKOFF_CAP_SECONDS = 2.0
+
+TARGET_HEADER = b"x-gateway-target"  # <agent>/<target> that answered
+FALLBACK_HEADER = b"x-gateway-fallback"  # the agent asked for, when a fallback answered instead
+
+Attempt = Callable[[AgentRoute], Awaitable[None]]
+
+
+class AgentFailed(Exception):
+    """An agent could not answer, in a way its fallbacks may make up for."""
+
+    def __init__(self, error: GatewayError):
+        super().__init__(error.message)
+        self.error = error
+
+
+def verdict(error: GatewayError, route: AgentRoute) -> str:
+    """What an attempt's error means: "retry" (and fall back), "fail" (fall back only) or "answer" (pass on)."""
+    if not isinstance(error, UpstreamError):
+        return "answer"
+    if error.kind in ("connect", "timeout"):
+        return "retry"
+    if error.upstream_status is not None and error.upstream_status in route.retry_statuses:
+        return "retry"
+    if error.kind == "invalid" or (error.upstream_status or 0) >= 500:
+        return "fail"
+    return "answer"  # the upstream's own refusal (4xx): it is up, and the client gets its answer
+
+
+def backoff(retry: int, rng=random) -> float:
+    return rng.uniform(0, min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**retry))
+
+
+def _set_header(ex: Exchange, name: bytes, value: str | None) -> None:
+    ex.extra_headers[:] = [(k, v) for k, v in ex.extra_headers if k != name]
+    if value is not None:
+        ex.extra_headers.append((name, value.encode()))
+
+
+async def run(ex: Exchange, primary: AgentRoute, attempt: Attempt, *, fallbacks: bool = True) -> None:
+    """Answer through ``primary`` or, failing that, its fallbacks; raise the last failure if none can."""
+    chain = [primary]
+    if fallbacks and primary.fallbacks:
+        chain += await _fallback_routes(ex, primary)
+    attempts: list[dict] = []
+    failures: list[GatewayError] = []
+    requested = (ex.agent, ex.model)
+    try:
+        for index, route in enumerate(chain):
+            if index:
+                ex.agent, ex.model = route.slug, route.default_model
+                _set_header(ex, FALLBACK_HEADER, primary.slug)
+            try:
+                await _try_agent(ex, route, attempt, attempts, final_agent=index == len(chain) - 1)
+            except AgentFailed as failed:
+                failures.append(failed.error)
+                if ex.response_started:
+                    raise failed.error from None
+                continue
+            except GatewayError as error:
+                if not index or ex.response_started or isinstance(error, UpstreamError):
+                    raise
+                # A fallback that cannot take this request (a field its API lacks): the next one may.
+                ex.details.setdefault("fallbacks_skipped", []).append({"agent": route.slug, "reason": error.message})
+                continue
+            if index:
+                ex.details["fallback"] = {"requested": primary.slug, "answered": route.slug}
+            return
+        ex.agent, ex.model = requested
+        _set_header(ex, FALLBACK_HEADER, None)
+        raise _final_error(failures)
+    finally:
+        if len(attempts) > 1 or any(a["outcome"] != "ok" for a in attempts):
+            ex.details["attempts"] = attempts
+
+
+def _final_error(failures: list[GatewayError]) -> GatewayError:
+    """The error the client gets when nothing answered: the last real failure, or "circuit open" if only that."""
+    real = [error for error in failures if error.code not in ("circuit_open", "targets_busy")]
+    if real:
+        return real[-1]
+    circuit = [error for error in failures if error.code == "circuit_open"]
+    return min(circuit or failures, key=lambda error: int(dict(error.headers).get(b"retry-after", b"1")))
+
+
+async def _fallback_routes(ex: Exchange, primary: AgentRoute) -> list[AgentRoute]:
+    """The fallbacks that exist, are active and that the key may use (those skipped are noted in the audit)."""
+    table = await routing_table.get()
+    routes, skipped = [], []
+    for slug in primary.fallbacks:
+        route = table.agents.get(slug)
+        if route is None or slug == primary.slug:
+            skipped.append({"agent": slug, "reason": "unknown or inactive agent"})
+        elif not ex.key.may_use_agent(slug) or (route.default_model and not ex.key.may_use_model(route.default_model)):
+            skipped.append({"agent": slug, "reason": "outside the key's scopes"})
+        else:
+            routes.append(route)
+    if skipped:
+        ex.details["fallbacks_skipped"] = skipped
+    return routes
+
+
+async def _try_agent(ex: Exchange, route: AgentRoute, attempt: Attempt, log: list[dict], final_agent: bool) -> None:
+    """Up to ``1 + max_retries`` attempts on the agent's targets within its timeout; raise AgentFailed if none."""
+    deadline = time.monotonic() + route.timeout
+    tried: set[str] = set()
+    last: GatewayError | None = None
+    for retry in range(route.max_retries + 1):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            lease = await balance.acquire(route, tried, route.timeout + balance.LEASE_MARGIN_SECONDS)
+        except balance.NoTarget as refused:
+            log.append({"agent": route.slug, "target": "", "outcome": refused.error().code, "ms": 0})
+            raise AgentFailed(last or refused.error()) from None
+        tried.add(lease.target.name)
+        final = final_agent and retry == route.max_retries
+        outcome, entry = await _attempt(ex, route, lease, attempt, remaining, final)
+        log.append(entry)
+        if outcome is None:
+            return
+        last = outcome
+        if verdict(outcome, route) != "retry" or ex.response_started:
+            raise AgentFailed(outcome) if verdict(outcome, route) != "answer" else outcome
+        if retry < route.max_retries:
+            pause = backoff(retry)
+            if time.monotonic() + pause >= deadline:
+                break
+            await asyncio.sleep(pause)
+    raise AgentFailed(last or balance.unavailable(route.slug, False, 1000))
+
+
+async def _attempt(ex, route, lease, attempt, remaining, final) -> tuple[GatewayError | None, dict]:
+    """One call to one target; returns its error (None: it answered) and its line in the audit's attempts."""
+    target_route = replace(route, base_url=lease.target.base_url, timeout=remaining)
+    probe = AttemptProbe(final=final)
+    token = current_attempt.set(probe)
+    _set_header(ex, TARGET_HEADER, f"{route.slug}/{lease.target.name}")
+    started = time.perf_counter()
+    outcome, error = "none", None
+    entry = {"agent": route.slug, "target": lease.target.name}
+    try:
+        await attempt(target_route)
+        # A pass-through's last attempt relays a failing status as it is, and a stream may break off after
+        # it began: the breaker counts both.
+        broke = ex.error_type.startswith("upstream")
+        failing = broke or probe.status >= 500 or probe.status in route.retry_statuses
+        outcome = "fail" if failing else "ok"
+        entry.update(outcome=ex.error_type if broke else "ok", status=probe.status or 200)
+    except GatewayError as caught:
+        error = caught
+        kind = verdict(caught, route)
+        outcome = "ok" if kind == "answer" and isinstance(caught, UpstreamError) else "fail"
+        if not isinstance(caught, UpstreamError):
+            outcome = "none"
+        entry.update(outcome=caught.code, status=getattr(caught, "upstream_status", None) or caught.status)
+    except asyncio.CancelledError:
+        entry.update(outcome="client_disconnected")
+        raise
+    finally:
+        current_attempt.reset(token)
+        answered = probe.answered_at or time.perf_counter()
+        entry["ms"] = round((answered - started) * 1000, 1)
+        latency = (answered - started) * 1000 if outcome != "none" else -1
+        # Shielded: a client that leaves must not leave the target counted in flight.
+        await asyncio.shield(balance.release(lease, outcome, latency))
+    if error is not None and not ex.response_started:
+        _set_header(ex, TARGET_HEADER, None)
+    return error, entry

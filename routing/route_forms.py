@@ -1,0 +1,70 @@
+"""Console forms for path routes and content routing's keyword map."""
+
+from __future__ import annotations
+
+from django import forms
+
+from routing import path_routes
+from routing.content_routing import clean_keyword
+from routing.models import Agent, CapabilityKeyword, PathRoute
+
+
+class PathRouteForm(forms.ModelForm):
+    """A path route; methods are typed as comma-separated text (empty: every method)."""
+
+    methods = forms.CharField(
+        required=False, help_text=f"Comma-separated, from {', '.join(path_routes.HTTP_METHODS)}; empty: every method."
+    )
+    agent = forms.ModelChoiceField(queryset=Agent.objects.order_by("slug"), to_field_name="slug")
+    sunset_at = forms.DateTimeField(
+        required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        help_text="Answers carry a Sunset header with this date (only while the route is deprecated).",
+    )  # fmt: skip
+
+    class Meta:
+        model = PathRoute
+        fields = [
+            "prefix", "methods", "agent", "upstream_path", "timeout_seconds", "max_retries", "auth_required",
+            "requests_per_minute", "protocol", "deprecated", "sunset_at", "is_active",
+        ]  # fmt: skip
+        help_texts = {
+            "deprecated": "Answers carry a Deprecation header.",
+            "protocol": "Server-sent events are streamed through as they arrive; usage is read from the final chunk.",
+        }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk and not self.is_bound:
+            self.initial["methods"] = ", ".join(self.instance.methods or ())
+
+    def clean_prefix(self):
+        return path_routes.clean_prefix(self.cleaned_data["prefix"])
+
+    def clean_methods(self):
+        text = self.cleaned_data["methods"] or ""
+        return path_routes.clean_methods([part for part in text.replace(" ", ",").split(",") if part.strip()])
+
+    def clean_upstream_path(self):
+        return path_routes.clean_upstream_path(self.cleaned_data["upstream_path"])
+
+    def clean_timeout_seconds(self):
+        return path_routes.clean_timeout(self.cleaned_data["timeout_seconds"])
+
+
+class CapabilityKeywordForm(forms.ModelForm):
+    class Meta:
+        model = CapabilityKeyword
+        fields = ["keyword", "capability"]
+        help_texts = {
+            "keyword": "One word of a request's input, e.g. “debug”.",
+            "capability": "The capability it asks for, e.g. “code”; agents list the capabilities they have.",
+        }
+
+    def clean_keyword(self):
+        word = clean_keyword(self.cleaned_data["keyword"])
+        if CapabilityKeyword.objects.filter(keyword=word).exclude(pk=self.instance.pk).exists():
+            raise forms.ValidationError(f"“{word}” is already mapped.")
+        return word
+
+    def clean_capability(self):
+        return self.cleaned_data["capability"].strip().lower()

@@ -1,0 +1,106 @@
+"""Content routing on live traffic: the keyword map, capacity, the least-loaded fallback and the reason given."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+
+from tests.conftest import wait_for
+
+NO_WORDS = "least_loaded; no capability keywords"
+
+
+@pytest.fixture
+def capability(live_db):
+    """``capability(*keywords, agents=n, max_concurrent=0)`` -> (capability, [agent slugs]); all removed after."""
+    from routing.models import Agent, CapabilityKeyword
+
+    made_agents, made_words = [], []
+    upstream = Agent.objects.get(slug="research").upstream_url
+
+    def make(*keywords, agents=1, max_concurrent=0, capable=True):
+        name = f"cap{uuid.uuid4().hex[:8]}"
+        for word in keywords:
+            made_words.append(CapabilityKeyword.objects.create(keyword=word, capability=name).pk)
+        slugs = []
+        for _ in range(agents):
+            slug = f"ag{uuid.uuid4().hex[:8]}"
+            Agent.objects.create(
+                slug=slug, name=slug, upstream_url=upstream, capabilities=[name] if capable else [],
+                max_concurrent=max_concurrent,
+            )  # fmt: skip
+            made_agents.append(slug)
+            slugs.append(slug)
+        return name, slugs
+
+    yield make
+    CapabilityKeyword.objects.filter(pk__in=made_words).delete()
+    Agent.objects.filter(slug__in=made_agents).delete()
+
+
+def invoke(client, text, strict=True):
+    """The answer of a content-routed call; with ``strict`` off, {} while the gateway has not loaded the agents."""
+    response = client.post("/v1/agent/invoke", json={"input": text})
+    if not strict and response.status_code == 403:
+        return {}
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["route_reason"] == response.headers["x-gateway-route-reason"]
+    return answer
+
+
+def test_the_keyword_map_picks_the_agent_with_that_capability(gateway, make_key, capability, audit_of):
+    word = f"otterology{uuid.uuid4().hex[:6]}"
+    name, (slug,) = capability(word)
+    raw, _ = make_key()
+    client = gateway.client(raw)
+    assert wait_for(lambda: invoke(client, f"Teach me {word.upper()} today")["agent_used"] == slug, seconds=10)
+    answer = invoke(client, f"teach me {word}, then more {word}")
+    assert answer["route_reason"] == f"capability={name}; keywords={word}"
+    assert set(answer) >= {"request_id", "output", "agent_used", "model", "tokens_used", "usage", "cost_usd"}
+    record = audit_of(client.post("/v1/agent/invoke", json={"input": word}))
+    assert record.agent == slug and record.details["route_reason"] == f"capability={name}; keywords={word}"
+
+
+def test_a_capabilitys_own_name_is_a_keyword_and_most_hits_win(gateway, make_key, capability):
+    first, (one,) = capability()
+    second, (two,) = capability(f"w{uuid.uuid4().hex[:6]}", f"x{uuid.uuid4().hex[:6]}")
+    from routing.models import CapabilityKeyword
+
+    w, x = CapabilityKeyword.objects.filter(capability=second).order_by("keyword").values_list("keyword", flat=True)
+    raw, _ = make_key(agents=[one, two])
+    client = gateway.client(raw)
+    assert wait_for(lambda: invoke(client, f"please {first}", False).get("agent_used") == one, seconds=10)
+    answer = invoke(client, f"{first} or {w} and {x}")
+    assert answer["agent_used"] == two
+    assert answer["route_reason"] == f"capability={second}; keywords={w},{x}"
+
+
+def test_a_full_capable_agent_sends_the_request_to_the_least_loaded_one(gateway, make_key, capability):
+    word = f"gadget{uuid.uuid4().hex[:6]}"
+    _, (busy,) = capability(word, max_concurrent=1)
+    _, (spare,) = capability(capable=False)
+    raw, _ = make_key(agents=[busy, spare])
+    client = gateway.client(raw)
+    assert wait_for(lambda: invoke(client, f"fix my {word}", False).get("agent_used") == busy, seconds=10)
+    # Hold the busy agent's one slot with a slow pass-through call (the mock waits before answering).
+    slow = threading.Thread(target=lambda: client.get(f"/agents/{busy}/slow", headers={"X-Mock-Delay-Ms": "4000"}))
+    slow.start()
+    try:
+        rerouted = wait_for(lambda: (a := invoke(client, f"fix my {word}"))["agent_used"] == spare and a, seconds=3.5)
+        assert rerouted, "the request never left the full agent"
+        assert rerouted["route_reason"] == f"least_loaded; capable agents full: {busy}"
+    finally:
+        slow.join(timeout=15)
+    assert wait_for(lambda: invoke(client, f"fix my {word}")["agent_used"] == busy, seconds=5)
+
+
+def test_no_capable_agent_means_the_least_loaded_allowed_one(gateway, make_key, capability):
+    name, _ = capability(f"widget{uuid.uuid4().hex[:6]}", capable=False)
+    raw, _ = make_key(agents=["writing", "code"])
+    client = gateway.client(raw)
+    answer = wait_for(lambda: (a := invoke(client, f"the {name} please"))["route_reason"] != NO_WORDS and a, seconds=10)
+    assert answer["agent_used"] in ("writing", "code")
+    assert answer["route_reason"] == f"least_loaded; no allowed agent has: {name}"
