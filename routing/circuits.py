@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from routing import balance
 from routing.models import Agent
-from routing.table import _route
+from routing.table import route_of
 
 
 def agent_health(agent: Agent) -> dict:
     """Each enabled target's circuit, in flight, recent latency and error rate, read live from the hot state."""
-    route = _route(agent)
+    route = route_of(agent)
     return {
         "agent": agent.slug,
         "strategy": agent.strategy,
@@ -20,7 +20,7 @@ def agent_health(agent: Agent) -> dict:
 
 def reset_circuits(agent: Agent, target: str | None = None) -> list[str]:
     """Close the circuits of the agent's targets (or of the one named); return the names closed."""
-    route = _route(agent)
+    route = route_of(agent)
     names = [t.name for t in balance.targets_of(route) if target in (None, "", t.name)]
     for name in names:
         balance.reset(route, name)

@@ -82,7 +82,7 @@ class RoutingTable:
         return await content_routing.choose(self, text, allowed)
 
 
-def _route(agent: Agent) -> AgentRoute:
+def route_of(agent: Agent) -> AgentRoute:
     return AgentRoute(
         slug=agent.slug,
         name=agent.name,
@@ -116,7 +116,7 @@ def _route(agent: Agent) -> AgentRoute:
 
 def load_table() -> RoutingTable:
     active = Agent.objects.filter(is_active=True).prefetch_related("targets")
-    agents = {agent.slug: _route(agent) for agent in active}
+    agents = {agent.slug: route_of(agent) for agent in active}
     by_model = {}
     for route in agents.values():
         for model in route.served_models:

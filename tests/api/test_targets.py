@@ -9,7 +9,7 @@ import pytest
 from audit.models import AdminAction
 from routing import balance
 from routing.models import Agent, Target
-from routing.table import _route
+from routing.table import load_table, route_of
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def test_health_shows_each_targets_circuit_and_a_reset_closes_it(api, coder):
     Target.objects.create(agent=coder, name="b", url="http://coder-b:9000", enabled=False)
     Agent.objects.filter(pk=coder.pk).update(breaker_failures=1, breaker_cooldown_seconds=60)
     coder.refresh_from_db()
-    route = _route(coder)
+    route = route_of(coder)
     balance.reset(route)
 
     async def fail_once():
@@ -122,5 +122,6 @@ def test_it_marks_an_agent_deprecated_with_a_sunset(api, coder):
     assert response.json()["deprecated"] is True and response.json()["sunset_at"].startswith("2027-03-01")
     coder.refresh_from_db()
     assert coder.deprecated and coder.sunset_at.year == 2027
-    assert _route(coder) is not None
+    headers = dict(load_table().deprecations["coder"])  # what the gateway will send, from its next table
+    assert headers[b"sunset"] == b"Mon, 01 Mar 2027 00:00:00 GMT"
     assert api.patch(f"/api/v1/agents/{coder.pk}/", {"sunset_at": "soon"}, format="json").status_code == 400

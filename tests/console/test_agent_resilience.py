@@ -10,7 +10,7 @@ from audit.models import AdminAction
 from routing import balance
 from routing.circuits import agent_health
 from routing.models import Agent, Target
-from routing.table import _route
+from routing.table import route_of
 from tests.console.test_agents_and_budgets import edit_data
 
 
@@ -34,7 +34,7 @@ def targets_data(*rows, initial=0):
 
 def open_circuit(agent: Agent) -> None:
     """Fail the agent's first target once under a one-failure breaker, as the gateway would."""
-    route = _route(agent)
+    route = route_of(agent)
 
     async def fail():
         lease = await balance.acquire(route, set(), 60)
@@ -119,7 +119,7 @@ def test_the_agent_list_and_page_show_live_circuits_and_a_reset_closes_them(oper
     Target.objects.create(agent=research, name="v1", url="http://10.0.0.7:9000")
     Agent.objects.filter(pk=research.pk).update(breaker_failures=1, breaker_cooldown_seconds=60)
     research.refresh_from_db()
-    balance.reset(_route(research))
+    balance.reset(route_of(research))
     page = operator.get("/console/agents/").content.decode()
     assert "v1" in page and "closed" in page and "0 in flight" in page
 
