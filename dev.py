@@ -5,6 +5,7 @@
     python3 dev.py test    set up, then run the whole test suite on both profiles
     python3 dev.py bench   set up, then run the benchmark (production profile)
     python3 dev.py bench --audit   the audit-log benchmark instead (bench/audit_bench.py: exports, writes)
+    python3 dev.py bench --stream  the streaming and balancing benchmark (bench/stream_bench.py: SSE TTFB, 2 targets)
 
 Set-up is idempotent: a virtualenv in .venv, the pinned requirements (re-installed
 only when requirements*.txt change), and for tests the services they need.
@@ -158,6 +159,8 @@ def cmd_bench(args: list[str]) -> int:
     script = "bench/run.py"
     if args[:1] == ["--audit"]:
         script, args = "bench/audit_bench.py", args[1:]
+    elif args[:1] == ["--stream"]:
+        script, args = "bench/stream_bench.py", args[1:]
     return run(PY, script, *args, check=False).returncode
 
 
