@@ -87,6 +87,7 @@ class Admission:
     budget_index: int = -1  # which budget refused
     unseeded: list[int] = field(default_factory=list)  # budgets whose counters must be seeded first
     remaining: dict[str, int] = field(default_factory=dict)
+    target: tuple[str, int] | None = None  # the verdict of a target acquire asked with the admission
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +138,28 @@ class BreakerRule:
     cooldown_ms: int = 30_000
 
 
+@dataclass(frozen=True, slots=True)
+class TargetAcquire:
+    """A target to take (see ``target_acquire``) in the same round trip as an admission."""
+
+    key: str
+    lease: str
+    max_concurrent: int
+    lease_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TargetRelease:
+    """The end of one attempt on a target (see ``target_release``), when it is handed to ``settle`` to send."""
+
+    key: str
+    lease: str
+    outcome: str
+    latency_ms: float
+    probe: bool
+    rule: BreakerRule
+
+
 # Moving averages of a target's latency and error rate weigh the newest outcome this much.
 TARGET_AVERAGE_WEIGHT = 0.3
 TARGET_STATE_TTL_SECONDS = 86_400
@@ -149,10 +172,16 @@ class HotState:
     shared = False
 
     async def admit(
-        self, rates: list[RateCheck], slots: list[ConcurrencySlot], budgets: list[BudgetCheck]
+        self,
+        rates: list[RateCheck],
+        slots: list[ConcurrencySlot],
+        budgets: list[BudgetCheck],
+        acquire: TargetAcquire | None = None,
     ) -> Admission:
         """Check and take everything at once, or nothing. Refuses with ``failed="seed"`` (changing
-        nothing) while a budget counter is empty: seed those and ask again."""
+        nothing) while a budget counter is empty: seed those and ask again. ``acquire`` takes a target
+        in the same round trip, whatever the admission's answer (``Admission.target`` says how it went):
+        the caller gives it back if the request was refused."""
         raise NotImplementedError
 
     async def seed(self, budgets: list[BudgetCheck], spent: list[int]) -> None:
@@ -160,10 +189,16 @@ class HotState:
         raise NotImplementedError
 
     async def settle(
-        self, adjusts: list[RateAdjust], slot_keys: list[str], budgets: list[BudgetCheck], spend: int
+        self,
+        adjusts: list[RateAdjust],
+        slot_keys: list[str],
+        budgets: list[BudgetCheck],
+        spend: int,
+        release: TargetRelease | None = None,
     ) -> list[int]:
         """Undo the estimates, release the slots and the reservations, add ``spend`` to every budget; return
-        the new totals (-1 where a counter had vanished: the next admission seeds it again)."""
+        the new totals (-1 where a counter had vanished: the next admission seeds it again). ``release``
+        ends the request's last target attempt in the same round trip."""
         raise NotImplementedError
 
     async def target_states(self, keys: list[str]) -> list[TargetState]:
@@ -249,8 +284,16 @@ class MemoryHotState(HotState):
         if len(self._values) > 200_000:
             self._values = {k: v for k, v in self._values.items() if v[1] is None or v[1] > now_s}
 
-    async def admit(self, rates, slots, budgets):
-        # No await inside: the event loop makes this block atomic.
+    async def admit(self, rates, slots, budgets, acquire=None):
+        result = self._admit(rates, slots, budgets)
+        if acquire is not None:
+            result.target = await self.target_acquire(
+                acquire.key, acquire.lease, acquire.max_concurrent, acquire.lease_ms
+            )
+        return result
+
+    def _admit(self, rates, slots, budgets):
+        # Not a coroutine: nothing can run between its checks and its takes.
         now_s = time.time()
         now = now_s * 1000
         unseeded = [i for i, budget in enumerate(budgets) if self._get(budget.key, now_s) is None]
@@ -298,7 +341,9 @@ class MemoryHotState(HotState):
             del held[name]
         return held
 
-    async def settle(self, adjusts, slot_keys, budgets, spend):
+    async def settle(self, adjusts, slot_keys, budgets, spend, release=None):
+        if release is not None:
+            await self.target_release(*_release_args(release))
         now_s = time.time()
         now = now_s * 1000
         for adj in adjusts:
@@ -672,6 +717,42 @@ return reply
 """
 
 
+def _admission(reply, rates, slots) -> Admission:
+    """The admission script's reply as an ``Admission``."""
+    failed = int(reply[0])
+    if failed == 0:
+        remaining = {check.name: int(reply[3 + i]) for i, check in enumerate(rates)}
+        return Admission(True, remaining=remaining)
+    if failed == -1:
+        return Admission(False, "seed", unseeded=[int(i) for i in reply[3:]])
+    if failed <= len(rates):
+        name = rates[failed - 1].name
+        return Admission(False, name, int(reply[1]), remaining={name: int(reply[3])})
+    if failed <= len(rates) + len(slots):
+        return Admission(False, slots[failed - len(rates) - 1].name, int(reply[1]))
+    return Admission(False, "budget", 0, spent=int(reply[2]), budget_index=failed - len(rates) - len(slots) - 1)
+
+
+def _verdict(reply) -> tuple[str, int]:
+    verdict, wait_ms = reply
+    return (verdict.decode() if isinstance(verdict, bytes) else verdict), int(wait_ms)
+
+
+def _target_acquire_argv(acquire: TargetAcquire) -> list:
+    return [acquire.lease, acquire.max_concurrent, acquire.lease_ms, TARGET_STATE_TTL_SECONDS]
+
+
+def _release_args(release: TargetRelease) -> tuple:
+    return release.key, release.lease, release.outcome, release.latency_ms, release.probe, release.rule
+
+
+def _target_release_argv(lease, outcome, latency_ms, probe, rule) -> list:
+    return [
+        lease, outcome, round(latency_ms, 2), int(probe), rule.failures, rule.window_ms, rule.cooldown_ms,
+        TARGET_AVERAGE_WEIGHT, TARGET_STATE_TTL_SECONDS,
+    ]  # fmt: skip
+
+
 def _target_keys(keys: list[str]) -> list[str]:
     return [part for key in keys for part in (key, key + ":leases")]
 
@@ -712,6 +793,7 @@ class RedisHotState(HotState):
         self._sync = redis.Redis.from_url(url)
         self._async_clients: dict[int, object] = {}
         self._aioredis = aioredis
+        self._no_script = redis.exceptions.NoScriptError
 
     def _client(self):
         # redis.asyncio connections belong to the loop that made them.
@@ -730,7 +812,7 @@ class RedisHotState(HotState):
             self._async_clients = {id(loop): client}
         return client
 
-    async def admit(self, rates, slots, budgets):
+    async def admit(self, rates, slots, budgets, acquire=None):
         client = self._client()
         keys = [check.key for check in rates] + [slot.key for slot in slots]
         args = [len(rates)]
@@ -740,19 +822,15 @@ class RedisHotState(HotState):
         for budget in budgets:
             keys += budget.keys
             args += [budget.limit, budget.ttl_seconds, budget.reserve, budget.reservation, budget.hold_ms]
-        reply = await client._admit(keys=keys, args=args)
-        failed = int(reply[0])
-        if failed == 0:
-            remaining = {check.name: int(reply[3 + i]) for i, check in enumerate(rates)}
-            return Admission(True, remaining=remaining)
-        if failed == -1:
-            return Admission(False, "seed", unseeded=[int(i) for i in reply[3:]])
-        if failed <= len(rates):
-            name = rates[failed - 1].name
-            return Admission(False, name, int(reply[1]), remaining={name: int(reply[3])})
-        if failed <= len(rates) + len(slots):
-            return Admission(False, slots[failed - len(rates) - 1].name, int(reply[1]))
-        return Admission(False, "budget", 0, spent=int(reply[2]), budget_index=failed - len(rates) - len(slots) - 1)
+        if acquire is None:
+            return _admission(await client._admit(keys=keys, args=args), rates, slots)
+        reply, verdict = await self._scripts(
+            (client._admit, keys, args),
+            (client._target_acquire, _target_keys([acquire.key]), _target_acquire_argv(acquire)),
+        )
+        result = _admission(reply, rates, slots)
+        result.target = _verdict(verdict)
+        return result
 
     async def seed(self, budgets, spent):
         args = []
@@ -760,7 +838,7 @@ class RedisHotState(HotState):
             args += [amount, budget.ttl_seconds]
         await self._client()._seed(keys=[budget.key for budget in budgets], args=args)
 
-    async def settle(self, adjusts, slot_keys, budgets, spend):
+    async def settle(self, adjusts, slot_keys, budgets, spend, release=None):
         client = self._client()
         keys = [adj.key for adj in adjusts] + list(slot_keys)
         args = [len(adjusts)]
@@ -770,7 +848,29 @@ class RedisHotState(HotState):
         for budget in budgets:
             keys += budget.keys
             args += [budget.ttl_seconds, budget.reservation]
-        return [int(total) for total in await client._settle(keys=keys, args=args)]
+        if release is None:
+            return [int(total) for total in await client._settle(keys=keys, args=args)]
+        totals, _ = await self._scripts(
+            (client._settle, keys, args),
+            (client._target_release, _target_keys([release.key]), _target_release_argv(*_release_args(release)[1:])),
+        )
+        return [int(total) for total in totals]
+
+    async def _scripts(self, *calls):
+        """Run registered scripts in one round trip (a pipeline of EVALSHA); a script Redis lost is loaded
+        and run again on its own, so no script runs twice. Raises the first error after all have run."""
+        pipe = self._client().pipeline(transaction=False)
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        replies = await pipe.execute(raise_on_error=False)
+        for i, reply in enumerate(replies):
+            if isinstance(reply, self._no_script):
+                script, keys, args = calls[i]
+                replies[i] = await script(keys=keys, args=args)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
     async def target_states(self, keys):
         if not keys:
@@ -783,15 +883,11 @@ class RedisHotState(HotState):
         return _target_states(self._sync.eval(_TARGET_STATES_LUA, len(keys) * 2, *_target_keys(keys)))
 
     async def target_acquire(self, key, lease, max_concurrent, lease_ms):
-        args = [lease, max_concurrent, lease_ms, TARGET_STATE_TTL_SECONDS]
-        verdict, wait_ms = await self._client()._target_acquire(keys=_target_keys([key]), args=args)
-        return (verdict.decode() if isinstance(verdict, bytes) else verdict), int(wait_ms)
+        args = _target_acquire_argv(TargetAcquire(key, lease, max_concurrent, lease_ms))
+        return _verdict(await self._client()._target_acquire(keys=_target_keys([key]), args=args))
 
     async def target_release(self, key, lease, outcome, latency_ms, probe, rule):
-        args = [
-            lease, outcome, round(latency_ms, 2), int(probe), rule.failures, rule.window_ms, rule.cooldown_ms,
-            TARGET_AVERAGE_WEIGHT, TARGET_STATE_TTL_SECONDS,
-        ]  # fmt: skip
+        args = _target_release_argv(lease, outcome, latency_ms, probe, rule)
         state = await self._client()._target_release(keys=_target_keys([key]), args=args)
         return state.decode() if isinstance(state, bytes) else state
 

@@ -6,6 +6,7 @@ as one atomic operation, and the real cost comes back in one more.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from billing.usage import record_usage
 from gateway_project.errors import GatewayError
 from gateway_project.hotstate import BudgetCheck, ConcurrencySlot, HotState, RateCheck, get_hot_state
 from keys.access import concurrency_key, rate_checks, token_correction
+from routing import balance
 from routing.exchange import Exchange
 from routing.table import AgentRoute
 
@@ -119,6 +121,7 @@ async def admit_anonymous(ex: Exchange, route: AgentRoute, path_route) -> Ticket
         if result.failed == "route_requests":
             raise _route_refusal(path_route, result.retry_after_ms)
         raise _agent_refusal(result.failed, route, result.retry_after_ms)
+    ex.settles_targets = True
     return Ticket(store, (), [], [], 0, [slot.key for slot in slots], False)
 
 
@@ -132,6 +135,7 @@ async def admit(
     default_output: int | None = None,
     route: AgentRoute | None = None,
     path_route=None,
+    take_target: bool = False,
 ) -> Ticket:
     """Take a request slot and, when ``metered``, reserve its worst-case cost in every budget; or raise 429/402.
 
@@ -140,7 +144,9 @@ async def admit(
     (or the configured default cap) at the model's price, so concurrent requests
     can never together spend past a hard budget. With ``route``, the agent's own
     capacity (requests per minute and at once, shared by all clients) must fit too, and
-    with ``path_route`` that route's own requests per minute.
+    with ``path_route`` that route's own requests per minute. ``take_target`` also takes the
+    target of the route's first attempt in the same round trip, when choosing it needs no live
+    state (``ex.first_lease``; a request that does not use it gives it back when it settles).
     """
     store = get_hot_state()
     key = ex.key
@@ -163,33 +169,18 @@ async def admit(
     agent_rates, agent_slots = capacity_checks(store, route)
     checks += path_route_check(store, path_route) + agent_rates
     slots += agent_slots
-    result = await store.admit(checks, slots, budgets)
-    if result.failed == "seed":
-        # A new window or an emptied Redis: count the window's spend from the database once, then ask again.
-        missing = result.unseeded
-        spent = await _seeds_for([rules[i] for i in missing], [periods[i] for i in missing])
-        await store.seed([budgets[i] for i in missing], spent)
-        result = await store.admit(checks, slots, budgets)
-    if not result.ok:
-        if result.failed == "budget":
-            rule, period = rules[result.budget_index], periods[result.budget_index]
-            alerts.notice(rule, period, alerts.LIMIT_PERCENT, result.spent)
-            raise GatewayError(
-                402,
-                "insufficient_quota",
-                "budget_exceeded",
-                f"The {rule.label} (${rule.limit_nanos / 1e9:,.2f} until {period.end:%Y-%m-%d %H:%M %Z}) "
-                "cannot cover this request's worst-case cost. "
-                "Raise the budget, lower max_tokens, or wait for the next period.",
-            )
-        if result.failed == "seed":
-            raise GatewayError(503, "api_error", "budget_unavailable", "Budget counters are being rebuilt; retry.",
-                               [(b"retry-after", b"1")])  # fmt: skip
-        if result.failed == "route_requests":
-            raise _route_refusal(path_route, result.retry_after_ms)
-        if result.failed.startswith("agent_"):
-            raise _agent_refusal(result.failed, route, result.retry_after_ms)
-        raise _refusal(result.failed, key, result.retry_after_ms)
+    first = balance.first_lease(route) if take_target and route is not None else None
+    result = await store.admit(checks, slots, budgets, first[1] if first else None)
+    lease = _taken(first, result.target)
+    try:
+        result = await _seeded_admission(store, result, checks, slots, budgets, rules, periods)
+        if not result.ok:
+            _refuse(ex, result, rules, periods, route, path_route)
+    except BaseException:
+        if lease is not None:  # refused, or failed: the target goes back
+            await asyncio.shield(balance.release(lease, "none", -1))
+        raise
+    ex.first_lease = lease
     ex.extra_headers += [
         (b"x-ratelimit-limit-requests", str(key.requests_per_minute).encode()),
         (b"x-ratelimit-remaining-requests", str(result.remaining.get("requests", 0)).encode()),
@@ -199,7 +190,51 @@ async def admit(
             str(result.remaining.get("tokens", key.tokens_per_minute)).encode(),
         ),
     ]
+    ex.settles_targets = True
     return Ticket(store, rules, budgets, periods, tokens, [slot.key for slot in slots], metered)
+
+
+def _taken(first, verdict) -> balance.Lease | None:
+    """The admission's lease on the first target, if the target took it."""
+    if first is None or verdict is None or verdict[0] not in ("ok", "probe"):
+        return None
+    lease = first[0]
+    lease.probe = verdict[0] == "probe"
+    return lease
+
+
+async def _seeded_admission(store, result, checks, slots, budgets, rules, periods):
+    if result.failed == "seed":
+        # A new window or an emptied Redis: count the window's spend from the database once, then ask again.
+        missing = result.unseeded
+        spent = await _seeds_for([rules[i] for i in missing], [periods[i] for i in missing])
+        await store.seed([budgets[i] for i in missing], spent)
+        result = await store.admit(checks, slots, budgets)
+    return result
+
+
+def _refuse(ex, result, rules, periods, route, path_route):
+    """Raise the error of a refused admission."""
+    key = ex.key
+    if result.failed == "budget":
+        rule, period = rules[result.budget_index], periods[result.budget_index]
+        alerts.notice(rule, period, alerts.LIMIT_PERCENT, result.spent)
+        raise GatewayError(
+            402,
+            "insufficient_quota",
+            "budget_exceeded",
+            f"The {rule.label} (${rule.limit_nanos / 1e9:,.2f} until {period.end:%Y-%m-%d %H:%M %Z}) "
+            "cannot cover this request's worst-case cost. "
+            "Raise the budget, lower max_tokens, or wait for the next period.",
+        )
+    if result.failed == "seed":
+        raise GatewayError(503, "api_error", "budget_unavailable", "Budget counters are being rebuilt; retry.",
+                           [(b"retry-after", b"1")])  # fmt: skip
+    if result.failed == "route_requests":
+        raise _route_refusal(path_route, result.retry_after_ms)
+    if result.failed.startswith("agent_"):
+        raise _agent_refusal(result.failed, route, result.retry_after_ms)
+    raise _refusal(result.failed, key, result.retry_after_ms)
 
 
 async def settle(ex: Exchange, ticket: Ticket, default_model: str) -> None:
@@ -225,7 +260,14 @@ async def settle(ex: Exchange, ticket: Ticket, default_model: str) -> None:
         )
     actual = ex.input_tokens + ex.output_tokens if ticket.metered else 0
     adjusts = token_correction(ticket.store, key, ticket.estimated_tokens, actual)
-    totals = await ticket.store.settle(adjusts, ticket.slot_keys, ticket.budgets, spend)
+    release, ex.pending_release, ex.settles_targets = ex.pending_release, None, False
+    unused, ex.first_lease = ex.first_lease, None
+    if unused is not None:  # admitted with a target it never called (refused later, or answered without it)
+        if release is None:
+            release = balance.ending(unused, "none", -1)
+        else:
+            await balance.release(unused, "none", -1)
+    totals = await ticket.store.settle(adjusts, ticket.slot_keys, ticket.budgets, spend, release)
     if spend:
         for rule, period, total in zip(ticket.rules, ticket.periods, totals, strict=True):
             if total >= 0:

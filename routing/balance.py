@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 
 from gateway_project.errors import GatewayError
-from gateway_project.hotstate import BreakerRule, HotState, TargetState, get_hot_state
+from gateway_project.hotstate import BreakerRule, HotState, TargetAcquire, TargetRelease, TargetState, get_hot_state
 from routing.table import AgentRoute, TargetRoute
 
 # The name of the one target of an agent that has none of its own (its ``upstream_url``).
@@ -120,11 +120,29 @@ async def acquire(route: AgentRoute, tried: set[str], lease_seconds: float) -> L
     raise NoTarget(route, circuit, retry_ms or 1000)
 
 
+def first_lease(route: AgentRoute) -> tuple[Lease, TargetAcquire] | None:
+    """The first attempt's lease and how to take it, when choosing needs no live state (one target, or the
+    weighted strategy): the admission then takes it in its own round trip. None: ``acquire`` chooses."""
+    targets = targets_of(route)
+    if len(targets) > 1 and route.strategy != "weighted":
+        return None
+    target = order(route.strategy, list(targets), None, random)[0]
+    store = get_hot_state()
+    lease = Lease(route, target, target_key(store, route.slug, target.name), uuid.uuid4().hex, False)
+    lease_ms = round((route.timeout + LEASE_MARGIN_SECONDS) * 1000)
+    return lease, TargetAcquire(lease.key, lease.name, target.max_concurrent, lease_ms)
+
+
 def _states_of(subset, targets, states):
     if states is None:
         return None
     by_name = {t.name: s for t, s in zip(targets, states, strict=True)}
     return [by_name[t.name] for t in subset]
+
+
+def ending(lease: Lease, outcome: str, latency_ms: float) -> TargetRelease:
+    """The release of ``lease``, to hand to the request's settle (one round trip for both)."""
+    return TargetRelease(lease.key, lease.name, outcome, latency_ms, lease.probe, breaker_rule(lease.route))
 
 
 async def release(lease: Lease, outcome: str, latency_ms: float) -> str:

@@ -107,7 +107,7 @@ async def _metered(ex: Exchange, route: AgentRoute, max_output: int | None, call
     hold = route.timeout + RESERVATION_MARGIN_SECONDS
     ticket = await admit(
         ex, input_estimate(ex.body), max_output, hold_seconds=hold, default_output=route.default_max_output_tokens,
-        route=route,
+        route=route, take_target=True,
     )  # fmt: skip
     try:
         await call()
@@ -396,7 +396,8 @@ async def path_route(ex: Exchange, entry: path_routes.PathRouteEntry) -> None:
         authorize(ex.key, route.slug)
         hold = route.timeout + RESERVATION_MARGIN_SECONDS
         ticket = await admit(ex, input_estimate(ex.body), None, hold_seconds=hold,
-                             default_output=route.default_max_output_tokens, route=route, path_route=entry)  # fmt: skip
+                             default_output=route.default_max_output_tokens, route=route, path_route=entry,
+                             take_target=True)  # fmt: skip
     else:
         ex.details["anonymous"] = True
         ticket = await admit_anonymous(ex, route, entry)

@@ -11,6 +11,7 @@ from django.conf import settings
 from audit.recorder import record_request
 from billing.pricing import nanos_to_usd
 from gateway_project.errors import GatewayError, bad_request
+from gateway_project.hotstate import TargetRelease
 from keys.access import KeySnapshot
 
 JSON = (b"content-type", b"application/json")
@@ -50,6 +51,10 @@ class Exchange:
         self.cost_nanos = 0
         self.input_text = ""
         self.output_text = ""
+        # Set by admission when a settle will follow: the last target attempt's release then goes with it.
+        self.settles_targets = False
+        self.pending_release: TargetRelease | None = None
+        self.first_lease = None  # a target taken with the admission, for the first attempt (routing.balance.Lease)
 
     # --- request --------------------------------------------------------
     def ensure_size(self) -> None:

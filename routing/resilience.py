@@ -137,7 +137,9 @@ async def _try_agent(ex: Exchange, route: AgentRoute, attempt: Attempt, log: lis
         if remaining <= 0:
             break
         try:
-            lease = await balance.acquire(route, tried, route.timeout + balance.LEASE_MARGIN_SECONDS)
+            lease = _taken_with_admission(ex, route) or await balance.acquire(
+                route, tried, route.timeout + balance.LEASE_MARGIN_SECONDS
+            )
         except balance.NoTarget as refused:
             log.append({"agent": route.slug, "target": "", "outcome": refused.error().code, "ms": 0})
             raise AgentFailed(last or refused.error()) from None
@@ -156,6 +158,15 @@ async def _try_agent(ex: Exchange, route: AgentRoute, attempt: Attempt, log: lis
                 break
             await asyncio.sleep(pause)
     raise AgentFailed(last or balance.unavailable(route.slug, False, 1000))
+
+
+def _taken_with_admission(ex: Exchange, route: AgentRoute) -> balance.Lease | None:
+    """The lease the admission took for this agent's first attempt, once."""
+    lease = ex.first_lease
+    if lease is None or lease.route.slug != route.slug:
+        return None
+    ex.first_lease = None
+    return lease
 
 
 async def _attempt(ex, route, lease, attempt, remaining, final) -> tuple[GatewayError | None, dict]:
@@ -190,8 +201,12 @@ async def _attempt(ex, route, lease, attempt, remaining, final) -> tuple[Gateway
         answered = probe.answered_at or time.perf_counter()
         entry["ms"] = round((answered - started) * 1000, 1)
         latency = (answered - started) * 1000 if outcome != "none" else -1
-        # Shielded: a client that leaves must not leave the target counted in flight.
-        await asyncio.shield(balance.release(lease, outcome, latency))
+        if outcome == "ok" and not lease.probe and ex.settles_targets:
+            # A success is the last attempt: its release goes with the request's settle, in the same round trip.
+            ex.pending_release = balance.ending(lease, outcome, latency)
+        else:
+            # Shielded: a client that leaves must not leave the target counted in flight.
+            await asyncio.shield(balance.release(lease, outcome, latency))
     if error is not None and not ex.response_started:
         _set_header(ex, TARGET_HEADER, None)
     return error, entry

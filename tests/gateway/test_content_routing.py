@@ -72,7 +72,9 @@ def test_a_capabilitys_own_name_is_a_keyword_and_most_hits_win(gateway, make_key
     w, x = CapabilityKeyword.objects.filter(capability=second).order_by("keyword").values_list("keyword", flat=True)
     raw, _ = make_key(agents=[one, two])
     client = gateway.client(raw)
+    # Both agents and the second's keywords are in the gateway's table (a refresh may fall between them).
     assert wait_for(lambda: invoke(client, f"please {first}", False).get("agent_used") == one, seconds=10)
+    assert wait_for(lambda: invoke(client, f"please {w}", False).get("agent_used") == two, seconds=10)
     answer = invoke(client, f"{first} or {w} and {x}")
     assert answer["agent_used"] == two
     assert answer["route_reason"] == f"capability={second}; keywords={w},{x}"

@@ -415,6 +415,19 @@ def test_a_stream_the_client_leaves_releases_its_target(upstreams, make_agent, m
     assert record.target == mock.url
 
 
+def test_a_target_taken_with_the_admission_is_given_back_on_a_refusal_and_after_an_answer(
+    upstreams, make_agent, make_key, gateway, health
+):
+    mock = upstreams[0]
+    agent = make_agent(targets=[(mock.url, 100, 1)], max_retries=0)
+    client = gateway.client(make_key(rpm=1)[0])
+    assert invoke(client, agent).status_code == 200  # its target's release went with the settle
+    assert_error(invoke(client, agent), 429, "rate_limit_requests")  # took the target with the admission
+    assert health(gateway, agent)["t0"]["in_flight"] == 0
+    # Had either request kept the target (max 1 at once), this one would find it busy.
+    assert invoke(gateway.client(make_key()[0]), agent).status_code == 200
+
+
 # --- shared by gateway processes (PostgreSQL + Redis) ------------------------
 
 

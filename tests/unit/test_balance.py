@@ -213,3 +213,55 @@ def test_backoff_is_full_jitter_and_capped():
     waits = [backoff(n, rng) for n in range(12) for _ in range(50)]
     assert all(0 <= w <= 2.0 for w in waits)
     assert max(backoff(0, rng) for _ in range(200)) <= 0.1
+
+
+# --- a target taken with the admission, released with the settle (one round trip each) ---------------------
+
+
+def test_a_target_is_taken_with_the_admission_even_when_it_is_refused(store):
+    from gateway_project.hotstate import RateCheck, TargetAcquire
+
+    k, rpm = key(), f"t:{uuid.uuid4().hex}:rpm"
+
+    async def scenario():
+        admitted = await store.admit([RateCheck("requests", rpm, 1, 1)], [], [], TargetAcquire(k, "l0", 1, 60_000))
+        refused = await store.admit([RateCheck("requests", rpm, 1, 1)], [], [], TargetAcquire(k, "l1", 1, 60_000))
+        return admitted, refused, (await store.target_states([k]))[0].in_flight
+
+    admitted, refused, in_flight = run(scenario())
+    assert (admitted.ok, admitted.target) == (True, ("ok", 0))
+    # The acquire ran beside the refused admission and found the target full: the caller gives back what it took.
+    assert (refused.ok, refused.target[0]) == (False, "busy")
+    assert in_flight == 1
+
+
+def test_a_settle_ends_the_last_attempt_in_the_same_call(store):
+    from gateway_project.hotstate import TargetRelease
+
+    k = key()
+
+    async def scenario():
+        await store.target_acquire(k, "l0", 0, 60_000)
+        await store.settle([], [], [], 0, TargetRelease(k, "l0", "ok", 12.0, False, RULE))
+        return (await store.target_states([k]))[0]
+
+    state = run(scenario())
+    assert (state.in_flight, state.latency_ms, state.error_rate) == (0, 12.0, 0.0)
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="Redis scripts")
+def test_scripts_redis_lost_are_loaded_again_and_run_once():
+    import redis
+
+    from gateway_project.hotstate import RateCheck, TargetAcquire
+
+    store, k, rpm = RedisHotState(settings.REDIS_URL), key(), f"t:{uuid.uuid4().hex}:rpm"
+
+    async def scenario():
+        await store.admit([RateCheck("requests", rpm, 5, 1)], [], [])  # loads the scripts
+        redis.Redis.from_url(settings.REDIS_URL).script_flush()  # as a Redis restart would
+        admitted = await store.admit([RateCheck("requests", rpm, 5, 1)], [], [], TargetAcquire(k, "l0", 0, 60_000))
+        return admitted, (await store.target_states([k]))[0].in_flight
+
+    admitted, in_flight = run(scenario())
+    assert (admitted.ok, admitted.target, admitted.remaining["requests"], in_flight) == (True, ("ok", 0), 3, 1)
