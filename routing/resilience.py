@@ -21,7 +21,7 @@ from gateway_project.errors import GatewayError
 from routing import balance
 from routing.exchange import Exchange
 from routing.table import AgentRoute, routing_table
-from routing.upstream import AttemptProbe, UpstreamError, current_attempt
+from routing.upstream import AttemptProbe, UpstreamError, current_attempt, timeout_message
 
 # Backoff before retry n (from 0): a random wait up to min(CAP, BASE * 2**n) seconds ("full jitter").
 BACKOFF_BASE_SECONDS = 0.1
@@ -188,6 +188,8 @@ async def _attempt(ex, route, lease, attempt, remaining, final) -> tuple[Gateway
         entry.update(outcome=ex.error_type if broke else "ok", status=probe.status or 200)
     except GatewayError as caught:
         error = caught
+        if isinstance(caught, UpstreamError) and caught.kind == "timeout":
+            caught.message = timeout_message(route)  # the agent's whole time, not what was left for this attempt
         kind = verdict(caught, route)
         outcome = "ok" if kind == "answer" and isinstance(caught, UpstreamError) else "fail"
         if not isinstance(caught, UpstreamError):

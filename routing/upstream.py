@@ -167,7 +167,7 @@ def upstream_failure(exc: BaseException, route: AgentRoute) -> UpstreamError:
             504,
             "timeout_error",
             "upstream_timeout",
-            f"The agent '{route.slug}' did not answer within {round(route.timeout, 1):g} seconds.",
+            timeout_message(route),
             kind="timeout",
         )
     return UpstreamError(
@@ -177,6 +177,10 @@ def upstream_failure(exc: BaseException, route: AgentRoute) -> UpstreamError:
         f"The agent '{route.slug}' could not be reached ({type(exc).__name__}).",
         kind="connect",
     )
+
+
+def timeout_message(route: AgentRoute) -> str:
+    return f"The agent '{route.slug}' did not answer within {round(route.timeout, 1):g} seconds."
 
 
 def upstream_status_error(status: int, route: AgentRoute) -> UpstreamError:
