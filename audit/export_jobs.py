@@ -13,6 +13,7 @@ import contextlib
 import gzip
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -39,6 +40,7 @@ OBJECT_TYPE = AuditExport._meta.label_lower  # how the trail names an export
 PROGRESS_SECONDS = 1.0  # progress is saved at least this often, besides every ``progress_every`` rows
 WRITE_BATCH = 1000  # lines joined into one write to the gzip stream
 STALE_PART_SECONDS = 3600  # a half-written file untouched this long has no writer left
+ABANDONED_PART = re.compile(r"-(?P<id>[0-9a-f]{8})\.(?:csv|jsonl)\.gz\.part$")
 
 
 FILTER_FORMS = {RECORDS: AuditFilterForm, TRAIL: TrailFilterForm}
@@ -246,7 +248,8 @@ def delete_expired(now=None) -> int:
     """Delete the files of expired exports (the jobs stay, without a file name); return how many.
 
     Also removes the half-written files of writes that never finished (a worker killed
-    mid-export): a writer touches its file continually, so one untouched for an hour is abandoned.
+    mid-export): a writer touches its file continually, so one untouched for an hour is abandoned,
+    and its job, still "running", is failed so that its requester sees it ended and can ask again.
     """
     now = now or timezone.now()
     directory = export_dir()
@@ -260,4 +263,16 @@ def delete_expired(now=None) -> int:
             with contextlib.suppress(FileNotFoundError):
                 if part.stat().st_mtime < cutoff:
                     part.unlink()
+                    _fail_abandoned(part.name)
     return deleted
+
+
+def _fail_abandoned(part_name: str) -> None:
+    """Fail the running job whose half-written file (``….<id prefix>.<format>.gz.part``) was abandoned."""
+    found = ABANDONED_PART.search(part_name)
+    if found is None:
+        return
+    AuditExport.objects.filter(status=AuditExport.RUNNING, id__startswith=found["id"]).update(
+        status=AuditExport.FAILED, error="The worker writing this export stopped before it finished; ask again.",
+        finished_at=timezone.now(),
+    )  # fmt: skip

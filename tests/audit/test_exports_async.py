@@ -291,7 +291,10 @@ def test_the_sweep_deletes_expired_files_and_abandoned_partial_ones(exports):
     write(1, mine)
     old, fresh = finished(owner, {"client": mine}), finished(owner, {"client": mine}, fmt="jsonl")
     AuditExport.objects.filter(pk=old.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
-    abandoned, writing = exports / ".audit-log-x.csv.gz.part", exports / ".audit-log-y.csv.gz.part"
+    stuck = AuditExport.objects.create(requester=owner, status=AuditExport.RUNNING, started_at=timezone.now())
+    alive = AuditExport.objects.create(requester=owner, status=AuditExport.RUNNING, started_at=timezone.now())
+    abandoned = exports / f".audit-log-20260101-000000-{stuck.pk.hex[:8]}.csv.gz.part"  # its worker was killed
+    writing = exports / f".audit-log-20260101-000000-{alive.pk.hex[:8]}.csv.gz.part"
     abandoned.write_bytes(b"half")
     writing.write_bytes(b"half")
     two_hours_ago = time.time() - 7200
@@ -302,6 +305,10 @@ def test_the_sweep_deletes_expired_files_and_abandoned_partial_ones(exports):
     assert old.file_name == "" and old.sha256  # the job stays, as a record of what was exported
     assert sorted(os.listdir(exports)) == sorted([fresh.file_name, writing.name])
     assert console(owner).get(f"/console/exports/{old.pk}/download/").status_code == 410
+    stuck.refresh_from_db()
+    alive.refresh_from_db()
+    assert (stuck.status, alive.status) == (AuditExport.FAILED, AuditExport.RUNNING)
+    assert "stopped before it finished" in stuck.error and stuck.finished_at
     assert settings.CELERY_BEAT_SCHEDULE["delete-expired-audit-exports"]["task"] == delete_expired_exports.name
 
 
