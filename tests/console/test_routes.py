@@ -39,6 +39,16 @@ def test_every_role_reads_the_routes_and_content_routing_pages(compliance, route
     assert 'href="/console/routes/"' in nav and 'href="/console/content-routing/"' in nav
 
 
+def test_the_route_list_searches_prefixes_and_agents(compliance, route, search_agent):
+    other = Agent.objects.create(slug="t-writer", name="Writer", upstream_url="http://10.0.0.6:9000")
+    PathRoute.objects.create(prefix="/api/v1/draft", agent=other)
+    by_prefix = compliance.get("/console/routes/", {"q": "DRAFT"}).content.decode()
+    assert "/api/v1/draft" in by_prefix and "/api/v1/search" not in by_prefix
+    by_agent = compliance.get("/console/routes/", {"q": "t-search"}).content.decode()
+    assert "/api/v1/search" in by_agent and "/api/v1/draft" not in by_agent
+    assert 'value="t-search"' in by_agent  # the search stays in its box
+
+
 def test_a_user_without_a_role_and_compliance_cannot_change_routes(nobody, compliance, route):
     assert nobody.get("/console/routes/").status_code == 403
     assert compliance.get("/console/routes/new/").status_code == 403
