@@ -125,6 +125,28 @@ class TrailedEditView(RoleRequiredMixin, View):
         return redirect(self.success_url(saved))
 
 
+class TrailedToggleView(RoleRequiredMixin, View):
+    """Deactivate an active object or activate an inactive one (POST only), recorded in the trail."""
+
+    model = None
+    needed_roles = roles.MANAGE
+    success_url_name = ""
+
+    def toggled_message(self, obj, action: str) -> str:
+        return f"“{obj}” {action}d."
+
+    def post(self, request, pk):
+        obj = get_object_or_404(self.model, pk=pk)
+        before = snapshot(obj)
+        obj.is_active = not obj.is_active
+        action = "activate" if obj.is_active else "deactivate"
+        with transaction.atomic():
+            obj.save(update_fields=["is_active", "updated_at"])
+            record_update(request.user, "console", obj, before, action=action)
+        messages.success(request, self.toggled_message(obj, action))
+        return redirect(self.success_url_name)
+
+
 class TrailedDeleteView(RoleRequiredMixin, View):
     """Ask first (GET), then delete one object (POST); the trail records it and what the deletion did to others.
 

@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from audit.trail import record_action
 from gateway_project.api import SEARCHABLE_FILTER_BACKENDS, NameListField, TrailedModelViewSet
 from routing.circuits import agent_health, reset_circuits
-from routing.models import Agent, Target
+from routing.models import RESILIENCE_FIELDS, Agent, Target
 
 
 class AgentSerializer(serializers.ModelSerializer):
@@ -35,15 +35,7 @@ class AgentSerializer(serializers.ModelSerializer):
             "default_max_output_tokens",
             "max_concurrent",
             "requests_per_minute",
-            "strategy",
-            "max_retries",
-            "retry_statuses",
-            "fallbacks",
-            "breaker_failures",
-            "breaker_window_seconds",
-            "breaker_cooldown_seconds",
-            "deprecated",
-            "sunset_at",
+            *RESILIENCE_FIELDS,
             "cost_center",
             "is_active",
             "created_at",

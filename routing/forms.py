@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 from django import forms
 
-from routing.models import Agent, Target
+from routing.models import RESILIENCE_FIELDS, Agent, Target
 
 NAME_MAX_LENGTH = 200
 
@@ -107,15 +107,7 @@ class AgentForm(forms.ModelForm):
             "default_max_output_tokens",
             "max_concurrent",
             "requests_per_minute",
-            "strategy",
-            "max_retries",
-            "retry_statuses",
-            "fallbacks",
-            "breaker_failures",
-            "breaker_window_seconds",
-            "breaker_cooldown_seconds",
-            "deprecated",
-            "sunset_at",
+            *RESILIENCE_FIELDS,
             "cost_center",
             "is_active",
         ]

@@ -5,6 +5,18 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 DEFAULT_RETRY_STATUSES = [502, 503, 529]
+# An agent's balancing, retry, breaker and versioning settings: the console form and the API edit the same ones.
+RESILIENCE_FIELDS = [
+    "strategy",
+    "max_retries",
+    "retry_statuses",
+    "fallbacks",
+    "breaker_failures",
+    "breaker_window_seconds",
+    "breaker_cooldown_seconds",
+    "deprecated",
+    "sunset_at",
+]
 
 
 def default_retry_statuses():

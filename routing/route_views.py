@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from django.contrib import messages
-from django.db import transaction
 from django.db.models import Q
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import render
 from django.views import View
 
-from audit.trail import record_update, snapshot
 from gateway_project import roles
-from gateway_project.console import RoleRequiredMixin, TrailedDeleteView, TrailedEditView, sorted_page
+from gateway_project.console import (
+    RoleRequiredMixin,
+    TrailedDeleteView,
+    TrailedEditView,
+    TrailedToggleView,
+    sorted_page,
+)
 from routing.models import Agent, CapabilityKeyword, PathRoute
 from routing.route_forms import CapabilityKeywordForm, PathRouteForm
 
@@ -38,21 +41,14 @@ class RouteEditView(TrailedEditView):
         return f"Route {obj.prefix} saved. {REFRESH_NOTE}"
 
 
-class RouteToggleView(RoleRequiredMixin, View):
-    """Deactivate an active route (its paths then go to the gateway's own pages again), or activate it (POST)."""
+class RouteToggleView(TrailedToggleView):
+    """Deactivate an active route (its paths then go to the gateway's own pages again), or activate it."""
 
-    needed_roles = roles.MANAGE
+    model = PathRoute
+    success_url_name = "console:routes"
 
-    def post(self, request, pk):
-        route = get_object_or_404(PathRoute, pk=pk)
-        before = snapshot(route)
-        route.is_active = not route.is_active
-        action = "activate" if route.is_active else "deactivate"
-        with transaction.atomic():
-            route.save(update_fields=["is_active", "updated_at"])
-            record_update(request.user, "console", route, before, action=action)
-        messages.success(request, f"Route {route.prefix} {action}d. {REFRESH_NOTE}")
-        return redirect("console:routes")
+    def toggled_message(self, obj, action):
+        return f"Route {obj.prefix} {action}d. {REFRESH_NOTE}"
 
 
 class RouteDeleteView(TrailedDeleteView):

@@ -11,7 +11,7 @@ from django.views import View
 
 from audit.trail import record_action, record_create, record_delete, record_update, snapshot
 from gateway_project import roles
-from gateway_project.console import RoleRequiredMixin, TrailedEditView, sorted_page
+from gateway_project.console import RoleRequiredMixin, TrailedEditView, TrailedToggleView, sorted_page
 from routing.circuits import agent_health, reset_circuits
 from routing.forms import AgentForm, TargetFormSet
 from routing.models import Agent
@@ -84,21 +84,14 @@ class AgentEditView(TrailedEditView):
                 record_update(request.user, "console", target, changed_before[target.pk], after=snapshot(target))
 
 
-class AgentToggleView(RoleRequiredMixin, View):
-    """Deactivate an active agent, or activate an inactive one (POST only)."""
+class AgentToggleView(TrailedToggleView):
+    """Deactivate an active agent, or activate an inactive one."""
 
-    needed_roles = roles.MANAGE
+    model = Agent
+    success_url_name = "console:agents"
 
-    def post(self, request, pk):
-        agent = get_object_or_404(Agent, pk=pk)
-        before = snapshot(agent)
-        agent.is_active = not agent.is_active
-        action = "activate" if agent.is_active else "deactivate"
-        with transaction.atomic():
-            agent.save(update_fields=["is_active", "updated_at"])
-            record_update(request.user, "console", agent, before, action=action)
-        messages.success(request, f"Agent “{agent.slug}” {action}d.")
-        return redirect("console:agents")
+    def toggled_message(self, obj, action):
+        return f"Agent “{obj.slug}” {action}d."
 
 
 class AgentResetCircuitView(RoleRequiredMixin, View):
