@@ -317,6 +317,16 @@ class Bench:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.args.db}" WITH (FORCE)')
         self.db_created = False
 
+    def start_fresh(self) -> str:
+        """Check the services, drop and migrate the database, flush Redis; return PostgreSQL's version."""
+        self.check_services()
+        say(f"fresh database {self.args.db} and flushed Redis {self.args.redis_url}")
+        self.fresh_database()
+        self.flush_redis()
+        say("migrating")
+        self.manage("migrate", "--noinput", "-v", "0", timeout=300)
+        return self.pg_version
+
     def flush_redis(self) -> None:
         import redis
 
@@ -884,13 +894,7 @@ def main(argv=None) -> int:
     }
     code = 0
     try:
-        bench.check_services()
-        say(f"fresh database {args.db} and flushed Redis {args.redis_url}")
-        bench.fresh_database()
-        results["config"]["postgresql"] = bench.pg_version
-        bench.flush_redis()
-        say("migrating")
-        bench.manage("migrate", "--noinput", "-v", "0", timeout=300)
+        results["config"]["postgresql"] = bench.start_fresh()
         mock_url = bench.start_mock()
         say(f"mock upstream on {mock_url}; seeding agents and a bench key")
         bench.manage("shell", "-c", f"from gateway_project.demo import seed_agents; seed_agents({mock_url!r})")

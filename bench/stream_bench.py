@@ -515,13 +515,7 @@ def main(argv=None) -> int:
     }
     code = 0
     try:
-        bench.check_services()
-        say(f"fresh database {args.db} and flushed Redis {args.redis_url}")
-        bench.fresh_database()
-        results["config"]["postgresql"] = bench.pg_version
-        bench.flush_redis()
-        say("migrating")
-        bench.manage("migrate", "--noinput", "-v", "0", timeout=300)
+        results["config"]["postgresql"] = bench.start_fresh()
         mocks = bench.start_mocks()
         say(f"mock upstreams a={mocks[0]} b={mocks[1]}; seeding agents, the balancing agents and a bench key")
         bench.manage("shell", "-c", f"from gateway_project.demo import seed_agents; seed_agents({mocks[0]!r})")
