@@ -3,6 +3,7 @@
 from channels.auth import AuthMiddlewareStack
 from channels.routing import URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
+from django.conf import settings
 from django.urls import path
 
 from audit.consumers import LiveFeedConsumer
@@ -26,11 +27,14 @@ class GatewayHttpRouter:
     def __init__(self, django_app):
         self.django_app = django_app
         self.proxy_app = ProxyConsumer.as_asgi()
+        self.proxy_only_hosts = frozenset(host.lower().encode() for host in settings.GATEWAY["PROXY_ONLY_HOSTS"])
 
     async def __call__(self, scope, receive, send):
         path = scope["path"]
         if path.startswith(PROXY_PREFIXES) or await self._is_path_route(path):
             return await self.proxy_app(scope, receive, send)
+        if self.proxy_only_hosts and _host(scope) in self.proxy_only_hosts:
+            return await _not_on_this_host(send)
         return await self.django_app(scope, receive, send)
 
     @staticmethod
@@ -40,6 +44,26 @@ class GatewayHttpRouter:
         except Exception:  # no table yet (the database is away): Django answers, as before path routes
             return False
         return match(table.paths, path) is not None
+
+
+def _host(scope) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"host":
+            host = value.lower()
+            return host[: host.rindex(b":")] if b":" in host and not host.endswith(b"]") else host
+    return b""
+
+
+async def _not_on_this_host(send) -> None:
+    """The console, the API and admin are not served on a gateway-only host name."""
+    body = (
+        b'{"error": {"type": "not_found_error", "code": "unknown_endpoint", "param": null, '
+        b'"message": "This host serves the gateway only; the console and the management API are on their own host."}}'
+    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"x-content-type-options", b"nosniff")]  # fmt: skip
+    await send({"type": "http.response.start", "status": 404, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class GatewayWebsocketRouter:

@@ -43,7 +43,9 @@ def worker_command(sock: socket.socket, application: str, server: str, extra_arg
     if server == "uvicorn":
         return [
             sys.executable, "-m", "uvicorn", "--fd", str(sock.fileno()), "--loop", "uvloop", "--http", "httptools",
-            "--lifespan", "on", "--no-server-header", *extra_args, application,
+            "--lifespan", "on", "--no-server-header",
+            # The gateway reads X-Forwarded-For itself (GATEWAY_TRUSTED_PROXIES): uvicorn believes it from loopback.
+            "--no-proxy-headers", *extra_args, application,
         ]  # fmt: skip
     family = "INET6" if sock.family == socket.AF_INET6 else "INET"
     return [

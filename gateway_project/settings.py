@@ -311,8 +311,16 @@ GATEWAY = {
     "REDIS_PREFIX": envstr("GATEWAY_REDIS_PREFIX", "gw"),
     # Where the writer keeps batches the database refused until it takes them again (local disk).
     "SPOOL_DIR": Path(envstr("GATEWAY_SPOOL_DIR", str(VAR_DIR / "spool"))),
-    # Trust X-Forwarded-For from a load balancer in front of the gateway.
-    "TRUST_FORWARDED_FOR": envbool("GATEWAY_TRUST_FORWARDED_FOR", False),
+    # How many proxies (load balancers) stand in front of the gateway: the client's address is the right-most
+    # X-Forwarded-For hop none of them added. 0 ignores the header. GATEWAY_TRUST_FORWARDED_FOR=true means 1.
+    "TRUSTED_PROXIES": envint(
+        "GATEWAY_TRUSTED_PROXIES", 1 if envbool("GATEWAY_TRUST_FORWARDED_FOR", False) else 0, minimum=0, maximum=10
+    ),
+    # Host names that serve only the gateway (/v1/, /agents/, path routes): the console, the management API and
+    # Django admin answer 404 there, so an agent's answer never shares an origin with a signed-in admin.
+    "PROXY_ONLY_HOSTS": envlist("GATEWAY_PROXY_ONLY_HOSTS", []),
+    # Failed authentications (no key, an unknown key) allowed per client address and minute before 429.
+    "AUTH_FAILURES_PER_MINUTE": envint("GATEWAY_AUTH_FAILURES_PER_MINUTE", 60, minimum=1),
     # Usage reports roll today's usage up again when its rollup is older than this, in seconds.
     "ROLLUP_MAX_AGE": envfloat("GATEWAY_ROLLUP_MAX_AGE", 60.0, minimum=0),
 }

@@ -20,6 +20,9 @@ from gateway_project.hotstate import get_hot_state
 
 log = logging.getLogger("gateway.snapshots")
 _MISSING = object()
+# What the shared store holds for an identity that does not exist, so a stream of unknown keys costs each
+# process one look-up in Redis, not one in the database.
+ABSENT = {"$absent": True}
 
 
 class SnapshotCache:
@@ -30,12 +33,14 @@ class SnapshotCache:
         decode: Callable[[dict], object],
         local_seconds: Callable[[], float],
         shared_seconds: int = 300,
+        absent_seconds: int = 60,
     ):
         self.name = name
         self._load = database_sync_to_async(load)
         self._decode = decode
         self._local_seconds = local_seconds
         self._shared_seconds = shared_seconds
+        self._absent_seconds = absent_seconds
         self._local: dict[str, tuple[object, float]] = {}
 
     async def get(self, ident: str):
@@ -49,9 +54,12 @@ class SnapshotCache:
         raw = await store.get_json(shared_key) if store.shared else None
         if raw is None:
             raw = await self._load(ident)
-            if raw is not None and store.shared:
-                await store.set_json(shared_key, raw, self._shared_seconds)
-        value = None if raw is None else self._decode(raw)
+            if store.shared:
+                if raw is None:
+                    await store.set_json(shared_key, ABSENT, self._absent_seconds)
+                else:
+                    await store.set_json(shared_key, raw, self._shared_seconds)
+        value = None if raw is None or raw == ABSENT else self._decode(raw)
         if len(self._local) > 50_000:
             self._local.clear()
         self._local[ident] = (value, now + self._local_seconds())

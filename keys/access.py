@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
+from channels.db import database_sync_to_async
 from django.conf import settings
 
 from gateway_project.errors import GatewayError, forbidden
-from gateway_project.hotstate import HotState, RateAdjust, RateCheck
+from gateway_project.hotstate import HotState, RateAdjust, RateCheck, get_hot_state
 from gateway_project.snapshots import SnapshotCache
 from keys.models import ALL, ApiKey, hash_key
 
@@ -100,6 +102,13 @@ def _load(key_hash: str) -> dict | None:
 key_snapshots = SnapshotCache("keysnap3", _load, _decode, local_seconds=lambda: settings.GATEWAY["KEY_CACHE_SECONDS"])
 
 
+@database_sync_to_async
+def key_as_saved(key_id: int) -> KeySnapshot | None:
+    """The key as the database holds it now, past every cache: a change to it has just been announced."""
+    key = ApiKey.objects.select_related("client").filter(pk=key_id).first()
+    return None if key is None else snapshot_for(key)
+
+
 def presented_key(headers: dict[bytes, bytes]) -> str | None:
     """The raw key from ``Authorization: Bearer`` or ``X-API-Key``, if any."""
     auth = headers.get(b"authorization")
@@ -118,6 +127,25 @@ _REFUSALS = {
     "disabled": ("key_disabled", "This API key is disabled."),
     "client_disabled": ("client_disabled", "The client this API key belongs to is disabled."),
 }
+
+
+async def note_failed_authentication(address: str | None) -> None:
+    """Count a failed authentication from ``address``; past the per-minute limit, raise 429 instead of the 401.
+
+    Shared by every gateway process, so guessing keys costs the same wherever the
+    guesses land, and a refused guess never reaches the key store.
+    """
+    store = get_hot_state()
+    limit = settings.GATEWAY["AUTH_FAILURES_PER_MINUTE"]
+    check = RateCheck("auth_failures", store.key("authfail", address or "unknown"), limit, 1)
+    result = await store.admit([check], [], [])
+    if not result.ok:
+        retry = max(1, math.ceil(result.retry_after_ms / 1000))
+        raise GatewayError(
+            429, "rate_limit_error", "too_many_failed_authentications",
+            f"Too many failed authentications from this address ({limit} a minute). Retry after {retry} s.",
+            [(b"retry-after", str(retry).encode())],
+        )  # fmt: skip
 
 
 async def identify(headers: dict[bytes, bytes]) -> KeySnapshot:

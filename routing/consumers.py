@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 
 from channels.generic.http import AsyncHttpConsumer
-from django.conf import settings
 
 from routing.endpoints import serve
 from routing.exchange import Exchange
@@ -30,21 +29,8 @@ class ProxyConsumer(AsyncHttpConsumer):
 
     async def __call__(self, scope, receive, send):
         self.scope = scope
-        limit = settings.GATEWAY["MAX_BODY_BYTES"]
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size <= limit:
-                chunks.append(chunk)
-            if not message.get("more_body"):
-                break
-        too_large = size > limit
-        exchange = Exchange(scope, b"" if too_large else b"".join(chunks), too_large, send)
+        # The body is read by the endpoint once the caller may come in (``Exchange.read_body``), never before.
+        exchange = Exchange(scope, b"", False, send, receive)
         await self._serve_until_disconnect(exchange, receive)
 
     @staticmethod
@@ -53,10 +39,12 @@ class ProxyConsumer(AsyncHttpConsumer):
         left = asyncio.Event()
 
         async def watch():
+            await exchange.body_done.wait()  # until then the endpoint itself reads ``receive``
             while (await receive())["type"] != "http.disconnect":
                 pass
             if not exchange.response_finished:
                 left.set()
+                exchange.client_left = True
                 this_task.cancel()  # stop the upstream call; serve() still settles and audits
 
         watcher = asyncio.ensure_future(watch())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import json
 import time
 import uuid
@@ -11,28 +13,74 @@ from django.conf import settings
 from audit.recorder import record_request
 from billing.pricing import nanos_to_usd
 from gateway_project.errors import GatewayError, bad_request
-from gateway_project.hotstate import TargetRelease
 from keys.access import KeySnapshot
+from routing.upstream_url import raw_path_of
 
 JSON = (b"content-type", b"application/json")
+# On every answer the gateway sends: an upstream's answer is served on the gateway's origin, so a browser must
+# neither sniff it into HTML nor run it with the origin's rights (cookies, storage) if it is HTML.
+UNTRUSTED_ANSWER_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"content-security-policy", b"sandbox")]
+
+
+class ClientLeft(Exception):
+    """The client went away before its request body was complete."""
+
+
+def _address(value: str) -> str | None:
+    """``value`` as an IP address (a port or IPv6 brackets allowed around it), or None."""
+    value = value.strip()
+    if value.startswith("[") and "]" in value:
+        value = value[1 : value.index("]")]
+    elif value.count(":") == 1:
+        value = value.split(":", 1)[0]
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None
+
+
+def client_address(peer: str | None, forwarded_for: list[bytes], trusted_proxies: int) -> tuple[str | None, str]:
+    """The caller's address: the right-most hop of ``X-Forwarded-For`` that no trusted proxy of ours added.
+
+    With ``trusted_proxies`` proxies in front of the gateway, the last that many
+    addresses of the chain (the peer included) are theirs; the one before them is
+    the client's, whatever a client wrote further left. Returns the address and,
+    when the header was unusable, its raw text (for the audit record; the peer is used then).
+    """
+    if trusted_proxies <= 0 or not forwarded_for:
+        return peer, ""
+    hops = [hop for value in forwarded_for for hop in value.decode("latin-1").split(",")]
+    chain = [*hops, peer or ""]
+    candidate = chain[max(0, len(chain) - 1 - trusted_proxies)]
+    address = _address(candidate)
+    if address is None:
+        return peer, b", ".join(forwarded_for).decode("latin-1")[:200]
+    return address, ""
 
 
 class Exchange:
-    def __init__(self, scope: dict, body: bytes, too_large: bool, send):
+    def __init__(self, scope: dict, body: bytes, too_large: bool, send, receive=None):
         self.request_id = uuid.uuid4().hex
         self.started = time.perf_counter()
         self.method: str = scope["method"]
         self.path: str = scope["path"]
+        self.raw_path: bytes = raw_path_of(scope)
         self.query: bytes = scope.get("query_string", b"")
         self.raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
         self.headers: dict[bytes, bytes] = dict(scope["headers"])
         self.body = body
         self.too_large = too_large
         self._send = send
+        self._receive = receive  # set: the body is still to be read (``read_body``)
+        self.body_done = asyncio.Event()
+        if receive is None:
+            self.body_done.set()
+        self.client_left = False
         client = scope.get("client")
-        self.client_ip = client[0] if client else None
-        if settings.GATEWAY["TRUST_FORWARDED_FOR"] and b"x-forwarded-for" in self.headers:
-            self.client_ip = self.headers[b"x-forwarded-for"].decode("latin-1").split(",")[0].strip()
+        forwarded = [value for name, value in scope["headers"] if name == b"x-forwarded-for"]
+        self.client_ip, bad_forwarded = client_address(
+            client[0] if client else None, forwarded, settings.GATEWAY["TRUSTED_PROXIES"]
+        )
         # Response state
         self.status = 0
         self.response_started = False
@@ -51,14 +99,46 @@ class Exchange:
         self.cost_nanos = 0
         self.input_text = ""
         self.output_text = ""
-        # Set by admission when a settle will follow: the last target attempt's release then goes with it.
-        self.settles_targets = False
-        self.pending_release: TargetRelease | None = None
-        self.first_lease = None  # a target taken with the admission, for the first attempt (routing.balance.Lease)
+        if bad_forwarded:
+            self.details["forwarded_for_invalid"] = bad_forwarded
 
     # --- request --------------------------------------------------------
-    def ensure_size(self) -> None:
-        """Raise 413 if the body was over the limit (it was not kept)."""
+    async def read_body(self) -> bytes:
+        """Read the body once, as it arrives, keeping at most the size limit (a larger one is dropped, not kept).
+
+        Called only once the caller is known to be allowed in, so an unauthenticated
+        request is refused without its body ever being read; a declared
+        ``Content-Length`` over the limit is refused without reading a byte.
+        """
+        receive, self._receive = self._receive, None
+        if receive is None:
+            return self.body
+        limit = settings.GATEWAY["MAX_BODY_BYTES"]
+        declared = self.headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            self.too_large = True
+            return self.body  # not read: the server drops the rest with the connection
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.client_left = True
+                raise ClientLeft
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size <= limit:
+                chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        self.too_large = size > limit
+        self.body = b"" if self.too_large else b"".join(chunks)
+        self.body_done.set()
+        return self.body
+
+    async def ensure_size(self) -> None:
+        """Read the body; raise 413 if it was over the limit (it was not kept)."""
+        await self.read_body()
         if self.too_large:
             raise GatewayError(
                 413,
@@ -67,13 +147,10 @@ class Exchange:
                 f"The request body is larger than {settings.GATEWAY['MAX_BODY_BYTES']} bytes.",
             )
 
-    def json(self):
+    async def json(self):
         """The body as JSON, after the size check: 413 comes before 400."""
-        self.ensure_size()
-        try:
-            return json.loads(self.body)
-        except ValueError:
-            raise bad_request("The request body is not valid JSON.", "invalid_json") from None
+        await self.ensure_size()
+        return parse_json(self.body)
 
     def header(self, name: bytes, default: str = "") -> str:
         value = self.headers.get(name)
@@ -91,6 +168,8 @@ class Exchange:
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.status = status
         self.response_started = True
+        if self.client_left:
+            return
         await self._send(
             {
                 "type": "http.response.start",
@@ -98,6 +177,7 @@ class Exchange:
                 "headers": [
                     *headers,
                     *self.extra_headers,
+                    *UNTRUSTED_ANSWER_HEADERS,
                     (b"x-request-id", self.request_id.encode()),
                     (b"x-response-time-ms", f"{self.elapsed_ms():.2f}".encode()),
                 ],
@@ -107,6 +187,8 @@ class Exchange:
     async def send(self, data: bytes, *, more: bool = True) -> None:
         if not more:
             self.response_finished = True
+        if self.client_left:
+            return
         await self._send({"type": "http.response.body", "body": data, "more_body": more})
 
     async def respond(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = (JSON,)) -> None:
@@ -153,3 +235,11 @@ class Exchange:
             output_text=self.output_text if previews else "",
             details=self.details,
         )
+
+
+def parse_json(body: bytes):
+    """A request body as JSON, or 400: malformed, or nested too deep to read (no input may cost a 5xx)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise bad_request("The request body is not valid JSON (or is nested too deeply).", "invalid_json") from None

@@ -13,10 +13,11 @@ import json
 import httpx
 
 from gateway_project.errors import GatewayError
-from routing import upstream
+from routing import protocols, upstream
 from routing.exchange import JSON, Exchange
 from routing.protocols import usage_from_headers, usage_from_json
 from routing.table import AgentRoute
+from routing.upstream_url import upstream_url
 
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 USAGE_CAPTURE_LIMIT = 1_048_576
@@ -120,43 +121,55 @@ async def stream_sse(ex: Exchange, route: AgentRoute, path: str, body: bytes, sc
         ex.model = getattr(scanner, "model", "") or ex.model
 
 
-async def pass_through(ex: Exchange, route: AgentRoute, rest: str) -> None:
-    """Forward method, path, query, headers and body as they are; stream the answer back."""
-    url = route.url(rest)
-    if ex.query:
-        url = f"{url}?{ex.query.decode('latin-1')}"
+async def pass_through(ex: Exchange, route: AgentRoute, rest: bytes, plan=None) -> None:
+    """Forward method, path, query, headers and body (``plan.body``: re-serialised when it was read); stream the
+    answer back, reading its usage from its headers, its JSON or its stream's usage events on the way."""
+    url = upstream_url(route.base_url, rest, ex.query)
+    body = plan.body if plan is not None else ex.body
     client_slug = ex.key.client_slug if ex.key else ""  # a path route may need no key
     request = upstream.build_request(
         ex.method,
         url,
-        content=ex.body or None,
+        content=body or None,
         headers=upstream.passthrough_headers(ex.raw_headers, route, ex.request_id, client_slug),
         route=route,
     )
     response = await _open_stream(ex, route, request)
+    scanner = None
     try:
         attempt = upstream.current_attempt.get()
         if attempt is not None and not attempt.final and _worth_retrying(response.status_code, route):
             raise _failed_status(response.status_code, route, await response.aread())
         content_type = response.headers.get("content-type", "")
         capture = bytearray() if "json" in content_type and "content-encoding" not in response.headers else None
+        if plan is not None and "event-stream" in content_type:
+            scanner = plan.scanner(route.kind)
         await ex.start(response.status_code, upstream.response_headers(response))
-        await _relay(ex, route, response, capture=capture)
+        await _relay(ex, route, response, transform=scanner.feed if scanner else None, capture=capture)
     finally:
         await response.aclose()
     usage = usage_from_headers(response.headers)
-    if usage is None and capture:
-        try:
-            answer = json.loads(capture)
-        except ValueError:
-            answer = None
+    if scanner is not None:
+        usage = usage or scanner.usage
+        ex.model = scanner.model or ex.model
+        ex.output_text = scanner.text
+    elif usage is None and capture:
+        answer = _json_or_none(capture)
         usage = usage_from_json(answer)
         if isinstance(answer, dict):
             ex.model = answer.get("model") if isinstance(answer.get("model"), str) else ex.model
-            ex.output_text = answer.get("output") if isinstance(answer.get("output"), str) else ""
+            output = answer.get("output")
+            ex.output_text = output if isinstance(output, str) else protocols.chat_text(answer)
     if usage:
         ex.input_tokens, ex.output_tokens = usage
     ex.model = response.headers.get("x-usage-model", ex.model or "")
+
+
+def _json_or_none(content: bytes):
+    try:
+        return json.loads(content)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _worth_retrying(status: int, route: AgentRoute) -> bool:

@@ -175,9 +175,10 @@ class MockUpstream:
             prompt, body.get("max_tokens") or body.get("max_completion_tokens"), body.get("stop")
         )
         finish_reason = "length" if ended == "length" else "stop"
-        model = body.get("model", "mock-model")
-        usage = {"prompt_tokens": count_tokens(prompt), "completion_tokens": count_tokens(text)}
         mock = body.get("mock") if isinstance(body.get("mock"), dict) else {}
+        # ``answer_model``: play an upstream that answers with another model than the one asked for.
+        model = mock.get("answer_model") or body.get("model", "mock-model")
+        usage = {"prompt_tokens": count_tokens(prompt), "completion_tokens": count_tokens(text)}
         if "usage_output_tokens" in mock:  # play a model that bills its whole answer budget
             usage["completion_tokens"] = int(mock["usage_output_tokens"])
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
@@ -368,18 +369,27 @@ class MockUpstream:
         if failure:
             return failure
         text = raw.decode("utf-8", "replace")
-        return web.json_response(
+        headers = {"x-usage-input-tokens": str(count_tokens(text) if text else 0), "x-usage-output-tokens": "2"}
+        # A hostile upstream, on request: headers of its choosing (cookies, HTML) on the echo.
+        extra = request.headers.get("x-mock-answer-headers")
+        response = web.json_response(
             {
                 "method": request.method,
                 "path": request.path,
+                "raw_path": request.raw_path,
                 "query": request.query_string,
                 "headers": {k.lower(): v for k, v in request.headers.items()},
                 "body": text,
                 "output": f"echo: {text[:100]}",
                 "usage": {"input_tokens": count_tokens(text) if text else 0, "output_tokens": 2},
             },
-            headers={"x-usage-input-tokens": str(count_tokens(text) if text else 0), "x-usage-output-tokens": "2"},
+            headers=headers,
         )
+        for name, value in (json.loads(extra) if extra else {}).items():
+            response.headers.popall(name, None)
+            for one in value if isinstance(value, list) else [value]:
+                response.headers.add(name, one)
+        return response
 
 
 def main(argv=None):

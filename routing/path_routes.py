@@ -48,12 +48,19 @@ class PathRouteEntry:
     def allow_header(self) -> str:
         return ", ".join(method for method in HTTP_METHODS if method in self.methods)
 
-    def upstream_rest(self, path: str) -> str:
-        """The path on the agent: ``upstream_path`` plus what follows the prefix, or the request's own path."""
+    def upstream_rest(self, raw_path: bytes) -> bytes:
+        """The raw path on the agent: ``upstream_path`` plus what follows the prefix, or the request's own path.
+
+        The prefix is cut by segments, not characters, so a client that percent-encodes
+        some of the prefix's letters cannot shift where the rest begins.
+        """
         if not self.upstream_path:
-            return path
-        rest = path[len(self.prefix) :]
-        return self.upstream_path.rstrip("/") + rest if rest else self.upstream_path
+            return raw_path
+        segments = raw_path.split(b"/")
+        depth = self.prefix.count("/")
+        rest = b"/" + b"/".join(segments[depth + 1 :]) if len(segments) > depth + 1 else b""
+        base = self.upstream_path.rstrip("/").encode()
+        return base + rest if rest else self.upstream_path.encode()
 
     def agent_route(self, agent):
         """The agent's route with this route's timeout and retries where it sets them."""

@@ -13,6 +13,7 @@ from django.conf import settings
 
 from gateway_project.errors import GatewayError
 from routing.table import AgentRoute
+from routing.upstream_url import upstream_url
 
 # Never forwarded in either direction (RFC 9110 section 7.6.1), plus what the
 # gateway itself owns: the caller's credentials and the framing it recomputes.
@@ -32,6 +33,33 @@ HOP_BY_HOP = frozenset(
     }
 )
 CREDENTIALS = frozenset({b"authorization", b"x-api-key", b"cookie"})
+# Facts about the connection that only the gateway may state: a client's own would be believed upstream.
+FORWARDING = frozenset({b"forwarded", b"x-real-ip", b"x-request-id", b"x-client-id"})
+# What an upstream may not set on the gateway's origin, and what the gateway sets itself on every answer.
+NOT_RELAYED = frozenset(
+    {b"set-cookie", b"set-cookie2", b"x-content-type-options", b"content-security-policy", b"x-request-id",
+     b"x-response-time-ms"}
+)  # fmt: skip
+
+
+def _named_in_connection(headers) -> frozenset[bytes]:
+    """Headers a ``Connection`` header names: hop-by-hop for this connection only (RFC 9110 section 7.6.1)."""
+    named = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            named.update(token.strip().lower() for token in value.split(b","))
+    return frozenset(named)
+
+
+def _forwardable(name: bytes, connection_named: frozenset[bytes]) -> bool:
+    return not (
+        name in HOP_BY_HOP
+        or name in CREDENTIALS
+        or name in FORWARDING
+        or name.startswith(b"x-forwarded-")
+        or name in connection_named
+    )
+
 
 _transports: dict[int, httpx.AsyncBaseTransport] = {}
 
@@ -86,18 +114,9 @@ def _transport() -> httpx.AsyncBaseTransport:
     return found
 
 
-_urls: dict[str, httpx.URL] = {}
-
-
 def provider_url(route: AgentRoute, path: str) -> httpx.URL:
-    """The parsed URL of a fixed provider path (parsing a URL is a measurable cost per call)."""
-    text = route.url(path)
-    found = _urls.get(text)
-    if found is None:
-        if len(_urls) > 1000:
-            _urls.clear()
-        found = _urls[text] = httpx.URL(text)
-    return found
+    """The URL of a fixed provider path on ``route``'s base (built and checked by ``upstream_url``, cached there)."""
+    return upstream_url(route.base_url, path.encode())
 
 
 def build_request(method: str, url, *, content, headers, route: AgentRoute) -> httpx.Request:
@@ -140,17 +159,32 @@ def provider_headers(route: AgentRoute, request_id: str, client_slug: str) -> di
 def passthrough_headers(
     raw: list[tuple[bytes, bytes]], route: AgentRoute, request_id: str, client_slug: str
 ) -> list[tuple[bytes, bytes]]:
-    """The caller's headers minus hop-by-hop and credentials, plus the gateway's own."""
-    kept = [(name, value) for name, value in raw if name not in HOP_BY_HOP and name not in CREDENTIALS]
-    kept = [(name, value) for name, value in kept if name not in (b"x-request-id", b"x-client-id")]
-    kept += [(b"x-request-id", request_id.encode()), (b"x-client-id", client_slug.encode())]
+    """The caller's headers minus hop-by-hop, credentials and forwarding claims, plus the gateway's own.
+
+    ``Accept-Encoding: identity`` so the answer's usage can be read on its way through.
+    """
+    named = _named_in_connection(raw)
+    kept = [(name, value) for name, value in raw if name != b"accept-encoding" and _forwardable(name, named)]
+    kept += [
+        (b"accept-encoding", b"identity"),
+        (b"x-request-id", request_id.encode()),
+        (b"x-client-id", client_slug.encode()),
+    ]
     if route.upstream_api_key:
-        kept.append((b"authorization", f"Bearer {route.upstream_api_key}".encode()))
+        if route.kind == "anthropic":
+            kept.append((b"x-api-key", route.upstream_api_key.encode()))
+        else:
+            kept.append((b"authorization", f"Bearer {route.upstream_api_key}".encode()))
     return kept
 
 
 def response_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:
-    return [(name.lower(), value) for name, value in response.headers.raw if name.lower() not in HOP_BY_HOP]
+    """An upstream's answer headers as the client may get them: no hop-by-hop, no cookies, none the gateway sets."""
+    raw = [(name.lower(), value) for name, value in response.headers.raw]
+    named = _named_in_connection(raw)
+    return [
+        (name, value) for name, value in raw if name not in HOP_BY_HOP and name not in NOT_RELAYED and name not in named
+    ]
 
 
 def _caused_by_timeout(exc: BaseException) -> bool:

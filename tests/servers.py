@@ -63,6 +63,8 @@ def server_env(**extra) -> dict[str, str]:
         GATEWAY_FLUSH_SECONDS="0.05",
         GATEWAY_MAX_BODY_BYTES="65536",
         GATEWAY_LOG_LEVEL="WARNING",
+        # Every test calls from 127.0.0.1: tests of the failed-authentication limit set their own.
+        GATEWAY_AUTH_FAILURES_PER_MINUTE="100000",
         PYTHONUNBUFFERED="1",
     )
     env.update({k: str(v) for k, v in extra.items()})

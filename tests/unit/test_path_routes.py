@@ -22,10 +22,13 @@ def test_the_longest_prefix_wins_on_a_segment_boundary():
 
 
 def test_the_upstream_path_replaces_the_prefix_or_the_own_path_goes_up():
-    assert entry("/s", "/query").upstream_rest("/s/a/b") == "/query/a/b"
-    assert entry("/s", "/query/").upstream_rest("/s/a") == "/query/a"
-    assert entry("/s", "/query").upstream_rest("/s") == "/query"
-    assert entry("/s").upstream_rest("/s/a") == "/s/a"
+    assert entry("/s", "/query").upstream_rest(b"/s/a/b") == b"/query/a/b"
+    assert entry("/s", "/query/").upstream_rest(b"/s/a") == b"/query/a"
+    assert entry("/s", "/query").upstream_rest(b"/s") == b"/query"
+    assert entry("/s", "/query").upstream_rest(b"/s/") == b"/query/"
+    assert entry("/s").upstream_rest(b"/s/a") == b"/s/a"
+    # The prefix is cut by segments: letters of it sent percent-encoded do not shift the rest.
+    assert entry("/api/s", "/q").upstream_rest(b"/api/%73/a%20b") == b"/q/a%20b"
 
 
 def test_methods_and_the_allow_header():
