@@ -90,3 +90,66 @@ def cost_nanos(price: Price, input_tokens: int, output_tokens: int) -> int:
 
 def nanos_to_usd(nanos: int) -> Decimal:
     return (Decimal(nanos) / NANOS_PER_USD).quantize(Decimal("0.000000001"))
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """What a request is reserved at, decided once at admission: the owner of "which model is priced".
+
+    ``model`` is the model sent upstream; ``price`` is, per token, the dearest price the
+    answer could be charged at (the model sent, and every model the upstream may answer
+    with instead), so a settlement can exceed its reservation only when an upstream
+    answers with a model nobody knew it could.
+    """
+
+    model: str
+    price: Price
+
+    def worst_case(self, input_tokens: int, output_tokens: int) -> int:
+        return cost_nanos(self.price, input_tokens, output_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What a finished request costs, and whether that is more than its quote covered."""
+
+    model: str
+    nanos: int
+    default_priced: bool
+    over_quote: bool
+
+
+def _dearest(prices_: list[Price], model: str) -> Price:
+    return Price(
+        model,
+        max(p.input_nanos_per_token for p in prices_),
+        max(p.output_nanos_per_token for p in prices_),
+    )
+
+
+def quote(table: dict[str, PriceHistory], sent_model: str, may_answer=(), *, any_model: bool = False) -> Quote:
+    """The quote for a request sending ``sent_model``, whose answer may also come from ``may_answer``.
+
+    ``any_model``: the upstream chooses the model itself (nothing is asked of it), so
+    every price in the table is a possible charge and the dearest is reserved.
+    """
+    candidates = [price_for(table, sent_model), *(price_for(table, model) for model in may_answer)]
+    if any_model:
+        moment = time.time()
+        candidates += [price for history in table.values() if (price := history.at(moment)) is not None]
+    return Quote(sent_model, _dearest(candidates, sent_model))
+
+
+def charge(table: dict[str, PriceHistory], quote_: Quote, reported_model: str, input_tokens: int, output_tokens: int):
+    """Price what the upstream reported: its model's own price, else (no model, or a name without a price of its
+    own, such as a dated snapshot) the price of the model that was sent."""
+    price = price_for(table, reported_model) if reported_model else None
+    model = reported_model
+    if price is None or price.is_default:
+        price, model = price_for(table, quote_.model), quote_.model or reported_model
+    nanos = cost_nanos(price, input_tokens, output_tokens)
+    over = (
+        price.input_nanos_per_token > quote_.price.input_nanos_per_token
+        or price.output_nanos_per_token > quote_.price.output_nanos_per_token
+    )
+    return Charge(model, nanos, price.is_default and model != price.model, over)

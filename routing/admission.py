@@ -16,13 +16,14 @@ from django.conf import settings
 from billing import alerts
 from billing.budgets import BudgetRule, budget_checks, budget_table, seeds_for
 from billing.periods import Period
-from billing.pricing import cost_nanos, price_for, prices
+from billing.pricing import Quote, charge, prices, quote
 from billing.usage import record_usage
 from gateway_project.errors import GatewayError
-from gateway_project.hotstate import BudgetCheck, ConcurrencySlot, HotState, RateCheck, get_hot_state
+from gateway_project.hotstate import BudgetCheck, ConcurrencySlot, HotState, RateCheck, TargetRelease, get_hot_state
 from keys.access import concurrency_key, rate_checks, token_correction
 from routing import balance
 from routing.exchange import Exchange
+from routing.pricing import report_dearer_answer
 from routing.table import AgentRoute
 
 # The slot limit of an agent without ``max_concurrent``: its requests are counted, never refused.
@@ -32,6 +33,14 @@ _seeds_for = database_sync_to_async(seeds_for)
 
 @dataclass(slots=True)
 class Ticket:
+    """Everything an admission took, owned until ``settle`` gives it back: the one place that releases.
+
+    Rate and concurrency slots, budget reservations (priced by ``quote``), and the
+    target lease of the first attempt when the admission took one. Each attempt's
+    target goes back through ``end_attempt``: a failure at once, a success with the
+    settle, in the same round trip.
+    """
+
     store: HotState
     rules: tuple[BudgetRule, ...]
     budgets: list[BudgetCheck]
@@ -39,6 +48,26 @@ class Ticket:
     estimated_tokens: int
     slot_keys: list[str]
     metered: bool
+    quote: Quote | None = None  # the price reserved at; settlement charges against it
+    first_lease: balance.Lease | None = None  # taken with the admission for the first attempt
+    pending_release: TargetRelease | None = None  # the answering attempt's target, released with the settle
+    settled: bool = False
+
+    def lease_taken_for(self, route: AgentRoute) -> balance.Lease | None:
+        """The lease the admission took for this agent's first attempt, once."""
+        lease = self.first_lease
+        if lease is None or lease.route.slug != route.slug:
+            return None
+        self.first_lease = None
+        return lease
+
+    async def end_attempt(self, lease: balance.Lease, outcome: str, latency_ms: float) -> None:
+        """Give an attempt's target back: a success's release waits for the settle (one round trip for both)."""
+        if outcome == "ok" and not lease.probe and not self.settled:
+            self.pending_release = balance.ending(lease, outcome, latency_ms)
+        else:
+            # Shielded: a client that leaves must not leave the target counted in flight.
+            await asyncio.shield(balance.release(lease, outcome, latency_ms))
 
 
 def input_estimate(body: bytes) -> int:
@@ -121,7 +150,6 @@ async def admit_anonymous(ex: Exchange, route: AgentRoute, path_route) -> Ticket
         if result.failed == "route_requests":
             raise _route_refusal(path_route, result.retry_after_ms)
         raise _agent_refusal(result.failed, route, result.retry_after_ms)
-    ex.settles_targets = True
     return Ticket(store, (), [], [], 0, [slot.key for slot in slots], False)
 
 
@@ -136,6 +164,7 @@ async def admit(
     route: AgentRoute | None = None,
     path_route=None,
     take_target: bool = False,
+    quoted: Quote | None = None,
 ) -> Ticket:
     """Take a request slot and, when ``metered``, reserve its worst-case cost in every budget; or raise 429/402.
 
@@ -146,7 +175,8 @@ async def admit(
     capacity (requests per minute and at once, shared by all clients) must fit too, and
     with ``path_route`` that route's own requests per minute. ``take_target`` also takes the
     target of the route's first attempt in the same round trip, when choosing it needs no live
-    state (``ex.first_lease``; a request that does not use it gives it back when it settles).
+    state (the ticket's ``first_lease``; a request that does not use it gives it back when it settles).
+    ``quoted``: the price to reserve at (``quote_for``); without it, the price of ``ex.model`` alone.
     """
     store = get_hot_state()
     key = ex.key
@@ -155,9 +185,8 @@ async def admit(
     if metered:
         table = await budget_table.get_fresh_since(key.issued_at)  # a new key's budgets are often new too
         rules = table.applying_to(key.key_id, key.client_id, key.cost_center_id)
-        price = price_for(await prices.get(), ex.model)
-        cap = max_output or default_output or settings.GATEWAY["DEFAULT_MAX_OUTPUT_TOKENS"]  # the agent's, or ours
-        reserve = cost_nanos(price, input_tokens, cap)
+        quoted = quoted or quote(await prices.get(), ex.model)
+        reserve = quoted.worst_case(input_tokens, output_cap(max_output, default_output))
     budgets, periods = budget_checks(
         store, rules, reserve=reserve, reservation=ex.request_id, hold_seconds=hold_seconds
     )
@@ -180,7 +209,6 @@ async def admit(
         if lease is not None:  # refused, or failed: the target goes back
             await asyncio.shield(balance.release(lease, "none", -1))
         raise
-    ex.first_lease = lease
     ex.extra_headers += [
         (b"x-ratelimit-limit-requests", str(key.requests_per_minute).encode()),
         (b"x-ratelimit-remaining-requests", str(result.remaining.get("requests", 0)).encode()),
@@ -190,8 +218,16 @@ async def admit(
             str(result.remaining.get("tokens", key.tokens_per_minute)).encode(),
         ),
     ]
-    ex.settles_targets = True
-    return Ticket(store, rules, budgets, periods, tokens, [slot.key for slot in slots], metered)
+    return Ticket(store, rules, budgets, periods, tokens, [slot.key for slot in slots], metered, quoted, lease)
+
+
+def output_cap(max_output: int | None, default_output: int | None) -> int:
+    """The longest answer a request may get: the client's ``max_tokens``, or the agent's default, or ours.
+
+    It is reserved, and it is sent upstream when the client gave none, so the worst
+    case reserved is also the worst case that can be charged.
+    """
+    return max_output or default_output or settings.GATEWAY["DEFAULT_MAX_OUTPUT_TOKENS"]
 
 
 def _taken(first, verdict) -> balance.Lease | None:
@@ -238,30 +274,41 @@ def _refuse(ex, result, rules, periods, route, path_route):
 
 
 async def settle(ex: Exchange, ticket: Ticket, default_model: str) -> None:
-    """Price what the upstream really used, correct the counters, queue the usage row and notice alerts."""
+    """Price what the upstream really used, correct the counters, queue the usage row and notice alerts.
+
+    The charge is priced against the ticket's quote (``billing.pricing.charge``): an
+    answer from a model dearer than anything reserved is charged at its real price,
+    flagged on the audit record, and reported so the agent's next reservations cover it.
+    """
     key = ex.key
     spend = 0
     if ticket.metered and (ex.input_tokens or ex.output_tokens):
-        model = ex.model or default_model
-        price = price_for(await prices.get(), model)
-        spend = cost_nanos(price, ex.input_tokens, ex.output_tokens)
-        ex.cost_nanos = spend
+        table = await prices.get()
+        quoted = ticket.quote or quote(table, ex.model or default_model)
+        charged = charge(table, quoted, ex.model or default_model, ex.input_tokens, ex.output_tokens)
+        spend = ex.cost_nanos = charged.nanos
+        if charged.over_quote:
+            ex.details["priced_over_reservation"] = {"reserved_model": quoted.model, "answered_model": charged.model}
+            report_dearer_answer(ex.agent, charged.model, ex.request_id)
         record_usage(
             request_id=ex.request_id,
             client_id=key.client_id,
             key_id=key.key_id,
             cost_center_id=key.cost_center_id,
             agent=ex.agent,
-            model=model,
+            model=charged.model,
             input_tokens=ex.input_tokens,
             output_tokens=ex.output_tokens,
             cost_nanos=spend,
-            default_priced=price.is_default and model != price.model,
+            default_priced=charged.default_priced,
         )
     actual = ex.input_tokens + ex.output_tokens if ticket.metered else 0
     adjusts = token_correction(ticket.store, key, ticket.estimated_tokens, actual)
-    release, ex.pending_release, ex.settles_targets = ex.pending_release, None, False
-    unused, ex.first_lease = ex.first_lease, None
+    if ticket.settled:
+        return
+    ticket.settled = True
+    release, ticket.pending_release = ticket.pending_release, None
+    unused, ticket.first_lease = ticket.first_lease, None
     if unused is not None:  # admitted with a target it never called (refused later, or answered without it)
         if release is None:
             release = balance.ending(unused, "none", -1)

@@ -36,6 +36,8 @@ class AgentSerializer(serializers.ModelSerializer):
             "max_concurrent",
             "requests_per_minute",
             *RESILIENCE_FIELDS,
+            "dearer_models",
+            "unmetered_pass_through",
             "cost_center",
             "is_active",
             "created_at",

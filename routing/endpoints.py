@@ -21,10 +21,12 @@ from billing.status import budget_report
 from billing.usage import client_usage, usage_query
 from gateway_project.errors import GatewayError, bad_request, not_found
 from gateway_project.writer import writer
-from keys.access import authorize, ensure_usable, identify
+from keys.access import authorize, ensure_usable, identify, note_failed_authentication
 from routing import anthropic_shape, deprecation, forward, jobs, path_routes, protocols, resilience
-from routing.admission import admit, admit_anonymous, input_estimate, settle
-from routing.exchange import Exchange
+from routing import pass_through as pass_through_adapters
+from routing.admission import admit, admit_anonymous, input_estimate, output_cap, settle
+from routing.exchange import ClientLeft, Exchange
+from routing.pricing import quote_for
 from routing.sse import (
     AnthropicStreamScanner,
     AnthropicToOpenAIStream,
@@ -34,6 +36,7 @@ from routing.sse import (
     openai_stream_of,
 )
 from routing.table import AgentRoute, RoutingTable, routing_table
+from routing.upstream_url import check_raw_path
 
 log = logging.getLogger("gateway.proxy")
 
@@ -48,6 +51,8 @@ async def serve(ex: Exchange) -> None:
         await handler(ex, *args)
     except GatewayError as error:
         await ex.fail(error)
+    except ClientLeft:
+        ex.status, ex.error_type = CLIENT_CLOSED, "client_disconnected"
     except asyncio.CancelledError:
         ex.status, ex.error_type = ex.status or CLIENT_CLOSED, "client_disconnected"
         raise
@@ -59,16 +64,22 @@ async def serve(ex: Exchange) -> None:
 
 
 async def authenticate(ex: Exchange) -> None:
-    """401 or 403, or the caller's key on the exchange (set before the 403, for the audit record)."""
-    ex.key = await identify(ex.headers)
+    """401 (429 after too many from one address) or 403, or the caller's key on the exchange (set before the 403,
+    for the audit record). The body is not read before this: a refused caller costs no more than its headers."""
+    try:
+        ex.key = await identify(ex.headers)
+    except GatewayError:
+        await note_failed_authentication(ex.client_ip)
+        raise
     await warm_rules()  # the audit record's previews use the rules as last loaded
     ensure_usable(ex.key)
 
 
 def _resolve_endpoint(ex: Exchange):
+    check_raw_path(ex.raw_path)  # one check of the path as sent, before anything reads it
     if ex.path.startswith("/agents/"):
-        slug, _, rest = ex.path[len("/agents/") :].partition("/")
-        return pass_through, (slug, rest)
+        slug, _, rest = ex.raw_path[len(b"/agents/") :].partition(b"/")
+        return pass_through, (slug.decode("latin-1"), rest)
     if ex.path == "/v1/messages" or ex.path.startswith("/v1/messages/"):
         ex.speak_anthropic()  # refusals, 404 and 405 included, in the shape Anthropic's SDK reads
     if ex.path.startswith("/v1/jobs/"):
@@ -102,15 +113,17 @@ async def _wrong_method(ex: Exchange, allowed: str) -> None:
     )
 
 
-async def _metered(ex: Exchange, route: AgentRoute, max_output: int | None, call) -> None:
-    """Admit (reserving the worst case), run ``call``, and settle whatever happened to it."""
+async def _metered(ex: Exchange, route: AgentRoute, requested: str, max_output: int | None, call) -> None:
+    """Admit (reserving the worst case at the dearest price the answer may cost), run ``call``, and settle
+    whatever happened to it."""
     hold = route.timeout + RESERVATION_MARGIN_SECONDS
+    quoted = await quote_for(route, requested, await routing_table.get())
     ticket = await admit(
         ex, input_estimate(ex.body), max_output, hold_seconds=hold, default_output=route.default_max_output_tokens,
-        route=route, take_target=True,
+        route=route, take_target=True, quoted=quoted,
     )  # fmt: skip
     try:
-        await call()
+        await call(ticket)
     finally:
         if not ex.input_tokens and not ex.output_tokens and ex.response_started and ex.output_text:
             # The upstream reported no usage: fall back to estimates rather than charge nothing.
@@ -140,7 +153,7 @@ def _note_stream_error(ex: Exchange, scanner) -> None:
 
 async def chat_completions(ex: Exchange) -> None:
     await authenticate(ex)
-    payload = ex.json()
+    payload = await ex.json()
     protocols.validate_chat(payload)
     route = await _route_for_model(ex, payload["model"])
     ex.input_text = protocols.last_user_text(payload["messages"])
@@ -148,8 +161,17 @@ async def chat_completions(ex: Exchange) -> None:
     options = payload.get("stream_options")
     wants_usage = isinstance(options, dict) and options.get("include_usage") is True
 
+    payload = _capped(payload, route)
     attempt = partial(_chat_via, ex, payload, stream, wants_usage)
-    await _metered(ex, route, protocols.max_tokens(payload), partial(resilience.run, ex, route, attempt))
+    await _metered(ex, route, payload["model"], protocols.max_tokens(payload), partial(_run, ex, route, attempt))
+
+
+def _capped(payload: dict, route: AgentRoute) -> dict:
+    """``payload`` with the answer length the reservation assumed, when the client set none: what is reserved is
+    then the most the answer can cost."""
+    if protocols.max_tokens(payload) is not None:
+        return payload
+    return {**payload, "max_tokens": output_cap(None, route.default_max_output_tokens)}
 
 
 async def _chat_via(ex, payload, stream, wants_usage, route):
@@ -169,8 +191,8 @@ async def _chat_openai(ex, route, payload, stream, wants_usage):
         scanner = OpenAIStreamScanner(keep_usage_chunk=wants_usage)
         await forward.stream_sse(ex, route, "/v1/chat/completions", json.dumps(body).encode(), scanner)
         return
-    same = not ex.model or payload["model"] == ex.model
-    body = ex.body if same else json.dumps({**payload, "model": ex.model}).encode()
+    # Re-serialised, never the client's bytes: the upstream sees exactly what was checked (one ``model``).
+    body = json.dumps({**payload, "model": ex.model or payload["model"]}).encode()
     answer, content = await forward.call_json(ex, route, "/v1/chat/completions", body)
     ex.output_text = protocols.chat_text(answer)
     await forward.respond_json_bytes(ex, content)  # the provider's own bytes, as it sent them
@@ -208,7 +230,7 @@ async def _chat_agent(ex, route, payload, stream, wants_usage):
 
 async def messages(ex: Exchange) -> None:
     await authenticate(ex)
-    payload = ex.json()
+    payload = await ex.json()
     anthropic_shape.validate_messages(payload)
     route = await _route_for_model(ex, payload["model"])
     ex.input_text = protocols.last_user_text(payload["messages"])
@@ -216,13 +238,15 @@ async def messages(ex: Exchange) -> None:
     # Translate before admitting: what cannot be translated is refused without touching the limits.
     _messages_body(ex, route, payload)
     attempt = partial(_messages_via, ex, payload, stream)
-    await _metered(ex, route, payload["max_tokens"], partial(resilience.run, ex, route, attempt))
+    await _metered(
+        ex, route, payload["model"], payload["max_tokens"], lambda ticket: resilience.run(ex, ticket, route, attempt)
+    )
 
 
 def _messages_body(ex, route, payload) -> bytes | None:
     """The request in ``route``'s wire shape for ``ex.model`` (None for an agent service), or a 400."""
     if route.kind == "anthropic":
-        return ex.body if payload["model"] == ex.model else json.dumps({**payload, "model": ex.model}).encode()
+        return json.dumps({**payload, "model": ex.model}).encode()  # re-serialised: what was checked is sent
     if route.kind == "openai":
         return json.dumps(anthropic_shape.messages_to_chat(payload, ex.model)).encode()
     anthropic_shape.ensure_translatable(payload, ex.model)
@@ -279,7 +303,7 @@ async def _messages_agent(ex, route, limit, stream):
 
 async def agent_invoke(ex: Exchange) -> None:
     await authenticate(ex)
-    payload = ex.json()
+    payload = await ex.json()
     protocols.validate_invoke(payload)
     table = await routing_table.get()
     if payload.get("agent"):
@@ -293,12 +317,12 @@ async def agent_invoke(ex: Exchange) -> None:
     model = payload.get("model") or route.default_model
     ex.agent, ex.model, ex.input_text = route.slug, model, payload["input"]
     authorize(ex.key, route.slug, payload.get("model") or "")
-    limit = protocols.max_tokens(payload)
+    limit = protocols.max_tokens(payload) or output_cap(None, route.default_max_output_tokens)
     if jobs.wants_async(ex, payload):  # a job: admitted the same way, answered 202, run in the background
         await jobs.submit(ex, route, reason, payload, model, limit)
         return
     call = partial(invoke_route, ex, route, payload["input"], model, payload.get("model") or "", limit)
-    await _metered(ex, route, limit, call)
+    await _metered(ex, route, payload.get("model") or route.slug, limit, call)
     latency_ms = round(ex.elapsed_ms(), 2)
     ex.extra_headers.append((b"x-gateway-route-reason", reason.encode()))
     await ex.respond_json(
@@ -317,7 +341,7 @@ async def agent_invoke(ex: Exchange) -> None:
     )
 
 
-async def invoke_route(ex: Exchange, route: AgentRoute, text: str, model: str, requested: str, limit) -> None:
+async def invoke_route(ex: Exchange, route: AgentRoute, text: str, model: str, requested: str, limit, ticket) -> None:
     """Ask ``route`` (with its retries and fallbacks) for an answer to ``text``; it lands on ``ex.output_text``."""
 
     async def attempt(target: AgentRoute) -> None:
@@ -326,7 +350,7 @@ async def invoke_route(ex: Exchange, route: AgentRoute, text: str, model: str, r
         else:  # a fallback: its own default model
             await _invoke_once(ex, target, text, ex.model, "", limit)
 
-    await resilience.run(ex, route, attempt)
+    await resilience.run(ex, ticket, route, attempt)
 
 
 async def _invoke_once(ex: Exchange, route: AgentRoute, text: str, model: str, requested: str, limit) -> None:
@@ -354,21 +378,44 @@ async def _invoke_once(ex: Exchange, route: AgentRoute, text: str, model: str, r
 # --- ANY /agents/<agent>/<path> ---------------------------------------------
 
 
-async def pass_through(ex: Exchange, slug: str, rest: str) -> None:
+async def pass_through(ex: Exchange, slug: str, rest: bytes) -> None:
     await authenticate(ex)
-    ex.ensure_size()
+    await ex.ensure_size()
     table = await routing_table.get()
     route = table.agent(slug)
     deprecation.mark(ex, table.deprecations.get(route.slug))
     ex.agent, ex.model = route.slug, route.default_model
     authorize(ex.key, route.slug)
-    ex.input_text = ex.body[:1000].decode("utf-8", "replace")
-    attempt = partial(_pass_through_once, ex, rest)
-    await _metered(ex, route, None, partial(resilience.run, ex, route, attempt, fallbacks=False))
+    plan = _pass_through_plan(ex, route, rest)
+    attempt = partial(_pass_through_once, ex, rest, plan)
+    call = partial(_run_without_fallbacks, ex, route, attempt)
+    await _metered(ex, route, plan.model or route.slug, plan.max_output, call)
 
 
-async def _pass_through_once(ex: Exchange, rest: str, route: AgentRoute) -> None:
-    await forward.pass_through(ex, route, rest)
+def _pass_through_plan(ex: Exchange, route: AgentRoute, rest: bytes) -> pass_through_adapters.Plan:
+    """The adapter's plan for this call, with the model it names checked against the key's scopes."""
+    plan = pass_through_adapters.plan_for(
+        route, ex.method, rest, ex.body, output_cap(None, route.default_max_output_tokens)
+    )
+    if plan.model:
+        if ex.key is not None:
+            authorize(ex.key, route.slug, plan.model)
+        ex.model = plan.model
+    ex.details.update(plan.notes)
+    ex.input_text = plan.input_text or ex.body[:1000].decode("utf-8", "replace")
+    return plan
+
+
+async def _run(ex: Exchange, route: AgentRoute, attempt, ticket) -> None:
+    await resilience.run(ex, ticket, route, attempt)
+
+
+async def _run_without_fallbacks(ex: Exchange, route: AgentRoute, attempt, ticket) -> None:
+    await resilience.run(ex, ticket, route, attempt, fallbacks=False)
+
+
+async def _pass_through_once(ex: Exchange, rest: bytes, plan, route: AgentRoute) -> None:
+    await forward.pass_through(ex, route, rest, plan)
 
 
 # --- a path route: ANY <prefix>[/<rest>] -------------------------------------
@@ -385,26 +432,29 @@ async def path_route(ex: Exchange, entry: path_routes.PathRouteEntry) -> None:
             405, "invalid_request_error", "method_not_allowed", f"{entry.prefix} accepts {entry.allow_header} only.",
             [(b"allow", entry.allow_header.encode())],
         )  # fmt: skip
-    ex.ensure_size()
+    await ex.ensure_size()
     table = await routing_table.get()
     route = entry.agent_route(table.agent(entry.agent))
     deprecation.mark(ex, table.deprecations.get(route.slug))
     ex.agent, ex.model = route.slug, route.default_model
-    ex.input_text = ex.body[:1000].decode("utf-8", "replace")
-    scanner = path_routes.observe_sse(ex) if entry.sse else None
+    rest = entry.upstream_rest(ex.raw_path)
     if entry.auth_required:
         authorize(ex.key, route.slug)
+    plan = _pass_through_plan(ex, route, rest)
+    scanner = path_routes.observe_sse(ex) if entry.sse and not plan.stream else None
+    if entry.auth_required:
         hold = route.timeout + RESERVATION_MARGIN_SECONDS
-        ticket = await admit(ex, input_estimate(ex.body), None, hold_seconds=hold,
+        quoted = await quote_for(route, plan.model or route.slug, table)
+        ticket = await admit(ex, input_estimate(ex.body), plan.max_output, hold_seconds=hold,
                              default_output=route.default_max_output_tokens, route=route, path_route=entry,
-                             take_target=True)  # fmt: skip
+                             take_target=True, quoted=quoted)  # fmt: skip
     else:
         ex.details["anonymous"] = True
         ticket = await admit_anonymous(ex, route, entry)
     try:
         # The route's retries and timeout (``agent_route``), on the agent's targets and behind their breakers.
-        attempt = partial(_pass_through_once, ex, entry.upstream_rest(ex.path))
-        await resilience.run(ex, route, attempt, fallbacks=False)
+        attempt = partial(_pass_through_once, ex, rest, plan)
+        await resilience.run(ex, ticket, route, attempt, fallbacks=False)
     finally:
         path_routes.note_sse_usage(ex, scanner)
         await settle(ex, ticket, route.default_model)

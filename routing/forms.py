@@ -86,6 +86,12 @@ class AgentForm(forms.ModelForm):
         label="Fallbacks",
         help_text="Comma-separated agent slugs tried in this order when this agent fails or its circuits are open.",
     )
+    dearer_models = NameListField(
+        required=False,
+        label="Dearer models seen",
+        help_text="Models this upstream answered with that cost more than what was reserved; reservations price them "
+        "in. The gateway adds them; remove one once the upstream no longer answers with it.",
+    )
     sunset_at = forms.DateTimeField(
         required=False,
         label="Sunset",
@@ -108,10 +114,13 @@ class AgentForm(forms.ModelForm):
             "max_concurrent",
             "requests_per_minute",
             *RESILIENCE_FIELDS,
+            "dearer_models",
+            "unmetered_pass_through",
             "cost_center",
             "is_active",
         ]
         labels = {
+            "unmetered_pass_through": "Allow unmetered pass-through",
             "strategy": "Balancing strategy",
             "max_retries": "Retries",
             "breaker_failures": "Circuit breaker: failures",

@@ -31,6 +31,7 @@ import logging
 import time
 import uuid
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
@@ -41,7 +42,7 @@ from django.utils import timezone
 from audit.redaction_rules import warm_rules
 from billing.budgets import BudgetRule
 from billing.periods import Period
-from billing.pricing import prices
+from billing.pricing import Price, Quote, prices
 from gateway_project.errors import GatewayError, bad_request, not_found
 from gateway_project.hotstate import BudgetCheck, get_hot_state
 from keys.access import KeySnapshot, ensure_usable, rate_checks, snapshot_for
@@ -50,6 +51,7 @@ from routing.admission import Ticket, admit, input_estimate, settle
 from routing.admission import _refusal as rate_refusal
 from routing.exchange import Exchange
 from routing.models import AgentJob
+from routing.pricing import quote_for
 from routing.table import AgentRoute, routing_table
 
 log = logging.getLogger("gateway.jobs")
@@ -98,6 +100,7 @@ async def submit(ex: Exchange, route: AgentRoute, reason: str, payload: dict, mo
     ticket = await admit(
         ex, input_estimate(ex.body), limit, hold_seconds=hold_seconds(route),
         default_output=route.default_max_output_tokens, route=route,
+        quoted=await quote_for(route, payload.get("model") or route.slug, await routing_table.get()),
     )  # fmt: skip
     job = None
     try:
@@ -199,6 +202,12 @@ def ticket_state(ticket: Ticket) -> dict:
         "periods": [{"key": p.key, "start": p.start.isoformat(), "end": p.end.isoformat()} for p in ticket.periods],
         "estimated_tokens": ticket.estimated_tokens,
         "slot_keys": ticket.slot_keys,
+        "quote": ticket.quote
+        and {
+            "model": ticket.quote.model,
+            "input": str(ticket.quote.price.input_nanos_per_token),
+            "output": str(ticket.quote.price.output_nanos_per_token),
+        },
     }
 
 
@@ -210,7 +219,13 @@ def ticket_of(state: dict) -> Ticket:
         Period(p["key"], datetime.fromisoformat(p["start"]), datetime.fromisoformat(p["end"])) for p in state["periods"]
     ]
     budgets = [BudgetCheck(**b) for b in state["budgets"]]
-    return Ticket(get_hot_state(), rules, budgets, periods, state["estimated_tokens"], state["slot_keys"], True)
+    quoted = state.get("quote")
+    if quoted:
+        price = Price(quoted["model"], Decimal(quoted["input"]), Decimal(quoted["output"]))
+        quoted = Quote(quoted["model"], price)
+    return Ticket(
+        get_hot_state(), rules, budgets, periods, state["estimated_tokens"], state["slot_keys"], True, quoted or None
+    )
 
 
 def _key_state(key: KeySnapshot) -> dict:
@@ -302,7 +317,7 @@ async def run(job_id: str) -> bool:
         await _fresh(routing_table)
         route = (await routing_table.get()).agent(job.agent)
         body = job.request["body"]
-        await invoke_route(ex, route, body["input"], state["model"], state["requested"], state["max_tokens"])
+        await invoke_route(ex, route, body["input"], state["model"], state["requested"], state["max_tokens"], ticket)
         ex.status = 200
     except GatewayError as failure:
         error = failure

@@ -102,6 +102,16 @@ class Agent(models.Model):
     deprecated = models.BooleanField(default=False, help_text="Answers carry a Deprecation header.")
     sunset_at = models.DateTimeField(null=True, blank=True, help_text="Answers carry a Sunset header with this date.")
     cost_center = models.CharField(max_length=100, blank=True)
+    dearer_models = models.JSONField(
+        default=list, blank=True, validators=[validate_name_list],
+        help_text="Models this upstream answered with that cost more than what was reserved: the gateway adds them, "
+        "and reservations price them in from then on. Remove one once the upstream no longer substitutes it.",
+    )  # fmt: skip
+    unmetered_pass_through = models.BooleanField(
+        default=False,
+        help_text="Provider agents only: let pass-through calls whose usage the gateway cannot read (paths other than "
+        "the provider's metered APIs) through unpriced. Off: such calls are refused with 403 unmetered_pass_through.",
+    )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

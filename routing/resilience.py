@@ -64,8 +64,11 @@ def _set_header(ex: Exchange, name: bytes, value: str | None) -> None:
         ex.extra_headers.append((name, value.encode()))
 
 
-async def run(ex: Exchange, primary: AgentRoute, attempt: Attempt, *, fallbacks: bool = True) -> None:
-    """Answer through ``primary`` or, failing that, its fallbacks; raise the last failure if none can."""
+async def run(ex: Exchange, ticket, primary: AgentRoute, attempt: Attempt, *, fallbacks: bool = True) -> None:
+    """Answer through ``primary`` or, failing that, its fallbacks; raise the last failure if none can.
+
+    Targets are taken and given back through ``ticket`` (``routing.admission.Ticket``), which owns them.
+    """
     chain = [primary]
     if fallbacks and primary.fallbacks:
         chain += await _fallback_routes(ex, primary)
@@ -78,7 +81,7 @@ async def run(ex: Exchange, primary: AgentRoute, attempt: Attempt, *, fallbacks:
                 ex.agent, ex.model = route.slug, route.default_model
                 _set_header(ex, FALLBACK_HEADER, primary.slug)
             try:
-                await _try_agent(ex, route, attempt, attempts, final_agent=index == len(chain) - 1)
+                await _try_agent(ex, ticket, route, attempt, attempts, final_agent=index == len(chain) - 1)
             except AgentFailed as failed:
                 failures.append(failed.error)
                 if ex.response_started:
@@ -127,7 +130,7 @@ async def _fallback_routes(ex: Exchange, primary: AgentRoute) -> list[AgentRoute
     return routes
 
 
-async def _try_agent(ex: Exchange, route: AgentRoute, attempt: Attempt, log: list[dict], final_agent: bool) -> None:
+async def _try_agent(ex: Exchange, ticket, route: AgentRoute, attempt: Attempt, log: list[dict], final_agent: bool):
     """Up to ``1 + max_retries`` attempts on the agent's targets within its timeout; raise AgentFailed if none."""
     deadline = time.monotonic() + route.timeout
     tried: set[str] = set()
@@ -137,7 +140,7 @@ async def _try_agent(ex: Exchange, route: AgentRoute, attempt: Attempt, log: lis
         if remaining <= 0:
             break
         try:
-            lease = _taken_with_admission(ex, route) or await balance.acquire(
+            lease = ticket.lease_taken_for(route) or await balance.acquire(
                 route, tried, route.timeout + balance.LEASE_MARGIN_SECONDS
             )
         except balance.NoTarget as refused:
@@ -145,7 +148,7 @@ async def _try_agent(ex: Exchange, route: AgentRoute, attempt: Attempt, log: lis
             raise AgentFailed(last or refused.error()) from None
         tried.add(lease.target.name)
         final = final_agent and retry == route.max_retries
-        outcome, entry = await _attempt(ex, route, lease, attempt, remaining, final)
+        outcome, entry = await _attempt(ex, ticket, route, lease, attempt, remaining, final)
         log.append(entry)
         if outcome is None:
             return
@@ -160,16 +163,7 @@ async def _try_agent(ex: Exchange, route: AgentRoute, attempt: Attempt, log: lis
     raise AgentFailed(last or balance.unavailable(route.slug, False, 1000))
 
 
-def _taken_with_admission(ex: Exchange, route: AgentRoute) -> balance.Lease | None:
-    """The lease the admission took for this agent's first attempt, once."""
-    lease = ex.first_lease
-    if lease is None or lease.route.slug != route.slug:
-        return None
-    ex.first_lease = None
-    return lease
-
-
-async def _attempt(ex, route, lease, attempt, remaining, final) -> tuple[GatewayError | None, dict]:
+async def _attempt(ex, ticket, route, lease, attempt, remaining, final) -> tuple[GatewayError | None, dict]:
     """One call to one target; returns its error (None: it answered) and its line in the audit's attempts."""
     target_route = replace(route, base_url=lease.target.base_url, timeout=remaining)
     probe = AttemptProbe(final=final)
@@ -203,12 +197,7 @@ async def _attempt(ex, route, lease, attempt, remaining, final) -> tuple[Gateway
         answered = probe.answered_at or time.perf_counter()
         entry["ms"] = round((answered - started) * 1000, 1)
         latency = (answered - started) * 1000 if outcome != "none" else -1
-        if outcome == "ok" and not lease.probe and ex.settles_targets:
-            # A success is the last attempt: its release goes with the request's settle, in the same round trip.
-            ex.pending_release = balance.ending(lease, outcome, latency)
-        else:
-            # Shielded: a client that leaves must not leave the target counted in flight.
-            await asyncio.shield(balance.release(lease, outcome, latency))
+        await ticket.end_attempt(lease, outcome, latency)
     if error is not None and not ex.response_started:
         _set_header(ex, TARGET_HEADER, None)
     return error, entry

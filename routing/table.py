@@ -51,6 +51,8 @@ class AgentRoute:
     breaker_cooldown: float = 30.0
     deprecated: bool = False
     sunset_at: datetime | None = None
+    dearer_models: tuple[str, ...] = ()  # models its upstream answered with above what was reserved
+    unmetered_pass_through: bool = False
 
     def url(self, path: str) -> str:
         return f"{self.base_url}/{path.lstrip('/')}"
@@ -111,6 +113,8 @@ def route_of(agent: Agent) -> AgentRoute:
         breaker_cooldown=agent.breaker_cooldown_seconds,
         deprecated=agent.deprecated,
         sunset_at=agent.sunset_at,
+        dearer_models=tuple(agent.dearer_models or ()),
+        unmetered_pass_through=agent.unmetered_pass_through,
     )
 
 

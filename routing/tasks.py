@@ -70,3 +70,20 @@ def deliver_job_webhook(self, job_id: str) -> str | Retry | None:
         )
     rows.update(webhook_status=DELIVERED)
     return DELIVERED
+
+
+@shared_task(ignore_result=True)
+def note_dearer_model(agent_slug: str, model: str, request_id: str) -> bool:
+    """Add ``model`` to the agent's dearer models, so reservations price it in (safe to run twice)."""
+    from routing.models import Agent
+
+    agent = Agent.objects.filter(slug=agent_slug).first()
+    if agent is None or model in (agent.dearer_models or []):
+        return False
+    Agent.objects.filter(pk=agent.pk).update(dearer_models=[*(agent.dearer_models or []), model])
+    log.error(
+        "pricing alert: agent %s answered request %s with model %s, dearer than what was reserved; "
+        "its reservations now price it in",
+        agent_slug, request_id, model,
+    )  # fmt: skip
+    return True

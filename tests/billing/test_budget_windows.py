@@ -69,7 +69,7 @@ def call(key, *, model="gpt-4o", input_tokens=INPUT_TOKENS, output_tokens=ANSWER
         await prices.reload()
         ex = SimpleNamespace(
             key=snapshot_for(key), model=model, agent="openai", request_id=uuid.uuid4().hex, extra_headers=[],
-            input_tokens=0, output_tokens=0, cost_nanos=0, first_lease=None, pending_release=None,
+            input_tokens=0, output_tokens=0, cost_nanos=0, details={},
         )  # fmt: skip
         try:
             ticket = await admission.admit(ex, input_tokens, None, hold_seconds=60, default_output=default_output)

@@ -1,0 +1,72 @@
+"""Which model a request is priced at, decided once at admission from what will be sent upstream.
+
+``quote_for`` is the only place that decides it: the model sent, plus every model
+the answer may come from instead (the agent's served models when it is asked by
+its slug without a default model, its fallbacks' models, and the dearer models its
+upstream was caught answering with). ``report_dearer_answer`` is called when an
+answer still came from a dearer model than reserved: the agent learns the model
+(a Celery task adds it to ``Agent.dearer_models``), so it cannot happen again once
+the routing table is reloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from billing.pricing import Quote, prices, quote
+from routing.table import AgentRoute, RoutingTable
+
+log = logging.getLogger("gateway.pricing")
+_reported: set[tuple[str, str]] = set()
+
+
+def sent_model(route: AgentRoute, requested: str) -> str:
+    """The model asked of the upstream for a request naming ``requested`` (a model, or the agent's slug)."""
+    if requested and requested != route.slug:
+        return requested
+    return route.default_model or requested
+
+
+async def quote_for(route: AgentRoute, requested: str, table: RoutingTable | None = None) -> Quote:
+    """The quote of a request for ``requested`` on ``route``: the dearest price its answer could be charged at."""
+    model = sent_model(route, requested)
+    may_answer = list(route.dearer_models)
+    upstream_chooses = not model or (model == route.slug and not route.default_model)
+    if upstream_chooses:
+        may_answer += route.served_models
+    if table is not None:
+        for slug in route.fallbacks:
+            fallback = table.agents.get(slug)
+            if fallback is not None:
+                may_answer += [fallback.default_model, *fallback.dearer_models]
+                if not fallback.default_model:
+                    upstream_chooses = upstream_chooses or not fallback.served_models
+                    may_answer += fallback.served_models
+    # An upstream asked for nothing in particular, that names no models it serves, may answer with any.
+    any_model = upstream_chooses and not route.served_models
+    return quote(await prices.get(), model, [m for m in may_answer if m], any_model=any_model)
+
+
+def report_dearer_answer(agent: str, model: str, request_id: str) -> None:
+    """Hand an answer priced above its reservation to Celery, once per process and pair; never blocks."""
+    if not agent or not model or (agent, model) in _reported:
+        return
+    _reported.add((agent, model))
+    log.warning("agent %s answered request %s with %s, priced above what was reserved", agent, request_id, model)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        _enqueue(agent, model, request_id)
+        return
+    loop.run_in_executor(None, _enqueue, agent, model, request_id)
+
+
+def _enqueue(agent: str, model: str, request_id: str) -> None:
+    try:
+        from routing.tasks import note_dearer_model
+
+        note_dearer_model.delay(agent, model, request_id)
+    except Exception:
+        _reported.discard((agent, model))
+        log.exception("could not queue the dearer model %s of agent %s", model, agent)
