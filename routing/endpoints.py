@@ -8,7 +8,6 @@ into the JSON error and writes exactly one audit record whatever happened.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from functools import partial
@@ -23,18 +22,10 @@ from gateway_project.errors import GatewayError, bad_request, not_found
 from gateway_project.writer import writer
 from keys.access import authorize, ensure_usable, identify, note_failed_authentication
 from routing import anthropic_shape, deprecation, forward, jobs, path_routes, protocols, resilience
-from routing import pass_through as pass_through_adapters
+from routing.adapters import Plan, adapter_for
 from routing.admission import admit, admit_anonymous, input_estimate, output_cap, settle
 from routing.exchange import ClientLeft, Exchange
 from routing.pricing import quote_for
-from routing.sse import (
-    AnthropicStreamScanner,
-    AnthropicToOpenAIStream,
-    OpenAIStreamScanner,
-    OpenAIToAnthropicStream,
-    anthropic_stream_of,
-    openai_stream_of,
-)
 from routing.table import AgentRoute, RoutingTable, routing_table
 from routing.upstream_url import check_raw_path
 
@@ -141,13 +132,6 @@ async def _route_for_model(ex: Exchange, requested: str) -> AgentRoute:
     return route
 
 
-def _note_stream_error(ex: Exchange, scanner) -> None:
-    """An upstream that failed mid-stream (its error went on to the client) is an error in the audit record."""
-    if scanner.error:
-        ex.error_type = ex.error_type or "upstream_error"
-        ex.details["upstream_stream_error"] = scanner.error
-
-
 # --- POST /v1/chat/completions --------------------------------------------
 
 
@@ -176,53 +160,7 @@ def _capped(payload: dict, route: AgentRoute) -> dict:
 
 async def _chat_via(ex, payload, stream, wants_usage, route):
     """One attempt on ``route`` (the agent asked for, or a fallback: ``ex.model`` is the model to ask it for)."""
-    if route.kind == "openai":
-        await _chat_openai(ex, route, payload, stream, wants_usage)
-    elif route.kind == "anthropic":
-        await _chat_anthropic(ex, route, {**payload, "model": ex.model}, stream, wants_usage)
-    else:
-        await _chat_agent(ex, route, payload, stream, wants_usage)
-
-
-async def _chat_openai(ex, route, payload, stream, wants_usage):
-    if stream:
-        body = {**payload, "model": ex.model or payload["model"]}
-        body["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
-        scanner = OpenAIStreamScanner(keep_usage_chunk=wants_usage)
-        await forward.stream_sse(ex, route, "/v1/chat/completions", json.dumps(body).encode(), scanner)
-        return
-    # Re-serialised, never the client's bytes: the upstream sees exactly what was checked (one ``model``).
-    body = json.dumps({**payload, "model": ex.model or payload["model"]}).encode()
-    answer, content = await forward.call_json(ex, route, "/v1/chat/completions", body)
-    ex.output_text = protocols.chat_text(answer)
-    await forward.respond_json_bytes(ex, content)  # the provider's own bytes, as it sent them
-
-
-async def _chat_anthropic(ex, route, payload, stream, wants_usage):
-    body = json.dumps(protocols.chat_to_anthropic(payload)).encode()
-    if stream:
-        scanner = AnthropicToOpenAIStream(ex.request_id, ex.model, include_usage=wants_usage)
-        await forward.stream_sse(ex, route, "/v1/messages", body, scanner)
-        _note_stream_error(ex, scanner)
-        return
-    answer, _ = await forward.call_json(ex, route, "/v1/messages", body)
-    chat = protocols.anthropic_to_chat(answer, ex.model, ex.request_id)
-    ex.output_text = protocols.chat_text(chat)
-    await forward.respond_upstream_json(ex, chat)
-
-
-async def _chat_agent(ex, route, payload, stream, wants_usage):
-    body = protocols.invoke_body(ex.input_text, ex.model, protocols.max_tokens(payload))
-    answer, _ = await forward.call_json(ex, route, "/invoke", json.dumps(body).encode())
-    ex.output_text = protocols.agent_text(answer)
-    model = ex.model or route.slug
-    if stream:
-        usage = (ex.input_tokens, ex.output_tokens)
-        await ex.start(200, forward.SSE_HEADERS)
-        await ex.send(openai_stream_of(ex.request_id, model, ex.output_text, usage, wants_usage), more=False)
-        return
-    chat = protocols.chat_completion(ex.request_id, model, ex.output_text, ex.input_tokens, ex.output_tokens)
-    await forward.respond_upstream_json(ex, chat)
+    await adapter_for(route).chat(ex, route, payload, stream, wants_usage)
 
 
 # --- POST /v1/messages: Anthropic's shape, whichever provider answers --------
@@ -236,66 +174,14 @@ async def messages(ex: Exchange) -> None:
     ex.input_text = protocols.last_user_text(payload["messages"])
     stream = payload.get("stream") is True
     # Translate before admitting: what cannot be translated is refused without touching the limits.
-    _messages_body(ex, route, payload)
+    adapter_for(route).check_messages(payload, ex.model)
     attempt = partial(_messages_via, ex, payload, stream)
-    await _metered(
-        ex, route, payload["model"], payload["max_tokens"], lambda ticket: resilience.run(ex, ticket, route, attempt)
-    )
-
-
-def _messages_body(ex, route, payload) -> bytes | None:
-    """The request in ``route``'s wire shape for ``ex.model`` (None for an agent service), or a 400."""
-    if route.kind == "anthropic":
-        return json.dumps({**payload, "model": ex.model}).encode()  # re-serialised: what was checked is sent
-    if route.kind == "openai":
-        return json.dumps(anthropic_shape.messages_to_chat(payload, ex.model)).encode()
-    anthropic_shape.ensure_translatable(payload, ex.model)
-    return None
+    await _metered(ex, route, payload["model"], payload["max_tokens"], partial(_run, ex, route, attempt))
 
 
 async def _messages_via(ex, payload, stream, route):
     """One attempt on ``route`` (the agent asked for, or a fallback), answered in Anthropic's shape."""
-    body = _messages_body(ex, route, payload)
-    if route.kind == "anthropic":
-        await _messages_anthropic(ex, route, body, stream)
-    elif route.kind == "openai":
-        await _messages_openai(ex, route, body, stream)
-    else:
-        await _messages_agent(ex, route, payload["max_tokens"], stream)
-
-
-async def _messages_anthropic(ex, route, body, stream):
-    if stream:
-        scanner = AnthropicStreamScanner(ex.model)
-        await forward.stream_sse(ex, route, "/v1/messages", body, scanner)
-        _note_stream_error(ex, scanner)
-        return
-    answer, content = await forward.call_json(ex, route, "/v1/messages", body)
-    ex.output_text = protocols.anthropic_text(answer)
-    await forward.respond_json_bytes(ex, content)  # the provider's own bytes, as it sent them
-
-
-async def _messages_openai(ex, route, body, stream):
-    if stream:
-        scanner = OpenAIToAnthropicStream(ex.request_id, ex.model)
-        await forward.stream_sse(ex, route, "/v1/chat/completions", body, scanner)
-        _note_stream_error(ex, scanner)
-        return
-    answer, _ = await forward.call_json(ex, route, "/v1/chat/completions", body)
-    ex.output_text = protocols.chat_text(answer)
-    await forward.respond_upstream_json(ex, anthropic_shape.chat_to_message(answer, ex.model, ex.request_id))
-
-
-async def _messages_agent(ex, route, limit, stream):
-    body = protocols.invoke_body(ex.input_text, ex.model, limit)
-    answer, _ = await forward.call_json(ex, route, "/invoke", json.dumps(body).encode())
-    ex.output_text = protocols.agent_text(answer)
-    model, usage = ex.model or route.slug, (ex.input_tokens, ex.output_tokens)
-    if stream:
-        await ex.start(200, forward.SSE_HEADERS)
-        await ex.send(anthropic_stream_of(ex.request_id, model, ex.output_text, usage), more=False)
-        return
-    await forward.respond_upstream_json(ex, anthropic_shape.message(ex.request_id, model, ex.output_text, *usage))
+    await adapter_for(route).messages(ex, route, payload, stream)
 
 
 # --- POST /v1/agent/invoke --------------------------------------------------
@@ -346,33 +232,11 @@ async def invoke_route(ex: Exchange, route: AgentRoute, text: str, model: str, r
 
     async def attempt(target: AgentRoute) -> None:
         if target.slug == route.slug:
-            await _invoke_once(ex, target, text, model, requested, limit)
+            await adapter_for(target).invoke(ex, target, text, model, requested, limit)
         else:  # a fallback: its own default model
-            await _invoke_once(ex, target, text, ex.model, "", limit)
+            await adapter_for(target).invoke(ex, target, text, ex.model, "", limit)
 
     await resilience.run(ex, ticket, route, attempt)
-
-
-async def _invoke_once(ex: Exchange, route: AgentRoute, text: str, model: str, requested: str, limit) -> None:
-    """One call to ``route`` in its own wire shape."""
-    if route.kind == "openai":
-        body = {"model": model, "messages": [{"role": "user", "content": text}]}
-        if limit:
-            body["max_tokens"] = limit
-        answer, _ = await forward.call_json(ex, route, "/v1/chat/completions", json.dumps(body).encode())
-        ex.output_text = protocols.chat_text(answer)
-    elif route.kind == "anthropic":
-        body = {
-            "model": model,
-            "max_tokens": limit or protocols.ANTHROPIC_DEFAULT_MAX_TOKENS,
-            "messages": [{"role": "user", "content": text}],
-        }
-        answer, _ = await forward.call_json(ex, route, "/v1/messages", json.dumps(body).encode())
-        ex.output_text = protocols.anthropic_text(answer)
-    else:
-        body = protocols.invoke_body(text, requested, limit)
-        answer, _ = await forward.call_json(ex, route, "/invoke", json.dumps(body).encode())
-        ex.output_text = protocols.agent_text(answer)
 
 
 # --- ANY /agents/<agent>/<path> ---------------------------------------------
@@ -392,11 +256,9 @@ async def pass_through(ex: Exchange, slug: str, rest: bytes) -> None:
     await _metered(ex, route, plan.model or route.slug, plan.max_output, call)
 
 
-def _pass_through_plan(ex: Exchange, route: AgentRoute, rest: bytes) -> pass_through_adapters.Plan:
+def _pass_through_plan(ex: Exchange, route: AgentRoute, rest: bytes) -> Plan:
     """The adapter's plan for this call, with the model it names checked against the key's scopes."""
-    plan = pass_through_adapters.plan_for(
-        route, ex.method, rest, ex.body, output_cap(None, route.default_max_output_tokens)
-    )
+    plan = adapter_for(route).plan(route, ex.method, rest, ex.body, output_cap(None, route.default_max_output_tokens))
     if plan.model:
         if ex.key is not None:
             authorize(ex.key, route.slug, plan.model)
@@ -414,8 +276,8 @@ async def _run_without_fallbacks(ex: Exchange, route: AgentRoute, attempt, ticke
     await resilience.run(ex, ticket, route, attempt, fallbacks=False)
 
 
-async def _pass_through_once(ex: Exchange, rest: bytes, plan, route: AgentRoute) -> None:
-    await forward.pass_through(ex, route, rest, plan)
+async def _pass_through_once(ex: Exchange, rest: bytes, plan: Plan, route: AgentRoute) -> None:
+    await forward.pass_through(ex, route, rest, plan, adapter_for(route))
 
 
 # --- a path route: ANY <prefix>[/<rest>] -------------------------------------

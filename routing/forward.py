@@ -41,9 +41,8 @@ def _failed_status(status: int, route: AgentRoute, content: bytes) -> GatewayErr
     return upstream.upstream_status_error(status, route) if status >= 500 else _rejected(status, route, content)
 
 
-async def call_json(ex: Exchange, route: AgentRoute, path: str, body: bytes) -> tuple[dict, bytes]:
+async def call_json(ex: Exchange, route: AgentRoute, path: str, body: bytes, headers: dict) -> tuple[dict, bytes]:
     """POST a composed JSON body; return the upstream's JSON answer and its bytes, within the agent's timeout."""
-    headers = upstream.provider_headers(route, ex.request_id, ex.key.client_slug)
     ex.target = route.base_url
     request = upstream.build_request(
         "POST", upstream.provider_url(route, path), content=body, headers=headers, route=route
@@ -98,14 +97,10 @@ async def _relay(ex: Exchange, route: AgentRoute, response: httpx.Response, tran
     await ex.send(b"", more=False)
 
 
-async def stream_sse(ex: Exchange, route: AgentRoute, path: str, body: bytes, scanner) -> None:
+async def stream_sse(ex: Exchange, route: AgentRoute, path: str, body: bytes, scanner, headers: dict) -> None:
     """POST a streaming request and relay its events through ``scanner`` without buffering them."""
     request = upstream.build_request(
-        "POST",
-        upstream.provider_url(route, path),
-        content=body,
-        headers=upstream.provider_headers(route, ex.request_id, ex.key.client_slug),
-        route=route,
+        "POST", upstream.provider_url(route, path), content=body, headers=headers, route=route
     )
     response = await _open_stream(ex, route, request)
     try:
@@ -121,19 +116,15 @@ async def stream_sse(ex: Exchange, route: AgentRoute, path: str, body: bytes, sc
         ex.model = getattr(scanner, "model", "") or ex.model
 
 
-async def pass_through(ex: Exchange, route: AgentRoute, rest: bytes, plan=None) -> None:
-    """Forward method, path, query, headers and body (``plan.body``: re-serialised when it was read); stream the
-    answer back, reading its usage from its headers, its JSON or its stream's usage events on the way."""
+async def pass_through(ex: Exchange, route: AgentRoute, rest: bytes, plan, adapter) -> None:
+    """Forward method, path, query, headers and ``plan.body`` (re-serialised when the adapter read it); stream the
+    answer back, reading its usage from its headers, its JSON or (``adapter``) its stream's usage events."""
     url = upstream_url(route.base_url, rest, ex.query)
-    body = plan.body if plan is not None else ex.body
     client_slug = ex.key.client_slug if ex.key else ""  # a path route may need no key
-    request = upstream.build_request(
-        ex.method,
-        url,
-        content=body or None,
-        headers=upstream.passthrough_headers(ex.raw_headers, route, ex.request_id, client_slug),
-        route=route,
+    headers = upstream.passthrough_headers(
+        ex.raw_headers, route, ex.request_id, client_slug, adapter.credentials(route)
     )
+    request = upstream.build_request(ex.method, url, content=plan.body or None, headers=headers, route=route)
     response = await _open_stream(ex, route, request)
     scanner = None
     try:
@@ -142,8 +133,8 @@ async def pass_through(ex: Exchange, route: AgentRoute, rest: bytes, plan=None) 
             raise _failed_status(response.status_code, route, await response.aread())
         content_type = response.headers.get("content-type", "")
         capture = bytearray() if "json" in content_type and "content-encoding" not in response.headers else None
-        if plan is not None and "event-stream" in content_type:
-            scanner = plan.scanner(route.kind)
+        if "event-stream" in content_type:
+            scanner = adapter.stream_scanner(plan)
         await ex.start(response.status_code, upstream.response_headers(response))
         await _relay(ex, route, response, transform=scanner.feed if scanner else None, capture=capture)
     finally:

@@ -138,30 +138,14 @@ def timeout_for(route: AgentRoute) -> httpx.Timeout:
     return httpx.Timeout(route.timeout, connect=min(route.timeout, settings.GATEWAY["UPSTREAM_CONNECT_TIMEOUT"]))
 
 
-def provider_headers(route: AgentRoute, request_id: str, client_slug: str) -> dict[str, str]:
-    """Headers for calls the gateway composes itself (chat, messages, invoke)."""
-    headers = {
-        "content-type": "application/json",
-        "accept-encoding": "identity",
-        "x-request-id": request_id,
-        "x-client-id": client_slug,
-    }
-    if route.upstream_api_key:
-        if route.kind == "anthropic":
-            headers["x-api-key"] = route.upstream_api_key
-        else:
-            headers["authorization"] = f"Bearer {route.upstream_api_key}"
-    if route.kind == "anthropic":
-        headers["anthropic-version"] = "2023-06-01"
-    return headers
-
-
 def passthrough_headers(
-    raw: list[tuple[bytes, bytes]], route: AgentRoute, request_id: str, client_slug: str
+    raw: list[tuple[bytes, bytes]], route: AgentRoute, request_id: str, client_slug: str, credentials=None
 ) -> list[tuple[bytes, bytes]]:
     """The caller's headers minus hop-by-hop, credentials and forwarding claims, plus the gateway's own.
 
-    ``Accept-Encoding: identity`` so the answer's usage can be read on its way through.
+    ``Accept-Encoding: identity`` so the answer's usage can be read on its way through; ``credentials``
+    are the headers of the gateway's own upstream credential in the form the upstream's kind expects
+    (``routing.adapters``), a bearer token by default.
     """
     named = _named_in_connection(raw)
     kept = [(name, value) for name, value in raw if name != b"accept-encoding" and _forwardable(name, named)]
@@ -170,11 +154,9 @@ def passthrough_headers(
         (b"x-request-id", request_id.encode()),
         (b"x-client-id", client_slug.encode()),
     ]
-    if route.upstream_api_key:
-        if route.kind == "anthropic":
-            kept.append((b"x-api-key", route.upstream_api_key.encode()))
-        else:
-            kept.append((b"authorization", f"Bearer {route.upstream_api_key}".encode()))
+    if credentials is None and route.upstream_api_key:
+        credentials = [(b"authorization", f"Bearer {route.upstream_api_key}".encode())]
+    kept += credentials or ()
     return kept
 
 

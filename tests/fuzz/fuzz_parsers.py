@@ -23,7 +23,8 @@ django.setup()
 
 with atheris.instrument_imports(include=["routing", "gateway_project"]):
     from gateway_project.errors import GatewayError
-    from routing import anthropic_shape, pass_through, protocols
+    from routing import anthropic_shape, protocols
+    from routing.adapters import ADAPTERS
     from routing.exchange import client_address, parse_json
     from routing.sse import (
         AnthropicStreamScanner,
@@ -96,7 +97,7 @@ def _address(data: bytes) -> None:
 def _plan(data: bytes) -> None:
     kind = ("agent", "openai", "anthropic")[data[0] % 3] if data else "openai"
     path, _, body = data[1:].partition(b"\n")
-    pass_through.plan_for(ROUTES[kind], "POST", path, body, 100)
+    ADAPTERS[kind].plan(ROUTES[kind], "POST", path, body, 100)
 
 
 def _headers(data: bytes) -> None:
