@@ -1,4 +1,4 @@
-"""Hot shared state: rate counters, concurrency, spend and cached snapshots.
+"""Hot shared state: rate counters, concurrency, spend, cached snapshots and key-change announcements.
 
 One small interface with two implementations: ``MemoryHotState`` for the
 embedded profile (one process holds everything) and ``RedisHotState`` for
@@ -8,18 +8,31 @@ gateway processes never over-admit. No other module talks to Redis directly.
 Rates use GCRA (the "generic cell rate algorithm"): one number per limit,
 the theoretical arrival time, which gives an exact ``Retry-After`` and lets a
 request's token estimate be corrected after the fact by moving that time.
+
+A change to an API key is announced to every gateway process (``publish_key_change``,
+``key_changes``): a process holding open WebSocket sessions of that key checks them again.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import math
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from django.conf import settings
 
+log = logging.getLogger("gateway.hotstate")
+
 PERIOD_MS = 60_000
+KEY_CHANGES = "key-changes"  # the channel's name after the store's prefix
+# A subscription silent this long is asked for a PONG; one that does not answer in as long again is reconnected.
+SUBSCRIPTION_HEARTBEAT_SECONDS = 15.0
+RESUBSCRIBE_PAUSES = (0.1, 0.2, 0.5, 1.0)  # between attempts to subscribe again while Redis cannot be reached
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +260,18 @@ class HotState:
         """Read a counter from synchronous code (console pages)."""
         raise NotImplementedError
 
+    def publish_key_change(self, key_id: int) -> None:
+        """Announce to every process's ``key_changes`` that a key (or its client) changed; from synchronous code."""
+        raise NotImplementedError
+
+    def key_changes(self) -> AsyncIterator[int | None]:
+        """The id of every key whose change is announced from now on, by any process, until closed.
+
+        It yields None once it listens, and again after every reconnection: changes
+        announced before then may have been missed, so everything watched needs a look.
+        """
+        raise NotImplementedError
+
     def key(self, *parts) -> str:
         return ":".join([settings.GATEWAY["REDIS_PREFIX"], *map(str, parts)])
 
@@ -268,6 +293,7 @@ class MemoryHotState(HotState):
 
     def __init__(self):
         self._values: dict[str, tuple[object, float | None]] = {}
+        self._key_listeners: set[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = set()
 
     def _get(self, key, now_s):
         item = self._values.get(key)
@@ -473,6 +499,22 @@ class MemoryHotState(HotState):
     def get_int_now(self, key):
         value = self._get(key, time.time())
         return None if value is None else int(value)
+
+    def publish_key_change(self, key_id):
+        # Saves come from the console's threads; each listener is fed on its own loop.
+        for loop, changes in list(self._key_listeners):
+            with contextlib.suppress(RuntimeError):  # that loop has closed
+                loop.call_soon_threadsafe(changes.put_nowait, key_id)
+
+    async def key_changes(self):
+        listener = (asyncio.get_running_loop(), asyncio.Queue())
+        self._key_listeners.add(listener)
+        try:
+            yield None
+            while True:
+                yield await listener[1].get()
+        finally:
+            self._key_listeners.discard(listener)
 
 
 # KEYS: n rate keys, c concurrency slot keys, then 4 keys per budget (counter, held, amounts, reserved).
@@ -794,6 +836,7 @@ class RedisHotState(HotState):
         self._async_clients: dict[int, object] = {}
         self._aioredis = aioredis
         self._no_script = redis.exceptions.NoScriptError
+        self._unreachable = (redis.exceptions.RedisError, OSError)
 
     def _client(self):
         # redis.asyncio connections belong to the loop that made them.
@@ -911,6 +954,42 @@ class RedisHotState(HotState):
     def get_int_now(self, key):
         value = self._sync.get(key)
         return None if value is None else int(value)
+
+    def publish_key_change(self, key_id):
+        self._sync.publish(self.key(KEY_CHANGES), key_id)
+
+    async def key_changes(self):
+        # Its own connection, named after the channel (CLIENT LIST shows it), held while it listens.
+        channel = self.key(KEY_CHANGES)
+        failures = 0
+        while True:
+            client = self._aioredis.Redis.from_url(self._url, client_name=channel)
+            subscription = client.pubsub()
+            try:
+                await subscription.subscribe(channel)
+                pinged = False
+                while True:
+                    message = await subscription.get_message(timeout=SUBSCRIPTION_HEARTBEAT_SECONDS)
+                    if message is None:
+                        if pinged:
+                            raise TimeoutError("the subscription did not answer a ping")
+                        await subscription.ping()
+                        pinged = True
+                        continue
+                    pinged, failures = False, 0
+                    # redis-py subscribes again by itself after a reconnection: each confirmation may follow a gap.
+                    if message["type"] == "subscribe":
+                        yield None
+                    elif message["type"] == "message" and message["data"].isdigit():
+                        yield int(message["data"])
+            except self._unreachable as error:
+                if not failures:
+                    log.warning("listening for key changes failed (%s); subscribing again", error)
+                failures += 1
+            finally:
+                await subscription.aclose()
+                await client.aclose()
+            await asyncio.sleep(RESUBSCRIBE_PAUSES[min(failures, len(RESUBSCRIBE_PAUSES)) - 1])
 
 
 _store: HotState | None = None

@@ -1,18 +1,34 @@
-"""Drop cached key snapshots whenever a key or its client changes."""
+"""Drop cached key snapshots whenever a key or its client changes, and announce the change to every process."""
 
+from functools import partial
+
+from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
+from gateway_project.hotstate import get_hot_state
 from keys.access import key_snapshots
 from keys.models import ApiKey, Client
 
 
 @receiver([post_save, post_delete], sender=ApiKey)
 def forget_key(sender, instance, **kwargs):
-    key_snapshots.forget(instance.key_hash)
+    key_changed(instance.pk, instance.key_hash)
 
 
 @receiver([post_save, post_delete], sender=Client)
 def forget_client_keys(sender, instance, **kwargs):
-    for key_hash in ApiKey.objects.filter(client_id=instance.pk).values_list("key_hash", flat=True):
-        key_snapshots.forget(key_hash)
+    for key_id, key_hash in ApiKey.objects.filter(client_id=instance.pk).values_list("pk", "key_hash"):
+        key_changed(key_id, key_hash)
+
+
+def key_changed(key_id: int, key_hash: str) -> None:
+    """Forget the key's snapshot now, and once the change is committed announce it (open sessions re-check it)."""
+    key_snapshots.forget(key_hash)
+    transaction.on_commit(partial(_announce, key_id, key_hash), robust=True)
+
+
+def _announce(key_id: int, key_hash: str) -> None:
+    # Forgotten again: a request between the save and the commit may have cached the row as it was.
+    key_snapshots.forget(key_hash)
+    get_hot_state().publish_key_change(key_id)

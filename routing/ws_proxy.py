@@ -13,6 +13,13 @@ application that closes before accepting makes it answer a bare ``403 Access
 denied`` whatever the reason, and it drops close reasons. There the gateway
 accepts, sends the JSON error as one text frame and closes with 4000 + the HTTP
 status (4401, 4403, 4404, 4429, 4502, ...).
+
+A session lasts only as long as its key lets it in: when the key is revoked,
+disabled, expires, loses the agent from its scopes or its client is disabled, the
+gateway closes the session with 1008 (policy violation) and the error code as the
+reason (``ws_sessions``), within a second on every gateway process. Daphne lets an
+application send no standard code but 1000, so its clients get 4008 instead, as
+``close_client`` maps every standard code (and drops the reason).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from routing.endpoints import authenticate
 from routing.exchange import Exchange
 from routing.table import AgentRoute, routing_table
 from routing.ws_relay import Traffic, close_client, relay, upstream_close_code
+from routing.ws_sessions import open_sessions
 
 log = logging.getLogger("gateway.ws")
 
@@ -92,7 +100,8 @@ async def serve_session(scope: dict, receive, send) -> None:
             )
             ex.status = 101
             traffic.handshake_ms = ex.elapsed_ms()
-            await relay(receive, send, agent, traffic, settings.GATEWAY["MAX_BODY_BYTES"])
+            async with open_sessions.watch(ex.key, route.slug, ex.started) as watched:
+                await relay(receive, send, agent, traffic, settings.GATEWAY["MAX_BODY_BYTES"], watched.withdrawn)
         finally:
             await agent.close(upstream_close_code(traffic.close_code) if traffic.closed_by == "client" else 1001)
     except asyncio.CancelledError:  # the server is shutting down (a client that leaves is a message, not this)

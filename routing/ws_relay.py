@@ -10,6 +10,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import EXTERNAL_CLOSE_CODES
 
 PREVIEW_SOURCE_CHARS = 1000  # the audit preview keeps far fewer; the redaction rules see this much
+POLICY_VIOLATION = 1008  # the close code of a session its key no longer lets in
 
 
 @dataclass(slots=True)
@@ -57,12 +58,17 @@ class Traffic:
         }
 
 
-async def relay(receive, send, agent: ClientConnection, traffic: Traffic, max_frame_bytes: int) -> None:
-    """Relay frames both ways until one side closes, then close the client if it was not the one."""
+async def relay(
+    receive, send, agent: ClientConnection, traffic: Traffic, max_frame_bytes: int, withdrawn: asyncio.Future
+) -> None:
+    """Relay frames both ways until one side closes, or ``withdrawn`` gives the error code that ends the session
+    (its key may no longer be used: close code 1008); then close the client if it was not the one."""
     inbound = asyncio.ensure_future(_client_to_agent(receive, agent, traffic, max_frame_bytes))
     outbound = asyncio.ensure_future(_agent_to_client(agent, send, traffic))
     try:
-        await asyncio.wait((inbound, outbound), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((inbound, outbound, withdrawn), return_when=asyncio.FIRST_COMPLETED)
+        if withdrawn.done():
+            traffic.end("gateway", POLICY_VIOLATION, withdrawn.result())
     finally:
         inbound.cancel()
         outbound.cancel()
@@ -72,7 +78,7 @@ async def relay(receive, send, agent: ClientConnection, traffic: Traffic, max_fr
     if traffic.closed_by == "upstream":
         await close_client(send, client_close_code(traffic.close_code))
     elif traffic.closed_by == "gateway":
-        await close_client(send, traffic.close_code)
+        await close_client(send, traffic.close_code, traffic.error)
 
 
 async def _client_to_agent(receive, agent: ClientConnection, traffic: Traffic, max_frame_bytes: int) -> None:

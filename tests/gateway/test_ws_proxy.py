@@ -1,4 +1,5 @@
-"""WebSocket sessions on /agents/<agent>/ws: the handshake's refusals, frames both ways, one audit record each.
+"""WebSocket sessions on /agents/<agent>/ws: the handshake's refusals, frames both ways, one audit record each,
+and the end of a session whose key no longer lets it in.
 
 Every test runs on Daphne and on uvicorn: they refuse a handshake differently (uvicorn
 with the HTTP status and JSON error, Daphne with an error frame and close code 4000 +
@@ -7,13 +8,16 @@ status), and Daphne cannot send standard close codes other than 1000 (1001 arriv
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
 import httpx
 import pytest
+from django.conf import settings
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
@@ -323,3 +327,125 @@ def test_a_frame_over_the_size_limit_ends_the_session(server, make_key, audit_fo
     assert (record.status, record.error_type) == (101, "frame_too_large")
     assert record.details["closed_by"] == "gateway"
     assert (record.details["frames_in"], record.details["bytes_in"]) == (0, 0)
+
+
+# --- the key changes while the session is open ---------------------------------
+
+
+@pytest.fixture
+def admin_api(live_db):
+    """``admin_api(server)``: the management API of an admin on that gateway, whose process announces the change."""
+    from django.contrib.auth import get_user_model
+    from rest_framework.authtoken.models import Token
+
+    user = get_user_model().objects.create_user(f"ws-admin-{uuid.uuid4().hex[:8]}", is_superuser=True)
+    token = Token.objects.create(user=user).key
+    return lambda server: httpx.Client(base_url=server.url, headers={"Authorization": f"Token {token}"}, timeout=30)
+
+
+def closed(ws, seconds: float = 10):
+    """Wait for the gateway to close the session; the close frame the client received."""
+    with pytest.raises(ConnectionClosed) as closing:
+        ws.recv(timeout=seconds)
+    return closing.value.rcvd
+
+
+@contextlib.contextmanager
+def open_session(server: Server, raw: str, **options):
+    """A session that has relayed one frame each way, so the agent's side is surely up."""
+    with session(server, raw, **options) as ws:
+        ws.send("hello")
+        assert ws.recv(timeout=10) == "echo: hello"
+        yield ws
+
+
+KEY_CHANGES = {
+    # name: (the change through the management API, the error code that ends the session)
+    "revoked": (lambda api, key: api.post(f"/api/v1/keys/{key.pk}/revoke/"), "key_revoked"),
+    "disabled": (lambda api, key: api.patch(f"/api/v1/keys/{key.pk}/", json={"is_active": False}), "key_disabled"),
+    "descoped": (
+        lambda api, key: api.patch(f"/api/v1/keys/{key.pk}/", json={"allowed_agents": ["writing"]}),
+        "agent_not_allowed",
+    ),
+    "client_disabled": (
+        lambda api, key: api.patch(f"/api/v1/clients/{key.client_id}/", json={"is_active": False}),
+        "client_disabled",
+    ),
+}
+
+
+@pytest.mark.parametrize("change", KEY_CHANGES)
+def test_a_session_is_closed_within_a_second_once_its_key_no_longer_lets_it_in(
+    server, make_key, audit_for, admin_api, change
+):
+    make_change, code = KEY_CHANGES[change]
+    raw, key = make_key(agents=["research", "writing"])
+    with open_session(server, raw) as ws:
+        response = make_change(admin_api(server), key)
+        assert response.status_code == 200, response.text
+        changed = time.monotonic()
+        frame = closed(ws)
+        assert time.monotonic() - changed < 1.0
+    assert frame.code == server.standard_code(1008)
+    if server.name == "uvicorn":  # Daphne drops close reasons
+        assert frame.reason == code
+    record = audit_for(key)[0]
+    assert (record.status, record.error_type) == (101, code)
+    assert (record.details["closed_by"], record.details["close_code"]) == ("gateway", 1008)
+    assert (record.details["frames_in"], record.details["frames_out"]) == (1, 1)
+
+
+def test_a_session_is_closed_when_its_key_expires(server, make_key, audit_for):
+    from django.utils import timezone
+
+    raw, key = make_key(expires_at=timezone.now() + timedelta(seconds=2))
+    with open_session(server, raw) as ws:
+        frame = closed(ws)
+        closed_at = time.time()
+    assert frame.code == server.standard_code(1008)
+    assert 0 <= closed_at - key.expires_at.timestamp() < 1.0
+    record = audit_for(key)[0]
+    assert (record.error_type, record.details["closed_by"], record.details["close_code"]) == (
+        "key_expired", "gateway", 1008,
+    )  # fmt: skip
+
+
+def test_a_change_that_still_lets_the_key_in_and_another_keys_change_leave_the_session_open(
+    server, make_key, audit_for, admin_api
+):
+    raw, key = make_key(agents=["research"])
+    other_raw, other = make_key()
+    api = admin_api(server)
+    with open_session(server, raw) as ws, open_session(server, other_raw) as witness:
+        renamed = api.patch(f"/api/v1/keys/{key.pk}/", json={"name": "renamed", "allowed_agents": ["research", "x"]})
+        assert renamed.status_code == 200, renamed.text
+        assert api.post(f"/api/v1/keys/{other.pk}/revoke/").status_code == 200
+        # Changes are handled in the order announced: once the witness is closed, the renaming has been looked at.
+        assert closed(witness).code == server.standard_code(1008)
+        ws.send("still here")
+        assert ws.recv(timeout=10) == "echo: still here"
+    record = audit_for(key)[0]
+    assert (record.error_type, record.details["closed_by"], record.details["close_code"]) == ("", "client", 1000)
+
+
+@pytest.fixture(scope="module", params=["daphne", "uvicorn"])
+def two_workers(request, seeded):
+    if not settings.REDIS_URL:
+        pytest.skip("worker processes share key changes through Redis")
+    gateway = Gateway(workers=2, server=request.param)
+    yield Server(request.param, gateway.url)
+    gateway.stop()
+
+
+def test_every_worker_closes_its_sessions_of_a_revoked_key(two_workers, make_key, audit_for):
+    from keys.services import revoke_key
+
+    raw, key = make_key()
+    with contextlib.ExitStack() as stack:
+        sessions = [stack.enter_context(open_session(two_workers, raw, query=f"?n={n}")) for n in range(6)]
+        revoke_key(key)  # announced from this process, like a change made in a Celery worker or a shell
+        revoked = time.monotonic()
+        codes = [closed(ws).code for ws in sessions]  # the kernel spread the sessions over both workers
+        assert time.monotonic() - revoked < 1.0
+    assert codes == [two_workers.standard_code(1008)] * 6
+    assert {record.error_type for record in audit_for(key, 6)} == {"key_revoked"}

@@ -1,8 +1,10 @@
-"""The hot-state stores admit and settle the same way; Redis does it atomically across callers."""
+"""The hot-state stores admit and settle the same way; Redis does it atomically across callers. Both announce
+key changes to every listener."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 
 import pytest
@@ -197,3 +199,52 @@ def test_reservations_hold_budget_until_settled_or_lapsed(store):
     first, second, small, third, fourth = run(scenario())
     assert (first.ok, second.ok, small.ok, third.ok, fourth.ok) == (True, False, True, True, False)
     assert second.failed == fourth.failed == "budget"
+
+
+# --- key changes ---------------------------------------------------------------
+
+
+@pytest.fixture
+def own_channel(settings):
+    """A prefix of this test's own, so no other gateway's key changes (Redis is shared) reach its listeners."""
+    settings.GATEWAY = {**settings.GATEWAY, "REDIS_PREFIX": f"t-{uuid.uuid4().hex}"}
+    return settings.GATEWAY["REDIS_PREFIX"]
+
+
+async def next_change(changes, seconds: float = 5.0):
+    return await asyncio.wait_for(anext(changes), seconds)
+
+
+def test_a_key_change_reaches_every_listener_after_it_says_it_listens(store, own_channel):
+    async def scenario():
+        async with contextlib.aclosing(store.key_changes()) as one, contextlib.aclosing(store.key_changes()) as two:
+            assert (await next_change(one), await next_change(two)) == (None, None)
+            # Announced from another thread, as the console's saves are.
+            await asyncio.to_thread(store.publish_key_change, 42)
+            await asyncio.to_thread(store.publish_key_change, 7)
+            return [await next_change(one), await next_change(one)], [await next_change(two), await next_change(two)]
+
+    assert run(scenario()) == ([42, 7], [42, 7])
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="needs Redis")
+def test_the_redis_listener_subscribes_again_after_losing_its_connection(own_channel):
+    import redis
+
+    store = RedisHotState(settings.REDIS_URL)
+    admin = redis.Redis.from_url(settings.REDIS_URL)
+
+    def kill_listener() -> int:
+        name = f"{own_channel}:key-changes"
+        return sum(admin.client_kill_filter(_id=c["id"]) for c in admin.client_list() if c["name"] == name)
+
+    async def scenario():
+        async with contextlib.aclosing(store.key_changes()) as changes:
+            assert await next_change(changes) is None
+            assert await asyncio.to_thread(kill_listener) == 1
+            assert await next_change(changes) is None  # subscribed again: changes in between may be lost
+            store.publish_key_change(42)
+            assert await next_change(changes) == 42
+        return await asyncio.to_thread(kill_listener)
+
+    assert run(scenario()) == 0  # closing the listener closed its connection
