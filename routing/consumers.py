@@ -19,10 +19,11 @@ class ProxyConsumer(AsyncHttpConsumer):
     dispatch loop, for three reasons measured on the hot path: the loop makes
     a task and a wait per message and closes database connections in a thread
     after each one (the proxy never touches the database per request); the
-    body-size limit must be enforced as chunks arrive, not after the whole
-    body is buffered; and while an answer is produced, a client that
-    disconnects must cancel the upstream call at once, which the loop cannot
-    see while a handler runs. The proxy uses no channel layer.
+    body must not be read before the caller is let in, and then only up to
+    the size limit, as chunks arrive (``Exchange.read_body``); and while an
+    answer is produced, a client that disconnects must cancel the upstream
+    call at once, which the loop cannot see while a handler runs. The proxy
+    uses no channel layer.
     """
 
     channel_layer_alias = "proxy-uses-no-channel-layer"

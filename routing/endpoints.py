@@ -1,8 +1,12 @@
-"""The gateway's endpoints, each a sequence of the same steps.
+"""The gateway's endpoints, each a sequence of the same steps, each step asking the one owner of its decision.
 
-authenticate -> size and shape -> resolve -> authorize -> admit -> forward
--> settle. Every step raises ``GatewayError`` to refuse; ``serve`` turns that
-into the JSON error and writes exactly one audit record whatever happened.
+path check (``upstream_url``) -> authenticate (``keys.access``; the body is read
+only after) -> size and shape -> resolve (``routing.table``) -> authorize ->
+price (``routing.pricing.quote_for``) -> admit (``admission``: a ``Ticket`` that
+owns every slot, reservation and lease) -> attempts (``resilience``, each through
+the kind's ``adapters`` and ``forward``) -> settle (the ticket, against its quote).
+Every step raises ``GatewayError`` to refuse; ``serve`` turns that into the JSON
+error and writes exactly one audit record whatever happened.
 """
 
 from __future__ import annotations
