@@ -195,3 +195,24 @@ class ArchivedRun(models.Model):
 
     def __str__(self):
         return f"seq {self.first_seq}-{self.last_seq} in {self.archive}"
+
+
+class QuarantinedRow(models.Model):
+    """A row the database refused to store, set aside by the writer so that the rows around it were written.
+
+    The row is kept as it was queued, except that strings the database cannot take are
+    escaped (``{"$escaped": "..."}``); ``reason`` is the database's own message. A spool
+    line that could not be read at all is kept with an empty ``model``.
+    """
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    model = models.CharField(max_length=100, blank=True, help_text="The row's model, e.g. audit.AuditRecord.")
+    request_id = models.CharField(max_length=64, blank=True, db_index=True)
+    row = models.JSONField(default=dict, blank=True)
+    reason = models.TextField(help_text="Why the database refused it.")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return f"{self.model or 'spool line'} {self.request_id}".strip()

@@ -13,38 +13,14 @@ from django.utils import timezone
 
 from billing.models import UsageRecord, UsageRollup
 from billing.periods import DAILY, MONTHLY, WEEKLY, period_of
-from billing.pricing import nanos_to_usd
 from billing.rollups import complete_days, day_window
+from billing.rows import usage_row
 from gateway_project.writer import writer
 
 
-def record_usage(
-    *,
-    request_id,
-    client_id,
-    key_id,
-    agent,
-    model,
-    input_tokens,
-    output_tokens,
-    cost_nanos,
-    cost_center_id=None,
-    default_priced=False,
-) -> dict:
-    """Queue one usage row for the buffered writer."""
-    row = dict(
-        request_id=request_id,
-        created_at=timezone.now(),
-        client_id=client_id,
-        api_key_id=key_id,
-        cost_center_id=cost_center_id,
-        agent=agent,
-        model=model,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        cost_usd=nanos_to_usd(cost_nanos),
-        default_priced=default_priced,
-    )
+def record_usage(**facts) -> dict:
+    """Queue one usage row for the buffered writer, built by ``billing.rows.usage_row`` (valid for every column)."""
+    row = usage_row(**facts)
     writer.add(UsageRecord, row)
     return row
 

@@ -47,6 +47,14 @@ def _decode(obj: dict):
     return obj
 
 
+def _read_line(raw: bytes) -> tuple:
+    """One spooled (model, row); raises when the line is not one."""
+    item = json.loads(raw.decode("utf-8"), object_hook=_decode)
+    if not isinstance(item, dict) or not isinstance(item.get("model"), str) or not isinstance(item.get("row"), dict):
+        raise ValueError("not a spooled row")
+    return apps.get_model(item["model"]), item["row"]
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -81,19 +89,29 @@ class Spool:
             return []
         return sorted(self.directory.glob(f"*{READY}"))
 
-    def claim(self, path: Path) -> tuple[Path, list[tuple]] | None:
-        """Take ``path`` for this process and read its batch; None if another process took it first."""
+    def claim(self, path: Path, unreadable: list[tuple[str, str]] | None = None) -> tuple[Path, list[tuple]] | None:
+        """Take ``path`` for this process and read its batch; None if another process took it first.
+
+        A line that is not a row this code can read (damaged, or for a model that no longer
+        exists) goes to ``unreadable`` as (its text, why) when that list is given, so the
+        rest of the file is still replayed; without the list it raises ValueError.
+        """
         claimed = path.with_name(f"{path.stem}.{os.getpid()}{CLAIMED}")
         try:
             os.rename(path, claimed)
         except FileNotFoundError:
             return None
         batch = []
-        with open(claimed, encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    item = json.loads(line, object_hook=_decode)
-                    batch.append((apps.get_model(item["model"]), item["row"]))
+        with open(claimed, "rb") as handle:
+            for raw in handle:
+                if not raw.strip():
+                    continue
+                try:
+                    batch.append(_read_line(raw))
+                except (ValueError, LookupError, ArithmeticError, RecursionError) as error:
+                    if unreadable is None:
+                        raise ValueError(f"{claimed.name}: {error}") from error
+                    unreadable.append((raw.decode("utf-8", "backslashreplace").rstrip("\n"), f"unreadable: {error}"))
         return claimed, batch
 
     def done(self, claimed: Path) -> None:

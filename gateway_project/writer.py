@@ -11,6 +11,13 @@ refuses (it is down, say) goes to the spool, files on local disk
 the database takes the spooled ones again, oldest first, so nothing is lost and
 the order holds, even if the process stops meanwhile. At process exit whatever
 is left is written synchronously, or spooled.
+
+A batch the database refuses for what is in it (a value no column takes) is not
+the database being down: the writer splits it, in fresh transactions, until the
+rows it refuses stand alone, writes the rest and sets those aside with the
+database's reason (``set_quarantine``). Spooled batches are replayed the same
+way, so one bad row never stops the log. ``gateway_project.rows`` makes rows
+valid before they are queued; this is the net under it.
 """
 
 from __future__ import annotations
@@ -24,14 +31,45 @@ from collections.abc import Awaitable, Callable
 
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.db import close_old_connections, connection, models, transaction
+from django.core.exceptions import FieldDoesNotExist
+from django.db import DataError, IntegrityError, close_old_connections, connection, models, transaction
 
+from gateway_project.rows import clean_text, is_clean
 from gateway_project.spool import Spool
 
 log = logging.getLogger("gateway.writer")
 ASYNC_HOOK_SECONDS = 2.0
 # How often a writer with nothing spooled itself looks for files other (stopped) processes left.
 SPOOL_LOOK_SECONDS = 5.0
+REASON_LENGTH = 2000
+# Errors that come from a batch's values, not from the database's state: Django's and Python's own.
+_DATA_ERRORS = (DataError, IntegrityError, ValueError, TypeError, LookupError, ArithmeticError, FieldDoesNotExist)
+
+
+def refused_for_its_data(error: BaseException) -> bool:
+    """Whether ``error`` says the database (or the driver) will not take a value, rather than that it is unreachable.
+
+    PostgreSQL's data exceptions (SQLSTATE class 22) and integrity violations (23),
+    and values psycopg cannot send (no SQLSTATE), are the data's fault; a lost
+    connection, a missing table or any other error is not, and the batch waits in the spool.
+    """
+    if isinstance(error, _DATA_ERRORS):
+        return True
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - SQLite-only installs
+        return False
+    cause = error if isinstance(error, psycopg.Error) else error.__cause__
+    if not isinstance(cause, psycopg.Error):
+        return False
+    if cause.sqlstate is None:
+        return isinstance(cause, psycopg.DataError | psycopg.ProgrammingError)
+    return cause.sqlstate[:2] in ("22", "23")
+
+
+def describe(error: BaseException) -> str:
+    """The database's reason for a refusal, short enough to keep."""
+    return clean_text(f"{type(error).__name__}: {error}", REASON_LENGTH)
 
 
 class BufferedWriter:
@@ -47,6 +85,8 @@ class BufferedWriter:
         self._spool: Spool | None = None
         self._spool_pending = True  # look at start-up: an earlier process may have left files
         self._spool_looked_at = 0.0
+        self._quarantine: Callable[[str, dict, str], None] | None = None
+        self.quarantined_total = 0  # rows this process set aside since it started, for /metrics
 
     @property
     def spool(self) -> Spool:
@@ -72,6 +112,10 @@ class BufferedWriter:
     def set_preparer(self, model, prepare: Callable[[list[dict]], None]) -> None:
         """Run ``prepare(rows)`` on each batch of ``model`` inside its write transaction, just before the insert."""
         self._preparers[model] = prepare
+
+    def set_quarantine(self, keep: Callable[[str, dict, str], None]) -> None:
+        """Hand each row the database refuses to ``keep(model_label, row, reason)``, inside its own transaction."""
+        self._quarantine = keep
 
     def add(self, model, row: dict) -> None:
         """Queue one row of ``model`` (column name -> value); never blocks, never touches the database."""
@@ -156,16 +200,24 @@ class BufferedWriter:
         return await database_sync_to_async(self.replay_spool)()
 
     def replay_spool(self) -> bool:
-        """Write every spooled batch this process can claim, oldest first; stop at the first refusal."""
+        """Write every spooled batch this process can claim, oldest first; stop while the database is unreachable.
+
+        Rows (and lines of a file) the database refuses are quarantined as in any batch,
+        so a file never blocks the ones after it.
+        """
         spool = self.spool
         spool.recover()
         for path in spool.ready():
-            claimed = spool.claim(path)
+            unreadable: list[tuple[str, str]] = []
+            claimed = spool.claim(path, unreadable)
             if claimed is None:
                 continue  # another process took it
             claimed_path, batch = claimed
             try:
                 self._write(_not_yet_written(batch))
+                with self._lock:
+                    for line, reason in unreadable:
+                        self._set_aside("", {"spool_file": claimed_path.name, "line": line}, reason)
             except Exception:
                 spool.give_back(claimed_path)
                 self._spool_pending = True
@@ -177,12 +229,46 @@ class BufferedWriter:
         return True
 
     def _write(self, batch: list) -> dict:
+        """Save ``batch``, quarantining the rows the database refuses; raise if it cannot be reached."""
         by_model: dict[type, list[dict]] = {}
         if not batch:
             return by_model
+        with self._lock:
+            self._save_splitting(batch, by_model)
+        for hook in self._hooks:
+            try:
+                hook(by_model)
+            except Exception:
+                log.exception("writer hook %s failed", getattr(hook, "__name__", hook))
+        return by_model
+
+    def _save_splitting(self, batch: list, saved: dict[type, list[dict]]) -> None:
+        """Save ``batch`` in one transaction; if its data is refused, save each half anew, down to the single bad rows.
+
+        Each try is a transaction of its own (a savepoint inside an outer one), so the
+        preparers (the audit hash chain) run again over exactly the rows that are saved.
+        """
+        try:
+            self._save(batch)
+        except Exception as error:
+            if not refused_for_its_data(error):
+                raise
+            if len(batch) == 1:
+                model, row = batch[0]
+                self._set_aside(model._meta.label, row, describe(error))
+                return
+            middle = len(batch) // 2
+            self._save_splitting(batch[:middle], saved)
+            self._save_splitting(batch[middle:], saved)
+            return
+        for model, row in batch:
+            saved.setdefault(model, []).append(row)
+
+    def _save(self, batch: list) -> None:
+        by_model: dict[type, list[dict]] = {}
         for model, row in batch:
             by_model.setdefault(model, []).append(row)
-        with self._lock, transaction.atomic():
+        with transaction.atomic():
             for model, rows in by_model.items():
                 prepare = self._preparers.get(model)
                 if prepare is not None:
@@ -191,12 +277,21 @@ class BufferedWriter:
                     _copy(model, rows)
                 else:
                     model.objects.bulk_create([model(**row) for row in rows], batch_size=500)
-        for hook in self._hooks:
+
+    def _set_aside(self, label: str, row: dict, reason: str) -> None:
+        """Quarantine a row the database refused (or a spool line no one can read): the rows around it are written."""
+        log.error("setting aside a %s row: %s", label or "spooled", reason)
+        if self._quarantine is None:
+            log.error("no quarantine is set; the row was %r", row)
+        else:
             try:
-                hook(by_model)
-            except Exception:
-                log.exception("writer hook %s failed", getattr(hook, "__name__", hook))
-        return by_model
+                with transaction.atomic():
+                    self._quarantine(label, row, reason)
+            except Exception as error:
+                if not refused_for_its_data(error):
+                    raise  # the database went away: the batch is spooled and tried again
+                log.exception("the quarantine refused it too; the row was %r", row)
+        self.quarantined_total += 1
 
 
 def _not_yet_written(batch: list) -> list:
@@ -207,7 +302,7 @@ def _not_yet_written(batch: list) -> list:
     """
     by_model: dict[type, set[str]] = {}
     for model, row in batch:
-        if "request_id" in row:
+        if is_clean(row.get("request_id")):  # an id the database cannot even compare is not saved, and is quarantined
             by_model.setdefault(model, set()).add(row["request_id"])
     written = {
         (model, request_id)
