@@ -1,4 +1,4 @@
-"""The audit log in the management API (read-only) and the redaction rules that shape its previews."""
+"""The audit log in the management API (read-only), the rows the database refused, and the redaction rules."""
 
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
@@ -9,7 +9,7 @@ from rest_framework.response import Response
 
 from audit.chain import REQUEST_CHAIN, TRAIL_CHAIN, Chain, verify
 from audit.forms import BUILTIN_FIXED
-from audit.models import AdminAction, AuditRecord, RedactionRule
+from audit.models import AdminAction, AuditRecord, QuarantinedRow, RedactionRule
 from audit.redaction_rules import deletion_refusal
 from gateway_project import roles
 from gateway_project.api import TrailedModelViewSet
@@ -193,6 +193,28 @@ class AdminActionViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=False, methods=["get"], filterset_class=None, pagination_class=None)
     def verify(self, request):
         return verification_response(request, TRAIL_CHAIN)
+
+
+class QuarantinedRowSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = QuarantinedRow
+        fields = ["id", "created_at", "model", "request_id", "row", "reason"]
+        read_only_fields = fields
+
+
+class QuarantinedRowViewSet(viewsets.ReadOnlyModelViewSet):
+    """Rows the database refused, set aside so the rows around them were written (admins only: values unredacted).
+
+    Strings the database could not take are escaped as ``{"$escaped": "..."}``; the
+    list's ``count`` is how many rows are in quarantine.
+    """
+
+    queryset = QuarantinedRow.objects.all()
+    serializer_class = QuarantinedRowSerializer
+    filterset_fields = ["model", "request_id"]
+    ordering_fields = ["created_at"]
+    ordering = ["-created_at", "-id"]
+    read_roles = roles.QUARANTINE
 
 
 class RedactionRuleSerializer(serializers.ModelSerializer):

@@ -7,6 +7,7 @@ urlpatterns = [
     path("audit/export/", views.AuditExportView.as_view(), name="audit-export"),
     path("audit/verify/", views.AuditVerifyView.as_view(), name="audit-verify"),
     path("audit/<int:pk>/", views.AuditDetailView.as_view(), name="audit-record"),
+    path("audit/quarantine/", views.QuarantineListView.as_view(), name="audit-quarantine"),
     path("audit/redaction/", views.RedactionRuleListView.as_view(), name="audit-redaction"),
     path("audit/redaction/new/", views.RedactionRuleEditView.as_view(), name="audit-redaction-new"),
     path("audit/redaction/<int:pk>/", views.RedactionRuleEditView.as_view(), name="audit-redaction-edit"),

@@ -13,7 +13,8 @@ from audit.export_jobs import FIELDS, NAMES, request_export, rows_text, too_larg
 from audit.exports import ACTION_FIELDS, RECORD_FIELDS, export_lines  # noqa: F401 - the columns, long imported from here
 from audit.filters import AuditFilterForm, TrailFilterForm
 from audit.forms import RedactionRuleForm
-from audit.models import AuditExport, AuditRecord, RedactionRule
+from audit.models import AuditExport, AuditRecord, QuarantinedRow, RedactionRule
+from audit.quarantine import quarantined_count
 from audit.redaction_rules import deletion_refusal, set_enabled, try_rule
 from audit.trail import record_event
 from gateway_project import roles
@@ -59,8 +60,26 @@ class AuditListView(RoleRequiredMixin, View):
         query = request.GET.copy()
         query.pop("page", None)
         query.pop("sort", None)
-        context = {"form": form, "page": page, "sort": sort, "query": query.urlencode()}
+        context = {
+            "form": form,
+            "page": page,
+            "sort": sort,
+            "query": query.urlencode(),
+            "quarantined": quarantined_count(),
+            "can_see_quarantine": roles.may(request.user, roles.QUARANTINE),
+        }
         return render(request, "audit/audit_list.html", context)
+
+
+class QuarantineListView(RoleRequiredMixin, View):
+    """Rows the database refused, set aside so the log went on: what each row was and the database's reason."""
+
+    needed_roles = roles.QUARANTINE
+
+    def get(self, request):
+        sortable = {"time": "created_at", "model": "model"}
+        page, sort = sorted_page(request, QuarantinedRow.objects.all(), sortable, "-time")
+        return render(request, "audit/quarantine_list.html", {"page": page, "sort": sort})
 
 
 class AuditDetailView(RoleRequiredMixin, View):

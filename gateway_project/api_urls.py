@@ -3,7 +3,7 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-from audit.api import AdminActionViewSet, AuditRecordViewSet, RedactionRuleViewSet
+from audit.api import AdminActionViewSet, AuditRecordViewSet, QuarantinedRowViewSet, RedactionRuleViewSet
 from audit.export_api import AuditExportViewSet
 from audit.retention_api import AuditArchiveViewSet
 from billing.api import BudgetAlertViewSet, BudgetViewSet, ModelPriceViewSet, UsageRecordViewSet
@@ -25,6 +25,7 @@ router.register("alerts", BudgetAlertViewSet)
 router.register("usage", UsageRecordViewSet)
 router.register("audit-exports", AuditExportViewSet)  # before "audit", whose routes would take its paths
 router.register("audit-archives", AuditArchiveViewSet)  # before "audit" too
+router.register("audit-quarantine", QuarantinedRowViewSet)
 router.register("audit", AuditRecordViewSet)
 router.register("admin-actions", AdminActionViewSet)
 router.register("redaction-rules", RedactionRuleViewSet)

@@ -19,6 +19,7 @@ READ = frozenset({ADMIN, OPERATOR, COMPLIANCE})  # see them, and the request log
 EXPORT = frozenset({ADMIN, COMPLIANCE})  # export the audit log, read the admin-action trail
 USERS = frozenset({ADMIN})  # manage console users and their roles
 AUDIT_POLICY = frozenset({ADMIN})  # change what the audit log keeps (redaction rules)
+QUARANTINE = frozenset({ADMIN})  # see rows the database refused, with their unredacted values
 
 
 def roles_of(user) -> frozenset[str]:

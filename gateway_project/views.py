@@ -7,9 +7,11 @@ from django.utils.decorators import method_decorator
 from django.views.generic import TemplateView
 from django_ratelimit.decorators import ratelimit
 
+from audit.quarantine import quarantined_count
 from audit.stats import traffic_summary
 from billing.overview import open_alert_count
 from billing.usage import spend_summary
+from gateway_project import roles
 from gateway_project.console import RoleRequiredMixin
 
 
@@ -30,4 +32,9 @@ class DashboardView(RoleRequiredMixin, TemplateView):
 
     def get_context_data(self, **kwargs):
         context = {**super().get_context_data(**kwargs), **traffic_summary(), **spend_summary()}
-        return {**context, "open_alerts": open_alert_count()}
+        return {
+            **context,
+            "open_alerts": open_alert_count(),
+            "quarantined": quarantined_count(),
+            "can_see_quarantine": roles.may(self.request.user, roles.QUARANTINE),
+        }

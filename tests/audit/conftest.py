@@ -48,3 +48,10 @@ def compliance_api(live_db):
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=_user('cora', 'compliance')).key}")
     return api
+
+
+@pytest.fixture
+def admin_api(live_db):
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=_user('adam', 'admin')).key}")
+    return api
