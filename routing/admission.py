@@ -16,13 +16,14 @@ from django.conf import settings
 from billing import alerts
 from billing.budgets import BudgetRule, budget_checks, budget_table, seeds_for
 from billing.periods import Period
-from billing.pricing import Quote, charge, prices, quote
+from billing.pricing import charge, prices, quote
 from billing.usage import record_usage
 from gateway_project.errors import GatewayError
 from gateway_project.hotstate import BudgetCheck, ConcurrencySlot, HotState, RateCheck, TargetRelease, get_hot_state
 from keys.access import concurrency_key, rate_checks, token_correction
 from routing import balance
 from routing.exchange import Exchange
+from routing.facts import RequestFacts
 from routing.pricing import report_dearer_answer
 from routing.table import AgentRoute
 
@@ -35,20 +36,19 @@ _seeds_for = database_sync_to_async(seeds_for)
 class Ticket:
     """Everything an admission took, owned until ``settle`` gives it back: the one place that releases.
 
-    Rate and concurrency slots, budget reservations (priced by ``quote``), and the
+    Rate and concurrency slots, budget reservations (priced by ``facts.quote``), and the
     target lease of the first attempt when the admission took one. Each attempt's
     target goes back through ``end_attempt``: a failure at once, a success with the
-    settle, in the same round trip.
+    settle, in the same round trip. ``facts`` are what was admitted, kept as they were.
     """
 
+    facts: RequestFacts
     store: HotState
     rules: tuple[BudgetRule, ...]
     budgets: list[BudgetCheck]
     periods: list[Period]
     estimated_tokens: int
     slot_keys: list[str]
-    metered: bool
-    quote: Quote | None = None  # the price reserved at; settlement charges against it
     first_lease: balance.Lease | None = None  # taken with the admission for the first attempt
     pending_release: TargetRelease | None = None  # the answering attempt's target, released with the settle
     settled: bool = False
@@ -140,9 +140,10 @@ def _route_refusal(path_route, retry_after_ms: int) -> GatewayError:
     )  # fmt: skip
 
 
-async def admit_anonymous(ex: Exchange, route: AgentRoute, path_route) -> Ticket:
+async def admit_anonymous(ex: Exchange, facts: RequestFacts) -> Ticket:
     """Admit a call on a route that needs no key: only the route's own rate and the agent's capacity apply."""
     store = get_hot_state()
+    route, path_route = facts.route, facts.path_route
     rates, slots = capacity_checks(store, route)
     rates = path_route_check(store, path_route) + rates
     result = await store.admit(rates, slots, [])
@@ -150,47 +151,35 @@ async def admit_anonymous(ex: Exchange, route: AgentRoute, path_route) -> Ticket
         if result.failed == "route_requests":
             raise _route_refusal(path_route, result.retry_after_ms)
         raise _agent_refusal(result.failed, route, result.retry_after_ms)
-    return Ticket(store, (), [], [], 0, [slot.key for slot in slots], False)
+    return Ticket(facts, store, (), [], [], 0, [slot.key for slot in slots])
 
 
-async def admit(
-    ex: Exchange,
-    input_tokens: int = 0,
-    max_output: int | None = None,
-    *,
-    hold_seconds: float = 0,
-    metered=True,
-    default_output: int | None = None,
-    route: AgentRoute | None = None,
-    path_route=None,
-    take_target: bool = False,
-    quoted: Quote | None = None,
-) -> Ticket:
-    """Take a request slot and, when ``metered``, reserve its worst-case cost in every budget; or raise 429/402.
+async def admit(ex: Exchange, facts: RequestFacts, *, take_target: bool = False) -> Ticket:
+    """Take a request slot and, when the facts carry a demand, reserve its worst-case cost in every budget; or
+    raise 429/402.
 
-    Tokens per minute count the input estimate plus ``max_output`` when the client
-    capped the answer. The reservation prices the input estimate plus ``max_output``
-    (or the configured default cap) at the model's price, so concurrent requests
-    can never together spend past a hard budget. With ``route``, the agent's own
+    Tokens per minute count the input estimate plus the client's own cap on the
+    answer. The reservation prices the input estimate plus the answer's cap
+    (``output_cap``) at the quote's price, the dearest the answer may cost, so concurrent
+    requests can never together spend past a hard budget. With a route, the agent's own
     capacity (requests per minute and at once, shared by all clients) must fit too, and
-    with ``path_route`` that route's own requests per minute. ``take_target`` also takes the
+    with a path route that route's own requests per minute. ``take_target`` also takes the
     target of the route's first attempt in the same round trip, when choosing it needs no live
     state (the ticket's ``first_lease``; a request that does not use it gives it back when it settles).
-    ``quoted``: the price to reserve at (``quote_for``); without it, the price of ``ex.model`` alone.
     """
     store = get_hot_state()
-    key = ex.key
+    key, route, path_route, demand = facts.key, facts.route, facts.path_route, facts.demand
     rules: tuple[BudgetRule, ...] = ()
-    reserve = 0
-    if metered:
+    reserve = tokens = 0
+    if demand is not None:
         table = await budget_table.get_fresh_since(key.issued_at)  # a new key's budgets are often new too
         rules = table.applying_to(key.key_id, key.client_id, key.cost_center_id)
-        quoted = quoted or quote(await prices.get(), ex.model)
-        reserve = quoted.worst_case(input_tokens, output_cap(max_output, default_output))
-    budgets, periods = budget_checks(
-        store, rules, reserve=reserve, reservation=ex.request_id, hold_seconds=hold_seconds
-    )
-    tokens = input_tokens + (max_output or 0) if metered else 0
+        if facts.quote is None:
+            facts = facts.priced(quote(await prices.get(), facts.requested or facts.default_model))
+        reserve = facts.quote.worst_case(demand.input_tokens, output_cap(demand.max_output, demand.default_output))
+        tokens = demand.input_tokens + (demand.max_output or 0)
+    hold = demand.hold_seconds if demand is not None else 0
+    budgets, periods = budget_checks(store, rules, reserve=reserve, reservation=facts.request_id, hold_seconds=hold)
     checks = rate_checks(store, key, tokens)
     slots = (
         [ConcurrencySlot("concurrency", concurrency_key(store, key), key.max_concurrent)] if key.max_concurrent else []
@@ -204,7 +193,7 @@ async def admit(
     try:
         result = await _seeded_admission(store, result, checks, slots, budgets, rules, periods)
         if not result.ok:
-            _refuse(ex, result, rules, periods, route, path_route)
+            _refuse(key, result, rules, periods, route, path_route)
     except BaseException:
         if lease is not None:  # refused, or failed: the target goes back
             await asyncio.shield(balance.release(lease, "none", -1))
@@ -218,7 +207,7 @@ async def admit(
             str(result.remaining.get("tokens", key.tokens_per_minute)).encode(),
         ),
     ]
-    return Ticket(store, rules, budgets, periods, tokens, [slot.key for slot in slots], metered, quoted, lease)
+    return Ticket(facts, store, rules, budgets, periods, tokens, [slot.key for slot in slots], lease)
 
 
 def output_cap(max_output: int | None, default_output: int | None) -> int:
@@ -249,9 +238,8 @@ async def _seeded_admission(store, result, checks, slots, budgets, rules, period
     return result
 
 
-def _refuse(ex, result, rules, periods, route, path_route):
+def _refuse(key, result, rules, periods, route, path_route):
     """Raise the error of a refused admission."""
-    key = ex.key
     if result.failed == "budget":
         rule, period = rules[result.budget_index], periods[result.budget_index]
         alerts.notice(rule, period, alerts.LIMIT_PERCENT, result.spent)
@@ -273,19 +261,25 @@ def _refuse(ex, result, rules, periods, route, path_route):
     raise _refusal(result.failed, key, result.retry_after_ms)
 
 
-async def settle(ex: Exchange, ticket: Ticket, default_model: str) -> None:
-    """Price what the upstream really used, correct the counters, queue the usage row and notice alerts.
+async def settle(ex: Exchange, ticket: Ticket) -> None:
+    """Price what the upstream really used, correct the counters, queue the usage row and notice alerts; once.
 
     The charge is priced against the ticket's quote (``billing.pricing.charge``): an
     answer from a model dearer than anything reserved is charged at its real price,
     flagged on the audit record, and reported so the agent's next reservations cover it.
     """
-    key = ex.key
+    if ticket.settled:
+        return
+    ticket.settled = True
+    facts = ticket.facts
+    key = facts.key
     spend = 0
-    if ticket.metered and (ex.input_tokens or ex.output_tokens):
+    metered = facts.metered
+    if metered and (ex.input_tokens or ex.output_tokens):
         table = await prices.get()
-        quoted = ticket.quote or quote(table, ex.model or default_model)
-        charged = charge(table, quoted, ex.model or default_model, ex.input_tokens, ex.output_tokens)
+        asked = facts.requested or facts.default_model
+        quoted = facts.quote or quote(table, asked)
+        charged = charge(table, quoted, ex.model or asked, ex.input_tokens, ex.output_tokens)
         spend = ex.cost_nanos = charged.nanos
         if charged.over_quote:
             ex.details["priced_over_reservation"] = {"reserved_model": quoted.model, "answered_model": charged.model}
@@ -302,11 +296,8 @@ async def settle(ex: Exchange, ticket: Ticket, default_model: str) -> None:
             cost_nanos=spend,
             default_priced=charged.default_priced,
         )
-    actual = ex.input_tokens + ex.output_tokens if ticket.metered else 0
+    actual = ex.input_tokens + ex.output_tokens if metered else 0
     adjusts = token_correction(ticket.store, key, ticket.estimated_tokens, actual)
-    if ticket.settled:
-        return
-    ticket.settled = True
     release, ticket.pending_release = ticket.pending_release, None
     unused, ticket.first_lease = ticket.first_lease, None
     if unused is not None:  # admitted with a target it never called (refused later, or answered without it)

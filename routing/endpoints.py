@@ -29,6 +29,7 @@ from routing import anthropic_shape, deprecation, forward, jobs, path_routes, pr
 from routing.adapters import Plan, adapter_for
 from routing.admission import admit, admit_anonymous, input_estimate, output_cap, settle
 from routing.exchange import ClientLeft, Exchange
+from routing.facts import Demand, RequestFacts
 from routing.pricing import quote_for
 from routing.table import AgentRoute, RoutingTable, routing_table
 from routing.upstream_url import check_raw_path
@@ -62,12 +63,13 @@ async def authenticate(ex: Exchange) -> None:
     """401 (429 after too many from one address) or 403, or the caller's key on the exchange (set before the 403,
     for the audit record). The body is not read before this: a refused caller costs no more than its headers."""
     try:
-        ex.key = await identify(ex.headers)
+        key = await identify(ex.headers)
     except GatewayError:
         await note_failed_authentication(ex.client_ip)
         raise
+    ex.learn(ex.facts.identified(key))
     await warm_rules()  # the audit record's previews use the rules as last loaded
-    ensure_usable(ex.key)
+    ensure_usable(key)
 
 
 def _resolve_endpoint(ex: Exchange):
@@ -108,32 +110,37 @@ async def _wrong_method(ex: Exchange, allowed: str) -> None:
     )
 
 
-async def _metered(ex: Exchange, route: AgentRoute, requested: str, max_output: int | None, call) -> None:
-    """Admit (reserving the worst case at the dearest price the answer may cost), run ``call``, and settle
-    whatever happened to it."""
-    hold = route.timeout + RESERVATION_MARGIN_SECONDS
-    quoted = await quote_for(route, requested, await routing_table.get())
-    ticket = await admit(
-        ex, input_estimate(ex.body), max_output, hold_seconds=hold, default_output=route.default_max_output_tokens,
-        route=route, take_target=True, quoted=quoted,
-    )  # fmt: skip
+async def _metered(ex: Exchange, facts: RequestFacts, max_output: int | None, call) -> None:
+    """Price and admit ``facts`` (routed: reserving the worst case at the dearest price the answer may cost), run
+    ``call``, and settle whatever happened to it."""
+    ticket = await admit(ex, await _priced_demand(ex, facts, max_output), take_target=True)
     try:
         await call(ticket)
     finally:
         if not ex.input_tokens and not ex.output_tokens and ex.response_started and ex.output_text:
             # The upstream reported no usage: fall back to estimates rather than charge nothing.
             ex.input_tokens, ex.output_tokens = max(1, len(ex.input_text) // 4), max(1, len(ex.output_text) // 4)
-        await settle(ex, ticket, route.default_model)
+        await settle(ex, ticket)
 
 
-async def _route_for_model(ex: Exchange, requested: str) -> AgentRoute:
-    """The agent serving ``requested`` (a model, or an agent's slug for its default model), if the key may use it."""
+async def _priced_demand(ex: Exchange, facts: RequestFacts, max_output: int | None) -> RequestFacts:
+    """The routed facts with their quote and demand: the last two steps before admission."""
+    route = facts.route
+    quoted = await quote_for(route, facts.requested or route.slug, await routing_table.get())
+    hold = route.timeout + RESERVATION_MARGIN_SECONDS
+    demand = Demand(input_estimate(ex.body), max_output, route.default_max_output_tokens, hold)
+    return ex.learn(facts.priced(quoted).demanding(demand))
+
+
+async def _route_for_model(ex: Exchange, requested: str) -> RequestFacts:
+    """The facts routed to the agent serving ``requested`` (a model, or an agent's slug for its default model), if
+    the key may use it."""
     table = await routing_table.get()
     route = table.for_model(requested)
     deprecation.mark(ex, table.deprecations.get(route.slug))
     ex.agent, ex.model = route.slug, route.default_model if requested == route.slug else requested
     authorize(ex.key, route.slug, "" if requested == route.slug else requested)
-    return route
+    return ex.learn(ex.facts.routed(route, requested))
 
 
 # --- POST /v1/chat/completions --------------------------------------------
@@ -143,7 +150,8 @@ async def chat_completions(ex: Exchange) -> None:
     await authenticate(ex)
     payload = await ex.json()
     protocols.validate_chat(payload)
-    route = await _route_for_model(ex, payload["model"])
+    facts = await _route_for_model(ex, payload["model"])
+    route = facts.route
     ex.input_text = protocols.last_user_text(payload["messages"])
     stream = payload.get("stream") is True
     options = payload.get("stream_options")
@@ -151,7 +159,7 @@ async def chat_completions(ex: Exchange) -> None:
 
     payload = _capped(payload, route)
     attempt = partial(_chat_via, ex, payload, stream, wants_usage)
-    await _metered(ex, route, payload["model"], protocols.max_tokens(payload), partial(_run, ex, route, attempt))
+    await _metered(ex, facts, protocols.max_tokens(payload), partial(_run, ex, route, attempt))
 
 
 def _capped(payload: dict, route: AgentRoute) -> dict:
@@ -174,13 +182,14 @@ async def messages(ex: Exchange) -> None:
     await authenticate(ex)
     payload = await ex.json()
     anthropic_shape.validate_messages(payload)
-    route = await _route_for_model(ex, payload["model"])
+    facts = await _route_for_model(ex, payload["model"])
+    route = facts.route
     ex.input_text = protocols.last_user_text(payload["messages"])
     stream = payload.get("stream") is True
     # Translate before admitting: what cannot be translated is refused without touching the limits.
     adapter_for(route).check_messages(payload, ex.model)
     attempt = partial(_messages_via, ex, payload, stream)
-    await _metered(ex, route, payload["model"], payload["max_tokens"], partial(_run, ex, route, attempt))
+    await _metered(ex, facts, payload["max_tokens"], partial(_run, ex, route, attempt))
 
 
 async def _messages_via(ex, payload, stream, route):
@@ -207,12 +216,14 @@ async def agent_invoke(ex: Exchange) -> None:
     model = payload.get("model") or route.default_model
     ex.agent, ex.model, ex.input_text = route.slug, model, payload["input"]
     authorize(ex.key, route.slug, payload.get("model") or "")
-    limit = protocols.max_tokens(payload) or output_cap(None, route.default_max_output_tokens)
+    facts = ex.learn(ex.facts.routed(route, payload.get("model") or route.slug))
+    asked = protocols.max_tokens(payload)
+    limit = asked or output_cap(None, route.default_max_output_tokens)  # what is reserved is what is asked for
     if jobs.wants_async(ex, payload):  # a job: admitted the same way, answered 202, run in the background
-        await jobs.submit(ex, route, reason, payload, model, limit)
+        await jobs.submit(ex, facts, reason, payload, model, limit)
         return
     call = partial(invoke_route, ex, route, payload["input"], model, payload.get("model") or "", limit)
-    await _metered(ex, route, payload.get("model") or route.slug, limit, call)
+    await _metered(ex, facts, asked, call)
     latency_ms = round(ex.elapsed_ms(), 2)
     ex.extra_headers.append((b"x-gateway-route-reason", reason.encode()))
     await ex.respond_json(
@@ -255,9 +266,9 @@ async def pass_through(ex: Exchange, slug: str, rest: bytes) -> None:
     ex.agent, ex.model = route.slug, route.default_model
     authorize(ex.key, route.slug)
     plan = _pass_through_plan(ex, route, rest)
+    facts = ex.learn(ex.facts.routed(route, plan.model or route.slug))
     attempt = partial(_pass_through_once, ex, rest, plan)
-    call = partial(_run_without_fallbacks, ex, route, attempt)
-    await _metered(ex, route, plan.model or route.slug, plan.max_output, call)
+    await _metered(ex, facts, plan.max_output, partial(_run_without_fallbacks, ex, route, attempt))
 
 
 def _pass_through_plan(ex: Exchange, route: AgentRoute, rest: bytes) -> Plan:
@@ -308,22 +319,19 @@ async def path_route(ex: Exchange, entry: path_routes.PathRouteEntry) -> None:
         authorize(ex.key, route.slug)
     plan = _pass_through_plan(ex, route, rest)
     scanner = path_routes.observe_sse(ex) if entry.sse and not plan.stream else None
+    facts = ex.learn(ex.facts.routed(route, plan.model or route.slug, entry))
     if entry.auth_required:
-        hold = route.timeout + RESERVATION_MARGIN_SECONDS
-        quoted = await quote_for(route, plan.model or route.slug, table)
-        ticket = await admit(ex, input_estimate(ex.body), plan.max_output, hold_seconds=hold,
-                             default_output=route.default_max_output_tokens, route=route, path_route=entry,
-                             take_target=True, quoted=quoted)  # fmt: skip
+        ticket = await admit(ex, await _priced_demand(ex, facts, plan.max_output), take_target=True)
     else:
         ex.details["anonymous"] = True
-        ticket = await admit_anonymous(ex, route, entry)
+        ticket = await admit_anonymous(ex, facts)
     try:
         # The route's retries and timeout (``agent_route``), on the agent's targets and behind their breakers.
         attempt = partial(_pass_through_once, ex, rest, plan)
         await resilience.run(ex, ticket, route, attempt, fallbacks=False)
     finally:
         path_routes.note_sse_usage(ex, scanner)
-        await settle(ex, ticket, route.default_model)
+        await settle(ex, ticket)
 
 
 # --- GET /v1/models ---------------------------------------------------------
@@ -331,7 +339,7 @@ async def path_route(ex: Exchange, entry: path_routes.PathRouteEntry) -> None:
 
 async def list_models(ex: Exchange) -> None:
     await authenticate(ex)
-    ticket = await admit(ex, metered=False)
+    ticket = await admit(ex, ex.facts)
     try:
         table = await routing_table.get()
         created = int(time.time())
@@ -345,7 +353,7 @@ async def list_models(ex: Exchange) -> None:
                     data.append({"id": model, "object": "model", "created": created, "owned_by": route.slug})
         await ex.respond_json(200, {"object": "list", "data": data})
     finally:
-        await settle(ex, ticket, "")
+        await settle(ex, ticket)
 
 
 # --- GET /v1/usage ----------------------------------------------------------
@@ -357,7 +365,7 @@ async def usage(ex: Exchange) -> None:
         query = usage_query(ex.query.decode("latin-1"))
     except ValueError as error:
         raise bad_request(str(error)) from None
-    ticket = await admit(ex, metered=False)
+    ticket = await admit(ex, ex.facts)
     try:
         await writer.flush()  # so the report includes this process's latest requests
         key = ex.key
@@ -365,7 +373,7 @@ async def usage(ex: Exchange) -> None:
         budgets = await database_sync_to_async(budget_report)(key.key_id, key.client_id, key.cost_center_id)
         await ex.respond_json(200, {**report, "client": key.client_slug, "budgets": budgets})
     finally:
-        await settle(ex, ticket, "")
+        await settle(ex, ticket)
 
 
 # --- GET /v1/jobs, GET /v1/jobs/<id>: asynchronous invokes ------------------

@@ -14,6 +14,7 @@ from audit.recorder import record_request
 from billing.pricing import nanos_to_usd
 from gateway_project.errors import GatewayError, bad_request
 from keys.access import KeySnapshot
+from routing.facts import RequestFacts
 from routing.upstream_url import raw_path_of
 
 JSON = (b"content-type", b"application/json")
@@ -88,7 +89,7 @@ class Exchange:
         self.extra_headers: list[tuple[bytes, bytes]] = []
         self.dialect = "openai"  # the API shape the client speaks, which its errors follow; see speak_anthropic
         # Audit facts, filled in as the request goes along
-        self.key: KeySnapshot | None = None
+        self.facts = RequestFacts(self.request_id)  # replaced, never changed, as each step learns more
         self.agent = ""
         self.target = ""  # the upstream that was called
         self.details: dict = {}  # further audit facts: retries, fallbacks, WebSocket traffic
@@ -103,6 +104,17 @@ class Exchange:
             self.details["forwarded_for_invalid"] = bad_forwarded
 
     # --- request --------------------------------------------------------
+    @property
+    def key(self) -> KeySnapshot | None:
+        """The caller's key, once identified (``facts.key``)."""
+        return self.facts.key
+
+    def learn(self, facts: RequestFacts) -> RequestFacts:
+        """Hold the facts as the latest step built them (they describe this request: same id)."""
+        assert facts.request_id == self.request_id
+        self.facts = facts
+        return facts
+
     async def read_body(self) -> bytes:
         """Read the body once, as it arrives, keeping at most the size limit (a larger one is dropped, not kept).
 

@@ -30,6 +30,7 @@ import json
 import logging
 import time
 import uuid
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
@@ -46,10 +47,11 @@ from billing.pricing import Price, Quote, prices
 from gateway_project.errors import GatewayError, bad_request, not_found
 from gateway_project.hotstate import BudgetCheck, get_hot_state
 from keys.access import KeySnapshot, ensure_usable, rate_checks, snapshot_for
-from routing import job_webhooks
+from routing import job_webhooks, protocols
 from routing.admission import Ticket, admit, input_estimate, settle
 from routing.admission import _refusal as rate_refusal
 from routing.exchange import Exchange
+from routing.facts import Demand, RequestFacts
 from routing.models import AgentJob
 from routing.pricing import quote_for
 from routing.table import AgentRoute, routing_table
@@ -89,25 +91,28 @@ def hold_seconds(route: AgentRoute) -> float:
     return settings.GATEWAY_JOB_MAX_QUEUE_SECONDS + route.timeout + MARGIN_SECONDS
 
 
-async def submit(ex: Exchange, route: AgentRoute, reason: str, payload: dict, model: str, limit: int | None) -> None:
-    """Admit the call as the synchronous path would, store it as a job, start it and answer 202."""
+async def submit(ex: Exchange, facts: RequestFacts, reason: str, payload: dict, model: str, limit: int) -> None:
+    """Admit the call as the synchronous path would, store it as a job, start it and answer 202.
+
+    ``facts`` are routed; the job's reservation is priced like the synchronous call's and held for its
+    whole queue time. ``limit`` is the answer's cap the job will send.
+    """
+    route = facts.route
     webhook = ""
     if payload.get("webhook_url") is not None:
         try:
             webhook = await job_webhooks.check(payload["webhook_url"])
         except job_webhooks.WebhookRefused as error:
             raise bad_request(str(error)) from None
-    ticket = await admit(
-        ex, input_estimate(ex.body), limit, hold_seconds=hold_seconds(route),
-        default_output=route.default_max_output_tokens, route=route,
-        quoted=await quote_for(route, payload.get("model") or route.slug, await routing_table.get()),
-    )  # fmt: skip
+    quoted = await quote_for(route, facts.requested, await routing_table.get())
+    demand = Demand(input_estimate(ex.body), protocols.max_tokens(payload), limit, hold_seconds(route))
+    ticket = await admit(ex, ex.learn(facts.priced(quoted).demanding(demand)))
     job = None
     try:
         job = await database_sync_to_async(_create)(ex, route, reason, payload, model, limit, webhook, ticket)
         await _dispatch(str(job.pk))
     except BaseException as exc:
-        await settle(ex, ticket, route.default_model)  # nothing ran: give the slots and the reservation back
+        await settle(ex, ticket)  # nothing ran: give the slots and the reservation back
         if job is None:
             raise
         await database_sync_to_async(_fail_unqueued)(job.pk)
@@ -202,16 +207,17 @@ def ticket_state(ticket: Ticket) -> dict:
         "periods": [{"key": p.key, "start": p.start.isoformat(), "end": p.end.isoformat()} for p in ticket.periods],
         "estimated_tokens": ticket.estimated_tokens,
         "slot_keys": ticket.slot_keys,
-        "quote": ticket.quote
-        and {
-            "model": ticket.quote.model,
-            "input": str(ticket.quote.price.input_nanos_per_token),
-            "output": str(ticket.quote.price.output_nanos_per_token),
+        "quote": {
+            "model": ticket.facts.quote.model,
+            "input": str(ticket.facts.quote.price.input_nanos_per_token),
+            "output": str(ticket.facts.quote.price.output_nanos_per_token),
         },
+        "requested": ticket.facts.requested,
     }
 
 
-def ticket_of(state: dict) -> Ticket:
+def ticket_of(state: dict, facts: RequestFacts) -> Ticket:
+    """The job's admission as a ticket again, for ``facts`` (its id and key): settled (or released) by the runner."""
     rules = tuple(
         BudgetRule(**{**r, "anchor": date.fromisoformat(r["anchor"]) if r["anchor"] else None}) for r in state["rules"]
     )
@@ -219,13 +225,11 @@ def ticket_of(state: dict) -> Ticket:
         Period(p["key"], datetime.fromisoformat(p["start"]), datetime.fromisoformat(p["end"])) for p in state["periods"]
     ]
     budgets = [BudgetCheck(**b) for b in state["budgets"]]
-    quoted = state.get("quote")
-    if quoted:
-        price = Price(quoted["model"], Decimal(quoted["input"]), Decimal(quoted["output"]))
-        quoted = Quote(quoted["model"], price)
-    return Ticket(
-        get_hot_state(), rules, budgets, periods, state["estimated_tokens"], state["slot_keys"], True, quoted or None
-    )
+    quoted = state["quote"]
+    price = Price(quoted["model"], Decimal(quoted["input"]), Decimal(quoted["output"]))
+    demand = Demand(0, None, None, 0)  # what it demanded is in the counters; the settle only needs to know it did
+    facts = replace(facts, requested=state["requested"], quote=Quote(quoted["model"], price), demand=demand)
+    return Ticket(facts, get_hot_state(), rules, budgets, periods, state["estimated_tokens"], state["slot_keys"])
 
 
 def _key_state(key: KeySnapshot) -> dict:
@@ -245,7 +249,7 @@ async def release(job: AgentJob) -> None:
     state = job.request.get("gateway", {})
     if "admission" not in state:
         return
-    ticket = ticket_of(state["admission"])
+    ticket = ticket_of(state["admission"], RequestFacts(job.request_id))
     await ticket.store.settle([], ticket.slot_keys, ticket.budgets, 0)
 
 
@@ -290,7 +294,8 @@ def _exchange(job: AgentJob, key: KeySnapshot) -> Exchange:
     ex = Exchange(scope, json.dumps(job.request["body"]).encode(), False, discard)
     ex.request_id = job.pk.hex
     ex.client_ip = state.get("client_ip")
-    ex.key, ex.agent, ex.model = key, job.agent, state["model"]
+    ex.facts = RequestFacts(ex.request_id, key)
+    ex.agent, ex.model = job.agent, state["model"]
     ex.input_text = job.request["body"].get("input", "")
     ex.details = {"job_id": str(job.pk), "job": "run", "submitted_request_id": job.request_id}
     return ex
@@ -307,7 +312,7 @@ async def run(job_id: str) -> bool:
     state = job.request["gateway"]
     ex = _exchange(job, _key_of(state["key"]))
     ex.details["queued_ms"] = round((job.started_at - job.created_at).total_seconds() * 1000, 1)
-    ticket = ticket_of(state["admission"])
+    ticket = ticket_of(state["admission"], ex.facts)
     route, error, cancelled = None, None, False
     try:
         await warm_rules()
@@ -335,7 +340,7 @@ async def run(job_id: str) -> bool:
             ex.input_tokens, ex.output_tokens = max(1, len(ex.input_text) // 4), max(1, len(ex.output_text) // 4)
         try:
             await _fresh(prices)
-            await settle(ex, ticket, state["default_model"])
+            await settle(ex, ticket)
         finally:
             ex.record()
     result = None if error else _result(ex, route, state)

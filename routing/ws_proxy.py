@@ -84,7 +84,7 @@ async def serve_session(scope: dict, receive, send) -> None:
         try:
             route = await _authorize(ex)
             # Frames carry no token usage: a session takes a request and a slot (the key's, the agent's), no cost.
-            ticket = await admit(ex, metered=False, route=route)
+            ticket = await admit(ex, ex.learn(ex.facts.routed(route)))
             agent = await open_upstream(ex, route, scope)
         except GatewayError as error:
             await refuse(ex, scope, send, error, traffic)
@@ -118,7 +118,7 @@ async def serve_session(scope: dict, receive, send) -> None:
             await refuse(ex, scope, send, failed, traffic)
     finally:
         if ticket is not None:
-            await settle(ex, ticket, "")
+            await settle(ex, ticket)
         ex.error_type = ex.error_type or traffic.error
         ex.input_text, ex.output_text = traffic.first_in, traffic.first_out
         ex.details = traffic.details()

@@ -33,6 +33,7 @@ from keys.access import snapshot_for
 from keys.models import Client, CostCenter
 from keys.services import issue_key
 from routing import admission
+from routing.facts import Demand, RequestFacts
 
 NEW_YORK = ZoneInfo("America/New_York")
 STORES = ["memory"] + (["redis"] if settings.REDIS_URL else [])
@@ -68,15 +69,17 @@ def call(key, *, model="gpt-4o", input_tokens=INPUT_TOKENS, output_tokens=ANSWER
         budget_table.expire()
         await prices.reload()
         ex = SimpleNamespace(
-            key=snapshot_for(key), model=model, agent="openai", request_id=uuid.uuid4().hex, extra_headers=[],
+            model=model, agent="openai", request_id=uuid.uuid4().hex, extra_headers=[],
             input_tokens=0, output_tokens=0, cost_nanos=0, details={},
         )  # fmt: skip
+        demand = Demand(input_tokens, None, default_output, 60)
+        facts = RequestFacts(ex.request_id, snapshot_for(key), requested=model, demand=demand)
         try:
-            ticket = await admission.admit(ex, input_tokens, None, hold_seconds=60, default_output=default_output)
+            ticket = await admission.admit(ex, facts)
         except GatewayError as refusal:
             return refusal
         ex.input_tokens, ex.output_tokens = input_tokens, output_tokens
-        await admission.settle(ex, ticket, model)
+        await admission.settle(ex, ticket)
         await writer.flush()
         return None
 
