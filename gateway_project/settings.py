@@ -301,6 +301,8 @@ GATEWAY = {
     "UPSTREAM_TIMEOUT": envfloat("GATEWAY_UPSTREAM_TIMEOUT", 60.0, minimum=0.1),
     "UPSTREAM_CONNECT_TIMEOUT": envfloat("GATEWAY_UPSTREAM_CONNECT_TIMEOUT", 5.0, minimum=0.1),
     "UPSTREAM_MAX_CONNECTIONS": envint("GATEWAY_UPSTREAM_MAX_CONNECTIONS", 512, minimum=1),
+    # Largest upstream answer the gateway reads whole (composed calls, error bodies); streams pass through unbounded.
+    "MAX_UPSTREAM_ANSWER_BYTES": envint("GATEWAY_MAX_UPSTREAM_ANSWER_BYTES", 32 * 1024 * 1024, minimum=1024),
     # "aiohttp" (httpx API over aiohttp, the fast default) or "httpx" (httpcore).
     "HTTP_TRANSPORT": envstr("GATEWAY_HTTP_TRANSPORT", "aiohttp"),
     # Output tokens assumed for a request that sets no max_tokens, when reserving its worst-case cost.

@@ -11,6 +11,7 @@ import asyncio
 import json
 
 import httpx
+from django.conf import settings
 
 from gateway_project.errors import GatewayError
 from routing import protocols, upstream
@@ -51,17 +52,14 @@ async def call_json(ex: Exchange, route: AgentRoute, path: str, body: bytes, hea
         async with asyncio.timeout(route.timeout):
             response = await upstream.send(request)
             try:
-                content = await response.aread()
+                content = await read_bounded(response, route)
             finally:
                 await response.aclose()
     except (httpx.HTTPError, TimeoutError) as exc:
         raise upstream.upstream_failure(exc, route) from None
     if response.status_code >= 400:
         raise _failed_status(response.status_code, route, content)
-    try:
-        answer = json.loads(content)
-    except ValueError:
-        answer = None
+    answer = _json_or_none(content)
     if not isinstance(answer, dict):
         raise upstream.UpstreamError(
             502, "upstream_error", "upstream_invalid", f"The agent '{route.slug}' sent an answer that is not JSON.",
@@ -73,6 +71,28 @@ async def call_json(ex: Exchange, route: AgentRoute, path: str, body: bytes, hea
     if isinstance(answer.get("model"), str) and answer["model"]:
         ex.model = answer["model"]
     return answer, content
+
+
+async def read_bounded(response: httpx.Response, route: AgentRoute) -> bytes:
+    """The whole answer of a call the gateway must read before answering, up to ``MAX_UPSTREAM_ANSWER_BYTES``.
+
+    A larger one is a 502: an upstream cannot make a gateway process hold whatever it sends.
+    """
+    limit = settings.GATEWAY["MAX_UPSTREAM_ANSWER_BYTES"]
+    declared = response.headers.get("content-length", "")
+    chunks, size = [], 0
+    if not (declared.isdigit() and int(declared) > limit):
+        async for chunk in response.aiter_raw():
+            size += len(chunk)
+            if size > limit:
+                break
+            chunks.append(chunk)
+        else:
+            return b"".join(chunks)
+    raise upstream.UpstreamError(
+        502, "upstream_error", "upstream_too_large",
+        f"The agent '{route.slug}' sent an answer larger than {limit} bytes.", kind="invalid",
+    )  # fmt: skip
 
 
 async def _open_stream(ex: Exchange, route: AgentRoute, request: httpx.Request) -> httpx.Response:
@@ -105,7 +125,7 @@ async def stream_sse(ex: Exchange, route: AgentRoute, path: str, body: bytes, sc
     response = await _open_stream(ex, route, request)
     try:
         if response.status_code >= 400:
-            raise _failed_status(response.status_code, route, await response.aread())
+            raise _failed_status(response.status_code, route, await read_bounded(response, route))
         await ex.start(200, SSE_HEADERS)
         await _relay(ex, route, response, transform=scanner.feed)
     finally:
@@ -130,7 +150,7 @@ async def pass_through(ex: Exchange, route: AgentRoute, rest: bytes, plan, adapt
     try:
         attempt = upstream.current_attempt.get()
         if attempt is not None and not attempt.final and _worth_retrying(response.status_code, route):
-            raise _failed_status(response.status_code, route, await response.aread())
+            raise _failed_status(response.status_code, route, await read_bounded(response, route))
         content_type = response.headers.get("content-type", "")
         capture = bytearray() if "json" in content_type and "content-encoding" not in response.headers else None
         if "event-stream" in content_type:

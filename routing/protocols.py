@@ -63,8 +63,16 @@ def last_user_text(messages: list) -> str:
 # --- usage ---------------------------------------------------------------
 
 
+# The most tokens an upstream may report for one request: the usage columns' range. Past it an answer is hostile
+# or broken, and counting it whole would overflow the spend counters and the usage row alike.
+MAX_REPORTED_TOKENS = 2**31 - 1
+
+
 def _int(value) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+    """A token count an upstream reported: a non-negative integer, at most ``MAX_REPORTED_TOKENS``; else 0."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        return 0
+    return min(value, MAX_REPORTED_TOKENS)
 
 
 def usage_from_json(obj) -> tuple[int, int] | None:
@@ -85,7 +93,7 @@ def usage_from_headers(headers) -> tuple[int, int] | None:
     if raw_in is None and raw_out is None:
         return None
     try:
-        return max(0, int(raw_in or 0)), max(0, int(raw_out or 0))
+        return _int(max(0, int(raw_in or 0))), _int(max(0, int(raw_out or 0)))
     except ValueError:
         return None
 

@@ -11,7 +11,7 @@ import time
 
 from audit.models import PREVIEW_LENGTH
 from routing.anthropic_shape import STOP_REASONS, error_payload
-from routing.protocols import FINISH_REASONS, usage_from_json
+from routing.protocols import FINISH_REASONS, MAX_REPORTED_TOKENS, usage_from_json
 
 DONE = b"data: [DONE]\n\n"
 
@@ -171,7 +171,7 @@ class _AnthropicReading:
         for name in ("input_tokens", "output_tokens"):
             value = usage.get(name)
             if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-                setattr(self, name, value)
+                setattr(self, name, min(value, MAX_REPORTED_TOKENS))
                 self._seen_usage = True
 
 

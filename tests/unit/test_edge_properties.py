@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from billing.pricing import Price, PriceHistory, charge, quote
 from gateway_project.errors import GatewayError
 from routing.exchange import client_address, parse_json
-from routing.protocols import usage_from_headers, usage_from_json
+from routing.protocols import MAX_REPORTED_TOKENS, usage_from_headers, usage_from_json
 from routing.sse import AnthropicStreamScanner, OpenAIStreamScanner
 from routing.upstream_url import check_raw_path, query_without_key, upstream_url
 
@@ -132,7 +132,18 @@ def test_usage_is_counted_tokens_or_nothing(obj, header_in, header_out):
     for usage in (usage_from_json(obj), usage_from_headers({"x-usage-input-tokens": header_in,
                                                             "x-usage-output-tokens": header_out})):  # fmt: skip
         if usage is not None:
-            assert all(isinstance(n, int) and n >= 0 for n in usage)
+            assert all(isinstance(n, int) and 0 <= n <= MAX_REPORTED_TOKENS for n in usage)
+
+
+@SETTINGS
+@given(tokens=st.integers(min_value=0, max_value=10**30))
+def test_reported_usage_is_clamped_to_what_the_counters_and_columns_hold(tokens):
+    usage = {"usage": {"prompt_tokens": tokens, "completion_tokens": tokens}}
+    assert usage_from_json(usage) == (min(tokens, MAX_REPORTED_TOKENS),) * 2
+    assert usage_from_headers({"x-usage-input-tokens": str(tokens)}) == (min(tokens, MAX_REPORTED_TOKENS), 0)
+    reading = AnthropicStreamScanner("m")
+    reading.feed(b'data: {"type": "message_delta", "usage": {"output_tokens": %d}}\n\n' % tokens)
+    assert reading.usage == (0, min(tokens, MAX_REPORTED_TOKENS))
 
 
 def _openai_events(texts, usage):
