@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+import socket
 import uuid
 
 import pytest
@@ -87,16 +87,21 @@ def test_a_full_capable_agent_sends_the_request_to_the_least_loaded_one(gateway,
     raw, _ = make_key(agents=[busy, spare])
     client = gateway.client(raw)
     assert wait_for(lambda: invoke(client, f"fix my {word}", False).get("agent_used") == busy, seconds=10)
-    # Hold the busy agent's one slot with a slow pass-through call (the mock waits before answering).
-    slow = threading.Thread(target=lambda: client.get(f"/agents/{busy}/slow", headers={"X-Mock-Delay-Ms": "4000"}))
-    slow.start()
+    # Hold the busy agent's one slot with a pass-through call the mock answers only after a minute; the test
+    # lets go of it by closing the connection (the gateway then cancels the call and frees the slot), so no
+    # timing on a loaded machine decides the outcome.
+    holder = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
     try:
-        rerouted = wait_for(lambda: (a := invoke(client, f"fix my {word}"))["agent_used"] == spare and a, seconds=3.5)
+        holder.sendall(
+            f"GET /agents/{busy}/slow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {raw}\r\n"
+            "X-Mock-Delay-Ms: 60000\r\n\r\n".encode()
+        )
+        rerouted = wait_for(lambda: (a := invoke(client, f"fix my {word}"))["agent_used"] == spare and a, seconds=30)
         assert rerouted, "the request never left the full agent"
         assert rerouted["route_reason"] == f"least_loaded; capable agents full: {busy}"
     finally:
-        slow.join(timeout=15)
-    assert wait_for(lambda: invoke(client, f"fix my {word}")["agent_used"] == busy, seconds=5)
+        holder.close()
+    assert wait_for(lambda: invoke(client, f"fix my {word}")["agent_used"] == busy, seconds=30)
 
 
 def test_no_capable_agent_means_the_least_loaded_allowed_one(gateway, make_key, capability):
