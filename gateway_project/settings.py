@@ -88,7 +88,19 @@ ASGI_APPLICATION = "gateway_project.asgi.application"
 # --- Database -------------------------------------------------------------
 DATABASE_URL = envstr("DATABASE_URL", "")
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    # A bounded pool per process (psycopg_pool through Django): under ASGI, sync work runs on many threads,
+    # and persistent per-thread connections piled up until PostgreSQL refused everyone. With the pool a
+    # process never holds more than GATEWAY_DB_POOL_SIZE connections; a thread that closes its connection
+    # gives it back rather than hanging up.
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        pool={
+            "min_size": envint("GATEWAY_DB_POOL_MIN", 1, minimum=0),
+            "max_size": envint("GATEWAY_DB_POOL_SIZE", 10, minimum=1),
+            "timeout": envfloat("GATEWAY_DB_POOL_TIMEOUT", 10.0, minimum=0.1),
+        },
+        application_name=envstr("GATEWAY_DB_APPLICATION_NAME", "agent-gateway"),
+    )
 else:
     DATABASES = {
         "default": {
