@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -124,6 +125,17 @@ def cmd_run(args: list[str]) -> int:
     os.execve(PY, [str(PY), "manage.py", "demo", *args], env)
 
 
+def deployed_environment() -> dict[str, str]:
+    """A production deployment's settings, for Django's deploy check (nothing connects anywhere)."""
+    return {
+        "DJANGO_DEBUG": "0",
+        "DJANGO_ALLOWED_HOSTS": "console.example.com,gateway.example.com",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "DATABASE_URL": POSTGRES_URL,
+        "REDIS_URL": REDIS_URL,
+    }
+
+
 def cmd_test(args: list[str]) -> int:
     ensure_venv(dev=True)
     ensure_chromium()
@@ -132,11 +144,13 @@ def cmd_test(args: list[str]) -> int:
         profiles = [args.pop(0)[2:]]
     base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     base["CELERY_TASK_ALWAYS_EAGER"] = "1"
-    say("gates: ruff, manage.py check, makemigrations --check")
+    say("gates: ruff, manage.py check, makemigrations --check, check --deploy (production settings)")
     status = run(PY, "-m", "ruff", "check", ".", check=False).returncode
     status = status or run(PY, "-m", "ruff", "format", "--check", "--quiet", ".", check=False).returncode
     status = status or run(PY, "manage.py", "check", "--fail-level", "WARNING", check=False, env=base).returncode
     status = status or run(PY, "manage.py", "makemigrations", "--check", "--dry-run", check=False, env=base).returncode
+    status = status or run(PY, "manage.py", "check", "--deploy", "--fail-level", "WARNING", check=False,
+                           env={**base, **deployed_environment()}).returncode  # fmt: skip
     if status:
         return status
     for profile in profiles:

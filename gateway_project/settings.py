@@ -32,6 +32,32 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = envlist("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = envlist("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
+# --- Deployment security -----------------------------------------------------
+# Served beyond this machine (DEBUG off, a host name that is not loopback): then the site is taken to be behind
+# TLS (at the load balancer) and every protection below is on unless its variable says otherwise.
+_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1", "testserver"}
+DEPLOYED = not DEBUG and not set(ALLOWED_HOSTS) <= _LOOPBACK_HOSTS
+HTTPS = envbool("GATEWAY_HTTPS", DEPLOYED)
+SECURE_SSL_REDIRECT = envbool("DJANGO_SECURE_SSL_REDIRECT", HTTPS)
+SECURE_REDIRECT_EXEMPT = envlist("DJANGO_SECURE_REDIRECT_EXEMPT", [])  # path regexes, e.g. a load balancer's check
+SESSION_COOKIE_SECURE = envbool("DJANGO_SESSION_COOKIE_SECURE", HTTPS)
+CSRF_COOKIE_SECURE = envbool("DJANGO_CSRF_COOKIE_SECURE", HTTPS)
+SECURE_HSTS_SECONDS = envint("DJANGO_SECURE_HSTS_SECONDS", 31_536_000 if HTTPS else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = envbool("DJANGO_SECURE_HSTS_PRELOAD", False)
+# The load balancer terminates TLS and says so in X-Forwarded-Proto; trust it only there.
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_X_FORWARDED_PROTO", "https") if envbool("DJANGO_TRUST_X_FORWARDED_PROTO", HTTPS) else None
+)
+SESSION_COOKIE_SAMESITE = "Lax"
+# The console's pages: scripts only its own or inline with the response's nonce; nothing framed, posted or loaded
+# from elsewhere. Empty switches it off.
+GATEWAY_CONSOLE_CSP = envstr(
+    "GATEWAY_CONSOLE_CSP",
+    "default-src 'self'; script-src 'self' 'nonce-{nonce}'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'; object-src 'none'",
+)
+
 INSTALLED_APPS = [
     "daphne",
     "django.contrib.admin",
@@ -63,6 +89,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "gateway_project.csp.ConsoleCSPMiddleware",
     "django_ratelimit.middleware.RatelimitMiddleware",
 ]
 
@@ -78,6 +105,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "gateway_project.console.console_context",
+                "gateway_project.csp.csp_nonce",
             ],
         },
     },
@@ -250,9 +278,14 @@ LOGOUT_REDIRECT_URL = "console:login"
 # Sign-in attempts per client IP per minute before the console refuses to check more.
 LOGIN_RATE = envstr("GATEWAY_LOGIN_RATE", "10/m")
 RATELIMIT_VIEW = "gateway_project.views.rate_limited"
+# HSTS for every subdomain and preloading reach beyond the gateway (other sites of the company's domain; browsers
+# ship the preload list): a deployer opts in (DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS=1, DJANGO_SECURE_HSTS_PRELOAD=1),
+# so the checks' nudges towards them are not defects of ours. django-ratelimit does not list Django's own Redis
+# cache, which has the atomic increment it needs.
+SILENCED_SYSTEM_CHECKS = ["security.W005", "security.W021", "django_ratelimit.W001"]
 if not REDIS_URL:
     # The embedded profile is one process, so its in-process cache is shared by all of it.
-    SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
+    SILENCED_SYSTEM_CHECKS += ["django_ratelimit.E003"]
 
 # --- REST API ---------------------------------------------------------------
 REST_FRAMEWORK = {
