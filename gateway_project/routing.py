@@ -33,8 +33,8 @@ class GatewayHttpRouter:
         path = scope["path"]
         if path.startswith(PROXY_PREFIXES) or await self._is_path_route(path):
             return await self.proxy_app(scope, receive, send)
-        if self.proxy_only_hosts and _host(scope) in self.proxy_only_hosts:
-            return await _not_on_this_host(send)
+        if self.proxy_only_hosts and (_host(scope) or b"") in self.proxy_only_hosts | {b""}:
+            return await _not_on_this_host(send)  # a request naming no host is refused too: fail closed
         return await self.django_app(scope, receive, send)
 
     @staticmethod
@@ -47,10 +47,12 @@ class GatewayHttpRouter:
 
 
 def _host(scope) -> bytes:
+    """The request's host name as Django would read it: lower case, no port, no trailing dot."""
     for name, value in scope["headers"]:
         if name == b"host":
-            host = value.lower()
-            return host[: host.rindex(b":")] if b":" in host and not host.endswith(b"]") else host
+            host = value.strip().lower()
+            host = host[: host.rindex(b":")] if b":" in host and not host.endswith(b"]") else host
+            return host.rstrip(b".")
     return b""
 
 

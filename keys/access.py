@@ -129,11 +129,37 @@ _REFUSALS = {
 }
 
 
+_blocked: dict[str, float] = {}  # addresses this process refuses outright, until a monotonic moment
+
+
+def _too_many(retry: int) -> GatewayError:
+    limit = settings.GATEWAY["AUTH_FAILURES_PER_MINUTE"]
+    return GatewayError(
+        429, "rate_limit_error", "too_many_failed_authentications",
+        f"Too many failed authentications from this address ({limit} a minute). Retry after {retry} s.",
+        [(b"retry-after", str(retry).encode())],
+    )  # fmt: skip
+
+
+def refuse_if_blocked(address: str | None) -> None:
+    """Raise 429 for an address past its failed-authentication limit, before any look-up: a guess then tells the
+    guesser nothing, a right key included. Costs a dictionary look-up; the count itself is shared in Redis."""
+    until = _blocked.get(address or "unknown")
+    if until is None:
+        return
+    left = until - time.monotonic()
+    if left <= 0:
+        _blocked.pop(address or "unknown", None)
+        return
+    raise _too_many(max(1, math.ceil(left)))
+
+
 async def note_failed_authentication(address: str | None) -> None:
     """Count a failed authentication from ``address``; past the per-minute limit, raise 429 instead of the 401.
 
-    Shared by every gateway process, so guessing keys costs the same wherever the
-    guesses land, and a refused guess never reaches the key store.
+    Counted in the hot state, shared by every gateway process, so guessing keys costs
+    the same wherever the guesses land; once refused, the address is refused by this
+    process without a look-up (``refuse_if_blocked``) until it may try again.
     """
     store = get_hot_state()
     limit = settings.GATEWAY["AUTH_FAILURES_PER_MINUTE"]
@@ -141,11 +167,10 @@ async def note_failed_authentication(address: str | None) -> None:
     result = await store.admit([check], [], [])
     if not result.ok:
         retry = max(1, math.ceil(result.retry_after_ms / 1000))
-        raise GatewayError(
-            429, "rate_limit_error", "too_many_failed_authentications",
-            f"Too many failed authentications from this address ({limit} a minute). Retry after {retry} s.",
-            [(b"retry-after", str(retry).encode())],
-        )  # fmt: skip
+        if len(_blocked) > 100_000:
+            _blocked.clear()
+        _blocked[address or "unknown"] = time.monotonic() + retry
+        raise _too_many(retry)
 
 
 async def identify(headers: dict[bytes, bytes]) -> KeySnapshot:

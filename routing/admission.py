@@ -23,7 +23,7 @@ from gateway_project.hotstate import BudgetCheck, ConcurrencySlot, HotState, Rat
 from keys.access import concurrency_key, rate_checks, token_correction
 from routing import balance
 from routing.exchange import Exchange
-from routing.facts import RequestFacts
+from routing.facts import Demand, RequestFacts
 from routing.pricing import report_dearer_answer
 from routing.table import AgentRoute
 
@@ -210,6 +210,34 @@ async def admit(ex: Exchange, facts: RequestFacts, *, take_target: bool = False)
     return Ticket(facts, store, rules, budgets, periods, tokens, [slot.key for slot in slots], lease)
 
 
+# Input a request may be charged beyond its estimate (about four bytes a token): text is never more than a token a
+# byte; images and tools given by reference may add some.
+INPUT_CHARGE_FACTOR = 4
+INPUT_CHARGE_SLACK = 4096
+
+
+def charged_usage(ex: Exchange, demand: Demand) -> tuple[int, int]:
+    """The tokens a metered request is charged: what the upstream reported, within what was reserved.
+
+    No usage read from an answer that must carry it: the worst case reserved. No usage
+    at all, but an answer: an estimate from the text. More than the answer's cap, or
+    far more input than the body could hold: the bound, with the report kept in the
+    audit record (``usage_over_reservation``). So a lying or broken upstream can make
+    a request cost at most its reservation, plus a bounded share of input.
+    """
+    cap = output_cap(demand.max_output, demand.default_output)
+    most_input = demand.input_tokens * INPUT_CHARGE_FACTOR + INPUT_CHARGE_SLACK
+    reported = ex.input_tokens, ex.output_tokens
+    if ex.details.get("usage_unread"):
+        return demand.input_tokens, cap
+    if not any(reported) and ex.output_text:
+        return max(1, len(ex.input_text) // 4), max(1, len(ex.output_text) // 4)
+    charged = min(reported[0], most_input), min(reported[1], cap)
+    if charged != reported:
+        ex.details["usage_over_reservation"] = {"reported": list(reported), "charged": list(charged)}
+    return charged
+
+
 def output_cap(max_output: int | None, default_output: int | None) -> int:
     """The longest answer a request may get: the client's ``max_tokens``, or the agent's default, or ours.
 
@@ -275,6 +303,8 @@ async def settle(ex: Exchange, ticket: Ticket) -> None:
     key = facts.key
     spend = 0
     metered = facts.metered
+    if metered:
+        ex.input_tokens, ex.output_tokens = charged_usage(ex, facts.demand)
     if metered and (ex.input_tokens or ex.output_tokens):
         table = await prices.get()
         asked = facts.requested or facts.default_model

@@ -24,7 +24,7 @@ from billing.status import budget_report
 from billing.usage import client_usage, usage_query
 from gateway_project.errors import GatewayError, bad_request, not_found
 from gateway_project.writer import writer
-from keys.access import authorize, ensure_usable, identify, note_failed_authentication
+from keys.access import authorize, ensure_usable, identify, note_failed_authentication, refuse_if_blocked
 from routing import anthropic_shape, deprecation, forward, jobs, path_routes, protocols, resilience
 from routing.adapters import Plan, adapter_for
 from routing.admission import admit, admit_anonymous, input_estimate, output_cap, settle
@@ -62,6 +62,7 @@ async def serve(ex: Exchange) -> None:
 async def authenticate(ex: Exchange) -> None:
     """401 (429 after too many from one address) or 403, or the caller's key on the exchange (set before the 403,
     for the audit record). The body is not read before this: a refused caller costs no more than its headers."""
+    refuse_if_blocked(ex.client_ip)  # no look-up at all for an address that failed too often
     try:
         key = await identify(ex.headers)
     except GatewayError:
@@ -117,9 +118,6 @@ async def _metered(ex: Exchange, facts: RequestFacts, max_output: int | None, ca
     try:
         await call(ticket)
     finally:
-        if not ex.input_tokens and not ex.output_tokens and ex.response_started and ex.output_text:
-            # The upstream reported no usage: fall back to estimates rather than charge nothing.
-            ex.input_tokens, ex.output_tokens = max(1, len(ex.input_text) // 4), max(1, len(ex.output_text) // 4)
         await settle(ex, ticket)
 
 
@@ -153,7 +151,7 @@ async def chat_completions(ex: Exchange) -> None:
     facts = await _route_for_model(ex, payload["model"])
     route = facts.route
     ex.input_text = protocols.last_user_text(payload["messages"])
-    stream = payload.get("stream") is True
+    stream = protocols.stream_flag(payload)
     options = payload.get("stream_options")
     wants_usage = isinstance(options, dict) and options.get("include_usage") is True
 
@@ -185,7 +183,7 @@ async def messages(ex: Exchange) -> None:
     facts = await _route_for_model(ex, payload["model"])
     route = facts.route
     ex.input_text = protocols.last_user_text(payload["messages"])
-    stream = payload.get("stream") is True
+    stream = protocols.stream_flag(payload)
     # Translate before admitting: what cannot be translated is refused without touching the limits.
     adapter_for(route).check_messages(payload, ex.model)
     attempt = partial(_messages_via, ex, payload, stream)
@@ -318,6 +316,12 @@ async def path_route(ex: Exchange, entry: path_routes.PathRouteEntry) -> None:
     if entry.auth_required:
         authorize(ex.key, route.slug)
     plan = _pass_through_plan(ex, route, rest)
+    if plan.model and not entry.auth_required:
+        raise GatewayError(
+            401, "authentication_error", "missing_api_key",
+            f"{entry.prefix} needs no key, but this call spends a provider's tokens, which only a key may: "
+            "send one as 'Authorization: Bearer <key>'.",
+        )  # fmt: skip
     scanner = path_routes.observe_sse(ex) if entry.sse and not plan.stream else None
     facts = ex.learn(ex.facts.routed(route, plan.model or route.slug, entry))
     if entry.auth_required:

@@ -190,11 +190,22 @@ class Exchange:
                     *headers,
                     *self.extra_headers,
                     *UNTRUSTED_ANSWER_HEADERS,
+                    *self._unread_body_headers(),
                     (b"x-request-id", self.request_id.encode()),
                     (b"x-response-time-ms", f"{self.elapsed_ms():.2f}".encode()),
                 ],
             }
         )
+
+    def _unread_body_headers(self) -> list[tuple[bytes, bytes]]:
+        """A body the gateway never read (a refused caller's) ends the connection: the server must not keep reading
+        it, and the next request on the connection could not be told from its tail."""
+        if self._receive is None:
+            return []
+        declared = self.headers.get(b"content-length", b"0")
+        if (declared.isdigit() and int(declared) > 0) or b"transfer-encoding" in self.headers:
+            return [(b"connection", b"close")]
+        return []
 
     async def send(self, data: bytes, *, more: bool = True) -> None:
         if not more:

@@ -22,6 +22,7 @@ from routing.upstream_url import upstream_url
 
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 USAGE_CAPTURE_LIMIT = 1_048_576
+USAGE_TAIL_BYTES = 65_536
 
 
 def _rejected(status: int, route: AgentRoute, content: bytes) -> GatewayError:
@@ -52,10 +53,11 @@ async def call_json(ex: Exchange, route: AgentRoute, path: str, body: bytes, hea
         async with asyncio.timeout(route.timeout):
             response = await upstream.send(request)
             try:
+                upstream.answer_status(response, route)
                 content = await read_bounded(response, route)
             finally:
                 await response.aclose()
-    except (httpx.HTTPError, TimeoutError) as exc:
+    except (*upstream.TRANSPORT_ERRORS, TimeoutError) as exc:
         raise upstream.upstream_failure(exc, route) from None
     if response.status_code >= 400:
         raise _failed_status(response.status_code, route, content)
@@ -99,22 +101,45 @@ async def _open_stream(ex: Exchange, route: AgentRoute, request: httpx.Request) 
     ex.target = route.base_url
     try:
         return await upstream.send(request)
-    except httpx.HTTPError as exc:
+    except upstream.TRANSPORT_ERRORS as exc:
         raise upstream.upstream_failure(exc, route) from None
 
 
-async def _relay(ex: Exchange, route: AgentRoute, response: httpx.Response, transform=None, capture=None) -> None:
-    """Send the upstream's body on as it arrives; a failure after the first byte ends the response."""
+async def _relay(
+    ex: Exchange, route: AgentRoute, response: httpx.Response, transform=None, capture=None, tail=None
+) -> None:
+    """Send the upstream's body on as it arrives; a failure after the first byte ends the response.
+
+    ``capture`` keeps the first ``USAGE_CAPTURE_LIMIT`` bytes and ``tail`` the last ``USAGE_TAIL_BYTES``, where
+    a large answer's ``usage`` is (``usage_in_tail``).
+    """
     try:
         async for chunk in response.aiter_raw():
             if capture is not None and len(capture) < USAGE_CAPTURE_LIMIT:
                 capture += chunk
+            if tail is not None:
+                tail += chunk
+                if len(tail) > 2 * USAGE_TAIL_BYTES:
+                    del tail[:-USAGE_TAIL_BYTES]
             out = transform(chunk) if transform else chunk
             if out:
                 await ex.send(out)
-    except httpx.HTTPError as exc:
+    except upstream.TRANSPORT_ERRORS as exc:
         ex.error_type = upstream.upstream_failure(exc, route).code
     await ex.send(b"", more=False)
+
+
+def usage_in_tail(tail: bytes) -> tuple[int, int] | None:
+    """The ``usage`` object near the end of a JSON answer too large to read whole."""
+    at = tail.rfind(b'"usage"')
+    if at == -1:
+        return None
+    colon = tail.find(b":", at + 7)
+    try:
+        obj, _ = json.JSONDecoder().raw_decode(tail[colon + 1 :].decode("utf-8", "replace").lstrip())
+    except (ValueError, RecursionError):
+        return None
+    return usage_from_json({"usage": obj})
 
 
 async def stream_sse(ex: Exchange, route: AgentRoute, path: str, body: bytes, scanner, headers: dict) -> None:
@@ -153,13 +178,17 @@ async def pass_through(ex: Exchange, route: AgentRoute, rest: bytes, plan, adapt
             raise _failed_status(response.status_code, route, await read_bounded(response, route))
         content_type = response.headers.get("content-type", "")
         capture = bytearray() if "json" in content_type and "content-encoding" not in response.headers else None
+        tail = bytearray() if capture is not None else None
         if "event-stream" in content_type:
             scanner = adapter.stream_scanner(plan)
-        await ex.start(response.status_code, upstream.response_headers(response))
-        await _relay(ex, route, response, transform=scanner.feed if scanner else None, capture=capture)
+        await ex.start(upstream.answer_status(response, route), upstream.response_headers(response))
+        await _relay(ex, route, response, transform=scanner.feed if scanner else None, capture=capture, tail=tail)
     finally:
         await response.aclose()
-    usage = usage_from_headers(response.headers)
+    # A provider's usage is in its answer; ``X-Usage-*`` headers are the agent services' contract only.
+    usage = None if plan.model else usage_from_headers(response.headers)
+    if usage is None and tail and capture is not None and len(capture) >= USAGE_CAPTURE_LIMIT:
+        usage = usage_in_tail(bytes(tail))
     if scanner is not None:
         usage = usage or scanner.usage
         ex.model = scanner.model or ex.model
@@ -173,7 +202,10 @@ async def pass_through(ex: Exchange, route: AgentRoute, rest: bytes, plan, adapt
             ex.output_text = output if isinstance(output, str) else protocols.chat_text(answer)
     if usage:
         ex.input_tokens, ex.output_tokens = usage
-    ex.model = response.headers.get("x-usage-model", ex.model or "")
+    elif plan.model and response.status_code < 400:
+        ex.details["usage_unread"] = True  # a metered call whose usage the gateway could not read: charged its worst
+    if not plan.model:
+        ex.model = response.headers.get("x-usage-model", ex.model or "")
 
 
 def _json_or_none(content: bytes):

@@ -213,6 +213,7 @@ def ticket_state(ticket: Ticket) -> dict:
             "output": str(ticket.facts.quote.price.output_nanos_per_token),
         },
         "requested": ticket.facts.requested,
+        "demand": dataclasses.asdict(ticket.facts.demand),
     }
 
 
@@ -227,7 +228,7 @@ def ticket_of(state: dict, facts: RequestFacts) -> Ticket:
     budgets = [BudgetCheck(**b) for b in state["budgets"]]
     quoted = state["quote"]
     price = Price(quoted["model"], Decimal(quoted["input"]), Decimal(quoted["output"]))
-    demand = Demand(0, None, None, 0)  # what it demanded is in the counters; the settle only needs to know it did
+    demand = Demand(**state["demand"]) if "demand" in state else Demand(state["estimated_tokens"], None, None, 0)
     facts = replace(facts, requested=state["requested"], quote=Quote(quoted["model"], price), demand=demand)
     return Ticket(facts, get_hot_state(), rules, budgets, periods, state["estimated_tokens"], state["slot_keys"])
 
@@ -335,9 +336,6 @@ async def run(job_id: str) -> bool:
     finally:
         if error is not None:
             ex.status, ex.error_type = error.status, error.code
-        if not ex.input_tokens and not ex.output_tokens and ex.output_text:
-            # The upstream reported no usage: fall back to estimates rather than charge nothing (as the sync path).
-            ex.input_tokens, ex.output_tokens = max(1, len(ex.input_text) // 4), max(1, len(ex.output_text) // 4)
         try:
             await _fresh(prices)
             await settle(ex, ticket)

@@ -381,6 +381,8 @@ class MockUpstream:
                 "headers": {k.lower(): v for k, v in request.headers.items()},
                 "body": text,
                 "output": f"echo: {text[:100]}",
+                # ``x-mock-pad-bytes``: an answer that large, its usage at the end (embeddings of many inputs).
+                "pad": "x" * int(request.headers.get("x-mock-pad-bytes", "0")),
                 "usage": {"input_tokens": count_tokens(text) if text else 0, "output_tokens": 2},
             },
             headers=headers,

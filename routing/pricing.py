@@ -13,12 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from billing.pricing import Quote, prices, quote
 from routing.table import AgentRoute, RoutingTable
 
 log = logging.getLogger("gateway.pricing")
-_reported: set[tuple[str, str]] = set()
+# Dearer models this process saw, priced in at once: requests admitted after the first such answer reserve for it
+# before the routing table (reloaded from the database every few seconds) has it too. Kept for LEARNT_SECONDS, by
+# when the table has it, or an admin has removed it on purpose.
+_learnt: dict[str, dict[str, float]] = {}
+LEARNT_SECONDS = 300.0
+
+
+def _learnt_models(agent: str) -> list[str]:
+    seen = _learnt.get(agent)
+    if not seen:
+        return []
+    now = time.monotonic()
+    return [model for model, at in seen.items() if now - at < LEARNT_SECONDS]
 
 
 def sent_model(route: AgentRoute, requested: str) -> str:
@@ -31,7 +44,7 @@ def sent_model(route: AgentRoute, requested: str) -> str:
 async def quote_for(route: AgentRoute, requested: str, table: RoutingTable | None = None) -> Quote:
     """The quote of a request for ``requested`` on ``route``: the dearest price its answer could be charged at."""
     model = sent_model(route, requested)
-    may_answer = list(route.dearer_models)
+    may_answer = [*route.dearer_models, *_learnt_models(route.slug)]
     upstream_chooses = not model or (model == route.slug and not route.default_model)
     if upstream_chooses:
         may_answer += route.served_models
@@ -39,7 +52,7 @@ async def quote_for(route: AgentRoute, requested: str, table: RoutingTable | Non
         for slug in route.fallbacks:
             fallback = table.agents.get(slug)
             if fallback is not None:
-                may_answer += [fallback.default_model, *fallback.dearer_models]
+                may_answer += [fallback.default_model, *fallback.dearer_models, *_learnt_models(slug)]
                 if not fallback.default_model:
                     upstream_chooses = upstream_chooses or not fallback.served_models
                     may_answer += fallback.served_models
@@ -49,10 +62,11 @@ async def quote_for(route: AgentRoute, requested: str, table: RoutingTable | Non
 
 
 def report_dearer_answer(agent: str, model: str, request_id: str) -> None:
-    """Hand an answer priced above its reservation to Celery, once per process and pair; never blocks."""
-    if not agent or not model or (agent, model) in _reported:
+    """Price ``model`` into ``agent``'s reservations in this process at once, and hand it to Celery for every
+    process (``Agent.dearer_models``); once per process and pair while learnt; never blocks."""
+    if not agent or not model or model in _learnt_models(agent):
         return
-    _reported.add((agent, model))
+    _learnt.setdefault(agent, {})[model] = time.monotonic()
     log.warning("agent %s answered request %s with %s, priced above what was reserved", agent, request_id, model)
     try:
         loop = asyncio.get_running_loop()
@@ -67,6 +81,5 @@ def _enqueue(agent: str, model: str, request_id: str) -> None:
         from routing.tasks import note_dearer_model
 
         note_dearer_model.delay(agent, model, request_id)
-    except Exception:
-        _reported.discard((agent, model))
+    except Exception:  # still priced in by this process; the next process to see it tries again
         log.exception("could not queue the dearer model %s of agent %s", model, agent)

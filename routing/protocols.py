@@ -14,12 +14,26 @@ ANTHROPIC_DEFAULT_MAX_TOKENS = 1024
 
 
 def _text(content) -> str:
-    """Plain text of an OpenAI or Anthropic message content (string or parts)."""
+    """Plain text of an OpenAI or Anthropic message content (string or parts); whatever else an upstream sends: ""."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+        return " ".join(
+            part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
     return ""
+
+
+def _blocks_text(answer: dict) -> str:
+    """The text blocks of an Anthropic answer's ``content``, skipping what is not a text block."""
+    content = answer.get("content")
+    if not isinstance(content, list):
+        return content if isinstance(content, str) else ""
+    return "".join(
+        block["text"]
+        for block in content
+        if isinstance(block, dict) and block.get("type", "text") == "text" and isinstance(block.get("text"), str)
+    )
 
 
 def validate_chat(payload) -> None:
@@ -31,6 +45,7 @@ def validate_chat(payload) -> None:
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
         raise bad_request("'messages' is required and must be a non-empty list of objects.", "missing_field")
     max_tokens(payload)
+    stream_flag(payload)
 
 
 def validate_invoke(payload) -> None:
@@ -44,12 +59,43 @@ def validate_invoke(payload) -> None:
     max_tokens(payload)
 
 
+MAX_CHOICES = 128
+
+
 def max_tokens(payload: dict) -> int | None:
-    value = payload.get("max_completion_tokens", payload.get("max_tokens"))
+    """The answer's cap the client set: the larger of ``max_tokens`` and ``max_completion_tokens`` (an upstream may
+    honour either), times ``n`` answers; None when it set neither."""
+    caps = []
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = payload.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise bad_request(f"'{name}' must be a positive integer.")
+        caps.append(value)
+    return max(caps) * choices(payload) if caps else None
+
+
+def choices(payload: dict) -> int:
+    """How many answers the request asks for (OpenAI's ``n``), each billed."""
+    n = payload.get("n")
+    if n is None:
+        return 1
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CHOICES:
+        raise bad_request(f"'n' must be an integer from 1 to {MAX_CHOICES}.")
+    return n
+
+
+def stream_flag(payload: dict) -> bool:
+    """``stream`` as the request means it: a boolean, or 400 (a string "true" would stream unmetered)."""
+    value = payload.get("stream", False)
     if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise bad_request("'max_tokens' must be a positive integer.")
+        return False
+    if not isinstance(value, bool):
+        raise bad_request("'stream' must be true or false.")
+    options = payload.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise bad_request("'stream_options' must be an object.")
     return value
 
 
@@ -184,15 +230,16 @@ FINISH_REASONS = {
 
 
 def anthropic_to_chat(answer: dict, model: str, request_id: str) -> dict:
-    text = "".join(b.get("text", "") for b in answer.get("content", []) if b.get("type") == "text")
+    text = _blocks_text(answer)
     input_tokens, output_tokens = usage_from_json(answer) or (0, 0)
+    answered = answer.get("model")
     return chat_completion(
         request_id,
-        answer.get("model", model),
+        answered if isinstance(answered, str) and answered else model,
         text,
         input_tokens,
         output_tokens,
-        FINISH_REASONS.get(answer.get("stop_reason"), "stop"),
+        FINISH_REASONS.get(answer.get("stop_reason"), "stop") if isinstance(answer.get("stop_reason"), str) else "stop",
     )
 
 
@@ -238,4 +285,4 @@ def agent_text(answer) -> str:
 
 
 def anthropic_text(answer: dict) -> str:
-    return "".join(b.get("text", "") for b in answer.get("content", []) if isinstance(b, dict))
+    return _blocks_text(answer)

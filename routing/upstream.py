@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -35,11 +36,16 @@ HOP_BY_HOP = frozenset(
 CREDENTIALS = frozenset({b"authorization", b"x-api-key", b"cookie"})
 # Facts about the connection that only the gateway may state: a client's own would be believed upstream.
 FORWARDING = frozenset({b"forwarded", b"x-real-ip", b"x-request-id", b"x-client-id"})
-# What an upstream may not set on the gateway's origin, and what the gateway sets itself on every answer.
+# What an upstream may not do on the gateway's origin (cookies, site data, refreshes, transport and cross-origin
+# policy), and what the gateway says itself on every answer.
 NOT_RELAYED = frozenset(
-    {b"set-cookie", b"set-cookie2", b"x-content-type-options", b"content-security-policy", b"x-request-id",
-     b"x-response-time-ms"}
+    {b"set-cookie", b"set-cookie2", b"clear-site-data", b"refresh", b"strict-transport-security", b"alt-svc",
+     b"public-key-pins", b"report-to", b"nel", b"x-content-type-options", b"content-security-policy",
+     b"content-security-policy-report-only", b"x-request-id", b"x-response-time-ms", b"request-id"}
 )  # fmt: skip
+NOT_RELAYED_PREFIXES = (b"access-control-", b"x-gateway-", b"x-ratelimit-", b"cross-origin-")
+# Errors of the transport (and of aiohttp beneath it) that mean the upstream could not be read: a 502, never a 500.
+TRANSPORT_ERRORS = (httpx.HTTPError, aiohttp.ClientError, ValueError, UnicodeError)
 
 
 def _named_in_connection(headers) -> frozenset[bytes]:
@@ -160,13 +166,43 @@ def passthrough_headers(
     return kept
 
 
+def _relayable(name: bytes, value: bytes, named: frozenset[bytes]) -> bool:
+    return not (
+        name in HOP_BY_HOP
+        or name in NOT_RELAYED
+        or name.startswith(NOT_RELAYED_PREFIXES)
+        or name in named
+        or not _TOKEN.fullmatch(name)
+        or _CONTROL.search(value)
+    )
+
+
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9a-z-]+")
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def response_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:
-    """An upstream's answer headers as the client may get them: no hop-by-hop, no cookies, none the gateway sets."""
+    """An upstream's answer headers as the client may get them: no hop-by-hop, no cookies or other say over the
+    gateway's origin, none the gateway sets itself, none a server could not send; an absolute ``Location`` (a
+    redirect off the gateway) neither."""
     raw = [(name.lower(), value) for name, value in response.headers.raw]
     named = _named_in_connection(raw)
-    return [
-        (name, value) for name, value in raw if name not in HOP_BY_HOP and name not in NOT_RELAYED and name not in named
-    ]
+    kept = [(name, value) for name, value in raw if _relayable(name, value, named)]
+    return [(name, value) for name, value in kept if name != b"location" or not _ABSOLUTE.match(value)]
+
+
+_ABSOLUTE = re.compile(rb"^\s*([a-z][a-z0-9+.-]*:|//|\\\\)", re.IGNORECASE)
+
+
+def answer_status(response: httpx.Response, route: AgentRoute) -> int:
+    """The upstream's status, or a 502 when it is no HTTP status a client could be sent."""
+    status = response.status_code
+    if not 100 <= status <= 599 or status == 101:
+        raise UpstreamError(
+            502, "upstream_error", "upstream_invalid", f"The agent '{route.slug}' answered with status {status}.",
+            kind="invalid",
+        )  # fmt: skip
+    return status
 
 
 def _caused_by_timeout(exc: BaseException) -> bool:

@@ -13,18 +13,21 @@ it must still start with the base, whatever the parser normalised.
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote_plus
+import unicodedata
+from urllib.parse import unquote_plus, unquote_to_bytes
 
 import httpx
 
 from gateway_project.errors import bad_request
 
-# Encoded characters that would change the path's structure once a server decodes them:
-# / ? # \ and every control character (C0, DEL).
-_ENCODED_FORBIDDEN = re.compile(rb"%(2[fF]|3[fF]|23|5[cC]|[01][0-9a-fA-F]|7[fF])")
+# Encoded characters that would change the path's structure once a server decodes them (once, or twice: %25…):
+# / ? # \ . and every control character (C0, DEL), and the overlong UTF-8 leads (C0, C1) that old decoders
+# turned into the same.
+_ENCODED_FORBIDDEN = re.compile(rb"%(?:25)?(2[fF]|3[fF]|23|5[cC]|[01][0-9a-fA-F]|7[fF])|%[cC][01]|%25(2[eE])")
 _BROKEN_ESCAPE = re.compile(rb"%(?![0-9a-fA-F]{2})")
 _RAW_FORBIDDEN = re.compile(rb"[\x00-\x20\x7f\\#?]")
-_DOT_SEGMENT = re.compile(rb"^(\.|%2[eE]){1,2}$")
+# A dot segment, also with path parameters (``..;x``, which Tomcat-like servers read as ``..``).
+_DOT_SEGMENT = re.compile(rb"^(\.|%2[eE]){1,2}(;.*)?$")
 QUERY_KEY = "api_key"
 
 _parsed: dict[tuple[str, bytes], httpx.URL] = {}
@@ -45,6 +48,19 @@ def check_raw_path(raw: bytes) -> None:
             raise invalid_path("it contains an encoded '/', '?', '#', '\\' or control character")
     if (b"." in raw or b"%2" in raw) and any(_DOT_SEGMENT.match(segment) for segment in raw.split(b"/")):
         raise invalid_path("it contains a '.' or '..' segment")
+    if b"%" in raw and _normalises_to_dots(raw):
+        raise invalid_path("it contains a segment that reads as '.' or '..' once normalised")
+
+
+def _normalises_to_dots(raw: bytes) -> bool:
+    """Whether a segment decodes and NFKC-normalises to a dot segment (fullwidth dots, one dot leader, …)."""
+    for segment in raw.split(b"/"):
+        if b"%" not in segment:
+            continue
+        text = unicodedata.normalize("NFKC", unquote_to_bytes(segment).decode("utf-8", "replace"))
+        if text.split(";", 1)[0] in (".", ".."):
+            return True
+    return False
 
 
 def raw_path_of(scope: dict) -> bytes:

@@ -117,9 +117,9 @@ class ProviderAdapter(Adapter):
         model = payload.get("model")
         if not isinstance(model, str) or not model:
             raise bad_request("'model' is required and must be a string.", "missing_field")
-        limit = protocols.max_tokens(payload)
-        stream = payload.get("stream") is True
-        payload, keep_usage = self.prepare_pass_through(path, payload, limit, cap, stream)
+        stream = protocols.stream_flag(payload)
+        payload, keep_usage = self.prepare_pass_through(path, payload, protocols.max_tokens(payload), cap, stream)
+        limit = protocols.max_tokens(payload)  # as sent: the cap added when the client set none, times ``n``
         messages = payload.get("messages")
         text = protocols.last_user_text(messages) if isinstance(messages, list) and messages else ""
         return Plan(

@@ -86,6 +86,12 @@ ESCAPES = [
     "/x%00y",
     "/x%5c..%5cadmin",
     "/x%zz",
+    "/%2e%2e;/y",
+    "/x/..;/..;/z",
+    "/%252e%252e/admin",
+    "/x%252fadmin",
+    "/%c0%ae%c0%ae/admin",
+    "/%ef%bc%8e%ef%bc%8e/admin",
 ]
 
 

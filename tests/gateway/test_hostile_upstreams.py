@@ -20,7 +20,9 @@ def small_gateway(seeded):
     server.stop()
 
 
-def test_an_upstream_reporting_billions_of_tokens_is_counted_within_the_columns(small_gateway, make_key, audit_of):
+def test_an_upstream_reporting_billions_of_tokens_is_charged_what_was_reserved(small_gateway, make_key, audit_of):
+    """It was asked for at most 1,024 tokens (the default cap, sent upstream): it is charged that, and its report is
+    kept in the audit record, clamped to the columns' range."""
     from billing.models import UsageRecord
 
     raw, _ = make_key()
@@ -29,8 +31,9 @@ def test_an_upstream_reporting_billions_of_tokens_is_counted_within_the_columns(
     lying = small_gateway.client(raw).post(CHAT, json=body)
     assert lying.status_code == 200
     record = audit_of(lying)
-    assert record.output_tokens == MAX_TOKENS_COLUMN
-    assert UsageRecord.objects.get(request_id=record.request_id).output_tokens == MAX_TOKENS_COLUMN
+    assert record.output_tokens == 1024
+    assert record.details["usage_over_reservation"]["reported"][1] == MAX_TOKENS_COLUMN
+    assert UsageRecord.objects.get(request_id=record.request_id).output_tokens == 1024
     honest = small_gateway.client(raw).post(CHAT, json={**body, "mock": {}})
     assert audit_of(honest) is not None  # the log goes on
 

@@ -209,3 +209,32 @@ def test_a_charge_never_exceeds_its_quote_unless_flagged(table, sent, may, repor
     assert charged.nanos >= 0
     if reported and reported in table and reported != "default":
         assert charged.model == reported  # a model with its own price is charged at it
+
+
+answers = st.one_of(
+    json_values,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "content": json_values, "choices": json_values, "model": json_values, "stop_reason": json_values,
+            "usage": json_values, "output": json_values, "id": json_values,
+        },
+    ),
+)  # fmt: skip
+
+
+@SETTINGS
+@given(answer=answers)
+def test_any_upstream_answer_translates_or_is_refused_never_crashes(answer):
+    """Whatever JSON an upstream answers with, reading and translating it gives an answer (or a GatewayError)."""
+    from routing import anthropic_shape, protocols
+
+    for read in (
+        protocols.chat_text, protocols.agent_text, protocols.anthropic_text,
+        lambda a: protocols.anthropic_to_chat(a, "m", "r"), lambda a: anthropic_shape.chat_to_message(a, "m", "r"),
+    ):  # fmt: skip
+        if isinstance(answer, dict) or read is protocols.agent_text:
+            try:
+                read(answer)
+            except GatewayError as refused:
+                assert refused.status < 500
