@@ -78,10 +78,9 @@ class Exchange:
             self.body_done.set()
         self.client_left = False
         client = scope.get("client")
-        forwarded = [value for name, value in scope["headers"] if name == b"x-forwarded-for"]
-        self.client_ip, bad_forwarded = client_address(
-            client[0] if client else None, forwarded, settings.GATEWAY["TRUSTED_PROXIES"]
-        )
+        trusted = settings.GATEWAY["TRUSTED_PROXIES"]
+        forwarded = [value for name, value in scope["headers"] if name == b"x-forwarded-for"] if trusted else []
+        self.client_ip, bad_forwarded = client_address(client[0] if client else None, forwarded, trusted)
         # Response state
         self.status = 0
         self.response_started = False

@@ -23,7 +23,10 @@ log = logging.getLogger("gateway.pricing")
 # before the routing table (reloaded from the database every few seconds) has it too. Kept for LEARNT_SECONDS, by
 # when the table has it, or an admin has removed it on purpose.
 _learnt: dict[str, dict[str, float]] = {}
+_learnt_version = 0  # changes with every model learnt, so remembered quotes are priced again
 LEARNT_SECONDS = 300.0
+QUOTE_SECONDS = 5.0
+_quotes: dict[tuple, tuple[AgentRoute, Quote]] = {}
 
 
 def _learnt_models(agent: str) -> list[str]:
@@ -42,7 +45,24 @@ def sent_model(route: AgentRoute, requested: str) -> str:
 
 
 async def quote_for(route: AgentRoute, requested: str, table: RoutingTable | None = None) -> Quote:
-    """The quote of a request for ``requested`` on ``route``: the dearest price its answer could be charged at."""
+    """The quote of a request for ``requested`` on ``route``: the dearest price its answer could be charged at.
+
+    Remembered for a few seconds per route, table and prices as loaded (a scheduled price takes effect within
+    ``QUOTE_SECONDS``), so the hot path prices a request with a dictionary look-up.
+    """
+    price_table = await prices.get()
+    key = (id(route), requested, id(table), id(price_table), _learnt_version, int(time.monotonic() // QUOTE_SECONDS))
+    found = _quotes.get(key)
+    if found is not None and found[0] is route:
+        return found[1]
+    quoted = _quote(route, requested, table, price_table)
+    if len(_quotes) > 4096:
+        _quotes.clear()
+    _quotes[key] = (route, quoted)
+    return quoted
+
+
+def _quote(route: AgentRoute, requested: str, table: RoutingTable | None, price_table) -> Quote:
     model = sent_model(route, requested)
     may_answer = [*route.dearer_models, *_learnt_models(route.slug)]
     upstream_chooses = not model or (model == route.slug and not route.default_model)
@@ -58,15 +78,17 @@ async def quote_for(route: AgentRoute, requested: str, table: RoutingTable | Non
                     may_answer += fallback.served_models
     # An upstream asked for nothing in particular, that names no models it serves, may answer with any.
     any_model = upstream_chooses and not route.served_models
-    return quote(await prices.get(), model, [m for m in may_answer if m], any_model=any_model)
+    return quote(price_table, model, [m for m in may_answer if m], any_model=any_model)
 
 
 def report_dearer_answer(agent: str, model: str, request_id: str) -> None:
     """Price ``model`` into ``agent``'s reservations in this process at once, and hand it to Celery for every
     process (``Agent.dearer_models``); once per process and pair while learnt; never blocks."""
+    global _learnt_version
     if not agent or not model or model in _learnt_models(agent):
         return
     _learnt.setdefault(agent, {})[model] = time.monotonic()
+    _learnt_version += 1
     log.warning("agent %s answered request %s with %s, priced above what was reserved", agent, request_id, model)
     try:
         loop = asyncio.get_running_loop()
