@@ -11,7 +11,7 @@ from audit.chain import REQUEST_CHAIN, TRAIL_CHAIN, Chain, verify
 from audit.forms import BUILTIN_FIXED
 from audit.models import AdminAction, AuditRecord, QuarantinedRow, RedactionRule
 from audit.redaction_rules import deletion_refusal
-from gateway_project import roles
+from gateway_project import roles, throttles
 from gateway_project.api import TrailedModelViewSet
 
 VERIFICATION = inline_serializer(
@@ -45,7 +45,7 @@ def verify_schema(what: str):
             OpenApiParameter("since", str, description="ISO date-time: records created at or after it"),
             OpenApiParameter("until", str, description="ISO date-time: records created before it"),
         ],
-        responses=VERIFICATION,
+        responses={200: VERIFICATION, 429: throttles.THROTTLED},
     )
 
 
@@ -143,6 +143,7 @@ class AuditRecordViewSet(viewsets.ReadOnlyModelViewSet):
     filterset_class = AuditRecordFilter
     ordering_fields = ["created_at", "latency_ms", "status", "seq"]
     ordering = ["-created_at", "-id"]
+    action_throttle_scopes = {"verify": throttles.VERIFY}
 
     @verify_schema("request log")
     @action(detail=False, methods=["get"], filterset_class=None, pagination_class=None)
@@ -188,6 +189,7 @@ class AdminActionViewSet(viewsets.ReadOnlyModelViewSet):
     ordering_fields = ["created_at", "actor", "action", "seq"]
     ordering = ["-created_at", "-id"]
     read_roles = roles.EXPORT
+    action_throttle_scopes = {"verify": throttles.VERIFY}
 
     @verify_schema("admin-action trail")
     @action(detail=False, methods=["get"], filterset_class=None, pagination_class=None)

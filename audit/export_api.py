@@ -17,7 +17,7 @@ from rest_framework.response import Response
 
 from audit.export_jobs import ExportGone, ExportNotReady, open_download, progress, request_export
 from audit.models import AuditExport
-from gateway_project import roles
+from gateway_project import roles, throttles
 
 
 class AuditExportSerializer(serializers.ModelSerializer):
@@ -72,6 +72,7 @@ class AuditExportViewSet(
     ordering_fields = ["created_at"]
     ordering = ["-created_at"]
     read_roles = write_roles = roles.EXPORT
+    action_throttle_scopes = {"create": throttles.EXPORT}
 
     def get_queryset(self):
         return super().get_queryset().filter(requester=self.request.user)
@@ -79,7 +80,11 @@ class AuditExportViewSet(
     @extend_schema(
         summary="Request an export",
         request=AuditExportRequestSerializer,
-        responses={202: AuditExportSerializer, 400: OpenApiResponse(description="An unknown or invalid filter.")},
+        responses={
+            202: AuditExportSerializer,
+            400: OpenApiResponse(description="An unknown or invalid filter."),
+            429: throttles.THROTTLED,
+        },
     )
     def create(self, request, *args, **kwargs):
         asked = AuditExportRequestSerializer(data=request.data)

@@ -10,7 +10,7 @@ from rest_framework.response import Response
 
 from audit.archive_check import verify_archive
 from audit.models import ArchivedRun, AuditArchive
-from gateway_project import roles
+from gateway_project import roles, throttles
 
 
 class AuditArchiveSerializer(serializers.ModelSerializer):
@@ -57,6 +57,7 @@ class AuditArchiveViewSet(viewsets.ReadOnlyModelViewSet):
     ordering_fields = ["created_at", "first_seq", "records"]
     ordering = ["-created_at", "-id"]
     read_roles = roles.EXPORT
+    action_throttle_scopes = {"verify": throttles.VERIFY}
 
     @extend_schema(summary="The archive's runs", responses=ArchivedRunSerializer(many=True))
     @action(detail=True, methods=["get"], filter_backends=[])
@@ -66,7 +67,7 @@ class AuditArchiveViewSet(viewsets.ReadOnlyModelViewSet):
         page = self.paginate_queryset(runs)
         return self.get_paginated_response(ArchivedRunSerializer(page, many=True).data)
 
-    @extend_schema(summary="Verify the archive's file", responses=ARCHIVE_VERIFICATION)
+    @extend_schema(summary="Verify the archive's file", responses={200: ARCHIVE_VERIFICATION, 429: throttles.THROTTLED})
     @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
     def verify(self, request, pk=None):
         """Check the file's SHA-256 as recorded, and that each run's records link from its previous hash to its last."""

@@ -5,6 +5,7 @@ secrets may also come from a file named by ``<NAME>_FILE``.
 """
 
 import os
+import re
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -69,3 +70,14 @@ def envlist(name: str, default: list[str]) -> list[str]:
     if raw is None:
         return default
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+_RATE = re.compile(r"\d+/(s|sec|second|m|min|minute|h|hour|d|day)")
+
+
+def envrate(name: str, default: str) -> str:
+    """A request rate such as ``20/hour`` (per second, minute, hour or day), checked now rather than at a request."""
+    value = os.environ.get(name, default).strip()
+    if not _RATE.fullmatch(value):
+        raise ImproperlyConfigured(f"{name}={value!r} is not a rate like 20/hour (per s, min, hour or day)")
+    return value

@@ -12,7 +12,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from gateway_project.env import envbool, envfloat, envint, envlist, envstr
+from gateway_project.env import envbool, envfloat, envint, envlist, envrate, envstr
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(envstr("GATEWAY_VAR_DIR", str(BASE_DIR / "var")))
@@ -301,19 +301,29 @@ REST_FRAMEWORK = {
         "django_filters.rest_framework.DjangoFilterBackend",
         "rest_framework.filters.OrderingFilter",
     ],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "gateway_project.pagination.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "gateway_project.api.exception_handler",
-    # Requests per user of the management API (callers without a valid token are refused before this).
-    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
-    "DEFAULT_THROTTLE_RATES": {"user": envstr("GATEWAY_API_USER_RATE", "1200/min")},
+    # Requests per user of the management API (callers without a valid token are refused before this), and
+    # per user of its costly actions: a chain verification reads every record, an export job writes them all.
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.UserRateThrottle",
+        "gateway_project.throttles.ActionRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "user": envstr("GATEWAY_API_USER_RATE", "1200/min"),
+        "verify": envrate("GATEWAY_VERIFY_RATE", "20/hour"),
+        "export": envrate("GATEWAY_EXPORT_RATE", "10/hour"),
+    },
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Agent Gateway management API",
     "DESCRIPTION": "Manage clients, API keys, agents, budgets and prices; read the audit log.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema and its docs pages are for staff, as the API is: a role, by session or token.
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated", "gateway_project.permissions.RolePermission"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
