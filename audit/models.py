@@ -92,7 +92,9 @@ class RedactionRule(models.Model):
 
     name = models.CharField(max_length=100, unique=True)
     pattern = models.CharField(
-        max_length=MAX_PATTERN_LENGTH, validators=[validate_pattern], help_text="A Python regular expression."
+        max_length=MAX_PATTERN_LENGTH,
+        validators=[validate_pattern],
+        help_text=r"An RE2 regular expression: Python's syntax without backreferences or lookarounds.",
     )
     replacement = models.CharField(
         max_length=40, default="[REDACTED]", validators=[validate_replacement],

@@ -5,6 +5,11 @@ this module only compiles and applies them, and knows the built-in ones so a
 process that has not loaded the table yet still redacts as the defaults say.
 Some built-in rules need more than a regex (a card number must pass the Luhn
 check): the rule names its code check and the check lives here.
+
+The built-in patterns run on Python's ``re``: two need lookarounds, and they are
+ours, fixed and measured (``bench/redaction_bench.py``). Every other pattern is
+an admin's and runs on RE2, whose time is linear in the text, so no rule can
+hold the gateway's event loop however it is written.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import re2
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
@@ -97,10 +103,24 @@ BUILTIN_RULES = (
 )  # fmt: skip
 
 
+BUILTIN_PATTERNS = frozenset(rule.pattern for rule in BUILTIN_RULES)
+# What compiling a pattern may raise: Python's error for a built-in one, RE2's for any other.
+PatternError = (re.error, re2.error)
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a refused pattern is the admin's answer, not a line on the server's stderr
+
+
+def compile_pattern(pattern: str):
+    """A built-in pattern on Python's ``re``; any other on RE2, which refuses what it cannot run in linear time."""
+    if pattern in BUILTIN_PATTERNS:
+        return re.compile(pattern)
+    return re2.compile(pattern, options=_RE2_OPTIONS)
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
     name: str
-    regex: re.Pattern
+    regex: re.Pattern | re2._Regexp
     replacement: str
     check: Callable[[str], bool] | None
 
@@ -112,8 +132,8 @@ class CompiledRule:
 
 
 def compile_rule(name: str, pattern: str, replacement: str, code_check: str = "") -> CompiledRule:
-    """Compile one rule; raises ``re.error`` for a bad pattern and ``KeyError`` for an unknown check."""
-    return CompiledRule(name, re.compile(pattern), replacement, CODE_CHECKS[code_check] if code_check else None)
+    """Compile one rule; raises one of ``PatternError`` for a bad pattern and ``KeyError`` for an unknown check."""
+    return CompiledRule(name, compile_pattern(pattern), replacement, CODE_CHECKS[code_check] if code_check else None)
 
 
 def compile_rules(rules: Iterable) -> tuple[CompiledRule, ...]:
@@ -125,17 +145,36 @@ DEFAULT_RULES = compile_rules(rule for rule in BUILTIN_RULES if rule.enabled)
 
 
 def validate_pattern(pattern: str) -> None:
-    """Refuse a custom pattern that does not compile or could match empty text (it would redact between letters)."""
+    """Refuse a pattern that does not compile, needs what RE2 lacks, or could match empty text.
+
+    A pattern that matched empty text would put its label between every letter.
+    """
     if not pattern or not pattern.strip():
         raise ValidationError("A pattern cannot be empty.")
     if len(pattern) > MAX_PATTERN_LENGTH:
         raise ValidationError(f"A pattern may be at most {MAX_PATTERN_LENGTH} characters long.")
     try:
-        regex = re.compile(pattern)
+        regex = compile_pattern(pattern)
+    except re2.error as exc:
+        raise ValidationError(_refusal(pattern, exc)) from None
     except re.error as exc:
         raise ValidationError(f"Not a valid regular expression: {exc}.") from None
     if regex.search("") is not None or any(match.end() == match.start() for match in regex.finditer(_PROBE)):
         raise ValidationError("The pattern matches empty text; it must match at least one character.")
+
+
+def _refusal(pattern: str, exc: re2.error) -> str:
+    """Why RE2 refused ``pattern``: not a regular expression at all, or one using what RE2 does without."""
+    reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+    try:
+        re.compile(pattern)
+    except re.error as python_error:
+        return f"Not a valid regular expression: {python_error}."
+    return (
+        f"Redaction rules run on RE2, which cannot run this pattern ({reason}). RE2 keeps redaction time linear in "
+        "the text, so it has no backreferences (\\1) or lookarounds ((?=, (?!, (?<=, (?<!); rewrite the pattern "
+        "without them."
+    )
 
 
 def validate_replacement(value: str) -> None:

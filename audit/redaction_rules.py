@@ -10,13 +10,12 @@ GATEWAY_CONFIG_REFRESH_SECONDS, compiling each rule once per reload.
 from __future__ import annotations
 
 import logging
-import re
 
 from django.conf import settings
 from django.db import transaction
 
 from audit.models import RedactionRule
-from audit.redaction import DEFAULT_RULES, CompiledRule, compile_rule, redact
+from audit.redaction import DEFAULT_RULES, CompiledRule, PatternError, compile_rule, redact
 from audit.trail import record_update, snapshot
 from gateway_project.snapshots import RefreshingTable
 
@@ -30,7 +29,7 @@ def load_rules() -> tuple[CompiledRule, ...]:
     for rule in RedactionRule.objects.filter(enabled=True).order_by("order", "id"):
         try:
             compiled.append(compile_rule(rule.name, rule.pattern, rule.replacement, rule.code_check))
-        except (re.error, KeyError):
+        except (*PatternError, KeyError):
             log.error("redaction rule %r cannot be compiled; it is not applied", rule.name)
     return tuple(compiled)
 

@@ -1,7 +1,8 @@
 """Personas for the audit tests: a console session and an API token per role.
 
 The chain tests write through the gateway's own writer, which commits, so they and
-their personas use committed data (``live_db``) with names of their own.
+their personas use committed data (``live_db``) with names of their own; ``console_as``
+and ``api_as`` make a persona of any role in the test's rolled-back transaction.
 """
 
 import uuid
@@ -55,3 +56,25 @@ def admin_api(live_db):
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=_user('adam', 'admin')).key}")
     return api
+
+
+@pytest.fixture
+def console_as(db):
+    """``console_as("admin")``: a signed-in browser of a user holding that role (None: no role)."""
+
+    def make(role):
+        return _browser(_user(role or "nobody", role))
+
+    return make
+
+
+@pytest.fixture
+def api_as(db):
+    """``api_as("admin")``: a management API client with a token of a user holding that role."""
+
+    def make(role):
+        api = APIClient()
+        api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=_user(role or 'nobody', role)).key}")
+        return api
+
+    return make

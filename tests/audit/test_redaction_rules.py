@@ -5,12 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
 from django.core.exceptions import ImproperlyConfigured
-from django.test import Client as Browser
-from rest_framework.authtoken.models import Token
-from rest_framework.test import APIClient
 
 from audit.models import AdminAction, RedactionRule
 from audit.recorder import record_request
@@ -23,37 +18,6 @@ from tests.conftest import wait_for
 CHAT = "/v1/chat/completions"
 PERSONAL = "Mail jane@example.org or call +1 415-555-0132; SSN 123-45-6789; card 4111-1111-1111-1111."
 REDACTED = "Mail [EMAIL] or call [PHONE]; SSN [SSN]; card [CARD]."
-
-
-def _user(role: str | None):
-    user = get_user_model().objects.create_user(f"{role or 'nobody'}-{uuid.uuid4().hex[:8]}")
-    if role:
-        user.groups.add(Group.objects.get(name=role))
-    return user
-
-
-@pytest.fixture
-def console_as(db):
-    """``console_as("admin")``: a signed-in browser of a user holding that role (None: no role)."""
-
-    def make(role):
-        browser = Browser()
-        browser.force_login(_user(role))
-        return browser
-
-    return make
-
-
-@pytest.fixture
-def api_as(db):
-    """``api_as("admin")``: a management API client with a token of a user holding that role."""
-
-    def make(role):
-        api = APIClient()
-        api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=_user(role)).key}")
-        return api
-
-    return make
 
 
 @pytest.fixture
