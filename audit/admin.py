@@ -3,22 +3,9 @@ from django.contrib import admin
 from audit.models import AdminAction, AuditRecord
 
 
-class AppendOnlyAdmin(admin.ModelAdmin):
-    """Read-only: nobody adds, edits or deletes an append-only log in Django admin."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-
 @admin.register(AuditRecord)
-class AuditRecordAdmin(AppendOnlyAdmin):
-    """Read-only: the audit log is append-only."""
+class AuditRecordAdmin(admin.ModelAdmin):
+    """The audit log is append-only; the site shows every model read-only (``gateway_project.admin_site``)."""
 
     list_display = (
         "created_at",
@@ -37,8 +24,8 @@ class AuditRecordAdmin(AppendOnlyAdmin):
 
 
 @admin.register(AdminAction)
-class AdminActionAdmin(AppendOnlyAdmin):
-    """Read-only: the admin-action trail is append-only."""
+class AdminActionAdmin(admin.ModelAdmin):
+    """The admin-action trail is append-only; the site shows every model read-only."""
 
     list_display = ("created_at", "actor", "via", "action", "object_type", "object_repr")
     list_filter = ("action", "object_type", "via")

@@ -20,9 +20,3 @@ class UsageRecordAdmin(admin.ModelAdmin):
     list_display = ("created_at", "request_id", "client", "agent", "model", "input_tokens", "output_tokens", "cost_usd")
     list_filter = ("agent", "model")
     search_fields = ("request_id",)
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False

@@ -60,7 +60,7 @@ GATEWAY_CONSOLE_CSP = envstr(
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    "gateway_project.admin_config.GatewayAdminConfig",  # Django admin, read-only (see gateway_project/admin_site.py)
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -9,10 +9,6 @@ class ApiKeyInline(admin.TabularInline):
     fields = ("name", "prefix", "allowed_agents", "requests_per_minute", "tokens_per_minute", "is_active", "revoked_at")
     readonly_fields = ("prefix",)
     show_change_link = True
-    can_delete = False
-
-    def has_add_permission(self, request, obj=None):
-        return False  # keys are issued through the console, API or CLI, which show the raw key once
 
 
 @admin.register(Client)
@@ -31,6 +27,3 @@ class ApiKeyAdmin(admin.ModelAdmin):
     search_fields = ("prefix", "name", "client__name", "client__slug")
     readonly_fields = ("prefix", "last_used_at", "created_at")
     list_select_related = ("client",)
-
-    def has_add_permission(self, request):
-        return False  # see ApiKeyInline
