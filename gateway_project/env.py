@@ -4,6 +4,7 @@ Every setting has an embedded default so the project runs with nothing set;
 secrets may also come from a file named by ``<NAME>_FILE``.
 """
 
+import ipaddress
 import os
 import re
 
@@ -11,6 +12,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+_HOST_NAME = re.compile(r"\.?[a-z0-9_]([a-z0-9_-]{0,62}\.)*[a-z0-9_-]{0,63}")
 
 
 def envstr(name: str, default: str = "") -> str:
@@ -81,3 +83,18 @@ def envrate(name: str, default: str) -> str:
     if not _RATE.fullmatch(value):
         raise ImproperlyConfigured(f"{name}={value!r} is not a rate like 20/hour (per s, min, hour or day)")
     return value
+
+
+def envallowlist(name: str, default: list[str]) -> list[str]:
+    """A comma-separated list of networks (``10.0.0.0/8``, ``::1``) and host names (``hooks.example.com``,
+    ``.example.com`` for its subdomains), lower-cased; anything else fails loudly."""
+    entries = []
+    for entry in envlist(name, default):
+        entry = entry.lower().strip("[]").rstrip(".")
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            if not _HOST_NAME.fullmatch(entry):
+                raise ImproperlyConfigured(f"{name}: {entry!r} is neither a network nor a host name") from None
+        entries.append(entry)
+    return entries

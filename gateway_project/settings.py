@@ -12,7 +12,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from gateway_project.env import envbool, envfloat, envint, envlist, envrate, envstr
+from gateway_project.env import envallowlist, envbool, envfloat, envint, envlist, envrate, envstr
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(envstr("GATEWAY_VAR_DIR", str(BASE_DIR / "var")))
@@ -230,8 +230,20 @@ GATEWAY_WEBHOOK_BACKOFF_MAX_SECONDS = envfloat("GATEWAY_WEBHOOK_BACKOFF_MAX_SECO
 # agent's timeout and a minute.
 GATEWAY_JOB_MAX_QUEUE_SECONDS = envfloat("GATEWAY_JOB_MAX_QUEUE_SECONDS", 600.0, minimum=1)
 # Hosts a job's webhook_url may name ("hooks.example.com"; ".example.com" for its subdomains). Empty: any host whose
-# addresses are all public; loopback, private, link-local and reserved addresses are refused (see routing/job_webhooks).
-GATEWAY_JOB_WEBHOOK_HOSTS = envlist("GATEWAY_JOB_WEBHOOK_HOSTS", [])
+# addresses are all public. Listed hosts may also be internal (they join GATEWAY_WEBHOOK_ALLOWED_HOSTS).
+GATEWAY_JOB_WEBHOOK_HOSTS = envallowlist("GATEWAY_JOB_WEBHOOK_HOSTS", [])
+
+# --- Outbound addresses (gateway_project/outbound.py) -------------------------
+# Every URL an admin or client configures is refused when it (or what its name resolves to) is loopback, private,
+# link-local, cloud metadata, reserved, CGNAT or an IPv6 form of one of those, unless listed here: networks
+# ("10.0.0.0/8", "::1") and host names ("hooks.example.com", ".example.com"). A metadata address passes only when
+# listed exactly. Agent upstreams are usually internal: list their networks. A gateway served only on loopback
+# names (the embedded demo, the tests) or with DEBUG may call loopback upstreams; a deployed one only what is listed.
+GATEWAY_UPSTREAM_ALLOWED_NETWORKS = envallowlist(
+    "GATEWAY_UPSTREAM_ALLOWED_NETWORKS", [] if DEPLOYED else ["127.0.0.0/8", "::1"]
+)
+# Budget and job webhooks: nothing internal by default.
+GATEWAY_WEBHOOK_ALLOWED_HOSTS = envallowlist("GATEWAY_WEBHOOK_ALLOWED_HOSTS", []) + GATEWAY_JOB_WEBHOOK_HOSTS
 
 # --- Audit exports ----------------------------------------------------------
 # Exports matching more rows than this are written to a file by a Celery task instead of streamed in the response.
