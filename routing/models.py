@@ -4,6 +4,8 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from gateway_project.outbound import validate_upstream_url
+
 DEFAULT_RETRY_STATUSES = [502, 503, 529]
 # An agent's balancing, retry, breaker and versioning settings: the console form and the API edit the same ones.
 RESILIENCE_FIELDS = [
@@ -50,7 +52,9 @@ class Agent(models.Model):
     slug = models.SlugField(max_length=100, unique=True)
     name = models.CharField(max_length=200)
     kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.AGENT)
-    upstream_url = models.URLField(max_length=500, help_text="Base URL, e.g. http://10.0.0.5:9000")
+    upstream_url = models.URLField(
+        max_length=500, validators=[validate_upstream_url], help_text="Base URL, e.g. http://10.0.0.5:9000"
+    )
     upstream_api_key = models.CharField(
         max_length=500, blank=True, help_text="Credential the gateway sends upstream (never the client's key)."
     )
@@ -137,7 +141,9 @@ class Target(models.Model):
 
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="targets")
     name = models.SlugField(max_length=100, help_text="e.g. v1, v2-canary, eu-west")
-    url = models.URLField(max_length=500, help_text="Base URL, e.g. http://10.0.0.6:9000")
+    url = models.URLField(
+        max_length=500, validators=[validate_upstream_url], help_text="Base URL, e.g. http://10.0.0.6:9000"
+    )
     weight = models.PositiveIntegerField(
         default=100, validators=[MaxValueValidator(10_000)], help_text="Share of traffic under the weighted strategy."
     )

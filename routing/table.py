@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.conf import settings
 
+from gateway_project import outbound
 from gateway_project.errors import not_found
 from gateway_project.snapshots import RefreshingTable
 from routing import content_routing
 from routing.deprecation import deprecation_headers
 from routing.models import DEFAULT_RETRY_STATUSES, Agent, CapabilityKeyword, PathRoute
 from routing.path_routes import PathRouteEntry, entry_of
+
+log = logging.getLogger("gateway.routing")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +122,38 @@ def route_of(agent: Agent) -> AgentRoute:
     )
 
 
+_reported: set[tuple[str, str]] = set()
+
+
+def refusal_of(agent: Agent) -> str:
+    """Why the gateway will not call ``agent`` (its URL or an enabled target's fails the outbound policy), or "".
+
+    Checked without DNS, so loading stays cheap; names were resolved and checked when they were saved.
+    Rows saved before the policy, or left behind when the allow-list shrank, are caught here.
+    """
+    urls = [agent.upstream_url, *(target.url for target in agent.targets.all() if target.enabled)]
+    for url in urls:
+        why = outbound.upstream_refusal(url)
+        if why:
+            return why
+    return ""
+
+
+def usable(agents) -> list[Agent]:
+    """The agents the gateway may call; each refused one is logged once per process and reason."""
+    kept = []
+    for agent in agents:
+        why = refusal_of(agent)
+        if not why:
+            kept.append(agent)
+        elif (agent.slug, why) not in _reported:
+            _reported.add((agent.slug, why))
+            log.error("agent %s is not loaded into the routing table: %s", agent.slug, why)
+    return kept
+
+
 def load_table() -> RoutingTable:
-    active = Agent.objects.filter(is_active=True).prefetch_related("targets")
+    active = usable(Agent.objects.filter(is_active=True).prefetch_related("targets"))
     agents = {agent.slug: route_of(agent) for agent in active}
     by_model = {}
     for route in agents.values():

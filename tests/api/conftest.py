@@ -13,6 +13,15 @@ from rest_framework.test import APIClient
 from audit.models import AuditRecord
 from keys.models import Client
 
+
+@pytest.fixture(autouse=True)
+def outbound_allow_lists(settings):
+    """The agents and webhooks these tests save point at loopback, 10.0.0.0/8 and names under example.com, none of
+    which the outbound policy lets through by default: allowed here on purpose, as a deployment would list them."""
+    settings.GATEWAY_UPSTREAM_ALLOWED_NETWORKS = ["127.0.0.0/8", "10.0.0.0/8", ".example.com"]
+    settings.GATEWAY_WEBHOOK_ALLOWED_HOSTS = [".example.com"]
+
+
 _request_ids = itertools.count(1)
 
 

@@ -105,12 +105,20 @@ def test_bad_resilience_settings_are_form_errors(operator, research, fields, mes
     assert not AdminAction.objects.exists()
 
 
-def test_a_bad_target_is_a_form_error_and_nothing_is_saved(operator, research):
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("ftp://files.example.com/", "must start with http:// or https://"),
+        ("http://169.254.169.254/", "169.254.169.254 is cloud metadata"),
+        ("http://[64:ff9b::a9fe:a9fe]/", "inside an IPv6 address"),
+    ],
+)
+def test_a_bad_target_is_a_form_error_and_nothing_is_saved(operator, research, url, message):
     data = edit_data(research, name="Renamed") | targets_data(
-        {"name": "v1", "url": "ftp://files.example.com/", "weight": "1", "max_concurrent": "0", "enabled": "on"}
+        {"name": "v1", "url": url, "weight": "1", "max_concurrent": "0", "enabled": "on"}
     )
     response = operator.post(f"/console/agents/{research.pk}/edit/", data)
-    assert response.status_code == 400 and "must start with http:// or https://" in response.content.decode()
+    assert response.status_code == 400 and message in response.content.decode()
     research.refresh_from_db()
     assert research.name == "Research" and not research.targets.exists()
 
