@@ -5,6 +5,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
+from gateway_project.outbound import validate_webhook_url
+
 DEFAULT_PRICE_MODEL = "default"
 NANOS_PER_USD = 1_000_000_000
 
@@ -79,7 +81,10 @@ class Budget(models.Model):
         max_length=500, blank=True, help_text="Comma-separated addresses that get the alerts by e-mail."
     )
     alert_webhook_url = models.URLField(
-        max_length=500, blank=True, help_text="Alerts are POSTed here as JSON, signed with HMAC-SHA256."
+        max_length=500,
+        blank=True,
+        validators=[validate_webhook_url],
+        help_text="Alerts are POSTed here as JSON, signed with HMAC-SHA256.",
     )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -19,7 +19,7 @@ from django.db.models import F
 from billing import alert_delivery as delivery
 from billing.models import Budget, BudgetAlert
 from billing.periods import Period
-from gateway_project.webhooks import DeliveryError
+from gateway_project.webhooks import DeliveryError, Refused
 
 log = logging.getLogger("gateway.alerts")
 
@@ -88,6 +88,11 @@ def deliver_alert_webhook(self, alert_id: int) -> str | Retry | None:
     attempts = rows.values_list("webhook_attempts", flat=True).first() or 0
     try:
         delivery.post_webhook(alert)
+    except Refused as refused:  # the URL, or what its name resolves to now, is not one the gateway calls
+        error = str(refused)[: BudgetAlert._meta.get_field("webhook_error").max_length]
+        rows.update(webhook_status=BudgetAlert.FAILED, webhook_error=error)
+        log.warning("did not deliver the webhook of alert %s: %s", alert_id, refused)
+        return BudgetAlert.FAILED
     except DeliveryError as exc:
         error = str(exc)[: BudgetAlert._meta.get_field("webhook_error").max_length]
         if attempts >= settings.GATEWAY_WEBHOOK_MAX_ATTEMPTS:

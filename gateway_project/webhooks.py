@@ -5,6 +5,10 @@ The signature is ``sha256=<hex HMAC-SHA256(secret, "<timestamp>." + body)>`` in
 recomputes it over the raw body with the shared ``GATEWAY_WEBHOOK_SECRET`` and refuses
 stale timestamps, so a captured delivery cannot be replayed later. Every delivery of one
 event carries the same ``X-Gateway-Event-Id``, so a receiver can drop retried duplicates.
+
+Deliveries go through ``outbound.post``: the receiver's name is resolved and checked at
+each attempt, the request goes to the checked address, redirects are not followed, and
+only the status (or the kind of connection failure) is kept, never what the receiver said.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import httpx
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 
+from gateway_project import outbound
+
 SIGNATURE_HEADER = "X-Gateway-Signature"
 TIMESTAMP_HEADER = "X-Gateway-Timestamp"
 EVENT_ID_HEADER = "X-Gateway-Event-Id"
@@ -28,6 +34,9 @@ USER_AGENT = "agent-gateway-webhooks/1"
 
 class DeliveryError(Exception):
     """The receiver could not be reached or did not answer 2xx: worth another try later."""
+
+
+Refused = outbound.Refused  # the URL is not one the gateway calls: no later try will change that
 
 
 def encode(payload: dict) -> bytes:
@@ -69,13 +78,16 @@ def verify(body: bytes, headers: Mapping[str, str], secret: str | None = None, t
 
 
 def post_signed(url: str, payload: dict, event_id: str, *, timeout: float | None = None) -> httpx.Response:
-    """POST ``payload`` as signed JSON; raise ``DeliveryError`` unless the receiver answers 2xx."""
+    """POST ``payload`` as signed JSON; raise ``Refused`` for a URL the policy refuses, ``DeliveryError`` unless
+    the receiver answers 2xx (the message holds its status, never its body)."""
     body = encode(payload)
     seconds = settings.GATEWAY_WEBHOOK_TIMEOUT if timeout is None else timeout
     try:
-        response = httpx.post(url, content=body, headers=signed_headers(body, event_id=event_id), timeout=seconds)
+        response = outbound.post(url, content=body, headers=signed_headers(body, event_id=event_id), timeout=seconds)
+    except outbound.Unresolvable as exc:
+        raise DeliveryError(str(exc)) from exc  # DNS may answer next time
     except httpx.HTTPError as exc:
-        raise DeliveryError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+        raise DeliveryError(type(exc).__name__) from exc
     if not response.is_success:
-        raise DeliveryError(f"HTTP {response.status_code}: {response.text[:200]}".strip())
+        raise DeliveryError(f"HTTP {response.status_code}")
     return response

@@ -46,7 +46,7 @@ def deliver_job_webhook(self, job_id: str) -> str | Retry | None:
         return None  # gone, not finished, or delivered or given up by an earlier run
     rows = AgentJob.objects.filter(pk=job_id, webhook_status=PENDING)
     try:
-        url = job_webhooks.check_now(job.webhook_url)  # again: what the name resolves to may have changed
+        url = job_webhooks.check_form(job.webhook_url)  # the host allowlist may have changed since it was accepted
     except job_webhooks.WebhookRefused as refused:
         rows.update(webhook_status=FAILED)
         log.warning("did not deliver the webhook of job %s: %s", job_id, refused)
@@ -55,7 +55,11 @@ def deliver_job_webhook(self, job_id: str) -> str | Retry | None:
     attempts = rows.values_list("webhook_attempts", flat=True).first() or 0
     payload = {"event": f"agent.job.{job.status}", **jobs.job_body(job, with_webhook=False)}
     try:
-        webhooks.post_signed(url, payload, event_id=str(job.pk))
+        webhooks.post_signed(url, payload, event_id=str(job.pk))  # resolved and checked again, then pinned
+    except webhooks.Refused as refused:
+        rows.update(webhook_status=FAILED)
+        log.warning("did not deliver the webhook of job %s: %s", job_id, refused)
+        return FAILED
     except webhooks.DeliveryError as exc:
         if attempts >= settings.GATEWAY_WEBHOOK_MAX_ATTEMPTS:
             rows.update(webhook_status=FAILED)

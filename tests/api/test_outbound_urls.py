@@ -1,4 +1,4 @@
-"""Outbound URLs over the management API: agent and target URLs that would make the gateway call
+"""Outbound URLs over the management API: agent, target and budget-webhook URLs that would make the gateway call
 internal addresses are refused when saved, saying why; rows that got past (saved before the policy, or after the
 allow-list shrank) are left out of the routing table when it loads."""
 
@@ -9,6 +9,7 @@ from unittest import mock
 
 import pytest
 
+from billing.models import Budget
 from routing.models import Agent, Target
 from routing.table import load_table
 
@@ -84,6 +85,19 @@ def test_private_upstreams_need_the_allow_list(api, settings):
     assert refused.status_code == 400 and "10.0.0.5 is private" in str(refused.json()["upstream_url"])
     settings.GATEWAY_UPSTREAM_ALLOWED_NETWORKS = ["10.0.0.0/24"]
     assert api.post("/api/v1/agents/", AGENT, format="json").status_code == 201
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8000/api/v1/keys/", "http://[::ffff:127.0.0.1]:8000/", "http://localhost:8000/"]
+)
+def test_an_alert_webhook_to_loopback_is_refused_when_saved(api, url):
+    response = api.post(
+        "/api/v1/budgets/", {"scope": "organization", "limit_usd": "100", "alert_webhook_url": url}, format="json"
+    )
+    assert response.status_code == 400
+    assert "non-public address" in str(response.json()["alert_webhook_url"])
+    assert "GATEWAY_WEBHOOK_ALLOWED_HOSTS" in str(response.json()["alert_webhook_url"])
+    assert not Budget.objects.exists()
 
 
 @pytest.mark.django_db

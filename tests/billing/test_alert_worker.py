@@ -63,6 +63,7 @@ def worker(seeded, tmp_path):
             GATEWAY_WEBHOOK_SECRET=SECRET,
             GATEWAY_WEBHOOK_BACKOFF_SECONDS="0.2",
             GATEWAY_WEBHOOK_MAX_ATTEMPTS="5",
+            GATEWAY_WEBHOOK_ALLOWED_HOSTS="127.0.0.1",  # the receiver listens on loopback
         ),
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -94,13 +94,14 @@ def receiver():
 
 @pytest.fixture(autouse=True)
 def eager_celery(settings):
-    """Tasks run in the test, mail goes to ``mail.outbox`` and retries wait no time at all."""
+    """Tasks run in the test, mail goes to ``mail.outbox``, retries wait no time, loopback receivers are allowed."""
     eager = celery_app.conf.task_always_eager
     celery_app.conf.task_always_eager = True
     settings.EMAIL_BACKEND = LOCMEM
     settings.GATEWAY_CONSOLE_URL = "https://gateway.example.com"
     settings.GATEWAY_WEBHOOK_BACKOFF_SECONDS = 0.01
     settings.GATEWAY_WEBHOOK_MAX_ATTEMPTS = 3
+    settings.GATEWAY_WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]  # the receivers listen on loopback
     yield
     celery_app.conf.task_always_eager = eager
 

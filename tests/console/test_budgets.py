@@ -288,6 +288,8 @@ def test_changing_to_a_calendar_period_forgets_the_custom_length(operator, acme)
         ({"limit_usd": "1.005"}, "no more than 2 decimal places"),
         ({"alert_emails": "fin@example.com, not-an-address"}, "“not-an-address” is not an e-mail address."),
         ({"alert_webhook_url": "not a url"}, "Enter a valid URL."),
+        ({"alert_webhook_url": "http://127.0.0.1:8000/api/v1/keys/"}, "127.0.0.1 is loopback"),
+        ({"alert_webhook_url": "http://[::7f00:1]:8000/"}, "inside an IPv6 address"),
         ({"alert_percent": "0"}, "greater than or equal to 1"),
         ({"alert_percent": "101"}, "less than or equal to 100"),
         ({"mode": "maybe"}, "Select a valid choice."),

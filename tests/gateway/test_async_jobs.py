@@ -197,7 +197,13 @@ def test_a_bad_webhook_url_is_refused_with_400(runner, make_key, url, live_db):
 def test_internal_webhook_addresses_are_refused_without_an_allowlist(gateway, make_key, live_db):
     raw, key = make_key()
     client = gateway.client(raw)
-    for url in ("http://127.0.0.1:8000/admin", "http://169.254.169.254/latest/meta-data", "http://10.1.2.3/"):
+    internal = (
+        "http://127.0.0.1:8000/admin", "http://169.254.169.254/latest/meta-data", "http://10.1.2.3/",
+        # the same addresses spelled as IPv6: compatible, mapped, NAT64, 6to4
+        "http://[::7f00:1]:8000/admin", "http://[::ffff:127.0.0.1]:8000/admin", "http://[64:ff9b::a9fe:a9fe]/",
+        "http://[2002:a9fe:a9fe::]/", "http://[fd00:ec2::254]/", "http://127.1:8000/admin",
+    )  # fmt: skip
+    for url in internal:
         error = assert_error(client.post(INVOKE, json={"input": "hi", "async": True, "webhook_url": url}), 400,
                              "invalid_request")  # fmt: skip
         assert "non-public address" in error["message"]
