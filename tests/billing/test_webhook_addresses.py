@@ -8,6 +8,7 @@ import socket
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from unittest import mock
 
 import pytest
 
@@ -16,14 +17,16 @@ from billing.tasks import record_budget_alert
 from gateway_project.celery import app as celery_app
 from routing.models import AgentJob
 from routing.tasks import deliver_job_webhook
-from tests.api.test_outbound_urls import resolving
+from tests.api.test_outbound_urls import REAL_GETADDRINFO, resolving
 from tests.billing.test_alerts import crossing, make_budget
 
 
 class Server:
     """A loopback HTTP server that answers every POST with ``status``, ``location`` and ``body``, and records it."""
 
-    def __init__(self, status: int = 200, location: str = "", body: bytes = b""):
+    def __init__(
+        self, status: int = 200, location: str = "", body: bytes = b"", host: str = "127.0.0.1", port: int = 0
+    ):
         self.hits: list[dict[str, str]] = []
         server = self
 
@@ -43,9 +46,9 @@ class Server:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.port = self.httpd.server_port
-        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self.url = f"http://{host}:{self.port}/hook"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def stop(self):
@@ -161,6 +164,33 @@ def test_a_job_webhook_that_rebinds_to_an_internal_address_is_not_sent_to(server
     assert receiver.hits == []
     finished.refresh_from_db()
     assert (finished.webhook_status, finished.webhook_attempts) == ("failed", 1)
+
+
+def sequence(name: str, *answers: str):
+    """``socket.getaddrinfo`` answering ``name`` with each of ``answers`` in turn, then the last one for ever."""
+    calls = iter(answers)
+    last = answers[-1]
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host != name:
+            return REAL_GETADDRINFO(host, port, *args, **kwargs)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (next(calls, last), port))]
+
+    return mock.patch("socket.getaddrinfo", getaddrinfo)
+
+
+@pytest.mark.django_db
+def test_a_name_that_changes_its_answer_between_check_and_connect_is_sent_where_it_was_checked(server, settings):
+    """The race of DNS rebinding: a check that resolves and a connection that resolves again can disagree; here
+    127.0.0.1 (allowed) stands for the public answer and 127.0.0.2 (not allowed) for the internal one after it."""
+    settings.GATEWAY_WEBHOOK_ALLOWED_HOSTS, settings.GATEWAY_JOB_WEBHOOK_HOSTS = ["127.0.0.1"], []
+    checked = server()
+    internal = server(host="127.0.0.2", port=checked.port)
+    finished = job(f"http://jobs.rebind.test:{checked.port}/hook")
+    with sequence("jobs.rebind.test", "127.0.0.1", "127.0.0.2"):
+        assert deliver_job_webhook.delay(str(finished.pk)).get() == "delivered"
+    assert [h["Host"] for h in checked.hits] == [f"jobs.rebind.test:{checked.port}"]
+    assert internal.hits == []
 
 
 @pytest.mark.django_db
