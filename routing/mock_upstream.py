@@ -17,7 +17,13 @@ the next requests, one fault each in order (then ``always``, if given, for every
 without an answer) or ``{"drop_mid_stream": true}`` (a stream breaks off after its first event, a JSON
 answer after a few bytes). ``X-Mock-Fault: drop | drop_mid_stream | hang`` does the same per request.
 ``GET /__mock__/stats`` counts requests (``requests``, and ``answered``: those that got an answer);
-``POST /__mock__/reset`` clears faults and counts.
+``POST /__mock__/reset`` clears faults and counts, and lets every held request go.
+
+Holds, for tests that must not race a clock: a request with ``X-Mock-Hold: <name>`` (or a ``"mock":
+{"hold": "<name>"}`` body field, or a scripted fault ``{"hold": "<name>"}``) waits, before it is answered
+as it would have been, until ``POST /__mock__/release {"hold": "<name>"}``; a request named after its
+release is not held. ``GET /__mock__/stats`` lists how many requests each name holds now (``held``), so a
+test polls for "the call has reached the upstream" instead of sleeping.
 
 ``/ws`` is a WebSocket echo agent: text frames come back as ``"echo: <text>"``,
 binary frames as they are; ``"bye"`` closes with 1000, ``"close <code>"`` with that
@@ -32,7 +38,7 @@ import asyncio
 import json
 import math
 import time
-from collections import deque
+from collections import Counter, deque
 
 from aiohttp import WSMsgType, web
 
@@ -78,11 +84,14 @@ class MockUpstream:
         self.faults: deque[dict] = deque()
         self.always: dict = {}
         self.ws_sessions: deque[dict] = deque(maxlen=200)
+        self.gates: dict[str, asyncio.Event] = {}  # hold name -> set once released
+        self.held: Counter[str] = Counter()  # hold name -> requests waiting on it now
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
         self.app.router.add_post("/__mock__/config", self.configure)
         self.app.router.add_get("/__mock__/stats", self.stats)
         self.app.router.add_post("/__mock__/faults", self.set_faults)
         self.app.router.add_post("/__mock__/reset", self.reset)
+        self.app.router.add_post("/__mock__/release", self.release)
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_post("/v1/messages", self.messages)
         self.app.router.add_post("/invoke", self.invoke)
@@ -97,7 +106,13 @@ class MockUpstream:
 
     async def stats(self, request):
         return web.json_response(
-            {"requests": self.requests, "answered": self.answered, "faults_left": len(self.faults), **self.config}
+            {
+                "requests": self.requests,
+                "answered": self.answered,
+                "faults_left": len(self.faults),
+                "held": dict(self.held),
+                **self.config,
+            }
         )
 
     async def set_faults(self, request):
@@ -110,7 +125,27 @@ class MockUpstream:
         self.requests = self.answered = 0
         self.faults.clear()
         self.always = {}
+        for gate in self.gates.values():
+            gate.set()
+        self.gates.clear()
         return web.json_response({"requests": 0})
+
+    async def release(self, request):
+        """Let every request held under the name go, and any later one with it pass."""
+        name = str((await request.json()).get("hold", ""))
+        self.gates.setdefault(name, asyncio.Event()).set()
+        return web.json_response({"released": name, "were_held": self.held.get(name, 0)})
+
+    async def _hold(self, name: str) -> None:
+        """Wait until the test releases ``name`` (counted in ``held`` meanwhile)."""
+        gate = self.gates.setdefault(name, asyncio.Event())
+        self.held[name] += 1
+        try:
+            await gate.wait()
+        finally:
+            self.held[name] -= 1
+            if not self.held[name]:
+                del self.held[name]
 
     def _fault(self, request) -> dict:
         """This request's scripted fault, if any (a header wins over the script)."""
@@ -137,6 +172,11 @@ class MockUpstream:
         """Apply delay and failure settings; return a failure response or None."""
         self.requests += 1
         fault = request["fault"] = self._fault(request)
+        mock = (body or {}).get("mock") if isinstance(body, dict) else None
+        mock = mock if isinstance(mock, dict) else {}
+        hold = request.headers.get("x-mock-hold") or mock.get("hold") or fault.get("hold")
+        if hold:  # first, so a held request then fails, drops or answers as it was told to
+            await self._hold(str(hold))
         if fault.get("hang_ms"):
             await asyncio.sleep(int(fault["hang_ms"]) / 1000)
         if fault.get("drop"):
@@ -151,8 +191,6 @@ class MockUpstream:
             await response.write(b'{"id": "chatcmpl-mock", "choi')
             request.transport.abort()
             return response
-        mock = (body or {}).get("mock") if isinstance(body, dict) else None
-        mock = mock if isinstance(mock, dict) else {}
         delay = int(request.headers.get("x-mock-delay-ms", mock.get("delay_ms", self.config["delay_ms"])))
         status = int(request.headers.get("x-mock-status", mock.get("status", self.config["status"])))
         if delay:

@@ -16,6 +16,7 @@ import pytest
 from django.conf import settings
 
 from tests.servers import Gateway, MockUpstream
+from tests.waiting import wait_for  # the audit writer is asynchronous by design: poll
 
 # Agents every gateway test can use; the mock upstream answers for all of them.
 SPECIAL_AGENTS = [
@@ -154,16 +155,6 @@ def make_key(live_db):
         return raw, key
 
     return make
-
-
-def wait_for(predicate, seconds: float = 10.0, interval: float = 0.05):
-    """Poll until ``predicate()`` is truthy (the audit writer is asynchronous by design)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 @pytest.fixture

@@ -8,6 +8,9 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -120,6 +123,26 @@ class MockUpstream:
 
     def configure(self, **config) -> None:
         httpx.post(f"{self.url}/__mock__/config", json=config).raise_for_status()
+
+    def stats(self) -> dict:
+        return httpx.get(f"{self.url}/__mock__/stats").raise_for_status().json()
+
+    def held(self, name: str) -> int:
+        """How many requests the hold ``name`` keeps waiting now (they have reached the upstream)."""
+        return self.stats()["held"].get(name, 0)
+
+    def release(self, name: str) -> None:
+        httpx.post(f"{self.url}/__mock__/release", json={"hold": name}).raise_for_status()
+
+    @contextmanager
+    def hold(self) -> Iterator[str]:
+        """A fresh hold name: requests sent with it (``X-Mock-Hold``, ``mock.hold``) wait until the block ends
+        or ``release`` is called, so a test holds a slot for exactly as long as it needs to."""
+        name = f"hold-{uuid.uuid4().hex[:12]}"
+        try:
+            yield name
+        finally:
+            self.release(name)
 
     def stop(self) -> None:
         stop(self.proc)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.waiting import DEADLINE_SECONDS, in_thread, until, wait_for
 
 NO_WORDS = "least_loaded; no capability keywords"
 
@@ -80,35 +79,24 @@ def test_a_capabilitys_own_name_is_a_keyword_and_most_hits_win(gateway, make_key
     assert answer["route_reason"] == f"capability={second}; keywords={w},{x}"
 
 
-@pytest.mark.skip(
-    reason="flaky in full runs (passes alone on both profiles): the held slot is sometimes not seen as full; "
-    "to be made deterministic with issue 13's test-stability item"
-)
-def test_a_full_capable_agent_sends_the_request_to_the_least_loaded_one(gateway, make_key, capability):
+def test_a_full_capable_agent_sends_the_request_to_the_least_loaded_one(gateway, make_key, capability, seeded):
     word = f"gadget{uuid.uuid4().hex[:6]}"
     _, (busy,) = capability(word, max_concurrent=1)
     _, (spare,) = capability(capable=False)
     raw, _ = make_key(agents=[busy, spare])
     client = gateway.client(raw)
     assert wait_for(lambda: invoke(client, f"fix my {word}", False).get("agent_used") == busy, seconds=10)
-    # Hold the busy agent's one slot with a pass-through call the mock answers only after a minute; the test
-    # lets go of it by closing the connection (the gateway then cancels the call and frees the slot), so no
-    # timing on a loaded machine decides the outcome.
-    holder = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
-    try:
-        holder.sendall(
-            f"GET /agents/{busy}/slow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {raw}\r\n"
-            "X-Mock-Delay-Ms: 60000\r\n\r\n".encode()
-        )
-        rerouted = wait_for(lambda: (a := invoke(client, f"fix my {word}"))["agent_used"] == spare and a, seconds=30)
-        assert rerouted, "the request never left the full agent"
+    # Hold the busy agent's one slot with a call its upstream answers only when the test lets it go: once the
+    # call has reached the upstream, the gateway has counted it in flight, and nothing else is left to chance.
+    with seeded.hold() as hold:
+        held = in_thread(lambda: client.get(f"/agents/{busy}/slow", headers={"X-Mock-Hold": hold}))
+        until(lambda: seeded.held(hold) == 1, "the call holding the busy agent's slot reached its upstream")
+        rerouted = invoke(client, f"fix my {word}")
+        assert rerouted["agent_used"] == spare
         assert rerouted["route_reason"] == f"least_loaded; capable agents full: {busy}"
-    finally:
-        holder.close()
-    # Until the gateway has noticed the holder leave, the busy agent may still refuse (429): poll for the answer.
-    back = wait_for(lambda: (a := client.post("/v1/agent/invoke", json={"input": f"fix my {word}"})).status_code == 200
-                    and a.json()["agent_used"] == busy, seconds=30)  # fmt: skip
-    assert back, "the request never went back to the capable agent"
+    assert held.result(timeout=DEADLINE_SECONDS).status_code == 200
+    # Its answer may reach the test a moment before the gateway has settled it and freed the slot.
+    until(lambda: invoke(client, f"fix my {word}")["agent_used"] == busy, "the request went back to the capable agent")
 
 
 def test_no_capable_agent_means_the_least_loaded_allowed_one(gateway, make_key, capability):
