@@ -4,6 +4,8 @@ import logging
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
+from django.http import JsonResponse
+from django.views import defaults
 from django_filters.rest_framework import DjangoFilterBackend
 from rest_framework import serializers, status, viewsets
 from rest_framework.exceptions import ValidationError
@@ -62,6 +64,13 @@ def exception_handler(exc, context):
     elif isinstance(response.data, dict) and "detail" not in response.data:
         response.data = {"detail": _first_message(response.data), **response.data}
     return response
+
+
+def not_found(request, exception):
+    """Django's 404 page, but the API's JSON error under /api/: a path that matches no route (an id with a dot)."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "Not found."}, status=404)
+    return defaults.page_not_found(request, exception)
 
 
 def _first_message(errors, field: str = "") -> str:

@@ -315,7 +315,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PAGINATION_CLASS": "gateway_project.pagination.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 50,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "gateway_project.schema.GatewayAutoSchema",
     "EXCEPTION_HANDLER": "gateway_project.api.exception_handler",
     # Requests per user of the management API (callers without a valid token are refused before this), and
     # per user of its costly actions: a chain verification reads every record, an export job writes them all.

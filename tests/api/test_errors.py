@@ -19,3 +19,17 @@ def test_a_malformed_body_is_a_json_400(api):
     response = api.generic("POST", "/api/v1/clients/", "{not json", content_type="application/json")
     assert response.status_code == 400
     assert "detail" in response.json()
+
+
+def test_an_api_path_that_matches_no_route_is_a_json_404(api):
+    response = api.get("/api/v1/keys/1.5/")
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"detail": "Not found."}
+
+
+def test_a_console_path_that_matches_no_route_is_still_a_page(admin_user, client):
+    client.force_login(admin_user)
+    response = client.get("/console/no-such-page/")
+    assert response.status_code == 404
+    assert response["Content-Type"].startswith("text/html")

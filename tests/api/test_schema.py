@@ -81,3 +81,20 @@ def test_the_docs_page_loads_its_scripts_locally(api):
     assert not re.search(r"""<script[^>]+src=["']?(https?:)?//""", html)
     assert not re.search(r"""<link[^>]+href=["']?(https?:)?//""", html)
     assert not re.search(r"""\bcdn[\w.-]*\.(com|net|org|io)\b|unpkg|jsdelivr|cdnjs""", html.lower())
+
+
+def test_every_operation_documents_the_errors_it_can_answer(api):
+    schema = api.get("/api/schema/", {"format": "json"}).json()
+    assert schema["components"]["schemas"]["Error"]["required"] == ["detail"]
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            places = {parameter["in"] for parameter in operation.get("parameters", [])}
+            expected = {"401", "403", "429"}
+            expected |= {"404"} if "path" in places else set()
+            expected |= {"400"} if "query" in places or method in ("post", "put", "patch", "delete") else set()
+            responses = operation["responses"]
+            assert expected <= set(responses), (method, path)
+            # A 400 may declare a body of its own (a report's); the others are the uniform error.
+            assert all(responses[code]["content"] == error for code in expected - {"400"}), (method, path)
+            assert "400" not in expected or "application/json" in responses["400"]["content"], (method, path)
