@@ -3,12 +3,14 @@
 import math
 
 from django.db import transaction
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from audit.trail import record_action
 from gateway_project.api import SEARCHABLE_FILTER_BACKENDS, NameListField, TrailedModelViewSet
+from routing.balance import DEFAULT_TARGET
 from routing.circuits import agent_health, reset_circuits
 from routing.models import RESILIENCE_FIELDS, Agent, Target
 
@@ -83,6 +85,38 @@ def validate_fallback_slugs(value: list[str], own_slug: str | None, data) -> lis
     return value
 
 
+class TargetHealthSerializer(serializers.Serializer):
+    """One target's live state (``routing.balance.describe``)."""
+
+    target = serializers.CharField(help_text=f"The target's name; '{DEFAULT_TARGET}' is the agent's own URL.")
+    url = serializers.CharField()
+    weight = serializers.IntegerField()
+    max_concurrent = serializers.IntegerField(help_text="0 means no limit.")
+    circuit = serializers.ChoiceField(choices=["closed", "open", "half_open"])
+    open_for_seconds = serializers.FloatField(help_text="How long an open circuit stays open; 0 otherwise.")
+    consecutive_failures = serializers.IntegerField()
+    in_flight = serializers.IntegerField()
+    latency_ms = serializers.FloatField(allow_null=True, help_text="Recent latency; null before any answer.")
+    error_rate = serializers.FloatField(help_text="Recent share of failed calls, 0 to 1.")
+
+
+class AgentHealthSerializer(serializers.Serializer):
+    """An agent's routing and each of its targets' live state (``routing.circuits.agent_health``)."""
+
+    agent = serializers.SlugField(help_text="The agent's slug.")
+    strategy = serializers.ChoiceField(choices=Agent.Strategy.choices)
+    fallbacks = serializers.ListField(child=serializers.CharField(), help_text="Agents tried next, in order.")
+    targets = TargetHealthSerializer(many=True)
+
+
+class ResetCircuitSerializer(serializers.Serializer):
+    target = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        help_text=f"Close only this target's circuit ('{DEFAULT_TARGET}' for the agent's own URL); empty: all.",
+    )
+
+
 class AgentViewSet(TrailedModelViewSet):
     """Agents: the upstreams (agent services and LLM providers) the gateway forwards to."""
 
@@ -93,17 +127,21 @@ class AgentViewSet(TrailedModelViewSet):
     search_fields = ["slug", "name"]
     ordering_fields = ["slug", "name", "created_at"]
 
+    @extend_schema(responses=AgentHealthSerializer)
     @action(detail=True, methods=["get"])
     def health(self, request, pk=None):
         """Each target's circuit (closed, open, half_open), requests in flight, recent latency and error rate."""
         return Response(agent_health(self.get_object()))
 
+    @extend_schema(request=ResetCircuitSerializer, responses=AgentHealthSerializer)
     @action(detail=True, methods=["post"], url_path="reset-circuit")
     def reset_circuit(self, request, pk=None):
-        """Close the agent's circuits (``{"target": name}`` for one target only)."""
+        """Close the agent's circuits (``{"target": name}`` for one target only); answers the agent's health."""
         agent = self.get_object()
-        target = request.data.get("target") if isinstance(request.data, dict) else None
-        if target and not agent.targets.filter(name=target).exists() and target != "upstream":
+        asked = ResetCircuitSerializer(data=request.data)
+        asked.is_valid(raise_exception=True)
+        target = asked.validated_data.get("target")
+        if target and not agent.targets.filter(name=target).exists() and target != DEFAULT_TARGET:
             raise serializers.ValidationError({"target": f"The agent '{agent.slug}' has no target '{target}'."})
         with transaction.atomic():
             closed = reset_circuits(agent, target)

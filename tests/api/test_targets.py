@@ -125,3 +125,33 @@ def test_it_marks_an_agent_deprecated_with_a_sunset(api, coder):
     headers = dict(load_table().deprecations["coder"])  # what the gateway will send, from its next table
     assert headers[b"sunset"] == b"Mon, 01 Mar 2027 00:00:00 GMT"
     assert api.patch(f"/api/v1/agents/{coder.pk}/", {"sunset_at": "soon"}, format="json").status_code == 400
+
+
+def declared_answer(api, path: str, method: str) -> tuple[dict, dict]:
+    """The schema component an operation declares for its 200 answer, and the schema's components."""
+    schema = api.get("/api/schema/", {"format": "json"}).json()
+    answer = schema["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+    components = schema["components"]["schemas"]
+    return components[answer["$ref"].rsplit("/", 1)[-1]], components
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("get", "/api/v1/agents/{id}/health/"), ("post", "/api/v1/agents/{id}/reset-circuit/")]
+)
+def test_health_and_a_reset_answer_the_shape_the_schema_declares(api, coder, method, path):
+    Target.objects.create(agent=coder, name="a", url="http://coder-a:9000")
+    answer = getattr(api, method)(path.replace("{id}", str(coder.pk)), format="json").json()
+    declared, components = declared_answer(api, path, method)
+    assert set(declared["properties"]) == set(answer) == {"agent", "strategy", "fallbacks", "targets"}
+    target = components[declared["properties"]["targets"]["items"]["$ref"].rsplit("/", 1)[-1]]
+    assert set(target["properties"]) == set(answer["targets"][0])
+    assert target["properties"]["latency_ms"]["nullable"]  # before a target's first answer
+
+
+def test_a_reset_takes_an_object_naming_a_target_or_nothing(api, coder):
+    reset = f"/api/v1/agents/{coder.pk}/reset-circuit/"
+    assert api.post(reset, ["upstream"], format="json").status_code == 400
+    assert api.post(reset, {"target": "upstream"}, format="json").status_code == 200
+    schema = api.get("/api/schema/", {"format": "json"}).json()
+    body = schema["paths"]["/api/v1/agents/{id}/reset-circuit/"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"]["$ref"].endswith("/ResetCircuitRequest")
