@@ -18,12 +18,15 @@ from rest_framework.response import Response
 from audit.export_jobs import ExportGone, ExportNotReady, open_download, progress, request_export
 from audit.models import AuditExport
 from gateway_project import roles, throttles
+from gateway_project.api import AcceptOnlyNegotiation
 
 
 class AuditExportSerializer(serializers.ModelSerializer):
     percent = serializers.SerializerMethodField(help_text="Rows written out of the rows matching, 0 to 100.")
     expired = serializers.SerializerMethodField(help_text="The file's time is up: it is (or is about to be) deleted.")
-    download_url = serializers.SerializerMethodField(help_text="Where the file downloads while it may.")
+    download_url = serializers.SerializerMethodField(
+        help_text="Where the file downloads while it may; null before it is written, after it failed or expired."
+    )
 
     class Meta:
         model = AuditExport
@@ -41,7 +44,7 @@ class AuditExportSerializer(serializers.ModelSerializer):
     def get_expired(self, export) -> bool:
         return progress(export).expired
 
-    @extend_schema_field(OpenApiTypes.URI)
+    @extend_schema_field(serializers.URLField(allow_null=True))
     def get_download_url(self, export) -> str | None:
         if not progress(export).downloadable:
             return None
@@ -69,6 +72,7 @@ class AuditExportViewSet(
     queryset = AuditExport.objects.all()
     serializer_class = AuditExportSerializer
     filterset_fields = ["kind", "format", "status"]
+    content_negotiation_class = AcceptOnlyNegotiation  # ?format= filters by the file's format
     ordering_fields = ["created_at"]
     ordering = ["-created_at"]
     read_roles = write_roles = roles.EXPORT

@@ -1,6 +1,7 @@
 """Shared pieces of the management API: the error handler, filter backends and field types."""
 
 import logging
+from types import SimpleNamespace
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
@@ -10,6 +11,7 @@ from django_filters.rest_framework import DjangoFilterBackend
 from rest_framework import serializers, status, viewsets
 from rest_framework.exceptions import ValidationError
 from rest_framework.filters import OrderingFilter, SearchFilter
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
@@ -43,6 +45,15 @@ class TrailedModelViewSet(viewsets.ModelViewSet):
 
 # The settings' default backends plus ?search=, for viewsets that declare search_fields.
 SEARCHABLE_FILTER_BACKENDS = [DjangoFilterBackend, SearchFilter, OrderingFilter]
+
+
+class AcceptOnlyNegotiation(DefaultContentNegotiation):
+    """Content negotiation by the Accept header alone, for a view whose ``?format=`` is a filter of its own.
+
+    DRF otherwise reads ``?format=csv`` as the renderer to answer with, finds none and answers 404.
+    """
+
+    settings = SimpleNamespace(URL_FORMAT_OVERRIDE=None)
 
 
 def exception_handler(exc, context):
