@@ -11,7 +11,7 @@ from audit.chain import REQUEST_CHAIN, TRAIL_CHAIN, Chain, verify
 from audit.forms import BUILTIN_FIXED
 from audit.models import AdminAction, AuditRecord, QuarantinedRow, RedactionRule
 from audit.redaction_rules import deletion_refusal
-from gateway_project import roles, throttles
+from gateway_project import datetimes, roles, throttles
 from gateway_project.api import TrailedModelViewSet
 
 VERIFICATION = inline_serializer(
@@ -108,8 +108,8 @@ class AuditRecordSerializer(serializers.ModelSerializer):
 
 
 class AuditRecordFilter(filters.FilterSet):
-    since = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte", label="Created at or after")
-    until = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt", label="Created before")
+    since = datetimes.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte", label="Created at or after")
+    until = datetimes.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt", label="Created before")
     client = filters.CharFilter(field_name="client_slug", label="Client slug")
     client_id = filters.NumberFilter(field_name="client_id")
     agent = filters.CharFilter(field_name="agent")
@@ -172,8 +172,8 @@ class AdminActionSerializer(serializers.ModelSerializer):
 
 
 class AdminActionFilter(filters.FilterSet):
-    since = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    until = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    since = datetimes.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    until = datetimes.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = AdminAction

@@ -4,6 +4,7 @@ from django import forms
 from django.db.models import Q
 
 from audit.models import AdminAction, AuditRecord
+from gateway_project import datetimes
 
 # Form field -> queryset lookup; "text" searches both previews and is applied apart.
 LOOKUPS = {
@@ -18,8 +19,8 @@ LOOKUPS = {
 
 
 class AuditFilterForm(forms.Form):
-    since = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
-    until = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
+    since = datetimes.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
+    until = datetimes.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
     client = forms.CharField(required=False, label="Client slug")
     key_prefix = forms.CharField(required=False, label="Key prefix")
     agent = forms.CharField(required=False)
@@ -42,8 +43,8 @@ class AuditFilterForm(forms.Form):
 class TrailFilterForm(forms.Form):
     """Filters of the admin-action trail: who, what, on which kind of object, when."""
 
-    since = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
-    until = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
+    since = datetimes.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
+    until = datetimes.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
     actor = forms.CharField(required=False)
     action = forms.CharField(required=False)
     object_type = forms.CharField(required=False, label="Object type")

@@ -16,6 +16,7 @@ from billing import prices
 from billing.models import DEFAULT_PRICE_MODEL, Budget, BudgetAlert, ModelPrice, UsageRecord
 from billing.services import acknowledge_alert
 from billing.status import budget_status
+from gateway_project import datetimes
 from gateway_project.api import SEARCHABLE_FILTER_BACKENDS, TrailedModelViewSet
 
 DUPLICATE_PRICE = "This model already has a price from that moment."
@@ -292,8 +293,8 @@ class BudgetAlertSerializer(serializers.ModelSerializer):
 class BudgetAlertFilter(filters.FilterSet):
     scope = filters.ChoiceFilter(field_name="budget__scope", choices=Budget.SCOPES, label="The budget's scope")
     acknowledged = filters.BooleanFilter(field_name="acknowledged_at", lookup_expr="isnull", exclude=True)
-    created_after = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte", label="Created at or after")
-    created_before = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt", label="Created before")
+    created_after = datetimes.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte", label="Created at or after")
+    created_before = datetimes.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt", label="Created before")
 
     class Meta:
         model = BudgetAlert
@@ -354,8 +355,8 @@ class UsageRecordFilter(filters.FilterSet):
     cost_center = filters.NumberFilter(field_name="cost_center_id")
     client = filters.NumberFilter(field_name="client_id")
     api_key = filters.NumberFilter(field_name="api_key_id")
-    created_after = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte", label="Created at or after")
-    created_before = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt", label="Created before")
+    created_after = datetimes.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte", label="Created at or after")
+    created_before = datetimes.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt", label="Created before")
 
     class Meta:
         model = UsageRecord

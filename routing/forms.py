@@ -6,6 +6,7 @@ from urllib.parse import urlsplit
 
 from django import forms
 
+from gateway_project import datetimes
 from routing.models import RESILIENCE_FIELDS, Agent, Target
 
 NAME_MAX_LENGTH = 200
@@ -92,7 +93,7 @@ class AgentForm(forms.ModelForm):
         help_text="Models this upstream answered with that cost more than what was reserved; reservations price them "
         "in. The gateway adds them; remove one once the upstream no longer answers with it.",
     )
-    sunset_at = forms.DateTimeField(
+    sunset_at = datetimes.DateTimeField(
         required=False,
         label="Sunset",
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django import forms
 
+from gateway_project import datetimes
 from routing import path_routes
 from routing.content_routing import clean_keyword
 from routing.models import Agent, CapabilityKeyword, PathRoute
@@ -16,7 +17,7 @@ class PathRouteForm(forms.ModelForm):
         required=False, help_text=f"Comma-separated, from {', '.join(path_routes.HTTP_METHODS)}; empty: every method."
     )
     agent = forms.ModelChoiceField(queryset=Agent.objects.order_by("slug"), to_field_name="slug")
-    sunset_at = forms.DateTimeField(
+    sunset_at = datetimes.DateTimeField(
         required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
         help_text="Answers carry a Sunset header with this date (only while the route is deprecated).",
     )  # fmt: skip

@@ -157,3 +157,12 @@ def test_an_operator_deprecates_an_agent_with_a_sunset(operator, research):
     assert research.deprecated and (research.sunset_at.year, research.sunset_at.month) == (2027, 3)
     page = operator.get(f"/console/agents/{research.pk}/edit/").content.decode()
     assert 'name="sunset_at"' in page and 'value="2027-03-01T12:00"' in page
+
+
+def test_a_sunset_with_an_offset_no_place_uses_is_a_form_error(operator, research):
+    data = edit_data(research, deprecated="on", sunset_at="2027-03-01T12:00+15:00") | targets_data()
+    response = operator.post(f"/console/agents/{research.pk}/edit/", data)
+    assert response.status_code == 400
+    assert "Give a UTC offset from -12:00 to +14:00" in response.content.decode()
+    research.refresh_from_db()
+    assert research.sunset_at is None

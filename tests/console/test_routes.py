@@ -136,3 +136,12 @@ def test_an_operator_maps_edits_and_removes_keywords(operator, search_agent):
     actions = list(AdminAction.objects.order_by("id").values_list("action", "object_type"))
     assert actions == [("create", "routing.capabilitykeyword"), ("update", "routing.capabilitykeyword"),
                        ("delete", "routing.capabilitykeyword")]  # fmt: skip
+
+
+def test_a_sunset_with_an_offset_no_place_uses_is_a_form_error(admin, route):
+    data = route_data(prefix=route.prefix, deprecated="on", sunset_at="2027-03-01T12:00-23:00")
+    response = admin.post(f"/console/routes/{route.pk}/edit/", data)
+    assert response.status_code == 400
+    assert "Give a UTC offset from -12:00 to +14:00" in response.content.decode()
+    route.refresh_from_db()
+    assert route.sunset_at is None
