@@ -106,6 +106,15 @@ class StrictCharField(serializers.CharField):
         return super().to_internal_value(data)
 
 
+class SlugRelatedField(serializers.SlugRelatedField):
+    """DRF's, refusing what no slug can be before the look-up: not text, or text with NUL (PostgreSQL refuses it)."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str) or "\x00" in data:
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class NameListField(serializers.ListField):
     """A JSON list of non-empty strings (surrounding whitespace is trimmed)."""
 

@@ -3,13 +3,14 @@
 import math
 
 from django.db import transaction
+from django_filters import rest_framework as filters
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from audit.trail import record_action
-from gateway_project.api import SEARCHABLE_FILTER_BACKENDS, NameListField, TrailedModelViewSet
+from gateway_project.api import SEARCHABLE_FILTER_BACKENDS, NameListField, SlugRelatedField, TrailedModelViewSet
 from routing.balance import DEFAULT_TARGET
 from routing.circuits import agent_health, reset_circuits
 from routing.models import RESILIENCE_FIELDS, Agent, Target
@@ -150,7 +151,7 @@ class AgentViewSet(TrailedModelViewSet):
 
 
 class TargetSerializer(serializers.ModelSerializer):
-    agent = serializers.SlugRelatedField(slug_field="slug", queryset=Agent.objects.all())
+    agent = SlugRelatedField(slug_field="slug", queryset=Agent.objects.all())
 
     class Meta:
         model = Target
@@ -167,17 +168,23 @@ class TargetSerializer(serializers.ModelSerializer):
         return data
 
 
+class TargetFilter(filters.FilterSet):
+    agent = filters.CharFilter(method="filter_agent", help_text="The agent's slug, or its id.")
+
+    class Meta:
+        model = Target
+        fields = ["agent", "enabled"]
+
+    def filter_agent(self, queryset, name, value):
+        if value.isascii() and value.isdigit() and len(value) <= 18:  # an id, within a bigint
+            return queryset.filter(agent__pk=int(value))
+        return queryset.filter(agent__slug=value)
+
+
 class TargetViewSet(TrailedModelViewSet):
     """An agent's upstream instances: weight (canary share), capacity, enabled. ``?agent=<slug>`` filters."""
 
     queryset = Target.objects.select_related("agent")
     serializer_class = TargetSerializer
-    filterset_fields = ["enabled"]
+    filterset_class = TargetFilter
     ordering_fields = ["name", "weight", "created_at"]
-
-    def get_queryset(self):
-        queryset = super().get_queryset()
-        agent = self.request.query_params.get("agent")
-        if agent:
-            queryset = queryset.filter(agent__pk=agent) if agent.isdigit() else queryset.filter(agent__slug=agent)
-        return queryset

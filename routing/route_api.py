@@ -8,7 +8,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django_filters import rest_framework as filters
 from rest_framework import serializers
 
-from gateway_project.api import SEARCHABLE_FILTER_BACKENDS, TrailedModelViewSet
+from gateway_project.api import SEARCHABLE_FILTER_BACKENDS, SlugRelatedField, TrailedModelViewSet
 from routing import path_routes
 from routing.content_routing import clean_keyword
 from routing.models import Agent, CapabilityKeyword, PathRoute
@@ -22,7 +22,7 @@ def _checked(check, value):
 
 
 class PathRouteSerializer(serializers.ModelSerializer):
-    agent = serializers.SlugRelatedField(slug_field="slug", queryset=Agent.objects.all(), help_text="The agent's slug.")
+    agent = SlugRelatedField(slug_field="slug", queryset=Agent.objects.all(), help_text="The agent's slug.")
     methods = serializers.ListField(
         child=serializers.ChoiceField(path_routes.HTTP_METHODS), required=False,
         help_text="Methods the route accepts; empty: every method (others get 405 with Allow).",

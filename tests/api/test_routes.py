@@ -106,3 +106,10 @@ def test_an_operator_edits_the_keyword_map(operator_api):
     ] == ["find"]
     assert operator_api.delete(f"/api/v1/capability-keywords/{pk}/").status_code == 204
     assert list(AdminAction.objects.order_by("id").values_list("action", flat=True)) == ["create", "update", "delete"]
+
+
+@pytest.mark.parametrize("agent", ["r\x00ag", ["rag"], {"slug": "rag"}])
+def test_a_route_naming_its_agent_with_what_no_slug_can_be_is_refused(api, rag, agent):
+    response = api.post("/api/v1/routes/", {**ROUTE, "agent": agent}, format="json")
+    assert response.status_code == 400
+    assert response.json()["agent"] == ["Invalid value."]

@@ -155,3 +155,23 @@ def test_a_reset_takes_an_object_naming_a_target_or_nothing(api, coder):
     schema = api.get("/api/schema/", {"format": "json"}).json()
     body = schema["paths"]["/api/v1/agents/{id}/reset-circuit/"]["post"]["requestBody"]["content"]["application/json"]
     assert body["schema"]["$ref"].endswith("/ResetCircuitRequest")
+
+
+@pytest.mark.parametrize("agent", ["co\x00der", ["coder"]])
+def test_a_target_naming_its_agent_with_what_no_slug_can_be_is_refused(api, coder, agent):
+    response = api.post("/api/v1/targets/", {"agent": agent, "name": "a", "url": "http://10.0.0.9:9000"}, format="json")
+    assert response.status_code == 400
+    assert response.json()["agent"] == ["Invalid value."]
+
+
+def test_the_target_list_filtered_by_digits_that_are_no_id_is_empty(api, coder):
+    Target.objects.create(agent=coder, name="a", url="http://coder-a:9000")
+    response = api.get("/api/v1/targets/", {"agent": "²"})  # str.isdigit() says yes, int() says no
+    assert (response.status_code, response.json()["results"]) == (200, [])
+
+
+def test_the_target_lists_agent_filter_refuses_a_nul_and_is_in_the_schema(api, coder):
+    response = api.get("/api/v1/targets/", {"agent": "co\x00der"})
+    assert response.status_code == 400 and "agent" in response.json()
+    schema = api.get("/api/schema/", {"format": "json"}).json()
+    assert "agent" in {parameter["name"] for parameter in schema["paths"]["/api/v1/targets/"]["get"]["parameters"]}
