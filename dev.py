@@ -131,6 +131,8 @@ def deployed_environment() -> dict[str, str]:
         "DJANGO_DEBUG": "0",
         "DJANGO_ALLOWED_HOSTS": "console.example.com,gateway.example.com",
         "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "GATEWAY_AUDIT_CHAIN_KEY": secrets.token_hex(32),
+        "GATEWAY_AUDIT_CHECKPOINT_KEY": secrets.token_hex(32),
         "DATABASE_URL": POSTGRES_URL,
         "REDIS_URL": REDIS_URL,
     }

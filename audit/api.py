@@ -1,12 +1,19 @@
 """The audit log in the management API (read-only), the rows the database refused, and the redaction rules."""
 
+import hmac
+
+from django.conf import settings
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django_filters import rest_framework as filters
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
-from rest_framework import serializers, viewsets
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
+from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 
+from audit import checkpoints
 from audit.chain import REQUEST_CHAIN, TRAIL_CHAIN, Chain, verify
 from audit.forms import BUILTIN_FIXED
 from audit.models import AdminAction, AuditRecord, QuarantinedRow, RedactionRule
@@ -25,7 +32,7 @@ VERIFICATION = inline_serializer(
         "finding": inline_serializer(
             "AuditChainFinding",
             {
-                "kind": serializers.ChoiceField(["altered", "inserted", "removed"]),
+                "kind": serializers.ChoiceField(["altered", "inserted", "removed", "key", "checkpoint", "archive"]),
                 "seq": serializers.IntegerField(allow_null=True),
                 "request_id": serializers.CharField(),
                 "message": serializers.CharField(),
@@ -39,8 +46,9 @@ VERIFICATION = inline_serializer(
 def verify_schema(what: str):
     return extend_schema(
         summary=f"Verify the {what}'s hash chain",
-        description=f"Recompute the {what}'s chain over the records created in [since, until) (all by default) and "
-        "name the first record that was altered, inserted or removed.",
+        description=f"Recompute the {what}'s keyed chain over the records created in [since, until) (all by default) "
+        "and name the first record that was altered, inserted or removed; then check the chain's head against the "
+        "last signed checkpoint and the archived runs it links through against their files.",
         parameters=[
             OpenApiParameter("since", str, description="ISO date-time: records created at or after it"),
             OpenApiParameter("until", str, description="ISO date-time: records created before it"),
@@ -72,6 +80,56 @@ def verification_response(request, chain: Chain) -> Response:
                   "message": finding.message},
         }
     )  # fmt: skip
+
+
+CHECKPOINT = inline_serializer(
+    "AuditCheckpoint",
+    {
+        "payload": serializers.CharField(help_text="The JSON text signed, as signed: verify the signature over it."),
+        "algorithm": serializers.CharField(help_text="Ed25519"),
+        "key_id": serializers.CharField(help_text="Which checkpoint key signed it"),
+        "signature": serializers.CharField(help_text="Base64 of the Ed25519 signature over the payload's bytes"),
+        "checkpoint": serializers.DictField(help_text="The payload parsed: version, time, chains"),
+        "public_key": serializers.CharField(help_text="Base64 of the raw public key (check it is the one you pinned)"),
+        "age_seconds": serializers.FloatField(),
+        "interval_seconds": serializers.FloatField(help_text="How often a checkpoint is published"),
+    },
+)
+
+
+class ReadsCheckpoints(BasePermission):
+    """Admins and compliance users, or an external monitor: ``Authorization: Bearer <GATEWAY_AUDIT_MONITOR_TOKEN>``."""
+
+    message = "Your role does not allow this."
+
+    def has_permission(self, request, view):
+        if roles.may(request.user, roles.EXPORT):
+            return True
+        token = settings.GATEWAY_AUDIT_MONITOR_TOKEN
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token.encode())
+
+
+def checkpoint_response() -> Response:
+    """The last checkpoint, as signed, with its payload parsed and its key's public half; 404 before the first."""
+    try:
+        checkpoint = checkpoints.latest()
+    except checkpoints.CheckpointError as error:
+        detail = f"The last checkpoint does not verify: {error}."
+        return Response({"detail": detail}, status.HTTP_503_SERVICE_UNAVAILABLE)
+    if checkpoint is None:
+        return Response({"detail": "No checkpoint has been published yet."}, status.HTTP_404_NOT_FOUND)
+    public = checkpoints.public_keys()[checkpoint.key_id]
+    moment = parse_datetime(checkpoint.time)
+    return Response(
+        {
+            **checkpoint.line(),
+            "checkpoint": checkpoint.body,
+            "public_key": checkpoints.describe_public_key(public)["public_key"],
+            "age_seconds": (timezone.now() - moment).total_seconds() if moment is not None else None,
+            "interval_seconds": settings.GATEWAY_AUDIT_CHECKPOINT_SECONDS,
+        }
+    )
 
 
 class AuditRecordSerializer(serializers.ModelSerializer):
@@ -149,6 +207,26 @@ class AuditRecordViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=False, methods=["get"], filterset_class=None, pagination_class=None)
     def verify(self, request):
         return verification_response(request, REQUEST_CHAIN)
+
+    @extend_schema(
+        summary="The last signed checkpoint of the audit chains' heads",
+        description="What an external monitor polls: the heads of the request log and the admin-action trail (seq, "
+        "hash, and the seq the chain is keyed from) at the time beat last published them, signed with Ed25519. "
+        "Verify the signature over `payload` with the public key you pinned (`manage.py audit_checkpoint "
+        "--public-key`), then check that the time is recent and that no seq went back, nor a seq's hash changed. "
+        "Admins and compliance users, or the monitor's token (`Authorization: Bearer …`, GATEWAY_AUDIT_MONITOR_TOKEN).",
+        responses={
+            200: CHECKPOINT,
+            404: OpenApiResponse(description="No checkpoint has been published yet."),
+            503: OpenApiResponse(description="The checkpoint file's last line does not verify."),
+        },
+    )
+    @action(
+        detail=False, methods=["get"], filterset_class=None, pagination_class=None,
+        permission_classes=[ReadsCheckpoints],
+    )  # fmt: skip
+    def checkpoint(self, request):
+        return checkpoint_response()
 
 
 class AdminActionSerializer(serializers.ModelSerializer):

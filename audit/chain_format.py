@@ -4,24 +4,76 @@ Standard library only, so ``python audit/verify_export.py`` can check an exporte
 file on any machine without the gateway. ``audit.chain`` uses the same functions
 when it writes and verifies records in the database.
 
-Each record's hash is SHA-256 over the previous record's hash, a newline, and
-the record's chained fields as canonical JSON (fixed key order, UTC timestamps
-with microseconds, money with 9 decimals, latency with 3, IP addresses as Python
+Each record's hash covers the previous record's hash, a newline, and the
+record's chained fields as canonical JSON (fixed key order, UTC timestamps with
+microseconds, money with 9 decimals, latency with 3, IP addresses as Python
 writes them). Records follow each other in ``seq`` order, 1, 2, 3, ...
+
+Two formats, told apart by the record's ``chain_key_id``:
+
+- empty (format 1, records written before issue 13): SHA-256 of that text. Anyone
+  who can write the database can recompute it, so it only shows careless edits;
+- a key id (format 2): HMAC-SHA256, under the chain key of that id, of
+  ``"agent-gateway audit chain v2\n" + key id + "\n" + that text``. Without the key
+  (which is never in the database) no one can make a hash that verifies.
+
+Once a chain has a keyed record, every later one must be keyed: an unkeyed hash
+after it is a record someone rewrote. The first keyed record's previous hash is the
+last unkeyed one's, so the keyed chain commits to everything before it. The key
+ring is newest first: new records use the first key, older ones verify with
+whichever key their id names.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import ipaddress
 import json
-from collections.abc import Callable, Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
 GENESIS = "0" * 64
 CHAIN_FIELDS = ("seq", "prev_hash", "record_hash")
+KEY_FIELD = "chain_key_id"  # which chain key made the record's hash; empty: unkeyed (format 1)
+KEYED_PREFIX = b"agent-gateway audit chain v2\n"
+MIN_KEY_LENGTH = 32
+
+
+class UnknownKey(LookupError):
+    """A record's hash was made with a chain key this verification was not given."""
+
+
+def key_id(key: bytes) -> str:
+    """The public name of a chain key: a digest of it that reveals nothing about it."""
+    return hashlib.sha256(b"agent-gateway audit chain key id\n" + key).hexdigest()[:16]
+
+
+def parse_key_ring(text: str) -> list[bytes]:
+    """Chain keys separated by commas or white space, newest first; each at least 32 characters."""
+    keys = [part.encode() for part in re.split(r"[\s,]+", text) if part]
+    short = [i + 1 for i, key in enumerate(keys) if len(key) < MIN_KEY_LENGTH]
+    if short:
+        raise ValueError(f"chain key {short[0]} is shorter than {MIN_KEY_LENGTH} characters")
+    return keys
+
+
+class KeyRing:
+    """The chain keys, newest first: new records are hashed with the first, older ones verify with any."""
+
+    def __init__(self, keys: Sequence[bytes]):
+        if not keys:
+            raise ValueError("a chain key ring needs at least one key")
+        self.keys = tuple(keys)
+        self.ids = [key_id(key) for key in self.keys]
+        self.current_id = self.ids[0]
+        self._by_id = dict(zip(self.ids, self.keys, strict=True))
+
+    def get(self, kid: str) -> bytes | None:
+        return self._by_id.get(kid)
 
 
 @dataclass(frozen=True)
@@ -50,8 +102,16 @@ class ChainSpec:
             fields[name] = value
         return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
-    def record_hash(self, prev_hash: str, row: Mapping) -> str:
-        return hashlib.sha256(prev_hash.encode("ascii") + b"\n" + self.canonical(row)).hexdigest()
+    def record_hash(self, prev_hash: str, row: Mapping, keys: KeyRing | None = None) -> str:
+        """The record's hash in the format its ``chain_key_id`` names; UnknownKey if ``keys`` lacks that key."""
+        text = prev_hash.encode() + b"\n" + self.canonical(row)
+        kid = row.get(KEY_FIELD) or ""
+        if not kid:
+            return hashlib.sha256(text).hexdigest()
+        key = keys.get(kid) if keys is not None else None
+        if key is None:
+            raise UnknownKey(kid)
+        return hmac.new(key, KEYED_PREFIX + kid.encode() + b"\n" + text, hashlib.sha256).hexdigest()
 
     def label(self, row: Mapping, seq) -> str:
         ident = row.get(self.ident) if self.ident else None
@@ -109,15 +169,17 @@ def canonical(row: Mapping, spec: ChainSpec = REQUESTS) -> bytes:
     return spec.canonical(row)
 
 
-def record_hash(prev_hash: str, row: Mapping, spec: ChainSpec = REQUESTS) -> str:
-    return spec.record_hash(prev_hash, row)
+def record_hash(prev_hash: str, row: Mapping, spec: ChainSpec = REQUESTS, keys: KeyRing | None = None) -> str:
+    return spec.record_hash(prev_hash, row, keys)
 
 
 @dataclass(frozen=True, slots=True)
 class Finding:
     """The first place the chain breaks."""
 
-    kind: str  # altered, inserted, removed
+    # altered, inserted, removed; key (hashed with a key not given); checkpoint (the head no longer matches the
+    # last signed checkpoint); archive (archived runs the chain links through that their files do not bear out)
+    kind: str
     seq: int | None
     request_id: str
     message: str
@@ -129,6 +191,7 @@ class Verification:
     first_seq: int | None
     last_seq: int | None
     finding: Finding | None
+    note: str = ""  # what else was checked, e.g. the head against the last checkpoint
 
     @property
     def ok(self) -> bool:
@@ -137,9 +200,12 @@ class Verification:
     def describe(self) -> str:
         if self.finding is not None:
             return self.finding.message
-        if not self.checked:
-            return "No chained records in that range."
-        return f"The chain holds: {self.checked} records, seq {self.first_seq} to {self.last_seq}."
+        said = (
+            f"The chain holds: {self.checked} records, seq {self.first_seq} to {self.last_seq}."
+            if self.checked
+            else "No chained records in that range."
+        )
+        return f"{said} {self.note}" if self.note else said
 
 
 # bridge(seq, hash, next_seq) -> (seq, hash) reached across the gap, or None: see ``verify_rows``.
@@ -147,9 +213,18 @@ Bridge = Callable[[int, str, int], "tuple[int, str | None] | None"]
 
 
 def verify_rows(
-    rows: Iterable[Mapping], anchor: str | None = None, spec: ChainSpec = REQUESTS, bridge: Bridge | None = None
+    rows: Iterable[Mapping],
+    anchor: str | None = None,
+    spec: ChainSpec = REQUESTS,
+    bridge: Bridge | None = None,
+    keys: KeyRing | None = None,
+    keyed_from: int | None = None,
 ) -> Verification:
     """Check records given in ``seq`` order; ``anchor`` is the hash of the record before the first, when known.
+
+    ``keys`` verifies keyed records (without it, the first keyed record is a finding).
+    From the first keyed record on, or from ``keyed_from`` (the boundary a signed
+    checkpoint recorded), an unkeyed record is one someone rewrote.
 
     Without an anchor the first record's ``prev_hash`` is taken on trust (a range
     starting after records were archived, or an export of a time range).
@@ -160,6 +235,7 @@ def verify_rows(
     archive knows it), or None when nothing accounts for the missing records.
     """
     checked, first, previous = 0, None, None
+    keyed_since = keyed_from
     for row in rows:
         seq = None if row.get("seq") in (None, "") else int(row["seq"])
         request_id = str(row.get(spec.ident, "")) if spec.ident else ""
@@ -170,9 +246,26 @@ def verify_rows(
             previous = bridge(previous[0], previous[1], seq) or previous
         expected_prev = anchor if previous is None else previous[1]
         name = spec.label(row, seq)
-        if spec.record_hash(str(row.get("prev_hash", "")), row) != row.get("record_hash"):
+        kid = str(row.get(KEY_FIELD) or "")
+        if not kid and keyed_since is not None and seq >= keyed_since:
+            message = (
+                f"Record {name} was altered: its hash is an unkeyed SHA-256, but the chain is keyed from "
+                f"seq {keyed_since}, so that hash was recomputed by someone without the chain key."
+            )
+            return _broken(checked, first, previous, "altered", seq, request_id, message)
+        try:
+            computed = spec.record_hash(str(row.get("prev_hash", "")), row, keys)
+        except UnknownKey:
+            message = (
+                f"Record {name} is hashed with chain key {kid}, which this verification was not given "
+                "(GATEWAY_AUDIT_CHAIN_KEY in the gateway, --key-file offline): add that key, or the record was altered."
+            )
+            return _broken(checked, first, previous, "key", seq, request_id, message)
+        if computed != row.get("record_hash"):
             message = f"Record {name} was altered: its content no longer matches its hash."
             return _broken(checked, first, previous, "altered", seq, request_id, message)
+        if kid and keyed_since is None:
+            keyed_since = seq
         if expected_prev is not None and row.get("prev_hash") != expected_prev:
             after = previous[0] if previous is not None else seq - 1
             if previous is not None and seq > after + 1:

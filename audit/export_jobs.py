@@ -41,6 +41,7 @@ PROGRESS_SECONDS = 1.0  # progress is saved at least this often, besides every `
 WRITE_BATCH = 1000  # lines joined into one write to the gzip stream
 STALE_PART_SECONDS = 3600  # a half-written file untouched this long has no writer left
 ABANDONED_PART = re.compile(r"-(?P<id>[0-9a-f]{8})\.(?:csv|jsonl)\.gz\.part$")
+EXPORT_NAME = re.compile(rf"(?:{'|'.join(NAMES.values())})-\d{{8}}-\d{{6}}-[0-9a-f]{{8}}\.(?:csv|jsonl)\.gz")
 
 
 FILTER_FORMS = {RECORDS: AuditFilterForm, TRAIL: TrailFilterForm}
@@ -72,7 +73,13 @@ def export_dir() -> Path:
 
 
 def export_path(export: AuditExport) -> Path:
-    """Where the export's finished file is (or was, once expired)."""
+    """Where the export's finished file is (or was, once expired).
+
+    FileNotFoundError when the recorded name is not one ``write_export`` gives: whoever can
+    write the database must not point a download or the sweep at another file.
+    """
+    if not EXPORT_NAME.fullmatch(export.file_name):
+        raise FileNotFoundError(f"{export.file_name!r} is not the name of an export file")
     return export_dir() / export.file_name
 
 
@@ -255,7 +262,8 @@ def delete_expired(now=None) -> int:
     directory = export_dir()
     deleted = 0
     for export in AuditExport.objects.filter(expires_at__lte=now).exclude(file_name="").only("pk", "file_name"):
-        export_path(export).unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            export_path(export).unlink()
         deleted += AuditExport.objects.filter(pk=export.pk, file_name=export.file_name).update(file_name="")
     if directory.is_dir():
         cutoff = time.time() - STALE_PART_SECONDS

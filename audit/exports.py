@@ -23,10 +23,11 @@ RECORD_FIELDS = [
     "seq", "request_id", "created_at", "client_id", "client_slug", "api_key_id", "key_prefix", "agent", "target",
     "model", "method", "path", "status", "error_type", "latency_ms", "input_tokens", "output_tokens", "cost_usd",
     "client_ip", "user_agent", "input_preview", "output_preview", "details", "prev_hash", "record_hash",
+    "chain_key_id",
 ]  # fmt: skip
 ACTION_FIELDS = [
     "seq", "created_at", "actor", "actor_id", "via", "action", "object_type", "object_id", "object_repr", "changes",
-    "prev_hash", "record_hash",
+    "prev_hash", "record_hash", "chain_key_id",
 ]  # fmt: skip
 
 

@@ -46,6 +46,8 @@ class AuditRecord(models.Model):
     seq = models.BigIntegerField(null=True, blank=True, unique=True, editable=False)
     prev_hash = models.CharField(max_length=64, blank=True, editable=False)
     record_hash = models.CharField(max_length=64, blank=True, editable=False)
+    # The id of the chain key the hash was made with (HMAC); empty for records hashed before the chain was keyed.
+    chain_key_id = models.CharField(max_length=16, blank=True, default="", editable=False)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -74,6 +76,7 @@ class AdminAction(models.Model):
     seq = models.BigIntegerField(null=True, blank=True, unique=True, editable=False)
     prev_hash = models.CharField(max_length=64, blank=True, editable=False)
     record_hash = models.CharField(max_length=64, blank=True, editable=False)
+    chain_key_id = models.CharField(max_length=16, blank=True, default="", editable=False)
 
     class Meta:
         ordering = ["-created_at", "-id"]

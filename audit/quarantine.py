@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from audit.chain_format import CHAIN_FIELDS
+from audit.chain_format import CHAIN_FIELDS, KEY_FIELD
 from audit.models import QuarantinedRow
 from gateway_project.rows import clean_text, storable
 
@@ -20,7 +20,7 @@ def keep_refused_row(model_label: str, row: dict, reason: str) -> None:
     request_id = clean_text(row.get("request_id"), _REQUEST_ID_LENGTH) if row.get("request_id") else ""
     if request_id and QuarantinedRow.objects.filter(model=model_label, request_id=request_id).exists():
         return
-    kept = {name: value for name, value in row.items() if name not in CHAIN_FIELDS}
+    kept = {name: value for name, value in row.items() if name not in (*CHAIN_FIELDS, KEY_FIELD)}
     QuarantinedRow.objects.create(
         model=clean_text(model_label, _MODEL_LENGTH), request_id=request_id, row=storable(kept), reason=reason
     )

@@ -45,6 +45,7 @@ import gzip
 import json
 import logging
 import os
+import re
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -130,7 +131,15 @@ def archive_dir() -> Path:
     return Path(settings.GATEWAY_ARCHIVE_DIR)
 
 
+# The only names this module gives archive files: a database row naming anything else is refused, so that whoever can
+# write the database cannot point a download or a check at another file (a key, the checkpoints).
+ARCHIVE_NAME = re.compile(rf"{FILE_PREFIX}\d{{8}}-\d{{6}}-seq\d+-\d+\.jsonl\.gz")
+
+
 def archive_path(archive: AuditArchive) -> Path:
+    """Where the archive's file is; FileNotFoundError when its recorded name is not one an archive is given."""
+    if not ARCHIVE_NAME.fullmatch(archive.file_name):
+        raise FileNotFoundError(f"{archive.file_name!r} is not the name of an archive file")
     return archive_dir() / archive.file_name
 
 

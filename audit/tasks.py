@@ -1,4 +1,4 @@
-"""Audit's background work: write large exports, delete expired ones, apply the retention policy.
+"""Audit's background work: write large exports, delete expired ones, apply the retention policy, checkpoint.
 
 Tasks take ids, re-fetch, and do nothing when the row is gone or another run took it.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from audit import export_jobs, retention
+from audit import checkpoints, export_jobs, retention
 
 
 @shared_task(ignore_result=True)
@@ -28,3 +28,9 @@ def delete_expired_exports() -> int:
 def apply_audit_retention() -> dict:
     """Archive and delete the request records past their retention (beat runs this; runs never overlap)."""
     return retention.apply_retention().as_dict()
+
+
+@shared_task(ignore_result=True)
+def publish_audit_checkpoint() -> dict:
+    """Publish a signed checkpoint of the chains' heads (beat runs this every GATEWAY_AUDIT_CHECKPOINT_SECONDS)."""
+    return checkpoints.publish().as_dict()

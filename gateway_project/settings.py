@@ -7,6 +7,8 @@ cache, in-memory channel layer, eager Celery). ``DATABASE_URL`` and
 
 import hashlib
 import hmac
+import os
+import secrets
 from pathlib import Path
 
 import dj_database_url
@@ -24,8 +26,6 @@ if not SECRET_KEY:
     # Embedded runs get a stable per-checkout key instead of a hard-coded one.
     _key_file = VAR_DIR / "secret_key"
     if not _key_file.exists():
-        import secrets
-
         _key_file.write_text(secrets.token_urlsafe(50))
     SECRET_KEY = _key_file.read_text().strip()
 
@@ -164,6 +164,9 @@ _ALERT_SWEEP_SECONDS = envfloat("GATEWAY_ALERT_SWEEP_SECONDS", 60.0, minimum=1)
 _EXPORT_SWEEP_SECONDS = envfloat("GATEWAY_EXPORT_SWEEP_SECONDS", 900.0, minimum=1)
 _RETENTION_SECONDS = envfloat("GATEWAY_RETENTION_SECONDS", 3600.0, minimum=1)
 _JOB_SWEEP_SECONDS = envfloat("GATEWAY_JOB_SWEEP_SECONDS", 60.0, minimum=1)
+# How often beat publishes a signed checkpoint of both audit chains' heads (audit/checkpoints.py): the newest records
+# someone who can write the database could remove unnoticed are those written since the last one.
+_CHECKPOINT_SECONDS = envfloat("GATEWAY_AUDIT_CHECKPOINT_SECONDS", 300.0, minimum=1)
 CELERY_BEAT_SCHEDULE = {
     # Each run expires at the next, so a stopped worker does not come back to a pile of stale ones.
     "roll-up-usage": {
@@ -185,6 +188,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "audit.tasks.apply_audit_retention",
         "schedule": _RETENTION_SECONDS,
         "options": {"expires": _RETENTION_SECONDS},
+    },
+    "publish-audit-checkpoint": {
+        "task": "audit.tasks.publish_audit_checkpoint",
+        "schedule": _CHECKPOINT_SECONDS,
+        "options": {"expires": _CHECKPOINT_SECONDS},
     },
     "expire-stuck-agent-jobs": {
         "task": "routing.tasks.expire_stuck_jobs",
@@ -262,6 +270,80 @@ GATEWAY_ARCHIVE_DIR = Path(envstr("GATEWAY_ARCHIVE_DIR", str(VAR_DIR / "archive"
 GATEWAY_RETENTION_BATCH = envint("GATEWAY_RETENTION_BATCH", 5000, minimum=1)
 # At most this many records go into one run's archive; the next run takes the rest (bounds a run's time and memory).
 GATEWAY_RETENTION_MAX_RECORDS = envint("GATEWAY_RETENTION_MAX_RECORDS", 500_000, minimum=1)
+
+# --- Audit tamper evidence (audit/chain.py, audit/checkpoints.py) ------------------
+# Keys that are never in the database, so that someone who can write it cannot forge the chains or their checkpoints.
+# Embedded runs generate them under var/ (mode 0600); a deployed gateway must be given them.
+
+
+def _audit_secret(name: str, file_name: str, generate) -> str:
+    """The variable's value (or its _FILE's); else, unless deployed, a value generated once into var/ (0600)."""
+    value = envstr(name, "")
+    if value:
+        return value
+    if DEPLOYED:
+        raise ImproperlyConfigured(
+            f"{name} (or {name}_FILE) must be set on a deployed gateway: keep it out of the database and off its "
+            f"backups (see README, Tamper evidence)."
+        )
+    path = VAR_DIR / file_name
+    if not path.exists():
+        part = path.with_name(f".{file_name}.{os.getpid()}")
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(generate() + "\n")
+        try:
+            os.link(part, path)  # never replaces a key another process made first
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(part)
+    return path.read_text().strip()
+
+
+def _secret_ring(name: str, text: str, check) -> list[bytes]:
+    """Keys separated by commas or white space, newest first, each as ``check`` makes it; at least one."""
+    keys = [check(part) for part in text.replace(",", " ").split()]
+    if not keys:
+        raise ImproperlyConfigured(f"{name} holds no key")
+    return keys
+
+
+def _chain_key(text: str) -> bytes:
+    if len(text) < 32:
+        raise ImproperlyConfigured("GATEWAY_AUDIT_CHAIN_KEY: every key must be at least 32 characters")
+    return text.encode()
+
+
+def _checkpoint_seed(text: str) -> bytes:
+    try:
+        seed = bytes.fromhex(text)
+    except ValueError:
+        seed = b""
+    if len(seed) != 32:
+        raise ImproperlyConfigured("GATEWAY_AUDIT_CHECKPOINT_KEY: every key is 64 hex digits (a 32-byte seed)")
+    return seed
+
+
+# HMAC keys of the audit chains, newest first (commas or white space between; a _FILE may list one per line): new
+# records are hashed with the first, older records verify with the key their chain_key_id names. Each is at least
+# 32 characters, e.g. from `openssl rand -hex 32`.
+GATEWAY_AUDIT_CHAIN_KEYS = _secret_ring(
+    "GATEWAY_AUDIT_CHAIN_KEY",
+    _audit_secret("GATEWAY_AUDIT_CHAIN_KEY", "audit_chain_key", lambda: secrets.token_hex(32)),
+    _chain_key,
+)
+# Ed25519 private keys that sign the checkpoints, newest first, each its 32-byte seed in hex (`openssl rand -hex 32`);
+# monitors verify with the public key (`manage.py audit_checkpoint --public-key`). Older keys verify older checkpoints.
+GATEWAY_AUDIT_CHECKPOINT_KEYS = _secret_ring(
+    "GATEWAY_AUDIT_CHECKPOINT_KEY",
+    _audit_secret("GATEWAY_AUDIT_CHECKPOINT_KEY", "audit_checkpoint_key", lambda: secrets.token_hex(32)),
+    _checkpoint_seed,
+)
+GATEWAY_AUDIT_CHECKPOINT_SECONDS = _CHECKPOINT_SECONDS
+# A bearer token with which an external monitor may read GET /api/v1/audit/checkpoint/ and nothing else; empty: only
+# admin and compliance users may.
+GATEWAY_AUDIT_MONITOR_TOKEN = envstr("GATEWAY_AUDIT_MONITOR_TOKEN", "")
 
 # --- Auth, i18n, static ----------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

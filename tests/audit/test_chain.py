@@ -19,11 +19,12 @@ from django.conf import settings
 from django.core.management import call_command
 from django.utils import timezone
 
-from audit.chain import verify
+from audit.chain import key_ring, verify
 from audit.chain_format import GENESIS, record_hash
 from audit.models import AuditRecord
 from audit.recorder import record_request
 from gateway_project.writer import writer
+from tests.audit.keyring import key_file
 from tests.servers import ROOT, Gateway
 
 
@@ -76,8 +77,8 @@ def test_an_edited_record_with_a_recomputed_hash_is_caught_at_the_next_one():
     forged = AuditRecord.objects.filter(pk=records[1].pk).values().get()
     forged["cost_usd"] = Decimal("0")
     AuditRecord.objects.filter(pk=records[1].pk).update(
-        cost_usd=Decimal("0"), record_hash=record_hash(forged["prev_hash"], forged)
-    )
+        cost_usd=Decimal("0"), record_hash=record_hash(forged["prev_hash"], forged, keys=key_ring())
+    )  # by someone holding the chain key: the next record's link still names it
     result = verify(since=since(records))
     assert (result.finding.kind, result.finding.seq) == ("inserted", records[2].seq)
     assert "the one before it was replaced" in result.describe()
@@ -109,7 +110,7 @@ def test_an_inserted_record_with_a_seq_of_its_own_is_named():
     row = AuditRecord.objects.filter(pk=records[-1].pk).values().get()
     forged = f"forged-{uuid.uuid4().hex}"
     row.update(id=None, request_id=forged, seq=records[-1].seq + 1, prev_hash="f" * 64)
-    row["record_hash"] = record_hash(row["prev_hash"], row)
+    row["record_hash"] = record_hash(row["prev_hash"], row, keys=key_ring())
     AuditRecord.objects.create(**row)
     result = verify(since=since(records))
     assert (result.finding.kind, result.finding.request_id) == ("inserted", forged)
@@ -135,7 +136,7 @@ def test_an_export_verifies_offline_and_a_tampered_one_does_not(fmt, tmp_path, a
     body = b"".join(response.streaming_content).decode()
     exported = tmp_path / f"audit.{fmt}"
     exported.write_text(body)
-    check = [sys.executable, str(ROOT / "audit" / "verify_export.py"), str(exported)]
+    check = [sys.executable, str(ROOT / "audit" / "verify_export.py"), "--key-file", key_file(tmp_path), exported]
     ok = subprocess.run(check, capture_output=True, text=True)  # outside Django, as an auditor runs it
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "The chain holds" in ok.stdout
@@ -166,7 +167,8 @@ def test_a_filtered_export_is_checked_record_by_record(tmp_path, admin_console):
     )
     exported = tmp_path / "one.jsonl"
     exported.write_bytes(b"".join(response.streaming_content))
-    check = [sys.executable, str(ROOT / "audit" / "verify_export.py"), "--records-only", str(exported)]
+    script = str(ROOT / "audit" / "verify_export.py")
+    check = [sys.executable, script, "--key-file", key_file(tmp_path), "--records-only", exported]
     assert subprocess.run(check, capture_output=True, text=True).returncode == 0
     exported.write_text(exported.read_text().replace('"status": 200', '"status": 500'))
     failed = subprocess.run(check, capture_output=True, text=True)

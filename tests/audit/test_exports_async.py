@@ -38,6 +38,7 @@ from audit.tasks import delete_expired_exports, write_audit_export
 from audit.trail import record_event
 from gateway_project.celery import app as celery_app
 from gateway_project.writer import writer
+from tests.audit.keyring import offline_env
 from tests.conftest import wait_for
 from tests.servers import ROOT, server_env, stop
 
@@ -406,14 +407,14 @@ def test_a_task_written_file_verifies_offline_and_a_tampered_one_does_not(fmt, t
     export = finished(person("compliance"), {"since": since}, fmt=fmt)
     path = export_jobs.export_path(export)
 
-    ok = subprocess.run([*VERIFY, str(path)], capture_output=True, text=True)  # outside Django, as an auditor runs it
+    ok = subprocess.run([*VERIFY, str(path)], capture_output=True, text=True, env=offline_env())  # as auditors do
     assert ok.returncode == 0 and "The chain holds" in ok.stdout, ok.stdout + ok.stderr
 
     tampered = tmp_path / path.name
     original = gzip.decompress(path.read_bytes()).decode()
     assert original.count("failed_targets") == 4  # the details are chained, so the file carries them
     tampered.write_bytes(gzip.compress(original.replace("/v1/chat/completions", "/v1/other", 1).encode()))
-    broken = subprocess.run([*VERIFY, str(tampered)], capture_output=True, text=True)
+    broken = subprocess.run([*VERIFY, str(tampered)], capture_output=True, text=True, env=offline_env())
     assert broken.returncode == 1 and "altered" in broken.stdout
 
 
@@ -423,8 +424,9 @@ def test_a_filtered_trail_export_verifies_record_by_record():
         record_event(actor, "console", "create", "keys.apikey", i, f"key {i}", {"name": [None, f"=k{i}"]})
     export = finished(person("compliance"), {"actor": actor.username}, kind="trail")
     check = subprocess.run(
-        [*VERIFY, "--records-only", str(export_jobs.export_path(export))], capture_output=True, text=True
-    )
+        [*VERIFY, "--records-only", str(export_jobs.export_path(export))], capture_output=True, text=True,
+        env=offline_env(),
+    )  # fmt: skip
     assert check.returncode == 0 and "3 checked" in check.stdout, check.stdout + check.stderr
 
 
@@ -459,6 +461,7 @@ def test_a_worker_writes_the_export_and_the_console_follows_it(exports, tmp_path
             assert state.get("status") == "done" and state["percent"] == 100, log_path.read_text()
             export.refresh_from_db()
             assert len(read_file(export)) == 3
-            assert subprocess.run([*VERIFY, "--records-only", str(export_jobs.export_path(export))]).returncode == 0
+            offline = [*VERIFY, "--records-only", str(export_jobs.export_path(export))]
+            assert subprocess.run(offline, env=offline_env()).returncode == 0
         finally:
             assert stop(worker, seconds=15) == 0, log_path.read_text()

@@ -35,6 +35,7 @@ from audit.retention import apply_retention, archive_path, due_records, retentio
 from gateway_project.celery import app as celery_app
 from gateway_project.writer import writer
 from keys.models import Client
+from tests.audit.keyring import offline_env
 from tests.conftest import wait_for
 from tests.servers import ROOT, server_env, stop
 
@@ -101,7 +102,9 @@ def files() -> list[str]:
 
 def run_offline(*args) -> subprocess.CompletedProcess:
     """The offline checker, outside Django, as an auditor runs it."""
-    return subprocess.run([sys.executable, VERIFY_EXPORT, *map(str, args)], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, VERIFY_EXPORT, *map(str, args)], capture_output=True, text=True, env=offline_env()
+    )
 
 
 # --- What is due --------------------------------------------------------------------------------------

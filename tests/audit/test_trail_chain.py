@@ -16,11 +16,12 @@ from django.core.management import call_command
 from django.db import connection, connections
 from django.utils import timezone
 
-from audit.chain import TRAIL_CHAIN, verify
+from audit.chain import TRAIL_CHAIN, key_ring, verify
 from audit.chain_format import REQUESTS, TRAIL
 from audit.models import AdminAction
 from audit.trail import record_event
 from keys.models import Client
+from tests.audit.keyring import key_file
 from tests.servers import ROOT
 
 
@@ -83,7 +84,7 @@ def test_a_change_through_the_console_is_chained(admin_console):
     response = admin_console.post(f"/console/clients/{client.pk}/edit/", {"name": "Chained too", "slug": client.slug})
     assert response.status_code in (200, 302)
     entry = AdminAction.objects.filter(object_type="keys.client", object_id=str(client.pk), via="console").get()
-    assert entry.seq and entry.record_hash == TRAIL.record_hash(entry.prev_hash, vars(entry))
+    assert entry.seq and entry.record_hash == TRAIL.record_hash(entry.prev_hash, vars(entry), key_ring())
 
 
 def test_the_command_checks_both_chains_and_exits_1_when_the_trail_is_broken(capsys):
@@ -118,7 +119,7 @@ def test_an_exported_trail_verifies_offline_and_a_tampered_one_does_not(admin_co
     assert rows[0]["actor"] == "'=HYPERLINK(1)"  # neutralised for spreadsheets, undone by the checker
     exported = tmp_path / "trail.csv"
     exported.write_text(body)
-    check = [sys.executable, str(ROOT / "audit" / "verify_export.py"), str(exported)]
+    check = [sys.executable, str(ROOT / "audit" / "verify_export.py"), "--key-file", key_file(tmp_path), exported]
     ok = subprocess.run(check, capture_output=True, text=True)
     assert ok.returncode == 0 and "The chain holds" in ok.stdout, ok.stdout + ok.stderr
     exported.write_text(body.replace("old 1", "old 9"))

@@ -14,6 +14,8 @@ DEPLOYED = {
     "DJANGO_DEBUG": "0",
     "DJANGO_ALLOWED_HOSTS": "console.example.com,gateway.example.com",
     "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+    "GATEWAY_AUDIT_CHAIN_KEY": secrets.token_hex(32),
+    "GATEWAY_AUDIT_CHECKPOINT_KEY": secrets.token_hex(32),
     "DATABASE_URL": "postgres://gateway@db.internal:5432/gateway",
     "REDIS_URL": "redis://redis.internal:6379/0",
 }

@@ -1,4 +1,8 @@
-"""Check the audit hash chains and name the first record that was altered, inserted or removed."""
+"""Check the audit hash chains and name the first record that was altered, inserted or removed.
+
+Also checks each chain's head against the last signed checkpoint, and the archived runs
+it links through against their files (``audit.chain.verify``).
+"""
 
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.dateparse import parse_date, parse_datetime
@@ -21,8 +25,9 @@ def _moment(value: str | None, option: str):
 
 class Command(BaseCommand):
     help = (
-        "Verify the request log's and the admin-action trail's hash chains over a time range (all of it by "
-        "default). Exits 1 if either is broken."
+        "Verify the request log's and the admin-action trail's keyed hash chains over a time range (all of it by "
+        "default), their heads against the last signed checkpoint, and the archives they link through against their "
+        "files. Exits 1 if either is broken."
     )
 
     def add_arguments(self, parser):
