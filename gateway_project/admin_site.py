@@ -5,8 +5,7 @@ trail, through the services that also keep the gateway's caches right; a save
 in Django admin would do neither. So every model registered here, by any app,
 is shown without add, change or delete, and without its secret fields (the
 trail's ``SECRET_FIELDS``: an agent's upstream key, a key's hash, a password).
-DRF's token admin, which would list every API token in clear, is removed
-(``gateway_project.admin_config``).
+Management API tokens (``keys.ApiToken``, hashed) are not registered at all.
 """
 
 from __future__ import annotations

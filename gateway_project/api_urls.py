@@ -9,6 +9,7 @@ from audit.retention_api import AuditArchiveViewSet
 from billing.api import BudgetAlertViewSet, BudgetViewSet, ModelPriceViewSet, UsageRecordViewSet
 from billing.report_api import TopSpendersView, UsageReportView
 from keys.api import ApiKeyViewSet, ClientViewSet, CostCenterViewSet, PlanViewSet
+from keys.token_api import CurrentTokenView, RotateTokenView
 from routing.api import AgentViewSet, TargetViewSet
 from routing.route_api import CapabilityKeywordViewSet, PathRouteViewSet
 
@@ -35,5 +36,7 @@ router.register("capability-keywords", CapabilityKeywordViewSet)
 urlpatterns = [
     path("reports/usage/", UsageReportView.as_view(), name="report-usage"),
     path("reports/top-spenders/", TopSpendersView.as_view(), name="report-top-spenders"),
+    path("token/", CurrentTokenView.as_view(), name="api-token"),
+    path("token/rotate/", RotateTokenView.as_view(), name="api-token-rotate"),
     *router.urls,
 ]

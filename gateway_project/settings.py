@@ -67,7 +67,6 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
     "django_filters",
     "django_ratelimit",
     "drf_spectacular",
@@ -382,9 +381,11 @@ if not REDIS_URL:
     SILENCED_SYSTEM_CHECKS += ["django_ratelimit.E003"]
 
 # --- REST API ---------------------------------------------------------------
+# A new management API token expires this many days after issue (0: tokens never expire unless issued so).
+GATEWAY_API_TOKEN_DAYS = envint("GATEWAY_API_TOKEN_DAYS", 90, minimum=0, maximum=36_500)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "keys.authentication.ApiTokenAuthentication",  # hashed, expiring tokens (keys.api_tokens)
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": [

@@ -1,6 +1,7 @@
 import hashlib
 import secrets
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
@@ -163,3 +164,49 @@ class ApiKey(models.Model):
         if not self.client.is_active:
             return "client_disabled"
         return "active"
+
+
+TOKEN_PREFIX = "agt_"
+
+
+class ApiToken(models.Model):
+    """A console user's management API token: stored as a hash, shown raw once, ending at ``expires_at``.
+
+    Rotating one (``keys.api_tokens``) revokes it and points it at its successor, so a
+    caller still holding it is told what happened instead of "invalid token".
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    prefix = models.CharField(max_length=VISIBLE_PREFIX_LENGTH, db_index=True, editable=False)
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: the token never expires.")
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    replaced_by = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replaces", editable=False,
+        help_text="The token issued when this one was rotated.",
+    )  # fmt: skip
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "API token"
+
+    def __str__(self):
+        return f"{self.prefix}… ({self.user})"
+
+    @classmethod
+    def new_secret(cls) -> str:
+        return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+    def set_secret(self, raw_token: str) -> None:
+        self.key_hash = hash_key(raw_token)
+        self.prefix = raw_token[:VISIBLE_PREFIX_LENGTH]
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
+
+    @property
+    def lifetime(self):
+        """How long the token was issued for (None: for ever); a rotation gives its successor as long."""
+        return None if self.expires_at is None else self.expires_at - self.created_at

@@ -7,10 +7,10 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from audit.models import AuditRecord
+from keys.api_tokens import issue_token
 from keys.models import Client
 
 
@@ -25,9 +25,10 @@ def outbound_allow_lists(settings):
 _request_ids = itertools.count(1)
 
 
-def _client_with_token(user) -> APIClient:
+def client_with_token(user) -> APIClient:
+    """An API client calling with a new token of ``user`` (issued as ``manage.py api_token`` issues them)."""
     api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    api.credentials(HTTP_AUTHORIZATION=f"Token {issue_token(user)[1]}")
     return api
 
 
@@ -45,34 +46,34 @@ def admin_user(db):
 
 @pytest.fixture
 def admin_token(admin_user):
-    """The admin persona's token."""
-    return Token.objects.create(user=admin_user)
+    """The admin persona's raw token (stored only as a hash)."""
+    return issue_token(admin_user)[1]
 
 
 @pytest.fixture
 def operator_api(db):
     """An API client of an operator: manages clients, keys, budgets, agents and prices."""
-    return _client_with_token(user_with_role("olga", "operator"))
+    return client_with_token(user_with_role("olga", "operator"))
 
 
 @pytest.fixture
 def compliance_api(db):
     """An API client of compliance staff: reads everything, changes nothing."""
-    return _client_with_token(user_with_role("carl", "compliance"))
+    return client_with_token(user_with_role("carl", "compliance"))
 
 
 @pytest.fixture
 def api(admin_token):
     """An API client that calls as the admin."""
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {admin_token.key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {admin_token}")
     return client
 
 
 @pytest.fixture
 def outsider_api(db):
     """An API client with a valid token of a user with no role: refused with 403."""
-    return _client_with_token(user_with_role("outsider", None))
+    return client_with_token(user_with_role("outsider", None))
 
 
 @pytest.fixture

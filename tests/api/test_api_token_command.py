@@ -1,12 +1,16 @@
-"""The api_token management command: a token of a user with a role on stdout, nothing else."""
+"""The api_token command: a new token of a user with a role on stdout, nothing else; rotate, expire, revoke."""
 
+from datetime import timedelta
 from io import StringIO
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
-from rest_framework.authtoken.models import Token
+from django.utils import timezone
 from rest_framework.test import APIClient
+
+from keys.api_tokens import live_tokens
+from keys.models import ApiToken, hash_key
 
 
 def api_token(*args) -> str:
@@ -15,23 +19,74 @@ def api_token(*args) -> str:
     return out.getvalue()
 
 
-def test_it_prints_only_the_token_of_a_user_with_a_role(admin_user):
+def opens_the_api(raw: str) -> int:
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {raw.strip()}")
+    return api.get("/api/v1/clients/").status_code
+
+
+def test_it_prints_only_a_new_token_stored_as_a_hash(admin_user):
     output = api_token("admin")
-    assert output == Token.objects.get(user=admin_user).key + "\n"
+    raw = output.strip()
+    assert output == raw + "\n" and raw.startswith("agt_")
+    token = ApiToken.objects.get(user=admin_user)
+    assert token.key_hash == hash_key(raw) and token.prefix == raw[:12]
+    assert not ApiToken.objects.filter(key_hash=raw).exists()  # never the raw token itself
 
 
 def test_the_printed_token_opens_the_api(admin_user):
-    api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Token {api_token('admin').strip()}")
-    assert api.get("/api/v1/clients/").status_code == 200
+    assert opens_the_api(api_token("admin")) == 200
 
 
-def test_it_prints_the_same_token_until_rotated(admin_user):
+def test_a_second_token_is_refused_until_rotated_because_the_first_cannot_be_shown_again(admin_user):
     first = api_token("admin")
-    assert api_token("admin") == first
+    with pytest.raises(CommandError, match="--rotate"):
+        api_token("admin")
     rotated = api_token("admin", "--rotate")
     assert rotated != first
-    assert list(Token.objects.filter(user=admin_user).values_list("key", flat=True)) == [rotated.strip()]
+    assert list(live_tokens(admin_user).values_list("key_hash", flat=True)) == [hash_key(rotated.strip())]
+    assert opens_the_api(first) == 401 and opens_the_api(rotated) == 200
+
+
+def test_a_new_token_expires_after_the_default_lifetime(admin_user, settings):
+    settings.GATEWAY_API_TOKEN_DAYS = 30
+    api_token("admin")
+    expires = ApiToken.objects.get(user=admin_user).expires_at
+    assert abs(expires - (timezone.now() + timedelta(days=30))) < timedelta(minutes=1)
+
+
+def test_days_expires_and_no_expiry_set_the_new_tokens_expiry(admin_user, settings):
+    api_token("admin", "--days", "7")
+    assert abs(live_tokens(admin_user).get().expires_at - (timezone.now() + timedelta(days=7))) < timedelta(minutes=1)
+    api_token("admin", "--rotate", "--expires", "2099-01-31T18:00:00+00:00")
+    assert live_tokens(admin_user).get().expires_at.isoformat() == "2099-01-31T18:00:00+00:00"
+    api_token("admin", "--rotate", "--no-expiry")
+    assert live_tokens(admin_user).get().expires_at is None
+    settings.GATEWAY_API_TOKEN_DAYS = 0
+    api_token("admin", "--rotate")
+    assert live_tokens(admin_user).get().expires_at is None  # 0 days: no default expiry
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--days", "0"], "1 to 36500"),
+        (["--expires", "2001-01-01"], "has passed"),
+        (["--expires", "next tuesday"], "ISO date"),
+        (["--revoke", "--days", "3"], "--revoke issues no token"),
+    ],
+)
+def test_it_refuses_a_bad_expiry_with_a_clear_message(admin_user, args, message):
+    with pytest.raises(CommandError, match=message):
+        api_token("admin", *args)
+    assert not ApiToken.objects.exists()
+
+
+def test_revoke_ends_the_users_tokens_and_prints_nothing(admin_user):
+    raw = api_token("admin")
+    assert api_token("admin", "--revoke") == ""
+    assert opens_the_api(raw) == 401
+    assert not live_tokens(admin_user).exists()
 
 
 def test_it_refuses_a_user_without_a_role(db):
@@ -40,7 +95,7 @@ def test_it_refuses_a_user_without_a_role(db):
         api_token("outsider")
     with pytest.raises(CommandError, match="no role"):
         api_token("outsider", "--create")
-    assert not Token.objects.exists()
+    assert not ApiToken.objects.exists()
 
 
 def test_it_refuses_a_missing_user(db):
@@ -61,7 +116,7 @@ def test_create_makes_an_operator_without_a_usable_password(db):
     assert list(user.groups.values_list("name", flat=True)) == ["operator"]
     assert not user.is_superuser and not user.is_staff
     assert not user.has_usable_password()
-    assert Token.objects.get(user=user).key == token
+    assert ApiToken.objects.get(user=user).key_hash == hash_key(token)
 
 
 def test_create_can_make_a_compliance_user(db):

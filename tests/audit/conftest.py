@@ -11,8 +11,9 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.test import Client as Browser
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
+
+from keys.api_tokens import issue_token
 
 
 def _user(username, role):
@@ -47,14 +48,14 @@ def nobody_console(live_db):
 @pytest.fixture
 def compliance_api(live_db):
     api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=_user('cora', 'compliance')).key}")
+    api.credentials(HTTP_AUTHORIZATION=f"Token {issue_token(_user('cora', 'compliance'))[1]}")
     return api
 
 
 @pytest.fixture
 def admin_api(live_db):
     api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=_user('adam', 'admin')).key}")
+    api.credentials(HTTP_AUTHORIZATION=f"Token {issue_token(_user('adam', 'admin'))[1]}")
     return api
 
 
@@ -74,7 +75,7 @@ def api_as(db):
 
     def make(role):
         api = APIClient()
-        api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=_user(role or 'nobody', role)).key}")
+        api.credentials(HTTP_AUTHORIZATION=f"Token {issue_token(_user(role or 'nobody', role))[1]}")
         return api
 
     return make

@@ -28,7 +28,6 @@ from django.db import connection
 from django.test import Client as Browser
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from audit import export_jobs
@@ -38,6 +37,7 @@ from audit.tasks import delete_expired_exports, write_audit_export
 from audit.trail import record_event
 from gateway_project.celery import app as celery_app
 from gateway_project.writer import writer
+from keys.api_tokens import issue_token
 from tests.audit.keyring import offline_env
 from tests.conftest import wait_for
 from tests.servers import ROOT, server_env, stop
@@ -71,7 +71,7 @@ def console(user) -> Browser:
 
 def api(user) -> APIClient:
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {issue_token(user)[1]}")
     return client
 
 

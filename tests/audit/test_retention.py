@@ -21,7 +21,6 @@ from django.db import connection
 from django.test import Client as Browser
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from audit import retention
@@ -34,6 +33,7 @@ from audit.recorder import record_request
 from audit.retention import apply_retention, archive_path, due_records, retention_lock
 from gateway_project.celery import app as celery_app
 from gateway_project.writer import writer
+from keys.api_tokens import issue_token
 from keys.models import Client
 from tests.audit.keyring import offline_env
 from tests.conftest import wait_for
@@ -431,7 +431,7 @@ def console_as():
 def api_as():
     def make(role):
         api = APIClient()
-        api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=_user(role)).key}")
+        api.credentials(HTTP_AUTHORIZATION=f"Token {issue_token(_user(role))[1]}")
         return api
 
     return make

@@ -6,10 +6,10 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client as Browser
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 
 from audit.models import AdminAction
 from billing.models import Budget, ModelPrice, UsageRecord
+from keys.api_tokens import issue_token
 from keys.models import ApiKey, Client
 from keys.services import issue_key
 from routing.models import Agent
@@ -95,10 +95,12 @@ def test_the_key_and_user_admins_never_show_hashes(root, acme):
 
 
 def test_api_tokens_are_not_in_django_admin(root):
-    token = Token.objects.create(user=get_user_model().objects.get(username="root"))
+    token, raw = issue_token(get_user_model().objects.get(username="root"))
     assert root.get("/admin/authtoken/tokenproxy/").status_code == 404
     assert root.get("/admin/authtoken/token/").status_code == 404
-    assert token.key not in root.get("/admin/").content.decode()
+    assert root.get("/admin/keys/apitoken/").status_code == 404
+    index = root.get("/admin/").content.decode()
+    assert raw not in index and token.key_hash not in index and "API token" not in index
 
 
 def test_django_admin_is_for_superusers_only(admin):

@@ -34,11 +34,12 @@ def test_hammering_the_api_stays_within_the_pool(server, seeded, live_db):
         pytest.skip("the pool is the production profile's (PostgreSQL)")
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Group
-    from rest_framework.authtoken.models import Token
+
+    from keys.api_tokens import issue_token
 
     user = get_user_model().objects.create_user(f"hammer-{uuid.uuid4().hex[:8]}")
     user.groups.add(Group.objects.get(name="admin"))
-    token = Token.objects.create(user=user).key
+    token = issue_token(user)[1]
     name = f"gw-test-{uuid.uuid4().hex[:8]}"
     gateway = Gateway(
         server=server, GATEWAY_DB_POOL_SIZE=str(POOL), GATEWAY_DB_APPLICATION_NAME=name,

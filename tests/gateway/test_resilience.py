@@ -85,10 +85,11 @@ def make_agent(live_db, gateway, make_key):
 def ops(live_db):
     """``ops(server)``: a management API client of an admin, on a gateway process (which holds its hot state)."""
     from django.contrib.auth import get_user_model
-    from rest_framework.authtoken.models import Token
+
+    from keys.api_tokens import issue_token
 
     user = get_user_model().objects.create_user(f"ops-{uuid.uuid4().hex[:8]}", is_superuser=True)
-    token = Token.objects.create(user=user).key
+    token = issue_token(user)[1]
     return lambda server: httpx.Client(base_url=server.url, headers={"Authorization": f"Token {token}"}, timeout=30)
 
 
