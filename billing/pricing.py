@@ -143,13 +143,25 @@ def quote(table: dict[str, PriceHistory], sent_model: str, may_answer=(), *, any
 def charge(table: dict[str, PriceHistory], quote_: Quote, reported_model: str, input_tokens: int, output_tokens: int):
     """Price what the upstream reported: its model's own price, else (no model, or a name without a price of its
     own, such as a dated snapshot) the price of the model that was sent."""
-    price = price_for(table, reported_model) if reported_model else None
-    model = reported_model
-    if price is None or price.is_default:
-        price, model = price_for(table, quote_.model), quote_.model or reported_model
+    price, model = _answered_price(table, quote_, reported_model)
     nanos = cost_nanos(price, input_tokens, output_tokens)
-    over = (
+    return Charge(model, nanos, price.is_default and model != price.model, _dearer(price, quote_))
+
+
+def priced_over(table: dict[str, PriceHistory], quote_: Quote, reported_model: str) -> bool:
+    """Whether an answer from ``reported_model`` is charged at a price above what ``quote_`` reserved."""
+    return _dearer(_answered_price(table, quote_, reported_model)[0], quote_)
+
+
+def _answered_price(table, quote_: Quote, reported_model: str) -> tuple[Price, str]:
+    price = price_for(table, reported_model) if reported_model else None
+    if price is None or price.is_default:
+        return price_for(table, quote_.model), quote_.model or reported_model
+    return price, reported_model
+
+
+def _dearer(price: Price, quote_: Quote) -> bool:
+    return (
         price.input_nanos_per_token > quote_.price.input_nanos_per_token
         or price.output_nanos_per_token > quote_.price.output_nanos_per_token
     )
-    return Charge(model, nanos, price.is_default and model != price.model, over)

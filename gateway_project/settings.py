@@ -452,6 +452,8 @@ GATEWAY = {
     "UPSTREAM_CONNECT_TIMEOUT": envfloat("GATEWAY_UPSTREAM_CONNECT_TIMEOUT", 5.0, minimum=0.1),
     "UPSTREAM_MAX_CONNECTIONS": envint("GATEWAY_UPSTREAM_MAX_CONNECTIONS", 512, minimum=1),
     # Largest upstream answer the gateway reads whole (composed calls, error bodies); streams pass through unbounded.
+    # The longest a request may take, its answer (a stream) included; its reservation is held that long (+60 s).
+    "MAX_ANSWER_SECONDS": envfloat("GATEWAY_MAX_ANSWER_SECONDS", 600.0, minimum=1.0),
     "MAX_UPSTREAM_ANSWER_BYTES": envint("GATEWAY_MAX_UPSTREAM_ANSWER_BYTES", 32 * 1024 * 1024, minimum=1024),
     # "aiohttp" (httpx API over aiohttp, the fast default) or "httpx" (httpcore).
     "HTTP_TRANSPORT": envstr("GATEWAY_HTTP_TRANSPORT", "aiohttp"),

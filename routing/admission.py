@@ -7,7 +7,9 @@ as one atomic operation, and the real cost comes back in one more.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import time
 from dataclasses import dataclass
 
 from channels.db import database_sync_to_async
@@ -16,7 +18,7 @@ from django.conf import settings
 from billing import alerts
 from billing.budgets import BudgetRule, budget_checks, budget_table, seeds_for
 from billing.periods import Period
-from billing.pricing import charge, prices, quote
+from billing.pricing import Charge, charge, prices, quote
 from billing.usage import record_usage
 from gateway_project.errors import GatewayError
 from gateway_project.hotstate import BudgetCheck, ConcurrencySlot, HotState, RateCheck, TargetRelease, get_hot_state
@@ -25,8 +27,10 @@ from routing import balance
 from routing.exchange import Exchange
 from routing.facts import Demand, RequestFacts
 from routing.pricing import report_dearer_answer
+from routing.protocols import tokens_in_text
 from routing.table import AgentRoute
 
+log = logging.getLogger("gateway.admission")
 # The slot limit of an agent without ``max_concurrent``: its requests are counted, never refused.
 UNCOUNTED_LIMIT = 2**31
 _seeds_for = database_sync_to_async(seeds_for)
@@ -52,6 +56,7 @@ class Ticket:
     first_lease: balance.Lease | None = None  # taken with the admission for the first attempt
     pending_release: TargetRelease | None = None  # the answering attempt's target, released with the settle
     settled: bool = False
+    answer_by: float = math.inf  # epoch seconds: the answer must be done by then, while its reservation stands
 
     def lease_taken_for(self, route: AgentRoute) -> balance.Lease | None:
         """The lease the admission took for this agent's first attempt, once."""
@@ -151,7 +156,8 @@ async def admit_anonymous(ex: Exchange, facts: RequestFacts) -> Ticket:
         if result.failed == "route_requests":
             raise _route_refusal(path_route, result.retry_after_ms)
         raise _agent_refusal(result.failed, route, result.retry_after_ms)
-    return Ticket(facts, store, (), [], [], 0, [slot.key for slot in slots])
+    answer_by = time.time() + answer_seconds(route)
+    return Ticket(facts, store, (), [], [], 0, [slot.key for slot in slots], answer_by=answer_by)
 
 
 async def admit(ex: Exchange, facts: RequestFacts, *, take_target: bool = False) -> Ticket:
@@ -207,8 +213,45 @@ async def admit(ex: Exchange, facts: RequestFacts, *, take_target: bool = False)
             str(result.remaining.get("tokens", key.tokens_per_minute)).encode(),
         ),
     ]
-    return Ticket(facts, store, rules, budgets, periods, tokens, [slot.key for slot in slots], lease)
+    answer_by = time.time() + (hold - RESERVATION_MARGIN_SECONDS if hold else answer_seconds(route))
+    return Ticket(
+        facts,
+        store,
+        rules,
+        budgets,
+        periods,
+        tokens,
+        [slot.key for slot in slots],
+        first_lease=lease,
+        answer_by=answer_by,
+    )
 
+
+def answer_seconds(route: AgentRoute | None) -> float:
+    """The longest a request may take, answer included: ``MAX_ANSWER_SECONDS``, or the agent's own longer timeout."""
+    longest = settings.GATEWAY["MAX_ANSWER_SECONDS"]
+    return max(longest, route.timeout) if route is not None else longest
+
+
+async def within_deadline(ex: Exchange, ticket: Ticket, call) -> None:
+    """Run ``call(ticket)`` until the ticket's ``answer_by``: a stream that outlasts it is cut (and charged for what
+    was relayed), before its reservation could lapse and let others spend what it is about to."""
+    left = ticket.answer_by - time.time()
+    try:
+        async with asyncio.timeout(left if math.isfinite(left) else None) as scope:
+            await call(ticket)
+    except TimeoutError:
+        if not scope.expired():
+            raise
+        ex.details["answer_deadline_seconds"] = round(ex.elapsed_ms() / 1000, 1)
+        raise GatewayError(
+            504, "timeout_error", "answer_deadline",
+            f"The answer took longer than the gateway allows a request ({round(left, 1):g} s); it was cut off.",
+        ) from None  # fmt: skip
+
+
+# A reservation outlives its request's deadline by this much before it lapses: time for the settle.
+RESERVATION_MARGIN_SECONDS = 60
 
 # Input a request may be charged beyond its estimate (about four bytes a token): text is never more than a token a
 # byte; images and tools given by reference may add some.
@@ -219,19 +262,25 @@ INPUT_CHARGE_SLACK = 4096
 def charged_usage(ex: Exchange, demand: Demand) -> tuple[int, int]:
     """The tokens a metered request is charged: what the upstream reported, within what was reserved.
 
-    No usage read from an answer that must carry it: the worst case reserved. No usage
-    at all, but an answer: an estimate from the text. More than the answer's cap, or
-    far more input than the body could hold: the bound, with the report kept in the
-    audit record (``usage_over_reservation``). So a lying or broken upstream can make
-    a request cost at most its reservation, plus a bounded share of input.
+    No usage read from an answer that must carry it: the worst case reserved. An
+    answer that began but ended before its final usage (the client left, the deadline
+    passed, the upstream broke off or never sends usage): the whole input, as estimated
+    from the body (or as reported), and at least the output that was relayed,
+    estimated from its text. More than the answer's cap, or far more input than the
+    body could hold: the bound, with the report kept in the audit record
+    (``usage_over_reservation``). So neither a lying upstream nor a client that hangs
+    up before the usage arrives can make a request cost more than its reservation, or
+    nothing.
     """
     cap = output_cap(demand.max_output, demand.default_output)
     most_input = demand.input_tokens * INPUT_CHARGE_FACTOR + INPUT_CHARGE_SLACK
     reported = ex.input_tokens, ex.output_tokens
     if ex.details.get("usage_unread"):
         return demand.input_tokens, cap
-    if not any(reported) and ex.output_text:
-        return max(1, len(ex.input_text) // 4), max(1, len(ex.output_text) // 4)
+    relayed = ex.output_estimate or (tokens_in_text(ex.output_text) if ex.output_text else 0)
+    if ex.details.get("usage_partial") or ex.details.get("usage_missing") or (not any(reported) and relayed):
+        reported = ex.input_tokens or demand.input_tokens, max(ex.output_tokens, relayed)
+        ex.details["usage_estimated"] = {"input": reported[0], "output": reported[1]}
     charged = min(reported[0], most_input), min(reported[1], cap)
     if charged != reported:
         ex.details["usage_over_reservation"] = {"reported": list(reported), "charged": list(charged)}
@@ -295,38 +344,60 @@ async def settle(ex: Exchange, ticket: Ticket) -> None:
     The charge is priced against the ticket's quote (``billing.pricing.charge``): an
     answer from a model dearer than anything reserved is charged at its real price,
     flagged on the audit record, and reported so the agent's next reservations cover it.
+    Whatever happens while pricing, every slot, reservation and lease goes back.
     """
     if ticket.settled:
         return
     ticket.settled = True
-    facts = ticket.facts
-    key = facts.key
     spend = 0
-    metered = facts.metered
-    if metered:
-        ex.input_tokens, ex.output_tokens = charged_usage(ex, facts.demand)
-    if metered and (ex.input_tokens or ex.output_tokens):
-        table = await prices.get()
-        asked = facts.requested or facts.default_model
-        quoted = facts.quote or quote(table, asked)
+    try:
+        spend = await _charge(ex, ticket)
+    finally:
+        await _give_back(ex, ticket, spend)
+
+
+async def _charge(ex: Exchange, ticket: Ticket) -> int:
+    """Price and record the request's usage; the nanodollars it spent (0 when it is not metered)."""
+    facts = ticket.facts
+    if not facts.metered:
+        return 0
+    ex.input_tokens, ex.output_tokens = charged_usage(ex, facts.demand)
+    if not (ex.input_tokens or ex.output_tokens):
+        return 0
+    table = await prices.get()
+    asked = facts.requested or facts.default_model
+    quoted = facts.quote or quote(table, asked)
+    try:
         charged = charge(table, quoted, ex.model or asked, ex.input_tokens, ex.output_tokens)
-        spend = ex.cost_nanos = charged.nanos
-        if charged.over_quote:
-            ex.details["priced_over_reservation"] = {"reserved_model": quoted.model, "answered_model": charged.model}
-            report_dearer_answer(ex.agent, charged.model, ex.request_id)
-        record_usage(
-            request_id=ex.request_id,
-            client_id=key.client_id,
-            key_id=key.key_id,
-            cost_center_id=key.cost_center_id,
-            agent=ex.agent,
-            model=charged.model,
-            input_tokens=ex.input_tokens,
-            output_tokens=ex.output_tokens,
-            cost_nanos=spend,
-            default_priced=charged.default_priced,
-        )
-    actual = ex.input_tokens + ex.output_tokens if metered else 0
+    except Exception:  # a bug, not the client's doing: it still pays what was reserved, never nothing
+        log.exception("pricing request %s failed; charged its reservation", ex.request_id)
+        ex.details["priced_at_reservation"] = True
+        nanos = quoted.worst_case(ex.input_tokens, ex.output_tokens)
+        charged = Charge(quoted.model, nanos, False, False)
+    spend = ex.cost_nanos = charged.nanos
+    if charged.over_quote:
+        ex.details["priced_over_reservation"] = {"reserved_model": quoted.model, "answered_model": charged.model}
+        report_dearer_answer(ex.agent, charged.model, ex.request_id)
+    key = facts.key
+    record_usage(
+        request_id=ex.request_id,
+        client_id=key.client_id,
+        key_id=key.key_id,
+        cost_center_id=key.cost_center_id,
+        agent=ex.agent,
+        model=charged.model,
+        input_tokens=ex.input_tokens,
+        output_tokens=ex.output_tokens,
+        cost_nanos=spend,
+        default_priced=charged.default_priced,
+    )
+    return spend
+
+
+async def _give_back(ex: Exchange, ticket: Ticket, spend: int) -> None:
+    """Correct the token counters, release the slots and the leases, and turn reservations into ``spend``."""
+    key = ticket.facts.key
+    actual = ex.input_tokens + ex.output_tokens if ticket.facts.metered else 0
     adjusts = token_correction(ticket.store, key, ticket.estimated_tokens, actual)
     release, ticket.pending_release = ticket.pending_release, None
     unused, ticket.first_lease = ticket.first_lease, None

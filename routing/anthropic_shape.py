@@ -169,13 +169,15 @@ def chat_to_message(answer: dict, model: str, request_id: str) -> dict:
     choices = answer.get("choices")
     choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
     input_tokens, output_tokens = usage_from_json(answer) or (0, 0)
+    answered = answer.get("model")
+    reason = choice.get("finish_reason")
     return message(
         request_id,
-        answer.get("model") or model,
+        answered if isinstance(answered, str) and answered else model,
         chat_text(answer),
         input_tokens,
         output_tokens,
-        STOP_REASONS.get(choice.get("finish_reason"), "end_turn"),
+        STOP_REASONS.get(reason, "end_turn") if isinstance(reason, str) else "end_turn",
     )
 
 

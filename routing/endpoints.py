@@ -27,7 +27,16 @@ from gateway_project.writer import writer
 from keys.access import authorize, ensure_usable, identify, note_failed_authentication, refuse_if_blocked
 from routing import anthropic_shape, deprecation, forward, jobs, path_routes, protocols, resilience
 from routing.adapters import Plan, adapter_for
-from routing.admission import admit, admit_anonymous, input_estimate, output_cap, settle
+from routing.admission import (
+    RESERVATION_MARGIN_SECONDS,
+    admit,
+    admit_anonymous,
+    answer_seconds,
+    input_estimate,
+    output_cap,
+    settle,
+    within_deadline,
+)
 from routing.exchange import ClientLeft, Exchange
 from routing.facts import Demand, RequestFacts
 from routing.pricing import quote_for
@@ -37,8 +46,6 @@ from routing.upstream_url import check_raw_path
 log = logging.getLogger("gateway.proxy")
 
 CLIENT_CLOSED = 499
-# A reservation outlives its request's own timeout by this much before it lapses.
-RESERVATION_MARGIN_SECONDS = 60
 
 
 async def serve(ex: Exchange) -> None:
@@ -116,7 +123,7 @@ async def _metered(ex: Exchange, facts: RequestFacts, max_output: int | None, ca
     ``call``, and settle whatever happened to it."""
     ticket = await admit(ex, await _priced_demand(ex, facts, max_output), take_target=True)
     try:
-        await call(ticket)
+        await within_deadline(ex, ticket, call)
     finally:
         await settle(ex, ticket)
 
@@ -125,7 +132,7 @@ async def _priced_demand(ex: Exchange, facts: RequestFacts, max_output: int | No
     """The routed facts with their quote and demand: the last two steps before admission."""
     route = facts.route
     quoted = await quote_for(route, facts.requested or route.slug, await routing_table.get())
-    hold = route.timeout + RESERVATION_MARGIN_SECONDS
+    hold = answer_seconds(route) + RESERVATION_MARGIN_SECONDS  # its deadline (``within_deadline``), and the settle
     demand = Demand(input_estimate(ex.body), max_output, route.default_max_output_tokens, hold)
     return ex.learn(facts.priced(quoted).demanding(demand))
 
@@ -332,7 +339,7 @@ async def path_route(ex: Exchange, entry: path_routes.PathRouteEntry) -> None:
     try:
         # The route's retries and timeout (``agent_route``), on the agent's targets and behind their breakers.
         attempt = partial(_pass_through_once, ex, rest, plan)
-        await resilience.run(ex, ticket, route, attempt, fallbacks=False)
+        await within_deadline(ex, ticket, partial(_run_without_fallbacks, ex, route, attempt))
     finally:
         path_routes.note_sse_usage(ex, scanner)
         await settle(ex, ticket)

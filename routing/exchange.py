@@ -99,6 +99,7 @@ class Exchange:
         self.cost_nanos = 0
         self.input_text = ""
         self.output_text = ""
+        self.output_estimate = 0  # tokens of the answer as relayed, estimated from its text (see charged_usage)
         if bad_forwarded:
             self.details["forwarded_for_invalid"] = bad_forwarded
 

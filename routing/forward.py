@@ -16,6 +16,7 @@ from django.conf import settings
 from gateway_project.errors import GatewayError
 from routing import protocols, upstream
 from routing.exchange import JSON, Exchange
+from routing.pricing import dearer_than_reserved, report_dearer_answer
 from routing.protocols import usage_from_headers, usage_from_json
 from routing.table import AgentRoute
 from routing.upstream_url import upstream_url
@@ -105,6 +106,42 @@ async def _open_stream(ex: Exchange, route: AgentRoute, request: httpx.Request) 
         raise upstream.upstream_failure(exc, route) from None
 
 
+class StopAnswer(Exception):
+    """A relayed answer must go no further: ``last`` (an error event in the stream's shape) ends it."""
+
+    def __init__(self, code: str, last: bytes):
+        super().__init__(code)
+        self.code, self.last = code, last
+
+
+def watching_model(ex: Exchange, route: AgentRoute, scanner):
+    """``scanner.feed``, stopping the stream at the first event naming a model priced above the reservation.
+
+    The upstream was asked for another model; going on would spend past what was
+    reserved (and past a hard budget). The model is learnt at once
+    (``report_dearer_answer``), so the next requests reserve for it and pass.
+    """
+    seen = ""
+
+    def feed(chunk: bytes) -> bytes:
+        nonlocal seen
+        out = scanner.feed(chunk)
+        if scanner.model != seen:
+            seen = scanner.model
+            if dearer_than_reserved(ex.facts.quote, seen):
+                report_dearer_answer(route.slug, seen, ex.request_id)
+                ex.model = seen
+                ex.details["stopped_dearer_model"] = {"reserved_model": ex.facts.quote.model, "answered_model": seen}
+                message = (
+                    f"The agent '{route.slug}' answered with {seen}, priced above the {ex.facts.quote.model} this "
+                    "request was admitted for; the answer was stopped. Retry: the gateway now reserves for it."
+                )
+                raise StopAnswer("dearer_model_stopped", scanner.error_event("upstream_error", message))
+        return out
+
+    return feed
+
+
 async def _relay(
     ex: Exchange, route: AgentRoute, response: httpx.Response, transform=None, capture=None, tail=None
 ) -> None:
@@ -126,6 +163,9 @@ async def _relay(
                 await ex.send(out)
     except upstream.TRANSPORT_ERRORS as exc:
         ex.error_type = upstream.upstream_failure(exc, route).code
+    except StopAnswer as stop:
+        ex.error_type = stop.code
+        await ex.send(stop.last)
     await ex.send(b"", more=False)
 
 
@@ -152,13 +192,25 @@ async def stream_sse(ex: Exchange, route: AgentRoute, path: str, body: bytes, sc
         if response.status_code >= 400:
             raise _failed_status(response.status_code, route, await read_bounded(response, route))
         await ex.start(200, SSE_HEADERS)
-        await _relay(ex, route, response, transform=scanner.feed)
+        await _relay(ex, route, response, transform=watching_model(ex, route, scanner))
     finally:
         await response.aclose()
-        if scanner.usage:
-            ex.input_tokens, ex.output_tokens = scanner.usage
-        ex.output_text = scanner.text
-        ex.model = getattr(scanner, "model", "") or ex.model
+        note_stream_usage(ex, scanner)
+
+
+def note_stream_usage(ex: Exchange, scanner) -> None:
+    """What a stream said of its usage, model and text, however it ended (run in ``finally``: a client that
+    leaves cancels the relay, and what was relayed until then is still charged)."""
+    if scanner.usage:
+        ex.input_tokens, ex.output_tokens = scanner.usage
+    ex.output_text = scanner.text
+    ex.output_estimate = scanner.output_estimate
+    ex.model = scanner.model or ex.model
+    if ex.response_started and not scanner.complete:
+        # Cut (the client left, the deadline passed, the upstream broke off) before its final usage, or ended
+        # without one: charged from what was relayed (``admission.charged_usage``).
+        cut = ex.client_left or not ex.response_finished or bool(ex.error_type)
+        ex.details["usage_partial" if cut else "usage_missing"] = True
 
 
 async def pass_through(ex: Exchange, route: AgentRoute, rest: bytes, plan, adapter) -> None:
@@ -171,41 +223,62 @@ async def pass_through(ex: Exchange, route: AgentRoute, rest: bytes, plan, adapt
     )
     request = upstream.build_request(ex.method, url, content=plan.body or None, headers=headers, route=route)
     response = await _open_stream(ex, route, request)
-    scanner = None
+    answer = _PassThroughAnswer(plan)
     try:
         attempt = upstream.current_attempt.get()
         if attempt is not None and not attempt.final and _worth_retrying(response.status_code, route):
             raise _failed_status(response.status_code, route, await read_bounded(response, route))
         content_type = response.headers.get("content-type", "")
-        capture = bytearray() if "json" in content_type and "content-encoding" not in response.headers else None
-        tail = bytearray() if capture is not None else None
+        if "json" in content_type and "content-encoding" not in response.headers:
+            answer.capture, answer.tail = bytearray(), bytearray()
         if "event-stream" in content_type:
-            scanner = adapter.stream_scanner(plan)
+            answer.scanner = adapter.stream_scanner(plan)
         await ex.start(upstream.answer_status(response, route), upstream.response_headers(response))
-        await _relay(ex, route, response, transform=scanner.feed if scanner else None, capture=capture, tail=tail)
+        answer.relayed = True
+        scanner = answer.scanner
+        feed = watching_model(ex, route, scanner) if scanner else None
+        await _relay(ex, route, response, feed, answer.capture, answer.tail)
     finally:
         await response.aclose()
-    # A provider's usage is in its answer; ``X-Usage-*`` headers are the agent services' contract only.
-    usage = None if plan.model else usage_from_headers(response.headers)
-    if usage is None and tail and capture is not None and len(capture) >= USAGE_CAPTURE_LIMIT:
-        usage = usage_in_tail(bytes(tail))
-    if scanner is not None:
-        usage = usage or scanner.usage
-        ex.model = scanner.model or ex.model
-        ex.output_text = scanner.text
-    elif usage is None and capture:
-        answer = _json_or_none(capture)
-        usage = usage_from_json(answer)
-        if isinstance(answer, dict):
-            ex.model = answer.get("model") if isinstance(answer.get("model"), str) else ex.model
-            output = answer.get("output")
-            ex.output_text = output if isinstance(output, str) else protocols.chat_text(answer)
-    if usage:
-        ex.input_tokens, ex.output_tokens = usage
-    elif plan.model and response.status_code < 400:
-        ex.details["usage_unread"] = True  # a metered call whose usage the gateway could not read: charged its worst
-    if not plan.model:
-        ex.model = response.headers.get("x-usage-model", ex.model or "")
+        if answer.relayed:  # however the relay ended: a client that left still pays for what it was sent
+            answer.note_usage(ex, response)
+
+
+class _PassThroughAnswer:
+    """What was kept of a pass-through answer to read its usage from: its stream's scanner, or its JSON's head
+    (``USAGE_CAPTURE_LIMIT`` bytes) and tail."""
+
+    def __init__(self, plan):
+        self.plan = plan
+        self.scanner = None
+        self.capture: bytearray | None = None
+        self.tail: bytearray | None = None
+        self.relayed = False
+
+    def note_usage(self, ex: Exchange, response: httpx.Response) -> None:
+        plan, capture = self.plan, self.capture
+        # A provider's usage is in its answer; ``X-Usage-*`` headers are the agent services' contract only.
+        usage = None if plan.model else usage_from_headers(response.headers)
+        if self.scanner is not None:
+            note_stream_usage(ex, self.scanner)
+            if ex.details.pop("usage_missing", False):
+                ex.details["usage_unread"] = True  # a whole stream without its usage: charged its worst
+            return
+        if usage is None and self.tail and capture is not None and len(capture) >= USAGE_CAPTURE_LIMIT:
+            usage = usage_in_tail(bytes(self.tail))
+        if usage is None and capture:
+            answer = _json_or_none(capture)
+            usage = usage_from_json(answer)
+            if isinstance(answer, dict):
+                ex.model = answer.get("model") if isinstance(answer.get("model"), str) else ex.model
+                output = answer.get("output")
+                ex.output_text = output if isinstance(output, str) else protocols.chat_text(answer)
+        if usage:
+            ex.input_tokens, ex.output_tokens = usage
+        elif plan.model and response.status_code < 400:
+            ex.details["usage_unread"] = True  # a metered call whose usage could not be read: charged its worst
+        if not plan.model:
+            ex.model = response.headers.get("x-usage-model", ex.model or "")
 
 
 def _json_or_none(content: bytes):

@@ -28,11 +28,13 @@ import asyncio
 import dataclasses
 import json
 import logging
+import math
 import time
 import uuid
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
@@ -48,7 +50,7 @@ from gateway_project.errors import GatewayError, bad_request, not_found
 from gateway_project.hotstate import BudgetCheck, get_hot_state
 from keys.access import KeySnapshot, ensure_usable, rate_checks, snapshot_for
 from routing import job_webhooks, protocols
-from routing.admission import Ticket, admit, input_estimate, settle
+from routing.admission import Ticket, admit, input_estimate, settle, within_deadline
 from routing.admission import _refusal as rate_refusal
 from routing.exchange import Exchange
 from routing.facts import Demand, RequestFacts
@@ -214,6 +216,7 @@ def ticket_state(ticket: Ticket) -> dict:
         },
         "requested": ticket.facts.requested,
         "demand": dataclasses.asdict(ticket.facts.demand),
+        "answer_by": ticket.answer_by if math.isfinite(ticket.answer_by) else None,
     }
 
 
@@ -230,7 +233,9 @@ def ticket_of(state: dict, facts: RequestFacts) -> Ticket:
     price = Price(quoted["model"], Decimal(quoted["input"]), Decimal(quoted["output"]))
     demand = Demand(**state["demand"]) if "demand" in state else Demand(state["estimated_tokens"], None, None, 0)
     facts = replace(facts, requested=state["requested"], quote=Quote(quoted["model"], price), demand=demand)
-    return Ticket(facts, get_hot_state(), rules, budgets, periods, state["estimated_tokens"], state["slot_keys"])
+    ticket = Ticket(facts, get_hot_state(), rules, budgets, periods, state["estimated_tokens"], state["slot_keys"])
+    ticket.answer_by = state.get("answer_by") or math.inf  # jobs queued before deadlines were kept have none
+    return ticket
 
 
 def _key_state(key: KeySnapshot) -> dict:
@@ -323,7 +328,8 @@ async def run(job_id: str) -> bool:
         await _fresh(routing_table)
         route = (await routing_table.get()).agent(job.agent)
         body = job.request["body"]
-        await invoke_route(ex, route, body["input"], state["model"], state["requested"], state["max_tokens"], ticket)
+        call = partial(invoke_route, ex, route, body["input"], state["model"], state["requested"], state["max_tokens"])
+        await within_deadline(ex, ticket, call)  # done while its reservation stands
         ex.status = 200
     except GatewayError as failure:
         error = failure

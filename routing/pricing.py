@@ -6,7 +6,10 @@ its slug without a default model, its fallbacks' models, and the dearer models i
 upstream was caught answering with). ``report_dearer_answer`` is called when an
 answer still came from a dearer model than reserved: the agent learns the model
 (a Celery task adds it to ``Agent.dearer_models``), so it cannot happen again once
-the routing table is reloaded.
+the routing table is reloaded. A stream names its model in its first event, so a
+stream from a dearer model is stopped there (``dearer_than_reserved``): only answers
+read whole (whose cost is spent by the time the gateway sees their model) can exceed
+their reservation, and only until the model is learnt.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import asyncio
 import logging
 import time
 
-from billing.pricing import Quote, prices, quote
+from billing.pricing import Quote, priced_over, prices, quote
 from routing.table import AgentRoute, RoutingTable
 
 log = logging.getLogger("gateway.pricing")
@@ -79,6 +82,12 @@ def _quote(route: AgentRoute, requested: str, table: RoutingTable | None, price_
     # An upstream asked for nothing in particular, that names no models it serves, may answer with any.
     any_model = upstream_chooses and not route.served_models
     return quote(price_table, model, [m for m in may_answer if m], any_model=any_model)
+
+
+def dearer_than_reserved(quote_: Quote | None, model: str) -> bool:
+    """Whether an answer that names ``model`` costs more per token than ``quote_`` reserved (prices as last loaded)."""
+    table = prices.last()
+    return bool(quote_ is not None and model and table is not None and priced_over(table, quote_, model))
 
 
 def report_dearer_answer(agent: str, model: str, request_id: str) -> None:

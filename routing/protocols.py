@@ -65,6 +65,12 @@ MAX_CHOICES = 128
 def max_tokens(payload: dict) -> int | None:
     """The answer's cap the client set: the larger of ``max_tokens`` and ``max_completion_tokens`` (an upstream may
     honour either), times ``n`` answers; None when it set neither."""
+    cap = answer_cap(payload)
+    return cap * choices(payload) if cap is not None else None
+
+
+def answer_cap(payload: dict) -> int | None:
+    """The cap on one answer: the larger of ``max_tokens`` and ``max_completion_tokens``; None when neither is set."""
     caps = []
     for name in ("max_completion_tokens", "max_tokens"):
         value = payload.get(name)
@@ -73,7 +79,18 @@ def max_tokens(payload: dict) -> int | None:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise bad_request(f"'{name}' must be a positive integer.")
         caps.append(value)
-    return max(caps) * choices(payload) if caps else None
+    return max(caps) if caps else None
+
+
+def completion_answers(payload: dict) -> int:
+    """How many answers a legacy ``/v1/completions`` call is billed for: ``best_of`` (generated, though only ``n``
+    come back) or ``n``, for each prompt of a batch (a list of strings, or of token lists)."""
+    best_of = payload.get("best_of")
+    if best_of is not None and (not isinstance(best_of, int) or isinstance(best_of, bool) or best_of < 1):
+        raise bad_request("'best_of' must be a positive integer.")
+    prompt = payload.get("prompt")
+    batch = isinstance(prompt, list) and bool(prompt) and all(isinstance(p, (str, list)) for p in prompt)
+    return max(choices(payload), best_of or 1) * (len(prompt) if batch else 1)
 
 
 def choices(payload: dict) -> int:
@@ -119,6 +136,15 @@ def _int(value) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         return 0
     return min(value, MAX_REPORTED_TOKENS)
+
+
+def tokens_in_text(text: str) -> int:
+    """A generous estimate of the tokens of ``text``, for an answer whose usage never came: a token per four
+    ASCII characters, and one per other character (a CJK character is about one, often more than four bytes)."""
+    if text.isascii():
+        return -(-len(text) // 4)
+    other = sum(1 for char in text if ord(char) > 127)
+    return -(-(len(text) - other) // 4) + other
 
 
 def usage_from_json(obj) -> tuple[int, int] | None:

@@ -41,19 +41,56 @@ def _dict(value) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def _list(value) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _str(value) -> str:
+    """A string an upstream sent, or "" for anything else (an upstream's JSON is not trusted to be well-typed)."""
+    return value if isinstance(value, str) else ""
+
+
 class _TextCollector:
+    """The start of an answer's text (for the audit preview) and an estimate of all of it in tokens.
+
+    The estimate is what a stream cut before its usage is charged for its output: at
+    least a token per text event (providers send about one each), and at least a token
+    per four ASCII characters or per other character, whichever is more.
+    """
+
     def __init__(self):
         self.parts: list[str] = []
         self.length = 0
+        self.pieces = 0
+        self.ascii_chars = 0
+        self.other_chars = 0
 
     def add(self, text) -> None:
-        if isinstance(text, str) and text and self.length < PREVIEW_LENGTH * 2:
+        if not isinstance(text, str) or not text:
+            return
+        self.pieces += 1
+        if text.isascii():
+            self.ascii_chars += len(text)
+        else:
+            other = sum(1 for char in text if ord(char) > 127)
+            self.other_chars += other
+            self.ascii_chars += len(text) - other
+        if self.length < PREVIEW_LENGTH * 2:
             self.parts.append(text)
             self.length += len(text)
 
     @property
     def text(self) -> str:
         return "".join(self.parts)
+
+    @property
+    def tokens_estimate(self) -> int:
+        return max(self.pieces, -(-self.ascii_chars // 4) + self.other_chars)
+
+
+def openai_error_event(error_type: str, message: str) -> bytes:
+    """An error in an OpenAI stream: a chunk that carries ``error`` (OpenAI's SDKs raise on it)."""
+    return b"data: " + json.dumps({"error": {"type": error_type, "message": message}}).encode() + b"\n\n"
 
 
 class OpenAIStreamScanner:
@@ -74,6 +111,15 @@ class OpenAIStreamScanner:
     def text(self) -> str:
         return self._text.text
 
+    @property
+    def output_estimate(self) -> int:
+        return self._text.tokens_estimate
+
+    @property
+    def complete(self) -> bool:
+        """Whether the final usage chunk came: a stream cut before it is charged from what was relayed."""
+        return self.usage is not None
+
     def feed(self, chunk: bytes) -> bytes:
         self._buffer += chunk
         out = []
@@ -81,6 +127,8 @@ class OpenAIStreamScanner:
             if self._inspect(_data(event)):
                 out.append(event)
         return b"".join(out)
+
+    error_event = staticmethod(openai_error_event)
 
     def finish(self) -> bytes:
         rest, self._buffer = bytes(self._buffer), bytearray()
@@ -96,14 +144,14 @@ class OpenAIStreamScanner:
             return True
         if not isinstance(obj, dict):
             return True
-        self.model = obj.get("model") or self.model
+        self.model = _str(obj.get("model")) or self.model
         usage = usage_from_json(obj)
         if usage is not None:
             self.usage = usage
-        choices = obj.get("choices") or []
+        choices = _list(obj.get("choices"))
         for choice in choices:
             if isinstance(choice, dict):
-                self._text.add((choice.get("delta") or {}).get("content"))
+                self._text.add(_dict(choice.get("delta")).get("content"))
         return bool(choices) or usage is None or self.keep_usage_chunk
 
 
@@ -141,6 +189,7 @@ class _AnthropicReading:
         self.output_tokens = 0
         self.error = ""  # the error type of an ``error`` event, which ends the stream
         self._seen_usage = False
+        self.complete = False  # whether the final usage (``message_delta``'s) came, not only ``message_start``'s
         self._text = _TextCollector()
 
     @property
@@ -151,28 +200,34 @@ class _AnthropicReading:
     def text(self) -> str:
         return self._text.text
 
+    @property
+    def output_estimate(self) -> int:
+        return self._text.tokens_estimate
+
     def note(self, obj: dict) -> None:
         kind = obj.get("type")
         if kind == "message_start":
             message = _dict(obj.get("message"))
-            self.model = message.get("model") or self.model
+            self.model = _str(message.get("model")) or self.model
             self._note_usage(message.get("usage"))
         elif kind == "content_block_delta":
             self._text.add(_dict(obj.get("delta")).get("text"))
         elif kind == "message_delta":
-            self._note_usage(obj.get("usage"))  # cumulative counts: they replace, never add
+            self.complete = self._note_usage(obj.get("usage")) or self.complete  # cumulative: replace, never add
         elif kind == "error":
             error = obj.get("error")
-            self.error = (error.get("type") if isinstance(error, dict) else "") or "api_error"
+            self.error = _str(error.get("type") if isinstance(error, dict) else "") or "api_error"
 
-    def _note_usage(self, usage) -> None:
+    def _note_usage(self, usage) -> bool:
         if not isinstance(usage, dict):
-            return
+            return False
+        noted = False
         for name in ("input_tokens", "output_tokens"):
             value = usage.get(name)
             if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
                 setattr(self, name, min(value, MAX_REPORTED_TOKENS))
-                self._seen_usage = True
+                self._seen_usage = noted = True
+        return noted
 
 
 def _json_of(event: bytes):
@@ -189,6 +244,10 @@ class AnthropicStreamScanner(_AnthropicReading):
     def __init__(self, model: str):
         super().__init__(model)
         self._buffer = bytearray()
+
+    @staticmethod
+    def error_event(error_type: str, message: str) -> bytes:
+        return anthropic_event(error_payload(error_type, message))
 
     def feed(self, chunk: bytes) -> bytes:
         self._buffer += chunk
@@ -214,6 +273,8 @@ class AnthropicToOpenAIStream(_AnthropicReading):
         self.include_usage = include_usage
         self._buffer = bytearray()
 
+    error_event = staticmethod(openai_error_event)
+
     def feed(self, chunk: bytes) -> bytes:
         self._buffer += chunk
         return b"".join(self._translate(event) for event in _events(self._buffer))
@@ -231,10 +292,10 @@ class AnthropicToOpenAIStream(_AnthropicReading):
         if kind == "message_start":
             return openai_chunk(self.request_id, self.model, {"role": "assistant", "content": ""})
         if kind == "content_block_delta":
-            text = _dict(obj.get("delta")).get("text", "")
+            text = _str(_dict(obj.get("delta")).get("text"))
             return openai_chunk(self.request_id, self.model, {"content": text}) if text else b""
         if kind == "message_delta":
-            reason = FINISH_REASONS.get(_dict(obj.get("delta")).get("stop_reason"), "stop")
+            reason = FINISH_REASONS.get(_str(_dict(obj.get("delta")).get("stop_reason")), "stop")
             return openai_chunk(self.request_id, self.model, {}, reason)
         if kind == "message_stop":
             tail = b""
@@ -317,9 +378,21 @@ class OpenAIToAnthropicStream:
     def text(self) -> str:
         return self._text.text
 
+    @property
+    def output_estimate(self) -> int:
+        return self._text.tokens_estimate
+
+    @property
+    def complete(self) -> bool:
+        return self.usage is not None
+
     def feed(self, chunk: bytes) -> bytes:
         self._buffer += chunk
         return b"".join(self._translate(_data(event)) for event in _events(self._buffer))
+
+    @staticmethod
+    def error_event(error_type: str, message: str) -> bytes:
+        return anthropic_event(error_payload(error_type, message))
 
     def finish(self) -> bytes:
         self._buffer.clear()
@@ -342,20 +415,20 @@ class OpenAIToAnthropicStream:
             self.error = str(error.get("type") or error.get("code") or "api_error")
             text = str(error.get("message") or "The upstream stream failed.")
             return anthropic_event(error_payload("api_error", text))
-        self.model = obj.get("model") or self.model
+        self.model = _str(obj.get("model")) or self.model
         out = [self._start()]
         usage = usage_from_json(obj)
         if usage is not None:
             self.usage = usage
-        for choice in obj.get("choices") or []:
+        for choice in _list(obj.get("choices")):
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
-            text = _dict(choice.get("delta")).get("content")
-            if isinstance(text, str) and text:
+            text = _str(_dict(choice.get("delta")).get("content"))
+            if text:
                 self._text.add(text)
                 out.append(_text_delta(text))
             if choice.get("finish_reason"):
-                self._stop_reason = STOP_REASONS.get(choice["finish_reason"], "end_turn")
+                self._stop_reason = STOP_REASONS.get(_str(choice["finish_reason"]), "end_turn")
                 out.append(self._close_block())
         return b"".join(out)
 

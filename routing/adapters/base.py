@@ -119,7 +119,8 @@ class ProviderAdapter(Adapter):
             raise bad_request("'model' is required and must be a string.", "missing_field")
         stream = protocols.stream_flag(payload)
         payload, keep_usage = self.prepare_pass_through(path, payload, protocols.max_tokens(payload), cap, stream)
-        limit = protocols.max_tokens(payload)  # as sent: the cap added when the client set none, times ``n``
+        cap = protocols.answer_cap(payload)  # as sent: the cap added when the client set none
+        limit = cap * self.answers(path, payload) if cap is not None else None
         messages = payload.get("messages")
         text = protocols.last_user_text(messages) if isinstance(messages, list) and messages else ""
         return Plan(
@@ -130,6 +131,10 @@ class ProviderAdapter(Adapter):
             keep_usage_events=keep_usage,
             input_text=text or body[:1000].decode("utf-8", "replace"),
         )
+
+    def answers(self, path: str, payload: dict) -> int:
+        """How many answers of the capped length the call is billed for (OpenAI's ``n``)."""
+        return protocols.choices(payload)
 
     def prepare_pass_through(self, path: str, payload: dict, limit, cap: int, stream: bool) -> tuple[dict, bool]:
         """The body to send (capped, asking for usage) and whether the client asked for the usage events itself."""

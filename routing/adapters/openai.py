@@ -9,11 +9,12 @@ from routing.adapters.base import ProviderAdapter, note_stream_error
 from routing.sse import OpenAIStreamScanner, OpenAIToAnthropicStream
 
 CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
 
 
 class OpenAIAdapter(ProviderAdapter):
     kind = "openai"
-    metered_paths = frozenset({CHAT, "/v1/completions", "/v1/embeddings"})
+    metered_paths = frozenset({CHAT, COMPLETIONS, "/v1/embeddings"})
     free_paths = frozenset({"/v1/moderations"})
 
     async def chat(self, ex, route, payload, stream, wants_usage):
@@ -49,6 +50,9 @@ class OpenAIAdapter(ProviderAdapter):
             body["max_tokens"] = limit
         answer, _ = await forward.call_json(ex, route, CHAT, json.dumps(body).encode(), self.headers(route, ex))
         ex.output_text = protocols.chat_text(answer)
+
+    def answers(self, path, payload):
+        return protocols.completion_answers(payload) if path == COMPLETIONS else protocols.choices(payload)
 
     def prepare_pass_through(self, path, payload, limit, cap, stream):
         if limit is None and path != "/v1/embeddings":

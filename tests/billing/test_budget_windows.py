@@ -70,7 +70,7 @@ def call(key, *, model="gpt-4o", input_tokens=INPUT_TOKENS, output_tokens=ANSWER
         await prices.reload()
         ex = SimpleNamespace(
             model=model, agent="openai", request_id=uuid.uuid4().hex, extra_headers=[],
-            input_tokens=0, output_tokens=0, cost_nanos=0, details={},
+            input_tokens=0, output_tokens=0, cost_nanos=0, details={}, output_text="", output_estimate=0,
         )  # fmt: skip
         demand = Demand(input_tokens, None, default_output, 60)
         facts = RequestFacts(ex.request_id, snapshot_for(key), requested=model, demand=demand)
