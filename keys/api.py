@@ -1,17 +1,19 @@
 """Cost centers, plans, clients and API keys in the management API: serializers, filtersets and viewsets."""
 
+from datetime import timedelta
+
 from django.db import transaction
 from django.db.models import Count
 from django_filters import rest_framework as filters
-from drf_spectacular.utils import extend_schema, extend_schema_view
-from rest_framework import serializers
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import serializers, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from audit.trail import record_create, record_update, snapshot
 from gateway_project.api import SEARCHABLE_FILTER_BACKENDS, NameListField, TrailedModelViewSet
 from keys.models import ALL, ApiKey, Client, CostCenter, Plan
-from keys.services import issue_key, revoke_key
+from keys.services import DEFAULT_ROTATION_GRACE, MAX_ROTATION_GRACE_HOURS, issue_key, revoke_key, rotate_key
 
 KEY_STATUSES = ["active", "expired", "disabled", "revoked", "client_disabled"]
 
@@ -118,7 +120,9 @@ class ScopeListField(NameListField):
 class ApiKeySerializer(serializers.ModelSerializer):
     client_slug = serializers.CharField(source="client.slug", read_only=True)
     allowed_agents = ScopeListField(help_text='Agent slugs this key may call; ["*"] allows every agent.')
-    allowed_models = ScopeListField(help_text='Model names this key may request; ["*"] allows every model.')
+    allowed_models = ScopeListField(
+        required=False, help_text='Model names this key may request; ["*"] allows every model (the default).'
+    )
     status = serializers.ChoiceField(choices=KEY_STATUSES, read_only=True)
 
     class Meta:
@@ -140,12 +144,14 @@ class ApiKeySerializer(serializers.ModelSerializer):
             "is_active",
             "expires_at",
             "revoked_at",
+            "replaced_by",
             "last_used_at",
             "created_at",
         ]
-        read_only_fields = ["prefix", "revoked_at", "last_used_at", "created_at"]
+        read_only_fields = ["prefix", "revoked_at", "replaced_by", "last_used_at", "created_at"]
         extra_kwargs = {
             "plan": {"help_text": "The plan the key was issued on: it gives the limits (and budget) not set here."},
+            "replaced_by": {"help_text": "The key issued when this one was rotated; it expires at the grace's end."},
             "requests_per_minute": {"min_value": 1},
             "requests_per_day": {"min_value": 0, "help_text": "0 means no daily limit."},
             "tokens_per_minute": {"min_value": 1},
@@ -178,7 +184,25 @@ class IssuedApiKeySerializer(ApiKeySerializer):
         return key
 
     def get_key(self, key) -> str:
-        return self._raw_key
+        return getattr(self, "_raw_key", None) or self.context["raw_key"]
+
+
+class KeyRotationSerializer(serializers.Serializer):
+    grace_hours = serializers.IntegerField(
+        min_value=0, max_value=MAX_ROTATION_GRACE_HOURS, default=int(DEFAULT_ROTATION_GRACE.total_seconds()) // 3600,
+        help_text=f"How long the old key keeps working after the new one is issued (0 to {MAX_ROTATION_GRACE_HOURS}).",
+    )  # fmt: skip
+
+    @property
+    def grace(self) -> timedelta:
+        return timedelta(hours=self.validated_data["grace_hours"])
+
+
+class RotatedApiKeySerializer(serializers.Serializer):
+    """What a rotation answers: the successor with its raw key (this once) and the old key as it now stands."""
+
+    successor = IssuedApiKeySerializer(read_only=True, help_text="The new key; its raw `key` is shown here only.")
+    rotated = ApiKeySerializer(read_only=True, help_text="The old key: it works until its `expires_at`.")
 
 
 class ApiKeyFilter(filters.FilterSet):
@@ -196,7 +220,8 @@ class ApiKeyViewSet(TrailedModelViewSet):
 
     Revoke a key with ``POST /keys/{id}/revoke/``: that is the normal way to end a
     key, and it keeps the row so usage and audit records still name it. ``DELETE``
-    removes the key for good.
+    removes the key for good. ``POST /keys/{id}/rotate/`` issues a successor with the
+    same scopes and limits and lets the old key work for a grace period.
     """
 
     queryset = ApiKey.objects.select_related("client")
@@ -205,15 +230,44 @@ class ApiKeyViewSet(TrailedModelViewSet):
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
 
     def get_serializer_class(self):
+        if self.action == "rotate":
+            return KeyRotationSerializer
         return IssuedApiKeySerializer if self.action == "create" else ApiKeySerializer
 
     def perform_create(self, serializer):
         with transaction.atomic():
             key = serializer.save()
-            record_create(self.request.user, "api", key)
-            # The budget the key's plan gave it (billing's signal) is a change too.
-            for budget in key.budgets.all():
-                record_create(self.request.user, "api", budget)
+            self._record_issue(key)
+
+    def _record_issue(self, key):
+        record_create(self.request.user, "api", key)
+        # The budget the key's plan gave it (billing's signal) is a change too.
+        for budget in key.budgets.all():
+            record_create(self.request.user, "api", budget)
+
+    @extend_schema(
+        summary="Rotate the key",
+        request=KeyRotationSerializer,
+        responses={
+            201: RotatedApiKeySerializer,
+            400: OpenApiResponse(description="A grace out of bounds, or a key that is revoked, expired, disabled or "
+                                 "already rotated."),
+        },
+    )  # fmt: skip
+    @action(detail=True, methods=["post"])
+    def rotate(self, request, pk=None):
+        """Issue a successor with the same scopes and limits; the old key keeps working for ``grace_hours``."""
+        key = self.get_object()
+        asked = KeyRotationSerializer(data=request.data)
+        asked.is_valid(raise_exception=True)
+        before = snapshot(key)
+        with transaction.atomic():
+            successor, raw = rotate_key(key, asked.grace)
+            record_update(request.user, "api", key, before, action="rotate")
+            self._record_issue(successor)
+        context = {**self.get_serializer_context(), "raw_key": raw}
+        body = RotatedApiKeySerializer({"successor": successor, "rotated": key}, context=context).data
+        return Response(body, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses=ApiKeySerializer)
     @action(detail=True, methods=["post"])

@@ -9,6 +9,7 @@ from django import forms
 from django.conf import settings
 
 from keys.models import ALL, ApiKey, Client, CostCenter, Plan
+from keys.services import MAX_ROTATION_GRACE_HOURS
 
 CENTS = Decimal("0.01")
 
@@ -127,7 +128,7 @@ class ApiKeyForm(forms.ModelForm):
 
 class RotateForm(forms.Form):
     grace_hours = forms.IntegerField(
-        min_value=0, max_value=24 * 30, initial=24, label="Grace period (hours)",
+        min_value=0, max_value=MAX_ROTATION_GRACE_HOURS, initial=24, label="Grace period (hours)",
         help_text="How long the old key keeps working after the new one is issued.",
     )  # fmt: skip
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
@@ -34,11 +35,38 @@ def revoke_key(key: ApiKey) -> ApiKey:
 
 
 DEFAULT_ROTATION_GRACE = timedelta(hours=24)
+MAX_ROTATION_GRACE = timedelta(days=30)
+MAX_ROTATION_GRACE_HOURS = int(MAX_ROTATION_GRACE.total_seconds()) // 3600  # the console and the API ask in hours
+
+
+def rotation_refusal(key: ApiKey) -> str | None:
+    """Why ``key`` cannot be rotated, or None: the successor of a key that no longer works would revive it."""
+    if key.is_revoked:
+        return "This key is revoked; issue a new key instead of rotating it."
+    if key.is_expired:
+        return "This key has expired; issue a new key instead of rotating it."
+    if not key.is_active:
+        return "This key is disabled; a successor would not be. Enable it first, or issue a new key."
+    if key.replaced_by_id is not None:
+        return f"This key was already rotated (its successor is {key.replaced_by.prefix}…); rotate the successor."
+    return None
 
 
 @transaction.atomic
 def rotate_key(key: ApiKey, grace: timedelta = DEFAULT_ROTATION_GRACE) -> tuple[ApiKey, str]:
-    """Issue a successor with the same scopes and limits; the old key expires after ``grace``."""
+    """Issue a successor with the same scopes and limits; the old key expires after ``grace``.
+
+    Refused (``ValidationError``) for a key ``rotation_refusal`` names, and for a grace
+    outside 0 to ``MAX_ROTATION_GRACE``.
+    """
+    if not timedelta(0) <= grace <= MAX_ROTATION_GRACE:
+        raise ValidationError({"grace": f"The grace period must be between 0 and {MAX_ROTATION_GRACE.days} days."})
+    # Two rotations at once: the second waits for the first's row lock and then sees its successor.
+    list(ApiKey.objects.select_for_update().filter(pk=key.pk).values_list("pk"))
+    key.refresh_from_db(fields=["is_active", "expires_at", "revoked_at", "replaced_by"])
+    refusal = rotation_refusal(key)
+    if refusal:
+        raise ValidationError(refusal)
     successor, raw = issue_key(
         key.client,
         plan=key.plan,

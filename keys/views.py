@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.contrib import messages
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Count, Q
 from django.shortcuts import get_object_or_404, redirect, render
@@ -150,10 +151,14 @@ class KeyRotateView(RoleRequiredMixin, View):
         if not form.is_valid():
             return render(request, "keys/key_rotate.html", {"key": key, "form": form}, status=400)
         before = snapshot(key)
-        with transaction.atomic():
-            successor, raw = rotate_key(key, form.grace)
-            record_update(request.user, "console", key, before, action="rotate")
-            record_create(request.user, "console", successor)
+        try:
+            with transaction.atomic():
+                successor, raw = rotate_key(key, form.grace)
+                record_update(request.user, "console", key, before, action="rotate")
+                record_create(request.user, "console", successor)
+        except ValidationError as refusal:
+            form.add_error(None, refusal.messages)
+            return render(request, "keys/key_rotate.html", {"key": key, "form": form}, status=400)
         messages.success(request, f"Key {key.prefix}… keeps working until {key.expires_at:%Y-%m-%d %H:%M} UTC.")
         return _show_once(request, successor, raw)
 

@@ -173,10 +173,22 @@ def test_it_refuses_allowed_agents_that_are_not_a_list_of_names(api, acme, scope
     assert not ApiKey.objects.exists()
 
 
-def test_it_requires_scopes_to_be_stated(api, acme):
+def test_it_requires_the_agents_scope_to_be_stated(api, acme):
     response = api.post("/api/v1/keys/", {"client": acme.pk}, format="json")
     assert response.status_code == 400
-    assert set(response.json()) >= {"allowed_agents", "allowed_models"}
+    assert "allowed_agents" in response.json() and "allowed_models" not in response.json()
+
+
+def test_a_key_issued_without_allowed_models_may_request_every_model(api, acme):
+    response = api.post("/api/v1/keys/", {"client": acme.pk, "allowed_agents": ["research"]}, format="json")
+    assert response.status_code == 201, response.content
+    assert response.json()["allowed_models"] == ["*"]
+    assert ApiKey.objects.get(pk=response.json()["id"]).allowed_models == ["*"]
+
+
+def test_allowed_models_if_given_is_never_empty(api, acme):
+    response = issue(api, client=acme.pk, allowed_models=[])
+    assert response.status_code == 400 and "allowed_models" in response.json()
 
 
 def test_it_refuses_allowed_models_that_are_not_a_list_of_names(api, acme):
