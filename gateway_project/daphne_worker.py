@@ -6,30 +6,56 @@ deletes that key once a connection's application is done. On a keep-alive connec
 whose last request has finished it raises ``KeyError`` before it has cancelled, and
 waited for, the applications still running, so requests already answered but still
 settling their spend were cut off and lost their audit records. This version skips
-finished connections instead; everything else is Daphne's own.
+finished connections instead.
+
+It also stops taking requests once the stop has begun: Daphne keeps reading keep-alive
+connections until the reactor stops, and a request that came in while the others were
+being waited for was answered and then cut off before its audit record was queued. Such
+a request now gets a 503 (retry elsewhere), and the wait goes on until no application is
+left running. Everything else is Daphne's own.
 """
 
 import asyncio
 
 from daphne import server
 from daphne.cli import CommandLineInterface
+from daphne.http_protocol import WebRequest
 from twisted.internet import defer
+
+_create_application = server.Server.create_application
+
+
+def create_application(self, protocol, scope):
+    """Daphne's, but an HTTP request that arrives once the worker is stopping is refused with a 503, unrun."""
+    if getattr(self, "stopping", False) and isinstance(protocol, WebRequest):
+        protocol.basic_error(503, b"Service Unavailable", "The gateway is stopping; retry the request.")
+        return None
+    return _create_application(self, protocol, scope)
+
+
+def _running(self) -> list:
+    instances = (details.get("application_instance") for details in list(self.connections.values()))
+    return [instance for instance in instances if instance is not None and not instance.done()]
+
+
+async def _drain(self) -> None:
+    """Cancel the applications still running and wait for them, until none is left (a WebSocket may still open)."""
+    while running := _running(self):
+        server.logger.info("Killed %i pending application instances", len(running))
+        for instance in running:
+            instance.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
 
 
 def kill_all_applications(self):
-    """Cancel every application instance still running and make the reactor wait until they end."""
-    wait_for = []
-    for details in self.connections.values():
-        instance = details.get("application_instance")
-        if instance is not None and not instance.done():
-            instance.cancel()
-            wait_for.append(instance)
-    server.logger.info("Killed %i pending application instances", len(wait_for))
-    waited = defer.Deferred.fromFuture(asyncio.gather(*wait_for))
+    """Take no more requests, then cancel every application instance still running and make the reactor wait."""
+    self.stopping = True
+    waited = defer.Deferred.fromFuture(asyncio.ensure_future(_drain(self)))
     waited.addErrback(lambda failure: None)
     return waited
 
 
+server.Server.create_application = create_application
 server.Server.kill_all_applications = kill_all_applications
 
 if __name__ == "__main__":
