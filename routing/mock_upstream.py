@@ -22,8 +22,9 @@ answer after a few bytes). ``X-Mock-Fault: drop | drop_mid_stream | hang`` does 
 Holds, for tests that must not race a clock: a request with ``X-Mock-Hold: <name>`` (or a ``"mock":
 {"hold": "<name>"}`` body field, or a scripted fault ``{"hold": "<name>"}``) waits, before it is answered
 as it would have been, until ``POST /__mock__/release {"hold": "<name>"}``; a request named after its
-release is not held. ``GET /__mock__/stats`` lists how many requests each name holds now (``held``), so a
-test polls for "the call has reached the upstream" instead of sleeping.
+release is not held. ``X-Mock-Hold-Stream`` (``"hold_stream"``) holds a streamed answer the same way after
+its first content chunk. ``GET /__mock__/stats`` lists how many requests each name holds now (``held``), so
+a test polls for "the call has reached the upstream" instead of sleeping.
 
 ``/ws`` is a WebSocket echo agent: text frames come back as ``"echo: <text>"``,
 binary frames as they are; ``"bye"`` closes with 1000, ``"close <code>"`` with that
@@ -163,6 +164,14 @@ class MockUpstream:
             return True
         return False
 
+    async def _between_chunks(self, request, step_delay: float) -> None:
+        """After a streamed chunk: the mid-stream hold (once, after the first chunk), then the chunk delay."""
+        hold = request.pop("hold_stream", None)
+        if hold:
+            await self._hold(hold)
+        if step_delay:
+            await asyncio.sleep(step_delay)
+
     def _chunk_delay(self, request, mock: dict) -> float:
         """Seconds to wait after each streamed chunk (a gateway's translated calls carry no ``mock`` field)."""
         delay = request.headers.get("x-mock-chunk-delay-ms", mock.get("chunk_delay_ms", self.config["chunk_delay_ms"]))
@@ -177,6 +186,9 @@ class MockUpstream:
         hold = request.headers.get("x-mock-hold") or mock.get("hold") or fault.get("hold")
         if hold:  # first, so a held request then fails, drops or answers as it was told to
             await self._hold(str(hold))
+        hold_stream = request.headers.get("x-mock-hold-stream") or mock.get("hold_stream") or fault.get("hold_stream")
+        if hold_stream:
+            request["hold_stream"] = str(hold_stream)
         if fault.get("hang_ms"):
             await asyncio.sleep(int(fault["hang_ms"]) / 1000)
         if fault.get("drop"):
@@ -258,8 +270,7 @@ class MockUpstream:
             await event(chunk({"content": piece if i == 0 else " " + piece}))
             if self._breaks_mid_stream(request):
                 return response
-            if step_delay:
-                await asyncio.sleep(step_delay)
+            await self._between_chunks(request, step_delay)
         await event(chunk({}, finish_reason))
         if (body.get("stream_options") or {}).get("include_usage"):
             await event({**chunk({}), "choices": [], "usage": usage})
@@ -331,8 +342,7 @@ class MockUpstream:
             )
             if self._breaks_mid_stream(request):
                 return response
-            if step_delay:
-                await asyncio.sleep(step_delay)
+            await self._between_chunks(request, step_delay)
         if mock.get("fail_mid_stream"):  # play a provider that breaks off with an error event
             await event("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
             await response.write_eof()

@@ -16,7 +16,7 @@ import pytest
 from django.conf import settings
 
 from tests.servers import Gateway, MockUpstream
-from tests.waiting import wait_for  # the audit writer is asynchronous by design: poll
+from tests.waiting import until, wait_for  # the audit writer is asynchronous by design: poll
 
 # Agents every gateway test can use; the mock upstream answers for all of them.
 SPECIAL_AGENTS = [
@@ -155,6 +155,49 @@ def make_key(live_db):
         return raw, key
 
     return make
+
+
+@pytest.fixture
+def wait_for_agent(make_key):
+    """``wait_for_agent(slug, server)``: return once that gateway's routing table has the agent (gateways re-read it
+    every 0.2 s in the tests). A key that may not use the agent asks, so no limit or budget is spent."""
+    raw, _ = make_key(agents=["someone-else"])
+
+    def wait(slug: str, server) -> None:
+        with server.client(raw) as client:
+            until(lambda: client.get(f"/agents/{slug}/").status_code == 403, f"{server.url} routes to the agent {slug}")
+
+    return wait
+
+
+@pytest.fixture
+def wait_for_price(live_db, seeded, make_key, wait_for_agent):
+    """``wait_for_price(model, server)``: return once that gateway prices a new ``model`` at its own price, not the
+    default (gateways re-read prices every 0.2 s in the tests): an agent that sends ``model`` upstream is asked
+    until the usage of an answer is priced from it."""
+    from billing.models import UsageRecord
+    from routing.models import Agent
+
+    probe = Agent.objects.create(
+        slug=f"price-probe-{uuid.uuid4().hex[:8]}", name="price probe", kind="openai", upstream_url=seeded.url,
+        served_models=[], default_model="",
+    )  # fmt: skip
+    raw, _ = make_key(agents=[probe.slug])
+
+    def priced(model: str, server) -> bool:
+        body = {"model": probe.slug, "max_tokens": 1, "messages": [{"role": "user", "content": "price?"}]}
+        with server.client(raw) as client:
+            answer = client.post("/v1/chat/completions", json={**body, "mock": {"answer_model": model}})
+        assert answer.status_code == 200, answer.text
+        row = wait_for(lambda: UsageRecord.objects.filter(request_id=answer.headers["x-request-id"]).first())
+        return row is not None and row.model == model and not row.default_priced
+
+    def wait(model: str, server) -> None:
+        wait_for_agent(probe.slug, server)
+        until(lambda: priced(model, server), f"{server.url} prices {model}")
+
+    yield wait
+    probe.delete()
 
 
 @pytest.fixture

@@ -144,5 +144,20 @@ class MockUpstream:
         finally:
             self.release(name)
 
+    def script(self, *faults: dict, always: dict | None = None) -> None:
+        """Script the next requests' faults (``routing.mock_upstream``); no arguments: none."""
+        httpx.post(f"{self.url}/__mock__/faults", json={"faults": faults, "always": always or {}}).raise_for_status()
+
+    @contextmanager
+    def holding_streams(self) -> Iterator[str]:
+        """Every streamed answer pauses after its first chunk until the block ends or its hold is released: for
+        calls the gateway builds itself, which carry no ``mock`` field or ``X-Mock-*`` header."""
+        with self.hold() as name:
+            self.script(always={"hold_stream": name})
+            try:
+                yield name
+            finally:
+                self.script()
+
     def stop(self) -> None:
         stop(self.proc)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import pytest
 
 from routing.models import Agent
-from tests.conftest import wait_for
 from tests.gateway.test_enforcement import assert_error
+from tests.waiting import DEADLINE_SECONDS, in_thread, until, wait_for
 
 
 @pytest.fixture
@@ -42,18 +40,14 @@ def test_the_agents_requests_per_minute_are_shared_by_all_clients(gateway, make_
 def test_the_agents_concurrency_is_shared_and_released(gateway, seeded, make_key, capped_agent):
     slug = capped_agent(max_concurrent=1)
     slow, other = gateway.client(make_key()[0]), gateway.client(make_key()[0])
-
-    def upstream_requests():
-        return httpx.get(f"{seeded.url}/__mock__/stats").json()["requests"]
-
-    before = upstream_requests()
-    with ThreadPoolExecutor(1) as pool:
-        busy = pool.submit(slow.post, f"/agents/{slug}/work", content=b"{}", headers={"x-mock-delay-ms": "3000"})
+    with seeded.hold() as hold:
+        busy = in_thread(lambda: slow.post(f"/agents/{slug}/work", content=b"{}", headers={"x-mock-hold": hold}))
         # Once the upstream holds the slow request, the agent's one slot is taken: the other client is refused.
-        assert wait_for(lambda: upstream_requests() > before), "the slow request never reached the upstream"
+        until(lambda: seeded.held(hold) == 1, "the slow request reached the upstream")
         assert_error(other.post(f"/agents/{slug}/work", content=b"{}"), 429, "agent_concurrency_limit")
-        assert busy.result(timeout=15).status_code == 200
-    assert other.post(f"/agents/{slug}/work", content=b"{}").status_code == 200  # the slot came back
+    assert busy.result(timeout=DEADLINE_SECONDS).status_code == 200
+    # The slot comes back when the gateway settles the answer, which may be a moment after the client has it.
+    until(lambda: other.post(f"/agents/{slug}/work", content=b"{}").status_code == 200, "the slot came back")
 
 
 def test_the_keys_own_limits_still_apply_below_the_agents(gateway, make_key, capped_agent):

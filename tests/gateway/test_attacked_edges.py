@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 import uuid
 from decimal import Decimal
 
 import pytest
 
+from tests.gateway.test_path_routes import served
 from tests.servers import Gateway
 
 CHAT = "/v1/chat/completions"
@@ -50,7 +50,7 @@ class RawUpstream:
 
 
 @pytest.fixture
-def agent_at(live_db, seeded):
+def agent_at(live_db, seeded, gateway, wait_for_agent):
     from routing.models import Agent
 
     made = []
@@ -61,7 +61,7 @@ def agent_at(live_db, seeded):
             timeout_seconds=5, **fields,
         )  # fmt: skip
         made.append(agent)
-        time.sleep(0.5)
+        wait_for_agent(agent.slug, gateway)
         return agent
 
     yield make
@@ -196,9 +196,8 @@ def test_an_open_path_route_cannot_spend_a_providers_tokens(gateway, live_db):
         upstream_path="/v1",
     )  # fmt: skip
     try:
-        time.sleep(0.5)
         body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
-        answer = gateway.client().post(f"{route.prefix}/chat/completions", json=body)
+        answer = served(gateway.client(), "POST", f"{route.prefix}/chat/completions", json=body)
         assert answer.status_code == 401 and answer.json()["error"]["code"] == "missing_api_key"
         assert gateway.client().get(f"{route.prefix}/models").status_code == 200  # reading spends nothing
     finally:
@@ -232,7 +231,9 @@ def test_a_gateway_only_host_cannot_be_dodged_with_a_trailing_dot_or_case(host, 
         server.stop()
 
 
-def test_a_dearer_answer_is_priced_in_by_the_process_at_once(gateway, make_key, live_db):
+def test_a_dearer_answer_is_priced_in_by_the_process_at_once(
+    gateway, make_key, live_db, wait_for_agent, wait_for_price
+):
     """The second request reserves for the dearer model before any table reload could have brought it."""
     from billing.models import ModelPrice
     from routing.models import Agent
@@ -250,7 +251,8 @@ def test_a_dearer_answer_is_priced_in_by_the_process_at_once(gateway, make_key, 
         default_model="gpt-4o-mini",
     )
     try:
-        time.sleep(0.5)
+        wait_for_price(dear.model, gateway)
+        wait_for_agent(agent.slug, gateway)
         raw, _ = make_key(budget="1.00")
         body = {
             "model": agent.slug,

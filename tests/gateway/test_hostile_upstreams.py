@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
@@ -38,7 +37,9 @@ def test_an_upstream_reporting_billions_of_tokens_is_charged_what_was_reserved(s
     assert audit_of(honest) is not None  # the log goes on
 
 
-def test_an_answer_larger_than_the_gateway_reads_is_a_502(small_gateway, make_key, live_db, seeded, audit_of):
+def test_an_answer_larger_than_the_gateway_reads_is_a_502(
+    small_gateway, make_key, live_db, seeded, audit_of, wait_for_agent
+):
     from routing.models import Agent
 
     agent = Agent.objects.create(
@@ -46,7 +47,7 @@ def test_an_answer_larger_than_the_gateway_reads_is_a_502(small_gateway, make_ke
         served_models=[], default_model="", max_retries=0,
     )  # fmt: skip
     try:
-        time.sleep(0.5)
+        wait_for_agent(agent.slug, small_gateway)
         raw, _ = make_key()
         body = {"model": agent.slug, "messages": [{"role": "user", "content": "x" * 6000}]}  # the echo repeats it
         answer = small_gateway.client(raw).post(CHAT, json=body)

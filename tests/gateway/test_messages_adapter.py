@@ -8,7 +8,6 @@ request is metered and audited once.
 
 from __future__ import annotations
 
-import time
 from decimal import Decimal
 
 import anthropic
@@ -47,14 +46,6 @@ def gpt(gateway, make_key):
         return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=raw, max_retries=0), key
 
     return make
-
-
-@pytest.fixture
-def slow_chunks(mock_upstream):
-    """The mock streams every answer a chunk each 300 ms (translated requests carry no per-request ``mock``)."""
-    mock_upstream.configure(chunk_delay_ms=300)
-    yield
-    mock_upstream.configure(chunk_delay_ms=0)
 
 
 def hello(client, model, max_tokens=100, **extra):
@@ -116,28 +107,31 @@ def test_the_translated_stream_has_anthropics_event_sequence(claude):
     assert events[-2].usage.output_tokens > 0 and events[-2].usage.input_tokens > 0
 
 
-def test_a_translated_stream_is_not_buffered(claude, slow_chunks):
+def test_a_translated_stream_is_not_buffered(claude, mock_upstream):
     client, _ = claude()
-    started = time.monotonic()
-    with client.messages.stream(
-        model="gpt-4o", max_tokens=100, messages=[{"role": "user", "content": "one two three four five six"}]
-    ) as stream:
+    with (
+        mock_upstream.holding_streams() as hold,
+        client.messages.stream(
+            model="gpt-4o", max_tokens=100, messages=[{"role": "user", "content": "one two three four five six"}]
+        ) as stream,
+    ):
         texts = iter(stream.text_stream)
-        next(texts)
-        first_at = time.monotonic() - started
+        # The upstream sent its first chunk and waits for the test: a gateway that buffered would send nothing yet.
+        first = next(texts)
+        mock_upstream.release(hold)
         rest = list(texts)
-        total = time.monotonic() - started
-    assert len(rest) >= 2
-    assert total > 0.8 and first_at < total - 0.5
+    assert first.startswith("Mock") and len(rest) >= 2
+    assert first + "".join(rest) == "Mock answer to: one two three four five six"
 
 
-def test_a_client_that_leaves_a_translated_stream_is_audited_as_such(claude, slow_chunks, audit_for):
+def test_a_client_that_leaves_a_translated_stream_is_audited_as_such(claude, mock_upstream, audit_for):
     client, key = claude()
-    with client.messages.stream(
-        model="gpt-4o", max_tokens=100, messages=[{"role": "user", "content": "one two three four five six"}]
-    ) as stream:
-        next(iter(stream.text_stream))
-    record = audit_for(key)[0]
+    with mock_upstream.holding_streams():  # the answer stops after its first chunk until the client has left
+        with client.messages.stream(
+            model="gpt-4o", max_tokens=100, messages=[{"role": "user", "content": "one two three four five six"}]
+        ) as stream:
+            next(iter(stream.text_stream))
+        record = audit_for(key)[0]
     assert (record.agent, record.error_type) == ("openai", "client_disconnected")
 
 
@@ -215,17 +209,18 @@ def test_an_error_event_mid_stream_raises_in_the_sdk_and_is_audited(claude, audi
     assert record.details["upstream_stream_error"] == "overloaded_error"
 
 
-def test_a_client_that_leaves_mid_stream_is_audited_as_such(claude, audit_for):
+def test_a_client_that_leaves_mid_stream_is_audited_as_such(claude, audit_for, mock_upstream):
     client, key = claude()
     long_text = "one two three four five six seven eight nine ten eleven twelve"
-    with client.messages.stream(
-        model="claude-haiku",
-        max_tokens=100,
-        messages=[{"role": "user", "content": long_text}],
-        extra_body={"mock": {"chunk_delay_ms": 400}},
-    ) as stream:
-        next(iter(stream.text_stream))
-    record = audit_for(key)[0]
+    with mock_upstream.hold() as hold:  # the answer stops after its first chunk until the client has left
+        with client.messages.stream(
+            model="claude-haiku",
+            max_tokens=100,
+            messages=[{"role": "user", "content": long_text}],
+            extra_body={"mock": {"hold_stream": hold}},
+        ) as stream:
+            next(iter(stream.text_stream))
+        record = audit_for(key)[0]
     assert record.error_type == "client_disconnected"
     assert record.agent == "anthropic"
 

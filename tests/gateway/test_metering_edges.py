@@ -6,33 +6,31 @@ Each test here failed on ee0d162 (issue 12, items 2 and 3).
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.waiting import until, wait_for
 
 CHAT = "/v1/chat/completions"
 
 
 @pytest.fixture
-def dear_model(live_db):
+def dear_model(live_db, gateway, wait_for_price):
     """A model priced far above everything else, for an upstream to answer with."""
     from billing.models import ModelPrice
 
     name = f"dear-{uuid.uuid4().hex[:8]}"
     price = ModelPrice.objects.create(model=name, input_per_million=Decimal("500"), output_per_million=Decimal("2000"))
-    time.sleep(0.5)  # the gateway re-reads its prices every 0.2 s in the tests
+    wait_for_price(name, gateway)
     yield name
     price.delete()
-    time.sleep(0.5)
 
 
 @pytest.fixture
-def make_agent(live_db, seeded):
+def make_agent(live_db, seeded, gateway, wait_for_agent):
     from routing.models import Agent
 
     made = []
@@ -42,7 +40,7 @@ def make_agent(live_db, seeded):
         defaults = dict(name=slug, kind="openai", upstream_url=seeded.url, timeout_seconds=10)
         agent = Agent.objects.create(slug=slug, **{**defaults, **fields})
         made.append(agent)
-        time.sleep(0.5)  # the routing table
+        wait_for_agent(slug, gateway)
         return agent
 
     yield make
@@ -98,7 +96,6 @@ def test_an_answer_from_a_dearer_model_is_charged_flagged_and_not_repeated(
     assert record.cost_usd == expected  # charged at the real price
     # The agent learnt the model: its next reservation prices it in (1,024 tokens at $2,000/M > $1).
     assert wait_for(lambda: dear_model in Agent.objects.get(pk=agent.pk).dearer_models)
-    time.sleep(0.5)
     second = gateway.client(raw).post(CHAT, json=body)
     assert second.status_code == 402, second.text
 
@@ -138,13 +135,18 @@ def test_a_pass_through_the_gateway_cannot_meter_is_refused_unless_the_admin_all
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "unmetered_pass_through"
     assert gateway.client(raw).get("/agents/openai/v1/models").status_code == 200  # reading costs no tokens
     Agent.objects.filter(slug="openai").update(unmetered_pass_through=True)
+    client = gateway.client(raw)
+
+    def upload():
+        return client.post("/agents/openai/v1/files", content=b"upload")
+
     try:
-        time.sleep(0.5)
-        allowed = gateway.client(raw).post("/agents/openai/v1/files", content=b"upload")
+        # Allowed once the gateway has re-read the agent (every 0.2 s in the tests).
+        allowed = until(lambda: (a := upload()).status_code != 403 and a, "the gateway allows the upload")
         assert allowed.status_code == 200 and allowed.json()["path"] == "/v1/files"
     finally:
         Agent.objects.filter(slug="openai").update(unmetered_pass_through=False)
-        time.sleep(0.5)
+        until(lambda: upload().status_code == 403, "the gateway refuses the upload again")  # as the next tests expect
 
 
 def test_an_answer_without_max_tokens_is_capped_at_what_was_reserved(gateway, make_key, make_agent, seeded):

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import time
 from decimal import Decimal
 
-from tests.conftest import wait_for
+from tests.waiting import until, wait_for
 
 CHAT = "/v1/chat/completions"
 
@@ -44,17 +43,18 @@ def test_a_chat_completion_is_metered_from_the_upstreams_usage(gateway, make_key
     assert (row.client_id, row.api_key_id, row.cost_usd) == (key.client_id, key.pk, expected)
 
 
-def test_an_unknown_model_is_priced_at_the_default_price(gateway, make_key, audit_for, live_db):
+def test_an_unknown_model_is_priced_at_the_default_price(gateway, make_key, audit_of, live_db):
     from routing.models import Agent
 
     Agent.objects.filter(slug="openai").update(served_models=["gpt-4o", "gpt-4o-mini", "gpt-new"])
     try:
-        raw, key = make_key()
-        time.sleep(0.5)  # the routing table refreshes every 0.2 s in the tests
-        response = gateway.client(raw).post(CHAT, json=chat_body(model="gpt-new"))
-        assert response.status_code == 200
+        raw, _ = make_key()
+        client = gateway.client(raw)
+        # The gateway serves the model once it has re-read its routing table (every 0.2 s in the tests).
+        response = until(lambda: (r := client.post(CHAT, json=chat_body(model="gpt-new"))).status_code == 200 and r,
+                         "the gateway routes gpt-new")  # fmt: skip
         usage = response.json()["usage"]
-        record = audit_for(key)[0]
+        record = audit_of(response)
         assert (
             record.cost_usd
             == (Decimal("2.50") * usage["prompt_tokens"] + Decimal("10") * usage["completion_tokens"]) / 10**6
@@ -90,28 +90,32 @@ def test_a_stream_keeps_the_usage_chunk_when_the_client_asks_for_it(gateway, mak
     assert record.output_tokens == usage_chunks[0]["usage"]["completion_tokens"]
 
 
-def test_a_stream_is_not_buffered(gateway, make_key):
+def test_a_stream_is_not_buffered(gateway, make_key, seeded):
     raw, _ = make_key()
-    body = chat_body(text="one two three four five six seven eight nine ten", stream=True, mock={"chunk_delay_ms": 300})
-    started = time.monotonic()
-    with gateway.client(raw).stream("POST", CHAT, json=body) as response:
-        chunks = response.iter_text()
-        first = next(chunks)
-        first_at = time.monotonic() - started
-        for _ in chunks:
-            pass
-        total = time.monotonic() - started
-    assert "data:" in first
-    assert total > 1.0  # the mock sends five slow chunks
-    assert first_at < total - 0.8
+    text = "one two three four five six seven eight nine ten"
+    with seeded.hold() as hold:
+        body = chat_body(text=text, stream=True, mock={"hold_stream": hold})
+        with gateway.client(raw).stream("POST", CHAT, json=body) as response:
+            chunks = response.iter_text()
+            # The upstream sends its first chunk, then waits until the test releases it: a gateway that buffered
+            # the answer would send nothing before that (and the read would time out).
+            first = next(chunks)
+            assert "data:" in first
+            seeded.release(hold)
+            events = sse_events(first + "".join(chunks))
+    assert events[-1] == "[DONE]"
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1]) == f"Mock answer to: {text}"
 
 
-def test_a_client_that_leaves_mid_stream_is_audited_as_such(gateway, make_key, audit_for):
+def test_a_client_that_leaves_mid_stream_is_audited_as_such(gateway, make_key, audit_for, seeded):
     raw, key = make_key()
-    body = chat_body(text="one two three four five six seven eight nine ten", stream=True, mock={"chunk_delay_ms": 400})
-    with gateway.client(raw).stream("POST", CHAT, json=body) as response:
-        next(response.iter_bytes())
-    record = audit_for(key)[0]
+    with seeded.hold() as hold:  # the answer stops after its first chunk until the client has left
+        body = chat_body(
+            text="one two three four five six seven eight nine ten", stream=True, mock={"hold_stream": hold}
+        )
+        with gateway.client(raw).stream("POST", CHAT, json=body) as response:
+            next(response.iter_bytes())
+        record = audit_for(key)[0]
     assert record.error_type == "client_disconnected"
 
 
@@ -291,12 +295,14 @@ def test_last_used_at_is_kept_up_to_date(gateway, make_key, audit_for):
     assert wait_for(lambda: key.refresh_from_db() or key.last_used_at) is not None
 
 
-def test_every_request_writes_exactly_one_audit_record(gateway, make_key, audit_for):
+def test_every_request_writes_exactly_one_audit_record(gateway, make_key, audit_for, audit_of):
     raw, key = make_key(rpm=5)
     client = gateway.client(raw)
     responses = [client.post(CHAT, json=chat_body()) for _ in range(7)]
     responses.append(client.post(CHAT, content=b"nope"))
-    time.sleep(0.5)
+    records = audit_for(key, 8)
+    # A later request's record is written after theirs: once it is there, a duplicate of theirs would be too.
+    assert audit_of(gateway.client(make_key()[0]).post(CHAT, json=chat_body())) is not None
     records = audit_for(key, 8)
     assert len(records) == 8
     assert sorted(r.request_id for r in records) == sorted(r.headers["x-request-id"] for r in responses)
