@@ -24,12 +24,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+from aiohttp.abc import AbstractResolver
+from aiohttp.resolver import ThreadedResolver
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
@@ -388,3 +390,39 @@ def post(url: str, *, content: bytes, headers: dict[str, str], timeout: float) -
             response.close()
             return response
         raise failure
+
+
+def address_literal(host: str) -> IPAddress | None:
+    """The address ``host`` spells without DNS, or None for a name."""
+    return _literal(host)
+
+
+class CheckedResolver(AbstractResolver):
+    """The resolver of the hot path's upstream connections: every address a name resolves to when a connection is
+    opened passes the policy, or is dropped (all dropped: the connection fails, naming why).
+
+    URLs are checked when saved and when the routing table loads, but a name may
+    resolve elsewhere by the time it is called (DNS rebinding, a hijacked zone): this
+    is the check of the address actually connected to. Address literals never reach a
+    resolver; they were checked as written.
+    """
+
+    def __init__(self, allowed: Callable[[], AllowList] = upstream_allow_list, inner: AbstractResolver | None = None):
+        self._allowed = allowed
+        self._inner = inner or ThreadedResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET):
+        found = await self._inner.resolve(host, port, family)
+        allowed = self._allowed()
+        trusted_name = allowed.has_name(host)
+        kept, refused = [], []
+        for result in found:
+            ip = _literal(result["host"])
+            why = "" if trusted_name and ip not in METADATA_ADDRESSES else refusal(ip, allowed)
+            (refused if why else kept).append(f"{ip} is {why}" if why else result)
+        if not kept:
+            raise OSError(f"'{host}' resolves only to addresses the gateway may not call: {'; '.join(refused)}")
+        return kept
+
+    async def close(self) -> None:
+        await self._inner.close()

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import partial
 
 import aiohttp
+import httpcore
 import httpx
 from django.conf import settings
 
 from gateway_project.errors import GatewayError
+from gateway_project.outbound import CheckedResolver
+from gateway_project.outbound import address_literal as outbound_literal
 from routing.table import AgentRoute
 from routing.upstream_url import upstream_url
 
@@ -112,12 +117,48 @@ def _transport() -> httpx.AsyncBaseTransport:
         if gw["HTTP_TRANSPORT"] == "aiohttp":
             from httpx_aiohttp import AiohttpTransport
 
-            found = AiohttpTransport(limits=limits, trust_env=False)
+            found = AiohttpTransport(limits=limits, trust_env=False, client=partial(_aiohttp_session, limits))
         else:
             found = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+            found._pool._network_backend = CheckedBackend(found._pool._network_backend)
         _transports.clear()  # a new loop (tests) makes the old pools unusable
         _transports[id(loop)] = found
     return found
+
+
+def _aiohttp_session(limits: httpx.Limits) -> aiohttp.ClientSession:
+    """aiohttp's session as the proxy needs it: no cookie jar (an upstream's ``Set-Cookie`` must never come back on
+    another client's request), no proxy from the environment, every connection's address checked."""
+    connector = aiohttp.TCPConnector(
+        limit=limits.max_connections or 0,
+        keepalive_timeout=limits.keepalive_expiry,
+        ssl=httpx.create_ssl_context(trust_env=False),
+        resolver=CheckedResolver(),
+    )
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
+
+
+class CheckedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend with ``CheckedResolver`` in front: the address connected to is the one checked."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkBackend):
+        self._inner = inner
+        self._resolver = CheckedResolver()
+
+    async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        if outbound_literal(host) is None:
+            try:
+                found = await self._resolver.resolve(host, port, socket.AF_UNSPEC)
+            except OSError as refused:
+                raise httpcore.ConnectError(str(refused)) from refused
+            host = found[0]["host"]
+        return await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+
+    async def connect_unix_socket(self, path, timeout=None, socket_options=None):
+        return await self._inner.connect_unix_socket(path, timeout, socket_options)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
 
 
 def provider_url(route: AgentRoute, path: str) -> httpx.URL:
