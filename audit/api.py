@@ -20,6 +20,7 @@ from audit.models import AdminAction, AuditRecord, QuarantinedRow, RedactionRule
 from audit.redaction_rules import deletion_refusal
 from gateway_project import datetimes, roles, throttles
 from gateway_project.api import TrailedModelViewSet
+from gateway_project.pagination import AppendOnlyCursorPagination, CountedCursorPagination
 
 VERIFICATION = inline_serializer(
     "AuditVerification",
@@ -194,13 +195,18 @@ class AuditRecordFilter(filters.FilterSet):
 
 
 class AuditRecordViewSet(viewsets.ReadOnlyModelViewSet):
-    """The request log, newest first. Append-only: the gateway writes it, nobody edits it."""
+    """The request log, newest first (as written). Append-only: the gateway writes it, nobody edits it.
+
+    Paged by cursor: follow each page's ``next`` link to the end to see every record once,
+    however many are written or removed by retention meanwhile.
+    """
 
     queryset = AuditRecord.objects.all()
     serializer_class = AuditRecordSerializer
     filterset_class = AuditRecordFilter
-    ordering_fields = ["created_at", "latency_ms", "status", "seq"]
-    ordering = ["-created_at", "-id"]
+    pagination_class = AppendOnlyCursorPagination
+    ordering_fields = ["id"]
+    ordering = ["-id"]
     action_throttle_scopes = {"verify": throttles.VERIFY}
 
     @verify_schema("request log")
@@ -259,13 +265,14 @@ class AdminActionFilter(filters.FilterSet):
 
 
 class AdminActionViewSet(viewsets.ReadOnlyModelViewSet):
-    """The admin-action trail, newest first: every change made through the console or the API."""
+    """The admin-action trail, newest first: every change made through the console or the API (paged by cursor)."""
 
     queryset = AdminAction.objects.all()
     serializer_class = AdminActionSerializer
     filterset_class = AdminActionFilter
-    ordering_fields = ["created_at", "actor", "action", "seq"]
-    ordering = ["-created_at", "-id"]
+    pagination_class = AppendOnlyCursorPagination
+    ordering_fields = ["id"]
+    ordering = ["-id"]
     read_roles = roles.EXPORT
     action_throttle_scopes = {"verify": throttles.VERIFY}
 
@@ -286,14 +293,15 @@ class QuarantinedRowViewSet(viewsets.ReadOnlyModelViewSet):
     """Rows the database refused, set aside so the rows around them were written (admins only: values unredacted).
 
     Strings the database could not take are escaped as ``{"$escaped": "..."}``; the
-    list's ``count`` is how many rows are in quarantine.
+    list's ``count`` is how many rows are in quarantine. Paged by cursor, newest first.
     """
 
     queryset = QuarantinedRow.objects.all()
     serializer_class = QuarantinedRowSerializer
     filterset_fields = ["model", "request_id"]
-    ordering_fields = ["created_at"]
-    ordering = ["-created_at", "-id"]
+    pagination_class = CountedCursorPagination
+    ordering_fields = ["id"]
+    ordering = ["-id"]
     read_roles = roles.QUARANTINE
 
 

@@ -11,6 +11,7 @@ from rest_framework.response import Response
 from audit.archive_check import verify_archive
 from audit.models import ArchivedRun, AuditArchive
 from gateway_project import roles, throttles
+from gateway_project.pagination import AppendOnlyCursorPagination, BoundedLimitOffsetPagination
 
 
 class AuditArchiveSerializer(serializers.ModelSerializer):
@@ -54,13 +55,15 @@ class AuditArchiveViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = AuditArchive.objects.annotate(run_count=Count("runs"))
     serializer_class = AuditArchiveSerializer
     filterset_fields = ["first_seq", "last_seq"]
-    ordering_fields = ["created_at", "first_seq", "records"]
-    ordering = ["-created_at", "-id"]
+    pagination_class = AppendOnlyCursorPagination  # every retention run may add one
+    ordering_fields = ["id"]
+    ordering = ["-id"]
     read_roles = roles.EXPORT
     action_throttle_scopes = {"verify": throttles.VERIFY}
 
     @extend_schema(summary="The archive's runs", responses=ArchivedRunSerializer(many=True))
-    @action(detail=True, methods=["get"], filter_backends=[])
+    # An archive's runs are written with it and never change: limit/offset pages hold still.
+    @action(detail=True, methods=["get"], filter_backends=[], pagination_class=BoundedLimitOffsetPagination)
     def runs(self, request, pk=None):
         """The runs of consecutive records in the file, in seq order, with the hashes at their two ends."""
         runs = self.get_object().runs.order_by("first_seq")

@@ -17,7 +17,8 @@ from billing.models import DEFAULT_PRICE_MODEL, Budget, BudgetAlert, ModelPrice,
 from billing.services import acknowledge_alert
 from billing.status import budget_status
 from gateway_project import datetimes
-from gateway_project.api import SEARCHABLE_FILTER_BACKENDS, TrailedModelViewSet
+from gateway_project.api import SEARCHABLE_FILTER_BACKENDS, IdFilter, TrailedModelViewSet
+from gateway_project.pagination import AppendOnlyCursorPagination
 
 DUPLICATE_PRICE = "This model already has a price from that moment."
 KEEP_DEFAULT = (
@@ -305,14 +306,15 @@ class BudgetAlertViewSet(viewsets.ReadOnlyModelViewSet):
     """Budgets that crossed their alert threshold or their limit, once per period and threshold; newest first.
 
     The gateway raises them; people acknowledge them with ``POST alerts/{id}/acknowledge/``.
+    New alerts keep coming, so the list is paged by cursor.
     """
 
-    queryset = BudgetAlert.objects.select_related(
-        "budget__cost_center", "budget__client", "budget__api_key__client"
-    ).order_by("-created_at", "-id")
+    queryset = BudgetAlert.objects.select_related("budget__cost_center", "budget__client", "budget__api_key__client")
     serializer_class = BudgetAlertSerializer
     filterset_class = BudgetAlertFilter
-    ordering_fields = ["created_at", "threshold_percent", "acknowledged_at"]
+    pagination_class = AppendOnlyCursorPagination
+    ordering_fields = ["id"]
+    ordering = ["-id"]
 
     @extend_schema(request=None, responses=BudgetAlertSerializer)
     @action(detail=True, methods=["post"])
@@ -374,9 +376,11 @@ class UsageRecordFilter(filters.FilterSet):
 
 
 class UsageRecordViewSet(viewsets.ReadOnlyModelViewSet):
-    """Tokens and cost of each metered request, newest first; written by the gateway, read-only here."""
+    """Tokens and cost of each metered request, newest first (as written, paged by cursor); read-only here."""
 
     queryset = UsageRecord.objects.all()
     serializer_class = UsageRecordSerializer
     filterset_class = UsageRecordFilter
-    ordering_fields = ["created_at", "cost_usd", "input_tokens", "output_tokens"]
+    pagination_class = AppendOnlyCursorPagination
+    ordering_fields = ["id"]
+    ordering = ["-id"]

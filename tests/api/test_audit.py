@@ -52,8 +52,14 @@ def test_it_filters_by_key_prefix_and_request_id(api, log):
     assert ids(api, request_id=log["old"].request_id) == [log["old"].request_id]
 
 
-def test_it_orders_by_latency_on_request(api, log):
-    assert ids(api, ordering="-latency_ms")[0] == log["new"].request_id
+def test_it_lists_oldest_first_on_request(api, log):
+    assert ids(api, ordering="id") == [log["old"].request_id, log["refused"].request_id, log["new"].request_id]
+
+
+def test_it_refuses_an_ordering_a_cursor_cannot_keep(api, log):
+    response = api.get("/api/v1/audit/", {"ordering": "-latency_ms"})
+    assert response.status_code == 400
+    assert "ordering" in response.json() and "-id" in response.json()["detail"]
 
 
 def test_it_refuses_a_malformed_since(api, log):
