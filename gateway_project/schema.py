@@ -1,7 +1,7 @@
 """The management API's OpenAPI schema: drf-spectacular's, with the error answers every operation can give.
 
 drf-spectacular documents the success answer only, so a client (or a schema fuzzer) reading the schema
-would take every 400, 401, 403, 404 and 429 for a surprise. They are not: each comes from a mechanism
+would take every 400, 401, 403, 404, 415 and 429 for a surprise. They are not: each comes from a mechanism
 that applies to whole classes of operations, and each has one body (``gateway_project.api.exception_handler``:
 a JSON object with a ``detail``, and field errors beside it for a 400).
 """
@@ -50,5 +50,7 @@ class GatewayAutoSchema(AutoSchema):
             errors.append(("403", "Your role does not allow this."))
         if "path" in places:
             errors.append(("404", "Nothing with this id (or nothing of yours)."))
+        if "requestBody" in operation:
+            errors.append(("415", "A body in a media type the operation does not take (or none named)."))
         errors.append(("429", "Too many requests lately; try again after the Retry-After header's seconds."))
         return errors

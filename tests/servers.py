@@ -17,6 +17,8 @@ import httpx
 from django.conf import settings
 from django.db import connection
 
+from tests.waiting import until
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -99,8 +101,18 @@ class Gateway:
             stderr=subprocess.STDOUT,
         )
         wait_for_port(self.port, self.proc)
-        if workers > 1:
-            time.sleep(1.0)  # let every worker reach its accept loop
+        # The supervisor listens before its workers run (a connection waits in a worker's queue until it accepts):
+        # ready once a worker answers, on a path that is neither the proxy's nor an attempt to authenticate.
+        until(self._answers, f"the gateway on port {self.port} answers")
+
+    def _answers(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the gateway on port {self.port} exited with {self.proc.returncode}")
+        try:
+            httpx.get(f"{self.url}/__ready__", timeout=30)
+        except httpx.HTTPError:
+            return False
+        return True
 
     def client(self, key: str | None = None, **kwargs) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}

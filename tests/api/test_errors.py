@@ -33,3 +33,11 @@ def test_a_console_path_that_matches_no_route_is_still_a_page(admin_user, client
     response = client.get("/console/no-such-page/")
     assert response.status_code == 404
     assert response["Content-Type"].startswith("text/html")
+
+
+def test_a_body_in_a_media_type_the_operation_does_not_take_is_a_declared_415(api):
+    response = api.generic("POST", "/api/v1/clients/", "name=Acme", content_type="text/plain")
+    assert response.status_code == 415
+    assert "detail" in response.json()
+    operation = api.get("/api/schema/", {"format": "json"}).json()["paths"]["/api/v1/clients/"]["post"]
+    assert operation["responses"]["415"]["content"]["application/json"]["schema"]["$ref"].endswith("/Error")

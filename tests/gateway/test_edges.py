@@ -9,13 +9,12 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import time
 import uuid
 
 import pytest
 
-from tests.conftest import wait_for
 from tests.servers import Gateway
+from tests.waiting import until, wait_for
 
 CHAT = "/v1/chat/completions"
 
@@ -33,7 +32,7 @@ def edge_gateway(seeded, request):
 
 
 @pytest.fixture
-def based_agent(live_db, seeded):
+def based_agent(live_db, seeded, edge_gateway, wait_for_agent):
     """An agent whose upstream lives under a base path, as real deployments often do."""
     from routing.models import Agent
 
@@ -41,7 +40,7 @@ def based_agent(live_db, seeded):
     agent = Agent.objects.create(
         slug=slug, name=slug, kind="agent", upstream_url=f"{seeded.url}/tenant/a", timeout_seconds=10
     )
-    time.sleep(0.5)  # the gateways re-read their routing table every 0.2 s in the tests
+    wait_for_agent(slug, edge_gateway)
     yield agent
     agent.delete()
 
@@ -127,8 +126,8 @@ def test_an_anonymous_path_route_cannot_be_walked_out_of(edge_gateway, live_db, 
     prefix = f"/open-{uuid.uuid4().hex[:6]}"
     route = PathRoute.objects.create(prefix=prefix, agent=agent, auth_required=False, upstream_path="/search")
     try:
-        time.sleep(0.5)
-        ok, _, echo = raw_request(edge_gateway, "GET", f"{prefix}/q")
+        # Served once the gateway has re-read its routing table (every 0.2 s in the tests).
+        ok, _, echo = until(lambda: (a := raw_request(edge_gateway, "GET", f"{prefix}/q"))[0] != 404 and a, "served")
         assert ok == 200 and echo["path"] == "/svc/search/q"
         for tail in ("/../../admin", "/%2e%2e/%2e%2e/admin", "/..%2f..%2fadmin"):
             status, _, body = raw_request(edge_gateway, "GET", prefix + tail)
@@ -190,7 +189,9 @@ def test_a_forwarded_for_that_is_not_an_address_is_kept_aside_not_believed(edge_
     assert record.details["forwarded_for_invalid"] == "not-an-ip"
 
 
-def test_a_body_with_duplicate_keys_is_forwarded_as_it_was_checked(edge_gateway, make_key, live_db, seeded):
+def test_a_body_with_duplicate_keys_is_forwarded_as_it_was_checked(
+    edge_gateway, make_key, live_db, seeded, wait_for_agent
+):
     from routing.models import Agent
 
     agent = Agent.objects.create(
@@ -198,7 +199,7 @@ def test_a_body_with_duplicate_keys_is_forwarded_as_it_was_checked(edge_gateway,
         served_models=[f"m-{uuid.uuid4().hex[:6]}", "gpt-4o-mini"], default_model="",
     )  # fmt: skip
     try:
-        time.sleep(0.5)
+        wait_for_agent(agent.slug, edge_gateway)
         raw, _ = make_key(agents=[agent.slug], models=[agent.served_models[0]])
         model = agent.served_models[0]
         body = '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "model": "' + model + '"}'

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -64,18 +63,16 @@ def _send(port, method, path, headers, body):
         conn.close()
 
 
-@pytest.fixture(scope="module")
-def based_agent(seeded, django_db_blocker):
+@pytest.fixture
+def based_agent(seeded, gateway, live_db, wait_for_agent):
     from routing.models import Agent
 
-    with django_db_blocker.unblock():
-        agent = Agent.objects.create(
-            slug=f"prop-{uuid.uuid4().hex[:8]}", name="prop", kind="agent", upstream_url=f"{seeded.url}/tenant/a"
-        )
-    time.sleep(0.5)
+    agent = Agent.objects.create(
+        slug=f"prop-{uuid.uuid4().hex[:8]}", name="prop", kind="agent", upstream_url=f"{seeded.url}/tenant/a"
+    )
+    wait_for_agent(agent.slug, gateway)
     yield agent
-    with django_db_blocker.unblock():
-        agent.delete()
+    agent.delete()
 
 
 def test_any_request_gets_an_answer_below_500_stays_under_the_base_and_is_audited_once(
@@ -129,18 +126,10 @@ def test_any_request_gets_an_answer_below_500_stays_under_the_base_and_is_audite
 PRICES = {"cheap": (Decimal("1"), Decimal("2")), "dear": (Decimal("300"), Decimal("1200"))}
 
 
-@pytest.fixture(scope="module")
-def racing_gateway(seeded):
-    workers = 2 if django_settings.REDIS_URL else 1  # budgets are shared between processes through Redis only
-    server = Gateway(workers=workers)
-    yield server
-    server.stop()
-
-
-def test_concurrent_spend_never_passes_a_hard_budget_and_equals_the_priced_usage(
-    racing_gateway, make_key, live_db, seeded
-):
-    from billing.models import ModelPrice, UsageRecord
+@pytest.fixture
+def race_agent(seeded, live_db):
+    """A cheap and a dear model and an agent whose upstream answers with either: ``(agent, {kind: model})``."""
+    from billing.models import ModelPrice
     from routing.models import Agent
 
     suffix = uuid.uuid4().hex[:6]
@@ -153,48 +142,62 @@ def test_concurrent_spend_never_passes_a_hard_budget_and_equals_the_priced_usage
         slug=f"race-{suffix}", name="race", kind="openai", upstream_url=seeded.url,
         served_models=list(names.values()), default_model="",
     )  # fmt: skip
-    time.sleep(0.6)
-    try:
+    yield agent, names
+    agent.delete()
+    for price in prices:
+        price.delete()
 
-        @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-        @given(
-            requests=st.lists(
-                st.tuples(st.integers(5, 60), st.integers(0, 60), st.sampled_from(list(names.values()))),
-                min_size=8,
-                max_size=24,
-            ),
-            budget=st.sampled_from(["0.05", "0.10", "0.25"]),
-        )
-        def check(requests, budget):
-            raw, key = make_key(budget=budget)
 
-            def call(spec):
-                max_tokens, billed, answer_model = spec
-                body = {
-                    "model": agent.slug,
-                    "max_tokens": max_tokens,
-                    "messages": [{"role": "user", "content": "race"}],
-                    "mock": {"answer_model": answer_model, "usage_output_tokens": min(billed, max_tokens)},
-                }
-                return racing_gateway.client(raw).post("/v1/chat/completions", json=body).status_code
+@pytest.fixture
+def racing_gateway(race_agent):
+    """Started once the agent and its prices are saved, so every worker loads its tables with them."""
+    workers = 2 if django_settings.REDIS_URL else 1  # budgets are shared between processes through Redis only
+    server = Gateway(workers=workers)
+    yield server
+    server.stop()
 
-            with ThreadPoolExecutor(12) as pool:
-                statuses = list(pool.map(call, requests))
-            assert set(statuses) <= {200, 402}, statuses
-            answered = statuses.count(200)
-            rows = wait_for(lambda: (r := list(UsageRecord.objects.filter(client_id=key.client_id))) and
-                            len(r) >= answered and r, 10) or []  # fmt: skip
-            assert len(rows) == answered
-            spent = sum((row.cost_usd for row in rows), Decimal(0))
-            assert spent <= Decimal(budget), (spent, budget)
-            for row in rows:
-                kind = next(k for k, name in names.items() if name == row.model)
-                i, o = PRICES[kind]
-                assert row.cost_usd == (i * row.input_tokens + o * row.output_tokens) / 10**6
 
-        check()
-    finally:
-        agent.delete()
-        for price in prices:
-            price.delete()
-        time.sleep(0.4)
+def test_concurrent_spend_never_passes_a_hard_budget_and_equals_the_priced_usage(
+    racing_gateway, race_agent, make_key, live_db
+):
+    from billing.models import UsageRecord
+
+    agent, names = race_agent
+
+    @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(
+        requests=st.lists(
+            st.tuples(st.integers(5, 60), st.integers(0, 60), st.sampled_from(list(names.values()))),
+            min_size=8,
+            max_size=24,
+        ),
+        budget=st.sampled_from(["0.05", "0.10", "0.25"]),
+    )
+    def check(requests, budget):
+        raw, key = make_key(budget=budget)
+
+        def call(spec):
+            max_tokens, billed, answer_model = spec
+            body = {
+                "model": agent.slug,
+                "max_tokens": max_tokens,
+                "messages": [{"role": "user", "content": "race"}],
+                "mock": {"answer_model": answer_model, "usage_output_tokens": min(billed, max_tokens)},
+            }
+            return racing_gateway.client(raw).post("/v1/chat/completions", json=body).status_code
+
+        with ThreadPoolExecutor(12) as pool:
+            statuses = list(pool.map(call, requests))
+        assert set(statuses) <= {200, 402}, statuses
+        answered = statuses.count(200)
+        rows = wait_for(lambda: (r := list(UsageRecord.objects.filter(client_id=key.client_id))) and
+                        len(r) >= answered and r, 10) or []  # fmt: skip
+        assert len(rows) == answered
+        spent = sum((row.cost_usd for row in rows), Decimal(0))
+        assert spent <= Decimal(budget), (spent, budget)
+        for row in rows:
+            kind = next(k for k, name in names.items() if name == row.model)
+            i, o = PRICES[kind]
+            assert row.cost_usd == (i * row.input_tokens + o * row.output_tokens) / 10**6
+
+    check()

@@ -13,6 +13,7 @@ import pytest
 from django.conf import settings
 
 from tests.servers import Gateway
+from tests.waiting import DEADLINE_SECONDS, until
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
@@ -27,17 +28,27 @@ def two_workers(request, seeded):
     server.stop()
 
 
-def burst(url: str, raw: str, count: int, path=CHAT, body=BODY, headers=None) -> Counter:
-    """``count`` requests at once, each on its own connection."""
+def burst(url: str, raw: str, count: int, path=CHAT, body=BODY, headers=None, held=None) -> Counter:
+    """``count`` requests at once, each on its own connection.
+
+    ``held=(mock, hold)``: the requests carry that hold, and those admitted wait at the upstream until every
+    request has been admitted or refused, so all of them are in flight together however slowly they start.
+    """
+    answered = []
 
     def one(_):
-        with httpx.Client(base_url=url, timeout=30) as client:
+        with httpx.Client(base_url=url, timeout=DEADLINE_SECONDS) as client:
             response = client.post(path, json=body, headers={"Authorization": f"Bearer {raw}", **(headers or {})})
-            return response.status_code, response.headers.get("x-request-id")
+            answered.append(response.status_code)
+            return response.status_code
 
     with ThreadPoolExecutor(max_workers=count) as pool:
-        results = list(pool.map(one, range(count)))
-    return Counter(status for status, _ in results)
+        results = [pool.submit(one, i) for i in range(count)]
+        if held is not None:
+            mock, hold = held
+            until(lambda: mock.held(hold) + len(answered) == count, "every request admitted (and held) or refused")
+            mock.release(hold)
+        return Counter(result.result() for result in results)
 
 
 def worker_cpu_ticks(server: Gateway) -> dict[int, int]:
@@ -61,20 +72,22 @@ def test_the_requests_per_minute_limit_admits_exactly_the_limit(two_workers, mak
         assert all(after[pid] > before.get(pid, 0) for pid in after), "both workers should have served the burst"
 
 
-def test_the_tokens_per_minute_limit_holds_across_processes(two_workers, make_key):
+def test_the_tokens_per_minute_limit_holds_across_processes(two_workers, make_key, seeded):
     raw, _ = make_key(tpm=1000)
-    # Slow answers that use their whole max_tokens, so settling frees almost nothing; big requests,
-    # so the limit refills one only every ~15 s: the count is exact even if a loaded machine spreads the burst
-    # (two fit; what is left, with what settling frees, is far from a third).
-    body = {**BODY, "max_tokens": 400, "mock": {"delay_ms": 1500, "usage_output_tokens": 400}}
-    estimate = len(json.dumps(body, separators=(",", ":"))) // 4 + 400
-    statuses = burst(two_workers.url, raw, 30, body=body)
+    # Answers that use their whole max_tokens, held until every request is admitted or refused, so settling frees
+    # nothing meanwhile; big requests, so the limit refills one only every ~15 s (two fit, far from a third).
+    with seeded.hold() as hold:
+        body = {**BODY, "max_tokens": 400, "mock": {"hold": hold, "usage_output_tokens": 400}}
+        estimate = len(json.dumps(body, separators=(",", ":"))) // 4 + 400
+        statuses = burst(two_workers.url, raw, 30, body=body, held=(seeded, hold))
     assert statuses == Counter({200: 1000 // estimate, 429: 30 - 1000 // estimate})
 
 
-def test_the_concurrency_limit_holds_across_processes(two_workers, make_key):
+def test_the_concurrency_limit_holds_across_processes(two_workers, make_key, seeded):
     raw, _ = make_key(concurrent=3)
-    statuses = burst(two_workers.url, raw, 12, path="/agents/research/slow", headers={"x-mock-delay-ms": "1500"})
+    with seeded.hold() as hold:  # the three admitted stay in flight until all twelve are admitted or refused
+        path, headers = "/agents/research/slow", {"x-mock-hold": hold}
+        statuses = burst(two_workers.url, raw, 12, path=path, headers=headers, held=(seeded, hold))
     assert statuses == Counter({200: 3, 429: 9})
 
 
@@ -88,23 +101,24 @@ def test_spend_is_shared_so_every_process_refuses_a_spent_budget(two_workers, ma
     assert statuses == Counter({402: 20})
 
 
-def test_concurrent_requests_never_spend_past_a_hard_budget(two_workers, make_key, audit_for):
-    """64 slow requests at once: each reserves its worst case, so only as many as fit are admitted.
+def test_concurrent_requests_never_spend_past_a_hard_budget(two_workers, make_key, audit_for, seeded):
+    """64 requests at once: each reserves its worst case, so only as many as fit are admitted.
 
-    The answers bill their whole max_tokens, so a request that settles early frees (almost) nothing
-    and the count is exact however the burst is spread in time.
+    The admitted ones are held at the upstream until every request is admitted or refused, and their
+    answers bill their whole max_tokens, so the count is exact however the burst is spread in time.
     """
     from decimal import Decimal
 
     from billing.models import UsageRecord
 
     raw, key = make_key(budget="0.01", concurrent=0)
-    body = {**BODY, "messages": [{"role": "user", "content": "y" * 4000}], "max_tokens": 1000,
-            "mock": {"delay_ms": 1500, "usage_output_tokens": 1000}}  # fmt: skip
-    # gpt-4o-mini: 150 nanodollars per input token, 600 per output token.
-    worst_case = (len(json.dumps(body, separators=(",", ":"))) // 4) * 150 + 1000 * 600
-    fits = 10_000_000 // worst_case
-    statuses = burst(two_workers.url, raw, 64, body=body)
+    with seeded.hold() as hold:
+        body = {**BODY, "messages": [{"role": "user", "content": "y" * 4000}], "max_tokens": 1000,
+                "mock": {"hold": hold, "usage_output_tokens": 1000}}  # fmt: skip
+        # gpt-4o-mini: 150 nanodollars per input token, 600 per output token.
+        worst_case = (len(json.dumps(body, separators=(",", ":"))) // 4) * 150 + 1000 * 600
+        fits = 10_000_000 // worst_case
+        statuses = burst(two_workers.url, raw, 64, body=body, held=(seeded, hold))
     assert statuses == Counter({200: fits, 402: 64 - fits})
     audit_for(key, 64)
     spent = sum(row.cost_usd for row in UsageRecord.objects.filter(api_key_id=key.pk))
@@ -118,8 +132,7 @@ def test_buffered_audit_records_are_flushed_on_shutdown(seeded, make_key, audit_
     with server.client(raw) as client:
         ids = [client.post(CHAT, json=BODY).headers["x-request-id"] for _ in range(5)]
         ids.append(client.post(CHAT, content=b"broken").headers["x-request-id"])
-    time.sleep(0.3)
-    assert audit_for(key, 1, seconds=0.5) == []  # still in the buffer
+    assert audit_for(key, 1, seconds=0.5) == []  # still in the buffer (a flush would have had half a second)
     assert server.stop() == 0
     assert sorted(r.request_id for r in audit_for(key, 6)) == sorted(ids)
 
@@ -143,8 +156,8 @@ def test_a_redis_restart_does_not_reset_anyones_spend(two_workers, make_key, aud
     assert refused.status_code == 402  # the counter was rebuilt from the database
 
 
-def test_two_clients_racing_never_spend_past_their_cost_centers_budget(two_workers, make_key, audit_for):
-    """64 slow requests from two clients of one team at once: the team's hard budget holds for both together."""
+def test_two_clients_racing_never_spend_past_their_cost_centers_budget(two_workers, make_key, audit_for, seeded):
+    """64 requests from two clients of one team at once: the team's hard budget holds for both together."""
     import uuid
     from decimal import Decimal
 
@@ -159,18 +172,25 @@ def test_two_clients_racing_never_spend_past_their_cost_centers_budget(two_worke
         key.client.cost_center = team
         key.client.save()
         keys.append((raw, key))
-    body = {**BODY, "messages": [{"role": "user", "content": "y" * 4000}], "max_tokens": 1000,
-            "mock": {"delay_ms": 1500, "usage_output_tokens": 1000}}  # fmt: skip
-    worst_case = (len(json.dumps(body, separators=(",", ":"))) // 4) * 150 + 1000 * 600
-    fits = 10_000_000 // worst_case
+    with seeded.hold() as hold:  # the admitted ones stay in flight until all 64 are admitted or refused
+        body = {**BODY, "messages": [{"role": "user", "content": "y" * 4000}], "max_tokens": 1000,
+                "mock": {"hold": hold, "usage_output_tokens": 1000}}  # fmt: skip
+        worst_case = (len(json.dumps(body, separators=(",", ":"))) // 4) * 150 + 1000 * 600
+        fits = 10_000_000 // worst_case
+        answered = []
 
-    def one(i):
-        raw = keys[i % 2][0]
-        with httpx.Client(base_url=two_workers.url, timeout=30) as client:
-            return client.post(CHAT, json=body, headers={"Authorization": f"Bearer {raw}"}).status_code
+        def one(i):
+            raw = keys[i % 2][0]
+            with httpx.Client(base_url=two_workers.url, timeout=DEADLINE_SECONDS) as client:
+                status = client.post(CHAT, json=body, headers={"Authorization": f"Bearer {raw}"}).status_code
+            answered.append(status)
+            return status
 
-    with ThreadPoolExecutor(max_workers=64) as pool:
-        statuses = Counter(pool.map(one, range(64)))
+        with ThreadPoolExecutor(max_workers=64) as pool:
+            results = [pool.submit(one, i) for i in range(64)]
+            until(lambda: seeded.held(hold) + len(answered) == 64, "every request admitted (and held) or refused")
+            seeded.release(hold)
+            statuses = Counter(result.result() for result in results)
     assert statuses == Counter({200: fits, 402: 64 - fits})
     for _, key in keys:
         audit_for(key, 32)
