@@ -8,6 +8,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from audit import checkpoints, export_jobs, retention
+from gateway_project import auth_events
 
 
 @shared_task(ignore_result=True)
@@ -26,8 +27,13 @@ def delete_expired_exports() -> int:
 
 @shared_task(ignore_result=True)
 def apply_audit_retention() -> dict:
-    """Archive and delete the request records past their retention (beat runs this; runs never overlap)."""
-    return retention.apply_retention().as_dict()
+    """Archive and delete the request records past their retention (beat runs this; runs never overlap).
+
+    Sign-in events past ``GATEWAY_AUTH_EVENT_RETENTION_DAYS`` are deleted on the same schedule.
+    """
+    summary = retention.apply_retention().as_dict()
+    summary["auth_events_deleted"] = auth_events.delete_expired()
+    return summary
 
 
 @shared_task(ignore_result=True)

@@ -354,9 +354,9 @@ class UsageRecordSerializer(serializers.ModelSerializer):
 
 class UsageRecordFilter(filters.FilterSet):
     # Plain ids: usage outlives deleted clients, keys and cost centers, so their rows may be gone.
-    cost_center = filters.NumberFilter(field_name="cost_center_id")
-    client = filters.NumberFilter(field_name="client_id")
-    api_key = filters.NumberFilter(field_name="api_key_id")
+    cost_center = IdFilter(field_name="cost_center_id")
+    client = IdFilter(field_name="client_id")
+    api_key = IdFilter(field_name="api_key_id")
     created_after = datetimes.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte", label="Created at or after")
     created_before = datetimes.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt", label="Created before")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from django.contrib import admin
 
 from audit.trail import SECRET_FIELDS
+from gateway_project import signin
 
 
 def _without_secrets(names) -> list:
@@ -62,8 +63,13 @@ def read_only(admin_class: type) -> type:
 class GatewayAdminSite(admin.AdminSite):
     """Django admin for superusers only; everyone else works in the console, whose roles apply."""
 
+    login_form = signin.AdminSignInForm  # the console's sign-in throttle and events
+
     def has_permission(self, request):
         return request.user.is_active and request.user.is_superuser
+
+    def login(self, request, extra_context=None):
+        return signin.answer(request, super().login(request, extra_context))
 
     def register(self, model_or_iterable, admin_class=None, **options):
         super().register(model_or_iterable, read_only(admin_class or admin.ModelAdmin), **options)

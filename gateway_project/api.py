@@ -12,7 +12,7 @@ from django_filters.rest_framework import DjangoFilterBackend, NumberFilter
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers, status, viewsets
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import AuthenticationFailed, ValidationError
 from rest_framework.filters import OrderingFilter, SearchFilter
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.response import Response
@@ -20,6 +20,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
 from audit.trail import record_create, record_delete, record_update, snapshot
+from gateway_project import auth_events
 
 log = logging.getLogger("gateway.api")
 
@@ -78,6 +79,8 @@ def exception_handler(exc, context):
     """
     if isinstance(exc, DjangoValidationError):
         exc = ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
+    if isinstance(exc, AuthenticationFailed):  # credentials were given and refused (not: none were given)
+        auth_events.record_token_failure(context.get("request"), str(exc.detail))
     response = drf_exception_handler(exc, context)
     if response is None:
         log.exception("Unhandled error in %s", context.get("view").__class__.__name__)

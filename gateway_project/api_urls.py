@@ -8,6 +8,7 @@ from audit.export_api import AuditExportViewSet
 from audit.retention_api import AuditArchiveViewSet
 from billing.api import BudgetAlertViewSet, BudgetViewSet, ModelPriceViewSet, UsageRecordViewSet
 from billing.report_api import TopSpendersView, UsageReportView
+from gateway_project.auth_event_api import AuthEventViewSet
 from keys.api import ApiKeyViewSet, ClientViewSet, CostCenterViewSet, PlanViewSet
 from keys.token_api import CurrentTokenView, RotateTokenView
 from routing.api import AgentViewSet, TargetViewSet
@@ -32,6 +33,7 @@ router.register("admin-actions", AdminActionViewSet)
 router.register("redaction-rules", RedactionRuleViewSet)
 router.register("routes", PathRouteViewSet)
 router.register("capability-keywords", CapabilityKeywordViewSet)
+router.register("auth-events", AuthEventViewSet)
 
 urlpatterns = [
     path("reports/usage/", UsageReportView.as_view(), name="report-usage"),

@@ -14,6 +14,7 @@ urlpatterns = [
     path("users/", users.UserListView.as_view(), name="users"),
     path("users/new/", users.UserEditView.as_view(), name="user-new"),
     path("users/<int:pk>/edit/", users.UserEditView.as_view(), name="user-edit"),
+    path("sign-ins/", views.AuthEventListView.as_view(), name="auth-events"),
     path("", include("keys.console_urls")),
     path("", include("audit.console_urls")),
     path("", include("routing.console_urls")),

@@ -89,7 +89,6 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "gateway_project.csp.ConsoleCSPMiddleware",
-    "django_ratelimit.middleware.RatelimitMiddleware",
 ]
 
 ROOT_URLCONF = "gateway_project.urls"
@@ -368,9 +367,14 @@ WHITENOISE_AUTOREFRESH = DEBUG
 LOGIN_URL = "console:login"
 LOGIN_REDIRECT_URL = "console:dashboard"
 LOGOUT_REDIRECT_URL = "console:login"
-# Sign-in attempts per client IP per minute before the console refuses to check more.
-LOGIN_RATE = envstr("GATEWAY_LOGIN_RATE", "10/m")
-RATELIMIT_VIEW = "gateway_project.views.rate_limited"
+# The sign-in throttle of the console and Django admin (gateway_project/signin.py): attempts per client address (the
+# real one, behind GATEWAY_TRUSTED_PROXIES), and failed attempts per username from any address.
+LOGIN_RATE = envrate("GATEWAY_LOGIN_RATE", "10/m")
+LOGIN_USERNAME_RATE = envrate("GATEWAY_LOGIN_USERNAME_RATE", "20/h")
+# Days sign-in events (gateway_project.AuthEvent) are kept; the hourly retention task deletes older ones. 0: for ever.
+GATEWAY_AUTH_EVENT_RETENTION_DAYS = envint("GATEWAY_AUTH_EVENT_RETENTION_DAYS", 365, minimum=0)
+# Seconds a new key's raw value waits, encrypted in the cache, for the one page view that shows it.
+GATEWAY_SECRET_HANDOFF_SECONDS = envint("GATEWAY_SECRET_HANDOFF_SECONDS", 300, minimum=10, maximum=3600)
 # HSTS for every subdomain and preloading reach beyond the gateway (other sites of the company's domain; browsers
 # ship the preload list): a deployer opts in (DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS=1, DJANGO_SECURE_HSTS_PRELOAD=1),
 # so the checks' nudges towards them are not defects of ours. django-ratelimit does not list Django's own Redis

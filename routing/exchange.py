@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import time
 import uuid
@@ -12,6 +11,7 @@ from django.conf import settings
 
 from audit.recorder import record_request
 from billing.pricing import nanos_to_usd
+from gateway_project.addresses import client_address
 from gateway_project.errors import GatewayError, bad_request
 from keys.access import KeySnapshot
 from routing.facts import RequestFacts
@@ -25,38 +25,6 @@ UNTRUSTED_ANSWER_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"content-
 
 class ClientLeft(Exception):
     """The client went away before its request body was complete."""
-
-
-def _address(value: str) -> str | None:
-    """``value`` as an IP address (a port or IPv6 brackets allowed around it), or None."""
-    value = value.strip()
-    if value.startswith("[") and "]" in value:
-        value = value[1 : value.index("]")]
-    elif value.count(":") == 1:
-        value = value.split(":", 1)[0]
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        return None
-
-
-def client_address(peer: str | None, forwarded_for: list[bytes], trusted_proxies: int) -> tuple[str | None, str]:
-    """The caller's address: the right-most hop of ``X-Forwarded-For`` that no trusted proxy of ours added.
-
-    With ``trusted_proxies`` proxies in front of the gateway, the last that many
-    addresses of the chain (the peer included) are theirs; the one before them is
-    the client's, whatever a client wrote further left. Returns the address and,
-    when the header was unusable, its raw text (for the audit record; the peer is used then).
-    """
-    if trusted_proxies <= 0 or not forwarded_for:
-        return peer, ""
-    hops = [hop for value in forwarded_for for hop in value.decode("latin-1").split(",")]
-    chain = [*hops, peer or ""]
-    candidate = chain[max(0, len(chain) - 1 - trusted_proxies)]
-    address = _address(candidate)
-    if address is None:
-        return peer, b", ".join(forwarded_for).decode("latin-1")[:200]
-    return address, ""
 
 
 class Exchange:

@@ -308,3 +308,10 @@ def test_usage_is_read_only(api, usage):
     assert api.post("/api/v1/usage/", {}, format="json").status_code == 405
     assert api.patch(url, {"cost_usd": "0"}, format="json").status_code == 405
     assert api.delete(url).status_code == 405
+
+
+@pytest.mark.parametrize("value", ["99999999999999999999", "1.5", "-8.351390985080497e+72"])
+def test_usage_filters_by_id_refuse_what_is_no_id(api, value):
+    for name in ("client", "cost_center", "api_key"):
+        response = api.get("/api/v1/usage/", {name: value})
+        assert (response.status_code, name in response.json()) == (400, True), (name, response.json())

@@ -3,6 +3,7 @@
 from django.core.management.base import BaseCommand
 
 from audit.retention import apply_retention, policy
+from gateway_project import auth_events
 
 
 class Command(BaseCommand):
@@ -21,3 +22,5 @@ class Command(BaseCommand):
         for override in applied["overrides"]:
             self.stdout.write(f"  client {override['client']}: {override['days']} days")
         self.stdout.write(apply_retention(dry_run=options["dry_run"]).describe())
+        if not options["dry_run"]:
+            self.stdout.write(f"Sign-in events deleted: {auth_events.delete_expired()}.")

@@ -1,0 +1,42 @@
+"""Sign-in events in the management API: read-only, admins only (``/api/v1/auth-events/``)."""
+
+from django_filters import rest_framework as filters
+from rest_framework import serializers, viewsets
+
+from gateway_project import roles
+from gateway_project.models import AuthEvent
+
+
+class AuthEventSerializer(serializers.ModelSerializer):
+    user_username = serializers.CharField(source="user.get_username", read_only=True, default=None)
+
+    class Meta:
+        model = AuthEvent
+        fields = ["id", "created_at", "outcome", "via", "username", "user", "user_username", "address", "user_agent",
+                  "detail"]  # fmt: skip
+        read_only_fields = fields
+
+
+class AuthEventFilter(filters.FilterSet):
+    since = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    until = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
+    class Meta:
+        model = AuthEvent
+        fields = ["since", "until", "outcome", "via", "username", "user", "address"]
+
+
+class AuthEventViewSet(viewsets.ReadOnlyModelViewSet):
+    """Sign-ins, failed and throttled sign-ins, sign-outs and refused API tokens, newest first (admins only).
+
+    ``username`` is the name tried, ``user`` the account it belongs to when there is one,
+    ``address`` the client's real address behind the trusted proxies. Passwords and
+    tokens are never recorded.
+    """
+
+    queryset = AuthEvent.objects.select_related("user")
+    serializer_class = AuthEventSerializer
+    filterset_class = AuthEventFilter
+    ordering_fields = ["created_at", "id"]
+    ordering = ["-created_at", "-id"]
+    read_roles = roles.USERS
