@@ -19,13 +19,15 @@ from billing.budgets import spent_in_window
 from billing.models import NANOS_PER_USD, Budget
 from billing.periods import MONTHLY, period_of
 from billing.usage import daily_spend, monthly_usage, usage_by_key
-from gateway_project import roles
+from gateway_project import handoff, roles
 from gateway_project.console import RoleRequiredMixin, TrailedDeleteView, TrailedEditView, agent_choices, sorted_page
 from keys.forms import LIMITS, ApiKeyForm, ClientForm, CostCenterForm, PlanForm, RotateForm
 from keys.models import ApiKey, Client, CostCenter, Plan
 from keys.services import issue_key, revoke_key, rotate_key
 
-RAW_KEY_SESSION = "issued_raw_key"
+# The session keeps only one-time tokens of hand-offs (gateway_project.handoff), by key id; never a raw key.
+HANDOFF_SESSION = "issued_key_handoffs"
+HANDOFFS_KEPT = 5  # a few tabs issuing keys at once; older tokens have expired anyway
 
 
 class ClientListView(RoleRequiredMixin, View):
@@ -106,20 +108,26 @@ def _key_defaults() -> dict:
 
 
 def _show_once(request, key: ApiKey, raw: str):
-    """Keep the raw key in the session just long enough for one page view."""
-    request.session[RAW_KEY_SESSION] = {"key_id": key.pk, "raw": raw}
+    """Hand the raw key to the next page view through an encrypted one-time hand-off; the session gets its token."""
+    tokens = request.session.get(HANDOFF_SESSION, {})
+    tokens[str(key.pk)] = handoff.put(raw, purpose=f"api-key:{key.pk}")
+    request.session[HANDOFF_SESSION] = dict(list(tokens.items())[-HANDOFFS_KEPT:])
     return redirect("console:key-issued", pk=key.pk)
 
 
 class KeyIssuedView(RoleRequiredMixin, View):
-    """Shows the raw key exactly once: the session copy is deleted as the page renders."""
+    """Shows the raw key exactly once: the hand-off is taken (and deleted) as the page renders."""
 
     needed_roles = roles.MANAGE
 
     def get(self, request, pk):
         key = get_object_or_404(ApiKey.objects.select_related("client"), pk=pk)
-        issued = request.session.pop(RAW_KEY_SESSION, None)
-        raw = issued["raw"] if issued and issued.get("key_id") == key.pk else None
+        tokens = request.session.get(HANDOFF_SESSION, {})
+        token = tokens.pop(str(key.pk), None)
+        raw = None
+        if token is not None:
+            request.session[HANDOFF_SESSION] = tokens
+            raw = handoff.take(token, purpose=f"api-key:{key.pk}")
         response = render(request, "keys/key_issued.html", {"key": key, "raw": raw})
         response["Cache-Control"] = "no-store"
         return response
