@@ -91,6 +91,9 @@ class TrailedEditView(RoleRequiredMixin, View):
     def saved_message(self, obj) -> str:
         return f"“{obj}” saved."
 
+    def after_save(self, request, obj) -> None:
+        """Called once the save is committed (to keep a secret made by it for its one showing, say)."""
+
     success_url_name = ""
 
     def success_url(self, obj) -> str:
@@ -103,14 +106,19 @@ class TrailedEditView(RoleRequiredMixin, View):
         """Values a new object's form starts with (e.g. from the query string of a "new …" link)."""
         return {}
 
+    def form_kwargs(self, request) -> dict:
+        """Further arguments of the form, e.g. what the user's role lets them change."""
+        return {}
+
     def get(self, request, pk=None):
         obj = get_object_or_404(self.model, pk=pk) if pk else None
-        return self._render(request, self.form_class(instance=obj, initial=None if obj else self.initial(request)), obj)
+        initial = None if obj else self.initial(request)
+        return self._render(request, self.form_class(instance=obj, initial=initial, **self.form_kwargs(request)), obj)
 
     def post(self, request, pk=None):
         obj = get_object_or_404(self.model, pk=pk) if pk else None
         before = self.snapshot(obj) if obj else None
-        form = self.form_class(request.POST, instance=obj)
+        form = self.form_class(request.POST, instance=obj, **self.form_kwargs(request))
         if not form.is_valid():
             if obj:
                 obj.refresh_from_db()  # headings name the stored object, not the rejected values
@@ -121,6 +129,7 @@ class TrailedEditView(RoleRequiredMixin, View):
                 record_create(request.user, "console", saved)
             else:
                 record_update(request.user, "console", saved, before, after=self.snapshot(saved))
+        self.after_save(request, saved)
         messages.success(request, self.saved_message(saved))
         return redirect(self.success_url(saved))
 

@@ -8,9 +8,11 @@ from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import serializers, status
 from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 
 from audit.trail import record_create, record_update, snapshot
+from gateway_project import roles
 from gateway_project.api import SEARCHABLE_FILTER_BACKENDS, NameListField, TrailedModelViewSet
 from keys.models import ALL, ApiKey, Client, CostCenter, Plan
 from keys.services import DEFAULT_ROTATION_GRACE, MAX_ROTATION_GRACE_HOURS, issue_key, revoke_key, rotate_key
@@ -84,6 +86,25 @@ class ClientSerializer(serializers.ModelSerializer):
             "created_at",
         ]  # fmt: skip
         read_only_fields = ["created_at"]
+        extra_kwargs = {name: {"help_text": f"{Client._meta.get_field(name).help_text} Admins only."}
+                        for name in Client.AUDIT_POLICY_FIELDS}  # fmt: skip
+
+    def validate(self, attrs):
+        """What the audit log keeps of a client is the admins' to change: others get 403 (the same value passes)."""
+        request = self.context.get("request")
+        if request is not None and not roles.may(request.user, roles.AUDIT_POLICY):
+            changed = [
+                name for name in Client.AUDIT_POLICY_FIELDS
+                if name in attrs and attrs[name] != _current(self.instance, name)
+            ]  # fmt: skip
+            if changed:
+                raise PermissionDenied(f"Only admins may change {' and '.join(changed)}.")
+        return attrs
+
+
+def _current(client: Client | None, name: str):
+    """The field's value on ``client``, or the model's default for a new one."""
+    return getattr(client, name) if client is not None else Client._meta.get_field(name).get_default()
 
 
 class ClientViewSet(TrailedModelViewSet):

@@ -24,7 +24,7 @@ class ClientForm(forms.ModelForm):
             "cost_center": "The team its spend is attributed to from now on (past usage keeps its attribution).",
         }
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, may_set_audit_policy: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["cost_center"].empty_label = "— none —"
         default = settings.GATEWAY_AUDIT_RETENTION_DAYS
@@ -32,6 +32,11 @@ class ClientForm(forms.ModelForm):
             "Keep this client's request records this many days, then archive and delete them; empty uses the "
             f"gateway's default ({f'{default} days' if default else 'for ever'})."
         )
+        if not may_set_audit_policy:
+            # Disabled fields keep the stored (or default) value whatever is posted.
+            for name in Client.AUDIT_POLICY_FIELDS:
+                self.fields[name].disabled = True
+                self.fields[name].help_text += " Only admins change this."
 
 
 class CostCenterForm(forms.ModelForm):

@@ -77,6 +77,9 @@ class Plan(models.Model):
 class Client(models.Model):
     """A program or team that calls the gateway; owns keys, budgets and spend."""
 
+    # What the audit log keeps of this client: changed by admins only (roles.AUDIT_POLICY), like the redaction rules.
+    AUDIT_POLICY_FIELDS = ("audit_previews", "audit_retention_days")
+
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=100, unique=True)
     contact = models.CharField(max_length=200, blank=True, help_text="Who to call about this client.")

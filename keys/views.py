@@ -52,6 +52,9 @@ class ClientEditView(TrailedEditView):
     def initial(self, request):
         return {"cost_center": request.GET["cost_center"]} if request.GET.get("cost_center") else {}
 
+    def form_kwargs(self, request):
+        return {"may_set_audit_policy": roles.may(request.user, roles.AUDIT_POLICY)}
+
     def saved_message(self, obj):
         return f"Client “{obj.name}” saved."
 

@@ -248,10 +248,10 @@ def test_the_client_form_switches_previews_off(console_as):
     from keys.models import Client
 
     client = Client.objects.create(name="Acme", slug=f"acme-{uuid.uuid4().hex[:6]}")
-    operator = console_as("operator")
-    assert b'name="audit_previews"' in operator.get(f"/console/clients/{client.pk}/edit/").content
-    response = operator.post(f"/console/clients/{client.pk}/edit/", {"name": "Acme", "slug": client.slug,
-                                                                    "is_active": "on"})  # fmt: skip
+    admin = console_as("admin")
+    assert b'name="audit_previews"' in admin.get(f"/console/clients/{client.pk}/edit/").content
+    response = admin.post(f"/console/clients/{client.pk}/edit/", {"name": "Acme", "slug": client.slug,
+                                                              "is_active": "on"})  # fmt: skip
     assert response.status_code == 302
     client.refresh_from_db()
     assert client.audit_previews is False
@@ -305,7 +305,7 @@ def test_a_builtin_rule_is_only_switched_through_the_api(api_as):
 
 
 def test_the_clients_api_exposes_the_preview_switch(api_as):
-    api = api_as("operator")
+    api = api_as("admin")
     created = api.post("/api/v1/clients/", {"name": "Quiet", "slug": f"quiet-{uuid.uuid4().hex[:6]}"}, format="json")
     assert created.status_code == 201 and created.json()["audit_previews"] is True
     pk = created.json()["id"]

@@ -551,21 +551,21 @@ def test_the_api_lists_archives_their_runs_and_verifies_them(api_as, archived):
     assert api_as("operator").get("/api/v1/audit-archives/").status_code == 403
 
 
-def test_a_client_override_is_set_in_the_console_and_the_api_with_a_trail(console_as, api_as):
+def test_an_admin_sets_a_client_override_in_the_console_and_the_api_with_a_trail(console_as, api_as):
     owner = client()
-    operator = console_as("operator")
-    form = operator.get(f"/console/clients/{owner.pk}/edit/").content.decode()
+    admin = console_as("admin")
+    form = admin.get(f"/console/clients/{owner.pk}/edit/").content.decode()
     assert 'name="audit_retention_days"' in form and "default (90 days)" in form
     data = {"name": owner.name, "slug": owner.slug, "is_active": "on", "audit_previews": "on"}
     edit = f"/console/clients/{owner.pk}/edit/"
-    assert operator.post(edit, {**data, "audit_retention_days": "0"}).status_code == 400
-    assert operator.post(edit, {**data, "audit_retention_days": "30"}).status_code == 302
+    assert admin.post(edit, {**data, "audit_retention_days": "0"}).status_code == 400
+    assert admin.post(edit, {**data, "audit_retention_days": "30"}).status_code == 302
     owner.refresh_from_db()
     assert owner.audit_retention_days == 30
     change = AdminAction.objects.get(object_type="keys.client", object_id=str(owner.pk), via="console")
     assert change.changes["audit_retention_days"] == [None, 30]
 
-    api = api_as("operator")
+    api = api_as("admin")
     answer = api.patch(f"/api/v1/clients/{owner.pk}/", {"audit_retention_days": 365}, format="json")
     assert answer.status_code == 200 and answer.json()["audit_retention_days"] == 365
     assert api.patch(f"/api/v1/clients/{owner.pk}/", {"audit_retention_days": 0}, format="json").status_code == 400
