@@ -134,6 +134,7 @@ def archive_dir() -> Path:
 # The only names this module gives archive files: a database row naming anything else is refused, so that whoever can
 # write the database cannot point a download or a check at another file (a key, the checkpoints).
 ARCHIVE_NAME = re.compile(rf"{FILE_PREFIX}\d{{8}}-\d{{6}}-seq\d+-\d+\.jsonl\.gz")
+ARCHIVE_FIRST_SEQ = re.compile(rf"{FILE_PREFIX}\d{{8}}-\d{{6}}-seq(\d+)-\d+\.jsonl\.gz")
 
 
 def archive_path(archive: AuditArchive) -> Path:
@@ -231,7 +232,13 @@ def retention_lock() -> Iterator[bool]:
 
 
 def _remove_orphan_files() -> list[str]:
-    """Delete archive files no archive row names: runs that died before saving theirs (their records remain)."""
+    """Delete archive files no archive row names that runs left behind: unfinished ``.part`` files, and finished
+    files whose records are still in the database (the run died before saving its row).
+
+    A run deletes records only after its row is saved, so a finished file whose first
+    record is gone lost its row some other way: someone deleted it. That file is the
+    evidence of what was archived; it is kept, and logged as an error.
+    """
     directory = archive_dir()
     if not directory.is_dir():
         return []
@@ -240,10 +247,15 @@ def _remove_orphan_files() -> list[str]:
     for start in range(0, len(names), CHUNK):
         chunk = names[start : start + CHUNK]
         saved.update(AuditArchive.objects.filter(file_name__in=chunk).values_list("file_name", flat=True))
-    removed = [name for name in names if name not in saved]
-    for name in removed:
+    removed = []
+    for name in (name for name in names if name not in saved):
+        finished = ARCHIVE_FIRST_SEQ.fullmatch(name)
+        if finished and not AuditRecord.objects.filter(seq=int(finished[1])).exists():
+            log.error("archive file %s has no archive row and its records are gone from the database: kept", name)
+            continue
         log.warning("removing %s: its run ended before saving the archive; its records are still kept", name)
         (directory / name).unlink(missing_ok=True)
+        removed.append(name)
     return removed
 
 

@@ -283,6 +283,17 @@ def test_files_of_a_run_that_died_before_saving_its_archive_are_removed_and_thei
     assert [r["seq"] for r in archived_rows(archive)] == seqs(records[:2]) and kept() == [3]
 
 
+def test_an_archive_whose_row_was_deleted_is_kept_as_evidence_not_removed_as_an_orphan():
+    """Whoever deletes an archive's row (to hide a cut) must not get the next retention run to delete its file."""
+    write((100, None), (100, None), (1, None))
+    archive = apply_retention().archive
+    ArchivedRun.objects.filter(archive=archive).delete()
+    AuditArchive.objects.filter(pk=archive.pk).delete()
+    summary = apply_retention()
+    assert summary.orphans == []
+    assert archive.file_name in files()
+
+
 def test_a_failed_save_leaves_no_file_and_every_record(monkeypatch):
     write((100, None), (1, None))
 
