@@ -1,9 +1,10 @@
 """Sign-in events in the management API: read-only, admins only (``/api/v1/auth-events/``)."""
 
+from django.core.validators import validate_ipv46_address
 from django_filters import rest_framework as filters
 from rest_framework import serializers, viewsets
 
-from gateway_project import roles
+from gateway_project import datetimes, roles
 from gateway_project.models import AuthEvent
 
 
@@ -18,8 +19,10 @@ class AuthEventSerializer(serializers.ModelSerializer):
 
 
 class AuthEventFilter(filters.FilterSet):
-    since = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    until = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    since = datetimes.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    until = datetimes.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    # An address column compares only with addresses (PostgreSQL's inet refused anything else: 500).
+    address = filters.CharFilter(validators=[validate_ipv46_address], help_text="An IPv4 or IPv6 address.")
 
     class Meta:
         model = AuthEvent

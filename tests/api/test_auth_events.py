@@ -72,3 +72,11 @@ def test_a_refused_api_token_is_an_event_without_the_token(db):
 def test_a_request_without_credentials_is_not_an_event(db, anonymous_api):
     assert anonymous_api.get("/api/v1/clients/").status_code == 401
     assert not AuthEvent.objects.exists()
+
+
+@pytest.mark.parametrize("address", ["Rotate the key", "10.0.0.300"])
+def test_the_address_filter_refuses_what_is_no_address(api, address):
+    event(address="203.0.113.5")
+    response = api.get(EVENTS, {"address": address})
+    assert response.status_code == 400 and "address" in response.json()
+    assert [row["address"] for row in api.get(EVENTS, {"address": "203.0.113.5"}).json()["results"]] == ["203.0.113.5"]
