@@ -171,6 +171,28 @@ def wait_for_agent(make_key):
 
 
 @pytest.fixture
+def wait_for_reload(live_db, seeded, wait_for_agent):
+    """``wait_for_reload(*servers)``: return once each gateway has re-read its routing table since the call.
+
+    A new agent is saved and waited for: a table is loaded agents first, then their targets, path routes and
+    keywords, so a table that has the new agent has every change saved before it too.
+    """
+    from routing.models import Agent
+
+    def wait(*servers) -> None:
+        marker = Agent.objects.create(
+            slug=f"reload-{uuid.uuid4().hex[:8]}", name="reload marker", upstream_url=seeded.url
+        )
+        try:
+            for server in servers:
+                wait_for_agent(marker.slug, server)
+        finally:
+            marker.delete()
+
+    return wait
+
+
+@pytest.fixture
 def wait_for_price(live_db, seeded, make_key, wait_for_agent):
     """``wait_for_price(model, server)``: return once that gateway prices a new ``model`` at its own price, not the
     default (gateways re-read prices every 0.2 s in the tests): an agent that sends ``model`` upstream is asked

@@ -12,10 +12,10 @@ import pytest
 from django.conf import settings
 from django.db import transaction
 
-from tests.conftest import wait_for
 from tests.gateway.test_enforcement import assert_error
 from tests.gateway.test_proxy import sse_events
 from tests.servers import Gateway, MockUpstream
+from tests.waiting import DEADLINE_SECONDS, in_thread, until
 
 CHAT = "/v1/chat/completions"
 INVOKE = "/v1/agent/invoke"
@@ -59,7 +59,7 @@ def upstreams(mocks):
 
 
 @pytest.fixture
-def make_agent(live_db, gateway, make_key):
+def make_agent(live_db, gateway, wait_for_agent):
     """``make_agent(targets=[(url, weight, max_concurrent)], **fields)``: a fresh agent the gateways have loaded."""
     from routing.models import Agent, Target
 
@@ -72,10 +72,8 @@ def make_agent(live_db, gateway, make_key):
             )
             for i, (url, weight, max_concurrent) in enumerate(targets):
                 Target.objects.create(agent=agent, name=f"t{i}", url=url, weight=weight, max_concurrent=max_concurrent)
-        raw = make_key(agents=["someone-else"])[0]
         for server in wait_on or (gateway,):
-            outsider = server.client(raw)
-            assert wait_for(lambda: outsider.post(f"/agents/{slug}/x", content=b"{}").status_code == 403)  # noqa: B023
+            wait_for_agent(slug, server)
         return agent
 
     return make
@@ -156,13 +154,14 @@ def test_an_upstream_refusal_is_passed_on_and_not_retried(upstreams, make_agent,
 def test_retries_and_their_backoff_stay_within_the_total_timeout(upstreams, make_agent, make_key, gateway, audit_of):
     mock = upstreams[0]
     agent = make_agent(mock.url, max_retries=5, timeout_seconds=1.5)
-    mock.faults({"status": 503}, always={"hang_ms": 4000})
-    started = time.monotonic()
-    response = invoke(gateway.client(make_key()[0]), agent)
-    error = assert_error(response, 504, "upstream_timeout")
+    with mock.server.hold() as hold:  # after one failure the upstream answers nothing until the test is done
+        mock.faults({"status": 503}, always={"hold": hold})
+        started = time.monotonic()
+        response = invoke(gateway.client(make_key()[0]), agent)
+        error = assert_error(response, 504, "upstream_timeout")
     assert "within 1.5 seconds" in error["message"]  # the agent's whole time, though the retry had less left
-    assert time.monotonic() - started < 4  # one budget of 1.5 s, not six hangs of 4 s
-    assert mock.requests == 2
+    assert time.monotonic() - started < 7  # one budget of 1.5 s: five more attempts of 1.5 s would take 7.5 s
+    assert mock.requests == 2  # the retry used what was left of the budget: no third attempt
     assert [a["outcome"] for a in audit_of(response).details["attempts"]] == ["upstream_error", "upstream_timeout"]
 
 
@@ -285,8 +284,9 @@ def test_invoke_falls_back_and_says_which_agent_answered(upstreams, make_agent, 
     failing, healthy = upstreams
     backup = make_agent(healthy.url)
     primary = make_agent(failing.url, max_retries=0, fallbacks=[backup.slug], timeout_seconds=0.5)
-    failing.faults(always={"hang_ms": 3000})
-    response = invoke(gateway.client(make_key()[0]), primary)
+    with failing.server.hold() as hold:  # the primary never answers in time
+        failing.faults(always={"hold": hold})
+        response = invoke(gateway.client(make_key()[0]), primary)
     assert response.status_code == 200, response.text
     assert response.json()["agent_used"] == backup.slug
 
@@ -312,13 +312,13 @@ def test_a_circuit_opens_fails_fast_lets_one_probe_through_and_closes(
     assert audit_of(refused).error_type == "circuit_open"
 
     mock.reset()
-    mock.faults({"hang_ms": 2500})  # the probe is slow, so a second request meets the half-open circuit
-    assert wait_for(lambda: health(gateway, agent)["upstream"]["circuit"] == "half_open", seconds=5)
-    with ThreadPoolExecutor(1) as pool:
-        probe = pool.submit(invoke, gateway.client(make_key()[0]), agent)
-        assert wait_for(lambda: mock.requests == 1, seconds=5)
+    until(lambda: health(gateway, agent)["upstream"]["circuit"] == "half_open", "the circuit is half open")
+    with mock.server.hold() as hold:  # the probe is held, so a second request meets the half-open circuit
+        mock.faults({"hold": hold})
+        probe = in_thread(lambda: invoke(gateway.client(make_key()[0]), agent))
+        until(lambda: mock.server.held(hold) == 1, "the probe reached the upstream")
         assert_error(invoke(client, agent), 503, "circuit_open")  # only one probe at a time
-        assert probe.result(timeout=15).status_code == 200
+    assert probe.result(timeout=DEADLINE_SECONDS).status_code == 200
     assert health(gateway, agent)["upstream"]["circuit"] == "closed"
     assert invoke(client, agent).status_code == 200
 
@@ -330,7 +330,7 @@ def test_a_failed_probe_opens_the_circuit_again(upstreams, make_agent, make_key,
     mock.faults(always={"status": 503})
     assert invoke(client, agent).status_code == 502
     assert_error(invoke(client, agent), 503, "circuit_open")
-    assert wait_for(lambda: health(gateway, agent)["upstream"]["circuit"] == "half_open", seconds=5)
+    until(lambda: health(gateway, agent)["upstream"]["circuit"] == "half_open", "the circuit is half open")
     assert invoke(client, agent).status_code == 502  # the probe, failing
     state = health(gateway, agent)["upstream"]
     assert state["circuit"] == "open" and state["open_for_seconds"] > 0
@@ -398,19 +398,20 @@ def test_a_stream_the_client_leaves_releases_its_target(upstreams, make_agent, m
     agent = make_agent(
         targets=[(mock.url, 100, 1)], kind="openai", servers=["res-slow"], default_model="res-slow", max_retries=0
     )
-    mock.server.configure(chunk_delay_ms=400)
     raw, key = make_key()
     body = {"model": "res-slow", "messages": [{"role": "user", "content": " ".join(["word"] * 60)}], "stream": True}
-    with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {raw}"}, timeout=30) as client:
-        with client.stream("POST", CHAT, json=body) as response:
+    with (
+        mock.server.hold() as hold,  # the answer stops after its first chunk until the test is done
+        httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {raw}"}, timeout=30) as client,
+    ):
+        with client.stream("POST", CHAT, json={**body, "mock": {"hold_stream": hold}}) as response:
             assert response.status_code == 200
             chunks = response.iter_bytes()  # held: a dropped generator would close the response at once
             next(chunks)
             assert health(gateway, agent)["t0"]["in_flight"] == 1
             assert_error(invoke(gateway.client(make_key()[0]), agent, **{}), 503, "targets_busy")
-    # The client went away mid-stream: its target is free again and the request is audited as such.
-    assert wait_for(lambda: health(gateway, agent)["t0"]["in_flight"] == 0, seconds=10)
-    mock.server.configure(chunk_delay_ms=0)
+        # The client went away mid-stream: its target is free again and the request is audited as such.
+        until(lambda: health(gateway, agent)["t0"]["in_flight"] == 0, "the target was released")
     assert gateway.client(make_key()[0]).post(CHAT, json={**body, "stream": False}).status_code == 200
     record = audit_for(key)[0]
     assert record.error_type == "client_disconnected"
@@ -455,30 +456,40 @@ def test_a_circuit_opened_by_one_process_fails_fast_on_the_other(upstreams, make
 
     # Half-open: one probe in the whole fleet. It is slow, and the other process meanwhile fails fast.
     mock.reset()
-    mock.faults({"hang_ms": 2500})
-    assert wait_for(lambda: health(first, agent)["upstream"]["circuit"] == "half_open", seconds=5)
-    with ThreadPoolExecutor(1) as pool:
-        probe = pool.submit(invoke, first.client(raw), agent)
-        assert wait_for(lambda: mock.requests == 1, seconds=5)
+    until(lambda: health(first, agent)["upstream"]["circuit"] == "half_open", "the circuit is half open")
+    with mock.server.hold() as hold:
+        mock.faults({"hold": hold})
+        probe = in_thread(lambda: invoke(first.client(raw), agent))
+        until(lambda: mock.server.held(hold) == 1, "the probe reached the upstream")
         assert_error(invoke(second.client(raw), agent), 503, "circuit_open")
-        assert probe.result(timeout=15).status_code == 200
+    assert probe.result(timeout=DEADLINE_SECONDS).status_code == 200
     assert invoke(second.client(raw), agent).status_code == 200
     assert health(second, agent)["upstream"]["circuit"] == "closed"
 
 
 @needs_redis
-def test_only_one_probe_goes_through_however_many_ask_at_once(upstreams, make_agent, make_key, two_gateways):
+def test_only_one_probe_goes_through_however_many_ask_at_once(upstreams, make_agent, make_key, two_gateways, health):
     first, second = two_gateways
     mock = upstreams[0]
     agent = make_agent(mock.url, max_retries=0, breaker_failures=1, breaker_cooldown_seconds=1, wait_on=two_gateways)
     raw = make_key()[0]
     mock.faults({"status": 503})
     assert invoke(first.client(raw), agent).status_code == 502
-    time.sleep(1.2)  # past the cool-down
+    until(lambda: health(first, agent)["upstream"]["circuit"] == "half_open", "past the cool-down")
     mock.reset()
-    mock.faults(always={"hang_ms": 4000})
-    with ThreadPoolExecutor(16) as pool:
-        answers = list(pool.map(lambda i: invoke((first, second)[i % 2].client(raw), agent), range(16)))
+    answered = []
+
+    def ask(i):
+        answer = invoke((first, second)[i % 2].client(raw), agent)
+        answered.append(answer)
+        return answer
+
+    with mock.server.hold() as hold, ThreadPoolExecutor(16) as pool:
+        mock.faults(always={"hold": hold})  # the probe is held until every other request has been refused
+        asked = [pool.submit(ask, i) for i in range(16)]
+        until(lambda: mock.server.held(hold) + len(answered) == 16, "every request probed or refused")
+        mock.server.release(hold)
+        answers = [a.result() for a in asked]
     statuses = sorted(r.status_code for r in answers)
     assert statuses == [200] + [503] * 15
     assert mock.requests == 1
@@ -491,38 +502,42 @@ def test_a_target_at_its_max_is_skipped_by_every_process(upstreams, make_agent, 
     agent = make_agent(
         targets=[(a.url, 100, 2), (b.url, 100, 2)], strategy="least_busy", max_retries=0, wait_on=two_gateways
     )
-    for mock in upstreams:
-        mock.faults(always={"hang_ms": 3000})
     raw = make_key()[0]
-    with ThreadPoolExecutor(4) as pool:
+    with a.server.hold() as hold_a, b.server.hold() as hold_b, ThreadPoolExecutor(4) as pool:
+        a.faults(always={"hold": hold_a})
+        b.faults(always={"hold": hold_b})
         held = [pool.submit(invoke, (first, second)[i % 2].client(raw), agent) for i in range(4)]
-        assert wait_for(lambda: a.requests + b.requests == 4, seconds=10)
+        until(lambda: a.server.held(hold_a) + b.server.held(hold_b) == 4, "four requests reached the targets")
         assert (a.requests, b.requests) == (2, 2)  # never three on one: the counts are shared
         states = health(second, agent)
         assert (states["t0"]["in_flight"], states["t1"]["in_flight"]) == (2, 2)
         assert_error(invoke(first.client(raw), agent), 503, "targets_busy")
-        assert [f.result(timeout=20).status_code for f in held] == [200] * 4
+        a.server.release(hold_a)
+        b.server.release(hold_b)
+        assert [f.result(timeout=DEADLINE_SECONDS).status_code for f in held] == [200] * 4
     states = health(first, agent)
     assert (states["t0"]["in_flight"], states["t1"]["in_flight"]) == (0, 0)
 
 
 @needs_redis
-def test_least_busy_avoids_a_slow_target_busy_on_another_process(upstreams, make_agent, make_key, two_gateways):
+def test_least_busy_avoids_a_slow_target_busy_on_another_process(
+    upstreams, make_agent, make_key, two_gateways, wait_for_reload
+):
     from routing.models import Target
 
     first, second = two_gateways
     slow, fast = upstreams
     agent = make_agent(targets=[(slow.url, 100, 0), (fast.url, 100, 0)], strategy="least_busy", wait_on=two_gateways)
     Target.objects.filter(agent=agent, name="t1").update(enabled=False)
-    time.sleep(1.0)  # both processes reload their routing table every 0.2 s in the tests
-    slow.faults(always={"hang_ms": 8000})
+    wait_for_reload(first, second)
     raw = make_key()[0]
-    with ThreadPoolExecutor(1) as pool:
-        held = pool.submit(invoke, first.client(raw), agent)
-        assert wait_for(lambda: slow.requests == 1, seconds=5)
+    with slow.server.hold() as hold:
+        slow.faults(always={"hold": hold})
+        held = in_thread(lambda: invoke(first.client(raw), agent))
+        until(lambda: slow.server.held(hold) == 1, "the slow target holds a request")
         Target.objects.filter(agent=agent, name="t1").update(enabled=True)
-        time.sleep(1.0)
+        wait_for_reload(first, second)
         statuses = [invoke(second.client(raw), agent).status_code for _ in range(6)]
         assert statuses == [200] * 6
         assert (slow.requests, fast.requests) == (1, 6)  # the other process saw the slow target busy
-        assert held.result(timeout=20).status_code == 200
+    assert held.result(timeout=DEADLINE_SECONDS).status_code == 200
