@@ -9,7 +9,10 @@ from gateway_project.models import AuthEvent
 
 
 class AuthEventSerializer(serializers.ModelSerializer):
-    user_username = serializers.CharField(source="user.get_username", read_only=True, default=None)
+    user_username = serializers.CharField(
+        source="user.get_username", read_only=True, default=None, allow_null=True,
+        help_text="The account's username; null when the name tried is no account's.",
+    )  # fmt: skip
 
     class Meta:
         model = AuthEvent

@@ -80,3 +80,11 @@ def test_the_address_filter_refuses_what_is_no_address(api, address):
     response = api.get(EVENTS, {"address": address})
     assert response.status_code == 400 and "address" in response.json()
     assert [row["address"] for row in api.get(EVENTS, {"address": "203.0.113.5"}).json()["results"]] == ["203.0.113.5"]
+
+
+def test_an_event_of_no_account_has_no_username_and_the_schema_says_so(api):
+    event(username="nobody-here")
+    [row] = api.get(EVENTS).json()["results"]
+    assert (row["user"], row["user_username"]) == (None, None)
+    declared = api.get("/api/schema/", {"format": "json"}).json()["components"]["schemas"]["AuthEvent"]["properties"]
+    assert declared["user_username"]["nullable"] and declared["user"]["nullable"]
