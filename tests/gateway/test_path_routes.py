@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -12,8 +11,8 @@ import httpx
 import pytest
 from django.conf import settings
 
-from tests.conftest import wait_for
 from tests.servers import Gateway
+from tests.waiting import DEADLINE_SECONDS, in_thread, until, wait_for
 
 
 @pytest.fixture
@@ -190,41 +189,44 @@ def _chat(text="tell me about otters, with a long answer please", **extra):
     }
 
 
-def test_an_sse_route_streams_as_the_upstream_sends_and_meters_the_final_usage(gateway, make_key, make_route, audit_of):
+def test_an_sse_route_streams_as_the_upstream_sends_and_meters_the_final_usage(
+    gateway, make_key, make_route, audit_of, seeded
+):
     raw, _ = make_key()
     _, prefix = make_route(agent="openai", upstream_path="/v1/chat/completions", protocol="sse", methods=["POST"])
     client = gateway.client(raw)
     served(client, "POST", prefix, json=_chat())
-    arrivals, body = [], b""
-    with client.stream("POST", prefix, json=_chat(), headers={"X-Mock-Chunk-Delay-Ms": "150"}) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        for chunk in response.iter_raw():
-            arrivals.append(time.monotonic())
-            body += chunk
+    with seeded.hold() as hold:
+        with client.stream("POST", prefix, json=_chat(), headers={"X-Mock-Hold-Stream": hold}) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            chunks = response.iter_raw()
+            # The upstream sent its first chunk and waits for the test: a gateway that buffered would send nothing.
+            body = next(chunks)
+            assert body.startswith(b"data:")
+            seeded.release(hold)
+            body += b"".join(chunks)
     events = [block[5:].strip() for block in body.decode().split("\n\n") if block.startswith("data:")]
     assert events[-1] == "[DONE]"
     usage = [json.loads(e)["usage"] for e in events[:-1] if json.loads(e).get("usage")][-1]
-    # The mock waits 150 ms after each content chunk: a gateway that buffered would deliver it all at once.
-    assert len(arrivals) >= 3 and arrivals[-1] - arrivals[0] >= 0.3
     record = audit_of(response)
     assert (record.input_tokens, record.output_tokens) == (usage["prompt_tokens"], usage["completion_tokens"])
     assert record.output_preview.startswith("Mock answer") and record.cost_usd > 0
 
 
-def test_a_client_leaving_an_sse_route_cancels_the_upstream_call(gateway, make_key, make_route, audit_for):
+def test_a_client_leaving_an_sse_route_cancels_the_upstream_call(gateway, make_key, make_route, audit_for, seeded):
     raw, key = make_key()
     _, prefix = make_route(agent="openai", upstream_path="/v1/chat/completions", protocol="sse")
     client = gateway.client(raw)
     served(client, "POST", prefix, json=_chat(text="hi"))
-    long_text = "otters " * 200  # about 70 chunks at 1 s each: minutes if the gateway kept on reading
-    started = time.monotonic()
-    with client.stream("POST", prefix, json=_chat(text=long_text), headers={"X-Mock-Chunk-Delay-Ms": "1000"}) as s:
-        next(s.iter_raw())
-    records = audit_for(key, count=2, seconds=20)
+    # The upstream holds its answer after the first chunk until the test is done: the call ends (and is
+    # audited) only if the gateway gives it up when the client leaves.
+    with seeded.hold() as hold:
+        with client.stream("POST", prefix, json=_chat(text="otters"), headers={"X-Mock-Hold-Stream": hold}) as s:
+            next(s.iter_raw())
+        records = audit_for(key, count=2, seconds=DEADLINE_SECONDS)
     assert len(records) == 2
     assert records[-1].error_type == "client_disconnected"
-    assert time.monotonic() - started < 30
 
 
 def test_a_deprecated_route_says_so_with_its_sunset_even_on_errors(gateway, make_key, make_route):
@@ -282,7 +284,7 @@ def test_a_route_saved_while_the_gateway_runs_is_served_and_a_deactivated_one_is
     assert wait_for(lambda: "x-request-id" not in client.get(prefix).headers, seconds=10)
 
 
-def test_held_capacity_is_released_when_a_route_is_slow(gateway, make_key, make_route):
+def test_held_capacity_is_released_when_a_route_is_slow(gateway, make_key, make_route, seeded):
     """An anonymous route still respects its agent's capacity, and gives the slot back after the answer."""
     from routing.models import Agent
 
@@ -292,10 +294,12 @@ def test_held_capacity_is_released_when_a_route_is_slow(gateway, make_key, make_
         _, prefix = make_route(agent=slug, auth_required=False)
         client = gateway.client()
         served(client, "GET", prefix)
-        slow = threading.Thread(target=lambda: client.get(prefix, headers={"X-Mock-Delay-Ms": "2000"}))
-        slow.start()
-        assert wait_for(lambda: client.get(prefix).status_code == 429, seconds=5)
-        slow.join(timeout=15)
-        assert client.get(prefix).status_code == 200
+        with seeded.hold() as hold:
+            slow = in_thread(lambda: client.get(prefix, headers={"X-Mock-Hold": hold}))
+            until(lambda: seeded.held(hold) == 1, "the slow call holds the agent's one slot")
+            assert client.get(prefix).status_code == 429
+        assert slow.result(timeout=DEADLINE_SECONDS).status_code == 200
+        # The slot comes back when the gateway settles the answer, which may be a moment after the client has it.
+        until(lambda: client.get(prefix).status_code == 200, "the slot came back")
     finally:
         Agent.objects.filter(slug=slug).delete()
