@@ -6,6 +6,7 @@ from rest_framework import serializers, viewsets
 
 from gateway_project import datetimes, roles
 from gateway_project.models import AuthEvent
+from gateway_project.pagination import AppendOnlyCursorPagination
 
 
 class AuthEventSerializer(serializers.ModelSerializer):
@@ -37,12 +38,14 @@ class AuthEventViewSet(viewsets.ReadOnlyModelViewSet):
 
     ``username`` is the name tried, ``user`` the account it belongs to when there is one,
     ``address`` the client's real address behind the trusted proxies. Passwords and
-    tokens are never recorded.
+    tokens are never recorded. Paged by cursor, like every append-only list: each event once
+    in a pass, however many are written meanwhile.
     """
 
     queryset = AuthEvent.objects.select_related("user")
     serializer_class = AuthEventSerializer
     filterset_class = AuthEventFilter
-    ordering_fields = ["created_at", "id"]
-    ordering = ["-created_at", "-id"]
+    pagination_class = AppendOnlyCursorPagination
+    ordering_fields = ["id"]
+    ordering = ["-id"]
     read_roles = roles.USERS

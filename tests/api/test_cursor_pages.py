@@ -10,6 +10,7 @@ from django.utils import timezone
 from audit.models import AuditArchive, AuditRecord, QuarantinedRow
 from audit.trail import record_event
 from billing.models import Budget, BudgetAlert, UsageRecord
+from gateway_project.models import AuthEvent
 from keys.models import Client
 
 _n = itertools.count(1)
@@ -43,6 +44,10 @@ def _quarantined(**fields):
     return QuarantinedRow.objects.create(model="audit.AuditRecord", request_id=f"q-{next(_n)}", reason="NUL")
 
 
+def _auth_event(**fields):
+    return AuthEvent.objects.create(created_at=timezone.now(), outcome="failed", via="console", username=f"u{next(_n)}")
+
+
 def _archive(**fields):
     n = next(_n)
     return AuditArchive.objects.create(file_name=f"archive-{n}.jsonl.gz", sha256="0" * 64, records=n)
@@ -55,6 +60,7 @@ COLLECTIONS = {
     "/api/v1/alerts/": _alert,
     "/api/v1/audit-quarantine/": _quarantined,
     "/api/v1/audit-archives/": _archive,
+    "/api/v1/auth-events/": _auth_event,
 }
 
 
