@@ -49,12 +49,13 @@ from audit.models import AdminAction, ArchivedRun, AuditArchive, AuditExport, Au
 from billing.models import Budget, BudgetAlert, ModelPrice, UsageRecord
 from billing.periods import period_of
 from gateway_project import roles
+from gateway_project.models import AuthEvent
 from keys.models import Client, CostCenter, Plan
 from keys.services import issue_key
 from routing.models import Agent, CapabilityKeyword, PathRoute, Target
 
 SEED = 13
-EXAMPLES = 4  # per operation and persona, valid and invalid requests mixed: ~90 operations x 3 roles, about a minute
+EXAMPLES = 8  # per operation and persona, valid and invalid mixed: enough to meet the offsets PostgreSQL refuses
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 # The persona's token is sent with every call; schemathesis must not generate credentials of its own.
 CONFIG = schemathesis.Config.from_dict({"generation": {"with-security-parameters": False}})
@@ -118,6 +119,9 @@ def world(db, settings, tmp_path):
         model="audit.AuditRecord", request_id="bad", row={"path": "/v1/x"}, reason="invalid byte sequence"
     )
     rule = RedactionRule.objects.create(name="Ticket", pattern=r"TCK-\d{6}", replacement="[TICKET]")
+    sign_in = AuthEvent.objects.create(
+        created_at=now, outcome=AuthEvent.FAILED, via=AuthEvent.CONSOLE, username="mallory", address="203.0.113.5"
+    )
     return {
         "cost-centers": [center.pk],
         "plans": [plan.pk],
@@ -135,6 +139,7 @@ def world(db, settings, tmp_path):
         "admin-actions": list(AdminAction.objects.values_list("pk", flat=True)[:1]),
         "audit-archives": [archive.pk],
         "audit-quarantine": [quarantined.pk],
+        "auth-events": [sign_in.pk],
         "redaction-rules": [rule.pk, RedactionRule.objects.filter(builtin=True).values_list("pk", flat=True)[0]],
     }
 
