@@ -11,6 +11,7 @@ import pytest
 from django.conf import settings
 
 from gateway_project.hotstate import BudgetCheck, ConcurrencySlot, MemoryHotState, RateAdjust, RateCheck, RedisHotState
+from tests.waiting import DEADLINE_SECONDS
 
 STORES = ["memory"] + (["redis"] if settings.REDIS_URL else [])
 
@@ -211,7 +212,7 @@ def own_channel(settings):
     return settings.GATEWAY["REDIS_PREFIX"]
 
 
-async def next_change(changes, seconds: float = 5.0):
+async def next_change(changes, seconds: float = DEADLINE_SECONDS):
     return await asyncio.wait_for(anext(changes), seconds)
 
 
