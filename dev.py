@@ -13,6 +13,7 @@ only when requirements*.txt change), and for tests the services they need.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import secrets
@@ -133,6 +134,7 @@ def deployed_environment() -> dict[str, str]:
         "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
         "GATEWAY_AUDIT_CHAIN_KEY": secrets.token_hex(32),
         "GATEWAY_AUDIT_CHECKPOINT_KEY": secrets.token_hex(32),
+        "GATEWAY_CREDENTIAL_KEYS": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
         "DATABASE_URL": POSTGRES_URL,
         "REDIS_URL": REDIS_URL,
     }

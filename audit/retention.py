@@ -63,6 +63,7 @@ from django.utils import timezone
 from audit.exports import RECORD_FIELDS, Digesting, json_default
 from audit.models import ArchivedRun, AuditArchive, AuditRecord
 from audit.trail import record_event
+from gateway_project import private_files
 from keys.models import Client
 
 log = logging.getLogger("gateway.retention")
@@ -218,7 +219,7 @@ def retention_lock() -> Iterator[bool]:
                     cursor.execute("SELECT pg_advisory_unlock(%s)", [LOCK_KEY])
         return
     directory = archive_dir()
-    directory.mkdir(parents=True, exist_ok=True)
+    private_files.make_dir(directory)
     with open(directory / ".retention.lock", "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -296,11 +297,11 @@ def _write_archive(now: datetime) -> AuditArchive | None:
     applied = {**policy(), "cut_at": now.isoformat()}
     rows = due_records(now).order_by("seq").values(*RECORD_FIELDS)[: settings.GATEWAY_RETENTION_MAX_RECORDS]
     directory = archive_dir()
-    directory.mkdir(parents=True, exist_ok=True)
+    private_files.make_dir(directory)
     part = directory / f".{FILE_PREFIX}{now:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}.part"
     written = _Written()
     try:
-        with open(part, "wb") as raw:
+        with private_files.create(part) as raw:  # 0640: the request log is not for every account on the host
             digesting = Digesting(raw)
             with gzip.GzipFile(filename="", mode="wb", fileobj=digesting) as stream:
                 for lines in _batched(_lines(rows.iterator(chunk_size=CHUNK), written), CHUNK):

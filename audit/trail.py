@@ -13,9 +13,11 @@ from django.utils import timezone
 
 from audit.chain import TRAIL_CHAIN
 from audit.models import AdminAction
+from gateway_project.credentials import secret_field_names
 
-# Fields whose values never go into the trail. Each is recorded as a short fingerprint,
-# so replacing one secret with another still shows as a change.
+# Fields whose values never go into the trail, with every encrypted field of any model
+# (``gateway_project.credentials``). Each is recorded as a short fingerprint, so replacing
+# one secret with another still shows as a change.
 SECRET_FIELDS = frozenset({"key_hash", "upstream_api_key", "password"})
 HIDDEN = "(secret)"
 
@@ -41,7 +43,8 @@ def snapshot(obj) -> dict:
     fields = [f.name for f in obj._meta.concrete_fields]
     values = model_to_dict(obj, fields=fields)
     values.update({f.name: getattr(obj, f.attname) for f in obj._meta.concrete_fields if not f.editable})
-    return {name: mask(value) if name in SECRET_FIELDS and value else _plain(value) for name, value in values.items()}
+    secret = SECRET_FIELDS | secret_field_names(type(obj))
+    return {name: mask(value) if name in secret and value else _plain(value) for name, value in values.items()}
 
 
 def diff(before: dict, after: dict) -> dict:

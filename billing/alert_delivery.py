@@ -173,5 +173,7 @@ def payload(alert: BudgetAlert) -> dict:
 
 
 def post_webhook(alert: BudgetAlert) -> None:
-    """POST ``alert`` to its budget's webhook, signed; raise ``webhooks.DeliveryError`` unless it answers 2xx."""
-    webhooks.post_signed(alert.budget.alert_webhook_url, payload(alert), event_id(alert))
+    """POST ``alert`` to its budget's webhook, signed with that webhook's own secret; raise
+    ``webhooks.DeliveryError`` unless it answers 2xx."""
+    budget = alert.budget
+    webhooks.post_signed(budget.alert_webhook_url, payload(alert), event_id(alert), secret=budget.alert_webhook_secret)

@@ -146,6 +146,15 @@ class BudgetStatusSerializer(BudgetWindowSerializer):
 
 class BudgetSerializer(serializers.ModelSerializer):
     target = serializers.CharField(source="describe_target", read_only=True, help_text="What the budget covers.")
+    alert_webhook_secret = serializers.SerializerMethodField(
+        help_text="The webhook's own signing secret, only in the answer to the change that made it (a webhook set "
+        "for the first time or moved to another scheme, host or port) and to rotate-webhook-secret: null everywhere "
+        "else. Keep it: it is never shown again."
+    )
+    alert_webhook_secret_legacy = serializers.SerializerMethodField(
+        help_text="The webhook is still signed with the shared legacy secret (it was set before webhooks had their "
+        "own): rotate its secret."
+    )
 
     class Meta:
         model = Budget
@@ -165,6 +174,8 @@ class BudgetSerializer(serializers.ModelSerializer):
             "alert_percent",
             "alert_emails",
             "alert_webhook_url",
+            "alert_webhook_secret",
+            "alert_webhook_secret_legacy",
             "is_active",
             "created_at",
             "updated_at",
@@ -177,6 +188,12 @@ class BudgetSerializer(serializers.ModelSerializer):
             "period_days": {"help_text": "Length of a custom period in days; ignored for other periods."},
             "period_anchor": {"help_text": "First day of a custom period's first cycle (today if not given)."},
         }
+
+    def get_alert_webhook_secret(self, budget) -> str | None:
+        return budget.issued_webhook_secret or None
+
+    def get_alert_webhook_secret_legacy(self, budget) -> bool:
+        return budget.webhook_secret_legacy
 
     def validate(self, attrs):
         """Check the budget as a whole with the model's rules (the scope's target, a custom period's length)."""
@@ -193,6 +210,11 @@ class BudgetSerializer(serializers.ModelSerializer):
         # clean() settles what the period implies: no days or anchor unless custom, today as the default anchor.
         attrs["period_days"], attrs["period_anchor"] = budget.period_days, budget.period_anchor
         return attrs
+
+
+class WebhookSecretSerializer(serializers.Serializer):
+    id = serializers.IntegerField(read_only=True)
+    alert_webhook_secret = serializers.CharField(read_only=True, help_text="Shown in this answer only.")
 
 
 class BudgetDetailSerializer(BudgetSerializer):
@@ -243,6 +265,19 @@ class BudgetViewSet(TrailedModelViewSet):
         if self.action in ("status", "status_list"):
             return BudgetStatusSerializer
         return BudgetSerializer if self.action == "list" else BudgetDetailSerializer
+
+    @extend_schema(request=None, responses=WebhookSecretSerializer)
+    @action(detail=True, methods=["post"], url_path="rotate-webhook-secret")
+    def rotate_webhook_secret(self, request, pk=None):
+        """Give the budget's webhook a new signing secret, shown in this answer only; the old one stops at once."""
+        budget = self.get_object()
+        if not budget.alert_webhook_url:
+            raise serializers.ValidationError({"alert_webhook_url": "This budget has no webhook."})
+        before = snapshot(budget)
+        with transaction.atomic():
+            secret = budget.rotate_webhook_secret()
+            record_update(request.user, "api", budget, before, action="rotate_webhook_secret")
+        return Response(WebhookSecretSerializer({"id": budget.pk, "alert_webhook_secret": secret}).data)
 
     @extend_schema(responses=BudgetStatusSerializer)
     @action(detail=True, methods=["get"])

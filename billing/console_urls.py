@@ -8,6 +8,11 @@ urlpatterns = [
     path("budgets/<int:pk>/", views.BudgetDetailView.as_view(), name="budget"),
     path("budgets/<int:pk>/edit/", views.BudgetEditView.as_view(), name="budget-edit"),
     path("budgets/<int:pk>/delete/", views.BudgetDeleteView.as_view(), name="budget-delete"),
+    path(
+        "budgets/<int:pk>/rotate-webhook-secret/",
+        views.BudgetRotateWebhookSecretView.as_view(),
+        name="budget-rotate-webhook-secret",
+    ),
     path("alerts/", views.AlertListView.as_view(), name="alerts"),
     path("alerts/<int:pk>/acknowledge/", views.AlertAcknowledgeView.as_view(), name="alert-acknowledge"),
     path("prices/", views.PriceListView.as_view(), name="prices"),

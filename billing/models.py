@@ -5,6 +5,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
+from gateway_project.credentials import EncryptedTextField, new_signing_secret, same_origin
 from gateway_project.outbound import validate_webhook_url
 
 DEFAULT_PRICE_MODEL = "default"
@@ -84,8 +85,12 @@ class Budget(models.Model):
         max_length=500,
         blank=True,
         validators=[validate_webhook_url],
-        help_text="Alerts are POSTed here as JSON, signed with HMAC-SHA256.",
+        help_text="Alerts are POSTed here as JSON, signed with HMAC-SHA256 under the webhook's own secret.",
     )
+    # The receiver's own signing key: made when a webhook is first set or moves to another scheme, host or port,
+    # shown once, rotatable; encrypted at rest. Empty with a webhook: one made before receivers had their own
+    # secrets, still signed with the shared legacy GATEWAY_WEBHOOK_SECRET until it is rotated.
+    alert_webhook_secret = EncryptedTextField(blank=True)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -96,6 +101,20 @@ class Budget(models.Model):
 
     def __str__(self):
         return f"{self.describe_target()}: ${self.limit_usd} {self.get_period_display().lower()} ({self.mode})"
+
+    def save(self, *args, **kwargs):
+        """A new webhook receiver (first set, or another scheme, host or port) gets its own new secret; a budget
+        without a webhook keeps none."""
+        self.issued_webhook_secret = ""
+        fields = kwargs.get("update_fields")
+        if fields is None or "alert_webhook_url" in fields:
+            if not self.alert_webhook_url:
+                self.alert_webhook_secret = ""
+            elif self._new_webhook_receiver():
+                self.alert_webhook_secret = self.issued_webhook_secret = new_signing_secret()
+            if fields is not None:
+                kwargs["update_fields"] = [*fields, "alert_webhook_secret"]
+        super().save(*args, **kwargs)
 
     @property
     def limit_nanos(self) -> int:
@@ -143,6 +162,28 @@ class Budget(models.Model):
     @property
     def alert_addresses(self) -> list[str]:
         return _addresses(self.alert_emails)
+
+    # Set by save() and rotate_webhook_secret(): a signing secret just made, to be shown once; else "".
+    issued_webhook_secret = ""
+
+    @property
+    def webhook_secret_legacy(self) -> bool:
+        """A webhook still signed with the shared legacy secret (set before receivers had their own)."""
+        return bool(self.alert_webhook_url) and not self.alert_webhook_secret
+
+    def _new_webhook_receiver(self) -> bool:
+        if self._state.adding:
+            return True
+        stored = Budget._base_manager.filter(pk=self.pk).values_list("alert_webhook_url", flat=True).first()
+        return not stored or not same_origin(stored, self.alert_webhook_url)
+
+    def rotate_webhook_secret(self) -> str:
+        """Give the webhook's receiver a new signing secret, returned to be shown once; the old one stops now."""
+        if not self.alert_webhook_url:
+            raise ValueError("This budget has no webhook.")
+        self.alert_webhook_secret = self.issued_webhook_secret = new_signing_secret()
+        super().save(update_fields=["alert_webhook_secret", "updated_at"])
+        return self.issued_webhook_secret
 
 
 def _addresses(text: str) -> list[str]:

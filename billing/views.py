@@ -18,7 +18,7 @@ from billing.models import DEFAULT_PRICE_MODEL, Budget, BudgetAlert, ModelPrice
 from billing.periods import MONTHLY, period_of
 from billing.prices import price_book, unpriced_models, unprices_unknown_models
 from billing.services import acknowledge_alert
-from gateway_project import roles
+from gateway_project import handoff, roles
 from gateway_project.console import RoleRequiredMixin, TrailedDeleteView, TrailedEditView, sorted_page
 
 # --- budgets ----------------------------------------------------------------------------------------------------
@@ -51,7 +51,36 @@ class BudgetListView(RoleRequiredMixin, View):
         return render(request, "billing/budget_list.html", context)
 
 
+# The session keeps only one-time tokens of hand-offs (gateway_project.handoff), by budget id; never a secret.
+WEBHOOK_SECRET_SESSION = "issued_webhook_secret_handoffs"
+HANDOFFS_KEPT = 5
+
+
+def _purpose(budget_pk: int) -> str:
+    return f"budget-webhook-secret:{budget_pk}"
+
+
+def _show_secret_once(request, budget: Budget) -> None:
+    """Hand a webhook signing secret just made to the budget's next page view, through an encrypted one-time
+    hand-off."""
+    if budget.issued_webhook_secret:
+        tokens = request.session.get(WEBHOOK_SECRET_SESSION, {})
+        tokens[str(budget.pk)] = handoff.put(budget.issued_webhook_secret, purpose=_purpose(budget.pk))
+        request.session[WEBHOOK_SECRET_SESSION] = dict(list(tokens.items())[-HANDOFFS_KEPT:])
+
+
+def _take_secret(request, budget: Budget) -> str | None:
+    tokens = request.session.get(WEBHOOK_SECRET_SESSION, {})
+    token = tokens.pop(str(budget.pk), None)
+    if token is None:
+        return None
+    request.session[WEBHOOK_SECRET_SESSION] = tokens
+    return handoff.take(token, purpose=_purpose(budget.pk))
+
+
 class BudgetDetailView(RoleRequiredMixin, View):
+    """A budget, its alerts and past windows; once after its webhook got a new secret, that secret."""
+
     def get(self, request, pk):
         budget = get_object_or_404(overview.with_targets(Budget.objects.all()), pk=pk)
         context = {
@@ -59,8 +88,31 @@ class BudgetDetailView(RoleRequiredMixin, View):
             "status": overview.bar(budget),
             "alerts": budget.alerts.all()[:50],
             "history": budget_history(budget, count=6),
+            "webhook_secret": _take_secret(request, budget),
         }
-        return render(request, "billing/budget_detail.html", context)
+        response = render(request, "billing/budget_detail.html", context)
+        if context["webhook_secret"]:
+            response["Cache-Control"] = "no-store"
+        return response
+
+
+class BudgetRotateWebhookSecretView(RoleRequiredMixin, View):
+    """Give a budget's webhook a new signing secret (POST only), shown once on the budget's page."""
+
+    needed_roles = roles.MANAGE
+
+    def post(self, request, pk):
+        budget = get_object_or_404(Budget, pk=pk)
+        if not budget.alert_webhook_url:
+            messages.error(request, "This budget has no webhook.")
+            return redirect("console:budget", pk=budget.pk)
+        before = snapshot(budget)
+        with transaction.atomic():
+            budget.rotate_webhook_secret()
+            record_update(request.user, "console", budget, before, action="rotate_webhook_secret")
+        _show_secret_once(request, budget)
+        messages.success(request, "The webhook has a new signing secret; the old one no longer signs its alerts.")
+        return redirect("console:budget", pk=budget.pk)
 
 
 class BudgetEditView(TrailedEditView):
@@ -77,6 +129,9 @@ class BudgetEditView(TrailedEditView):
 
     def saved_message(self, obj):
         return f"Budget saved: {obj}. Gateways apply it within their refresh."
+
+    def after_save(self, request, obj):
+        _show_secret_once(request, obj)  # a webhook set for the first time, or moved to another host
 
     def success_url(self, obj):
         return reverse("console:budget", kwargs={"pk": obj.pk})

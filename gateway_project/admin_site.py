@@ -4,7 +4,8 @@ The console, the API and the management commands record every change in the
 trail, through the services that also keep the gateway's caches right; a save
 in Django admin would do neither. So every model registered here, by any app,
 is shown without add, change or delete, and without its secret fields (the
-trail's ``SECRET_FIELDS``: an agent's upstream key, a key's hash, a password).
+trail's ``SECRET_FIELDS``: a key's hash, a password; and every encrypted field, such as
+upstream credentials and webhook signing secrets).
 Management API tokens (``keys.ApiToken``, hashed) are not registered at all.
 """
 
@@ -14,10 +15,16 @@ from django.contrib import admin
 
 from audit.trail import SECRET_FIELDS
 from gateway_project import signin
+from gateway_project.credentials import secret_field_names
 
 
-def _without_secrets(names) -> list:
-    return [name for name in names if name not in SECRET_FIELDS]
+def _secrets(model) -> frozenset[str]:
+    return SECRET_FIELDS | secret_field_names(model)
+
+
+def _without_secrets(names, model) -> list:
+    hidden = _secrets(model)
+    return [name for name in names if name not in hidden]
 
 
 class ReadOnlyAdminMixin:
@@ -33,25 +40,25 @@ class ReadOnlyAdminMixin:
         return False
 
     def get_exclude(self, request, obj=None):
-        return [*(super().get_exclude(request, obj) or ()), *SECRET_FIELDS]
+        return [*(super().get_exclude(request, obj) or ()), *_secrets(self.model)]
 
     def get_fields(self, request, obj=None):
-        return _without_secrets(super().get_fields(request, obj))
+        return _without_secrets(super().get_fields(request, obj), self.model)
 
     def get_fieldsets(self, request, obj=None):
         return [
-            (name, {**options, "fields": _without_secrets(options.get("fields", ()))})
+            (name, {**options, "fields": _without_secrets(options.get("fields", ()), self.model)})
             for name, options in super().get_fieldsets(request, obj)
         ]
 
     def get_readonly_fields(self, request, obj=None):
-        return _without_secrets(super().get_readonly_fields(request, obj))
+        return _without_secrets(super().get_readonly_fields(request, obj), self.model)
 
     def get_list_display(self, request):
-        return _without_secrets(super().get_list_display(request))
+        return _without_secrets(super().get_list_display(request), self.model)
 
     def get_search_fields(self, request):
-        return _without_secrets(super().get_search_fields(request))
+        return _without_secrets(super().get_search_fields(request), self.model)
 
 
 def read_only(admin_class: type) -> type:

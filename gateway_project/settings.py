@@ -14,21 +14,24 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from gateway_project.env import envallowlist, envbool, envfloat, envint, envlist, envrate, envstr
+from gateway_project.env import (
+    envallowlist,
+    envbool,
+    envfloat,
+    envint,
+    envkeyring,
+    envlist,
+    envrate,
+    envstr,
+    new_fernet_key,
+    private_file,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(envstr("GATEWAY_VAR_DIR", str(BASE_DIR / "var")))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 DEBUG = envbool("DJANGO_DEBUG", False)
-SECRET_KEY = envstr("DJANGO_SECRET_KEY", "")
-if not SECRET_KEY:
-    # Embedded runs get a stable per-checkout key instead of a hard-coded one.
-    _key_file = VAR_DIR / "secret_key"
-    if not _key_file.exists():
-        _key_file.write_text(secrets.token_urlsafe(50))
-    SECRET_KEY = _key_file.read_text().strip()
-
 ALLOWED_HOSTS = envlist("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = envlist("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
@@ -37,6 +40,23 @@ CSRF_TRUSTED_ORIGINS = envlist("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 # TLS (at the load balancer) and every protection below is on unless its variable says otherwise.
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1", "testserver"}
 DEPLOYED = not DEBUG and not set(ALLOWED_HOSTS) <= _LOOPBACK_HOSTS
+SECRET_KEY = envstr("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if DEPLOYED:
+        # Every process and host must share one key; a file generated on one disk cannot give them that.
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY (or DJANGO_SECRET_KEY_FILE) must be set on a deployed gateway.")
+    # Embedded runs get a stable per-checkout key instead of a hard-coded one, readable by its owner only.
+    SECRET_KEY = private_file(VAR_DIR / "secret_key", lambda: secrets.token_urlsafe(50))
+# Keys that encrypt stored upstream credentials and webhook secrets (gateway_project/credentials.py), newest first;
+# embedded runs generate one into var/ (0600), a deployed gateway must be given them.
+GATEWAY_CREDENTIAL_KEYS = envkeyring("GATEWAY_CREDENTIAL_KEYS")
+if not GATEWAY_CREDENTIAL_KEYS:
+    if DEPLOYED:
+        raise ImproperlyConfigured(
+            "GATEWAY_CREDENTIAL_KEYS (or GATEWAY_CREDENTIAL_KEYS_FILE) must be set on a deployed gateway: the keys "
+            "that encrypt stored upstream credentials (make one with `manage.py rotate_credentials --new-key`)."
+        )
+    GATEWAY_CREDENTIAL_KEYS = [private_file(VAR_DIR / "credential_key", new_fernet_key)]
 HTTPS = envbool("GATEWAY_HTTPS", DEPLOYED)
 SECURE_SSL_REDIRECT = envbool("DJANGO_SECURE_SSL_REDIRECT", HTTPS)
 SECURE_REDIRECT_EXEMPT = envlist("DJANGO_SECURE_REDIRECT_EXEMPT", [])  # path regexes, e.g. a load balancer's check

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from django.apps import apps
 
+from gateway_project import private_files
+
 log = logging.getLogger("gateway.spool")
 READY, CLAIMED = ".jsonl", ".claimed"
 
@@ -71,10 +73,10 @@ class Spool:
 
     def put(self, batch: list[tuple]) -> Path:
         """Write ``batch`` ([(model, row), ...]) to a new file, durably, and return its path."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_files.make_dir(self.directory, private_files.OWNER_DIR_MODE)
         name = f"{time.time_ns():020d}-{os.getpid()}"
         temporary = self.directory / f"{name}.tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
+        with private_files.create(temporary, private_files.OWNER_FILE_MODE, text=True) as handle:
             for model, row in batch:
                 handle.write(json.dumps({"model": model._meta.label, "row": row}, default=_encode) + "\n")
             handle.flush()

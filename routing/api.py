@@ -1,6 +1,7 @@
 """Agents (upstreams) in the management API: serializer and viewset."""
 
 import math
+from typing import Literal
 
 from django.db import transaction
 from django_filters import rest_framework as filters
@@ -14,12 +15,19 @@ from gateway_project.api import SEARCHABLE_FILTER_BACKENDS, NameListField, SlugR
 from routing.balance import DEFAULT_TARGET
 from routing.circuits import agent_health, reset_circuits
 from routing.models import RESILIENCE_FIELDS, Agent, Target
+from routing.table import target_credential
+
+CLEARED_HELP = (
+    "True when this change moved the URL to another scheme, host or port without setting a credential, so the stored "
+    "one was removed (it is never sent to a host it was not set for): set it again if the new host needs it."
+)
 
 
 class AgentSerializer(serializers.ModelSerializer):
     served_models = NameListField(required=False, help_text="Model names this upstream serves.")
     capabilities = NameListField(required=False, help_text="Keywords for content routing.")
     has_upstream_api_key = serializers.SerializerMethodField(help_text="Whether an upstream credential is set.")
+    upstream_api_key_cleared = serializers.SerializerMethodField(help_text=CLEARED_HELP)
 
     class Meta:
         model = Agent
@@ -31,6 +39,7 @@ class AgentSerializer(serializers.ModelSerializer):
             "upstream_url",
             "upstream_api_key",
             "has_upstream_api_key",
+            "upstream_api_key_cleared",
             "served_models",
             "default_model",
             "capabilities",
@@ -51,6 +60,9 @@ class AgentSerializer(serializers.ModelSerializer):
 
     def get_has_upstream_api_key(self, agent) -> bool:
         return bool(agent.upstream_api_key)
+
+    def get_upstream_api_key_cleared(self, agent) -> bool:
+        return agent.credential_cleared
 
     def validate_timeout_seconds(self, value):
         if not math.isfinite(value) or value <= 0:
@@ -152,12 +164,33 @@ class AgentViewSet(TrailedModelViewSet):
 
 class TargetSerializer(serializers.ModelSerializer):
     agent = SlugRelatedField(slug_field="slug", queryset=Agent.objects.all())
+    has_upstream_api_key = serializers.SerializerMethodField(help_text="Whether the target has its own credential.")
+    credential_source = serializers.SerializerMethodField(
+        help_text="What the target is sent: its own credential (own), the agent's, which goes only to the agent's "
+        "own scheme, host and port (agent), or none."
+    )
+    upstream_api_key_cleared = serializers.SerializerMethodField(help_text=CLEARED_HELP)
 
     class Meta:
         model = Target
-        fields = ["id", "agent", "name", "url", "weight", "max_concurrent", "enabled", "created_at"]
+        fields = [
+            "id", "agent", "name", "url", "upstream_api_key", "has_upstream_api_key", "credential_source",
+            "upstream_api_key_cleared", "weight", "max_concurrent", "enabled", "created_at",
+        ]  # fmt: skip
         read_only_fields = ["created_at"]
+        extra_kwargs = {"upstream_api_key": {"write_only": True}}
         validators = []  # the unique name per agent is checked in validate(), with a message that names both
+
+    def get_has_upstream_api_key(self, target) -> bool:
+        return bool(target.upstream_api_key)
+
+    def get_credential_source(self, target) -> Literal["own", "agent", "none"]:
+        if target.upstream_api_key:
+            return "own"
+        return "agent" if target_credential(target, target.agent) else "none"
+
+    def get_upstream_api_key_cleared(self, target) -> bool:
+        return target.credential_cleared
 
     def validate(self, data):
         agent = data.get("agent", getattr(self.instance, "agent", None))

@@ -40,7 +40,7 @@ class Lease:
 
 def targets_of(route: AgentRoute) -> tuple[TargetRoute, ...]:
     """The agent's enabled targets; none means its own upstream URL."""
-    return route.targets or (TargetRoute(DEFAULT_TARGET, route.base_url),)
+    return route.targets or (TargetRoute(DEFAULT_TARGET, route.base_url, upstream_api_key=route.upstream_api_key),)
 
 
 def target_key(store: HotState, agent: str, target: str) -> str:

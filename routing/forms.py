@@ -7,7 +7,8 @@ from urllib.parse import urlsplit
 from django import forms
 
 from gateway_project import datetimes
-from routing.models import RESILIENCE_FIELDS, Agent, Target
+from routing.models import CREDENTIAL_MAX_LENGTH, RESILIENCE_FIELDS, Agent, Target
+from routing.table import target_credential
 
 NAME_MAX_LENGTH = 200
 
@@ -61,7 +62,7 @@ class AgentForm(forms.ModelForm):
     )
     upstream_api_key = forms.CharField(
         required=False,
-        max_length=500,
+        max_length=CREDENTIAL_MAX_LENGTH,
         label="Upstream API key",
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
         help_text="Credential the gateway sends upstream (never a client's key). No credential is set.",
@@ -180,10 +181,9 @@ class AgentForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         self._stored_secret = self.instance.upstream_api_key
         if self._stored_secret:
-            self.fields[
-                "upstream_api_key"
-            ].help_text = (
-                "A credential is set and is never shown. Leave empty to keep it, or type a new one to replace it."
+            self.fields["upstream_api_key"].help_text = (
+                "A credential is set and is never shown. Leave empty to keep it, or type a new one to replace it. "
+                "Moving the upstream URL to another scheme, host or port removes it unless you type one here too."
             )
         else:
             del self.fields["clear_upstream_api_key"]
@@ -234,7 +234,16 @@ class AgentForm(forms.ModelForm):
 
 
 class TargetForm(forms.ModelForm):
+    """A target; its own credential is write-only like the agent's (empty keeps it, "remove" clears it)."""
+
     url = forms.URLField(max_length=500, assume_scheme="http", label="URL")
+    upstream_api_key = forms.CharField(
+        required=False,
+        max_length=CREDENTIAL_MAX_LENGTH,
+        label="Own API key",
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+    )
+    clear_upstream_api_key = forms.BooleanField(required=False, label="Remove its own key")
 
     class Meta:
         model = Target
@@ -246,6 +255,31 @@ class TargetForm(forms.ModelForm):
         if urlsplit(url).scheme not in ("http", "https"):
             raise forms.ValidationError("The URL must start with http:// or https://.")
         return url
+
+    def clean(self):
+        data = super().clean()
+        if data.get("clear_upstream_api_key") and data.get("upstream_api_key"):
+            self.add_error("upstream_api_key", "Either type a new key or remove the stored one, not both.")
+        return data
+
+    def save(self, commit=True):
+        target = super().save(commit=False)
+        if self.cleaned_data.get("clear_upstream_api_key"):
+            target.upstream_api_key = ""
+        elif self.cleaned_data.get("upstream_api_key"):
+            target.upstream_api_key = self.cleaned_data["upstream_api_key"]
+        if commit:
+            target.save()
+        return target
+
+    def credential_source(self) -> str:
+        """What the saved target is sent, for its row: its own key, the agent's, or none."""
+        target = self.instance
+        if target.pk is None:
+            return ""
+        if target.upstream_api_key:
+            return "own key"
+        return "agent's key" if target_credential(target, target.agent) else "no key"
 
 
 # An agent's targets, edited on its page; none means the agent's own upstream URL serves it.

@@ -46,6 +46,7 @@ from audit.redaction_rules import warm_rules
 from billing.budgets import BudgetRule
 from billing.periods import Period
 from billing.pricing import Price, Quote, prices
+from gateway_project.credentials import new_signing_secret
 from gateway_project.errors import GatewayError, bad_request, not_found
 from gateway_project.hotstate import BudgetCheck, get_hot_state
 from keys.access import KeySnapshot, ensure_usable, rate_checks, snapshot_for
@@ -129,17 +130,17 @@ async def submit(ex: Exchange, facts: RequestFacts, reason: str, payload: dict, 
     if prefers_async(ex):
         ex.extra_headers.append((b"preference-applied", b"respond-async"))
     ex.extra_headers.append((b"x-gateway-route-reason", reason.encode()))
-    await ex.respond_json(
-        202,
-        {
-            "id": str(job.pk),
-            "object": OBJECT,
-            "status": job.status,
-            "status_url": status_url(job),
-            "request_id": ex.request_id,
-            "created_at": _iso(job.created_at),
-        },
-    )
+    accepted = {
+        "id": str(job.pk),
+        "object": OBJECT,
+        "status": job.status,
+        "status_url": status_url(job),
+        "request_id": ex.request_id,
+        "created_at": _iso(job.created_at),
+    }
+    if job.webhook_secret:
+        accepted["webhook_secret"] = job.webhook_secret  # its one showing: the job's reads never carry it
+    await ex.respond_json(202, accepted)
 
 
 def _create(ex, route, reason, payload, model, limit, webhook, ticket) -> AgentJob:
@@ -165,6 +166,7 @@ def _create(ex, route, reason, payload, model, limit, webhook, ticket) -> AgentJ
             },
         },
         webhook_url=webhook,
+        webhook_secret=new_signing_secret() if webhook else "",
         webhook_status="pending" if webhook else "",
     )
 

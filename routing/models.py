@@ -1,12 +1,14 @@
 import uuid
 
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.validators import MaxLengthValidator, MaxValueValidator, MinValueValidator
 from django.db import models
 
+from gateway_project.credentials import EncryptedTextField, HostBoundCredential
 from gateway_project.outbound import validate_upstream_url
 
 DEFAULT_RETRY_STATUSES = [502, 503, 529]
+CREDENTIAL_MAX_LENGTH = 500
 # An agent's balancing, retry, breaker and versioning settings: the console form and the API edit the same ones.
 RESILIENCE_FIELDS = [
     "strategy",
@@ -35,14 +37,18 @@ def validate_name_list(value):
         raise ValidationError("Give a list of non-empty strings.")
 
 
-class Agent(models.Model):
+class Agent(HostBoundCredential):
     """An upstream the gateway forwards to: an agent service or an LLM provider.
 
     ``kind`` decides the wire shape: ``agent`` services take ``POST /invoke``,
     ``openai`` and ``anthropic`` providers take their own chat APIs. ``served_models``
     lists the model names this upstream serves; a chat request's ``model``
-    selects the agent that serves it (or the agent whose slug it names).
+    selects the agent that serves it (or the agent whose slug it names). Its
+    credential is encrypted at rest and bound to its URL's origin
+    (``gateway_project.credentials``).
     """
+
+    URL_FIELD = "upstream_url"
 
     class Kind(models.TextChoices):
         AGENT = "agent", "Agent service"
@@ -55,8 +61,10 @@ class Agent(models.Model):
     upstream_url = models.URLField(
         max_length=500, validators=[validate_upstream_url], help_text="Base URL, e.g. http://10.0.0.5:9000"
     )
-    upstream_api_key = models.CharField(
-        max_length=500, blank=True, help_text="Credential the gateway sends upstream (never the client's key)."
+    upstream_api_key = EncryptedTextField(
+        blank=True,
+        validators=[MaxLengthValidator(CREDENTIAL_MAX_LENGTH)],
+        help_text="Credential the gateway sends upstream (never the client's key); encrypted at rest.",
     )
     served_models = models.JSONField(default=list, blank=True, validators=[validate_name_list])
     default_model = models.CharField(
@@ -136,8 +144,13 @@ class Agent(models.Model):
             raise ValidationError({"fallbacks": "An agent cannot fall back to itself."})
 
 
-class Target(models.Model):
-    """One upstream instance of an agent; an agent without enabled targets is served by its ``upstream_url``."""
+class Target(HostBoundCredential):
+    """One upstream instance of an agent; an agent without enabled targets is served by its ``upstream_url``.
+
+    It is sent its own credential, or else the agent's when it is on the agent's own origin.
+    """
+
+    URL_FIELD = "url"
 
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="targets")
     name = models.SlugField(max_length=100, help_text="e.g. v1, v2-canary, eu-west")
@@ -148,6 +161,12 @@ class Target(models.Model):
         default=100, validators=[MaxValueValidator(10_000)], help_text="Share of traffic under the weighted strategy."
     )
     max_concurrent = models.PositiveIntegerField(default=0, help_text="Requests at once; 0 means no limit.")
+    upstream_api_key = EncryptedTextField(
+        blank=True,
+        validators=[MaxLengthValidator(CREDENTIAL_MAX_LENGTH)],
+        help_text="Credential sent to this target; empty: the agent's, when the target is on the agent's own "
+        "scheme, host and port, else none. Encrypted at rest.",
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -221,6 +240,8 @@ class AgentJob(models.Model):
     result = models.JSONField(null=True, blank=True)
     error = models.JSONField(null=True, blank=True)
     webhook_url = models.URLField(max_length=500, blank=True)
+    # The key its webhook is signed with, made for this job and shown once (in the 202); encrypted at rest.
+    webhook_secret = EncryptedTextField(blank=True)
     webhook_status = models.CharField(max_length=20, blank=True, help_text="pending, delivered or failed")
     webhook_attempts = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)

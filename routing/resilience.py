@@ -165,7 +165,9 @@ async def _try_agent(ex: Exchange, ticket, route: AgentRoute, attempt: Attempt, 
 
 async def _attempt(ex, ticket, route, lease, attempt, remaining, final) -> tuple[GatewayError | None, dict]:
     """One call to one target; returns its error (None: it answered) and its line in the audit's attempts."""
-    target_route = replace(route, base_url=lease.target.base_url, timeout=remaining)
+    # The target's own URL and credential: a target is sent the agent's credential only on the agent's origin.
+    target = lease.target
+    target_route = replace(route, base_url=target.base_url, upstream_api_key=target.upstream_api_key, timeout=remaining)
     probe = AttemptProbe(final=final)
     token = current_attempt.set(probe)
     _set_header(ex, TARGET_HEADER, f"{route.slug}/{lease.target.name}")

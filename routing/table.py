@@ -9,11 +9,12 @@ from datetime import datetime
 from django.conf import settings
 
 from gateway_project import outbound
+from gateway_project.credentials import same_origin
 from gateway_project.errors import not_found
 from gateway_project.snapshots import RefreshingTable
 from routing import content_routing
 from routing.deprecation import deprecation_headers
-from routing.models import DEFAULT_RETRY_STATUSES, Agent, CapabilityKeyword, PathRoute
+from routing.models import DEFAULT_RETRY_STATUSES, Agent, CapabilityKeyword, PathRoute, Target
 from routing.path_routes import PathRouteEntry, entry_of
 
 log = logging.getLogger("gateway.routing")
@@ -27,6 +28,8 @@ class TargetRoute:
     base_url: str
     weight: int = 100
     max_concurrent: int = 0  # 0: no limit
+    # The credential this target is sent (``target_credential``), decrypted once when the table loads.
+    upstream_api_key: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +38,7 @@ class AgentRoute:
     name: str
     kind: str
     base_url: str
-    upstream_api_key: str
+    upstream_api_key: str = field(repr=False)  # decrypted once when the table loads, never per request
     served_models: tuple[str, ...]
     default_model: str
     capabilities: tuple[str, ...]
@@ -88,6 +91,14 @@ class RoutingTable:
         return await content_routing.choose(self, text, allowed)
 
 
+def target_credential(target: Target, agent: Agent) -> str:
+    """What a target is sent: its own credential, else the agent's when it is on the agent's scheme, host and port
+    (the agent's credential was set for that origin and goes nowhere else)."""
+    if target.upstream_api_key:
+        return target.upstream_api_key
+    return agent.upstream_api_key if same_origin(target.url, agent.upstream_url) else ""
+
+
 def route_of(agent: Agent) -> AgentRoute:
     return AgentRoute(
         slug=agent.slug,
@@ -104,7 +115,13 @@ def route_of(agent: Agent) -> AgentRoute:
         max_concurrent=agent.max_concurrent,
         requests_per_minute=agent.requests_per_minute,
         targets=tuple(
-            TargetRoute(target.name, target.url.rstrip("/"), target.weight, target.max_concurrent)
+            TargetRoute(
+                target.name,
+                target.url.rstrip("/"),
+                target.weight,
+                target.max_concurrent,
+                target_credential(target, agent),
+            )
             for target in agent.targets.all()
             if target.enabled
         ),

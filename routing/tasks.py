@@ -55,7 +55,8 @@ def deliver_job_webhook(self, job_id: str) -> str | Retry | None:
     attempts = rows.values_list("webhook_attempts", flat=True).first() or 0
     payload = {"event": f"agent.job.{job.status}", **jobs.job_body(job, with_webhook=False)}
     try:
-        webhooks.post_signed(url, payload, event_id=str(job.pk))  # resolved and checked again, then pinned
+        # Resolved and checked again, then pinned; signed with the secret this job's submitter was given.
+        webhooks.post_signed(url, payload, event_id=str(job.pk), secret=job.webhook_secret)
     except webhooks.Refused as refused:
         rows.update(webhook_status=FAILED)
         log.warning("did not deliver the webhook of job %s: %s", job_id, refused)

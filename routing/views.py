@@ -16,6 +16,11 @@ from routing.circuits import agent_health, reset_circuits
 from routing.forms import AgentForm, TargetFormSet
 from routing.models import Agent
 
+CLEARED_MESSAGE = (
+    "The stored upstream API key of {names} was removed: its URL now names another scheme, host or port, and a "
+    "credential is never sent to a host it was not set for. Type it again if the new host needs it."
+)
+
 
 class AgentListView(RoleRequiredMixin, View):
     def get(self, request):
@@ -61,14 +66,19 @@ class AgentEditView(TrailedEditView):
         with transaction.atomic():
             saved = form.save()
             record_update(request.user, "console", saved, before, after=snapshot(saved))
+            cleared = [saved.slug] if saved.credential_cleared else []
             if targets is not None:
-                self._save_targets(request, targets, targets_before)
+                cleared += self._save_targets(request, targets, targets_before)
         messages.success(request, self.saved_message(saved))
+        if cleared:
+            messages.warning(request, CLEARED_MESSAGE.format(names=", ".join(cleared)))
         return redirect(self.success_url(saved))
 
     @staticmethod
-    def _save_targets(request, targets, changed_before: dict) -> None:
-        """Save the formset, each created, changed or deleted target in the admin-action trail."""
+    def _save_targets(request, targets, changed_before: dict) -> list[str]:
+        """Save the formset, each created, changed or deleted target in the admin-action trail; return the targets
+        whose own credential was removed because their URL moved to another origin."""
+        cleared = []
         saved = targets.save(commit=False)
         for target in targets.deleted_objects:
             before, target_pk = changed_before.get(target.pk) or snapshot(target), target.pk
@@ -78,10 +88,13 @@ class AgentEditView(TrailedEditView):
         for target in saved:
             is_new = target.pk is None
             target.save()
+            if target.credential_cleared:
+                cleared.append(str(target))
             if is_new:
                 record_create(request.user, "console", target)
             else:
                 record_update(request.user, "console", target, changed_before[target.pk], after=snapshot(target))
+        return cleared
 
 
 class AgentToggleView(TrailedToggleView):

@@ -69,7 +69,8 @@ def test_targets_are_created_listed_by_agent_and_trailed(api, coder, writer):
     assert [t["name"] for t in by_slug] == [t["name"] for t in by_id] == ["v2-canary"]
     assert by_slug[0] | {"id": 0, "created_at": ""} == {
         "id": 0, "agent": "coder", "name": "v2-canary", "url": "http://10.0.0.9:9000", "weight": 5,
-        "max_concurrent": 4, "enabled": True, "created_at": "",
+        "max_concurrent": 4, "enabled": True, "created_at": "", "has_upstream_api_key": False,
+        "credential_source": "none", "upstream_api_key_cleared": False,
     }  # fmt: skip
     assert AdminAction.objects.filter(action="create", object_type="routing.target").count() == 1
     duplicate = api.post(

@@ -309,7 +309,7 @@ def test_the_webhook_is_retried_until_the_receiver_accepts(receiver):
     assert [d.status for d in hook.deliveries] == [500, 200]
     assert len({d.headers["X-Gateway-Event-Id"] for d in hook.deliveries}) == 1
     [accepted] = hook.accepted()
-    assert webhooks.verify(accepted.body, accepted.headers)
+    assert webhooks.verify(accepted.body, accepted.headers, secret=budget.alert_webhook_secret)
     event = accepted.event
     assert event == {
         "type": "budget.threshold_crossed",

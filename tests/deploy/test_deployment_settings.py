@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -16,6 +17,7 @@ DEPLOYED = {
     "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
     "GATEWAY_AUDIT_CHAIN_KEY": secrets.token_hex(32),
     "GATEWAY_AUDIT_CHECKPOINT_KEY": secrets.token_hex(32),
+    "GATEWAY_CREDENTIAL_KEYS": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
     "DATABASE_URL": "postgres://gateway@db.internal:5432/gateway",
     "REDIS_URL": "redis://redis.internal:6379/0",
 }

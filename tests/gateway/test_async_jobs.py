@@ -5,6 +5,7 @@ that is retried until the receiver takes it."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
@@ -223,8 +224,11 @@ def test_the_webhook_is_signed_and_retried_until_the_receiver_takes_it(runner, m
         assert body["webhook"] == {"url": hook.url, "status": "delivered", "attempts": 2}
         assert [d.status for d in hook.deliveries] == [500, 200]
         delivered = hook.accepted()[0]
-        assert webhooks.verify(delivered.body, delivered.headers, secret=SECRET)
-        assert not webhooks.verify(delivered.body, delivered.headers, secret="another secret")
+        # Signed with the secret this job's 202 gave its submitter, not the shared legacy one.
+        assert job["webhook_secret"].startswith("whsec_")
+        assert webhooks.verify(delivered.body, delivered.headers, secret=job["webhook_secret"])
+        assert not webhooks.verify(delivered.body, delivered.headers, secret=SECRET)
+        assert job["webhook_secret"] not in json.dumps(body) and "webhook_secret" not in body
         assert delivered.headers[webhooks.EVENT_ID_HEADER] == job["id"]
         event = delivered.event
         assert (event["event"], event["id"], event["status"]) == ("agent.job.succeeded", job["id"], "succeeded")
