@@ -6,9 +6,11 @@
     python3 dev.py bench   set up, then run the benchmark (production profile)
     python3 dev.py bench --audit   the audit-log benchmark instead (bench/audit_bench.py: exports, writes)
     python3 dev.py bench --stream  the streaming and balancing benchmark (bench/stream_bench.py: SSE TTFB, 2 targets)
+    python3 dev.py lock    regenerate requirements.lock and requirements-dev.lock from requirements*.txt
+                           (extra options go to uv pip compile, e.g. --upgrade-package NAME)
 
-Set-up is idempotent: a virtualenv in .venv, the pinned requirements (re-installed
-only when requirements*.txt change), and for tests the services they need.
+Set-up is idempotent: a virtualenv in .venv, the hash-pinned lock file (re-installed
+with --require-hashes only when it changes), and for tests the services they need.
 """
 
 from __future__ import annotations
@@ -46,13 +48,33 @@ def ensure_venv(dev: bool) -> None:
         say(f"creating virtualenv in {VENV}")
         run(sys.executable, "-m", "venv", VENV)
         run(PY, "-m", "pip", "install", "-q", "--upgrade", "pip")
-    wanted = "requirements-dev.txt" if dev else "requirements.txt"
-    digest = hashlib.sha256(b"".join((ROOT / f).read_bytes() for f in sorted(["requirements.txt", wanted])))
+    wanted = "requirements-dev.lock" if dev else "requirements.lock"
+    digest = hashlib.sha256((ROOT / wanted).read_bytes())
     stamp = VENV / f".installed-{wanted}"
     if not stamp.exists() or stamp.read_text() != digest.hexdigest():
         say(f"installing {wanted}")
-        run(PY, "-m", "pip", "install", "-q", "-r", ROOT / wanted)
+        run(PY, "-m", "pip", "install", "-q", "--require-hashes", "-r", ROOT / wanted)
         stamp.write_text(digest.hexdigest())
+
+
+def lock_gate() -> int:
+    """The lock files cover requirements*.txt, and .venv holds exactly requirements-dev.lock (see lockcheck.py)."""
+    import lockcheck
+
+    problems = lockcheck.lock_problems(ROOT)
+    hint = f"the lock files are out of date: run `{lockcheck.REGENERATE}` and commit requirements*.lock"
+    if not problems:
+        freeze = run(PY, "-m", "pip", "freeze", capture_output=True, text=True).stdout
+        problems = lockcheck.venv_problems(ROOT, freeze)
+        hint = (
+            f".venv is not what requirements-dev.lock pins: for a new dependency add it to requirements-dev.txt and"
+            f" run `{lockcheck.REGENERATE}`; otherwise `rm -r .venv` and set up again"
+        )
+    for problem in problems:
+        print(f"lock: {problem}")
+    if problems:
+        print(f"lock: {hint}")
+    return 1 if problems else 0
 
 
 def _listening(host: str, port: int) -> bool:
@@ -148,8 +170,9 @@ def cmd_test(args: list[str]) -> int:
         profiles = [args.pop(0)[2:]]
     base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     base["CELERY_TASK_ALWAYS_EAGER"] = "1"
-    say("gates: ruff, manage.py check, makemigrations --check, check --deploy (production settings)")
-    status = run(PY, "-m", "ruff", "check", ".", check=False).returncode
+    say("gates: lock files, ruff, manage.py check, makemigrations --check, check --deploy (production settings)")
+    status = lock_gate()
+    status = status or run(PY, "-m", "ruff", "check", ".", check=False).returncode
     status = status or run(PY, "-m", "ruff", "format", "--check", "--quiet", ".", check=False).returncode
     status = status or run(PY, "manage.py", "check", "--fail-level", "WARNING", check=False, env=base).returncode
     status = status or run(PY, "manage.py", "makemigrations", "--check", "--dry-run", check=False, env=base).returncode
@@ -182,8 +205,58 @@ def cmd_bench(args: list[str]) -> int:
     return run(PY, script, *args, check=False).returncode
 
 
+def cmd_lock(args: list[str]) -> int:
+    """Regenerate both lock files with uv (pinned in requirements-dev.txt) for CPython 3.11 on Linux x86_64.
+
+    Each entry carries the hashes of every file PyPI lists for that version, so a deployer on another
+    platform can install it too. uv keeps every pin already in a lock unless told to upgrade (pass
+    --upgrade or --upgrade-package NAME), and reads no config file or UV_* setting that could change
+    the result: the same inputs give the same files. The runtime lock is constrained to the dev lock,
+    so what deploys is what the tests ran on.
+    """
+    import lockcheck
+
+    pins = [r.pinned_version for r in lockcheck.parse_requirements(ROOT / "requirements-dev.txt") if r.name == "uv"]
+    if not pins or not pins[0]:
+        sys.exit("requirements-dev.txt must pin the lock files' generator: uv==<version>")
+    if not PY.exists():
+        run(sys.executable, "-m", "venv", VENV)
+    uv = VENV / "bin" / "uv"
+    found = run(uv, "--version", capture_output=True, text=True).stdout.split() if uv.exists() else []
+    if found[1:2] != pins[:1]:
+        say(f"installing uv {pins[0]}")
+        try:
+            locked = lockcheck.parse_lock((ROOT / "requirements-dev.lock").read_text()).get("uv")
+        except (OSError, lockcheck.LockFormatError):  # no lock yet, or a broken one this run replaces
+            locked = None
+        if locked and locked.version == pins[0]:  # with the hashes the lock already trusts
+            hashes = " ".join(f"--hash={h}" for h in locked.hashes)
+            (VENV / "uv-requirement.txt").write_text(f"uv=={locked.version} {hashes}\n")
+            run(PY, "-m", "pip", "install", "-q", "--require-hashes", "--no-deps", "-r", VENV / "uv-requirement.txt")
+        else:  # a new uv pin: trusted on first use, then hash-pinned in the lock
+            run(PY, "-m", "pip", "install", "-q", f"uv=={pins[0]}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UV_") or k in ("UV_CACHE_DIR", "UV_NATIVE_TLS")}
+    compile_ = [uv, "pip", "compile", "--quiet", "--no-config", "--default-index", "https://pypi.org/simple"]
+    compile_ += ["--generate-hashes", "--python-version", "3.11", "--python-platform", "x86_64-unknown-linux-gnu"]
+    compile_ += ["--custom-compile-command", lockcheck.REGENERATE]
+    say("locking requirements-dev.txt -> requirements-dev.lock")
+    status = run(*compile_, *args, "requirements-dev.txt", "-o", "requirements-dev.lock", check=False, env=env)
+    if status.returncode:
+        return status.returncode
+    say("locking requirements.txt -> requirements.lock (constrained to requirements-dev.lock)")
+    status = run(
+        *compile_, "-c", "requirements-dev.lock", "requirements.txt", "-o", "requirements.lock", check=False, env=env
+    )
+    if status.returncode:
+        return status.returncode
+    problems = lockcheck.lock_problems(ROOT)
+    for problem in problems:
+        print(f"lock: {problem}")
+    return 1 if problems else 0
+
+
 def main() -> int:
-    commands = {"run": cmd_run, "test": cmd_test, "bench": cmd_bench}
+    commands = {"run": cmd_run, "test": cmd_test, "bench": cmd_bench, "lock": cmd_lock}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         print(__doc__)
         return 2
