@@ -232,9 +232,10 @@ def cmd_lock(args: list[str]) -> int:
         if locked and locked.version == pins[0]:  # with the hashes the lock already trusts
             hashes = " ".join(f"--hash={h}" for h in locked.hashes)
             (VENV / "uv-requirement.txt").write_text(f"uv=={locked.version} {hashes}\n")
-            run(PY, "-m", "pip", "install", "-q", "--require-hashes", "--no-deps", "-r", VENV / "uv-requirement.txt")
+            source = ["--require-hashes", "--no-deps", "-r", VENV / "uv-requirement.txt"]
         else:  # a new uv pin: trusted on first use, then hash-pinned in the lock
-            run(PY, "-m", "pip", "install", "-q", f"uv=={pins[0]}")
+            source = [f"uv=={pins[0]}"]
+        run(PY, "-m", "pip", "install", "-q", "--force-reinstall", *source)
     env = {k: v for k, v in os.environ.items() if not k.startswith("UV_") or k in ("UV_CACHE_DIR", "UV_NATIVE_TLS")}
     compile_ = [uv, "pip", "compile", "--quiet", "--no-config", "--default-index", "https://pypi.org/simple"]
     compile_ += ["--generate-hashes", "--python-version", "3.11", "--python-platform", "x86_64-unknown-linux-gnu"]
