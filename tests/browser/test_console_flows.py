@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import csv
-import time
 import uuid
 
 import httpx
 
-from tests.conftest import wait_for
+from tests.waiting import until, wait_for
 
 CHAT = {"model": "research", "messages": [{"role": "user", "content": "find facts about otters"}]}
 
@@ -67,11 +66,15 @@ def test_an_admin_issues_watches_rotates_revokes_and_exports(gateway, page, cons
     page.get_by_role("link", name="Web client").first.click()
     page.locator(f"tr:has-text('{new_raw[:12]}')").get_by_role("button", name="Revoke").click()
     page.wait_for_selector(".messages li.success")
-    time.sleep(1.2)  # revocations reach every gateway process within a second
-    refused = httpx.post(
-        f"{gateway.url}/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {new_raw}"}
-    )
-    assert refused.status_code == 403 and refused.json()["error"]["code"] == "key_revoked"
+
+    def refused():
+        answer = httpx.post(
+            f"{gateway.url}/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {new_raw}"}
+        )
+        return answer.status_code != 200 and answer
+
+    refusal = until(refused, "the gateway refuses the revoked key")  # every process drops it within a second
+    assert refusal.status_code == 403 and refusal.json()["error"]["code"] == "key_revoked"
 
     # Filter the audit log to this client and export it.
     expected = wait_for(lambda: AuditRecord.objects.filter(client_slug=slug).count() >= 4 and True)

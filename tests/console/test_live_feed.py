@@ -12,6 +12,7 @@ from django.utils import timezone
 from audit.consumers import LiveFeedConsumer
 from audit.live import publish_batch
 from audit.models import AuditRecord
+from tests.waiting import DEADLINE_SECONDS
 
 
 def make_user(name, role):
@@ -49,7 +50,7 @@ def test_a_console_user_receives_each_saved_batch():
         connected, _ = await comm.connect()
         assert connected
         await publish_batch({AuditRecord: [row("r1"), row("r2", 429)]})
-        message = await comm.receive_json_from(timeout=2)
+        message = await comm.receive_json_from(timeout=DEADLINE_SECONDS)
         await comm.disconnect()
         return message
 
