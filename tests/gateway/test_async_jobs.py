@@ -20,9 +20,9 @@ from billing.models import UsageRecord
 from gateway_project import webhooks
 from routing.models import AgentJob
 from tests.billing.test_alerts import Receiver
-from tests.conftest import wait_for
 from tests.gateway.test_enforcement import assert_error
 from tests.servers import ROOT, Gateway, server_env, stop
+from tests.waiting import until, wait_for
 
 INVOKE = "/v1/agent/invoke"
 SECRET = "jobs-test-secret"
@@ -145,15 +145,17 @@ def test_limits_and_budgets_refuse_an_async_call_before_any_job(runner, make_key
 
 def test_a_queued_or_running_job_holds_the_keys_concurrency_slot(runner, make_key, seeded):
     client = runner.gateway.client(make_key(concurrent=1)[0])
-    seeded.configure(delay_ms=3000)
-    try:
-        job = submit(client, **{"async": True}).json()
-        busy = client.post(INVOKE, json={"input": "hi", "agent": "research"})
-        assert_error(busy, 429, "concurrency_limit")
-    finally:
-        seeded.configure(delay_ms=0)
+    with seeded.hold() as hold:  # the job's call waits at the upstream until the test has tried the slot
+        seeded.script(always={"hold": hold})  # the job's call is the gateway's own: no mock field or header
+        try:
+            job = submit(client, **{"async": True}).json()
+            busy = client.post(INVOKE, json={"input": "hi", "agent": "research"})
+            assert_error(busy, 429, "concurrency_limit")
+        finally:
+            seeded.script()
     assert finished(client, job["id"])["status"] == "succeeded"
-    assert client.post(INVOKE, json={"input": "hi", "agent": "research"}).status_code == 200  # the slot came back
+    # The slot comes back when the job settles, which may be a moment after its status says it succeeded.
+    until(lambda: client.post(INVOKE, json={"input": "hi", "agent": "research"}).status_code == 200, "the slot")
 
 
 def test_a_failing_agent_fails_the_job_with_the_gateways_error(runner, make_key, live_db):
