@@ -95,18 +95,19 @@ def upstream():
 
 
 @pytest.fixture
-def provider_at(live_db, seeded):
+def provider_at(live_db, seeded, gateway, wait_for_agent):
+    """``provider_at(url, kind, on=gateway, **fields)``: an agent at ``url``, once the gateway ``on`` has loaded it."""
     from routing.models import Agent
 
     made = []
 
-    def make(url, kind="openai", **fields):
+    def make(url, kind="openai", on=gateway, **fields):
         fields = {"served_models": ["gpt-4o-mini"], "default_model": "gpt-4o-mini", "timeout_seconds": 5, **fields}
         agent = Agent.objects.create(
             slug=f"s-{uuid.uuid4().hex[:8]}", name="s", kind=kind, upstream_url=url, max_retries=0, **fields
         )
         made.append(agent)
-        time.sleep(0.5)  # the gateway's routing table reloads
+        wait_for_agent(agent.slug, on)
         return agent
 
     yield make
@@ -199,7 +200,7 @@ def test_a_stream_that_outlasts_the_deadline_is_cut_and_charged(
     its reservation (held for the deadline and a margin) lapses and lets other requests spend the same money."""
     dribble = [step for i in range(60) for step in (chat_chunk(f"w{i} "), 0.2)]  # 12 s of answer
     server = upstream(*dribble, USAGE, DONE)
-    agent = provider_at(server.url, timeout_seconds=1)
+    agent = provider_at(server.url, timeout_seconds=1, on=deadline_gateway)
     raw, _ = make_key()
     body = {"model": agent.slug, "stream": True, "max_tokens": 200, "messages": [{"role": "user", "content": "hi"}]}
     started = time.monotonic()

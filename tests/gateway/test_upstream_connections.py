@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-import time
 import uuid
 
 import pytest
@@ -55,14 +54,14 @@ class RecordingUpstream:
 
 
 @pytest.fixture
-def recording_agent(live_db, seeded):
+def recording_agent(live_db, seeded, gateway, wait_for_agent):
     from routing.models import Agent
 
     upstream = RecordingUpstream()
     agent = Agent.objects.create(
         slug=f"c-{uuid.uuid4().hex[:8]}", name="c", kind="agent", upstream_url=upstream.url, max_retries=0
     )
-    time.sleep(0.5)  # the gateway's routing table reloads
+    wait_for_agent(agent.slug, gateway)
     yield agent, upstream
     agent.delete()
     upstream.stop()
