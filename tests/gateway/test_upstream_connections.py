@@ -124,19 +124,22 @@ def test_an_allow_listed_network_or_name_may_be_connected_to_but_never_the_metad
     assert [r["host"] for r in resolve(named, "api.internal")] == ["10.9.9.9"]
 
 
-def test_the_gateways_own_transports_check_the_address_they_connect_to(settings):
-    """Both transports: a name that resolves to loopback (not allow-listed) is refused when the call is made."""
+def test_the_gateways_own_transports_check_the_address_they_connect_to(settings, monkeypatch):
+    """Both transports: a name that resolves to loopback (not allow-listed) when called is refused."""
     import httpx
 
+    from gateway_project import outbound
     from routing import upstream
 
+    monkeypatch.setattr(outbound, "ThreadedResolver", lambda: FixedResolver("127.0.0.1"))  # DNS, as rebound
     settings.GATEWAY_UPSTREAM_ALLOWED_NETWORKS = []
     for transport in ("aiohttp", "httpx"):
         settings.GATEWAY = {**settings.GATEWAY, "HTTP_TRANSPORT": transport}
 
         async def call():
             upstream._transports.clear()
-            request = httpx.Request("GET", "http://localhost:9/", extensions={"timeout": {"connect": 2, "read": 2}})
+            timeout = {"connect": 2, "read": 2}
+            request = httpx.Request("GET", "http://upstream.example:9/", extensions={"timeout": timeout})
             try:
                 await upstream.send(request)
             except upstream.TRANSPORT_ERRORS as refused:
