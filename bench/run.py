@@ -518,7 +518,7 @@ class Bench:
         """Record every gateway worker with py-spy during a 32-connection run (not a measured run)."""
         pyspy = shutil.which("py-spy") or str(ROOT / ".venv" / "bin" / "py-spy")
         if not Path(pyspy).exists():
-            warn("py-spy is not installed (python3 dev.py test installs the dev lock, which has it); skipping --profile")
+            warn("py-spy is not installed (the dev lock has it: python3 dev.py test); skipping --profile")
             return None
         seconds = self.args.profile_seconds
         say(f"profiling the {len(self.workers)} Daphne workers with py-spy for {seconds} s at 32 connections")
