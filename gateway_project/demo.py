@@ -43,7 +43,15 @@ DEMO_AGENTS = [
         ["code"],
         "engineering",
     ),
-    ("openai", "OpenAI (mock)", "openai", ["gpt-4o", "gpt-4o-mini"], "gpt-4o-mini", [], "platform"),
+    (
+        "openai",
+        "OpenAI (mock)",
+        "openai",
+        ["gpt-4o", "gpt-4o-mini", "text-embedding-3-small"],
+        "gpt-4o-mini",
+        [],
+        "platform",
+    ),
     ("anthropic", "Anthropic (mock)", "anthropic", ["claude-sonnet", "claude-haiku"], "claude-haiku", [], "platform"),
 ]
 

@@ -348,7 +348,7 @@ class MemoryHotState(HotState):
         for check, new_tat in zip(rates, new_tats, strict=True):
             self._set(check.key, new_tat, (new_tat - now) / 1000 + 0.001, now_s)
         for slot in slots:
-            self._set(slot.key, (self._get(slot.key, now_s) or 0) + 1, 300, now_s)
+            self._set(slot.key, (self._get(slot.key, now_s) or 0) + 1, slot_ttl_seconds(), now_s)
         for budget, held in zip(budgets, helds, strict=True):
             if budget.reserve > 0 and budget.reservation:
                 held[budget.reservation] = (budget.reserve, now + budget.hold_ms)
@@ -382,7 +382,7 @@ class MemoryHotState(HotState):
                 self._values.pop(adj.key, None)
         for slot_key in slot_keys:
             current = self._get(slot_key, now_s) or 0
-            self._set(slot_key, max(0, current - 1), 300, now_s)
+            self._set(slot_key, max(0, current - 1), slot_ttl_seconds(), now_s)
         totals = []
         for budget in budgets:
             if budget.reservation:
@@ -522,6 +522,12 @@ class MemoryHotState(HotState):
 # (limit, ttl, reserve, reservation name, hold ms).
 # Reply: {0, 0, 0, remaining per rate...} on success; {-1, 0, 0, unseeded budget indexes...};
 # {i, retry ms, 0, remaining} for rate i; {n + s, retry ms} for slot s; {n + c + j, 0, spent} for budget j.
+def slot_ttl_seconds() -> int:
+    """How long a concurrency slot's count outlives its last change: the longest a request may take and a minute,
+    so a slot held by a long stream is never forgotten while it streams (a crashed process's lapses then)."""
+    return int(settings.GATEWAY["MAX_ANSWER_SECONDS"]) + 60
+
+
 _ADMIT_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -582,7 +588,7 @@ for i = 1, n do
 end
 for s = 1, c do
   redis.call('INCR', KEYS[n + s])
-  redis.call('EXPIRE', KEYS[n + s], 300)
+  redis.call('EXPIRE', KEYS[n + s], SLOT_TTL)
 end
 for j = 1, m do
   local k = n + c + (j - 1) * 4
@@ -631,7 +637,7 @@ end
 local base = n * 3 + 2
 local c = tonumber(ARGV[base])
 for s = 1, c do
-  if redis.call('DECR', KEYS[n + s]) < 0 then redis.call('SET', KEYS[n + s], 0, 'EX', 300) end
+  if redis.call('DECR', KEYS[n + s]) < 0 then redis.call('SET', KEYS[n + s], 0, 'EX', SLOT_TTL) end
 end
 local spend = tonumber(ARGV[base + 1])
 local m = tonumber(ARGV[base + 2])
@@ -846,9 +852,9 @@ class RedisHotState(HotState):
         client = self._async_clients.get(id(loop))
         if client is None:
             client = self._aioredis.Redis.from_url(self._url, max_connections=256)
-            client._admit = client.register_script(_ADMIT_LUA)
+            client._admit = client.register_script(_ADMIT_LUA.replace("SLOT_TTL", str(slot_ttl_seconds())))
             client._seed = client.register_script(_SEED_LUA)
-            client._settle = client.register_script(_SETTLE_LUA)
+            client._settle = client.register_script(_SETTLE_LUA.replace("SLOT_TTL", str(slot_ttl_seconds())))
             client._target_acquire = client.register_script(_TARGET_ACQUIRE_LUA)
             client._target_release = client.register_script(_TARGET_RELEASE_LUA)
             client._target_states = client.register_script(_TARGET_STATES_LUA)

@@ -151,7 +151,7 @@ async def admit_anonymous(ex: Exchange, facts: RequestFacts) -> Ticket:
     route, path_route = facts.route, facts.path_route
     rates, slots = capacity_checks(store, route)
     rates = path_route_check(store, path_route) + rates
-    result = await store.admit(rates, slots, [])
+    result = await admitted(store, rates, slots, [])
     if not result.ok:
         if result.failed == "route_requests":
             raise _route_refusal(path_route, result.retry_after_ms)
@@ -194,7 +194,7 @@ async def admit(ex: Exchange, facts: RequestFacts, *, take_target: bool = False)
     checks += path_route_check(store, path_route) + agent_rates
     slots += agent_slots
     first = balance.first_lease(route) if take_target and route is not None else None
-    result = await store.admit(checks, slots, budgets, first[1] if first else None)
+    result = await admitted(store, checks, slots, budgets, first)
     lease = _taken(first, result.target)
     try:
         result = await _seeded_admission(store, result, checks, slots, budgets, rules, periods)
@@ -296,6 +296,34 @@ def output_cap(max_output: int | None, default_output: int | None) -> int:
     return max_output or default_output or settings.GATEWAY["DEFAULT_MAX_OUTPUT_TOKENS"]
 
 
+async def admitted(store: HotState, rates, slots, budgets, first=None):
+    """``store.admit``, seen through even when the caller is cancelled (its client hung up) while it runs.
+
+    The script may already have taken slots, reservations and a target when the
+    cancellation lands, and no ticket exists yet to give them back: they are given
+    back here, once it has run, before the cancellation goes on. Else every hang-up
+    during admission would hold an agent's shared slots until they lapsed.
+    """
+    call = asyncio.ensure_future(store.admit(rates, slots, budgets, first[1] if first else None))
+    try:
+        return await asyncio.shield(call)
+    except asyncio.CancelledError:
+        await asyncio.shield(_undo(store, call, slots, budgets, first))
+        raise
+
+
+async def _undo(store: HotState, call: asyncio.Future, slots, budgets, first) -> None:
+    try:
+        result = await call
+    except Exception:  # it failed: it took nothing
+        return
+    lease = _taken(first, result.target)
+    if lease is not None:
+        await balance.release(lease, "none", -1)
+    if result.ok:
+        await store.settle([], [slot.key for slot in slots], budgets, 0)
+
+
 def _taken(first, verdict) -> balance.Lease | None:
     """The admission's lease on the first target, if the target took it."""
     if first is None or verdict is None or verdict[0] not in ("ok", "probe"):
@@ -311,7 +339,7 @@ async def _seeded_admission(store, result, checks, slots, budgets, rules, period
         missing = result.unseeded
         spent = await _seeds_for([rules[i] for i in missing], [periods[i] for i in missing])
         await store.seed([budgets[i] for i in missing], spent)
-        result = await store.admit(checks, slots, budgets)
+        result = await admitted(store, checks, slots, budgets)
     return result
 
 

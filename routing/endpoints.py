@@ -22,7 +22,7 @@ from channels.db import database_sync_to_async
 from audit.redaction_rules import warm_rules
 from billing.status import budget_report
 from billing.usage import client_usage, usage_query
-from gateway_project.errors import GatewayError, bad_request, not_found
+from gateway_project.errors import GatewayError, bad_request, forbidden, not_found
 from gateway_project.writer import writer
 from keys.access import authorize, ensure_usable, identify, note_failed_authentication, refuse_if_blocked
 from routing import anthropic_shape, deprecation, forward, jobs, path_routes, protocols, resilience
@@ -143,8 +143,8 @@ async def _route_for_model(ex: Exchange, requested: str) -> RequestFacts:
     table = await routing_table.get()
     route = table.for_model(requested)
     deprecation.mark(ex, table.deprecations.get(route.slug))
-    ex.agent, ex.model = route.slug, route.default_model if requested == route.slug else requested
-    authorize(ex.key, route.slug, "" if requested == route.slug else requested)
+    ex.agent, ex.model = route.slug, route.answering_model(requested)
+    authorize_model(ex.key, route, requested)
     return ex.learn(ex.facts.routed(route, requested))
 
 
@@ -165,6 +165,26 @@ async def chat_completions(ex: Exchange) -> None:
     payload = _capped(payload, route)
     attempt = partial(_chat_via, ex, payload, stream, wants_usage)
     await _metered(ex, facts, protocols.max_tokens(payload), partial(_run, ex, route, attempt))
+
+
+def authorize_model(key, route: AgentRoute, requested: str) -> None:
+    """403 unless the key may use the agent and the model that will answer: a request naming the agent (its slug)
+    is answered by its default model, which the key's model scopes must cover like any other; a key limited to
+    some models cannot ask an agent whose upstream chooses its own."""
+    model = route.answering_model(requested)
+    if not model and key.allowed_models is not None and key.may_use_agent(route.slug):
+        raise forbidden(
+            f"This API key may use only some models, and the agent '{route.slug}' has no default model: "
+            "name the model to use.",
+            "model_not_allowed",
+        )
+    authorize(key, route.slug, model)
+
+
+def _may_use(key, table: RoutingTable, slug: str) -> bool:
+    """Whether content routing may choose the agent ``slug`` for this key: the agent and its default model."""
+    route = table.agents.get(slug)
+    return key.may_use_agent(slug) and (route is None or key.may_use_model(route.default_model))
 
 
 def _capped(payload: dict, route: AgentRoute) -> dict:
@@ -215,12 +235,14 @@ async def agent_invoke(ex: Exchange) -> None:
     elif payload.get("model"):
         route, reason = table.for_model(payload["model"]), "model"
     else:
-        route, reason = await table.by_content(payload["input"], ex.key.may_use_agent)
+        route, reason = await table.by_content(payload["input"], partial(_may_use, ex.key, table))
     deprecation.mark(ex, table.deprecations.get(route.slug))
     ex.details["route_reason"] = reason
     model = payload.get("model") or route.default_model
     ex.agent, ex.model, ex.input_text = route.slug, model, payload["input"]
-    authorize(ex.key, route.slug, payload.get("model") or "")
+    if payload.get("model") and not route.serves(payload["model"]):
+        raise not_found(f"The agent '{route.slug}' does not serve the model '{payload['model']}'.", "model_not_found")
+    authorize_model(ex.key, route, payload.get("model") or route.slug)
     facts = ex.learn(ex.facts.routed(route, payload.get("model") or route.slug))
     asked = protocols.max_tokens(payload)
     limit = asked or output_cap(None, route.default_max_output_tokens)  # what is reserved is what is asked for

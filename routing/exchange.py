@@ -100,17 +100,25 @@ class Exchange:
             return self.body  # not read: the server drops the rest with the connection
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                self.client_left = True
-                raise ClientLeft
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size <= limit:
-                chunks.append(chunk)
-            if not message.get("more_body"):
-                break
+        seconds = settings.GATEWAY["BODY_READ_SECONDS"]
+        try:
+            async with asyncio.timeout(seconds):  # a body sent a byte at a time holds a connection, not for ever
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        self.client_left = True
+                        raise ClientLeft
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size <= limit:
+                        chunks.append(chunk)
+                    if not message.get("more_body"):
+                        break
+        except TimeoutError:
+            raise GatewayError(
+                408, "invalid_request_error", "request_body_timeout",
+                f"The request body did not arrive within {seconds:g} s.", [(b"connection", b"close")],
+            ) from None  # fmt: skip
         self.too_large = size > limit
         self.body = b"" if self.too_large else b"".join(chunks)
         self.body_done.set()

@@ -18,6 +18,7 @@ from routing import protocols, upstream
 from routing.exchange import JSON, Exchange
 from routing.pricing import dearer_than_reserved, report_dearer_answer
 from routing.protocols import usage_from_headers, usage_from_json
+from routing.sse import EventTooLarge
 from routing.table import AgentRoute
 from routing.upstream_url import upstream_url
 
@@ -166,6 +167,9 @@ async def _relay(
     except StopAnswer as stop:
         ex.error_type = stop.code
         await ex.send(stop.last)
+    except EventTooLarge as too_large:
+        ex.error_type = "upstream_event_too_large"
+        ex.details["upstream_stream_error"] = str(too_large)
     await ex.send(b"", more=False)
 
 

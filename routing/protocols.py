@@ -6,6 +6,7 @@ and the agent ``/invoke`` shape are translated to and from it here.
 
 from __future__ import annotations
 
+import math
 import time
 
 from gateway_project.errors import bad_request
@@ -155,8 +156,23 @@ def usage_from_json(obj) -> tuple[int, int] | None:
     if "prompt_tokens" in usage or "completion_tokens" in usage:
         return _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
     if "input_tokens" in usage or "output_tokens" in usage:
-        return _int(usage.get("input_tokens")), _int(usage.get("output_tokens"))
+        return anthropic_input(usage), _int(usage.get("output_tokens"))
     return None
+
+
+# Anthropic bills prompt-cache writes at 1.25 times the input price and reads at a tenth of it.
+CACHE_WRITE_FACTOR, CACHE_READ_FACTOR = 1.25, 0.1
+CACHE_FIELDS = ("cache_creation_input_tokens", "cache_read_input_tokens")
+
+
+def anthropic_input(usage: dict) -> int:
+    """An Anthropic ``usage``'s input in input-price tokens: its ``input_tokens`` leave out the prompt cache's
+    writes and reads, which are billed too (a prompt cached whole reports a handful of input tokens)."""
+    written, read = (_int(usage.get(name)) for name in CACHE_FIELDS)
+    total = (
+        _int(usage.get("input_tokens")) + math.ceil(written * CACHE_WRITE_FACTOR) + math.ceil(read * CACHE_READ_FACTOR)
+    )
+    return min(total, MAX_REPORTED_TOKENS)
 
 
 def usage_from_headers(headers) -> tuple[int, int] | None:

@@ -11,23 +11,34 @@ import time
 
 from audit.models import PREVIEW_LENGTH
 from routing.anthropic_shape import STOP_REASONS, error_payload
-from routing.protocols import FINISH_REASONS, MAX_REPORTED_TOKENS, usage_from_json
+from routing.protocols import CACHE_FIELDS, FINISH_REASONS, MAX_REPORTED_TOKENS, anthropic_input, usage_from_json
 
 DONE = b"data: [DONE]\n\n"
 
 
+# The largest event a stream may send: one past it (an upstream that never ends an event) ends the stream, rather
+# than a gateway process holding, and searching again and again, whatever it sends.
+MAX_EVENT_BYTES = 4 * 1024 * 1024
+
+
+class EventTooLarge(Exception):
+    """An upstream's stream event grew past ``MAX_EVENT_BYTES`` without ending."""
+
+
 def _events(buffer: bytearray):
-    """Pop complete events (ending in a blank line) off the front of ``buffer``."""
+    """Pop complete events (ending in a blank line) off the front of ``buffer``; EventTooLarge past the limit."""
     while True:
-        buffer_bytes = bytes(buffer)
         cut, sep_len = -1, 0
         for sep in (b"\n\n", b"\r\n\r\n"):
-            at = buffer_bytes.find(sep)
+            at = buffer.find(sep)
             if at != -1 and (cut == -1 or at < cut):
                 cut, sep_len = at, len(sep)
         if cut == -1:
+            if len(buffer) > MAX_EVENT_BYTES:
+                buffer.clear()
+                raise EventTooLarge(f"a stream event passed {MAX_EVENT_BYTES} bytes without ending")
             return
-        event = buffer_bytes[: cut + sep_len]
+        event = bytes(buffer[: cut + sep_len])
         del buffer[: cut + sep_len]
         yield event
 
@@ -35,6 +46,10 @@ def _events(buffer: bytearray):
 def _data(event: bytes) -> bytes:
     lines = [line[5:].strip() for line in event.splitlines() if line.startswith(b"data:")]
     return b"\n".join(lines)
+
+
+def _counted(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _dict(value) -> dict:
@@ -68,6 +83,15 @@ class _TextCollector:
     def add(self, text) -> None:
         if not isinstance(text, str) or not text:
             return
+        self.count(text)
+        if self.length < PREVIEW_LENGTH * 2:
+            self.parts.append(text)
+            self.length += len(text)
+
+    def count(self, text) -> None:
+        """Count ``text`` in the estimate only: tool-call arguments and reasoning are output too, not preview."""
+        if not isinstance(text, str) or not text:
+            return
         self.pieces += 1
         if text.isascii():
             self.ascii_chars += len(text)
@@ -75,9 +99,13 @@ class _TextCollector:
             other = sum(1 for char in text if ord(char) > 127)
             self.other_chars += other
             self.ascii_chars += len(text) - other
-        if self.length < PREVIEW_LENGTH * 2:
-            self.parts.append(text)
-            self.length += len(text)
+
+    def count_delta(self, delta: dict) -> None:
+        """The parts of an OpenAI stream's ``delta`` besides its text that the answer's output tokens pay for."""
+        for name in ("reasoning_content", "reasoning", "refusal"):
+            self.count(delta.get(name))
+        for call in _list(delta.get("tool_calls")):
+            self.count(_dict(_dict(call).get("function")).get("arguments"))
 
     @property
     def text(self) -> str:
@@ -151,7 +179,9 @@ class OpenAIStreamScanner:
         choices = _list(obj.get("choices"))
         for choice in choices:
             if isinstance(choice, dict):
-                self._text.add(_dict(choice.get("delta")).get("content"))
+                delta = _dict(choice.get("delta"))
+                self._text.add(delta.get("content"))
+                self._text.count_delta(delta)
         return bool(choices) or usage is None or self.keep_usage_chunk
 
 
@@ -211,7 +241,10 @@ class _AnthropicReading:
             self.model = _str(message.get("model")) or self.model
             self._note_usage(message.get("usage"))
         elif kind == "content_block_delta":
-            self._text.add(_dict(obj.get("delta")).get("text"))
+            delta = _dict(obj.get("delta"))
+            self._text.add(delta.get("text"))
+            self._text.count(delta.get("partial_json"))  # a tool call's input
+            self._text.count(delta.get("thinking"))
         elif kind == "message_delta":
             self.complete = self._note_usage(obj.get("usage")) or self.complete  # cumulative: replace, never add
         elif kind == "error":
@@ -222,11 +255,13 @@ class _AnthropicReading:
         if not isinstance(usage, dict):
             return False
         noted = False
-        for name in ("input_tokens", "output_tokens"):
-            value = usage.get(name)
-            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-                setattr(self, name, min(value, MAX_REPORTED_TOKENS))
-                self._seen_usage = noted = True
+        if any(_counted(usage.get(name)) for name in ("input_tokens", *CACHE_FIELDS)):
+            self.input_tokens = anthropic_input(usage)  # the prompt cache's writes and reads included
+            self._seen_usage = noted = True
+        value = usage.get("output_tokens")
+        if _counted(value):
+            self.output_tokens = min(value, MAX_REPORTED_TOKENS)
+            self._seen_usage = noted = True
         return noted
 
 
@@ -423,6 +458,7 @@ class OpenAIToAnthropicStream:
         for choice in _list(obj.get("choices")):
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
+            self._text.count_delta(_dict(choice.get("delta")))
             text = _str(_dict(choice.get("delta")).get("content"))
             if text:
                 self._text.add(text)

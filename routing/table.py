@@ -61,6 +61,15 @@ class AgentRoute:
     dearer_models: tuple[str, ...] = ()  # models its upstream answered with above what was reserved
     unmetered_pass_through: bool = False
 
+    def serves(self, model: str) -> bool:
+        """Whether the agent may be asked for ``model``: one it serves, its default, or any when it lists none."""
+        return not self.served_models or model in self.served_models or model == self.default_model
+
+    def answering_model(self, requested: str) -> str:
+        """The model a request naming ``requested`` (a model, or the agent's slug for its default) is answered by:
+        what the key's model scopes are checked against ("" when the upstream chooses)."""
+        return self.default_model if requested == self.slug else requested
+
     def url(self, path: str) -> str:
         return f"{self.base_url}/{path.lstrip('/')}"
 

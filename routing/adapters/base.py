@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from gateway_project.errors import bad_request, forbidden
+from gateway_project.errors import bad_request, forbidden, not_found
 from routing import protocols
 from routing.exchange import Exchange, parse_json
 from routing.table import AgentRoute
@@ -117,6 +117,8 @@ class ProviderAdapter(Adapter):
         model = payload.get("model")
         if not isinstance(model, str) or not model:
             raise bad_request("'model' is required and must be a string.", "missing_field")
+        if not route.serves(model):
+            raise not_found(f"The agent '{route.slug}' does not serve the model '{model}'.", "model_not_found")
         stream = protocols.stream_flag(payload)
         payload, keep_usage = self.prepare_pass_through(path, payload, protocols.max_tokens(payload), cap, stream)
         cap = protocols.answer_cap(payload)  # as sent: the cap added when the client set none

@@ -155,7 +155,7 @@ def test_a_legacy_completion_is_billed_for_every_answer_it_may_generate(payload,
 
 
 def test_a_legacy_completion_batch_reserves_best_of_for_each_prompt():
-    route = type("Route", (), {"slug": "oa", "unmetered_pass_through": False})()  # all a plan reads of a route
+    route = type("Route", (), {"slug": "oa", "unmetered_pass_through": False, "serves": lambda self, m: True})()
     body = json.dumps({"model": "gpt-4o-mini", "prompt": ["a", "b", "c"], "best_of": 4, "max_tokens": 100}).encode()
     plan = OpenAIAdapter().plan(route, "POST", b"v1/completions", body, 1024)
     assert plan.max_output == 100 * 4 * 3

@@ -1,0 +1,157 @@
+"""What the third attack on the hot path found (issue 12), each a regression test.
+
+Scopes checked against the model that answers (an agent named by its slug answers
+with its default model); provider agents asked only for the models they serve;
+Anthropic's prompt-cache tokens metered; a client that hangs up while it is being
+admitted gives back what the admission took; stream events of no end, and bodies
+that never finish, bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+import uuid
+
+import pytest
+
+from gateway_project.hotstate import ConcurrencySlot, MemoryHotState
+from routing import protocols
+from routing.admission import admitted
+from routing.sse import MAX_EVENT_BYTES, AnthropicStreamScanner, EventTooLarge, OpenAIStreamScanner
+from tests.servers import Gateway
+
+CHAT = "/v1/chat/completions"
+
+
+@pytest.fixture
+def provider(live_db, seeded):
+    from routing.models import Agent
+
+    agent = Agent.objects.create(
+        slug=f"p-{uuid.uuid4().hex[:8]}", name="p", kind="openai", upstream_url=seeded.url,
+        served_models=["gpt-4o-mini", "gpt-4o"], default_model="gpt-4o", max_retries=0,
+    )  # fmt: skip
+    time.sleep(0.5)  # the gateway's routing table reloads
+    yield agent
+    agent.delete()
+
+
+def test_a_key_limited_to_a_model_cannot_reach_another_by_naming_the_agent(provider, gateway, make_key):
+    raw, _ = make_key(models=("gpt-4o-mini",))
+    client = gateway.client(raw)
+    by_slug = client.post(CHAT, json={"model": provider.slug, "messages": [{"role": "user", "content": "hi"}]})
+    assert by_slug.status_code == 403 and by_slug.json()["error"]["code"] == "model_not_allowed"
+    invoke = client.post("/v1/agent/invoke", json={"agent": provider.slug, "input": "hi"})
+    assert invoke.status_code == 403 and invoke.json()["error"]["code"] == "model_not_allowed"
+    allowed = client.post(CHAT, json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+    assert allowed.status_code == 200
+
+
+def test_a_provider_agent_is_asked_only_for_the_models_it_serves(provider, gateway, make_key):
+    client = gateway.client(make_key()[0])
+    body = {"model": "o1-pro", "messages": [{"role": "user", "content": "hi"}]}
+    passed = client.post(f"/agents/{provider.slug}/v1/chat/completions", json=body)
+    assert passed.status_code == 404 and passed.json()["error"]["code"] == "model_not_found"
+    invoked = client.post("/v1/agent/invoke", json={"agent": provider.slug, "model": "o1-pro", "input": "hi"})
+    assert invoked.status_code == 404 and invoked.json()["error"]["code"] == "model_not_found"
+    served = client.post(f"/agents/{provider.slug}/v1/chat/completions", json={**body, "model": "gpt-4o-mini"})
+    assert served.status_code == 200
+
+
+# --- Anthropic's prompt cache -------------------------------------------------------------------------------
+
+
+def test_anthropic_prompt_cache_writes_and_reads_are_metered_as_input():
+    usage = {
+        "input_tokens": 7,
+        "cache_creation_input_tokens": 12_000,
+        "cache_read_input_tokens": 1_000,
+        "output_tokens": 5,
+    }
+    assert protocols.usage_from_json({"usage": usage}) == (7 + 15_000 + 100, 5)
+    scanner = AnthropicStreamScanner("claude")
+    start = {"type": "message_start", "message": {"model": "claude", "usage": {**usage, "output_tokens": 1}}}
+    end = {"type": "message_delta", "usage": {"output_tokens": 40}}
+    scanner.feed(b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in (start, end)))
+    assert scanner.usage == (15_107, 40) and scanner.complete
+
+
+# --- what a stream's output estimate counts -----------------------------------------------------------------
+
+
+def test_tool_call_arguments_and_reasoning_count_in_a_cut_streams_output():
+    scanner = OpenAIStreamScanner(keep_usage_chunk=False)
+    tool = {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": "x" * 400}}]}}]}
+    thought = {"choices": [{"delta": {"reasoning_content": "y" * 400}}]}
+    scanner.feed(b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in (tool, thought)))
+    assert scanner.output_estimate >= 200 and scanner.text == ""
+    anthropic = AnthropicStreamScanner("claude")
+    deltas = [{"type": "content_block_delta", "delta": {"type": kind, field: "z" * 400}}
+              for kind, field in (("input_json_delta", "partial_json"), ("thinking_delta", "thinking"))]  # fmt: skip
+    anthropic.feed(b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in deltas))
+    assert anthropic.output_estimate >= 200
+
+
+def test_a_stream_event_without_an_end_is_refused_past_the_limit_without_holding_it():
+    scanner = OpenAIStreamScanner(keep_usage_chunk=False)
+    chunk = b"data: " + b"a" * 65_536
+    started = time.perf_counter()
+    with pytest.raises(EventTooLarge):
+        for _ in range(MAX_EVENT_BYTES // len(chunk) + 2):
+            scanner.feed(chunk)
+    assert time.perf_counter() - started < 5  # linear, not a search of the whole buffer per chunk
+    assert len(scanner._buffer) == 0
+
+
+# --- a client that hangs up while it is admitted ------------------------------------------------------------
+
+
+class SlowStore(MemoryHotState):
+    """Admits at once, then takes a while to answer: a Redis round trip a cancellation can land in."""
+
+    async def admit(self, rates, slots, budgets, acquire=None):
+        result = await super().admit(rates, slots, budgets, acquire)
+        await asyncio.sleep(0.2)
+        return result
+
+
+def test_an_admission_cancelled_while_it_runs_gives_back_what_it_took():
+    store = SlowStore()
+    slot = ConcurrencySlot("agent_concurrency", store.key("agent-conc", "a"), 1)
+
+    async def scenario():
+        task = asyncio.ensure_future(admitted(store, [], [slot], []))
+        await asyncio.sleep(0.05)  # the script has run; its answer is on its way
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return await MemoryHotState.admit(store, [], [slot], [])
+
+    assert asyncio.run(scenario()).ok  # the one slot is free again
+
+
+# --- a body that never finishes ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def impatient_gateway(seeded):
+    server = Gateway(server="uvicorn", GATEWAY_BODY_READ_SECONDS="1")  # Daphne reads a body whole before the app
+    yield server
+    server.stop()
+
+
+def test_a_body_that_never_finishes_is_a_408_after_the_read_deadline(impatient_gateway, make_key):
+    raw, _ = make_key()
+    with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=15) as conn:
+        conn.sendall(
+            f"POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {raw}\r\n"
+            'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"model"'.encode()
+        )
+        started = time.monotonic()
+        answer = conn.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"request_body_timeout" in answer
+    assert time.monotonic() - started < 10
