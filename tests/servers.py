@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -173,3 +174,42 @@ class MockUpstream:
 
     def stop(self) -> None:
         stop(self.proc)
+
+
+class LoopbackServer:
+    """A raw TCP server on 127.0.0.1 for upstreams that misbehave in ways no HTTP framework would: each connection
+    is handed to ``handle`` on a thread of its own (a socket error there just ends it) until ``stop``."""
+
+    def __init__(self, timeout: float = 5):
+        self.timeout = timeout
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.connections = 0
+        self.stopped = False
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def _serve(self):
+        self.sock.settimeout(0.2)
+        while not self.stopped:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(self.timeout)
+            try:
+                self.handle(conn)
+            except OSError:
+                pass
+
+    def stop(self):
+        self.stopped = True
+        self.sock.close()

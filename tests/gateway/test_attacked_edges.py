@@ -7,46 +7,27 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import uuid
 from decimal import Decimal
 
 import pytest
 
 from tests.gateway.test_path_routes import served
-from tests.servers import Gateway
+from tests.servers import Gateway, LoopbackServer
 
 CHAT = "/v1/chat/completions"
 
 
-class RawUpstream:
+class RawUpstream(LoopbackServer):
     """Answers every connection with ``answer`` (bytes), whatever was asked."""
 
     def __init__(self, answer: bytes):
         self.answer = answer
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.stopped = False
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__(timeout=2)
 
-    def _serve(self):
-        self.sock.settimeout(0.2)
-        while not self.stopped:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            with conn:
-                conn.settimeout(2)
-                try:
-                    conn.recv(65536)
-                    conn.sendall(self.answer)
-                except OSError:
-                    pass
-
-    def stop(self):
-        self.stopped = True
-        self.sock.close()
+    def handle(self, conn):
+        conn.recv(65536)
+        conn.sendall(self.answer)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ still charged within its reservation, never nothing, and gives back its slots.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import uuid
@@ -18,7 +17,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.servers import Gateway
+from tests.servers import Gateway, LoopbackServer
 from tests.waiting import wait_for
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
@@ -36,48 +35,25 @@ USAGE = event({"model": "gpt-4o-mini", "choices": [], "usage": {"prompt_tokens":
 DONE = b"data: [DONE]\n\n"
 
 
-class ScriptedStream:
+class ScriptedStream(LoopbackServer):
     """Answers each connection by playing ``script``: bytes are sent, a ``threading.Event`` is waited for (at most
     30 s), a float is a pause. It stops at the first write the client's side refuses."""
 
     def __init__(self, *script):
         self.script = script
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.connections = 0
         self.bodies: list[bytes] = []
-        self.stopped = False
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self):
-        self.sock.settimeout(0.2)
-        while not self.stopped:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.connections += 1
-            threading.Thread(target=self._play, args=(conn,), daemon=True).start()
-
-    def _play(self, conn):
-        with conn:
-            conn.settimeout(5)
-            try:
-                self.bodies.append(conn.recv(65536))
-                conn.sendall(HEAD)
-                for step in self.script:
-                    if isinstance(step, threading.Event):
-                        step.wait(30)
-                    elif isinstance(step, float):
-                        time.sleep(step)
-                    else:
-                        conn.sendall(step)
-            except OSError:
-                pass
-
-    def stop(self):
-        self.stopped = True
-        self.sock.close()
+    def handle(self, conn):
+        self.bodies.append(conn.recv(65536))
+        conn.sendall(HEAD)
+        for step in self.script:
+            if isinstance(step, threading.Event):
+                step.wait(30)
+            elif isinstance(step, float):
+                time.sleep(step)
+            else:
+                conn.sendall(step)
 
 
 @pytest.fixture

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 import uuid
 
 import pytest
 
 from gateway_project.outbound import AllowList, CheckedResolver
+from tests.servers import LoopbackServer
 
 ANSWER = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nSet-Cookie: session=client-a-secret; Path=/\r\n"
@@ -18,39 +18,19 @@ ANSWER = (
 )
 
 
-class RecordingUpstream:
+class RecordingUpstream(LoopbackServer):
     """Answers every request with ``ANSWER`` on a kept-alive connection, and keeps each request's head."""
 
     def __init__(self):
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        # By name: aiohttp's cookie jar keeps no cookies of an address literal, only of a host name (a provider's).
-        self.url = f"http://localhost:{self.sock.getsockname()[1]}"
         self.heads: list[bytes] = []
-        self.stopped = False
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
+        # By name: aiohttp's cookie jar keeps no cookies of an address literal, only of a host name (a provider's).
+        self.url = f"http://localhost:{self.port}"
 
-    def _serve(self):
-        self.sock.settimeout(0.2)
-        while not self.stopped:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn):
-        with conn:
-            conn.settimeout(5)
-            try:
-                while data := conn.recv(65536):
-                    self.heads.append(data.split(b"\r\n\r\n")[0].lower())
-                    conn.sendall(ANSWER)
-            except OSError:
-                pass
-
-    def stop(self):
-        self.stopped = True
-        self.sock.close()
+    def handle(self, conn):
+        while data := conn.recv(65536):
+            self.heads.append(data.split(b"\r\n\r\n")[0].lower())
+            conn.sendall(ANSWER)
 
 
 @pytest.fixture
