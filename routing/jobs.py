@@ -49,7 +49,7 @@ from billing.pricing import Price, Quote, prices
 from gateway_project.credentials import new_signing_secret
 from gateway_project.errors import GatewayError, bad_request, not_found
 from gateway_project.hotstate import BudgetCheck, get_hot_state
-from keys.access import KeySnapshot, ensure_usable, rate_checks, snapshot_for
+from keys.access import KeySnapshot, authorize, ensure_usable, rate_checks, snapshot_for
 from routing import job_webhooks, protocols
 from routing.admission import Ticket, admit, input_estimate, settle, within_deadline
 from routing.admission import _refusal as rate_refusal
@@ -275,11 +275,14 @@ def _claim(job_id: str) -> AgentJob | None:
 
 
 def _current_key_refusal(job: AgentJob) -> GatewayError | None:
-    """The key may have been revoked or disabled while the job waited: then it does not run."""
+    """The key may have been revoked or disabled while the job waited, or lost the agent or model from its scopes:
+    then it does not run (as the gateway would now refuse the call, and closes the key's WebSocket sessions)."""
     if job.api_key is None:
         return GatewayError(403, "permission_error", "key_revoked", "The job's API key no longer exists.")
+    key = snapshot_for(job.api_key)
     try:
-        ensure_usable(snapshot_for(job.api_key))
+        ensure_usable(key)
+        authorize(key, job.agent, job.request["gateway"].get("requested") or "")
     except GatewayError as error:
         return error
     return None

@@ -155,3 +155,22 @@ def test_a_body_that_never_finishes_is_a_408_after_the_read_deadline(impatient_g
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b"request_body_timeout" in answer
     assert time.monotonic() - started < 10
+
+
+# --- a queued job, after its key changed ------------------------------------------------------------------------
+
+
+def test_a_queued_job_whose_key_lost_the_agent_or_model_does_not_run(make_key):
+    from types import SimpleNamespace
+
+    from routing.jobs import _current_key_refusal
+
+    _, key = make_key(agents=("research",), models=("gpt-4o-mini",))
+    job = SimpleNamespace(api_key=key, agent="research", request={"gateway": {"requested": "gpt-4o-mini"}})
+    assert _current_key_refusal(job) is None
+    key.allowed_models = ["gpt-4o"]
+    key.save()
+    assert _current_key_refusal(job).code == "model_not_allowed"
+    key.allowed_agents = ["writing"]
+    key.save()
+    assert _current_key_refusal(job).code == "agent_not_allowed"
