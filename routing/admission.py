@@ -160,7 +160,7 @@ async def admit_anonymous(ex: Exchange, facts: RequestFacts) -> Ticket:
     return Ticket(facts, store, (), [], [], 0, [slot.key for slot in slots], answer_by=answer_by)
 
 
-async def admit(ex: Exchange, facts: RequestFacts, *, take_target: bool = False) -> Ticket:
+async def admit(ex: Exchange, facts: RequestFacts, *, take_target: bool = False, spent_budgets: bool = False) -> Ticket:
     """Take a request slot and, when the facts carry a demand, reserve its worst-case cost in every budget; or
     raise 429/402.
 
@@ -169,7 +169,9 @@ async def admit(ex: Exchange, facts: RequestFacts, *, take_target: bool = False)
     (``output_cap``) at the quote's price, the dearest the answer may cost, so concurrent
     requests can never together spend past a hard budget. With a route, the agent's own
     capacity (requests per minute and at once, shared by all clients) must fit too, and
-    with a path route that route's own requests per minute. ``take_target`` also takes the
+    with a path route that route's own requests per minute. ``spent_budgets``: a request without a demand (a
+    WebSocket session: frames carry no tokens) is still refused 402 by a hard budget already spent, reserving
+    nothing. ``take_target`` also takes the
     target of the route's first attempt in the same round trip, when choosing it needs no live
     state (the ticket's ``first_lease``; a request that does not use it gives it back when it settles).
     """
@@ -184,6 +186,9 @@ async def admit(ex: Exchange, facts: RequestFacts, *, take_target: bool = False)
             facts = facts.priced(quote(await prices.get(), facts.requested or facts.default_model))
         reserve = facts.quote.worst_case(demand.input_tokens, output_cap(demand.max_output, demand.default_output))
         tokens = demand.input_tokens + (demand.max_output or 0)
+    elif spent_budgets:
+        table = await budget_table.get_fresh_since(key.issued_at)
+        rules = table.applying_to(key.key_id, key.client_id, key.cost_center_id)
     hold = demand.hold_seconds if demand is not None else 0
     budgets, periods = budget_checks(store, rules, reserve=reserve, reservation=facts.request_id, hold_seconds=hold)
     checks = rate_checks(store, key, tokens)

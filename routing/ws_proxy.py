@@ -33,9 +33,11 @@ from django.conf import settings
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus, WebSocketException
 
-from gateway_project.errors import GatewayError, not_found
+from gateway_project.errors import GatewayError, forbidden, not_found
 from keys.access import authorize, presented_key
 from routing import upstream
+from routing.adapters import adapter_for
+from routing.adapters.base import ProviderAdapter
 from routing.admission import admit, settle
 from routing.endpoints import authenticate
 from routing.exchange import Exchange
@@ -84,7 +86,7 @@ async def serve_session(scope: dict, receive, send) -> None:
         try:
             route = await _authorize(ex)
             # Frames carry no token usage: a session takes a request and a slot (the key's, the agent's), no cost.
-            ticket = await admit(ex, ex.learn(ex.facts.routed(route)))
+            ticket = await admit(ex, ex.learn(ex.facts.routed(route)), spent_budgets=True)
             agent = await open_upstream(ex, route, scope)
         except GatewayError as error:
             await refuse(ex, scope, send, error, traffic)
@@ -146,6 +148,12 @@ async def _authorize(ex: Exchange) -> AgentRoute:
     route = (await routing_table.get()).agent(slug)
     ex.agent, ex.model = route.slug, route.default_model
     authorize(ex.key, route.slug)
+    if isinstance(adapter_for(route), ProviderAdapter) and not route.unmetered_pass_through:
+        raise forbidden(
+            f"The gateway cannot meter a WebSocket session with the provider agent '{route.slug}', so it does not open "
+            "one. Use its metered HTTP APIs, or ask an admin to allow unmetered pass-through for this agent.",
+            "unmetered_pass_through",
+        )
     return route
 
 

@@ -219,6 +219,19 @@ def test_it_refuses_an_unknown_agent_and_an_unknown_path(server, make_key):
     assert (error["status"], error["code"]) == (404, "unknown_endpoint")
 
 
+def test_it_refuses_a_session_of_a_client_whose_hard_budget_is_spent(server, make_key):
+    """A session spends no tokens, so it reserves nothing; but a key whose budget is gone gets no session either."""
+    raw, _ = make_key(budget=0)
+    error = refusal(server, raw)
+    assert (error["status"], error["code"]) == (402, "budget_exceeded")
+
+
+def test_it_refuses_a_session_with_a_provider_agent_it_cannot_meter(server, make_key):
+    raw, _ = make_key()
+    error = refusal(server, raw, agent="openai")
+    assert (error["status"], error["code"]) == (403, "unmetered_pass_through")
+
+
 def test_it_refuses_a_session_over_the_requests_per_minute_limit(server, make_key, audit_for):
     raw, key = make_key(rpm=1)
     with session(server, raw) as ws:
