@@ -42,7 +42,9 @@ def worker_command(sock: socket.socket, application: str, server: str, extra_arg
     """The command that runs one worker process on ``sock``."""
     if server == "uvicorn":
         return [
-            sys.executable, "-m", "uvicorn", "--fd", str(sock.fileno()), "--loop", "uvloop", "--http", "httptools",
+            sys.executable, "-m", "uvicorn", "--fd", str(sock.fileno()), "--loop", "uvloop",
+            # httptools, with the request head bounded in size and time (gateway_project/uvicorn_protocol.py).
+            "--http", "gateway_project.uvicorn_protocol:BoundedHttpToolsProtocol",
             "--lifespan", "on", "--no-server-header",
             # The gateway reads X-Forwarded-For itself (GATEWAY_TRUSTED_PROXIES): uvicorn believes it from loopback.
             "--no-proxy-headers", *extra_args, application,

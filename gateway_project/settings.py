@@ -480,6 +480,9 @@ GATEWAY = {
     "MAX_ANSWER_SECONDS": envfloat("GATEWAY_MAX_ANSWER_SECONDS", 600.0, minimum=1.0),
     # The longest a request's body may take to arrive once the caller is let in (408 after; slow-body clients).
     "BODY_READ_SECONDS": envfloat("GATEWAY_BODY_READ_SECONDS", 30.0, minimum=0.1),
+    # A request's head (request line and headers), under uvicorn: 431 past this size, 408 past this time.
+    "MAX_HEAD_BYTES": envint("GATEWAY_MAX_HEAD_BYTES", 65536, minimum=4096),
+    "HEAD_READ_SECONDS": envfloat("GATEWAY_HEAD_READ_SECONDS", 20.0, minimum=0.1),
     "MAX_UPSTREAM_ANSWER_BYTES": envint("GATEWAY_MAX_UPSTREAM_ANSWER_BYTES", 32 * 1024 * 1024, minimum=1024),
     # "aiohttp" (httpx API over aiohttp, the fast default) or "httpx" (httpcore).
     "HTTP_TRANSPORT": envstr("GATEWAY_HTTP_TRANSPORT", "aiohttp"),

@@ -138,7 +138,10 @@ def test_an_admission_cancelled_while_it_runs_gives_back_what_it_took():
 
 @pytest.fixture(scope="module")
 def impatient_gateway(seeded):
-    server = Gateway(server="uvicorn", GATEWAY_BODY_READ_SECONDS="1")  # Daphne reads a body whole before the app
+    server = Gateway(
+        server="uvicorn",  # Daphne reads a body whole before the application sees it, and bounds heads itself
+        GATEWAY_BODY_READ_SECONDS="1", GATEWAY_HEAD_READ_SECONDS="1", GATEWAY_MAX_HEAD_BYTES="8192",
+    )  # fmt: skip
     yield server
     server.stop()
 
@@ -154,6 +157,28 @@ def test_a_body_that_never_finishes_is_a_408_after_the_read_deadline(impatient_g
         answer = conn.recv(65536)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b"request_body_timeout" in answer
+    assert time.monotonic() - started < 10
+
+
+def test_a_request_head_past_the_size_limit_is_a_431_before_any_key_is_read(impatient_gateway):
+    with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=15) as conn:
+        conn.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        answer = b""
+        try:
+            for _ in range(200):  # 6.4 MB of one header, if the server took it all
+                conn.sendall(b"X-Flood: " + b"a" * 32_000 + b"\r\n")
+        except OSError:
+            pass  # the server closed the connection: what it answered is already on its way
+        answer = conn.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+
+
+def test_a_request_head_sent_a_byte_at_a_time_is_a_408_after_the_deadline(impatient_gateway):
+    with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=15) as conn:
+        conn.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: a")
+        started = time.monotonic()
+        answer = conn.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert time.monotonic() - started < 10
 
 

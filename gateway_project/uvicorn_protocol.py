@@ -1,0 +1,76 @@
+"""uvicorn's httptools protocol with a bound on a request's head: its size and the time it takes to arrive.
+
+httptools keeps whatever header bytes a client sends until the head ends, and
+uvicorn sets no limit: one anonymous connection grew a worker by 60 MB and was
+never answered, and a head sent a byte at a time held its connection for ever.
+Both happen before the application (and so before any key check) sees the
+request, so they are bounded here: past ``GATEWAY_MAX_HEAD_BYTES`` the client gets
+431, past ``GATEWAY_HEAD_READ_SECONDS`` 408, and the connection is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from django.conf import settings
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+def _response(status: bytes, message: str) -> bytes:
+    body = message.encode()
+    return (
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
+    )
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """``HttpToolsProtocol`` that refuses a request head larger or slower than the gateway allows."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._head_bytes = 0
+        self._in_head = True  # until this request's head is complete
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            if self._head_timer is None:
+                seconds = settings.GATEWAY["HEAD_READ_SECONDS"]
+                self._head_timer = asyncio.get_running_loop().call_later(seconds, self._head_too_slow, seconds)
+            self._head_bytes += len(data)
+            limit = settings.GATEWAY["MAX_HEAD_BYTES"]
+            if self._head_bytes > limit:
+                self._refuse(b"431 Request Header Fields Too Large", f"The request's head is over {limit} bytes.")
+                return
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._stop_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head, self._head_bytes = True, 0  # the next request on this connection starts its own head
+
+    def connection_lost(self, exc) -> None:
+        self._stop_timer()
+        super().connection_lost(exc)
+
+    def _head_too_slow(self, seconds: float) -> None:
+        self._head_timer = None
+        if self._in_head and self._head_bytes:
+            self._refuse(b"408 Request Timeout", f"The request's head did not arrive within {seconds:g} s.")
+
+    def _stop_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _refuse(self, status: bytes, message: str) -> None:
+        self._stop_timer()
+        self._in_head = False
+        if not self.transport.is_closing():
+            self.transport.write(_response(status, message))
+            self.transport.close()
