@@ -21,7 +21,7 @@ from gateway_project.hotstate import ConcurrencySlot, MemoryHotState
 from routing import protocols
 from routing.admission import admitted
 from routing.sse import MAX_EVENT_BYTES, AnthropicStreamScanner, EventTooLarge, OpenAIStreamScanner
-from tests.servers import Gateway
+from tests.servers import Gateway, read_answer
 
 CHAT = "/v1/chat/completions"
 
@@ -154,7 +154,7 @@ def test_a_body_that_never_finishes_is_a_408_after_the_read_deadline(impatient_g
             'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"model"'.encode()
         )
         started = time.monotonic()
-        answer = conn.recv(65536)
+        answer = read_answer(conn)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b"request_body_timeout" in answer
     assert time.monotonic() - started < 10
