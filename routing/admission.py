@@ -10,7 +10,8 @@ import asyncio
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -36,6 +37,12 @@ UNCOUNTED_LIMIT = 2**31
 _seeds_for = database_sync_to_async(seeds_for)
 
 
+class Unread(NamedTuple):
+    agent: str
+    model: str
+    streamed: bool
+
+
 @dataclass(slots=True)
 class Ticket:
     """Everything an admission took, owned until ``settle`` gives it back: the one place that releases.
@@ -57,6 +64,11 @@ class Ticket:
     pending_release: TargetRelease | None = None  # the answering attempt's target, released with the settle
     settled: bool = False
     answer_by: float = math.inf  # epoch seconds: the answer must be done by then, while its reservation stands
+    # Attempts whose prompt went upstream and whose answer was never read: each is charged its worst case
+    # (``note_unread``), and each further attempt reserves its own (``cover_next_attempt``).
+    unread: list[Unread] = field(default_factory=list)
+    covered_attempts: int = 1
+    extra_budgets: list[BudgetCheck] = field(default_factory=list)
 
     def lease_taken_for(self, route: AgentRoute) -> balance.Lease | None:
         """The lease the admission took for this agent's first attempt, once."""
@@ -65,6 +77,39 @@ class Ticket:
             return None
         self.first_lease = None
         return lease
+
+    def note_unread(self, agent: str, model: str, streamed: bool) -> None:
+        """An attempt whose prompt went upstream and whose answer was never read: it timed out, broke off, was too
+        large to read, or its client left or its deadline passed while it ran. The upstream may bill all of it, and
+        what it billed is unknown, so it is charged the worst case reserved for it: an attacker who hangs up
+        before a long answer arrives, or asks for one longer than the timeout, does not get it for nothing. A
+        stream that never began is charged its input: closing a stream stops its generation."""
+        if self.facts.metered:
+            self.unread.append(Unread(agent, model, streamed))
+
+    async def cover_next_attempt(self, request_id: str) -> bool:
+        """Before a retry or fallback: when every attempt reserved for is charged already, reserve another worst
+        case in every hard budget. False when a budget cannot cover it: the request then ends with the failure it
+        has, never spending past a hard budget on attempts."""
+        if not self.facts.metered or len(self.unread) < self.covered_attempts:
+            return True
+        if any(rule.hard for rule in self.rules):
+            demand = self.facts.demand
+            cap = output_cap(demand.max_output, demand.default_output)
+            reserve = self.facts.quote.worst_case(demand.input_tokens, cap)
+            left = self.answer_by - time.time()  # a job queued before deadlines were kept has none
+            hold = (max(0.0, left) if math.isfinite(left) else answer_seconds(None)) + RESERVATION_MARGIN_SECONDS
+            budgets, _ = budget_checks(
+                self.store, self.rules, reserve=reserve, reservation=f"{request_id}+{self.covered_attempts}",
+                hold_seconds=hold,
+            )  # fmt: skip
+            result = await admitted(self.store, [], [], budgets)
+            result = await _seeded_admission(self.store, result, [], [], budgets, self.rules, self.periods)
+            if not result.ok:
+                return False
+            self.extra_budgets += budgets
+        self.covered_attempts += 1
+        return True
 
     async def end_attempt(self, lease: balance.Lease, outcome: str, latency_ms: float) -> None:
         """Give an attempt's target back: a success's release waits for the settle (one round trip for both)."""
@@ -390,41 +435,71 @@ async def settle(ex: Exchange, ticket: Ticket) -> None:
 
 
 async def _charge(ex: Exchange, ticket: Ticket) -> int:
-    """Price and record the request's usage; the nanodollars it spent (0 when it is not metered)."""
+    """Price and record the request's usage, and its unread attempts' worst cases (``Ticket.note_unread``): the
+    nanodollars it spent (0 when it is not metered)."""
     facts = ticket.facts
     if not facts.metered:
         return 0
     ex.input_tokens, ex.output_tokens = charged_usage(ex, facts.demand)
-    if not (ex.input_tokens or ex.output_tokens):
+    if not (ex.input_tokens or ex.output_tokens or ticket.unread):
         return 0
     table = await prices.get()
     asked = facts.requested or facts.default_model
     quoted = facts.quote or quote(table, asked)
+    spend = 0
+    if ex.input_tokens or ex.output_tokens:
+        charged = _priced(ex, table, quoted, ex.model or asked, ex.input_tokens, ex.output_tokens)
+        if charged.over_quote:
+            ex.details["priced_over_reservation"] = {"reserved_model": quoted.model, "answered_model": charged.model}
+            report_dearer_answer(ex.agent, charged.model, ex.request_id)
+        spend = _record(ex, facts.key, ex.agent, charged, ex.input_tokens, ex.output_tokens)
+    if ticket.unread:
+        spend += _charge_unread(ex, ticket, table, quoted)
+    ex.cost_nanos = spend
+    return spend
+
+
+def _charge_unread(ex: Exchange, ticket: Ticket, table, quoted) -> int:
+    """Each unread attempt's worst case (a stream's input), at the price of the model it asked, in a usage row of
+    its own (noted in the audit record, and counted in its tokens)."""
+    demand = ticket.facts.demand
+    input_tokens, cap = demand.input_tokens, output_cap(demand.max_output, demand.default_output)
+    spend, noted = 0, []
+    for agent, model, streamed in ticket.unread:
+        output_tokens = 0 if streamed else cap
+        charged = _priced(ex, table, quoted, model or quoted.model, input_tokens, output_tokens)
+        spend += _record(ex, ticket.facts.key, agent, charged, input_tokens, output_tokens)
+        noted.append({"agent": agent, "model": charged.model, "input_tokens": input_tokens,
+                      "output_tokens": output_tokens, "cost_nanos": charged.nanos})  # fmt: skip
+        ex.input_tokens += input_tokens
+        ex.output_tokens += output_tokens
+    ex.details["unread_attempts_charged"] = noted
+    return spend
+
+
+def _priced(ex: Exchange, table, quoted, model: str, input_tokens: int, output_tokens: int) -> Charge:
     try:
-        charged = charge(table, quoted, ex.model or asked, ex.input_tokens, ex.output_tokens)
+        return charge(table, quoted, model, input_tokens, output_tokens)
     except Exception:  # a bug, not the client's doing: it still pays what was reserved, never nothing
         log.exception("pricing request %s failed; charged its reservation", ex.request_id)
         ex.details["priced_at_reservation"] = True
-        nanos = quoted.worst_case(ex.input_tokens, ex.output_tokens)
-        charged = Charge(quoted.model, nanos, False, False)
-    spend = ex.cost_nanos = charged.nanos
-    if charged.over_quote:
-        ex.details["priced_over_reservation"] = {"reserved_model": quoted.model, "answered_model": charged.model}
-        report_dearer_answer(ex.agent, charged.model, ex.request_id)
-    key = facts.key
+        return Charge(quoted.model, quoted.worst_case(input_tokens, output_tokens), False, False)
+
+
+def _record(ex: Exchange, key, agent: str, charged: Charge, input_tokens: int, output_tokens: int) -> int:
     record_usage(
         request_id=ex.request_id,
         client_id=key.client_id,
         key_id=key.key_id,
         cost_center_id=key.cost_center_id,
-        agent=ex.agent,
+        agent=agent,
         model=charged.model,
-        input_tokens=ex.input_tokens,
-        output_tokens=ex.output_tokens,
-        cost_nanos=spend,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cost_nanos=charged.nanos,
         default_priced=charged.default_priced,
     )
-    return spend
+    return charged.nanos
 
 
 async def _give_back(ex: Exchange, ticket: Ticket, spend: int) -> None:
@@ -440,6 +515,8 @@ async def _give_back(ex: Exchange, ticket: Ticket, spend: int) -> None:
         else:
             await balance.release(unused, "none", -1)
     totals = await ticket.store.settle(adjusts, ticket.slot_keys, ticket.budgets, spend, release)
+    if ticket.extra_budgets:  # the further attempts' reservations: the spend is counted once, above
+        await ticket.store.settle([], [], ticket.extra_budgets, 0)
     if spend:
         for rule, period, total in zip(ticket.rules, ticket.periods, totals, strict=True):
             if total >= 0:

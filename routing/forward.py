@@ -191,6 +191,7 @@ async def stream_sse(ex: Exchange, route: AgentRoute, path: str, body: bytes, sc
     request = upstream.build_request(
         "POST", upstream.provider_url(route, path), content=body, headers=headers, route=route
     )
+    upstream.note_streamed()
     response = await _open_stream(ex, route, request)
     try:
         if response.status_code >= 400:
@@ -226,6 +227,8 @@ async def pass_through(ex: Exchange, route: AgentRoute, rest: bytes, plan, adapt
         ex.raw_headers, route, ex.request_id, client_slug, adapter.credentials(route)
     )
     request = upstream.build_request(ex.method, url, content=plan.body or None, headers=headers, route=route)
+    if plan.stream:
+        upstream.note_streamed()
     response = await _open_stream(ex, route, request)
     answer = _PassThroughAnswer(plan)
     try:

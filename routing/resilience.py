@@ -33,6 +33,14 @@ FALLBACK_HEADER = b"x-gateway-fallback"  # the agent asked for, when a fallback 
 Attempt = Callable[[AgentRoute], Awaitable[None]]
 
 
+class AttemptsStopped(Exception):
+    """No further attempt: those before it were charged, and a hard budget cannot cover another."""
+
+    def __init__(self, error: GatewayError | None):
+        super().__init__("attempts stopped")
+        self.error = error
+
+
 class AgentFailed(Exception):
     """An agent could not answer, in a way its fallbacks may make up for."""
 
@@ -87,6 +95,12 @@ async def run(ex: Exchange, ticket, primary: AgentRoute, attempt: Attempt, *, fa
                 if ex.response_started:
                     raise failed.error from None
                 continue
+            except AttemptsStopped as stopped:
+                failures += [stopped.error] if stopped.error else []
+                ex.details["attempts_stopped"] = (
+                    "a hard budget cannot cover another attempt after those charged for prompts sent and not answered"
+                )
+                break
             except GatewayError as error:
                 if not index or ex.response_started or isinstance(error, UpstreamError):
                     raise
@@ -111,6 +125,18 @@ def _final_error(failures: list[GatewayError]) -> GatewayError:
         return real[-1]
     circuit = [error for error in failures if error.code == "circuit_open"]
     return min(circuit or failures, key=lambda error: int(dict(error.headers).get(b"retry-after", b"1")))
+
+
+def _unread(ex: Exchange, probe: AttemptProbe, usage_before: tuple[int, int]) -> bool:
+    """Whether a failed (or cancelled) attempt sent its prompt and never read its answer: no error status came
+    back (an upstream does not bill its own errors), no answer began to the client (a relayed answer is charged
+    from what it relayed) and no usage was read."""
+    return (
+        probe.sent
+        and probe.status < 400
+        and not ex.response_started
+        and (ex.input_tokens, ex.output_tokens) == usage_before
+    )
 
 
 async def _fallback_routes(ex: Exchange, primary: AgentRoute) -> list[AgentRoute]:
@@ -139,6 +165,8 @@ async def _try_agent(ex: Exchange, ticket, route: AgentRoute, attempt: Attempt, 
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
+        if not await ticket.cover_next_attempt(ex.request_id):
+            raise AttemptsStopped(last)
         try:
             lease = ticket.lease_taken_for(route) or await balance.acquire(
                 route, tried, route.timeout + balance.LEASE_MARGIN_SECONDS
@@ -174,8 +202,10 @@ async def _attempt(ex, ticket, route, lease, attempt, remaining, final) -> tuple
     started = time.perf_counter()
     outcome, error = "none", None
     entry = {"agent": route.slug, "target": lease.target.name}
+    usage_before, answered = (ex.input_tokens, ex.output_tokens), False
     try:
         await attempt(target_route)
+        answered = True
         # A pass-through's last attempt relays a failing status as it is, and a stream may break off after
         # it began: the breaker counts both.
         broke = ex.error_type.startswith("upstream")
@@ -196,9 +226,12 @@ async def _attempt(ex, ticket, route, lease, attempt, remaining, final) -> tuple
         raise
     finally:
         current_attempt.reset(token)
-        answered = probe.answered_at or time.perf_counter()
-        entry["ms"] = round((answered - started) * 1000, 1)
-        latency = (answered - started) * 1000 if outcome != "none" else -1
+        if not answered and _unread(ex, probe, usage_before):
+            ticket.note_unread(route.slug, ex.model or route.default_model, probe.streamed)
+            entry["charged"] = "input" if probe.streamed else "worst_case"
+        done = probe.answered_at or time.perf_counter()
+        entry["ms"] = round((done - started) * 1000, 1)
+        latency = (done - started) * 1000 if outcome != "none" else -1
         await ticket.end_attempt(lease, outcome, latency)
     if error is not None and not ex.response_started:
         _set_header(ex, TARGET_HEADER, None)

@@ -89,12 +89,43 @@ class UpstreamError(GatewayError):
 class AttemptProbe:
     """What one attempt learnt on the wire, for the attempt loop: when the headers came and their status.
 
-    ``final`` says the loop will not retry this attempt, so a pass-through relays any status as it is.
+    ``final`` says the loop will not retry this attempt, so a pass-through relays any status as it is. ``sent``:
+    the request's head went out, so the upstream may bill it from then on, answered or not
+    (``routing.admission.Ticket.unread``).
     """
 
     final: bool = True
     answered_at: float = 0.0
     status: int = 0
+    sent: bool = False
+    streamed: bool = False  # a stream was asked for: closing it stops what the upstream bills
+
+
+def note_streamed() -> None:
+    attempt = current_attempt.get()
+    if attempt is not None:
+        attempt.streamed = True
+
+
+def _note_sent() -> None:
+    attempt = current_attempt.get()
+    if attempt is not None:
+        attempt.sent = True
+
+
+async def _aiohttp_headers_sent(session, context, params) -> None:
+    _note_sent()  # run in the task that sends, so it sees that task's attempt
+
+
+async def _httpcore_trace(event: str, info: dict) -> None:
+    if event == "http11.send_request_headers.complete":
+        _note_sent()
+
+
+def _sent_trace() -> aiohttp.TraceConfig:
+    config = aiohttp.TraceConfig()
+    config.on_request_headers_sent.append(_aiohttp_headers_sent)
+    return config
 
 
 current_attempt: ContextVar[AttemptProbe | None] = ContextVar("current_attempt", default=None)
@@ -135,7 +166,9 @@ def _aiohttp_session(limits: httpx.Limits) -> aiohttp.ClientSession:
         ssl=httpx.create_ssl_context(trust_env=False),
         resolver=CheckedResolver(),
     )
-    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
+    return aiohttp.ClientSession(
+        connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False, trace_configs=[_sent_trace()]
+    )
 
 
 class CheckedBackend(httpcore.AsyncNetworkBackend):
@@ -167,9 +200,10 @@ def provider_url(route: AgentRoute, path: str) -> httpx.URL:
 
 
 def build_request(method: str, url, *, content, headers, route: AgentRoute) -> httpx.Request:
-    return httpx.Request(
-        method, url, content=content, headers=headers, extensions={"timeout": timeout_for(route).as_dict()}
-    )
+    extensions = {"timeout": timeout_for(route).as_dict()}
+    if settings.GATEWAY["HTTP_TRANSPORT"] != "aiohttp":
+        extensions["trace"] = _httpcore_trace  # aiohttp's session has its own (``_sent_trace``)
+    return httpx.Request(method, url, content=content, headers=headers, extensions=extensions)
 
 
 async def send(request: httpx.Request) -> httpx.Response:

@@ -247,3 +247,24 @@ def audit_of(live_db):
         return wait_for(lambda: AuditRecord.objects.filter(request_id=request_id).first(), seconds)
 
     return fetch
+
+
+@pytest.fixture
+def provider_at(live_db, seeded, gateway, wait_for_agent):
+    """``provider_at(url, kind, on=gateway, **fields)``: an agent at ``url``, once the gateway ``on`` has loaded it."""
+    from routing.models import Agent
+
+    made = []
+
+    def make(url, kind="openai", on=gateway, **fields):
+        fields = {"served_models": ["gpt-4o-mini"], "default_model": "gpt-4o-mini", "timeout_seconds": 5, **fields}
+        agent = Agent.objects.create(
+            slug=f"s-{uuid.uuid4().hex[:8]}", name="s", kind=kind, upstream_url=url, max_retries=0, **fields
+        )
+        made.append(agent)
+        wait_for_agent(agent.slug, on)
+        return agent
+
+    yield make
+    for agent in made:
+        agent.delete()

@@ -233,3 +233,43 @@ class LoopbackServer:
     def stop(self):
         self.stopped = True
         self.sock.close()
+
+
+class ScriptedUpstream(LoopbackServer):
+    """Reads a request (kept in ``bodies``; ``arrived`` is set), then plays ``script``: bytes are sent, a
+    ``threading.Event`` is waited for (at most 30 s), a float is a pause. It stops at the first write the client's
+    side refuses."""
+
+    def __init__(self, *script):
+        self.script = script
+        self.bodies: list[bytes] = []
+        self.arrived = threading.Event()
+        super().__init__(timeout=30)
+
+    def handle(self, conn):
+        self.bodies.append(conn.recv(65536))
+        self.arrived.set()
+        for step in self.script:
+            if isinstance(step, threading.Event):
+                step.wait(30)
+            elif isinstance(step, float):
+                time.sleep(step)
+            else:
+                conn.sendall(step)
+
+
+@contextmanager
+def scripted_upstreams(kind=ScriptedUpstream) -> Iterator:
+    """``make(*script)`` for a test's scripted upstreams, all stopped after it."""
+    made = []
+
+    def make(*script):
+        server = kind(*script)
+        made.append(server)
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in made:
+            server.stop()

@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 
 import httpx
 import pytest
 
-from tests.servers import Gateway, LoopbackServer
+from tests.servers import Gateway, ScriptedUpstream, scripted_upstreams
 from tests.waiting import wait_for
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
@@ -35,60 +34,17 @@ USAGE = event({"model": "gpt-4o-mini", "choices": [], "usage": {"prompt_tokens":
 DONE = b"data: [DONE]\n\n"
 
 
-class ScriptedStream(LoopbackServer):
-    """Answers each connection by playing ``script``: bytes are sent, a ``threading.Event`` is waited for (at most
-    30 s), a float is a pause. It stops at the first write the client's side refuses."""
+class ScriptedStream(ScriptedUpstream):
+    """A scripted upstream that answers with an event stream's head first."""
 
     def __init__(self, *script):
-        self.script = script
-        self.bodies: list[bytes] = []
-        super().__init__()
-
-    def handle(self, conn):
-        self.bodies.append(conn.recv(65536))
-        conn.sendall(HEAD)
-        for step in self.script:
-            if isinstance(step, threading.Event):
-                step.wait(30)
-            elif isinstance(step, float):
-                time.sleep(step)
-            else:
-                conn.sendall(step)
+        super().__init__(HEAD, *script)
 
 
 @pytest.fixture
 def upstream():
-    made = []
-
-    def make(*script):
-        server = ScriptedStream(*script)
-        made.append(server)
-        return server
-
-    yield make
-    for server in made:
-        server.stop()
-
-
-@pytest.fixture
-def provider_at(live_db, seeded, gateway, wait_for_agent):
-    """``provider_at(url, kind, on=gateway, **fields)``: an agent at ``url``, once the gateway ``on`` has loaded it."""
-    from routing.models import Agent
-
-    made = []
-
-    def make(url, kind="openai", on=gateway, **fields):
-        fields = {"served_models": ["gpt-4o-mini"], "default_model": "gpt-4o-mini", "timeout_seconds": 5, **fields}
-        agent = Agent.objects.create(
-            slug=f"s-{uuid.uuid4().hex[:8]}", name="s", kind=kind, upstream_url=url, max_retries=0, **fields
-        )
-        made.append(agent)
-        wait_for_agent(agent.slug, on)
-        return agent
-
-    yield make
-    for agent in made:
-        agent.delete()
+    with scripted_upstreams(ScriptedStream) as make:
+        yield make
 
 
 def usage_row(record):
