@@ -486,6 +486,11 @@ GATEWAY = {
     "MAX_UPSTREAM_ANSWER_BYTES": envint("GATEWAY_MAX_UPSTREAM_ANSWER_BYTES", 32 * 1024 * 1024, minimum=1024),
     # "aiohttp" (httpx API over aiohttp, the fast default) or "httpx" (httpcore).
     "HTTP_TRANSPORT": envstr("GATEWAY_HTTP_TRANSPORT", "aiohttp"),
+    # Input an upstream may bill for content the body's size does not show, reserved (and allowed as a charge) per
+    # part: an image (a URL, a file, or pixels a small base64 can hold; gpt-4o-mini counts a high-detail image as
+    # up to ~25,500 tokens), and a document or file (a PDF by URL or id: up to a model's whole context window).
+    "IMAGE_INPUT_TOKENS": envint("GATEWAY_IMAGE_INPUT_TOKENS", 25_600, minimum=0),
+    "DOCUMENT_INPUT_TOKENS": envint("GATEWAY_DOCUMENT_INPUT_TOKENS", 200_000, minimum=0),
     # Output tokens assumed for a request that sets no max_tokens, when reserving its worst-case cost.
     "DEFAULT_MAX_OUTPUT_TOKENS": envint("GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS", 1024, minimum=1),
     # Agent used by /v1/agent/invoke when content names no capability.

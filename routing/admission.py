@@ -96,7 +96,7 @@ class Ticket:
         if any(rule.hard for rule in self.rules):
             demand = self.facts.demand
             cap = output_cap(demand.max_output, demand.default_output)
-            reserve = self.facts.quote.worst_case(demand.input_tokens, cap)
+            reserve = self.facts.quote.worst_case(demand.worst_input, cap)
             left = self.answer_by - time.time()  # a job queued before deadlines were kept has none
             hold = (max(0.0, left) if math.isfinite(left) else answer_seconds(None)) + RESERVATION_MARGIN_SECONDS
             budgets, _ = budget_checks(
@@ -229,7 +229,7 @@ async def admit(ex: Exchange, facts: RequestFacts, *, take_target: bool = False,
         rules = table.applying_to(key.key_id, key.client_id, key.cost_center_id)
         if facts.quote is None:
             facts = facts.priced(quote(await prices.get(), facts.requested or facts.default_model))
-        reserve = facts.quote.worst_case(demand.input_tokens, output_cap(demand.max_output, demand.default_output))
+        reserve = facts.quote.worst_case(demand.worst_input, output_cap(demand.max_output, demand.default_output))
         tokens = demand.input_tokens + (demand.max_output or 0)
     elif spent_budgets:
         table = await budget_table.get_fresh_since(key.issued_at)
@@ -323,13 +323,13 @@ def charged_usage(ex: Exchange, demand: Demand) -> tuple[int, int]:
     nothing.
     """
     cap = output_cap(demand.max_output, demand.default_output)
-    most_input = demand.input_tokens * INPUT_CHARGE_FACTOR + INPUT_CHARGE_SLACK
+    most_input = demand.input_tokens * INPUT_CHARGE_FACTOR + INPUT_CHARGE_SLACK + demand.input_allowance
     reported = ex.input_tokens, ex.output_tokens
     if ex.details.get("usage_unread"):
-        return demand.input_tokens, cap
+        return demand.worst_input, cap
     relayed = ex.output_estimate or (tokens_in_text(ex.output_text) if ex.output_text else 0)
     if ex.details.get("usage_partial") or ex.details.get("usage_missing") or (not any(reported) and relayed):
-        reported = ex.input_tokens or demand.input_tokens, max(ex.output_tokens, relayed)
+        reported = ex.input_tokens or demand.worst_input, max(ex.output_tokens, relayed)
         ex.details["usage_estimated"] = {"input": reported[0], "output": reported[1]}
     charged = min(reported[0], most_input), min(reported[1], cap)
     if charged != reported:
@@ -463,7 +463,7 @@ def _charge_unread(ex: Exchange, ticket: Ticket, table, quoted) -> int:
     """Each unread attempt's worst case (a stream's input), at the price of the model it asked, in a usage row of
     its own (noted in the audit record, and counted in its tokens)."""
     demand = ticket.facts.demand
-    input_tokens, cap = demand.input_tokens, output_cap(demand.max_output, demand.default_output)
+    input_tokens, cap = demand.worst_input, output_cap(demand.max_output, demand.default_output)
     spend, noted = 0, []
     for agent, model, streamed in ticket.unread:
         output_tokens = 0 if streamed else cap

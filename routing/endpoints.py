@@ -133,7 +133,10 @@ async def _priced_demand(ex: Exchange, facts: RequestFacts, max_output: int | No
     route = facts.route
     quoted = await quote_for(route, facts.requested or route.slug, await routing_table.get())
     hold = answer_seconds(route) + RESERVATION_MARGIN_SECONDS  # its deadline (``within_deadline``), and the settle
-    demand = Demand(input_estimate(ex.body), max_output, route.default_max_output_tokens, hold)
+    demand = Demand(
+        input_estimate(ex.body), max_output, route.default_max_output_tokens, hold,
+        protocols.referenced_input_tokens(ex.body),
+    )  # fmt: skip
     return ex.learn(facts.priced(quoted).demanding(demand))
 
 

@@ -26,6 +26,13 @@ class Demand:
     max_output: int | None  # the client's own cap on the answer, if it set one
     default_output: int | None  # the agent's default answer length, for a request without a cap
     hold_seconds: float  # how long its reservation may stand before it lapses
+    # Input the body's size does not show (images, documents: ``protocols.referenced_input_tokens``): reserved and
+    # allowed as a charge, not counted against tokens per minute before it is billed.
+    input_allowance: int = 0
+
+    @property
+    def worst_input(self) -> int:
+        return self.input_tokens + self.input_allowance
 
 
 @dataclass(frozen=True, slots=True)

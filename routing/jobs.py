@@ -108,7 +108,10 @@ async def submit(ex: Exchange, facts: RequestFacts, reason: str, payload: dict, 
         except job_webhooks.WebhookRefused as error:
             raise bad_request(str(error)) from None
     quoted = await quote_for(route, facts.requested, await routing_table.get())
-    demand = Demand(input_estimate(ex.body), protocols.max_tokens(payload), limit, hold_seconds(route))
+    demand = Demand(
+        input_estimate(ex.body), protocols.max_tokens(payload), limit, hold_seconds(route),
+        protocols.referenced_input_tokens(ex.body),
+    )  # fmt: skip
     ticket = await admit(ex, ex.learn(facts.priced(quoted).demanding(demand)))
     job = None
     try:

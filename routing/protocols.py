@@ -6,8 +6,12 @@ and the agent ``/invoke`` shape are translated to and from it here.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import time
+
+from django.conf import settings
 
 from gateway_project.errors import bad_request
 
@@ -328,3 +332,45 @@ def agent_text(answer) -> str:
 
 def anthropic_text(answer: dict) -> str:
     return _blocks_text(answer)
+
+
+# Content parts whose billed input the body's size does not show (OpenAI's chat and Responses shapes, Anthropic's).
+IMAGE_PARTS = frozenset({"image_url", "image", "input_image"})
+DOCUMENT_PARTS = frozenset({"file", "document", "input_file"})
+_MEDIA_HINT = re.compile(rb"image|file|document|\\u", re.IGNORECASE)
+
+
+def referenced_input_tokens(body: bytes) -> int:
+    """The input an upstream may bill beyond what the body's size shows: ``IMAGE_INPUT_TOKENS`` per image part and
+    ``DOCUMENT_INPUT_TOKENS`` per document or file part, wherever they are nested (a tool result's content too).
+
+    A 60-byte document URL can bill a model's whole context window, and a small
+    base64 image thousands of tokens: reserved at four bytes a token, such a request
+    spent ten times what it reserved, past a hard budget. A document whose text is
+    in the body (source ``text`` or ``content``) needs no allowance. The body is read
+    again only when it may hold such a part (or hides names behind ``\\u`` escapes).
+    """
+    if not _MEDIA_HINT.search(body):
+        return 0
+    try:
+        node = json.loads(body)
+    except (ValueError, RecursionError):
+        return 0
+    images = documents = 0
+    stack = [node]  # every node, as json.loads just made them (the body is bounded by MAX_BODY_BYTES)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            kind = node.get("type")
+            if kind in IMAGE_PARTS:
+                images += 1
+                continue
+            if kind in DOCUMENT_PARTS:
+                source = node.get("source")
+                documents += not (isinstance(source, dict) and source.get("type") in ("text", "content"))
+                continue
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    allowance = settings.GATEWAY
+    return images * allowance["IMAGE_INPUT_TOKENS"] + documents * allowance["DOCUMENT_INPUT_TOKENS"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -273,3 +274,10 @@ def scripted_upstreams(kind=ScriptedUpstream) -> Iterator:
     finally:
         for server in made:
             server.stop()
+
+
+def json_answer(obj, status: bytes = b"200 OK") -> bytes:
+    """A whole HTTP/1.1 answer of ``obj`` as JSON, for a scripted upstream to send."""
+    body = json.dumps(obj).encode()
+    head = f"HTTP/1.1 {status.decode()}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    return head.encode() + b"Connection: close\r\n\r\n" + body

@@ -19,17 +19,11 @@ from decimal import Decimal
 
 import pytest
 
-from tests.servers import Gateway, free_port, scripted_upstreams
+from tests.servers import Gateway, free_port, json_answer, scripted_upstreams
 from tests.waiting import wait_for
 
 CHAT = "/v1/chat/completions"
 MAX_TOKENS = 100_000  # gpt-4o-mini: $0.06 of output at most
-
-
-def json_answer(obj, status: bytes = b"200 OK") -> bytes:
-    body = json.dumps(obj).encode()
-    head = f"HTTP/1.1 {status.decode()}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-    return head.encode() + b"Connection: close\r\n\r\n" + body
 
 
 ANSWER = json_answer(
