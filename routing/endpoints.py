@@ -165,6 +165,7 @@ async def chat_completions(ex: Exchange) -> None:
     options = payload.get("stream_options")
     wants_usage = isinstance(options, dict) and options.get("include_usage") is True
 
+    protocols.refuse_unpriced(payload, route)
     payload = _capped(payload, route)
     attempt = partial(_chat_via, ex, payload, stream, wants_usage)
     await _metered(ex, facts, protocols.max_tokens(payload), partial(_run, ex, route, attempt))
@@ -215,6 +216,7 @@ async def messages(ex: Exchange) -> None:
     ex.input_text = protocols.last_user_text(payload["messages"])
     stream = protocols.stream_flag(payload)
     # Translate before admitting: what cannot be translated is refused without touching the limits.
+    protocols.refuse_unpriced(payload, route)
     adapter_for(route).check_messages(payload, ex.model)
     attempt = partial(_messages_via, ex, payload, stream)
     await _metered(ex, facts, payload["max_tokens"], partial(_run, ex, route, attempt))

@@ -374,3 +374,37 @@ def referenced_input_tokens(body: bytes) -> int:
             stack.extend(node)
     allowance = settings.GATEWAY
     return images * allowance["IMAGE_INPUT_TOKENS"] + documents * allowance["DOCUMENT_INPUT_TOKENS"]
+
+
+# Billed beyond the tokens an answer reports: OpenAI's priority tiers; server-side tools (Anthropic's web search at
+# a price per search, code execution per container hour, web fetch and remote MCP servers whose results are input
+# the body does not show; OpenAI's search models' ``web_search_options``).
+METERED_TIERS = frozenset({"auto", "default", "flex"})
+UNPRICED_TOOL_TYPES = ("web_search", "web_fetch", "code_execution")
+UNPRICED_FIELDS = ("web_search_options", "mcp_servers", "container")
+
+
+def refuse_unpriced(payload: dict, route) -> None:
+    """400 for what an upstream bills beyond the tokens the gateway meters, unless an admin marked the agent
+    ``unmetered_pass_through``: a key must not spend what its budget cannot see."""
+    if route.unmetered_pass_through:
+        return
+    tier = payload.get("service_tier")
+    if tier is not None and tier not in METERED_TIERS:
+        _unpriced(f"service_tier '{str(tier)[:40]}'", route)
+    for name in UNPRICED_FIELDS:
+        if payload.get(name) is not None:
+            _unpriced(f"'{name}'", route)
+    tools = payload.get("tools")
+    for tool in tools if isinstance(tools, list) else ():
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if isinstance(kind, str) and kind.startswith(UNPRICED_TOOL_TYPES):
+            _unpriced(f"the server tool '{kind[:60]}'", route)
+
+
+def _unpriced(what: str, route) -> None:
+    raise bad_request(
+        f"{what} is billed beyond the tokens the gateway meters, so it is not sent to the agent '{route.slug}' "
+        "(an admin may allow unmetered pass-through for the agent).",
+        "unpriced_option",
+    )

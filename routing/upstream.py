@@ -41,6 +41,8 @@ HOP_BY_HOP = frozenset(
 CREDENTIALS = frozenset({b"authorization", b"x-api-key", b"cookie"})
 # Facts about the connection that only the gateway may state: a client's own would be believed upstream.
 FORWARDING = frozenset({b"forwarded", b"x-real-ip", b"x-request-id", b"x-client-id"})
+# Headers some servers and frameworks read as the request's real method: a GET (passed unpriced) must stay a GET.
+METHOD_OVERRIDES = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})
 # What an upstream may not do on the gateway's origin (cookies, site data, refreshes, transport and cross-origin
 # policy), and what the gateway says itself on every answer.
 NOT_RELAYED = frozenset(
@@ -67,6 +69,7 @@ def _forwardable(name: bytes, connection_named: frozenset[bytes]) -> bool:
         name in HOP_BY_HOP
         or name in CREDENTIALS
         or name in FORWARDING
+        or name in METHOD_OVERRIDES
         or name.startswith(b"x-forwarded-")
         or name in connection_named
     )

@@ -100,6 +100,12 @@ class ProviderAdapter(Adapter):
 
     def plan(self, route: AgentRoute, method: str, rest: bytes, body: bytes, cap: int) -> Plan:
         path = _path(rest)
+        if method in SAFE_METHODS and body:
+            raise bad_request(
+                f"A {method} request to a provider agent may not carry a body: reads pass unpriced, so a body an "
+                "upstream might act on is refused.",
+                "body_not_allowed",
+            )
         if method in SAFE_METHODS or path in self.free_paths:
             return Plan(body)
         if path not in self.metered_paths:
@@ -119,6 +125,7 @@ class ProviderAdapter(Adapter):
             raise bad_request("'model' is required and must be a string.", "missing_field")
         if not route.serves(model):
             raise not_found(f"The agent '{route.slug}' does not serve the model '{model}'.", "model_not_found")
+        protocols.refuse_unpriced(payload, route)
         stream = protocols.stream_flag(payload)
         payload, keep_usage = self.prepare_pass_through(path, payload, protocols.max_tokens(payload), cap, stream)
         cap = protocols.answer_cap(payload)  # as sent: the cap added when the client set none

@@ -21,7 +21,7 @@ from gateway_project.hotstate import ConcurrencySlot, MemoryHotState
 from routing import protocols
 from routing.admission import admitted
 from routing.sse import MAX_EVENT_BYTES, AnthropicStreamScanner, EventTooLarge, OpenAIStreamScanner
-from tests.servers import Gateway, read_answer
+from tests.servers import Gateway, json_answer, read_answer, scripted_upstreams
 
 CHAT = "/v1/chat/completions"
 
@@ -199,3 +199,83 @@ def test_a_queued_job_whose_key_lost_the_agent_or_model_does_not_run(make_key):
     key.allowed_agents = ["writing"]
     key.save()
     assert _current_key_refusal(job).code == "agent_not_allowed"
+
+
+# --- what an upstream bills beyond the tokens it reports --------------------------------------------------------
+
+
+def _openai_answer() -> bytes:
+    return json_answer(
+        {
+            "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+        }
+    )
+
+
+ANTHROPIC_ANSWER = json_answer(
+    {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku", "stop_reason": "end_turn",
+        "content": [{"type": "text", "text": "hi"}], "usage": {"input_tokens": 5, "output_tokens": 2},
+    }
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("path", [CHAT, "/agents/{slug}/v1/chat/completions"])
+@pytest.mark.parametrize(
+    "extra",
+    [{"service_tier": "priority"}, {"service_tier": "scale"}, {"web_search_options": {}}],
+    ids=["priority", "scale", "web_search_options"],
+)
+def test_what_openai_bills_beyond_its_tokens_is_refused(path, extra, provider_at, gateway, make_key):
+    with scripted_upstreams() as upstream:
+        server = upstream(_openai_answer())
+        agent = provider_at(server.url)
+        raw, _ = make_key()
+        body = {"model": agent.slug if path == CHAT else "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+        response = gateway.client(raw).post(path.format(slug=agent.slug), json={**body, **extra})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "unpriced_option"
+        assert server.connections == 0
+        flex = gateway.client(raw).post(path.format(slug=agent.slug), json={**body, "service_tier": "flex"})
+        assert flex.status_code == 200, flex.text
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/agents/{slug}/v1/messages"])
+def test_anthropic_server_tools_are_refused_unless_the_agent_is_unmetered(path, provider_at, gateway, make_key):
+    body = {
+        "model": "claude-haiku", "max_tokens": 50, "messages": [{"role": "user", "content": "news?"}],
+        "tools": [{"type": "web_search_20250305", "name": "web_search"}],
+    }  # fmt: skip
+    raw, _ = make_key()
+
+    def model(agent):  # the composed API routes by the agent's slug; pass-through names the model
+        return agent.slug if path == "/v1/messages" else "claude-haiku"
+
+    with scripted_upstreams() as upstream:
+        fields = {"served_models": ["claude-haiku"], "default_model": "claude-haiku"}
+        metered = provider_at(upstream(ANTHROPIC_ANSWER).url, kind="anthropic", **fields)
+        response = gateway.client(raw).post(path.format(slug=metered.slug), json={**body, "model": model(metered)})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "unpriced_option"
+        assert "web_search_20250305" in response.json()["error"]["message"]
+        allowed = provider_at(upstream(ANTHROPIC_ANSWER).url, kind="anthropic", unmetered_pass_through=True, **fields)
+        response = gateway.client(raw).post(path.format(slug=allowed.slug), json={**body, "model": model(allowed)})
+        assert response.status_code == 200, response.text
+
+
+def test_a_read_with_a_body_or_a_method_override_does_not_pass_unpriced(provider_at, gateway, make_key):
+    raw, _ = make_key()
+    with scripted_upstreams() as upstream:
+        server = upstream(json_answer({"object": "list", "data": []}))
+        agent = provider_at(server.url)
+        client = gateway.client(raw)
+        chat = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+        refused = client.request("GET", f"/agents/{agent.slug}/v1/chat/completions", content=chat)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["code"] == "body_not_allowed"
+        assert server.connections == 0
+        read = client.get(f"/agents/{agent.slug}/v1/models", headers={"X-HTTP-Method-Override": "POST"})
+        assert read.status_code == 200, read.text
+        assert b"method-override" not in server.bodies[0].lower()
