@@ -402,12 +402,21 @@ def run_in_worker(job_id: str) -> bool:
 
 
 def overdue(job: AgentJob, now: datetime | None = None) -> bool:
-    """Queued past the queue limit, or running past the agent's timeout and the margin: its runner is gone."""
+    """Queued past the queue limit, or running past its deadline and the margin: its runner is gone.
+
+    A running job's deadline is its ticket's ``answer_by``, the one its runner's ``within_deadline`` keeps (its
+    fallbacks run within it too): expired before, a job still answering on a fallback gave its slots and
+    reservation back while it went on spending. Jobs queued before deadlines were kept: the agent's timeout.
+    """
     now = now or timezone.now()
     if job.status == AgentJob.QUEUED:
         return job.created_at < now - timedelta(seconds=settings.GATEWAY_JOB_MAX_QUEUE_SECONDS)
     if job.status == AgentJob.RUNNING and job.started_at:
-        timeout = job.request.get("gateway", {}).get("timeout", settings.GATEWAY["UPSTREAM_TIMEOUT"])
+        state = job.request.get("gateway", {})
+        answer_by = state.get("admission", {}).get("answer_by")
+        if answer_by:
+            return now.timestamp() > answer_by + MARGIN_SECONDS
+        timeout = state.get("timeout", settings.GATEWAY["UPSTREAM_TIMEOUT"])
         return job.started_at < now - timedelta(seconds=timeout + MARGIN_SECONDS)
     return False
 

@@ -238,3 +238,25 @@ def test_the_webhook_is_signed_and_retried_until_the_receiver_takes_it(runner, m
         assert AgentJob.objects.get(pk=job["id"]).webhook_attempts == 2
     finally:
         hook.stop()
+
+
+def test_a_running_job_is_overdue_only_past_its_own_deadline():
+    """A job answering on a fallback after its agent's timeout is still within its deadline: expired then (polled
+    or swept), it gave its slots and reservation back while its runner went on spending."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from routing.jobs import MARGIN_SECONDS, overdue
+
+    now = timezone.now()
+    started = now - timedelta(seconds=200)  # past its agent's 30 s timeout and the margin
+
+    def running(answer_by):
+        state = {"timeout": 30, "admission": {"answer_by": answer_by}}
+        return AgentJob(status=AgentJob.RUNNING, created_at=started, started_at=started, request={"gateway": state})
+
+    assert not overdue(running(now.timestamp() + 100), now)
+    assert not overdue(running(now.timestamp() - MARGIN_SECONDS + 1), now)
+    assert overdue(running(now.timestamp() - MARGIN_SECONDS - 1), now)
+    assert overdue(running(None), now)  # queued before deadlines were kept: the agent's timeout
