@@ -235,12 +235,40 @@ async def agent_invoke(ex: Exchange) -> None:
     payload = await ex.json()
     protocols.validate_invoke(payload)
     table = await routing_table.get()
+    full: set[str] = set()
+    while True:
+        route, reason = await _invoke_route_for(ex, table, payload, full)
+        headers = len(ex.extra_headers)
+        try:
+            await _invoke_on(ex, route, reason, payload)
+            return
+        except GatewayError as error:
+            if reason in ("requested", "model") or error.code not in AGENT_FULL or ex.response_started:
+                raise
+            # Content routing read the agent's load, then another request took its last slot before this one's
+            # admission: choose again among the others rather than refuse while they have room.
+            full.add(route.slug)
+            if not any(_may_use(ex.key, table, slug) for slug in table.agents.keys() - full):
+                raise
+            del ex.extra_headers[headers:]
+            ex.details["content_routing_full"] = sorted(full)
+
+
+AGENT_FULL = frozenset({"agent_concurrency_limit", "agent_rate_limit"})
+
+
+async def _invoke_route_for(ex: Exchange, table: RoutingTable, payload: dict, full: set[str]):
     if payload.get("agent"):
-        route, reason = table.agent(payload["agent"]), "requested"
-    elif payload.get("model"):
-        route, reason = table.for_model(payload["model"]), "model"
-    else:
-        route, reason = await table.by_content(payload["input"], partial(_may_use, ex.key, table))
+        return table.agent(payload["agent"]), "requested"
+    if payload.get("model"):
+        return table.for_model(payload["model"]), "model"
+    allowed = partial(_may_use, ex.key, table)
+    return await table.by_content(payload["input"], lambda slug: slug not in full and allowed(slug))
+
+
+async def _invoke_on(ex: Exchange, route: AgentRoute, reason: str, payload: dict) -> None:
+    """Invoke ``route`` (chosen for ``reason``): synchronously, or as a job."""
+    table = await routing_table.get()
     deprecation.mark(ex, table.deprecations.get(route.slug))
     ex.details["route_reason"] = reason
     model = payload.get("model") or route.default_model

@@ -106,3 +106,52 @@ def test_no_capable_agent_means_the_least_loaded_allowed_one(gateway, make_key, 
     answer = wait_for(lambda: (a := invoke(client, f"the {name} please"))["route_reason"] != NO_WORDS and a, seconds=10)
     assert answer["agent_used"] in ("writing", "code")
     assert answer["route_reason"] == f"least_loaded; no allowed agent has: {name}"
+
+
+def test_an_agent_filled_between_the_choice_and_the_admission_is_replaced_by_one_with_room(
+    live_db, seeded, make_key, capability, monkeypatch
+):
+    """Content routing reads loads, then admission takes a slot: a request that fills the chosen agent in between
+    used to get 429 while another capable agent had room. Here the read is made stale (it always sees room), in
+    this process, and the first agent's one slot is held."""
+    import asyncio
+
+    import httpx
+
+    from gateway_project.asgi import application
+    from gateway_project.hotstate import ConcurrencySlot, get_hot_state
+    from gateway_project.writer import writer
+    from routing import content_routing, upstream
+    from routing.table import routing_table
+
+    word = f"walrusology{uuid.uuid4().hex[:6]}"
+    _, slugs = capability(word, agents=2, max_concurrent=1)
+    first = min(slugs)  # equal hits: the first by slug is chosen
+    raw, _ = make_key(agents=slugs)
+
+    async def stale(store, slug):
+        return 0
+
+    monkeypatch.setattr(content_routing, "_in_flight", stale)
+
+    async def scenario():
+        await routing_table.reload()
+        store = get_hot_state()
+        slot = ConcurrencySlot("agent_concurrency", store.key("agent-conc", first), 1)
+        assert (await store.admit([], [slot], [])).ok  # another request holds the first agent's one slot
+        try:
+            transport = httpx.ASGITransport(app=application)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+                return await client.post(
+                    "/v1/agent/invoke", json={"input": f"about {word}"}, headers={"Authorization": f"Bearer {raw}"}
+                )
+        finally:
+            await store.settle([], [slot.key], [], 0)
+            await writer.flush()  # this process's audit and usage rows, while the test database is there
+            for pool in upstream._transports.values():
+                await pool.aclose()
+            upstream._transports.clear()
+
+    response = asyncio.run(scenario())
+    assert response.status_code == 200, response.text
+    assert response.json()["agent_used"] == max(slugs)
