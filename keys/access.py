@@ -36,6 +36,8 @@ class KeySnapshot:
     max_concurrent: int
     issued_at: float  # when the key was created: tables read before it may miss its budgets
     audit_previews: bool  # whether its client's audit records keep (redacted) previews
+    client_requests_per_minute: int = 0  # shared by all the client's keys; 0: none
+    client_tokens_per_minute: int = 0
 
     def may_use_agent(self, slug: str) -> bool:
         return self.allowed_agents is None or slug in self.allowed_agents
@@ -76,6 +78,8 @@ def snapshot_of(key: ApiKey) -> dict:
         "max_concurrent": key.max_concurrent,
         "issued_at": key.created_at.timestamp(),
         "audit_previews": key.client.audit_previews,
+        "client_requests_per_minute": key.client.requests_per_minute or 0,
+        "client_tokens_per_minute": key.client.tokens_per_minute or 0,
     }
 
 
@@ -99,7 +103,7 @@ def _load(key_hash: str) -> dict | None:
     return None if key is None else snapshot_of(key)
 
 
-key_snapshots = SnapshotCache("keysnap3", _load, _decode, local_seconds=lambda: settings.GATEWAY["KEY_CACHE_SECONDS"])
+key_snapshots = SnapshotCache("keysnap4", _load, _decode, local_seconds=lambda: settings.GATEWAY["KEY_CACHE_SECONDS"])
 
 
 @database_sync_to_async
@@ -207,7 +211,8 @@ def authorize(snapshot: KeySnapshot, agent_slug: str, model: str = "") -> None:
 
 
 def rate_checks(store: HotState, snapshot: KeySnapshot, tokens: int) -> list[RateCheck]:
-    """The key's per-minute limits for a request estimated at ``tokens`` tokens."""
+    """The key's per-minute limits for a request estimated at ``tokens`` tokens, and its client's, shared by all
+    the client's keys (so that more keys are not more capacity)."""
     checks = [RateCheck("requests", store.key("rpm", snapshot.key_id), snapshot.requests_per_minute, 1)]
     if snapshot.requests_per_day:
         checks.append(
@@ -215,14 +220,28 @@ def rate_checks(store: HotState, snapshot: KeySnapshot, tokens: int) -> list[Rat
         )
     if tokens:
         checks.append(RateCheck("tokens", store.key("tpm", snapshot.key_id), snapshot.tokens_per_minute, tokens))
+    client = snapshot.client_id
+    if snapshot.client_requests_per_minute:
+        checks.append(
+            RateCheck("client_requests", store.key("client-rpm", client), snapshot.client_requests_per_minute, 1)
+        )
+    if tokens and snapshot.client_tokens_per_minute:
+        checks.append(
+            RateCheck("client_tokens", store.key("client-tpm", client), snapshot.client_tokens_per_minute, tokens)
+        )
     return checks
 
 
 def token_correction(store: HotState, snapshot: KeySnapshot, estimated: int, actual: int) -> list[RateAdjust]:
-    """Move the key's token counter from the estimate to what the upstream really used."""
+    """Move the key's (and its client's) token counter from the estimate to what the upstream really used."""
     if actual == estimated:
         return []
-    return [RateAdjust(store.key("tpm", snapshot.key_id), snapshot.tokens_per_minute, actual - estimated)]
+    delta = actual - estimated
+    adjusts = [RateAdjust(store.key("tpm", snapshot.key_id), snapshot.tokens_per_minute, delta)]
+    if snapshot.client_tokens_per_minute:
+        limit = snapshot.client_tokens_per_minute
+        adjusts.append(RateAdjust(store.key("client-tpm", snapshot.client_id), limit, delta))
+    return adjusts
 
 
 def concurrency_key(store: HotState, snapshot: KeySnapshot) -> str:

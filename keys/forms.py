@@ -17,8 +17,14 @@ CENTS = Decimal("0.01")
 class ClientForm(forms.ModelForm):
     class Meta:
         model = Client
-        fields = ["name", "slug", "contact", "cost_center", "is_active", "audit_previews", "audit_retention_days"]
-        labels = {"audit_previews": "Audit previews", "audit_retention_days": "Audit retention (days)"}
+        fields = [
+            "name", "slug", "contact", "cost_center", "is_active", "requests_per_minute", "tokens_per_minute",
+            "audit_previews", "audit_retention_days",
+        ]  # fmt: skip
+        labels = {
+            "audit_previews": "Audit previews", "audit_retention_days": "Audit retention (days)",
+            "requests_per_minute": "Client requests per minute", "tokens_per_minute": "Client tokens per minute",
+        }  # fmt: skip
         help_texts = {
             "slug": "Short name used in logs and the API (letters, digits, - and _).",
             "cost_center": "The team its spend is attributed to from now on (past usage keeps its attribution).",

@@ -95,6 +95,15 @@ class Client(models.Model):
         null=True, blank=True, validators=[MinValueValidator(1)],
         help_text="Keep this client's request records this many days; empty uses the gateway's default.",
     )  # fmt: skip
+    # Shared by all the client's keys, on top of each key's own: more keys do not make more capacity.
+    requests_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="Requests per minute shared by all its keys, on top of each key's own limit; empty: none.",
+    )  # fmt: skip
+    tokens_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="Tokens per minute shared by all its keys, on top of each key's own limit; empty: none.",
+    )  # fmt: skip
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -137,6 +137,18 @@ def _refusal(failed: str, snapshot, retry_after_ms: int) -> GatewayError:
     elif failed == "tokens":
         message = f"Rate limit reached: {snapshot.tokens_per_minute} tokens per minute for this key."
         code = "rate_limit_tokens"
+    elif failed == "client_requests":
+        message = (
+            f"Rate limit reached: {snapshot.client_requests_per_minute} requests per minute for this client, "
+            "shared by all its keys."
+        )
+        code = "client_rate_limit_requests"
+    elif failed == "client_tokens":
+        message = (
+            f"Rate limit reached: {snapshot.client_tokens_per_minute} tokens per minute for this client, "
+            "shared by all its keys."
+        )
+        code = "client_rate_limit_tokens"
     else:
         message = f"Too many requests in flight: this key allows {snapshot.max_concurrent} at once."
         code = "concurrency_limit"

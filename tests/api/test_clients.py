@@ -57,3 +57,14 @@ def test_it_paginates_with_limit_and_offset(api, acme, globex):
     body = api.get("/api/v1/clients/", {"limit": 1, "offset": 1}).json()
     assert body["count"] == 2
     assert [c["slug"] for c in body["results"]] == ["globex"]
+
+
+def test_a_clients_shared_limits_are_set_and_checked(api, acme):
+    url = f"/api/v1/clients/{acme.pk}/"
+    assert api.get(url).json()["requests_per_minute"] is None  # none: each key's own limits only
+    assert api.patch(url, {"requests_per_minute": 600, "tokens_per_minute": 90_000}, format="json").status_code == 200
+    acme.refresh_from_db()
+    assert (acme.requests_per_minute, acme.tokens_per_minute) == (600, 90_000)
+    refused = api.patch(url, {"requests_per_minute": 0}, format="json")
+    assert refused.status_code == 400 and "requests_per_minute" in refused.json()
+    assert api.patch(url, {"tokens_per_minute": None}, format="json").json()["tokens_per_minute"] is None

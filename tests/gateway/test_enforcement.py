@@ -185,6 +185,40 @@ def test_it_limits_tokens_per_minute(gateway, make_key):
     assert int(refused.headers["retry-after"]) >= 1
 
 
+def second_key(key, **fields):
+    """Another key of ``key``'s client."""
+    from keys.services import issue_key
+
+    other, raw = issue_key(key.client, allowed_agents=["*"], allowed_models=["*"], **fields)
+    return raw, other
+
+
+def test_a_clients_limits_are_shared_by_all_its_keys(gateway, make_key, audit_for):
+    """More keys are not more capacity: a client's requests per minute hold across its keys."""
+    raw, key = make_key(rpm=100)
+    key.client.requests_per_minute = 3
+    key.client.save()
+    other_raw, other = second_key(key, requests_per_minute=100)
+    one, two = gateway.client(raw), gateway.client(other_raw)
+    assert [c.post(CHAT, json=chat_body()).status_code for c in (one, two, one)] == [200, 200, 200]
+    refused = two.post(CHAT, json=chat_body())
+    assert_error(refused, 429, "client_rate_limit_requests", "rate_limit_error")
+    assert "3 requests per minute for this client" in refused.json()["error"]["message"]
+    assert audit_for(other, 2)[-1].error_type == "client_rate_limit_requests"
+    stranger, _ = make_key(rpm=100)
+    assert gateway.client(stranger).post(CHAT, json=chat_body()).status_code == 200  # another client's own
+
+
+def test_a_clients_tokens_per_minute_are_shared_by_all_its_keys(gateway, make_key):
+    raw, key = make_key(tpm=100_000)
+    key.client.tokens_per_minute = 300
+    key.client.save()
+    other_raw, _ = second_key(key, tokens_per_minute=100_000)
+    assert gateway.client(raw).post(CHAT, json=chat_body(max_tokens=150)).status_code == 200
+    refused = gateway.client(other_raw).post(CHAT, json=chat_body(max_tokens=295))  # the first used about 8
+    assert_error(refused, 429, "client_rate_limit_tokens")
+
+
 def test_it_reports_remaining_limits_on_success(gateway, make_key):
     raw, _ = make_key(rpm=10, tpm=5000)
     response = gateway.client(raw).post(CHAT, json=chat_body())
