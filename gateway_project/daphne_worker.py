@@ -12,15 +12,21 @@ It also stops taking requests once the stop has begun: Daphne keeps reading keep
 connections until the reactor stops, and a request that came in while the others were
 being waited for was answered and then cut off before its audit record was queued. Such
 a request now gets a 503 (retry elsewhere), and the wait goes on until no application is
-left running. Everything else is Daphne's own.
+left running.
+
+Its HTTP connections are read by ``daphne_protocol.BoundedHTTPChannel``: a request's
+head and body have the same bounds in size and time as under uvicorn. Everything
+else is Daphne's own.
 """
 
 import asyncio
 
 from daphne import server
 from daphne.cli import CommandLineInterface
-from daphne.http_protocol import WebRequest
+from daphne.http_protocol import HTTPFactory, WebRequest
 from twisted.internet import defer
+
+from gateway_project.daphne_protocol import bounded_channel
 
 _create_application = server.Server.create_application
 
@@ -57,6 +63,7 @@ def kill_all_applications(self):
 
 server.Server.create_application = create_application
 server.Server.kill_all_applications = kill_all_applications
+HTTPFactory.protocol = bounded_channel
 
 if __name__ == "__main__":
     CommandLineInterface.entrypoint()

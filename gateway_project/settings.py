@@ -478,9 +478,10 @@ GATEWAY = {
     # Largest upstream answer the gateway reads whole (composed calls, error bodies); streams pass through unbounded.
     # The longest a request may take, its answer (a stream) included; its reservation is held that long (+60 s).
     "MAX_ANSWER_SECONDS": envfloat("GATEWAY_MAX_ANSWER_SECONDS", 600.0, minimum=1.0),
-    # The longest a request's body may take to arrive once the caller is let in (408 after; slow-body clients).
+    # The longest a request's body may take to arrive once the caller is let in (uvicorn) or its head has arrived
+    # (Daphne, which reads it whole first): 408 after (slow-body clients).
     "BODY_READ_SECONDS": envfloat("GATEWAY_BODY_READ_SECONDS", 30.0, minimum=0.1),
-    # A request's head (request line and headers), under uvicorn: 431 past this size, 408 past this time.
+    # A request's head (request line and headers): 431 past this size, 408 past this time from its first byte.
     "MAX_HEAD_BYTES": envint("GATEWAY_MAX_HEAD_BYTES", 65536, minimum=4096),
     "HEAD_READ_SECONDS": envfloat("GATEWAY_HEAD_READ_SECONDS", 20.0, minimum=0.1),
     "MAX_UPSTREAM_ANSWER_BYTES": envint("GATEWAY_MAX_UPSTREAM_ANSWER_BYTES", 32 * 1024 * 1024, minimum=1024),

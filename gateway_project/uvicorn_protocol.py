@@ -5,7 +5,8 @@ uvicorn sets no limit: one anonymous connection grew a worker by 60 MB and was
 never answered, and a head sent a byte at a time held its connection for ever.
 Both happen before the application (and so before any key check) sees the
 request, so they are bounded here: past ``GATEWAY_MAX_HEAD_BYTES`` the client gets
-431, past ``GATEWAY_HEAD_READ_SECONDS`` 408, and the connection is closed.
+431, past ``GATEWAY_HEAD_READ_SECONDS`` 408 (the gateway's JSON error,
+``request_bounds``), and the connection is closed.
 """
 
 from __future__ import annotations
@@ -15,13 +16,8 @@ import asyncio
 from django.conf import settings
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-
-def _response(status: bytes, message: str) -> bytes:
-    body = message.encode()
-    return (
-        b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
-        b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
-    )
+from gateway_project.errors import GatewayError
+from gateway_project.request_bounds import head_too_large, raw_answer, too_slow
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -41,7 +37,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
             limit = settings.GATEWAY["MAX_HEAD_BYTES"]
             if self._head_bytes > limit:
-                self._refuse(b"431 Request Header Fields Too Large", f"The request's head is over {limit} bytes.")
+                self._refuse(head_too_large(limit))
                 return
         super().data_received(data)
 
@@ -61,16 +57,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _head_too_slow(self, seconds: float) -> None:
         self._head_timer = None
         if self._in_head and self._head_bytes:
-            self._refuse(b"408 Request Timeout", f"The request's head did not arrive within {seconds:g} s.")
+            self._refuse(too_slow("head", seconds))
 
     def _stop_timer(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
 
-    def _refuse(self, status: bytes, message: str) -> None:
+    def _refuse(self, error: GatewayError) -> None:
         self._stop_timer()
         self._in_head = False
         if not self.transport.is_closing():
-            self.transport.write(_response(status, message))
+            self.transport.write(raw_answer(error))
             self.transport.close()

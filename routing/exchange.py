@@ -13,6 +13,7 @@ from audit.recorder import record_request
 from billing.pricing import nanos_to_usd
 from gateway_project.addresses import client_address
 from gateway_project.errors import GatewayError, bad_request
+from gateway_project.request_bounds import too_slow
 from keys.access import KeySnapshot
 from routing.facts import RequestFacts
 from routing.upstream_url import raw_path_of
@@ -115,10 +116,7 @@ class Exchange:
                     if not message.get("more_body"):
                         break
         except TimeoutError:
-            raise GatewayError(
-                408, "invalid_request_error", "request_body_timeout",
-                f"The request body did not arrive within {seconds:g} s.", [(b"connection", b"close")],
-            ) from None  # fmt: skip
+            raise too_slow("body", seconds) from None
         self.too_large = size > limit
         self.body = b"" if self.too_large else b"".join(chunks)
         self.body_done.set()

@@ -3,14 +3,15 @@
 Scopes checked against the model that answers (an agent named by its slug answers
 with its default model); provider agents asked only for the models they serve;
 Anthropic's prompt-cache tokens metered; a client that hangs up while it is being
-admitted gives back what the admission took; stream events of no end, and bodies
-that never finish, bounded.
+admitted gives back what the admission took; stream events of no end, and request
+heads and bodies that never finish, bounded under Daphne and uvicorn alike.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import select
 import socket
 import time
 import uuid
@@ -133,53 +134,102 @@ def test_an_admission_cancelled_while_it_runs_gives_back_what_it_took():
     assert asyncio.run(scenario()).ok  # the one slot is free again
 
 
-# --- a body that never finishes ---------------------------------------------------------------------------
+# --- heads and bodies that never finish -------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def impatient_gateway(seeded):
+@pytest.fixture(scope="module", params=["daphne", "uvicorn"])
+def impatient_gateway(request, seeded):
     server = Gateway(
-        server="uvicorn",  # Daphne reads a body whole before the application sees it, and bounds heads itself
+        server=request.param,
         GATEWAY_BODY_READ_SECONDS="1", GATEWAY_HEAD_READ_SECONDS="1", GATEWAY_MAX_HEAD_BYTES="8192",
     )  # fmt: skip
     yield server
     server.stop()
 
 
+def assert_refused(conn: socket.socket, answer: bytes, status: int, code: str) -> None:
+    """``answer`` is the gateway's JSON error ``code`` with ``status``, and the server then closed the connection."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status), answer[:300]
+    assert b"\r\ncontent-type: application/json" in head.lower() and b"\r\nconnection: close" in head.lower(), head
+    error = json.loads(body)["error"]
+    assert error["code"] == code and error["request_id"] and error["message"], error
+    try:
+        assert conn.recv(65536) == b""
+    except ConnectionResetError:
+        pass  # closed too, with bytes of the client's still unread
+
+
+def dripping(conn: socket.socket, byte: bytes, seconds: float = 10) -> bytes:
+    """Send ``byte`` every 0.2 s (so no idle timeout fires) until the server answers: its answer, or b"" if none
+    came within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if select.select([conn], [], [], 0.2)[0]:
+            return read_answer(conn)
+        try:
+            conn.sendall(byte)
+        except OSError:
+            break  # closed: whatever it answered is already on its way
+    return read_answer(conn) if select.select([conn], [], [], 0)[0] else b""
+
+
+def post_head(raw: str, length: int) -> bytes:
+    return (
+        f"POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {raw}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+
+
 def test_a_body_that_never_finishes_is_a_408_after_the_read_deadline(impatient_gateway, make_key):
     raw, _ = make_key()
+    with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=10) as conn:
+        conn.sendall(post_head(raw, 1000) + b'{"model"')
+        assert_refused(conn, read_answer(conn), 408, "request_body_timeout")
+
+
+def test_a_body_sent_a_byte_at_a_time_is_a_408_after_the_read_deadline(impatient_gateway, make_key):
+    raw, _ = make_key()
     with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=15) as conn:
-        conn.sendall(
-            f"POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {raw}\r\n"
-            'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"model"'.encode()
-        )
-        started = time.monotonic()
-        answer = read_answer(conn)
-    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
-    assert b"request_body_timeout" in answer
-    assert time.monotonic() - started < 10
+        conn.sendall(post_head(raw, 10_000))
+        assert_refused(conn, dripping(conn, b" "), 408, "request_body_timeout")
 
 
 def test_a_request_head_past_the_size_limit_is_a_431_before_any_key_is_read(impatient_gateway):
     with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=15) as conn:
         conn.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-        answer = b""
         try:
             for _ in range(200):  # 6.4 MB of one header, if the server took it all
                 conn.sendall(b"X-Flood: " + b"a" * 32_000 + b"\r\n")
         except OSError:
             pass  # the server closed the connection: what it answered is already on its way
-        answer = conn.recv(65536)
-    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+        assert_refused(conn, read_answer(conn), 431, "request_head_too_large")
+
+
+def test_a_request_head_of_many_short_lines_past_the_size_limit_is_a_431(impatient_gateway):
+    with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=15) as conn:
+        conn.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n" + (b"X-Many: " + b"a" * 100 + b"\r\n") * 200)
+        assert_refused(conn, read_answer(conn), 431, "request_head_too_large")
 
 
 def test_a_request_head_sent_a_byte_at_a_time_is_a_408_after_the_deadline(impatient_gateway):
     with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=15) as conn:
         conn.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: a")
-        started = time.monotonic()
-        answer = conn.recv(65536)
-    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
-    assert time.monotonic() - started < 10
+        # Each byte would reset an idle timeout: the head's deadline counts from its first byte.
+        assert_refused(conn, dripping(conn, b"a"), 408, "request_head_timeout")
+
+
+def test_a_keep_alive_connection_may_idle_between_requests_past_the_head_deadline(impatient_gateway, make_key):
+    raw, _ = make_key()
+    body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    request = post_head(raw, len(body)) + body
+    with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=15) as conn:
+        conn.sendall(request)
+        assert read_answer(conn).startswith(b"HTTP/1.1 200")
+        time.sleep(2.5)  # idle, past the head's and the body's deadlines (within uvicorn's 5 s keep-alive)
+        conn.sendall(request)
+        answer = read_answer(conn)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
 
 
 # --- a queued job, after its key changed ------------------------------------------------------------------------

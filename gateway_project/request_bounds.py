@@ -1,0 +1,43 @@
+"""The refusals of a request whose head or body breaks the gateway's bounds on its size or the time it takes.
+
+A request's head is bounded by the server's protocol (``uvicorn_protocol``,
+``daphne_protocol``), before any application or key check sees the request, and
+so is a body under Daphne, which reads it whole first; under uvicorn the body is
+bounded as the application reads it (``routing.exchange``). Under both servers the
+client gets the same answer: the gateway's JSON error, with a request id, and the
+connection closed.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from gateway_project.errors import GatewayError
+
+REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+# Every gateway answer carries these (routing.exchange): nothing in it may act on the gateway's origin.
+ANSWER_HEADERS = b"x-content-type-options: nosniff\r\ncontent-security-policy: sandbox\r\n"
+
+
+def head_too_large(limit: int) -> GatewayError:
+    message = f"The request's head (request line and headers) is over {limit} bytes."
+    return GatewayError(431, "invalid_request_error", "request_head_too_large", message)
+
+
+def too_slow(part: str, seconds: float) -> GatewayError:
+    """408 for a request ``part`` ("head" or "body") that did not arrive within ``seconds``."""
+    return GatewayError(
+        408, "invalid_request_error", f"request_{part}_timeout",
+        f"The request {part} did not arrive within {seconds:g} s.", [(b"connection", b"close")],
+    )  # fmt: skip
+
+
+def raw_answer(error: GatewayError) -> bytes:
+    """The whole HTTP/1.1 answer to a request refused before any application saw it, closing the connection."""
+    request_id = uuid.uuid4().hex
+    body = error.body(request_id)
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n"
+        b"x-request-id: %s\r\n%s\r\n%s"
+        % (error.status, REASONS.get(error.status, b"Error"), len(body), request_id.encode(), ANSWER_HEADERS, body)
+    )
