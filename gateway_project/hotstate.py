@@ -523,9 +523,11 @@ class MemoryHotState(HotState):
 # Reply: {0, 0, 0, remaining per rate...} on success; {-1, 0, 0, unseeded budget indexes...};
 # {i, retry ms, 0, remaining} for rate i; {n + s, retry ms} for slot s; {n + c + j, 0, spent} for budget j.
 def slot_ttl_seconds() -> int:
-    """How long a concurrency slot's count outlives its last change: the longest a request may take and a minute,
-    so a slot held by a long stream is never forgotten while it streams (a crashed process's lapses then)."""
-    return int(settings.GATEWAY["MAX_ANSWER_SECONDS"]) + 60
+    """How long a concurrency slot's count outlives its last change: the longest a request or a WebSocket session
+    may last, and a minute, so a slot held by a long stream or session is never forgotten while it runs (a crashed
+    process's lapse then)."""
+    longest = max(settings.GATEWAY["MAX_ANSWER_SECONDS"], settings.GATEWAY["MAX_SESSION_SECONDS"])
+    return math.ceil(longest) + 60
 
 
 _ADMIT_LUA = """

@@ -458,6 +458,7 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Gateway ---------------------------------------------------------------
+_max_answer_seconds = envfloat("GATEWAY_MAX_ANSWER_SECONDS", 600.0, minimum=1.0)
 GATEWAY = {
     # Largest request body the proxy accepts, in bytes (413 above it).
     "MAX_BODY_BYTES": envint("GATEWAY_MAX_BODY_BYTES", 1_048_576, minimum=1),
@@ -477,7 +478,10 @@ GATEWAY = {
     "UPSTREAM_MAX_CONNECTIONS": envint("GATEWAY_UPSTREAM_MAX_CONNECTIONS", 512, minimum=1),
     # Largest upstream answer the gateway reads whole (composed calls, error bodies); streams pass through unbounded.
     # The longest a request may take, its answer (a stream) included; its reservation is held that long (+60 s).
-    "MAX_ANSWER_SECONDS": envfloat("GATEWAY_MAX_ANSWER_SECONDS", 600.0, minimum=1.0),
+    "MAX_ANSWER_SECONDS": _max_answer_seconds,
+    # The longest a WebSocket session may last (closed 1008 session_deadline after); its slots are counted that long
+    # (+60 s). By default as long as a request, so that a crashed process's slots lapse no later than they did.
+    "MAX_SESSION_SECONDS": envfloat("GATEWAY_MAX_SESSION_SECONDS", _max_answer_seconds, minimum=1.0),
     # The longest a request's body may take to arrive once the caller is let in (uvicorn) or its head has arrived
     # (Daphne, which reads it whole first): 408 after (slow-body clients).
     "BODY_READ_SECONDS": envfloat("GATEWAY_BODY_READ_SECONDS", 30.0, minimum=0.1),

@@ -20,6 +20,12 @@ gateway closes the session with 1008 (policy violation) and the error code as th
 reason (``ws_sessions``), within a second on every gateway process. Daphne lets an
 application send no standard code but 1000, so its clients get 4008 instead, as
 ``close_client`` maps every standard code (and drops the reason).
+
+A session also lasts at most ``GATEWAY_MAX_SESSION_SECONDS`` from its handshake,
+then is closed the same way with the reason ``session_deadline``: the concurrency
+slots it holds (the key's, the agent's) are counted in the hot state only that long
+and a minute (``hotstate.slot_ttl_seconds``), so a session held open past them
+would have let its key and agent run more sessions than their ``max_concurrent``.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from routing.admission import admit, settle
 from routing.endpoints import authenticate
 from routing.exchange import Exchange
 from routing.table import AgentRoute, routing_table
-from routing.ws_relay import Traffic, close_client, relay, upstream_close_code
+from routing.ws_relay import SESSION_DEADLINE, Traffic, close_client, relay, upstream_close_code
 from routing.ws_sessions import open_sessions
 
 log = logging.getLogger("gateway.ws")
@@ -102,8 +108,10 @@ async def serve_session(scope: dict, receive, send) -> None:
             )
             ex.status = 101
             traffic.handshake_ms = ex.elapsed_ms()
+            seconds_left = settings.GATEWAY["MAX_SESSION_SECONDS"] - ex.elapsed_ms() / 1000
             async with open_sessions.watch(ex.key, route.slug, ex.started) as watched:
-                await relay(receive, send, agent, traffic, settings.GATEWAY["MAX_BODY_BYTES"], watched.withdrawn)
+                frame_limit = settings.GATEWAY["MAX_BODY_BYTES"]
+                await relay(receive, send, agent, traffic, frame_limit, watched.withdrawn, seconds_left)
         finally:
             await agent.close(upstream_close_code(traffic.close_code) if traffic.closed_by == "client" else 1001)
     except asyncio.CancelledError:  # the server is shutting down (a client that leaves is a message, not this)
@@ -124,6 +132,8 @@ async def serve_session(scope: dict, receive, send) -> None:
         ex.error_type = ex.error_type or traffic.error
         ex.input_text, ex.output_text = traffic.first_in, traffic.first_out
         ex.details = traffic.details()
+        if traffic.error == SESSION_DEADLINE:
+            ex.details["session_deadline_seconds"] = settings.GATEWAY["MAX_SESSION_SECONDS"]
         ex.record()
 
 

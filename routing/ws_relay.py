@@ -10,7 +10,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import EXTERNAL_CLOSE_CODES
 
 PREVIEW_SOURCE_CHARS = 1000  # the audit preview keeps far fewer; the redaction rules see this much
-POLICY_VIOLATION = 1008  # the close code of a session its key no longer lets in
+POLICY_VIOLATION = 1008  # the close code of a session its key no longer lets in, or that lasted too long
+SESSION_DEADLINE = "session_deadline"  # the reason a session that lasted the longest a session may is closed with
 
 
 @dataclass(slots=True)
@@ -59,16 +60,27 @@ class Traffic:
 
 
 async def relay(
-    receive, send, agent: ClientConnection, traffic: Traffic, max_frame_bytes: int, withdrawn: asyncio.Future
+    receive,
+    send,
+    agent: ClientConnection,
+    traffic: Traffic,
+    max_frame_bytes: int,
+    withdrawn: asyncio.Future,
+    seconds_left: float,
 ) -> None:
-    """Relay frames both ways until one side closes, or ``withdrawn`` gives the error code that ends the session
-    (its key may no longer be used: close code 1008); then close the client if it was not the one."""
+    """Relay frames both ways until one side closes, ``withdrawn`` gives the error code that ends the session (its
+    key may no longer be used), or ``seconds_left`` have passed (``session_deadline``), both with close code 1008;
+    then close the client if it was not the one."""
     inbound = asyncio.ensure_future(_client_to_agent(receive, agent, traffic, max_frame_bytes))
     outbound = asyncio.ensure_future(_agent_to_client(agent, send, traffic))
     try:
-        await asyncio.wait((inbound, outbound, withdrawn), return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            (inbound, outbound, withdrawn), timeout=max(0.0, seconds_left), return_when=asyncio.FIRST_COMPLETED
+        )
         if withdrawn.done():
             traffic.end("gateway", POLICY_VIOLATION, withdrawn.result())
+        elif not done:
+            traffic.end("gateway", POLICY_VIOLATION, SESSION_DEADLINE)
     finally:
         inbound.cancel()
         outbound.cancel()

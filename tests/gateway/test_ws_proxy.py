@@ -441,6 +441,33 @@ def test_a_change_that_still_lets_the_key_in_and_another_keys_change_leave_the_s
     assert (record.error_type, record.details["closed_by"], record.details["close_code"]) == ("", "client", 1000)
 
 
+# --- the longest a session may last --------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["daphne", "uvicorn"])
+def short_sessions(request, seeded):
+    gateway = Gateway(server=request.param, GATEWAY_MAX_SESSION_SECONDS="2")
+    yield Server(request.param, gateway.url)
+    gateway.stop()
+
+
+def test_a_session_is_closed_once_it_has_lasted_the_longest_a_session_may(short_sessions, make_key, audit_for):
+    """A session's concurrency slots are counted only so long: one held open past that must not be left running."""
+    raw, key = make_key(concurrent=1)
+    with open_session(short_sessions, raw) as ws:
+        frame = closed(ws)
+    assert frame.code == short_sessions.standard_code(1008)
+    if short_sessions.name == "uvicorn":  # Daphne drops close reasons
+        assert frame.reason == "session_deadline"
+    [record] = audit_for(key)
+    assert (record.status, record.error_type) == (101, "session_deadline")
+    assert record.details["closed_by"] == "gateway" and record.details["close_code"] == 1008
+    assert record.details["session_deadline_seconds"] == 2
+    assert record.latency_ms >= 2000  # from its handshake, not before
+    with open_session(short_sessions, raw):  # settled: the key's one slot is free again
+        pass
+
+
 @pytest.fixture(scope="module", params=["daphne", "uvicorn"])
 def two_workers(request, seeded):
     if not settings.REDIS_URL:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 
 import pytest
@@ -166,6 +167,18 @@ def test_settling_into_a_vanished_counter_reports_it_instead_of_guessing(store):
     budget = BudgetCheck(spend, 1_000, 60)
     assert run(store.settle([], [], [budget], 100)) == [-1]
     assert run(store.admit([], [], [budget])).failed == "seed"
+
+
+def test_a_slot_is_counted_as_long_as_the_longest_session_or_request_may_last(store, settings):
+    """A WebSocket session holds its slots as long as it runs: their count must not lapse before it may end."""
+    settings.GATEWAY = {**settings.GATEWAY, "MAX_ANSWER_SECONDS": 60.0, "MAX_SESSION_SECONDS": 3600.0}
+    _, _, conc, _ = ids()
+    assert run(store.admit([], [ConcurrencySlot("concurrency", conc, 1)], [])).ok
+    if isinstance(store, RedisHotState):
+        lasts = store._sync.pttl(conc) / 1000
+    else:
+        lasts = store._values[conc][1] - time.time()
+    assert 3600 + 60 - 5 < lasts <= 3600 + 60
 
 
 @pytest.mark.skipif(not settings.REDIS_URL, reason="needs Redis")
