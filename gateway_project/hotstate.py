@@ -523,11 +523,13 @@ class MemoryHotState(HotState):
 # Reply: {0, 0, 0, remaining per rate...} on success; {-1, 0, 0, unseeded budget indexes...};
 # {i, retry ms, 0, remaining} for rate i; {n + s, retry ms} for slot s; {n + c + j, 0, spent} for budget j.
 def slot_ttl_seconds() -> int:
-    """How long a concurrency slot's count outlives its last change: the longest a request or a WebSocket session
-    may last, and a minute, so a slot held by a long stream or session is never forgotten while it runs (a crashed
-    process's lapse then)."""
-    longest = max(settings.GATEWAY["MAX_ANSWER_SECONDS"], settings.GATEWAY["MAX_SESSION_SECONDS"])
-    return math.ceil(longest) + 60
+    """How long a concurrency slot's count outlives its last change: the longest anything may hold a slot, and a
+    minute, so a slot held by a long stream, session or job is never forgotten while it runs (a crashed process's
+    lapse then). A request lasts at most ``MAX_ANSWER_SECONDS`` (an agent's timeout is capped to it), a session
+    ``MAX_SESSION_SECONDS``, and an async job holds its slots from its submission: its queue time, then its run."""
+    gw = settings.GATEWAY
+    job = settings.GATEWAY_JOB_MAX_QUEUE_SECONDS + gw["MAX_ANSWER_SECONDS"]
+    return math.ceil(max(gw["MAX_ANSWER_SECONDS"], gw["MAX_SESSION_SECONDS"], job)) + 60
 
 
 _ADMIT_LUA = """

@@ -290,7 +290,7 @@ async def admit(ex: Exchange, facts: RequestFacts, *, take_target: bool = False,
 
 
 def answer_seconds(route: AgentRoute | None) -> float:
-    """The longest a request may take, answer included: ``MAX_ANSWER_SECONDS``, or the agent's own longer timeout."""
+    """The longest a request may take, answer included: ``MAX_ANSWER_SECONDS`` (which caps every agent's timeout)."""
     longest = settings.GATEWAY["MAX_ANSWER_SECONDS"]
     return max(longest, route.timeout) if route is not None else longest
 

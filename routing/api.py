@@ -3,6 +3,7 @@
 import math
 from typing import Literal
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import extend_schema
@@ -14,7 +15,7 @@ from audit.trail import record_action
 from gateway_project.api import SEARCHABLE_FILTER_BACKENDS, NameListField, SlugRelatedField, TrailedModelViewSet
 from routing.balance import DEFAULT_TARGET
 from routing.circuits import agent_health, reset_circuits
-from routing.models import RESILIENCE_FIELDS, Agent, Target
+from routing.models import RESILIENCE_FIELDS, Agent, Target, validate_agent_timeout
 from routing.table import target_credential
 
 CLEARED_HELP = (
@@ -65,15 +66,18 @@ class AgentSerializer(serializers.ModelSerializer):
         return agent.credential_cleared
 
     def validate_timeout_seconds(self, value):
-        if not math.isfinite(value) or value <= 0:
-            raise serializers.ValidationError("Must be a number of seconds above zero.")
+        value = _positive_seconds(value)
+        try:
+            validate_agent_timeout(value)
+        except DjangoValidationError as error:
+            raise serializers.ValidationError(error.messages) from None
         return value
 
     def validate_breaker_window_seconds(self, value):
-        return self.validate_timeout_seconds(value)
+        return _positive_seconds(value)
 
     def validate_breaker_cooldown_seconds(self, value):
-        return self.validate_timeout_seconds(value)
+        return _positive_seconds(value)
 
     def validate_retry_statuses(self, value):
         if not isinstance(value, list) or not all(isinstance(s, int) and 400 <= s <= 599 for s in value):
@@ -85,6 +89,12 @@ class AgentSerializer(serializers.ModelSerializer):
             raise serializers.ValidationError("Give a list of agent slugs.")
         value = list(dict.fromkeys(s.strip() for s in value))
         return validate_fallback_slugs(value, self.instance.slug if self.instance else None, self.initial_data)
+
+
+def _positive_seconds(value: float) -> float:
+    if not math.isfinite(value) or value <= 0:
+        raise serializers.ValidationError("Must be a number of seconds above zero.")
+    return value
 
 
 def validate_fallback_slugs(value: list[str], own_slug: str | None, data) -> list[str]:

@@ -1,5 +1,6 @@
 import uuid
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxLengthValidator, MaxValueValidator, MinValueValidator
 from django.db import models
@@ -8,6 +9,18 @@ from gateway_project.credentials import EncryptedTextField, HostBoundCredential
 from gateway_project.outbound import validate_upstream_url
 
 DEFAULT_RETRY_STATUSES = [502, 503, 529]
+
+
+def validate_agent_timeout(seconds: float) -> None:
+    """An agent's timeout is at most ``GATEWAY_MAX_ANSWER_SECONDS``: a request's slots are counted no longer."""
+    longest = settings.GATEWAY["MAX_ANSWER_SECONDS"]
+    if seconds > longest:
+        raise ValidationError(
+            f"At most {longest:g} seconds, the longest a request may take (GATEWAY_MAX_ANSWER_SECONDS): raise that "
+            "first."
+        )
+
+
 CREDENTIAL_MAX_LENGTH = 500
 # An agent's balancing, retry, breaker and versioning settings: the console form and the API edit the same ones.
 RESILIENCE_FIELDS = [
@@ -137,6 +150,11 @@ class Agent(HostBoundCredential):
     def clean(self):
         if self.timeout_seconds is not None and self.timeout_seconds <= 0:
             raise ValidationError({"timeout_seconds": "Must be above zero."})
+        if self.timeout_seconds is not None:
+            try:
+                validate_agent_timeout(self.timeout_seconds)
+            except ValidationError as error:
+                raise ValidationError({"timeout_seconds": error.messages}) from None
         for name in ("breaker_window_seconds", "breaker_cooldown_seconds"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValidationError({name: "Must be above zero."})

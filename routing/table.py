@@ -118,7 +118,10 @@ def route_of(agent: Agent) -> AgentRoute:
         served_models=tuple(agent.served_models or ()),
         default_model=agent.default_model,
         capabilities=tuple(word.lower() for word in agent.capabilities or ()),
-        timeout=agent.timeout_seconds or settings.GATEWAY["UPSTREAM_TIMEOUT"],
+        # Capped (an agent saved before the cap, or the setting lowered since): slots are counted no longer.
+        timeout=min(
+            agent.timeout_seconds or settings.GATEWAY["UPSTREAM_TIMEOUT"], settings.GATEWAY["MAX_ANSWER_SECONDS"]
+        ),
         cost_center=agent.cost_center,
         default_max_output_tokens=agent.default_max_output_tokens,
         max_concurrent=agent.max_concurrent,

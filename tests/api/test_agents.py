@@ -55,6 +55,15 @@ def test_it_refuses_a_duplicate_slug(api, agent):
     assert "slug" in response.json()
 
 
+def test_it_refuses_a_timeout_longer_than_a_request_may_take(api, settings):
+    """A request's slots are counted ``GATEWAY_MAX_ANSWER_SECONDS`` (and a minute): no agent may take longer."""
+    settings.GATEWAY = {**settings.GATEWAY, "MAX_ANSWER_SECONDS": 600.0}
+    response = api.post("/api/v1/agents/", {**AGENT, "timeout_seconds": 601}, format="json")
+    assert response.status_code == 400
+    assert "GATEWAY_MAX_ANSWER_SECONDS" in str(response.json()["timeout_seconds"])
+    assert api.post("/api/v1/agents/", {**AGENT, "timeout_seconds": 600}, format="json").status_code == 201
+
+
 @pytest.mark.parametrize("timeout", [-1, 0, "NaN"])
 def test_it_refuses_a_timeout_that_is_not_positive(api, timeout):
     response = api.post("/api/v1/agents/", {**AGENT, "timeout_seconds": timeout}, format="json")

@@ -169,16 +169,23 @@ def test_settling_into_a_vanished_counter_reports_it_instead_of_guessing(store):
     assert run(store.admit([], [], [budget])).failed == "seed"
 
 
-def test_a_slot_is_counted_as_long_as_the_longest_session_or_request_may_last(store, settings):
-    """A WebSocket session holds its slots as long as it runs: their count must not lapse before it may end."""
-    settings.GATEWAY = {**settings.GATEWAY, "MAX_ANSWER_SECONDS": 60.0, "MAX_SESSION_SECONDS": 3600.0}
+@pytest.mark.parametrize(
+    ("session", "queue", "longest"),
+    [(3600.0, 600.0, 3600), (60.0, 1800.0, 1800 + 60)],  # a session; an async job queued, then run
+    ids=["session", "job"],
+)
+def test_a_slot_is_counted_as_long_as_anything_holding_it_may_last(store, settings, session, queue, longest):
+    """A WebSocket session holds its slots as long as it runs, and an async job from its submission through its
+    queue time and its run: their count must not lapse before they may end."""
+    settings.GATEWAY = {**settings.GATEWAY, "MAX_ANSWER_SECONDS": 60.0, "MAX_SESSION_SECONDS": session}
+    settings.GATEWAY_JOB_MAX_QUEUE_SECONDS = queue
     _, _, conc, _ = ids()
     assert run(store.admit([], [ConcurrencySlot("concurrency", conc, 1)], [])).ok
     if isinstance(store, RedisHotState):
         lasts = store._sync.pttl(conc) / 1000
     else:
         lasts = store._values[conc][1] - time.time()
-    assert 3600 + 60 - 5 < lasts <= 3600 + 60
+    assert longest + 60 - 5 < lasts <= longest + 60
 
 
 @pytest.mark.skipif(not settings.REDIS_URL, reason="needs Redis")
