@@ -322,10 +322,10 @@ def check_upstream(url: object, what: str = "The upstream URL") -> str:
     return check_saved(url, upstream_allow_list(), what)
 
 
-def upstream_refusal(url: str) -> str:
+def upstream_refusal(url: str, what: str = "The URL") -> str:
     """When the routing table loads (no DNS): why a stored upstream URL is no longer called, or ""."""
     try:
-        check_static(url, upstream_allow_list())
+        check_static(url, upstream_allow_list(), what)
     except Refused as refused:
         return str(refused)
     return ""

@@ -16,7 +16,7 @@ from gateway_project.api import SEARCHABLE_FILTER_BACKENDS, NameListField, SlugR
 from routing.balance import DEFAULT_TARGET
 from routing.circuits import agent_health, reset_circuits
 from routing.models import RESILIENCE_FIELDS, Agent, Target, validate_agent_timeout
-from routing.table import target_credential
+from routing.table import not_served_reason, target_credential
 
 CLEARED_HELP = (
     "True when this change moved the URL to another scheme, host or port without setting a credential, so the stored "
@@ -29,6 +29,12 @@ class AgentSerializer(serializers.ModelSerializer):
     capabilities = NameListField(required=False, help_text="Keywords for content routing.")
     has_upstream_api_key = serializers.SerializerMethodField(help_text="Whether an upstream credential is set.")
     upstream_api_key_cleared = serializers.SerializerMethodField(help_text=CLEARED_HELP)
+    served = serializers.SerializerMethodField(
+        help_text="Whether the gateway's routing table holds the agent. False when it is inactive, or when its "
+        "upstream URL or an enabled target's fails the outbound address policy as it stands now (the allow-list "
+        "changed since it was saved): requests for it then fail as for an agent that does not exist."
+    )
+    not_served_reason = serializers.SerializerMethodField(help_text="Why the agent is not served; empty when it is.")
 
     class Meta:
         model = Agent
@@ -41,6 +47,8 @@ class AgentSerializer(serializers.ModelSerializer):
             "upstream_api_key",
             "has_upstream_api_key",
             "upstream_api_key_cleared",
+            "served",
+            "not_served_reason",
             "served_models",
             "default_model",
             "capabilities",
@@ -64,6 +72,12 @@ class AgentSerializer(serializers.ModelSerializer):
 
     def get_upstream_api_key_cleared(self, agent) -> bool:
         return agent.credential_cleared
+
+    def get_served(self, agent) -> bool:
+        return not not_served_reason(agent)
+
+    def get_not_served_reason(self, agent) -> str:
+        return not_served_reason(agent)
 
     def validate_timeout_seconds(self, value):
         value = _positive_seconds(value)
@@ -143,7 +157,7 @@ class ResetCircuitSerializer(serializers.Serializer):
 class AgentViewSet(TrailedModelViewSet):
     """Agents: the upstreams (agent services and LLM providers) the gateway forwards to."""
 
-    queryset = Agent.objects.all()
+    queryset = Agent.objects.prefetch_related("targets")  # whether each is served reads its targets
     serializer_class = AgentSerializer
     filter_backends = SEARCHABLE_FILTER_BACKENDS
     filterset_fields = ["kind", "is_active", "cost_center"]

@@ -159,13 +159,23 @@ def refusal_of(agent: Agent) -> str:
 
     Checked without DNS, so loading stays cheap; names were resolved and checked when they were saved.
     Rows saved before the policy, or left behind when the allow-list shrank, are caught here.
+    The console and the API show the same answer (``not_served_reason``), computed in their own process.
     """
-    urls = [agent.upstream_url, *(target.url for target in agent.targets.all() if target.enabled)]
-    for url in urls:
-        why = outbound.upstream_refusal(url)
+    urls = [(agent.upstream_url, "Its upstream URL")]
+    urls += [(target.url, f"The URL of its target '{target.name}'") for target in agent.targets.all() if target.enabled]
+    for url, what in urls:
+        why = outbound.upstream_refusal(url, what)
         if why:
             return why
     return ""
+
+
+def not_served_reason(agent: Agent) -> str:
+    """Why the routing table leaves ``agent`` out (inactive, or refused as ``usable`` refuses it), or "" when the
+    gateway serves it. The console is another process than the gateway: it applies the same check, not a report."""
+    if not agent.is_active:
+        return "The agent is inactive."
+    return refusal_of(agent)
 
 
 def usable(agents) -> list[Agent]:

@@ -15,6 +15,7 @@ from gateway_project.console import RoleRequiredMixin, TrailedEditView, TrailedT
 from routing.circuits import agent_health, reset_circuits
 from routing.forms import AgentForm, TargetFormSet
 from routing.models import Agent
+from routing.table import not_served_reason
 
 CLEARED_MESSAGE = (
     "The stored upstream API key of {names} was removed: its URL now names another scheme, host or port, and a "
@@ -31,6 +32,7 @@ class AgentListView(RoleRequiredMixin, View):
         page, sort = sorted_page(request, agents, {"slug": "slug", "kind": "kind", "name": "name"}, "slug")
         for agent in page:
             agent.health = agent_health(agent)["targets"] if agent.is_active else []
+            agent.not_served = not_served_reason(agent)
         return render(request, "routing/agent_list.html", {"page": page, "sort": sort})
 
 
@@ -48,7 +50,8 @@ class AgentEditView(TrailedEditView):
         if obj is not None and targets is None:
             targets = TargetFormSet(instance=obj)
         health = agent_health(obj)["targets"] if obj is not None and obj.is_active else []
-        context = {"form": form, "agent": obj, "targets": targets, "health": health}
+        not_served = not_served_reason(obj) if obj is not None else ""
+        context = {"form": form, "agent": obj, "targets": targets, "health": health, "not_served": not_served}
         return render(request, self.template_name, context, status=status)
 
     def post(self, request, pk=None):

@@ -115,3 +115,52 @@ def test_the_routing_table_leaves_out_agents_whose_stored_urls_no_longer_pass(se
 
     settings.GATEWAY_UPSTREAM_ALLOWED_NETWORKS = ["10.0.0.0/8", "192.168.0.0/16"]
     assert sorted(load_table().agents) == ["canary", "drained", "fine", "named"]
+
+
+def test_the_api_says_which_agents_the_gateway_does_not_serve_and_why(api, settings):
+    settings.GATEWAY_UPSTREAM_ALLOWED_NETWORKS = ["10.0.0.0/8", "192.168.0.0/16"]
+    private = Agent.objects.create(slug="private", name="Private", upstream_url="http://10.0.0.5:9000")
+    canary = Agent.objects.create(slug="canary", name="Canary", upstream_url="http://llm.example.com")
+    Target.objects.create(agent=canary, name="v2", url="http://192.168.0.9:9000")
+    Agent.objects.create(slug="public", name="Public", upstream_url="http://llm.example.com")
+    Agent.objects.create(slug="off", name="Off", upstream_url="http://llm.example.com", is_active=False)
+    listed = {a["slug"]: (a["served"], a["not_served_reason"]) for a in api.get("/api/v1/agents/").json()["results"]}
+    served = (True, "")
+    assert listed == {"private": served, "canary": served, "public": served, "off": (False, "The agent is inactive.")}
+
+    settings.GATEWAY_UPSTREAM_ALLOWED_NETWORKS = []  # the allow-list shrank after they were saved
+    listed = {a["slug"]: (a["served"], a["not_served_reason"]) for a in api.get("/api/v1/agents/").json()["results"]}
+    assert listed["public"] == (True, "")
+    assert listed["private"] == (
+        False,
+        "Its upstream URL names a non-public address: 10.0.0.5 is private (an admin may allow it in "
+        "GATEWAY_UPSTREAM_ALLOWED_NETWORKS).",
+    )
+    assert listed["canary"][0] is False
+    assert "The URL of its target 'v2' names a non-public address: 192.168.0.9 is private" in listed["canary"][1]
+    assert listed["off"] == (False, "The agent is inactive.")
+    detail = api.get(f"/api/v1/agents/{private.pk}/").json()
+    assert (detail["served"], detail["not_served_reason"]) == listed["private"]
+    # What the API says is what the routing table does.
+    assert {slug for slug, (served, _) in listed.items() if served} == set(load_table().agents)
+
+
+def test_served_is_read_only(api):
+    agent = Agent.objects.create(slug="private", name="Private", upstream_url="http://10.0.0.5:9000")
+    response = api.patch(
+        f"/api/v1/agents/{agent.pk}/", {"served": False, "not_served_reason": "made up", "name": "P"}, format="json"
+    )
+    assert response.status_code == 200
+    assert (response.json()["served"], response.json()["not_served_reason"], response.json()["name"]) == (True, "", "P")
+    created = api.post("/api/v1/agents/", {**AGENT, "slug": "other", "served": False}, format="json")
+    assert created.status_code == 201 and created.json()["served"] is True
+
+
+def test_the_schema_documents_served_and_its_reason_as_read_only(api):
+    schemas = api.get("/api/schema/", {"format": "json"}).json()["components"]["schemas"]
+    properties = schemas["Agent"]["properties"]
+    assert properties["served"]["type"] == "boolean" and properties["served"]["readOnly"] is True
+    assert properties["not_served_reason"]["type"] == "string" and properties["not_served_reason"]["readOnly"] is True
+    assert {"served", "not_served_reason"} <= set(schemas["Agent"]["required"])
+    for request in ("AgentRequest", "PatchedAgentRequest"):
+        assert not {"served", "not_served_reason"} & set(schemas[request]["properties"])
