@@ -52,3 +52,23 @@ def request_address(request) -> str | None:
     forwarded = [header.encode("latin-1", "replace")] if header else []
     address, _unusable = client_address(_address(request.META.get("REMOTE_ADDR") or ""), forwarded, trusted)
     return address
+
+
+def counted_as(address: str | None, ipv6_prefix: int) -> str:
+    """What a limit per client address counts ``address`` under: an IPv4 address itself (an IPv4-mapped IPv6
+    address too, as a dual-stack socket shows IPv4 clients), an IPv6 address by its network of ``ipv6_prefix`` bits.
+
+    One subscriber gets a whole /64 (2^64 addresses) or more: counted address by address, it could rotate
+    through them and never reach a limit.
+    """
+    if not address:
+        return "unknown"
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    if ip.version == 6:
+        return str(ipaddress.IPv6Network((ip, ipv6_prefix), strict=False))
+    return str(ip)

@@ -11,6 +11,8 @@ request's token estimate be corrected after the fact by moving that time.
 
 A change to an API key is announced to every gateway process (``publish_key_change``,
 ``key_changes``): a process holding open WebSocket sessions of that key checks them again.
+Other news every process must hear goes the same way (``announce``, ``announcements``):
+an address blocked for failed authentications, say.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from django.conf import settings
 log = logging.getLogger("gateway.hotstate")
 
 PERIOD_MS = 60_000
+_SKIP = object()  # a message a subscription does not pass on
 KEY_CHANGES = "key-changes"  # the channel's name after the store's prefix
 # A subscription silent this long is asked for a PONG; one that does not answer in as long again is reconnected.
 SUBSCRIPTION_HEARTBEAT_SECONDS = 15.0
@@ -272,6 +275,16 @@ class HotState:
         """
         raise NotImplementedError
 
+    async def announce(self, topic: str, message: str) -> None:
+        """Tell every process listening to ``announcements(topic)``, this one included, ``message``. Best effort:
+        a store that cannot be reached loses it (logged), and a listener cannot assume it heard everything."""
+        raise NotImplementedError
+
+    def announcements(self, topic: str) -> AsyncIterator[str | None]:
+        """Every message announced on ``topic`` from now on, by any process, until closed; None once it listens
+        and again after every reconnection (what was announced meanwhile was missed), as ``key_changes``."""
+        raise NotImplementedError
+
     def key(self, *parts) -> str:
         return ":".join([settings.GATEWAY["REDIS_PREFIX"], *map(str, parts)])
 
@@ -293,7 +306,7 @@ class MemoryHotState(HotState):
 
     def __init__(self):
         self._values: dict[str, tuple[object, float | None]] = {}
-        self._key_listeners: set[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = set()
+        self._listeners: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Queue]]] = {}
 
     def _get(self, key, now_s):
         item = self._values.get(key)
@@ -500,21 +513,33 @@ class MemoryHotState(HotState):
         value = self._get(key, time.time())
         return None if value is None else int(value)
 
-    def publish_key_change(self, key_id):
+    def _tell(self, channel: str, message) -> None:
         # Saves come from the console's threads; each listener is fed on its own loop.
-        for loop, changes in list(self._key_listeners):
+        for loop, messages in list(self._listeners.get(channel, ())):
             with contextlib.suppress(RuntimeError):  # that loop has closed
-                loop.call_soon_threadsafe(changes.put_nowait, key_id)
+                loop.call_soon_threadsafe(messages.put_nowait, message)
 
-    async def key_changes(self):
+    async def _listen(self, channel: str):
         listener = (asyncio.get_running_loop(), asyncio.Queue())
-        self._key_listeners.add(listener)
+        self._listeners.setdefault(channel, set()).add(listener)
         try:
             yield None
             while True:
                 yield await listener[1].get()
         finally:
-            self._key_listeners.discard(listener)
+            self._listeners[channel].discard(listener)
+
+    def publish_key_change(self, key_id):
+        self._tell(KEY_CHANGES, key_id)
+
+    def key_changes(self):
+        return self._listen(KEY_CHANGES)
+
+    async def announce(self, topic, message):
+        self._tell(topic, message)
+
+    def announcements(self, topic):
+        return self._listen(topic)
 
 
 # KEYS: n rate keys, c concurrency slot keys, then 4 keys per budget (counter, held, amounts, reserved).
@@ -843,6 +868,9 @@ class RedisHotState(HotState):
 
         self._url = url
         self._sync = redis.Redis.from_url(url)
+        # Redis hands a channel's messages to subscribers of every database: announcements name theirs, so two
+        # deployments on one server (other databases, the same prefix) do not hear each other.
+        self._database = self._sync.connection_pool.connection_kwargs.get("db", 0)
         self._async_clients: dict[int, object] = {}
         self._aioredis = aioredis
         self._no_script = redis.exceptions.NoScriptError
@@ -968,9 +996,24 @@ class RedisHotState(HotState):
     def publish_key_change(self, key_id):
         self._sync.publish(self.key(KEY_CHANGES), key_id)
 
-    async def key_changes(self):
+    def key_changes(self):
+        return self._listen(self.key(KEY_CHANGES), lambda data: int(data) if data.isdigit() else _SKIP)
+
+    def _announcement_channel(self, topic: str) -> str:
+        return self.key(topic, f"db{self._database}")
+
+    async def announce(self, topic, message):
+        try:
+            await self._client().publish(self._announcement_channel(topic), message)
+        except self._unreachable as error:
+            log.warning("announcing on %s failed (%s)", topic, error)
+
+    def announcements(self, topic):
+        return self._listen(self._announcement_channel(topic), lambda data: data.decode("utf-8", "replace"))
+
+    async def _listen(self, channel: str, parse):
+        """Each message on ``channel`` as ``parse`` reads it (``_SKIP``: none); None after each (re)subscription."""
         # Its own connection, named after the channel (CLIENT LIST shows it), held while it listens.
-        channel = self.key(KEY_CHANGES)
         failures = 0
         while True:
             client = self._aioredis.Redis.from_url(self._url, client_name=channel)
@@ -990,11 +1033,11 @@ class RedisHotState(HotState):
                     # redis-py subscribes again by itself after a reconnection: each confirmation may follow a gap.
                     if message["type"] == "subscribe":
                         yield None
-                    elif message["type"] == "message" and message["data"].isdigit():
-                        yield int(message["data"])
+                    elif message["type"] == "message" and (value := parse(message["data"])) is not _SKIP:
+                        yield value
             except self._unreachable as error:
                 if not failures:
-                    log.warning("listening for key changes failed (%s); subscribing again", error)
+                    log.warning("listening on %s failed (%s); subscribing again", channel, error)
                 failures += 1
             finally:
                 await subscription.aclose()

@@ -514,6 +514,9 @@ GATEWAY = {
     "PROXY_ONLY_HOSTS": envlist("GATEWAY_PROXY_ONLY_HOSTS", []),
     # Failed authentications (no key, an unknown key) allowed per client address and minute before 429.
     "AUTH_FAILURES_PER_MINUTE": envint("GATEWAY_AUTH_FAILURES_PER_MINUTE", 60, minimum=1),
+    # An IPv6 client's failed authentications count against its network of this many bits (one subscriber's
+    # /64 by default: rotating through its own addresses is not a new address). IPv4: each address.
+    "AUTH_FAILURE_IPV6_PREFIX": envint("GATEWAY_AUTH_FAILURE_IPV6_PREFIX", 64, minimum=1, maximum=128),
     # Usage reports roll today's usage up again when its rollup is older than this, in seconds.
     "ROLLUP_MAX_AGE": envfloat("GATEWAY_ROLLUP_MAX_AGE", 60.0, minimum=0),
 }

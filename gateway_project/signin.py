@@ -16,7 +16,6 @@ nothing about it), with a form error and status 429, and recorded as an event.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -26,7 +25,7 @@ from django.core.exceptions import ValidationError
 from django_ratelimit.core import get_usage
 
 from gateway_project import auth_events
-from gateway_project.addresses import request_address
+from gateway_project.addresses import counted_as, request_address
 from gateway_project.models import AuthEvent
 
 ADDRESS_GROUP = "signin:address"
@@ -57,13 +56,7 @@ def _duration(seconds: int) -> str:
 
 
 def _address_key(request) -> str:
-    address = request_address(request)
-    if address is None:
-        return "unknown"
-    ip = ipaddress.ip_address(address)
-    if ip.version == 6:
-        return str(ipaddress.ip_network(f"{ip}/{IPV6_PREFIX}", strict=False).network_address)
-    return address
+    return counted_as(request_address(request), IPV6_PREFIX)
 
 
 def _username_key(username: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -9,6 +11,7 @@ from dataclasses import dataclass
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from gateway_project.addresses import counted_as
 from gateway_project.errors import GatewayError, forbidden
 from gateway_project.hotstate import HotState, RateAdjust, RateCheck, get_hot_state
 from gateway_project.snapshots import SnapshotCache
@@ -133,7 +136,12 @@ _REFUSALS = {
 }
 
 
-_blocked: dict[str, float] = {}  # addresses this process refuses outright, until a monotonic moment
+AUTH_BLOCKS = "auth-blocks"  # the announcements' topic: "<seconds> <address counted as>"
+
+
+def _counted_as(address: str | None) -> str:
+    """The IPv4 address, or the IPv6 network (``GATEWAY_AUTH_FAILURE_IPV6_PREFIX``), failures count against."""
+    return counted_as(address, settings.GATEWAY["AUTH_FAILURE_IPV6_PREFIX"])
 
 
 def _too_many(retry: int) -> GatewayError:
@@ -145,36 +153,90 @@ def _too_many(retry: int) -> GatewayError:
     )  # fmt: skip
 
 
+class BlockedAddresses:
+    """The addresses (as counted) every gateway process refuses outright, each until a monotonic moment.
+
+    The failures are counted in the hot state, shared by every process; this is each
+    process's copy of the verdict, so that refusing costs a dictionary look-up, not a
+    round trip. A process that blocks an address announces it (``HotState.announce``),
+    and every process's listener copies it, so a guess that lands on another process
+    is refused unlooked-up there too. A process that was not listening (starting, or
+    reconnecting to Redis) learns of a block from the count at its first failure.
+    """
+
+    def __init__(self):
+        self._until: dict[str, float] = {}
+        self._listener: asyncio.Task | None = None
+
+    def refusal(self, counted: str) -> GatewayError | None:
+        """The 429 for ``counted`` while it is blocked, or None."""
+        self._listen()
+        until = self._until.get(counted)
+        if until is None:
+            return None
+        left = until - time.monotonic()
+        if left <= 0:
+            self._until.pop(counted, None)
+            return None
+        return _too_many(max(1, math.ceil(left)))
+
+    def hold(self, counted: str, seconds: float) -> None:
+        now = time.monotonic()
+        if len(self._until) > 100_000:  # bounded: the lapsed go, and if that is not enough, all (the count stays)
+            self._until = {address: until for address, until in self._until.items() if until > now}
+            if len(self._until) > 50_000:
+                self._until = {}
+        self._until[counted] = max(self._until.get(counted, 0.0), now + seconds)
+
+    async def block(self, counted: str, seconds: int) -> None:
+        """Block ``counted`` here at once and announce it to every process."""
+        self.hold(counted, seconds)
+        await get_hot_state().announce(AUTH_BLOCKS, f"{seconds} {counted}")
+
+    def _listen(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._listener is None or self._listener.done() or self._listener.get_loop() is not loop:
+            self._listener = loop.create_task(self._follow(), name="auth-blocks")
+
+    async def _follow(self) -> None:
+        async with contextlib.aclosing(get_hot_state().announcements(AUTH_BLOCKS)) as blocks:
+            async for block in blocks:
+                seconds, _, counted = (block or "").partition(" ")
+                if counted and seconds.isdigit():
+                    self.hold(counted, int(seconds))
+
+
+blocked = BlockedAddresses()
+
+
 def refuse_if_blocked(address: str | None) -> None:
     """Raise 429 for an address past its failed-authentication limit, before any look-up: a guess then tells the
-    guesser nothing, a right key included. Costs a dictionary look-up; the count itself is shared in Redis."""
-    until = _blocked.get(address or "unknown")
-    if until is None:
-        return
-    left = until - time.monotonic()
-    if left <= 0:
-        _blocked.pop(address or "unknown", None)
-        return
-    raise _too_many(max(1, math.ceil(left)))
+    guesser nothing, a right key included, whichever process it reaches."""
+    refusal = blocked.refusal(_counted_as(address))
+    if refusal is not None:
+        raise refusal
 
 
 async def note_failed_authentication(address: str | None) -> None:
     """Count a failed authentication from ``address``; past the per-minute limit, raise 429 instead of the 401.
 
-    Counted in the hot state, shared by every gateway process, so guessing keys costs
-    the same wherever the guesses land; once refused, the address is refused by this
-    process without a look-up (``refuse_if_blocked``) until it may try again.
+    Counted in the hot state (Redis: shared by every gateway process, so guessing keys
+    costs the same wherever the guesses land), against the IPv4 address or the IPv6
+    network. The failure that spends the limit blocks the address at once, so the next
+    attempt is refused before its look-up, here and (announced) in every process.
     """
     store = get_hot_state()
+    counted = _counted_as(address)
     limit = settings.GATEWAY["AUTH_FAILURES_PER_MINUTE"]
-    check = RateCheck("auth_failures", store.key("authfail", address or "unknown"), limit, 1)
+    check = RateCheck("auth_failures", store.key("authfail", counted), limit, 1)
     result = await store.admit([check], [], [])
     if not result.ok:
         retry = max(1, math.ceil(result.retry_after_ms / 1000))
-        if len(_blocked) > 100_000:
-            _blocked.clear()
-        _blocked[address or "unknown"] = time.monotonic() + retry
+        await blocked.block(counted, retry)
         raise _too_many(retry)
+    if result.remaining.get(check.name) == 0:
+        # The next failure would be refused: at most one interval of the limit away.
+        await blocked.block(counted, max(1, math.ceil(check.period_ms / limit / 1000)))
 
 
 async def identify(headers: dict[bytes, bytes]) -> KeySnapshot:

@@ -91,6 +91,14 @@ def test_an_ipv6_client_counts_with_its_whole_64(sam):
     assert statuses(answers) == [200, 200, 200, 429]
 
 
+def test_an_ipv4_client_shown_as_an_ipv4_mapped_address_counts_as_its_ipv4(sam):
+    """A dual-stack socket shows IPv4 clients as ::ffff:a.b.c.d: each is its own IPv4 client, not one /64 of all."""
+    answers = [attempt(CONSOLE, address="::ffff:198.51.100.7") for _ in range(3)]
+    assert statuses(answers) == [200, 200, 200]
+    assert attempt(CONSOLE, address="198.51.100.7").status_code == 429
+    assert attempt(CONSOLE, address="::ffff:198.51.100.8", password=PASSWORD).status_code == 302
+
+
 def test_failures_at_one_username_from_many_addresses_throttle_that_username(sam):
     failures = [attempt(CONSOLE, address=f"198.51.100.{i}") for i in range(4)]
     assert statuses(failures) == [200] * 4

@@ -1,5 +1,5 @@
 """The hot-state stores admit and settle the same way; Redis does it atomically across callers. Both announce
-key changes to every listener."""
+key changes, and news on any topic, to every listener."""
 
 from __future__ import annotations
 
@@ -246,6 +246,44 @@ def test_a_key_change_reaches_every_listener_after_it_says_it_listens(store, own
             return [await next_change(one), await next_change(one)], [await next_change(two), await next_change(two)]
 
     assert run(scenario()) == ([42, 7], [42, 7])
+
+
+def test_an_announcement_reaches_every_listener_of_its_topic_and_no_other(store, own_channel):
+    async def scenario():
+        async with (
+            contextlib.aclosing(store.announcements("blocks")) as one,
+            contextlib.aclosing(store.announcements("blocks")) as two,
+            contextlib.aclosing(store.announcements("other")) as other,
+        ):
+            assert (await next_change(one), await next_change(two), await next_change(other)) == (None, None, None)
+            await store.announce("blocks", "20 2001:db8::/64")
+            await store.announce("other", "x")
+            return await next_change(one), await next_change(two), await next_change(other)
+
+    assert run(scenario()) == ("20 2001:db8::/64", "20 2001:db8::/64", "x")
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="needs Redis")
+def test_announcements_stay_within_their_redis_database(own_channel):
+    """Redis hands a channel's messages to every database's subscribers: another database's store must not hear."""
+    import redis
+
+    url = settings.REDIS_URL
+    database = redis.Redis.from_url(url).get_connection_kwargs().get("db", 0)
+    ours, theirs = RedisHotState(url), RedisHotState(url.rsplit("/", 1)[0] + f"/{(database + 1) % 16}")
+
+    async def scenario():
+        async with (
+            contextlib.aclosing(ours.announcements("blocks")) as mine,
+            contextlib.aclosing(theirs.announcements("blocks")) as foreign,
+        ):
+            assert (await next_change(mine), await next_change(foreign)) == (None, None)
+            await theirs.announce("blocks", "theirs")
+            await ours.announce("blocks", "ours")
+            assert await next_change(mine) == "ours"
+            assert await next_change(foreign) == "theirs"
+
+    run(scenario())
 
 
 @pytest.mark.skipif(not settings.REDIS_URL, reason="needs Redis")
