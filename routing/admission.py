@@ -96,7 +96,7 @@ class Ticket:
         if any(rule.hard for rule in self.rules):
             demand = self.facts.demand
             cap = output_cap(demand.max_output, demand.default_output)
-            reserve = self.facts.quote.worst_case(demand.worst_input, cap)
+            reserve = self.facts.quote.worst_case(input_bound(demand), cap)
             left = self.answer_by - time.time()  # a job queued before deadlines were kept has none
             hold = (max(0.0, left) if math.isfinite(left) else answer_seconds(None)) + RESERVATION_MARGIN_SECONDS
             budgets, _ = budget_checks(
@@ -109,6 +109,17 @@ class Ticket:
                 return False
             self.extra_budgets += budgets
         self.covered_attempts += 1
+        return True
+
+    async def take_capacity(self, route: AgentRoute) -> bool:
+        """A fallback's own capacity (its requests per minute and a slot of its ``max_concurrent``), taken before
+        it is asked and given back with the settle; False when it is full. Only the agent asked for was admitted:
+        fallbacks took more requests at once than their limit allowed."""
+        rates, slots = capacity_checks(self.store, route)
+        result = await admitted(self.store, rates, slots, [])
+        if not result.ok:
+            return False
+        self.slot_keys = [*self.slot_keys, *(slot.key for slot in slots)]
         return True
 
     async def end_attempt(self, lease: balance.Lease, outcome: str, latency_ms: float) -> None:
@@ -221,9 +232,9 @@ async def admit(ex: Exchange, facts: RequestFacts, *, take_target: bool = False,
     """Take a request slot and, when the facts carry a demand, reserve its worst-case cost in every budget; or
     raise 429/402.
 
-    Tokens per minute count the input estimate plus the client's own cap on the
-    answer. The reservation prices the input estimate plus the answer's cap
-    (``output_cap``) at the quote's price, the dearest the answer may cost, so concurrent
+    Tokens per minute count the input estimate plus the answer's cap (``output_cap``, the
+    one sent upstream). The reservation prices the most input that may be charged
+    (``input_bound``) plus the answer's cap at the quote's price, the dearest the answer may cost, so concurrent
     requests can never together spend past a hard budget. With a route, the agent's own
     capacity (requests per minute and at once, shared by all clients) must fit too, and
     with a path route that route's own requests per minute. ``spent_budgets``: a request without a demand (a
@@ -241,8 +252,8 @@ async def admit(ex: Exchange, facts: RequestFacts, *, take_target: bool = False,
         rules = table.applying_to(key.key_id, key.client_id, key.cost_center_id)
         if facts.quote is None:
             facts = facts.priced(quote(await prices.get(), facts.requested or facts.default_model))
-        reserve = facts.quote.worst_case(demand.worst_input, output_cap(demand.max_output, demand.default_output))
-        tokens = demand.input_tokens + (demand.max_output or 0)
+        reserve = facts.quote.worst_case(input_bound(demand), output_cap(demand.max_output, demand.default_output))
+        tokens = demand.input_tokens + output_cap(demand.max_output, demand.default_output)  # the cap sent
     elif spent_budgets:
         table = await budget_table.get_fresh_since(key.issued_at)
         rules = table.applying_to(key.key_id, key.client_id, key.cost_center_id)
@@ -316,9 +327,17 @@ async def within_deadline(ex: Exchange, ticket: Ticket, call) -> None:
 RESERVATION_MARGIN_SECONDS = 60
 
 # Input a request may be charged beyond its estimate (about four bytes a token): text is never more than a token a
-# byte; images and tools given by reference may add some.
+# byte (a prompt of small numbers is two bytes a token); what a provider adds (a tool-use system prompt, a few
+# tokens a message) is within the slack; images and documents bring their own allowance.
 INPUT_CHARGE_FACTOR = 4
 INPUT_CHARGE_SLACK = 4096
+
+
+def input_bound(demand: Demand) -> int:
+    """The most input a request may be charged, and so what is reserved for it: a token a byte of its body, a
+    slack, and its images' and documents' allowance. Reserved at the estimate (four bytes a token) and charged up to
+    this, a dense prompt spent past a hard budget with an honest upstream."""
+    return demand.input_tokens * INPUT_CHARGE_FACTOR + INPUT_CHARGE_SLACK + demand.input_allowance
 
 
 def charged_usage(ex: Exchange, demand: Demand) -> tuple[int, int]:
@@ -335,13 +354,13 @@ def charged_usage(ex: Exchange, demand: Demand) -> tuple[int, int]:
     nothing.
     """
     cap = output_cap(demand.max_output, demand.default_output)
-    most_input = demand.input_tokens * INPUT_CHARGE_FACTOR + INPUT_CHARGE_SLACK + demand.input_allowance
+    most_input = input_bound(demand)
     reported = ex.input_tokens, ex.output_tokens
     if ex.details.get("usage_unread"):
-        return demand.worst_input, cap
+        return demand.estimated_input, cap
     relayed = ex.output_estimate or (tokens_in_text(ex.output_text) if ex.output_text else 0)
     if ex.details.get("usage_partial") or ex.details.get("usage_missing") or (not any(reported) and relayed):
-        reported = ex.input_tokens or demand.worst_input, max(ex.output_tokens, relayed)
+        reported = ex.input_tokens or demand.estimated_input, max(ex.output_tokens, relayed)
         ex.details["usage_estimated"] = {"input": reported[0], "output": reported[1]}
     charged = min(reported[0], most_input), min(reported[1], cap)
     if charged != reported:
@@ -475,7 +494,7 @@ def _charge_unread(ex: Exchange, ticket: Ticket, table, quoted) -> int:
     """Each unread attempt's worst case (a stream's input), at the price of the model it asked, in a usage row of
     its own (noted in the audit record, and counted in its tokens)."""
     demand = ticket.facts.demand
-    input_tokens, cap = demand.worst_input, output_cap(demand.max_output, demand.default_output)
+    input_tokens, cap = demand.estimated_input, output_cap(demand.max_output, demand.default_output)
     spend, noted = 0, []
     for agent, model, streamed in ticket.unread:
         output_tokens = 0 if streamed else cap

@@ -335,6 +335,7 @@ def _pass_through_plan(ex: Exchange, route: AgentRoute, rest: bytes) -> Plan:
     """The adapter's plan for this call, with the model it names checked against the key's scopes."""
     plan = adapter_for(route).plan(route, ex.method, rest, ex.body, output_cap(None, route.default_max_output_tokens))
     if plan.model:
+        protocols.refuse_unpriced_headers(ex.raw_headers, route)
         if ex.key is not None:
             authorize(ex.key, route.slug, plan.model)
         ex.model = plan.model

@@ -31,7 +31,9 @@ class Demand:
     input_allowance: int = 0
 
     @property
-    def worst_input(self) -> int:
+    def estimated_input(self) -> int:
+        """The input as estimated: what an answer whose usage is unknown is charged (``admission.input_bound`` is
+        what may be charged, and reserved)."""
         return self.input_tokens + self.input_allowance
 
 

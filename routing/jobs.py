@@ -285,7 +285,8 @@ def _current_key_refusal(job: AgentJob) -> GatewayError | None:
     key = snapshot_for(job.api_key)
     try:
         ensure_usable(key)
-        authorize(key, job.agent, job.request["gateway"].get("requested") or "")
+        state = job.request["gateway"]
+        authorize(key, job.agent, state.get("model") or state.get("requested") or "")  # the model it will send
     except GatewayError as error:
         return error
     return None

@@ -51,6 +51,13 @@ def validate_chat(payload) -> None:
         raise bad_request("'messages' is required and must be a non-empty list of objects.", "missing_field")
     max_tokens(payload)
     stream_flag(payload)
+    stop = payload.get("stop")
+    if (
+        stop is not None
+        and not isinstance(stop, str)
+        and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
+    ):
+        raise bad_request("'stop' must be a string or a list of strings.")
 
 
 def validate_invoke(payload) -> None:
@@ -164,17 +171,29 @@ def usage_from_json(obj) -> tuple[int, int] | None:
     return None
 
 
-# Anthropic bills prompt-cache writes at 1.25 times the input price and reads at a tenth of it.
-CACHE_WRITE_FACTOR, CACHE_READ_FACTOR = 1.25, 0.1
+# Anthropic bills prompt-cache writes at 1.25 times the input price when cached five minutes, twice when cached an
+# hour, and reads at a tenth of it.
+CACHE_WRITE_FACTOR, CACHE_HOUR_WRITE_FACTOR, CACHE_READ_FACTOR = 1.25, 2.0, 0.1
 CACHE_FIELDS = ("cache_creation_input_tokens", "cache_read_input_tokens")
 
 
 def anthropic_input(usage: dict) -> int:
     """An Anthropic ``usage``'s input in input-price tokens: its ``input_tokens`` leave out the prompt cache's
-    writes and reads, which are billed too (a prompt cached whole reports a handful of input tokens)."""
+    writes and reads, which are billed too (a prompt cached whole reports a handful of input tokens).
+
+    Writes are split by ``cache_creation`` into five-minute and one-hour ones; what the split does not account for
+    (no split given) is charged as one-hour writes, the dearer.
+    """
     written, read = (_int(usage.get(name)) for name in CACHE_FIELDS)
+    split = usage.get("cache_creation")
+    split = split if isinstance(split, dict) else {}
+    hour = _int(split.get("ephemeral_1h_input_tokens"))
+    minutes = min(_int(split.get("ephemeral_5m_input_tokens")), max(0, written - hour))
+    hour = max(hour, written - minutes)  # the writes the split leaves unexplained count as the dearer kind
     total = (
-        _int(usage.get("input_tokens")) + math.ceil(written * CACHE_WRITE_FACTOR) + math.ceil(read * CACHE_READ_FACTOR)
+        _int(usage.get("input_tokens"))
+        + math.ceil(minutes * CACHE_WRITE_FACTOR + hour * CACHE_HOUR_WRITE_FACTOR)
+        + math.ceil(read * CACHE_READ_FACTOR)
     )
     return min(total, MAX_REPORTED_TOKENS)
 
@@ -337,7 +356,31 @@ def anthropic_text(answer: dict) -> str:
 # Content parts whose billed input the body's size does not show (OpenAI's chat and Responses shapes, Anthropic's).
 IMAGE_PARTS = frozenset({"image_url", "image", "input_image"})
 DOCUMENT_PARTS = frozenset({"file", "document", "input_file"})
+AUDIO_PARTS = frozenset({"input_audio", "audio"})  # billed at audio token prices, several times the text ones
 _MEDIA_HINT = re.compile(rb"image|file|document|\\u", re.IGNORECASE)
+
+
+def content_parts(node):
+    """Every content part (a dict with a ``type``) in ``node``, however nested (a tool result's content too); an
+    image, document or audio part is not looked into (its ``source`` has a ``type`` of its own), except a
+    document made of content blocks."""
+    stack = [node]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            kind = node.get("type")
+            if isinstance(kind, str):
+                yield node
+                if kind in DOCUMENT_PARTS:
+                    source = node.get("source")
+                    if isinstance(source, dict) and source.get("type") == "content":
+                        stack.append(source.get("content"))  # a document of content blocks: images among them
+                    continue
+                if kind in IMAGE_PARTS or kind in AUDIO_PARTS:
+                    continue
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def referenced_input_tokens(body: bytes) -> int:
@@ -357,28 +400,20 @@ def referenced_input_tokens(body: bytes) -> int:
     except (ValueError, RecursionError):
         return 0
     images = documents = 0
-    stack = [node]  # every node, as json.loads just made them (the body is bounded by MAX_BODY_BYTES)
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            kind = node.get("type")
-            if kind in IMAGE_PARTS:
-                images += 1
-                continue
-            if kind in DOCUMENT_PARTS:
-                source = node.get("source")
-                documents += not (isinstance(source, dict) and source.get("type") in ("text", "content"))
-                continue
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
+    for part in content_parts(node):
+        kind = part["type"]
+        if kind in IMAGE_PARTS:
+            images += 1
+        elif kind in DOCUMENT_PARTS:
+            source = part.get("source")
+            documents += not (isinstance(source, dict) and source.get("type") in ("text", "content"))
     allowance = settings.GATEWAY
     return images * allowance["IMAGE_INPUT_TOKENS"] + documents * allowance["DOCUMENT_INPUT_TOKENS"]
 
 
-# Billed beyond the tokens an answer reports: OpenAI's priority tiers; server-side tools (Anthropic's web search at
-# a price per search, code execution per container hour, web fetch and remote MCP servers whose results are input
-# the body does not show; OpenAI's search models' ``web_search_options``).
+# Billed beyond the tokens an answer reports: OpenAI's priority tiers and audio; server-side tools (Anthropic's web
+# search at a price per search, code execution per container hour, web fetch and remote MCP servers whose results
+# are input the body does not show; OpenAI's search models' ``web_search_options``).
 METERED_TIERS = frozenset({"auto", "default", "flex"})
 UNPRICED_TOOL_TYPES = ("web_search", "web_fetch", "code_execution")
 UNPRICED_FIELDS = ("web_search_options", "mcp_servers", "container")
@@ -387,19 +422,42 @@ UNPRICED_FIELDS = ("web_search_options", "mcp_servers", "container")
 def refuse_unpriced(payload: dict, route) -> None:
     """400 for what an upstream bills beyond the tokens the gateway meters, unless an admin marked the agent
     ``unmetered_pass_through``: a key must not spend what its budget cannot see."""
+    tier = payload.get("service_tier")
+    if tier is not None and not isinstance(tier, str):
+        raise bad_request("'service_tier' must be a string.")
     if route.unmetered_pass_through:
         return
-    tier = payload.get("service_tier")
     if tier is not None and tier not in METERED_TIERS:
-        _unpriced(f"service_tier '{str(tier)[:40]}'", route)
+        _unpriced(f"service_tier '{tier[:40]}'", route)
     for name in UNPRICED_FIELDS:
         if payload.get(name) is not None:
             _unpriced(f"'{name}'", route)
+    modalities = payload.get("modalities")
+    if payload.get("audio") is not None or (isinstance(modalities, list) and "audio" in modalities):
+        _unpriced("audio output", route)
     tools = payload.get("tools")
     for tool in tools if isinstance(tools, list) else ():
         kind = tool.get("type") if isinstance(tool, dict) else None
         if isinstance(kind, str) and kind.startswith(UNPRICED_TOOL_TYPES):
             _unpriced(f"the server tool '{kind[:60]}'", route)
+    if any(part.get("type") in AUDIO_PARTS for part in content_parts(payload.get("messages"))):
+        _unpriced("audio input", route)
+
+
+# Anthropic betas that bill beyond the prices the gateway knows (prompts past 200K tokens at a long-context rate).
+UNPRICED_BETAS = ("context-1m",)
+
+
+def refuse_unpriced_headers(headers: list[tuple[bytes, bytes]], route) -> None:
+    """400 for a metered pass-through call whose ``anthropic-beta`` header switches on a pricing the gateway does
+    not meter, unless the agent is ``unmetered_pass_through``."""
+    if route.unmetered_pass_through:
+        return
+    for name, value in headers:
+        if name.lower() == b"anthropic-beta":
+            for beta in value.decode("latin-1").split(","):
+                if beta.strip().lower().startswith(UNPRICED_BETAS):
+                    _unpriced(f"the beta '{beta.strip()[:60]}'", route)
 
 
 def _unpriced(what: str, route) -> None:

@@ -86,6 +86,10 @@ async def run(ex: Exchange, ticket, primary: AgentRoute, attempt: Attempt, *, fa
     try:
         for index, route in enumerate(chain):
             if index:
+                if not await ticket.take_capacity(route):
+                    reason = "at capacity (its requests per minute or requests at once)"
+                    ex.details.setdefault("fallbacks_skipped", []).append({"agent": route.slug, "reason": reason})
+                    continue
                 ex.agent, ex.model = route.slug, route.default_model
                 _set_header(ex, FALLBACK_HEADER, primary.slug)
             try:

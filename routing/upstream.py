@@ -39,6 +39,8 @@ HOP_BY_HOP = frozenset(
     }
 )
 CREDENTIALS = frozenset({b"authorization", b"x-api-key", b"cookie"})
+# Which of the gateway's provider accounts pays: the gateway's credential decides, never a client.
+BILLING_SELECTORS = frozenset({b"openai-organization", b"openai-project"})
 # Facts about the connection that only the gateway may state: a client's own would be believed upstream.
 FORWARDING = frozenset({b"forwarded", b"x-real-ip", b"x-request-id", b"x-client-id"})
 # Headers some servers and frameworks read as the request's real method: a GET (passed unpriced) must stay a GET.
@@ -68,6 +70,7 @@ def _forwardable(name: bytes, connection_named: frozenset[bytes]) -> bool:
     return not (
         name in HOP_BY_HOP
         or name in CREDENTIALS
+        or name in BILLING_SELECTORS
         or name in FORWARDING
         or name in METHOD_OVERRIDES
         or name.startswith(b"x-forwarded-")

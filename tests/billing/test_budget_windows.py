@@ -72,7 +72,9 @@ def call(key, *, model="gpt-4o", input_tokens=INPUT_TOKENS, output_tokens=ANSWER
             model=model, agent="openai", request_id=uuid.uuid4().hex, extra_headers=[],
             input_tokens=0, output_tokens=0, cost_nanos=0, details={}, output_text="", output_estimate=0,
         )  # fmt: skip
-        demand = Demand(input_tokens, None, default_output, 60)
+        # The body's estimate whose bound (a token a byte, and the slack) is ``input_tokens``: that much is reserved.
+        estimate = (input_tokens - admission.INPUT_CHARGE_SLACK) // admission.INPUT_CHARGE_FACTOR
+        demand = Demand(estimate, None, default_output, 60)
         facts = RequestFacts(ex.request_id, snapshot_for(key), requested=model, demand=demand)
         try:
             ticket = await admission.admit(ex, facts)

@@ -230,10 +230,11 @@ def test_it_reports_remaining_limits_on_success(gateway, make_key):
 
 
 def test_it_refuses_once_the_monthly_budget_is_spent(gateway, make_key, audit_for):
-    raw, key = make_key(budget="0.05")
+    raw, key = make_key(budget="0.14")
     client = gateway.client(raw)
-    # 40,000 characters are 10,000 input tokens: $0.025 at gpt-4o's $2.50 per million, and the
-    # worst case reserved with the default 1,024-token answer cap is $0.035: it fits once, not twice.
+    # 40,000 characters are 10,000 input tokens as the mock counts them: $0.025 at gpt-4o's $2.50 per million. The
+    # worst case reserved is a token a byte and 4,096 more ($0.110), and the default 1,024-token answer cap
+    # ($0.010): $0.121 fits once, and not again after $0.025 was spent.
     big = chat_body(model="gpt-4o", text="x" * 40_000)
     assert client.post(CHAT, json=big).status_code == 200
     refused = client.post(CHAT, json=big)

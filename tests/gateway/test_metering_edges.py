@@ -59,8 +59,9 @@ def test_an_agent_asked_by_slug_reserves_what_its_upstream_may_answer_with(
 ):
     """No default model: the upstream picks the model, so the reservation is the dearest it could charge."""
     agent = make_agent(served_models=[], default_model="")
-    raw, key = make_key(budget="0.50")
-    # Each answer bills its whole length (50 tokens at $2,000/M: $0.10), so the budget covers about five.
+    raw, key = make_key(budget="2.50")
+    # Each answer bills its whole length (50 tokens at $2,000/M: $0.10); each reserves the most input it may be
+    # charged too (4,196 tokens at $500/M: $2.10), so a few are answered, one at a time.
     mock = {"answer_model": dear_model, "usage_output_tokens": 50}
     body = {"model": agent.slug, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}], "mock": mock}
 
@@ -74,7 +75,7 @@ def test_an_agent_asked_by_slug_reserves_what_its_upstream_may_answer_with(
     records = audit_for(key, len(statuses))
     assert wait_for(lambda: len([r for r in records if r.status == 200]) == answered)
     wait_for(lambda: spend_of(key.client_id) > 0)
-    assert spend_of(key.client_id) <= Decimal("0.50")
+    assert spend_of(key.client_id) <= Decimal("2.50")
     assert all("priced_over_reservation" not in r.details for r in audit_for(key, len(statuses)))
 
 

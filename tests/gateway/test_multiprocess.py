@@ -101,6 +101,15 @@ def test_spend_is_shared_so_every_process_refuses_a_spent_budget(two_workers, ma
     assert statuses == Counter({402: 20})
 
 
+def worst_case_nanos(body: dict, output: int) -> int:
+    """What a gpt-4o-mini request reserves (150 nanodollars an input token, 600 an output one): the most input it
+    may be charged, a token a byte of its estimate's four bytes a token and 4,096 more, and its answer's cap."""
+    from routing.admission import INPUT_CHARGE_FACTOR, INPUT_CHARGE_SLACK
+
+    estimate = len(json.dumps(body, separators=(",", ":"))) // 4
+    return (estimate * INPUT_CHARGE_FACTOR + INPUT_CHARGE_SLACK) * 150 + output * 600
+
+
 def test_concurrent_requests_never_spend_past_a_hard_budget(two_workers, make_key, audit_for, seeded):
     """64 requests at once: each reserves its worst case, so only as many as fit are admitted.
 
@@ -115,8 +124,7 @@ def test_concurrent_requests_never_spend_past_a_hard_budget(two_workers, make_ke
     with seeded.hold() as hold:
         body = {**BODY, "messages": [{"role": "user", "content": "y" * 4000}], "max_tokens": 1000,
                 "mock": {"hold": hold, "usage_output_tokens": 1000}}  # fmt: skip
-        # gpt-4o-mini: 150 nanodollars per input token, 600 per output token.
-        worst_case = (len(json.dumps(body, separators=(",", ":"))) // 4) * 150 + 1000 * 600
+        worst_case = worst_case_nanos(body, output=1000)
         fits = 10_000_000 // worst_case
         statuses = burst(two_workers.url, raw, 64, body=body, held=(seeded, hold))
     assert statuses == Counter({200: fits, 402: 64 - fits})
@@ -175,7 +183,7 @@ def test_two_clients_racing_never_spend_past_their_cost_centers_budget(two_worke
     with seeded.hold() as hold:  # the admitted ones stay in flight until all 64 are admitted or refused
         body = {**BODY, "messages": [{"role": "user", "content": "y" * 4000}], "max_tokens": 1000,
                 "mock": {"hold": hold, "usage_output_tokens": 1000}}  # fmt: skip
-        worst_case = (len(json.dumps(body, separators=(",", ":"))) // 4) * 150 + 1000 * 600
+        worst_case = worst_case_nanos(body, output=1000)
         fits = 10_000_000 // worst_case
         answered = []
 

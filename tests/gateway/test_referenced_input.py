@@ -64,6 +64,12 @@ def test_parts_nested_in_a_tool_result_count_and_every_part_counts():
     assert tokens(payload) == 3 * IMAGE
 
 
+def test_images_inside_a_document_of_content_blocks_count():
+    image = {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}
+    document = {"type": "document", "source": {"type": "content", "content": [TEXT, image]}}
+    assert tokens(user(document)) == IMAGE
+
+
 def test_a_part_type_hidden_behind_json_escapes_still_counts():
     body = b'{"model": "m", "messages": [{"role": "user", "content": [{"type": "\\u0064ocument", "source": {}}]}]}'
     assert referenced_input_tokens(body) == DOCUMENT

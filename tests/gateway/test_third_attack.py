@@ -69,6 +69,7 @@ def test_anthropic_prompt_cache_writes_and_reads_are_metered_as_input():
     usage = {
         "input_tokens": 7,
         "cache_creation_input_tokens": 12_000,
+        "cache_creation": {"ephemeral_5m_input_tokens": 12_000, "ephemeral_1h_input_tokens": 0},
         "cache_read_input_tokens": 1_000,
         "output_tokens": 5,
     }
@@ -78,6 +79,22 @@ def test_anthropic_prompt_cache_writes_and_reads_are_metered_as_input():
     end = {"type": "message_delta", "usage": {"output_tokens": 40}}
     scanner.feed(b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in (start, end)))
     assert scanner.usage == (15_107, 40) and scanner.complete
+
+
+@pytest.mark.parametrize(
+    ("split", "charged"),
+    [
+        ({"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 4000}, 8000),  # an hour: twice
+        ({"ephemeral_5m_input_tokens": 1000, "ephemeral_1h_input_tokens": 3000}, 1250 + 6000),
+        (None, 8000),  # no split: the dearer kind
+        ({"ephemeral_5m_input_tokens": 9000, "ephemeral_1h_input_tokens": 0}, 5000),  # more than was written
+    ],
+)
+def test_one_hour_cache_writes_are_metered_at_twice_the_input(split, charged):
+    usage = {"input_tokens": 10, "cache_creation_input_tokens": 4000, "output_tokens": 5}
+    if split is not None:
+        usage["cache_creation"] = split
+    assert protocols.anthropic_input(usage) == 10 + charged
 
 
 # --- what a stream's output estimate counts -----------------------------------------------------------------
@@ -242,10 +259,15 @@ def test_a_queued_job_whose_key_lost_the_agent_or_model_does_not_run(make_key):
 
     _, key = make_key(agents=("research",), models=("gpt-4o-mini",))
     job = SimpleNamespace(api_key=key, agent="research", request={"gateway": {"requested": "gpt-4o-mini"}})
-    assert _current_key_refusal(job) is None
+    # Named by the agent (or routed by content): nothing requested, the agent's default model is sent.
+    by_agent = SimpleNamespace(
+        api_key=key, agent="research", request={"gateway": {"requested": "", "model": "gpt-4o-mini"}}
+    )
+    assert _current_key_refusal(job) is None and _current_key_refusal(by_agent) is None
     key.allowed_models = ["gpt-4o"]
     key.save()
     assert _current_key_refusal(job).code == "model_not_allowed"
+    assert _current_key_refusal(by_agent).code == "model_not_allowed"
     key.allowed_agents = ["writing"]
     key.save()
     assert _current_key_refusal(job).code == "agent_not_allowed"
@@ -275,8 +297,18 @@ ANTHROPIC_ANSWER = json_answer(
 @pytest.mark.parametrize("path", [CHAT, "/agents/{slug}/v1/chat/completions"])
 @pytest.mark.parametrize(
     "extra",
-    [{"service_tier": "priority"}, {"service_tier": "scale"}, {"web_search_options": {}}],
-    ids=["priority", "scale", "web_search_options"],
+    [
+        {"service_tier": "priority"},
+        {"service_tier": "scale"},
+        {"web_search_options": {}},
+        {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}},
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "UklG", "format": "wav"}}]}
+            ]
+        },
+    ],
+    ids=["priority", "scale", "web_search_options", "audio_output", "audio_input"],
 )
 def test_what_openai_bills_beyond_its_tokens_is_refused(path, extra, provider_at, gateway, make_key):
     with scripted_upstreams() as upstream:
