@@ -12,9 +12,24 @@ answer. Here, as under uvicorn (``uvicorn_protocol``): a head must arrive within
 of the head's end (408 ``request_body_timeout``), each refusal the gateway's JSON
 error (``request_bounds``) with the connection closed. Between requests only the
 idle timeout applies, so keep-alive clients keep their idle time.
+
+An answer is written only as fast as its client takes it, as uvicorn does: Twisted's
+transport buffered whatever the application wrote, so a client that read nothing had
+a whole relayed answer (or a WebSocket session's frames) held in the worker. The
+transport tells its registered producer, this channel (after a WebSocket upgrade too,
+as the connection's transport stays the same), when its buffer for the client passes
+its size (64 KiB) and when it has drained; ``until_caught_up`` lets a send wait in
+between (``daphne_worker.handle_reply``). A client that has not taken what is
+buffered for it (those 64 KiB and the last chunk or frame written) within
+``GATEWAY_CLIENT_WRITE_SECONDS`` has its connection aborted: the application sees
+the disconnect any client that hangs up causes.
 """
 
 from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
 
 from django.conf import settings
 from twisted.internet.interfaces import IDelayedCall
@@ -22,6 +37,11 @@ from twisted.web import http
 
 from gateway_project.errors import GatewayError
 from gateway_project.request_bounds import head_too_large, raw_answer, too_slow
+
+log = logging.getLogger("gateway.server")
+
+# A connection's transport -> its channel, which stays the transport's producer after a WebSocket upgrade.
+_channels: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class BoundedHTTPChannel(http.HTTPChannel):
@@ -32,6 +52,58 @@ class BoundedHTTPChannel(http.HTTPChannel):
         # The whole head and any one line of it (Twisted's own: 16 KiB each).
         self.totalHeadersSize = self.MAX_LENGTH = settings.GATEWAY["MAX_HEAD_BYTES"]
         self._deadline: IDelayedCall | None = None  # of the head or the body being read
+        self.behind = False  # the transport holds more for the client than its buffer size
+        self._waiters: list[asyncio.Future] = []  # sends waiting for the client to catch up
+        self._cut = False  # aborted: the client did not catch up within CLIENT_WRITE_SECONDS
+
+    def connectionMade(self) -> None:
+        super().connectionMade()  # registers this channel as the transport's streaming producer
+        _channels[self.transport] = self
+
+    def pauseProducing(self) -> None:
+        self.behind = True
+        super().pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._caught_up()
+        super().resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._caught_up()  # the connection is gone (called even once the connection is a WebSocket's)
+        super().stopProducing()
+
+    async def until_caught_up(self) -> bool:
+        """Return once the client has taken what the transport held for it, or its connection is gone; False when
+        it has not within ``GATEWAY_CLIENT_WRITE_SECONDS``, its connection now aborted."""
+        if self._cut:
+            return False
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        seconds = settings.GATEWAY["CLIENT_WRITE_SECONDS"]
+        try:
+            async with asyncio.timeout(seconds):
+                await waiter
+            return True
+        except TimeoutError:
+            self._cut = True
+            log.info(
+                "client %s did not take its answer's buffered bytes in %g s: connection aborted", self._peer(), seconds
+            )
+            self.transport.abortConnection()
+            return False
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def _caught_up(self) -> None:
+        self.behind = False
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _peer(self) -> str:
+        peer = self.transport.getPeer()
+        return f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
 
     def dataReceived(self, data: bytes) -> None:
         if self._deadline is None and not self._handlingRequest:  # the first bytes of a request's head
@@ -59,6 +131,7 @@ class BoundedHTTPChannel(http.HTTPChannel):
 
     def connectionLost(self, reason) -> None:
         self._stop_deadline()
+        self._caught_up()
         super().connectionLost(reason)
 
     def _start_deadline(self, part: str, seconds: float) -> None:
@@ -82,6 +155,12 @@ class BoundedHTTPChannel(http.HTTPChannel):
         # As Twisted's own idle timeout does: a client that will not read its answer is cut off after a while.
         self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
         self.loseConnection()
+
+
+def channel_of(protocol) -> BoundedHTTPChannel | None:
+    """The channel of a Daphne protocol's connection (an HTTP request's or a WebSocket's)."""
+    transport = getattr(protocol, "transport", None)
+    return None if transport is None else _channels.get(transport)
 
 
 def bounded_channel(factory: http.HTTPFactory):

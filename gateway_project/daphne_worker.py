@@ -15,8 +15,9 @@ a request now gets a 503 (retry elsewhere), and the wait goes on until no applic
 left running.
 
 Its HTTP connections are read by ``daphne_protocol.BoundedHTTPChannel``: a request's
-head and body have the same bounds in size and time as under uvicorn. Everything
-else is Daphne's own.
+head and body have the same bounds in size and time as under uvicorn. An answer's
+body and a WebSocket's frames are sent only as fast as the client takes them
+(``handle_reply``). Everything else is Daphne's own.
 """
 
 import asyncio
@@ -26,9 +27,10 @@ from daphne.cli import CommandLineInterface
 from daphne.http_protocol import HTTPFactory, WebRequest
 from twisted.internet import defer
 
-from gateway_project.daphne_protocol import bounded_channel
+from gateway_project.daphne_protocol import bounded_channel, channel_of
 
 _create_application = server.Server.create_application
+_handle_reply = server.Server.handle_reply
 
 
 def create_application(self, protocol, scope):
@@ -37,6 +39,18 @@ def create_application(self, protocol, scope):
         protocol.basic_error(503, b"Service Unavailable", "The gateway is stopping; retry the request.")
         return None
     return _create_application(self, protocol, scope)
+
+
+async def handle_reply(self, protocol, message):
+    """Daphne's, but a message waits while the client has not taken what is already buffered for it, and goes
+    nowhere once the client has been cut off for not taking it in time (``BoundedHTTPChannel.until_caught_up``).
+
+    Daphne wrote whatever the application sent into Twisted's unbounded transport buffer, so a relay read an
+    agent's whole answer into the worker of a client that read nothing."""
+    channel = channel_of(protocol)
+    if channel is not None and channel.behind and not await channel.until_caught_up():
+        return
+    await _handle_reply(self, protocol, message)
 
 
 def _running(self) -> list:
@@ -63,6 +77,7 @@ def kill_all_applications(self):
 
 server.Server.create_application = create_application
 server.Server.kill_all_applications = kill_all_applications
+server.Server.handle_reply = handle_reply
 HTTPFactory.protocol = bounded_channel
 
 if __name__ == "__main__":

@@ -488,6 +488,9 @@ GATEWAY = {
     # A request's head (request line and headers): 431 past this size, 408 past this time from its first byte.
     "MAX_HEAD_BYTES": envint("GATEWAY_MAX_HEAD_BYTES", 65536, minimum=4096),
     "HEAD_READ_SECONDS": envfloat("GATEWAY_HEAD_READ_SECONDS", 20.0, minimum=0.1),
+    # Daphne sends an answer as fast as its client takes it; a client that has not taken what is buffered for it
+    # (64 KiB and the last chunk or frame) within this long is cut off. uvicorn waits for it until the deadline.
+    "CLIENT_WRITE_SECONDS": envfloat("GATEWAY_CLIENT_WRITE_SECONDS", 60.0, minimum=0.1),
     "MAX_UPSTREAM_ANSWER_BYTES": envint("GATEWAY_MAX_UPSTREAM_ANSWER_BYTES", 32 * 1024 * 1024, minimum=1024),
     # "aiohttp" (httpx API over aiohttp, the fast default) or "httpx" (httpcore).
     "HTTP_TRANSPORT": envstr("GATEWAY_HTTP_TRANSPORT", "aiohttp"),
