@@ -60,6 +60,7 @@ QUERY_KEY = "api_key"
 MAX_OPEN_SECONDS = 4.0
 # The largest message taken from an agent; a larger one closes the session with 1009.
 MAX_UPSTREAM_MESSAGE_BYTES = 16 * 1024 * 1024
+UPSTREAM_QUEUE_FRAMES = 2
 # Handshake headers of the client's own connection; the agent's connection makes its own.
 NOT_FORWARDED = frozenset(
     {b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions", b"sec-websocket-protocol"}
@@ -204,6 +205,9 @@ async def open_upstream(ex: Exchange, route: AgentRoute, scope: dict) -> ClientC
             proxy=None,  # like the HTTP transport: no proxy from the environment
             open_timeout=min(route.timeout, settings.GATEWAY["UPSTREAM_CONNECT_TIMEOUT"], MAX_OPEN_SECONDS),
             max_size=MAX_UPSTREAM_MESSAGE_BYTES,
+            # Frames read from the agent ahead of the client: two at most (websockets' default, 16 frames of up to
+            # 16 MiB, let an agent make a worker hold 256 MiB for a client that does not read).
+            max_queue=UPSTREAM_QUEUE_FRAMES,
         )
     except InvalidStatus as refused:
         status = refused.response.status_code
