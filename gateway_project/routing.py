@@ -7,12 +7,11 @@ from django.conf import settings
 from django.urls import path
 
 from audit.consumers import LiveFeedConsumer
+from gateway_project.request_bounds import PROXY_PREFIXES
 from routing.consumers import ProxyConsumer
 from routing.path_routes import match
 from routing.table import routing_table
 from routing.ws_proxy import WebSocketProxyConsumer
-
-PROXY_PREFIXES = ("/v1/", "/agents/")
 
 
 class GatewayHttpRouter:

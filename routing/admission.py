@@ -28,7 +28,7 @@ from routing import balance
 from routing.exchange import Exchange
 from routing.facts import Demand, RequestFacts
 from routing.pricing import report_dearer_answer
-from routing.protocols import tokens_in_text
+from routing.protocols import dense_input_estimate, tokens_in_text
 from routing.table import AgentRoute
 
 log = logging.getLogger("gateway.admission")
@@ -340,6 +340,14 @@ def input_bound(demand: Demand) -> int:
     return demand.input_tokens * INPUT_CHARGE_FACTOR + INPUT_CHARGE_SLACK + demand.input_allowance
 
 
+def unknown_input(ex: Exchange, demand: Demand) -> int:
+    """The input charged when the upstream's count is unknown (an unread or cut answer): the body's tokens counted
+    word by word (``protocols.dense_input_estimate``, or four bytes a token if more) and its allowances, within
+    what was reserved."""
+    counted = max(demand.input_tokens, dense_input_estimate(getattr(ex, "body", b""))) + demand.input_allowance
+    return min(counted, input_bound(demand))
+
+
 def charged_usage(ex: Exchange, demand: Demand) -> tuple[int, int]:
     """The tokens a metered request is charged: what the upstream reported, within what was reserved.
 
@@ -357,10 +365,10 @@ def charged_usage(ex: Exchange, demand: Demand) -> tuple[int, int]:
     most_input = input_bound(demand)
     reported = ex.input_tokens, ex.output_tokens
     if ex.details.get("usage_unread"):
-        return demand.estimated_input, cap
+        return unknown_input(ex, demand), cap
     relayed = ex.output_estimate or (tokens_in_text(ex.output_text) if ex.output_text else 0)
     if ex.details.get("usage_partial") or ex.details.get("usage_missing") or (not any(reported) and relayed):
-        reported = ex.input_tokens or demand.estimated_input, max(ex.output_tokens, relayed)
+        reported = ex.input_tokens or unknown_input(ex, demand), max(ex.output_tokens, relayed)
         ex.details["usage_estimated"] = {"input": reported[0], "output": reported[1]}
     charged = min(reported[0], most_input), min(reported[1], cap)
     if charged != reported:
@@ -494,7 +502,7 @@ def _charge_unread(ex: Exchange, ticket: Ticket, table, quoted) -> int:
     """Each unread attempt's worst case (a stream's input), at the price of the model it asked, in a usage row of
     its own (noted in the audit record, and counted in its tokens)."""
     demand = ticket.facts.demand
-    input_tokens, cap = demand.estimated_input, output_cap(demand.max_output, demand.default_output)
+    input_tokens, cap = unknown_input(ex, demand), output_cap(demand.max_output, demand.default_output)
     spend, noted = 0, []
     for agent, model, streamed in ticket.unread:
         output_tokens = 0 if streamed else cap

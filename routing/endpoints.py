@@ -200,7 +200,9 @@ def _capped(payload: dict, route: AgentRoute) -> dict:
 
 
 async def _chat_via(ex, payload, stream, wants_usage, route):
-    """One attempt on ``route`` (the agent asked for, or a fallback: ``ex.model`` is the model to ask it for)."""
+    """One attempt on ``route`` (the agent asked for, or a fallback: ``ex.model`` is the model to ask it for). A
+    fallback not marked unmetered is not sent what only the agent asked for could take (it is skipped)."""
+    protocols.refuse_unpriced(payload, route)
     await adapter_for(route).chat(ex, route, payload, stream, wants_usage)
 
 
@@ -224,6 +226,7 @@ async def messages(ex: Exchange) -> None:
 
 async def _messages_via(ex, payload, stream, route):
     """One attempt on ``route`` (the agent asked for, or a fallback), answered in Anthropic's shape."""
+    protocols.refuse_unpriced(payload, route)  # a fallback's own marking, as for chat
     await adapter_for(route).messages(ex, route, payload, stream)
 
 

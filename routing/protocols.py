@@ -357,7 +357,7 @@ def anthropic_text(answer: dict) -> str:
 IMAGE_PARTS = frozenset({"image_url", "image", "input_image"})
 DOCUMENT_PARTS = frozenset({"file", "document", "input_file"})
 AUDIO_PARTS = frozenset({"input_audio", "audio"})  # billed at audio token prices, several times the text ones
-_MEDIA_HINT = re.compile(rb"image|file|document|\\u", re.IGNORECASE)
+_MEDIA_HINT = re.compile(rb"image|file|document|audio|ttl|\\u", re.IGNORECASE)
 
 
 def content_parts(node):
@@ -408,7 +408,23 @@ def referenced_input_tokens(body: bytes) -> int:
             source = part.get("source")
             documents += not (isinstance(source, dict) and source.get("type") in ("text", "content"))
     allowance = settings.GATEWAY
-    return images * allowance["IMAGE_INPUT_TOKENS"] + documents * allowance["DOCUMENT_INPUT_TOKENS"]
+    hour_cache = len(body) if _caches_for_an_hour(node) else 0  # a write twice the input price: a token a byte more
+    return images * allowance["IMAGE_INPUT_TOKENS"] + documents * allowance["DOCUMENT_INPUT_TOKENS"] + hour_cache
+
+
+def _caches_for_an_hour(node) -> bool:
+    """Whether a request asks Anthropic to cache anything for an hour (``cache_control.ttl`` "1h")."""
+    stack = [node]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            control = node.get("cache_control")
+            if isinstance(control, dict) and control.get("ttl") == "1h":
+                return True
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
 
 
 # Billed beyond the tokens an answer reports: OpenAI's priority tiers and audio; server-side tools (Anthropic's web
@@ -465,4 +481,17 @@ def _unpriced(what: str, route) -> None:
         f"{what} is billed beyond the tokens the gateway meters, so it is not sent to the agent '{route.slug}' "
         "(an admin may allow unmetered pass-through for the agent).",
         "unpriced_option",
+    )
+
+
+_PIECES = re.compile(r"[A-Za-z0-9]+|[^\sA-Za-z0-9]")
+
+
+def dense_input_estimate(body: bytes) -> int:
+    """Input tokens of ``body`` for a charge made without the upstream's count (an unread or cut answer): a token
+    for every four letters or digits of a word (at least one a word), and one for every other character that is not
+    a space. Four bytes a token charged a prompt of small numbers ("0 0 0 …", two bytes a token) half its bill."""
+    text = body.decode("utf-8", "replace")
+    return sum(
+        max(1, len(piece) // 4) if piece[0].isalnum() and piece.isascii() else 1 for piece in _PIECES.findall(text)
     )

@@ -31,10 +31,14 @@ pytestmark = pytest.mark.skipif(not settings.REDIS_URL, reason="a worker needs t
 
 CHAT = "/v1/chat/completions"
 SECRET = "alert-worker-test-secret"
-# 4,000 characters are 1,000 input tokens of gpt-4o ($2.50 per million) and the mock's answer is 34 tokens ($10
-# per million): $0.00284 a request, with about $0.00305 reserved for it (input estimate plus max_tokens 50).
-BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 4000}], "max_tokens": 50}
-LIMIT = Decimal("0.05")  # 50% after 9 requests; refusals from the 17th on
+# 4,000 characters are 1,000 input tokens of gpt-4o ($2.50 per million) and the mock bills the whole 2,000-token
+# answer ($10 per million): $0.0225 a request, with $0.0403 reserved for it (the most input it may be charged, a
+# token a byte and 4,096 more, and its max_tokens).
+BODY = {
+    "model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 4000}], "max_tokens": 2000,
+    "mock": {"usage_output_tokens": 2000},
+}  # fmt: skip
+LIMIT = Decimal("0.40")  # 50% after 9 requests; at most 17 answered
 
 
 def read_mail(path) -> EmailMessage:
@@ -128,7 +132,7 @@ def test_a_worker_makes_each_alert_once_and_delivers_it_by_mail_and_signed_webho
         mails = [read_mail(path) for path in sorted(worker.mail_dir.iterdir())]
         assert [m["To"] for m in mails] == ["finance@example.com"] * 2
         subjects = sorted(m["Subject"] for m in mails)
-        assert subjects[0].startswith("[Agent Gateway] Client acme's monthly budget reached 50% ($0.0")
+        assert subjects[0].startswith("[Agent Gateway] Client acme's monthly budget reached 50% ($0.")
         assert subjects[1].startswith("[Agent Gateway] Client acme's monthly budget reached its limit, requests are")
     finally:
         hook.stop()

@@ -93,7 +93,7 @@ def test_the_concurrency_limit_holds_across_processes(two_workers, make_key, see
 
 @needs_redis
 def test_spend_is_shared_so_every_process_refuses_a_spent_budget(two_workers, make_key):
-    raw, _ = make_key(budget="0.05")
+    raw, _ = make_key(budget="0.14")  # one request's worst case ($0.121) fits, not again after its $0.025
     big = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 40_000}]}
     with httpx.Client(base_url=two_workers.url, timeout=30) as client:
         assert client.post(CHAT, json=big, headers={"Authorization": f"Bearer {raw}"}).status_code == 200
@@ -151,7 +151,7 @@ def test_a_redis_restart_does_not_reset_anyones_spend(two_workers, make_key, aud
 
     from billing.models import UsageRecord
 
-    raw, key = make_key(budget="0.05")
+    raw, key = make_key(budget="0.14")  # one request's worst case ($0.121) fits, not again after its $0.025
     big = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 40_000}]}
     headers = {"Authorization": f"Bearer {raw}"}
     with httpx.Client(base_url=two_workers.url, timeout=30) as client:
