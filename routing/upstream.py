@@ -43,8 +43,12 @@ CREDENTIALS = frozenset({b"authorization", b"x-api-key", b"cookie"})
 BILLING_SELECTORS = frozenset({b"openai-organization", b"openai-project"})
 # Facts about the connection that only the gateway may state: a client's own would be believed upstream.
 FORWARDING = frozenset({b"forwarded", b"x-real-ip", b"x-request-id", b"x-client-id"})
-# Headers some servers and frameworks read as the request's real method: a GET (passed unpriced) must stay a GET.
-METHOD_OVERRIDES = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})
+# Headers some servers and frameworks read as the request's real method or path: a GET (passed unpriced) must stay
+# a GET, and a path the gateway checked the path the upstream serves.
+METHOD_OVERRIDES = frozenset(
+    {b"x-http-method-override", b"x-http-method", b"x-method-override", b"x-original-method", b"x-original-url",
+     b"x-rewrite-url"}
+)  # fmt: skip
 # What an upstream may not do on the gateway's origin (cookies, site data, refreshes, transport and cross-origin
 # policy), and what the gateway says itself on every answer.
 NOT_RELAYED = frozenset(
