@@ -25,7 +25,8 @@ import asyncio
 from daphne import server
 from daphne.cli import CommandLineInterface
 from daphne.http_protocol import HTTPFactory, WebRequest
-from twisted.internet import defer
+from daphne.ws_protocol import WebSocketProtocol
+from twisted.internet import defer, reactor
 
 from gateway_project.daphne_protocol import bounded_channel, channel_of
 
@@ -53,6 +54,32 @@ async def handle_reply(self, protocol, message):
     await _handle_reply(self, protocol, message)
 
 
+# A WebSocket client's frames waiting for the application: past the first, the client is no longer read until they
+# are down to the second (an agent that reads nothing made Daphne queue all a client sent, unbounded).
+WS_QUEUE_HIGH, WS_QUEUE_LOW, WS_QUEUE_POLL_SECONDS = 4, 1, 0.02
+_on_message = WebSocketProtocol.onMessage
+
+
+def on_message(self, payload, is_binary):
+    """Daphne's, but a client whose frames pile up in the application's queue is not read until they are taken."""
+    _on_message(self, payload, is_binary)
+    queue = getattr(self, "application_queue", None)
+    if queue is not None and queue.qsize() >= WS_QUEUE_HIGH and not getattr(self, "reading_paused", False):
+        self.reading_paused = True
+        self.transport.pauseProducing()
+        reactor.callLater(WS_QUEUE_POLL_SECONDS, _resume_when_taken, self)
+
+
+def _resume_when_taken(protocol) -> None:
+    if protocol.transport is None or getattr(protocol.transport, "disconnected", False):
+        return
+    if protocol.application_queue.qsize() > WS_QUEUE_LOW:
+        reactor.callLater(WS_QUEUE_POLL_SECONDS, _resume_when_taken, protocol)
+        return
+    protocol.reading_paused = False
+    protocol.transport.resumeProducing()
+
+
 def _running(self) -> list:
     instances = (details.get("application_instance") for details in list(self.connections.values()))
     return [instance for instance in instances if instance is not None and not instance.done()]
@@ -76,6 +103,7 @@ def kill_all_applications(self):
 
 
 server.Server.create_application = create_application
+WebSocketProtocol.onMessage = on_message
 server.Server.kill_all_applications = kill_all_applications
 server.Server.handle_reply = handle_reply
 HTTPFactory.protocol = bounded_channel

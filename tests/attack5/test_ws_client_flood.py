@@ -50,20 +50,7 @@ class Sink(LoopbackServer):
             time.sleep(0.2)
 
 
-@pytest.fixture(
-    scope="module",
-    params=[
-        pytest.param(
-            "daphne",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="open (issue 12): Daphne's WebSocket protocol queues every client frame for the application "
-                "unbounded; reading the client must pause while the relay is blocked sending to the agent",
-            ),
-        ),
-        "uvicorn",
-    ],
-)
+@pytest.fixture(scope="module", params=["daphne", "uvicorn"])
 def server(request, seeded):
     """A fresh gateway: a worker that already grew (another test's large body) reuses its heap, hiding growth."""
     gateway = Gateway(server=request.param)
