@@ -36,15 +36,12 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.web import http
 
 from gateway_project.errors import GatewayError
-from gateway_project.request_bounds import PROXY_PREFIXES, body_too_large, head_too_large, raw_answer, too_slow
+from gateway_project.request_bounds import head_too_large, raw_answer, too_slow
 
 log = logging.getLogger("gateway.server")
 
 # A connection's transport -> its channel, which stays the transport's producer after a WebSocket upgrade.
 _channels: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-PROXY_PATHS = tuple(prefix.encode() for prefix in PROXY_PREFIXES)
 
 
 class BoundedHTTPChannel(http.HTTPChannel):
@@ -109,8 +106,6 @@ class BoundedHTTPChannel(http.HTTPChannel):
         return f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
 
     def dataReceived(self, data: bytes) -> None:
-        if getattr(self, "_refused", False):
-            return  # answered and closing: nothing more of it is read
         if self._deadline is None and not self._handlingRequest:  # the first bytes of a request's head
             self._start_deadline("head", settings.GATEWAY["HEAD_READ_SECONDS"])
         super().dataReceived(data)
@@ -126,12 +121,6 @@ class BoundedHTTPChannel(http.HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         self._stop_deadline()
-        limit = settings.GATEWAY["MAX_BODY_BYTES"]
-        if self.length is not None and self.length > limit and self._path.startswith(PROXY_PATHS):
-            # Twisted would read (and spool) the whole body before Daphne runs the application, key or no key.
-            self._refused = True
-            self._refuse(body_too_large(limit))
-            return
         super().allHeadersReceived()
         if self.length != 0:  # a Content-Length above zero, or chunked
             self._start_deadline("body", settings.GATEWAY["BODY_READ_SECONDS"])

@@ -16,7 +16,7 @@ from gateway_project.errors import GatewayError
 
 # The gateway's own paths (the proxy's), as opposed to the console's and the management API's.
 PROXY_PREFIXES = ("/v1/", "/agents/")
-REASONS = {408: b"Request Timeout", 413: b"Content Too Large", 431: b"Request Header Fields Too Large"}
+REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 # Every gateway answer carries these (routing.exchange): nothing in it may act on the gateway's origin.
 ANSWER_HEADERS = b"x-content-type-options: nosniff\r\ncontent-security-policy: sandbox\r\n"
 
@@ -24,13 +24,6 @@ ANSWER_HEADERS = b"x-content-type-options: nosniff\r\ncontent-security-policy: s
 def head_too_large(limit: int) -> GatewayError:
     message = f"The request's head (request line and headers) is over {limit} bytes."
     return GatewayError(431, "invalid_request_error", "request_head_too_large", message)
-
-
-def body_too_large(limit: int) -> GatewayError:
-    """413 for a proxied request that declares a body over ``MAX_BODY_BYTES`` (as ``Exchange.ensure_size`` says)."""
-    return GatewayError(
-        413, "invalid_request_error", "request_too_large", f"The request body is larger than {limit} bytes."
-    )
 
 
 def too_slow(part: str, seconds: float) -> GatewayError:

@@ -19,7 +19,20 @@ from tests.servers import Gateway
 BODY_BYTES = 200 * MiB
 
 
-@pytest.fixture(scope="module", params=["daphne", "uvicorn"])
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param(
+            "daphne",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="open (issue 12): Twisted reads and spools a whole body before Daphne runs the application; "
+                "a 413 from the head must keep the key-first order, the error's shape per API and an audit record",
+            ),
+        ),
+        "uvicorn",
+    ],
+)
 def server(request, seeded):
     """A fresh gateway: a worker that already grew (another test's large body) reuses its heap, hiding growth."""
     gateway = Gateway(server=request.param)

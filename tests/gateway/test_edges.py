@@ -264,6 +264,8 @@ def test_an_unauthenticated_body_is_not_read(live_db, seeded):
 
 
 def test_a_declared_body_over_the_limit_is_refused_unread(edge_gateway, make_key):
+    if edge_gateway.proc.args[-1] == "daphne":
+        pytest.skip("Daphne reads the whole body before the application sees the request")
     raw, _ = make_key()
     with socket.create_connection(("127.0.0.1", edge_gateway.port), timeout=10) as sock:
         sock.sendall(
