@@ -13,6 +13,15 @@ of the head's end (408 ``request_body_timeout``), each refusal the gateway's JSO
 error (``request_bounds``) with the connection closed. Between requests only the
 idle timeout applies, so keep-alive clients keep their idle time.
 
+A body over ``GATEWAY_MAX_BODY_BYTES`` is never read whole: Twisted spooled all of it
+(to a temporary file) before the application ran, so a client without a key had the
+gateway read as much as it cared to send. A declared ``Content-Length`` over the limit
+now ends the body at the head (no ``100 Continue``), and a chunked body ends once it
+passes the limit: the application gets the request at once, with what was read, answers
+it in its own order and shape (401 for a bad key before 413, an audit record for
+either), and the client is no longer read (TCP pushes back on it); the connection closes
+with the answer.
+
 An answer is written only as fast as its client takes it, as uvicorn does: Twisted's
 transport buffered whatever the application wrote, so a client that read nothing had
 a whole relayed answer (or a WebSocket session's frames) held in the worker. The
@@ -55,6 +64,7 @@ class BoundedHTTPChannel(http.HTTPChannel):
         self.behind = False  # the transport holds more for the client than its buffer size
         self._waiters: list[asyncio.Future] = []  # sends waiting for the client to catch up
         self._cut = False  # aborted: the client did not catch up within CLIENT_WRITE_SECONDS
+        self._body_ended = False  # a body over the limit was ended early: the rest of it is never read
 
     def connectionMade(self) -> None:
         super().connectionMade()  # registers this channel as the transport's streaming producer
@@ -121,9 +131,33 @@ class BoundedHTTPChannel(http.HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         self._stop_deadline()
+        over = self.length is not None and self.length > settings.GATEWAY["MAX_BODY_BYTES"]
+        if over:  # the application refuses it from its Content-Length: the body is never needed
+            self.requests[-1].requestHeaders.removeHeader(b"expect")  # no 100 Continue: don't send it
+            self.length, self._transferDecoder = 0, None  # Twisted then hands the request on at once
         super().allHeadersReceived()
-        if self.length != 0:  # a Content-Length above zero, or chunked
+        if over:
+            self._end_body()
+        elif self.length != 0:  # a Content-Length above zero, or chunked
             self._start_deadline("body", settings.GATEWAY["BODY_READ_SECONDS"])
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._body_ended:
+            return  # the rest of a body over the limit, if the client sent it before TCP pushed back: dropped
+        super().rawDataReceived(data)
+        if self._handlingRequest or not self.requests:
+            return
+        content = self.requests[-1].content  # a chunked body being read
+        if content is not None and content.tell() > settings.GATEWAY["MAX_BODY_BYTES"]:
+            self._end_body()
+            self.allContentReceived()  # the application sees a body over the limit and refuses it
+
+    def _end_body(self) -> None:
+        """Read no more of this connection: its answer closes it."""
+        self._body_ended = True
+        self.persistent = False
+        self.requests[-1].responseHeaders.setRawHeaders(b"connection", [b"close"])
+        self._networkProducer.pauseProducing()
 
     def allContentReceived(self) -> None:
         self._stop_deadline()

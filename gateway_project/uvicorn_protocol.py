@@ -30,16 +30,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
-        if self._in_head:
-            if self._head_timer is None:
-                seconds = settings.GATEWAY["HEAD_READ_SECONDS"]
-                self._head_timer = asyncio.get_running_loop().call_later(seconds, self._head_too_slow, seconds)
-            self._head_bytes += len(data)
-            limit = settings.GATEWAY["MAX_HEAD_BYTES"]
-            if self._head_bytes > limit:
-                self._refuse(head_too_large(limit))
-                return
+        if not self._in_head:
+            super().data_received(data)
+            return
+        if self._head_timer is None:
+            seconds = settings.GATEWAY["HEAD_READ_SECONDS"]
+            self._head_timer = asyncio.get_running_loop().call_later(seconds, self._head_too_slow, seconds)
+        self._head_bytes += len(data)
         super().data_received(data)
+        # Checked once the bytes are parsed: a read may hold the head's end and a body (a client's one write of
+        # both), and only a head still unfinished is too large. httptools kept at most one read past the limit.
+        limit = settings.GATEWAY["MAX_HEAD_BYTES"]
+        if self._in_head and self._head_bytes > limit:
+            self._refuse(head_too_large(limit))
 
     def on_headers_complete(self) -> None:
         self._in_head = False

@@ -85,7 +85,7 @@ class Exchange:
         return facts
 
     async def read_body(self) -> bytes:
-        """Read the body once, as it arrives, keeping at most the size limit (a larger one is dropped, not kept).
+        """Read the body once, as it arrives, up to the size limit (past it, no more is read and none is kept).
 
         Called only once the caller is known to be allowed in, so an unauthenticated
         request is refused without its body ever being read; a declared
@@ -111,8 +111,9 @@ class Exchange:
                         raise ClientLeft
                     chunk = message.get("body", b"")
                     size += len(chunk)
-                    if size <= limit:
-                        chunks.append(chunk)
+                    if size > limit:
+                        break  # not read further: the server drops the rest with the connection
+                    chunks.append(chunk)
                     if not message.get("more_body"):
                         break
         except TimeoutError:
