@@ -1,0 +1,150 @@
+"""The sixth attack's probes (issue 12): each asserts a promise of the README and fails on f32d947."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import httpx
+import pytest
+
+from tests.attack.helpers import Answering, anthropic_answer, chat_answer
+from tests.servers import ScriptedUpstream, scripted_upstreams
+
+CHAT = "/v1/chat/completions"
+
+
+@pytest.fixture
+def answering():
+    with scripted_upstreams(Answering) as make:
+        yield make
+
+
+# --- 1. an unread answer is charged a quarter of what an honest upstream bills for an alphanumeric prompt -----------
+
+# OpenAI's tokenizers (cl100k_base, o200k_base) split text before merging: letters and digits are never in the same
+# pre-token (``\p{L}+`` and ``\p{N}{1,3}`` are separate alternatives of their split pattern), so "a1a1a1..." is at
+# least one token a character, a token a byte: the bound ``input_bound`` itself assumes. ``dense_input_estimate``
+# counts an ASCII alphanumeric run as one token per four characters, so it charges such a prompt a quarter.
+ALNUM_TEXT = "a1" * 29_000  # 58 kB (the tests' body limit is 64 kB)
+ALNUM_BILLED = len(ALNUM_TEXT)  # at least a token a character
+
+
+def _alnum_body(model: str, **extra) -> dict:
+    return {"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": ALNUM_TEXT}], **extra}
+
+
+def test_a_client_that_hangs_up_pays_an_alphanumeric_prompt_it_was_billed(provider_at, gateway, make_key):
+    gate = threading.Event()
+    with scripted_upstreams(Answering) as make:
+        upstream = make(lambda head, body: chat_answer(ALNUM_BILLED), gate)
+        agent = provider_at(upstream.url, timeout_seconds=20)
+        raw, key = make_key()
+        with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {raw}"}, timeout=3) as client:
+            with pytest.raises(httpx.ReadTimeout):
+                client.post(CHAT, json=_alnum_body(agent.slug))
+        from audit.models import AuditRecord
+        from tests.waiting import wait_for
+
+        record = wait_for(lambda: AuditRecord.objects.filter(api_key_id=key.pk).first(), 15)
+        gate.set()
+    assert upstream.requests, "the prompt never reached the upstream"
+    assert record is not None
+    assert record.input_tokens >= ALNUM_BILLED, (
+        f"the upstream bills at least {ALNUM_BILLED} input tokens for 'a1' * 29,000 (a token a character in "
+        f"OpenAI's tokenizers); the client that hung up was charged {record.input_tokens} "
+        f"({record.details.get('unread_attempts_charged')})"
+    )
+
+
+def _chunk(text: str) -> bytes:
+    obj = {"id": "x", "object": "chat.completion.chunk", "model": "gpt-4o-mini",
+           "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}  # fmt: skip
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def test_a_stream_cut_before_its_usage_pays_an_alphanumeric_prompt_it_was_billed(provider_at, gateway, make_key):
+    held = threading.Event()
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    first = _chunk("Hello")
+    with scripted_upstreams(ScriptedUpstream) as make:
+        upstream = make(head, b"%x\r\n" % len(first) + first + b"\r\n", held)
+        agent = provider_at(upstream.url, timeout_seconds=20)
+        raw, key = make_key()
+        with gateway.client(raw) as client:
+            with client.stream("POST", CHAT, json=_alnum_body(agent.slug, stream=True)) as response:
+                assert response.status_code == 200
+                next(response.iter_raw())  # the first chunk: then the client leaves
+        from audit.models import AuditRecord
+        from tests.waiting import wait_for
+
+        record = wait_for(lambda: AuditRecord.objects.filter(api_key_id=key.pk).first(), 15)
+        held.set()
+    assert record is not None
+    assert record.input_tokens >= ALNUM_BILLED, (record.input_tokens, record.details)
+
+
+# --- 2. a document cached for an hour is reserved (and may be charged) once, and billed twice -----------------------
+
+
+def test_a_document_cached_for_an_hour_is_charged_what_anthropic_bills(
+    answering, provider_at, gateway, make_key, audit_of
+):
+    """README: "A request that caches for an hour reserves its input twice". ``referenced_input_tokens`` adds the
+    body's length once more for a one-hour cache, but not the document's allowance (200,000 tokens): a 150,000-token
+    PDF written to the one-hour cache bills 300,000 input-price tokens, and is charged the bound (~205,000), flagged
+    as if the upstream lied."""
+    document_tokens = 150_000
+    usage = {
+        "input_tokens": 10,
+        "cache_creation_input_tokens": document_tokens,
+        "cache_read_input_tokens": 0,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": document_tokens},
+        "output_tokens": 5,
+    }
+    upstream = answering(lambda head, body: anthropic_answer(usage))
+    agent = provider_at(upstream.url, kind="anthropic", served_models=["claude-sonnet"], default_model="claude-sonnet")
+    raw, _ = make_key()
+    document = {
+        "type": "document",
+        "source": {"type": "url", "url": "https://example.com/annual-report.pdf"},
+        "cache_control": {"type": "ephemeral", "ttl": "1h"},
+    }
+    body = {
+        "model": "claude-sonnet",
+        "max_tokens": 10,
+        "messages": [{"role": "user", "content": [document, {"type": "text", "text": "Summarise it."}]}],
+    }
+    with gateway.client(raw) as client:
+        response = client.post(f"/agents/{agent.slug}/v1/messages", json=body)
+    assert response.status_code == 200, response.text
+    record = audit_of(response)
+    billed = 10 + 2 * document_tokens  # one-hour cache writes cost twice the input price
+    assert "usage_over_reservation" not in record.details, record.details
+    assert record.input_tokens >= billed, (record.input_tokens, billed)
+
+
+# --- 3. JSON nested deep enough to parse, but not to re-serialise, is a 500 -----------------------------------------
+
+
+@pytest.mark.parametrize("path", [CHAT, "/v1/agent/invoke"])
+def test_deeply_nested_json_is_never_a_500(path, answering, provider_at, gateway, make_key):
+    """README: "JSON nested too deeply is a 400, not a 500". The body is parsed (``exchange.parse_json``) near the
+    top of the stack, and re-serialised (``json.dumps`` in the adapter, or the job row's JSON) much deeper: a body
+    nested just under the parse's limit passes it and then fails with RecursionError, a 500 internal_error."""
+    upstream = answering(lambda head, body: chat_answer(prompt_tokens=9))
+    agent = provider_at(upstream.url)
+    raw, _ = make_key()
+    failures = {}
+    with gateway.client(raw) as client:
+        for depth in range(900, 1000):
+            nested = "[" * depth + "]" * depth
+            if path == CHAT:
+                payload = {"model": agent.slug, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+            else:
+                payload = {"input": "hello", "agent": agent.slug, "async": True}
+            body = json.dumps(payload)[:-1] + ', "x": ' + nested + "}"
+            response = client.post(path, content=body.encode(), headers={"content-type": "application/json"})
+            if response.status_code >= 500:
+                failures[depth] = (response.status_code, response.json()["error"]["code"])
+    assert not failures, f"nesting depths answered 5xx: {failures}"
