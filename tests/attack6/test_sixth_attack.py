@@ -148,3 +148,52 @@ def test_deeply_nested_json_is_never_a_500(path, answering, provider_at, gateway
             if response.status_code >= 500:
                 failures[depth] = (response.status_code, response.json()["error"]["code"])
     assert not failures, f"nesting depths answered 5xx: {failures}"
+
+
+# --- 4. a compressed request body hides its size from the body limit, the reservation and the charge ----------------
+
+
+def _agent_usage_answer(input_tokens: int, output_tokens: int = 5) -> bytes:
+    body = json.dumps({"output": "ok"}).encode()
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+        b"X-Usage-Input-Tokens: %d\r\nX-Usage-Output-Tokens: %d\r\nConnection: close\r\n\r\n"
+        % (len(body), input_tokens, output_tokens)
+    ) + body
+
+
+def test_a_gzip_request_body_is_not_a_way_past_the_body_limit_and_the_reservation(
+    answering, provider_at, gateway, make_key, audit_of
+):
+    """Pass-through forwards ``Content-Encoding`` (it is not hop-by-hop), so an agent that inflates request bodies
+    (most web frameworks' gzip middleware does) is sent an 8 MB prompt in 20 kB: past ``GATEWAY_MAX_BODY_BYTES``
+    (64 kB in the tests), reserved and charged as 20 kB. The agent honestly reports the tokens it processed; the
+    gateway charges its bound and flags ``usage_over_reservation`` as if the agent lied."""
+    import gzip
+
+    inflated = []
+
+    def answer(head, body):
+        if b"content-encoding: gzip" in head.lower():
+            body = gzip.decompress(body)
+        inflated.append(len(body))
+        return _agent_usage_answer(len(body) // 4)  # four bytes a token: what the agent's model billed
+
+    upstream = answering(answer)
+    agent = provider_at(upstream.url, kind="agent", served_models=[], default_model="")
+    raw, _ = make_key()
+    prompt = json.dumps({"input": "Please summarise the following notes. " * 200_000}).encode()  # ~8 MB
+    compressed = gzip.compress(prompt, 9)
+    assert len(compressed) < 65536 < len(prompt)
+    with gateway.client(raw) as client:
+        response = client.post(
+            f"/agents/{agent.slug}/invoke",
+            content=compressed,
+            headers={"content-type": "application/json", "content-encoding": "gzip"},
+        )
+    if response.status_code in (400, 413, 415):
+        return  # refused: as the body limit promises
+    assert response.status_code == 200, response.text
+    record = audit_of(response)
+    assert max(inflated) <= 65536, f"the agent was sent a {max(inflated)}-byte body through a 64 kB limit"
+    assert "usage_over_reservation" not in record.details, record.details
