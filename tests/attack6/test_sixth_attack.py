@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.attack.helpers import Answering, anthropic_answer, chat_answer
-from tests.servers import ScriptedUpstream, scripted_upstreams
+from tests.servers import ScriptedUpstream, json_answer, scripted_upstreams
 
 CHAT = "/v1/chat/completions"
 
@@ -197,3 +197,41 @@ def test_a_gzip_request_body_is_not_a_way_past_the_body_limit_and_the_reservatio
     record = audit_of(response)
     assert max(inflated) <= 65536, f"the agent was sent a {max(inflated)}-byte body through a 64 kB limit"
     assert "usage_over_reservation" not in record.details, record.details
+
+
+# --- 5. OpenAI Predicted Outputs bill rejected prediction tokens as output, past the answer's cap --------------------
+
+
+def test_a_prediction_is_refused_or_reserved_for(answering, provider_at, gateway, make_key, audit_of):
+    """OpenAI bills a ``prediction``'s rejected tokens at completion rates (``completion_tokens_details.
+    rejected_prediction_tokens``, counted in ``completion_tokens``): a 40 kB prediction with ``max_tokens: 10`` bills
+    ~10,000 output tokens. The gateway neither refuses it (``refuse_unpriced``) nor reserves for it, and charges the
+    cap (10), flagging ``usage_over_reservation`` as if the upstream lied."""
+    rejected = 10_000
+
+    def answer(head, body):
+        usage = {
+            "prompt_tokens": 20,
+            "completion_tokens": 10 + rejected,
+            "total_tokens": 30 + rejected,
+            "completion_tokens_details": {"accepted_prediction_tokens": 0, "rejected_prediction_tokens": rejected},
+        }
+        obj = json.loads(chat_answer(20).partition(b"\r\n\r\n")[2])
+        return json_answer({**obj, "usage": usage})
+
+    upstream = answering(answer)
+    agent = provider_at(upstream.url)
+    raw, _ = make_key()
+    body = {
+        "model": agent.slug,
+        "max_tokens": 10,
+        "messages": [{"role": "user", "content": "Rewrite this file."}],
+        "prediction": {"type": "content", "content": "line of code\n" * 3_000},
+    }
+    with gateway.client(raw) as client:
+        response = client.post(CHAT, json=body)
+    if response.status_code == 400 and response.json()["error"]["code"] == "unpriced_option":
+        return  # refused, as other options billed beyond the cap are
+    assert response.status_code == 200, response.text
+    record = audit_of(response)
+    assert record.output_tokens >= 10 + rejected, (record.output_tokens, record.details)
