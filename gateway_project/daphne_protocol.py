@@ -10,14 +10,16 @@ answer. Here, as under uvicorn (``uvicorn_protocol``): a head must arrive within
 ``GATEWAY_HEAD_READ_SECONDS`` of its first byte and stay within
 ``GATEWAY_MAX_HEAD_BYTES`` (431), and its body within ``GATEWAY_BODY_READ_SECONDS``
 of the head's end (408 ``request_body_timeout``), each refusal the gateway's JSON
-error (``request_bounds``) with the connection closed. Between requests only the
+error (``request_bounds``) with the connection closed. A gateway request whose body is
+late is handed to the application instead, marked late, so that it is refused like
+any other: after the key check, in its API's shape, with an audit record. Between requests only the
 idle timeout applies, so keep-alive clients keep their idle time.
 
 A body over ``GATEWAY_MAX_BODY_BYTES`` is never read whole: Twisted spooled all of it
 (to a temporary file) before the application ran, so a client without a key had the
 gateway read as much as it cared to send. A declared ``Content-Length`` over the limit
-now ends the body at the head (no ``100 Continue``), and a chunked body ends once it
-passes the limit: the application gets the request at once, with what was read, answers
+to a gateway path now ends the body at the head (no ``100 Continue``), and a chunked
+body ends once it passes the limit: the application gets the request at once, with what was read, answers
 it in its own order and shape (401 for a bad key before 413, an audit record for
 either), and the client is no longer read (TCP pushes back on it); the connection closes
 with the answer.
@@ -45,7 +47,9 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.web import http
 
 from gateway_project.errors import GatewayError
-from gateway_project.request_bounds import head_too_large, raw_answer, too_slow
+from gateway_project.request_bounds import PROXY_PREFIXES, head_too_large, raw_answer, too_slow
+
+_GATEWAY_PATHS = tuple(prefix.encode() for prefix in PROXY_PREFIXES)
 
 log = logging.getLogger("gateway.server")
 
@@ -65,6 +69,7 @@ class BoundedHTTPChannel(http.HTTPChannel):
         self._waiters: list[asyncio.Future] = []  # sends waiting for the client to catch up
         self._cut = False  # aborted: the client did not catch up within CLIENT_WRITE_SECONDS
         self._body_ended = False  # a body over the limit was ended early: the rest of it is never read
+        self._gateway = False  # the request being read is the gateway's (``_for_gateway``)
 
     def connectionMade(self) -> None:
         super().connectionMade()  # registers this channel as the transport's streaming producer
@@ -131,7 +136,8 @@ class BoundedHTTPChannel(http.HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         self._stop_deadline()
-        over = self.length is not None and self.length > settings.GATEWAY["MAX_BODY_BYTES"]
+        self._gateway = self._for_gateway()
+        over = self._gateway and self.length is not None and self.length > settings.GATEWAY["MAX_BODY_BYTES"]
         if over:  # the application refuses it from its Content-Length: the body is never needed
             self.requests[-1].requestHeaders.removeHeader(b"expect")  # no 100 Continue: don't send it
             self.length, self._transferDecoder = 0, None  # Twisted then hands the request on at once
@@ -145,12 +151,22 @@ class BoundedHTTPChannel(http.HTTPChannel):
         if self._body_ended:
             return  # the rest of a body over the limit, if the client sent it before TCP pushed back: dropped
         super().rawDataReceived(data)
-        if self._handlingRequest or not self.requests:
+        if self._handlingRequest or not self.requests or not self._gateway:
             return
         content = self.requests[-1].content  # a chunked body being read
         if content is not None and content.tell() > settings.GATEWAY["MAX_BODY_BYTES"]:
             self._end_body()
             self.allContentReceived()  # the application sees a body over the limit and refuses it
+
+    def _for_gateway(self) -> bool:
+        """The request being read is the gateway's (its application refuses a body it will not take, in order and
+        audited); the console's and the API's are read whole, as Django expects, or refused here."""
+        target = getattr(self, "_path", b"")
+        if target.startswith(_GATEWAY_PATHS):
+            return True
+        from gateway_project.routing import is_path_route_now  # needs the apps loaded
+
+        return is_path_route_now(target)
 
     def _end_body(self) -> None:
         """Read no more of this connection: its answer closes it."""
@@ -179,6 +195,11 @@ class BoundedHTTPChannel(http.HTTPChannel):
 
     def _too_slow(self, part: str, seconds: float) -> None:
         self._deadline = None
+        if part == "body" and self._gateway:  # the application refuses it after the key (``BODY_LATE``)
+            self.requests[-1].body_late = seconds
+            self._end_body()
+            self.allContentReceived()
+            return
         self._refuse(too_slow(part, seconds))
 
     def _refuse(self, error: GatewayError) -> None:

@@ -29,16 +29,21 @@ from daphne.ws_protocol import WebSocketProtocol
 from twisted.internet import defer, reactor
 
 from gateway_project.daphne_protocol import bounded_channel, channel_of
+from gateway_project.request_bounds import BODY_LATE
 
 _create_application = server.Server.create_application
 _handle_reply = server.Server.handle_reply
 
 
 def create_application(self, protocol, scope):
-    """Daphne's, but an HTTP request that arrives once the worker is stopping is refused with a 503, unrun."""
+    """Daphne's, but an HTTP request that arrives once the worker is stopping is refused with a 503, unrun; and one
+    whose body was late says so in its scope (``request_bounds.BODY_LATE``)."""
     if getattr(self, "stopping", False) and isinstance(protocol, WebRequest):
         protocol.basic_error(503, b"Service Unavailable", "The gateway is stopping; retry the request.")
         return None
+    late = getattr(protocol, "body_late", None)
+    if late is not None:
+        scope = {**scope, BODY_LATE: late}
     return _create_application(self, protocol, scope)
 
 

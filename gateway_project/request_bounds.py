@@ -1,11 +1,12 @@
 """The refusals of a request whose head or body breaks the gateway's bounds on its size or the time it takes.
 
 A request's head is bounded by the server's protocol (``uvicorn_protocol``,
-``daphne_protocol``), before any application or key check sees the request, and
-so is a body under Daphne, which reads it whole first; under uvicorn the body is
-bounded as the application reads it (``routing.exchange``). Under both servers the
-client gets the same answer: the gateway's JSON error, with a request id, and the
-connection closed.
+``daphne_protocol``), before any application or key check sees the request: the
+client gets the gateway's JSON error, with a request id, and the connection closed.
+A gateway request's body is refused by the application, after the key check, in the
+API's own shape and audited (``routing.exchange``): under uvicorn as it reads the body,
+under Daphne (which reads a body before the application runs) from what the channel
+hands on (``BODY_LATE``). The console's and the API's bodies keep the channel's 408.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from gateway_project.errors import GatewayError
 
 # The gateway's own paths (the proxy's), as opposed to the console's and the management API's.
 PROXY_PREFIXES = ("/v1/", "/agents/")
+# Scope key: Daphne handed on a gateway request whose body did not arrive within this many seconds (the application
+# refuses it 408 after the key check, as under uvicorn; ``daphne_protocol``).
+BODY_LATE = "gateway.body_late"
 REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 # Every gateway answer carries these (routing.exchange): nothing in it may act on the gateway's origin.
 ANSWER_HEADERS = b"x-content-type-options: nosniff\r\ncontent-security-policy: sandbox\r\n"

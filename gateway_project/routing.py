@@ -1,5 +1,7 @@
 """Which ASGI application serves which path."""
 
+from urllib.parse import unquote
+
 from channels.auth import AuthMiddlewareStack
 from channels.routing import URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
@@ -43,6 +45,15 @@ class GatewayHttpRouter:
         except Exception:  # no table yet (the database is away): Django answers, as before path routes
             return False
         return match(table.paths, path) is not None
+
+
+def is_path_route_now(target: bytes) -> bool:
+    """Whether a request target (path and query, raw) is a path route's in the routing table as last loaded, without
+    waiting: for a server's channel deciding how to read a body (``daphne_protocol``)."""
+    table = routing_table.last()
+    if table is None:
+        return False
+    return match(table.paths, unquote(target.partition(b"?")[0].decode("latin-1"))) is not None
 
 
 def _host(scope) -> bytes:

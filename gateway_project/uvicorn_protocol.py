@@ -6,7 +6,10 @@ never answered, and a head sent a byte at a time held its connection for ever.
 Both happen before the application (and so before any key check) sees the
 request, so they are bounded here: past ``GATEWAY_MAX_HEAD_BYTES`` the client gets
 431, past ``GATEWAY_HEAD_READ_SECONDS`` 408 (the gateway's JSON error,
-``request_bounds``), and the connection is closed.
+``request_bounds``), and the connection is closed. So is a console or API request's
+body past ``GATEWAY_BODY_READ_SECONDS`` from its head's end (Django waited for it as
+long as the client liked); a gateway request's body is bounded by the application,
+after the key check (``routing.exchange``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from django.conf import settings
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway_project.errors import GatewayError
-from gateway_project.request_bounds import head_too_large, raw_answer, too_slow
+from gateway_project.request_bounds import PROXY_PREFIXES, head_too_large, raw_answer, too_slow
+from gateway_project.routing import is_path_route_now
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -28,6 +32,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._in_head = True  # until this request's head is complete
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None  # of a console or API request's body
 
     def data_received(self, data: bytes) -> None:
         if not self._in_head:
@@ -48,14 +53,31 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._stop_timer()
         super().on_headers_complete()
+        path = self.scope.get("path")  # unset for a WebSocket upgrade
+        if path is not None and not path.startswith(PROXY_PREFIXES) and not is_path_route_now(self.scope["raw_path"]):
+            # Django's request (console, API): it reads the body whole before any view runs, unbounded in time
+            seconds = settings.GATEWAY["BODY_READ_SECONDS"]
+            self._body_timer = asyncio.get_running_loop().call_later(seconds, self._body_too_slow, self.cycle, seconds)
 
     def on_message_complete(self) -> None:
+        self._stop_body_timer()
         super().on_message_complete()
         self._in_head, self._head_bytes = True, 0  # the next request on this connection starts its own head
 
     def connection_lost(self, exc) -> None:
         self._stop_timer()
+        self._stop_body_timer()
         super().connection_lost(exc)
+
+    def _body_too_slow(self, cycle, seconds: float) -> None:
+        self._body_timer = None
+        if cycle is self.cycle and not cycle.response_started:
+            self._refuse(too_slow("body", seconds))
+
+    def _stop_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
 
     def _head_too_slow(self, seconds: float) -> None:
         self._head_timer = None

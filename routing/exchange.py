@@ -13,7 +13,7 @@ from audit.recorder import record_request
 from billing.pricing import nanos_to_usd
 from gateway_project.addresses import client_address
 from gateway_project.errors import GatewayError, bad_request
-from gateway_project.request_bounds import too_slow
+from gateway_project.request_bounds import BODY_LATE, too_slow
 from keys.access import KeySnapshot
 from routing.facts import RequestFacts
 from routing.upstream_url import raw_path_of
@@ -42,6 +42,7 @@ class Exchange:
         self.too_large = too_large
         self._send = send
         self._receive = receive  # set: the body is still to be read (``read_body``)
+        self._body_late: float | None = scope.get(BODY_LATE)  # Daphne gave up waiting for it
         self.body_done = asyncio.Event()
         if receive is None:
             self.body_done.set()
@@ -94,6 +95,16 @@ class Exchange:
         receive, self._receive = self._receive, None
         if receive is None:
             return self.body
+        if self._body_late is not None:
+            raise too_slow("body", self._body_late)
+        if any(
+            name == b"content-encoding" and value.replace(b",", b" ").lower().split() not in ([], [b"identity"])
+            for name, value in self.raw_headers
+        ):  # the body's size, documents and JSON would be what the gateway cannot see
+            raise GatewayError(
+                415, "invalid_request_error", "unsupported_content_encoding",
+                "The gateway reads request bodies as sent: send this one without a Content-Encoding.",
+            )  # fmt: skip
         limit = settings.GATEWAY["MAX_BODY_BYTES"]
         declared = self.headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
@@ -247,6 +258,29 @@ def parse_json(body: bytes):
     except UnicodeDecodeError:
         raise bad_request("The request body must be JSON encoded as UTF-8.", "invalid_json") from None
     try:
-        return json.loads(text)
+        node = json.loads(text)
     except (ValueError, RecursionError):
         raise bad_request("The request body is not valid JSON (or is nested too deeply).", "invalid_json") from None
+    if _nested_deeper_than(node, MAX_JSON_DEPTH, text):
+        raise bad_request(f"The request body is nested deeper than {MAX_JSON_DEPTH} levels.", "invalid_json")
+    return node
+
+
+# JSON this deep is read, then written again further down the stack (re-serialised for the upstream, stored in a
+# job): read near Python's recursion limit, a body failed there with a 500.
+MAX_JSON_DEPTH = 128
+
+
+def _nested_deeper_than(node, limit: int, text: str) -> bool:
+    if text.count("[") + text.count("{") <= limit:  # cannot be (the common case, counted in C)
+        return False
+    stack = [(node, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend((value, depth + 1) for value in node.values() if isinstance(value, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend((value, depth + 1) for value in node if isinstance(value, (dict, list)))
+    return False

@@ -408,8 +408,10 @@ def referenced_input_tokens(body: bytes) -> int:
             source = part.get("source")
             documents += not (isinstance(source, dict) and source.get("type") in ("text", "content"))
     allowance = settings.GATEWAY
-    hour_cache = len(body) if _caches_for_an_hour(node) else 0  # a write twice the input price: a token a byte more
-    return images * allowance["IMAGE_INPUT_TOKENS"] + documents * allowance["DOCUMENT_INPUT_TOKENS"] + hour_cache
+    referenced = images * allowance["IMAGE_INPUT_TOKENS"] + documents * allowance["DOCUMENT_INPUT_TOKENS"]
+    if _caches_for_an_hour(node):  # a write at twice the input price: the body and what it refers to, once more
+        return 2 * referenced + len(body)
+    return referenced
 
 
 def _caches_for_an_hour(node) -> bool:
@@ -432,7 +434,9 @@ def _caches_for_an_hour(node) -> bool:
 # are input the body does not show; OpenAI's search models' ``web_search_options``).
 METERED_TIERS = frozenset({"auto", "default", "flex"})
 UNPRICED_TOOL_TYPES = ("web_search", "web_fetch", "code_execution")
-UNPRICED_FIELDS = ("web_search_options", "mcp_servers", "container")
+# Billed beyond what the gateway can reserve: web searches, MCP and container time, and a predicted output's
+# rejected tokens (at the output price, past ``max_tokens``).
+UNPRICED_FIELDS = ("web_search_options", "mcp_servers", "container", "prediction")
 
 
 def refuse_unpriced(payload: dict, route) -> None:
@@ -484,14 +488,15 @@ def _unpriced(what: str, route) -> None:
     )
 
 
-_PIECES = re.compile(r"[A-Za-z0-9]+|[^\sA-Za-z0-9]")
+# As the tokenizers split text before merging (cl100k, o200k): a run of letters (a capital starts a new one), up
+# to three digits, or any one other character that is not a space; no token spans two of these pieces.
+_PIECES = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|[0-9]{1,3}|[^\sA-Za-z0-9]")
 
 
 def dense_input_estimate(body: bytes) -> int:
-    """Input tokens of ``body`` for a charge made without the upstream's count (an unread or cut answer): a token
-    for every four letters or digits of a word (at least one a word), and one for every other character that is not
-    a space. Four bytes a token charged a prompt of small numbers ("0 0 0 …", two bytes a token) half its bill."""
+    """Input tokens of ``body`` for a charge made without the upstream's count (an unread or cut answer): the pieces
+    the tokenizers split text into before merging (letters, digits, other characters; no token spans two), each a
+    token for every four letters (rounded up) or for up to three digits. Four letters a token charged "a1a1…" (a
+    token a character) a quarter of its bill, and four bytes a token a prompt of small numbers ("0 0 0 …") half."""
     text = body.decode("utf-8", "replace")
-    return sum(
-        max(1, len(piece) // 4) if piece[0].isalnum() and piece.isascii() else 1 for piece in _PIECES.findall(text)
-    )
+    return sum((len(piece) + 3) // 4 if piece[0].isalpha() else 1 for piece in _PIECES.findall(text))

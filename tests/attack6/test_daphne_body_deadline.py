@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 import pytest
 
@@ -57,3 +58,17 @@ def test_a_too_slow_body_on_the_messages_api_is_refused_in_anthropics_shape(impa
     status_line, body = _slow_post(impatient, "/v1/messages", raw)
     assert status_line.startswith(b"HTTP/1.1 408"), (status_line, body)
     assert body.get("type") == "error" and isinstance(body.get("error"), dict), body  # Anthropic's SDK reads this
+
+
+def test_a_too_slow_body_to_the_console_is_refused_in_time(impatient):
+    """The console's and the API's bodies are Django's: the server bounds them (no key to check first)."""
+    head = (
+        b"POST /console/login/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        b"Content-Length: 1000\r\n\r\nusername=a"
+    )
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", impatient.port), timeout=15) as conn:
+        conn.sendall(head)
+        answer = read_answer(conn)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert time.monotonic() - started < 5

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from billing.pricing import Price, PriceHistory, charge, quote
 from gateway_project.errors import GatewayError
-from routing.exchange import client_address, parse_json
-from routing.protocols import MAX_REPORTED_TOKENS, usage_from_headers, usage_from_json
+from routing.exchange import MAX_JSON_DEPTH, client_address, parse_json
+from routing.protocols import MAX_REPORTED_TOKENS, dense_input_estimate, usage_from_headers, usage_from_json
 from routing.sse import AnthropicStreamScanner, OpenAIStreamScanner
 from routing.upstream_url import check_raw_path, query_without_key, upstream_url
 
@@ -113,6 +113,40 @@ def test_json_nested_past_the_interpreters_limit_is_a_400():
     with pytest.raises(GatewayError) as refused:
         parse_json(b"[" * 200_000)
     assert refused.value.status == 400
+
+
+@SETTINGS
+@given(depth=st.integers(1, 2000), wide=st.integers(0, 300), as_object=st.booleans())
+def test_json_the_gateway_accepts_can_be_written_again_however_deep_the_stack(depth, wide, as_object):
+    """What ``parse_json`` lets through is written again (re-serialised, stored) deeper in the stack: at a depth
+    where the interpreter has little room left, ``json.dumps`` of it must still work."""
+    inner = b'{"a":' * depth + b"1" + b"}" * depth if as_object else b"[" * depth + b"]" * depth
+    body = b"[" + b"[]," * wide + inner + b"]"  # brackets enough to pass the quick count, shallow ones
+    try:
+        node = parse_json(body)
+    except GatewayError as refused:
+        assert (refused.status, refused.code) == (400, "invalid_json") and depth + 1 > MAX_JSON_DEPTH
+        return
+    assert depth + 1 <= MAX_JSON_DEPTH
+
+    def deep(levels):  # a call stack ~700 frames deep, as a request's tasks, adapters and encoders add up to
+        return deep(levels - 1) if levels else json.dumps(node)
+
+    assert json.loads(deep(700)) == node
+
+
+@SETTINGS
+@given(text=st.text(max_size=300))
+def test_an_unread_answers_input_is_charged_within_its_reservation_and_never_less_than_its_pieces(text):
+    """``dense_input_estimate`` charges an answer whose usage is unknown: at most a token a byte (what
+    ``input_bound`` reserved), at least a token for each switch between letters, digits and other characters (no
+    tokenizer merges across one: "a1a1…" is a token a character)."""
+    body = text.encode()
+    estimate = dense_input_estimate(body)
+    assert estimate <= len(body)
+    kinds = [("L" if c.isascii() and c.isalpha() else "D" if c.isascii() and c.isdigit() else c) for c in text]
+    runs = sum(1 for i, kind in enumerate(kinds) if not text[i].isspace() and (i == 0 or kind != kinds[i - 1]))
+    assert estimate >= runs
 
 
 json_values = st.recursive(
