@@ -7,6 +7,7 @@ same address everywhere.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from django.conf import settings
@@ -54,6 +55,7 @@ def request_address(request) -> str | None:
     return address
 
 
+@functools.lru_cache(maxsize=4096)  # callers come back: parsing an address each request cost more than the look-up
 def counted_as(address: str | None, ipv6_prefix: int) -> str:
     """What a limit per client address counts ``address`` under: an IPv4 address itself (an IPv4-mapped IPv6
     address too, as a dual-stack socket shows IPv4 clients), an IPv6 address by its network of ``ipv6_prefix`` bits.

@@ -11,7 +11,7 @@ hands on (``BODY_LATE``). The console's and the API's bodies keep the channel's 
 
 from __future__ import annotations
 
-import uuid
+import os
 
 from gateway_project.errors import GatewayError
 
@@ -40,7 +40,7 @@ def too_slow(part: str, seconds: float) -> GatewayError:
 
 def raw_answer(error: GatewayError) -> bytes:
     """The whole HTTP/1.1 answer to a request refused before any application saw it, closing the connection."""
-    request_id = uuid.uuid4().hex
+    request_id = os.urandom(16).hex()
     body = error.body(request_id)
     return (
         b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n"
