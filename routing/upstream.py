@@ -123,19 +123,20 @@ def _note_sent() -> None:
         attempt.sent = True
 
 
-async def _aiohttp_headers_sent(session, context, params) -> None:
-    _note_sent()  # run in the task that sends, so it sees that task's attempt
+class _SentNotingRequest(aiohttp.ClientRequest):
+    """aiohttp's request, noting the attempt sent once its head is handed to the connection (in the task that
+    sends, so it sees that task's attempt). A ``TraceConfig`` did the same, at the cost of trace objects and signals
+    for every request and every chunk each way."""
+
+    async def send(self, conn):
+        response = await super().send(conn)
+        _note_sent()
+        return response
 
 
 async def _httpcore_trace(event: str, info: dict) -> None:
     if event == "http11.send_request_headers.complete":
         _note_sent()
-
-
-def _sent_trace() -> aiohttp.TraceConfig:
-    config = aiohttp.TraceConfig()
-    config.on_request_headers_sent.append(_aiohttp_headers_sent)
-    return config
 
 
 current_attempt: ContextVar[AttemptProbe | None] = ContextVar("current_attempt", default=None)
@@ -177,7 +178,7 @@ def _aiohttp_session(limits: httpx.Limits) -> aiohttp.ClientSession:
         resolver=CheckedResolver(),
     )
     return aiohttp.ClientSession(
-        connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False, trace_configs=[_sent_trace()]
+        connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False, request_class=_SentNotingRequest
     )
 
 
