@@ -9,12 +9,12 @@ released with one that feeds the attempt's outcome to the circuit breaker.
 from __future__ import annotations
 
 import math
-import os
 import random
 from dataclasses import dataclass
 
 from gateway_project.errors import GatewayError
 from gateway_project.hotstate import BreakerRule, HotState, TargetAcquire, TargetRelease, TargetState, get_hot_state
+from gateway_project.ids import new_id
 from routing.table import AgentRoute, TargetRoute
 
 # The name of the one target of an agent that has none of its own (its ``upstream_url``).
@@ -111,7 +111,7 @@ async def acquire(route: AgentRoute, tried: set[str], lease_seconds: float) -> L
     lease_ms = round(lease_seconds * 1000)
     for target in ranked:
         key = target_key(store, route.slug, target.name)
-        name = os.urandom(16).hex()
+        name = new_id()
         verdict, wait_ms = await store.target_acquire(key, name, target.max_concurrent, lease_ms)
         if verdict in ("ok", "probe"):
             return Lease(route, target, key, name, verdict == "probe")
@@ -128,7 +128,7 @@ def first_lease(route: AgentRoute) -> tuple[Lease, TargetAcquire] | None:
         return None
     target = order(route.strategy, list(targets), None, random)[0]
     store = get_hot_state()
-    lease = Lease(route, target, target_key(store, route.slug, target.name), os.urandom(16).hex(), False)
+    lease = Lease(route, target, target_key(store, route.slug, target.name), new_id(), False)
     lease_ms = round((route.timeout + LEASE_MARGIN_SECONDS) * 1000)
     return lease, TargetAcquire(lease.key, lease.name, target.max_concurrent, lease_ms)
 

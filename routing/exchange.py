@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 
 from django.conf import settings
@@ -13,6 +12,7 @@ from audit.recorder import record_request
 from billing.pricing import nanos_to_usd
 from gateway_project.addresses import client_address
 from gateway_project.errors import GatewayError, bad_request
+from gateway_project.ids import new_id
 from gateway_project.request_bounds import BODY_LATE, too_slow
 from keys.access import KeySnapshot
 from routing.facts import RequestFacts
@@ -30,7 +30,7 @@ class ClientLeft(Exception):
 
 class Exchange:
     def __init__(self, scope: dict, body: bytes, too_large: bool, send, receive=None):
-        self.request_id = os.urandom(16).hex()  # as uuid4().hex reads, without building a UUID
+        self.request_id = new_id()
         self.started = time.perf_counter()
         self.method: str = scope["method"]
         self.path: str = scope["path"]
