@@ -18,23 +18,31 @@ from tests.attack.helpers import Answering, chat_answer
 from tests.servers import ScriptedUpstream, scripted_upstreams
 
 CHAT = "/v1/chat/completions"
-TEXT = "0 " * 29_900  # the fourth attack's dense prompt: " 0" is one token, so 29,900 tokens in 59,800 bytes
-BILLED_INPUT = 29_900
+# (prompt, the input tokens an honest upstream bills for it)
+PROMPTS = [
+    # The fourth attack's dense prompt: " 0" is one token, so 29,900 tokens in 59,800 bytes.
+    pytest.param("0 " * 29_900, 29_900, id="small-numbers"),
+    # The sixth attack's: OpenAI's tokenizers never merge a letter with a digit (``\p{L}+`` and ``\p{N}{1,3}`` are
+    # separate alternatives of their split pattern), so "a1a1..." is at least a token a character; counted four
+    # characters a token it was charged a quarter.
+    pytest.param("a1" * 29_000, 58_000, id="letters-and-digits"),
+]
 
 
-def _body(model: str, **extra) -> dict:
-    return {"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": TEXT}], **extra}
+def _body(model: str, text: str, **extra) -> dict:
+    return {"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": text}], **extra}
 
 
-def test_a_client_that_hangs_up_before_the_answer_pays_the_prompt_billed(provider_at, gateway, make_key, audit_of):
+@pytest.mark.parametrize(("text", "billed"), PROMPTS)
+def test_a_client_that_hangs_up_before_the_answer_pays_the_prompt_billed(provider_at, gateway, make_key, text, billed):
     gate = threading.Event()
     with scripted_upstreams(Answering) as make:
-        upstream = make(lambda head, body: chat_answer(BILLED_INPUT), gate)
+        upstream = make(lambda head, body: chat_answer(billed), gate)
         agent = provider_at(upstream.url, timeout_seconds=20)
         raw, key = make_key()
         with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {raw}"}, timeout=3) as client:
             with pytest.raises(httpx.ReadTimeout):
-                client.post(CHAT, json=_body(agent.slug))
+                client.post(CHAT, json=_body(agent.slug, text))
         from audit.models import AuditRecord
         from tests.waiting import wait_for
 
@@ -43,8 +51,8 @@ def test_a_client_that_hangs_up_before_the_answer_pays_the_prompt_billed(provide
     assert upstream.requests, "the prompt never reached the upstream"
     assert record is not None
     charged = record.details.get("unread_attempts_charged") or [{}]
-    assert record.input_tokens >= BILLED_INPUT, (
-        f"the upstream bills {BILLED_INPUT} input tokens for the prompt it was sent; the client that hung up was "
+    assert record.input_tokens >= billed, (
+        f"the upstream bills {billed} input tokens for the prompt it was sent; the client that hung up was "
         f"charged {record.input_tokens} ({charged})"
     )
 
@@ -55,7 +63,8 @@ def _chunk(text: str) -> bytes:
     return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
 
-def test_a_stream_cut_before_its_usage_pays_the_prompt_billed(provider_at, gateway, make_key):
+@pytest.mark.parametrize(("text", "billed"), PROMPTS)
+def test_a_stream_cut_before_its_usage_pays_the_prompt_billed(provider_at, gateway, make_key, text, billed):
     """OpenAI sends a stream's usage in its last chunk: a client that leaves after the first chunk is charged its
     input as estimated from the body, half what this prompt bills."""
     held = threading.Event()
@@ -66,7 +75,7 @@ def test_a_stream_cut_before_its_usage_pays_the_prompt_billed(provider_at, gatew
         agent = provider_at(upstream.url, timeout_seconds=20)
         raw, key = make_key()
         with gateway.client(raw) as client:
-            with client.stream("POST", CHAT, json=_body(agent.slug, stream=True)) as response:
+            with client.stream("POST", CHAT, json=_body(agent.slug, text, stream=True)) as response:
                 assert response.status_code == 200
                 next(response.iter_raw())  # the first chunk: then the client leaves
         from audit.models import AuditRecord
@@ -75,4 +84,4 @@ def test_a_stream_cut_before_its_usage_pays_the_prompt_billed(provider_at, gatew
         record = wait_for(lambda: AuditRecord.objects.filter(api_key_id=key.pk).first(), 15)
         held.set()
     assert record is not None
-    assert record.input_tokens >= BILLED_INPUT, (record.input_tokens, record.details)
+    assert record.input_tokens >= billed, (record.input_tokens, record.details)
