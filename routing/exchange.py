@@ -97,7 +97,7 @@ class Exchange:
             return self.body
         if self._body_late is not None:
             raise too_slow("body", self._body_late)
-        if any(
+        if b"content-encoding" in self.headers and any(  # looked for in the dict first: most bodies have none
             name == b"content-encoding" and value.replace(b",", b" ").lower().split() not in ([], [b"identity"])
             for name, value in self.raw_headers
         ):  # the body's size, documents and JSON would be what the gateway cannot see
