@@ -29,22 +29,39 @@ from daphne.ws_protocol import WebSocketProtocol
 from twisted.internet import defer, reactor
 
 from gateway_project.daphne_protocol import bounded_channel, channel_of
-from gateway_project.request_bounds import BODY_LATE
+from gateway_project.request_bounds import BODY_BOUNDED, BODY_LATE, ON_HANG_UP, REPORTS_HANG_UP
 
 _create_application = server.Server.create_application
 _handle_reply = server.Server.handle_reply
+_connection_lost = WebRequest.connectionLost
 
 
 def create_application(self, protocol, scope):
-    """Daphne's, but an HTTP request that arrives once the worker is stopping is refused with a 503, unrun; and one
-    whose body was late says so in its scope (``request_bounds.BODY_LATE``)."""
+    """Daphne's, but an HTTP request that arrives once the worker is stopping is refused with a 503, unrun.
+
+    Every HTTP request's scope says the server bounds its body (``request_bounds.BODY_BOUNDED``: it is whole before
+    the application runs) and reports a lost connection (``REPORTS_HANG_UP``, ``connection_lost``), and one whose
+    body was late says so (``BODY_LATE``)."""
     if getattr(self, "stopping", False) and isinstance(protocol, WebRequest):
         protocol.basic_error(503, b"Service Unavailable", "The gateway is stopping; retry the request.")
         return None
-    late = getattr(protocol, "body_late", None)
-    if late is not None:
-        scope = {**scope, BODY_LATE: late}
+    if isinstance(protocol, WebRequest):  # its body is whole before the application runs, or late
+        scope = {**scope, BODY_BOUNDED: True, REPORTS_HANG_UP: True}
+        late = getattr(protocol, "body_late", None)
+        if late is not None:
+            scope[BODY_LATE] = late
+        protocol.gateway_scope = scope
     return _create_application(self, protocol, scope)
+
+
+def connection_lost(self, reason):
+    """Daphne's, then the application's ``ON_HANG_UP``, if it set one: its request ends at once."""
+    _connection_lost(self, reason)
+    scope = getattr(self, "gateway_scope", None)
+    hang_up = scope.get(ON_HANG_UP) if scope is not None else None
+    if hang_up is not None:
+        scope.pop(ON_HANG_UP)  # once
+        hang_up()
 
 
 async def handle_reply(self, protocol, message):
@@ -111,6 +128,7 @@ server.Server.create_application = create_application
 WebSocketProtocol.onMessage = on_message
 server.Server.kill_all_applications = kill_all_applications
 server.Server.handle_reply = handle_reply
+WebRequest.connectionLost = connection_lost
 HTTPFactory.protocol = bounded_channel
 
 if __name__ == "__main__":

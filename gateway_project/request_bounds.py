@@ -4,9 +4,11 @@ A request's head is bounded by the server's protocol (``uvicorn_protocol``,
 ``daphne_protocol``), before any application or key check sees the request: the
 client gets the gateway's JSON error, with a request id, and the connection closed.
 A gateway request's body is refused by the application, after the key check, in the
-API's own shape and audited (``routing.exchange``): under uvicorn as it reads the body,
-under Daphne (which reads a body before the application runs) from what the channel
-hands on (``BODY_LATE``). The console's and the API's bodies keep the channel's 408.
+API's own shape and audited (``routing.exchange``), from what the server's protocol
+says in the scope (``BODY_LATE``): under Daphne, which reads a body before the
+application runs, once the channel gave up waiting for it; under uvicorn, when the
+protocol's timer from the head's end fires while the application still waits for
+it. The console's and the API's bodies keep the server's 408.
 """
 
 from __future__ import annotations
@@ -20,6 +22,15 @@ PROXY_PREFIXES = ("/v1/", "/agents/")
 # Scope key: Daphne handed on a gateway request whose body did not arrive within this many seconds (the application
 # refuses it 408 after the key check, as under uvicorn; ``daphne_protocol``).
 BODY_LATE = "gateway.body_late"
+# Scope key: the server bounds this gateway request's body in time itself (Daphne hands the application a whole
+# body or ``BODY_LATE``; uvicorn's protocol sets ``BODY_LATE`` and wakes the reader when the time is up), so the
+# application need not keep a timer of its own per request.
+BODY_BOUNDED = "gateway.body_bounded"
+# Scope keys: the server's protocol (``uvicorn_protocol``, ``daphne_worker``) says it calls what the application
+# puts under ``ON_HANG_UP`` when the client's connection is lost, so the application keeps no task a request
+# waiting for the disconnect (``routing.consumers``).
+REPORTS_HANG_UP = "gateway.reports_hang_up"
+ON_HANG_UP = "gateway.on_hang_up"
 REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 # Every gateway answer carries these (routing.exchange): nothing in it may act on the gateway's origin.
 ANSWER_HEADERS = b"x-content-type-options: nosniff\r\ncontent-security-policy: sandbox\r\n"

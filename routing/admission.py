@@ -219,7 +219,7 @@ async def admit_anonymous(ex: Exchange, facts: RequestFacts) -> Ticket:
     route, path_route = facts.route, facts.path_route
     rates, slots = capacity_checks(store, route)
     rates = path_route_check(store, path_route) + rates
-    result = await admitted(store, rates, slots, [])
+    result = await admitted(store, rates, slots, [], ex=ex)
     if not result.ok:
         if result.failed == "route_requests":
             raise _route_refusal(path_route, result.retry_after_ms)
@@ -267,10 +267,10 @@ async def admit(ex: Exchange, facts: RequestFacts, *, take_target: bool = False,
     checks += path_route_check(store, path_route) + agent_rates
     slots += agent_slots
     first = balance.first_lease(route) if take_target and route is not None else None
-    result = await admitted(store, checks, slots, budgets, first)
+    result = await admitted(store, checks, slots, budgets, first, ex)
     lease = _taken(first, result.target)
     try:
-        result = await _seeded_admission(store, result, checks, slots, budgets, rules, periods)
+        result = await _seeded_admission(store, result, checks, slots, budgets, rules, periods, ex)
         if not result.ok:
             _refuse(key, result, rules, periods, route, path_route)
     except BaseException:
@@ -308,19 +308,38 @@ def answer_seconds(route: AgentRoute | None) -> float:
 
 async def within_deadline(ex: Exchange, ticket: Ticket, call) -> None:
     """Run ``call(ticket)`` until the ticket's ``answer_by``: a stream that outlasts it is cut (and charged for what
-    was relayed), before its reservation could lapse and let others spend what it is about to."""
+    was relayed), before its reservation could lapse and let others spend what it is about to.
+
+    A timer of the loop's own that cancels the task, as ``asyncio.timeout`` does, without its context manager's
+    bookkeeping: every metered request passes here, and the deadline almost never fires.
+    """
     left = ticket.answer_by - time.time()
+    if not math.isfinite(left):
+        await call(ticket)
+        return
+    task = asyncio.current_task()
+    cancelling = task.cancelling()
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    timer = asyncio.get_running_loop().call_later(max(0.0, left), expire)
     try:
-        async with asyncio.timeout(left if math.isfinite(left) else None) as scope:
-            await call(ticket)
-    except TimeoutError:
-        if not scope.expired():
+        await call(ticket)
+    except asyncio.CancelledError:
+        # Ours only if nothing else (a hang-up, the server stopping) asked for the cancellation too.
+        if not expired or task.uncancel() > cancelling:
             raise
         ex.details["answer_deadline_seconds"] = round(ex.elapsed_ms() / 1000, 1)
         raise GatewayError(
             504, "timeout_error", "answer_deadline",
             f"The answer took longer than the gateway allows a request ({round(left, 1):g} s); it was cut off.",
         ) from None  # fmt: skip
+    finally:
+        timer.cancel()
 
 
 # A reservation outlives its request's deadline by this much before it lapses: time for the settle.
@@ -385,15 +404,32 @@ def output_cap(max_output: int | None, default_output: int | None) -> int:
     return max_output or default_output or settings.GATEWAY["DEFAULT_MAX_OUTPUT_TOKENS"]
 
 
-async def admitted(store: HotState, rates, slots, budgets, first=None):
+async def admitted(store: HotState, rates, slots, budgets, first=None, ex: Exchange | None = None):
     """``store.admit``, seen through even when the caller is cancelled (its client hung up) while it runs.
 
     The script may already have taken slots, reservations and a target when the
     cancellation lands, and no ticket exists yet to give them back: they are given
     back here, once it has run, before the cancellation goes on. Else every hang-up
-    during admission would hold an agent's shared slots until they lapsed.
+    during admission would hold an agent's shared slots until they lapsed. With the
+    request's exchange, when its client's hang-up is the one thing that cancels it (the
+    proxy's, ``Exchange.serve_in``), the hang-up waits for the script
+    (``Exchange.hang_up_held``), which then runs in the request's own task: no task and
+    no shield a request. Otherwise (a retry's or a fallback's admission, under the
+    answer's deadline; a WebSocket session's) the script runs in a task of its own, shielded.
     """
-    call = asyncio.ensure_future(store.admit(rates, slots, budgets, first[1] if first else None))
+    acquire = first[1] if first else None
+    if ex is not None and ex.defers_hang_up:
+        ex.hang_up_held += 1
+        try:
+            result = await store.admit(rates, slots, budgets, acquire)
+        finally:
+            ex.hang_up_held -= 1
+        if ex.hang_up_pending and not ex.hang_up_held:
+            ex.hang_up_pending = False
+            await _give_back_taken(store, result, slots, budgets, first)
+            raise asyncio.CancelledError
+        return result
+    call = asyncio.ensure_future(store.admit(rates, slots, budgets, acquire))
     try:
         return await asyncio.shield(call)
     except asyncio.CancelledError:
@@ -406,6 +442,11 @@ async def _undo(store: HotState, call: asyncio.Future, slots, budgets, first) ->
         result = await call
     except Exception:  # it failed: it took nothing
         return
+    await _give_back_taken(store, result, slots, budgets, first)
+
+
+async def _give_back_taken(store: HotState, result, slots, budgets, first) -> None:
+    """What an admission that is not going on took: its lease on the first target, its slots and reservations."""
     lease = _taken(first, result.target)
     if lease is not None:
         await balance.release(lease, "none", -1)
@@ -422,13 +463,13 @@ def _taken(first, verdict) -> balance.Lease | None:
     return lease
 
 
-async def _seeded_admission(store, result, checks, slots, budgets, rules, periods):
+async def _seeded_admission(store, result, checks, slots, budgets, rules, periods, ex=None):
     if result.failed == "seed":
         # A new window or an emptied Redis: count the window's spend from the database once, then ask again.
         missing = result.unseeded
         spent = await _seeds_for([rules[i] for i in missing], [periods[i] for i in missing])
         await store.seed([budgets[i] for i in missing], spent)
-        result = await admitted(store, checks, slots, budgets)
+        result = await admitted(store, checks, slots, budgets, ex=ex)
     return result
 
 

@@ -7,6 +7,7 @@ import contextlib
 
 from channels.generic.http import AsyncHttpConsumer
 
+from gateway_project.request_bounds import ON_HANG_UP, REPORTS_HANG_UP
 from routing.endpoints import serve
 from routing.exchange import Exchange
 
@@ -32,11 +33,33 @@ class ProxyConsumer(AsyncHttpConsumer):
         self.scope = scope
         # The body is read by the endpoint once the caller may come in (``Exchange.read_body``), never before.
         exchange = Exchange(scope, b"", False, send, receive)
-        await self._serve_until_disconnect(exchange, receive)
+        if scope.get(REPORTS_HANG_UP):
+            await self._serve_until_hung_up(exchange, scope)
+        else:
+            await self._serve_until_disconnect(exchange, receive)
+
+    @staticmethod
+    async def _serve_until_hung_up(exchange: Exchange, scope) -> None:
+        """Under the gateway's server protocols, which call ``ON_HANG_UP`` when the client's connection is lost."""
+        exchange.serve_in(asyncio.current_task())
+
+        def hung_up() -> None:
+            if not exchange.response_finished:
+                exchange.hang_up()  # stop the upstream call; serve() still settles and audits
+
+        scope[ON_HANG_UP] = hung_up
+        try:
+            await serve(exchange)
+        except asyncio.CancelledError:
+            if not exchange.client_left:
+                raise  # the server is shutting down, not the client leaving
+        finally:
+            scope.pop(ON_HANG_UP, None)
 
     @staticmethod
     async def _serve_until_disconnect(exchange: Exchange, receive) -> None:
-        this_task = asyncio.current_task()
+        """Under any other server: a task waits for its ``http.disconnect``."""
+        exchange.serve_in(asyncio.current_task())
         left = asyncio.Event()
 
         async def watch():
@@ -45,8 +68,7 @@ class ProxyConsumer(AsyncHttpConsumer):
                 pass
             if not exchange.response_finished:
                 left.set()
-                exchange.client_left = True
-                this_task.cancel()  # stop the upstream call; serve() still settles and audits
+                exchange.hang_up()  # stop the upstream call; serve() still settles and audits
 
         watcher = asyncio.ensure_future(watch())
         try:

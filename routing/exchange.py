@@ -13,7 +13,7 @@ from billing.pricing import nanos_to_usd
 from gateway_project.addresses import client_address
 from gateway_project.errors import GatewayError, bad_request
 from gateway_project.ids import new_id
-from gateway_project.request_bounds import BODY_LATE, too_slow
+from gateway_project.request_bounds import BODY_BOUNDED, BODY_LATE, too_slow
 from keys.access import KeySnapshot
 from routing.facts import RequestFacts
 from routing.upstream_url import raw_path_of
@@ -42,11 +42,16 @@ class Exchange:
         self.too_large = too_large
         self._send = send
         self._receive = receive  # set: the body is still to be read (``read_body``)
-        self._body_late: float | None = scope.get(BODY_LATE)  # Daphne gave up waiting for it
+        self._scope = scope  # the server's protocol may mark the body late in it while it is read (BODY_LATE)
         self.body_done = asyncio.Event()
         if receive is None:
             self.body_done.set()
         self.client_left = False
+        # While > 0, a client's hang-up does not cancel the request at once (``hang_up``): the admission script is
+        # running, and what it takes must be known to be given back.
+        self.hang_up_held = 0
+        self.hang_up_pending = False
+        self._task: asyncio.Task | None = None
         client = scope.get("client")
         trusted = settings.GATEWAY["TRUSTED_PROXIES"]
         forwarded = [value for name, value in scope["headers"] if name == b"x-forwarded-for"] if trusted else []
@@ -95,8 +100,9 @@ class Exchange:
         receive, self._receive = self._receive, None
         if receive is None:
             return self.body
-        if self._body_late is not None:
-            raise too_slow("body", self._body_late)
+        scope = self._scope
+        if BODY_LATE in scope:
+            raise too_slow("body", scope[BODY_LATE])
         if b"content-encoding" in self.headers and any(  # looked for in the dict first: most bodies have none
             name == b"content-encoding" and value.replace(b",", b" ").lower().split() not in ([], [b"identity"])
             for name, value in self.raw_headers
@@ -110,29 +116,40 @@ class Exchange:
         if declared.isdigit() and int(declared) > limit:
             self.too_large = True
             return self.body  # not read: the server drops the rest with the connection
-        chunks: list[bytes] = []
-        size = 0
-        seconds = settings.GATEWAY["BODY_READ_SECONDS"]
-        try:
-            async with asyncio.timeout(seconds):  # a body sent a byte at a time holds a connection, not for ever
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        self.client_left = True
-                        raise ClientLeft
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > limit:
-                        break  # not read further: the server drops the rest with the connection
-                    chunks.append(chunk)
-                    if not message.get("more_body"):
-                        break
-        except TimeoutError:
-            raise too_slow("body", seconds) from None
-        self.too_large = size > limit
-        self.body = b"" if self.too_large else b"".join(chunks)
+        if scope.get(BODY_BOUNDED):  # the server times the body (and wakes this read when it is late)
+            chunks = await self._read_chunks(receive, limit)
+        else:
+            seconds = settings.GATEWAY["BODY_READ_SECONDS"]
+            try:
+                async with asyncio.timeout(seconds):  # a body sent a byte at a time holds a connection, not for ever
+                    chunks = await self._read_chunks(receive, limit)
+            except TimeoutError:
+                raise too_slow("body", seconds) from None
+        self.body = b"".join(chunks) if chunks is not None else b""
+        self.too_large = chunks is None
         self.body_done.set()
         return self.body
+
+    async def _read_chunks(self, receive, limit: int) -> list[bytes] | None:
+        """The body's chunks as they arrive, or None once past ``limit`` (not read further: the server drops the
+        rest with the connection). 408 when the server marks it late, ``ClientLeft`` when the client goes."""
+        chunks: list[bytes] = []
+        size = 0
+        scope = self._scope
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.client_left = True
+                raise ClientLeft
+            if BODY_LATE in scope:
+                raise too_slow("body", scope[BODY_LATE])
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return chunks
 
     async def ensure_size(self) -> None:
         """Read the body; raise 413 if it was over the limit (it was not kept)."""
@@ -153,6 +170,24 @@ class Exchange:
     def header(self, name: bytes, default: str = "") -> str:
         value = self.headers.get(name)
         return value.decode("latin-1") if value is not None else default
+
+    def serve_in(self, task: asyncio.Task) -> None:
+        """``task`` serves this exchange: the one ``hang_up`` cancels."""
+        self._task = task
+
+    @property
+    def defers_hang_up(self) -> bool:
+        """Whether a hang-up of this exchange's client is what cancels its task, and so may wait (``hang_up``)."""
+        return self._task is not None
+
+    def hang_up(self) -> None:
+        """The client went away: cancel the request's task, stopping the upstream call (``serve`` still settles and
+        audits), or, while an admission runs (``hang_up_held``), as soon as it has returned what it took."""
+        self.client_left = True
+        if self.hang_up_held:
+            self.hang_up_pending = True
+        elif self._task is not None:
+            self._task.cancel()
 
     # --- response -------------------------------------------------------
     def speak_anthropic(self) -> None:

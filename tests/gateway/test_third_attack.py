@@ -151,6 +151,30 @@ def test_an_admission_cancelled_while_it_runs_gives_back_what_it_took():
     assert asyncio.run(scenario()).ok  # the one slot is free again
 
 
+def test_a_proxy_request_whose_client_hangs_up_while_it_is_admitted_gives_back_what_it_took():
+    """The proxy's own requests run the admission in their task: the hang-up waits for the script, then the
+    request is cancelled with what the script took given back (no task, no shield a request)."""
+    from routing.exchange import Exchange
+
+    store = SlowStore()
+    slot = ConcurrencySlot("agent_concurrency", store.key("agent-conc", "b"), 1)
+    scope = {"method": "POST", "path": CHAT, "raw_path": CHAT.encode(), "headers": [], "client": ("127.0.0.1", 1)}
+
+    async def scenario():
+        ex = Exchange(scope, b"", False, None)
+        task = asyncio.ensure_future(admitted(store, [], [slot], [], ex=ex))
+        ex.serve_in(task)
+        await asyncio.sleep(0.05)  # the script has run; its answer is on its way
+        ex.hang_up()
+        assert not task.cancelled() and ex.hang_up_pending  # not cut in the middle of the round trip
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert ex.client_left
+        return await MemoryHotState.admit(store, [], [slot], [])
+
+    assert asyncio.run(scenario()).ok  # the one slot is free again
+
+
 # --- heads and bodies that never finish -------------------------------------------------------------------
 
 
@@ -234,6 +258,20 @@ def test_a_request_head_sent_a_byte_at_a_time_is_a_408_after_the_deadline(impati
         conn.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: a")
         # Each byte would reset an idle timeout: the head's deadline counts from its first byte.
         assert_refused(conn, dripping(conn, b"a"), 408, "request_head_timeout")
+
+
+def test_a_second_head_begun_in_the_same_write_as_a_whole_request_has_the_head_deadline(impatient_gateway):
+    """uvicorn's protocol starts the head's timer once a read is parsed, for a head left unfinished: here the read
+    held a whole request and the first bytes of the next, which must be timed too (no further byte comes to start
+    a timer, and uvicorn's own keep-alive timeout would close the connection unanswered)."""
+    whole = b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=15) as conn:
+        conn.sendall(whole + b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: a")
+        first = read_answer(conn)
+        assert first.startswith(b"HTTP/1.1 401"), first[:300]
+        started = time.monotonic()
+        assert_refused(conn, read_answer(conn), 408, "request_head_timeout")
+    assert time.monotonic() - started < 4
 
 
 def test_a_keep_alive_connection_may_idle_between_requests_past_the_head_deadline(impatient_gateway, make_key):

@@ -87,22 +87,33 @@ def assert_charged_worst_case(record, agent):
     assert row.cost_usd == record.cost_usd >= Decimal("0.06")
 
 
+@pytest.fixture(scope="module")
+def uvicorn_gateway(seeded):
+    server = Gateway(server="uvicorn")
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("server", ["daphne", "uvicorn"])
 @pytest.mark.parametrize("path", [CHAT, "/agents/{slug}/v1/chat/completions"])
 def test_a_client_that_hangs_up_before_a_non_streamed_answer_pays_its_worst_case(
-    path, upstream, provider_at, gateway, make_key
+    server, path, upstream, provider_at, gateway, make_key, request
 ):
+    """Under both servers the hang-up reaches the request at once (the server's protocol reports it: no task
+    waits for it), while the upstream still holds the answer."""
+    on = gateway if server == "daphne" else request.getfixturevalue("uvicorn_gateway")
     never = threading.Event()
-    server = upstream(never, ANSWER)
-    agent = provider_at(server.url, timeout_seconds=30)
+    held = upstream(never, ANSWER)
+    agent = provider_at(held.url, on=on, timeout_seconds=30)
     raw, key = make_key()
     body = json.dumps(chat(agent.slug if path == CHAT else "gpt-4o-mini")).encode()
-    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as conn:
+    with socket.create_connection(("127.0.0.1", on.port), timeout=10) as conn:
         conn.sendall(
             f"POST {path.format(slug=agent.slug)} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {raw}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
-        assert server.arrived.wait(10)  # the upstream has the prompt, and will bill it
+        assert held.arrived.wait(10)  # the upstream has the prompt, and will bill it
     record = record_of(key)  # the client is gone
     never.set()
     assert record.error_type == "client_disconnected"
