@@ -31,7 +31,6 @@ import logging
 import math
 import time
 import uuid
-from dataclasses import replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from functools import partial
@@ -237,7 +236,7 @@ def ticket_of(state: dict, facts: RequestFacts) -> Ticket:
     quoted = state["quote"]
     price = Price(quoted["model"], Decimal(quoted["input"]), Decimal(quoted["output"]))
     demand = Demand(**state["demand"]) if "demand" in state else Demand(state["estimated_tokens"], None, None, 0)
-    facts = replace(facts, requested=state["requested"], quote=Quote(quoted["model"], price), demand=demand)
+    facts = facts._replace(requested=state["requested"], quote=Quote(quoted["model"], price), demand=demand)
     ticket = Ticket(facts, get_hot_state(), rules, budgets, periods, state["estimated_tokens"], state["slot_keys"])
     ticket.answer_by = state.get("answer_by") or math.inf  # jobs queued before deadlines were kept have none
     return ticket

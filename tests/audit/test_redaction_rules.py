@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from audit.models import AdminAction, RedactionRule
 from audit.recorder import record_request
@@ -316,3 +319,19 @@ def test_the_clients_api_exposes_the_preview_switch(api_as):
 
 def test_compiled_builtins_match_the_defaults():
     assert compile_rules(r for r in BUILTIN_RULES if r.enabled) == DEFAULT_RULES
+
+
+# Text made of what the built-in rules look for: digits and their separators, "@", colons and hex, key prefixes.
+_PIECES = st.sampled_from(
+    ["0", "1", "4", "9", "12", "123", "4111", "-", " ", ".", ":", "::", "(", ")", "+", "@", "a", "F", "x", "é",
+     "agk_", "sk-", "sk-ant-", "Bearer ", "BEARER\t", "example.org", "_", "\n"]
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=st.lists(_PIECES, max_size=40).map("".join) | st.text(max_size=80))
+def test_a_built_in_rule_s_quick_test_never_skips_text_its_pattern_would_change(text):
+    """``CompiledRule.needs`` only lets a rule skip text its pattern cannot match: with and without it, the same."""
+    for rule in compile_rules(BUILTIN_RULES):
+        assert rule.needs is not None, rule.name
+        assert rule.apply(text) == dataclasses.replace(rule, needs=None).apply(text), (rule.name, text)
