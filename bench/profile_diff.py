@@ -32,8 +32,9 @@ def _where(file: str) -> str:
     return "/".join(parts[-2:]) if len(parts) >= 2 else file
 
 
-def load(directory: Path) -> tuple[Counter, Counter, float]:
-    """Samples by function (its own, and anywhere on the stack), and all running samples."""
+def load(directory: Path, under: str | None = None) -> tuple[Counter, Counter, float]:
+    """Samples by function (its own, and anywhere on the stack), and all running samples. With ``under`` (a
+    function's name), only what runs under that function counts, by function called from it (``inclusive``)."""
     own, anywhere, total = Counter(), Counter(), 0.0
     for path in sorted(directory.glob("*.speedscope.json")):
         doc = json.loads(path.read_text())
@@ -44,6 +45,11 @@ def load(directory: Path) -> tuple[Counter, Counter, float]:
                 if not names or names[-1][0] in IDLE:
                     continue
                 total += weight
+                if under is not None:
+                    at = next((i for i, (function, _) in enumerate(names) if function == under), None)
+                    if at is None:
+                        continue
+                    names = names[at:]
                 own[names[-1]] += weight
                 for name in set(names):
                     anywhere[name] += weight
@@ -57,8 +63,9 @@ def main() -> None:
     parser.add_argument("after", type=Path)
     parser.add_argument("after_us", type=float)
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--under", help="only what runs under this function (its name, e.g. BufferedWriter._write)")
     args = parser.parse_args()
-    before, after = load(args.before), load(args.after)
+    before, after = load(args.before, args.under), load(args.after, args.under)
     if not before[2] or not after[2]:
         raise SystemExit("no running samples in one of the directories")
     for label, index in (("self", 0), ("inclusive", 1)):
