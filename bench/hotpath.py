@@ -87,7 +87,10 @@ def prepare(root: Path, db: str, redis_url: str) -> tuple[subprocess.Popen, str]
 
 
 def scope_for(key: str) -> dict:
+    """The scope the gateway's own server protocols give a gateway request: they bound its body's time and report
+    its client's hang-up (``request_bounds.BODY_BOUNDED``, ``REPORTS_HANG_UP``; an older checkout ignores them)."""
     return {
+        "gateway.body_bounded": True, "gateway.reports_hang_up": True,
         "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
         "method": "POST", "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
         "query_string": b"", "root_path": "", "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8000),
