@@ -71,6 +71,7 @@ def call(key, *, model="gpt-4o", input_tokens=INPUT_TOKENS, output_tokens=ANSWER
         ex = SimpleNamespace(
             model=model, agent="openai", request_id=uuid.uuid4().hex, extra_headers=[],
             input_tokens=0, output_tokens=0, cost_nanos=0, details={}, output_text="", output_estimate=0,
+            defers_hang_up=False,  # no proxy consumer serves it: the admission runs shielded, as a job's would
         )  # fmt: skip
         # The body's estimate whose bound (a token a byte, and the slack) is ``input_tokens``: that much is reserved.
         estimate = (input_tokens - admission.INPUT_CHARGE_SLACK) // admission.INPUT_CHARGE_FACTOR
