@@ -128,6 +128,8 @@ class Exchange:
         self.body = b"".join(chunks) if chunks is not None else b""
         self.too_large = chunks is None
         self.body_done.set()
+        if self.client_left:  # it hung up meanwhile (``hang_up``): no upstream call for it
+            raise ClientLeft
         return self.body
 
     async def _read_chunks(self, receive, limit: int) -> list[bytes] | None:
@@ -182,8 +184,14 @@ class Exchange:
 
     def hang_up(self) -> None:
         """The client went away: cancel the request's task, stopping the upstream call (``serve`` still settles and
-        audits), or, while an admission runs (``hang_up_held``), as soon as it has returned what it took."""
+        audits), or, while an admission runs (``hang_up_held``), as soon as it has returned what it took.
+
+        Before the body is read (the caller not yet let in) it is only noted: the key check runs to its end, so a
+        guess counts against its address however soon its client hangs up, and ``read_body`` then ends the request.
+        """
         self.client_left = True
+        if not self.body_done.is_set():
+            return
         if self.hang_up_held:
             self.hang_up_pending = True
         elif self._task is not None:

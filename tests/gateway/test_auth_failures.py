@@ -113,3 +113,28 @@ def test_two_gateway_processes_share_one_count_and_one_block(seeded, make_key, s
     finally:
         first.stop()
         second.stop()
+
+
+@pytest.fixture(scope="module", params=["daphne", "uvicorn"])
+def limited_either(request, seeded):
+    server = Gateway(server=request.param, **LIMITED)
+    yield server
+    server.stop()
+
+
+def test_a_guess_whose_client_hangs_up_at_once_is_still_counted(limited_either, make_key):
+    """The servers report a hang-up to the request at once (``ON_HANG_UP``); before the caller is let in it must not
+    cut the key check short, or a guesser who closes each connection after sending would never be counted."""
+    import socket
+
+    raw, _ = make_key()
+    address = ipv4()
+    body = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", limited_either.port), timeout=10) as conn:
+            head = (
+                f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {guess()}\r\n"
+                f"X-Forwarded-For: {address}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            conn.sendall(head.encode() + body)  # and gone, without waiting for the answer
+    until(lambda: call(limited_either, raw, address) == 429, "the hung-up guesses counted", 10)
