@@ -46,7 +46,7 @@ def create_application(self, protocol, scope):
         protocol.basic_error(503, b"Service Unavailable", "The gateway is stopping; retry the request.")
         return None
     if isinstance(protocol, WebRequest):  # its body is whole before the application runs, or late
-        scope = {**scope, BODY_BOUNDED: True, REPORTS_HANG_UP: True}
+        scope[BODY_BOUNDED] = scope[REPORTS_HANG_UP] = True  # Daphne builds the dict anew for each request
         late = getattr(protocol, "body_late", None)
         if late is not None:
             scope[BODY_LATE] = late
