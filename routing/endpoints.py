@@ -165,7 +165,7 @@ async def chat_completions(ex: Exchange) -> None:
     options = payload.get("stream_options")
     wants_usage = isinstance(options, dict) and options.get("include_usage") is True
 
-    protocols.refuse_unpriced(payload, route, ex.body)
+    protocols.refuse_unpriced(payload, route)
     payload = _capped(payload, route)
     attempt = partial(_chat_via, ex, payload, stream, wants_usage)
     await _metered(ex, facts, protocols.max_tokens(payload), partial(_run, ex, route, attempt))
@@ -202,7 +202,7 @@ def _capped(payload: dict, route: AgentRoute) -> dict:
 async def _chat_via(ex, payload, stream, wants_usage, route):
     """One attempt on ``route`` (the agent asked for, or a fallback: ``ex.model`` is the model to ask it for). A
     fallback not marked unmetered is not sent what only the agent asked for could take (it is skipped)."""
-    protocols.refuse_unpriced(payload, route, ex.body)
+    protocols.refuse_unpriced(payload, route)
     await adapter_for(route).chat(ex, route, payload, stream, wants_usage)
 
 
@@ -218,7 +218,7 @@ async def messages(ex: Exchange) -> None:
     ex.input_text = protocols.last_user_text(payload["messages"])
     stream = protocols.stream_flag(payload)
     # Translate before admitting: what cannot be translated is refused without touching the limits.
-    protocols.refuse_unpriced(payload, route, ex.body)
+    protocols.refuse_unpriced(payload, route)
     adapter_for(route).check_messages(payload, ex.model)
     attempt = partial(_messages_via, ex, payload, stream)
     await _metered(ex, facts, payload["max_tokens"], partial(_run, ex, route, attempt))
@@ -226,7 +226,7 @@ async def messages(ex: Exchange) -> None:
 
 async def _messages_via(ex, payload, stream, route):
     """One attempt on ``route`` (the agent asked for, or a fallback), answered in Anthropic's shape."""
-    protocols.refuse_unpriced(payload, route, ex.body)  # a fallback's own marking, as for chat
+    protocols.refuse_unpriced(payload, route)  # a fallback's own marking, as for chat
     await adapter_for(route).messages(ex, route, payload, stream)
 
 

@@ -439,10 +439,9 @@ UNPRICED_TOOL_TYPES = ("web_search", "web_fetch", "code_execution")
 UNPRICED_FIELDS = ("web_search_options", "mcp_servers", "container", "prediction")
 
 
-def refuse_unpriced(payload: dict, route, body: bytes | None = None) -> None:
+def refuse_unpriced(payload: dict, route) -> None:
     """400 for what an upstream bills beyond the tokens the gateway meters, unless an admin marked the agent
-    ``unmetered_pass_through``: a key must not spend what its budget cannot see. ``body``, the bytes ``payload``
-    was read from: its content parts are walked for audio only when the bytes may name it (``_MEDIA_HINT``)."""
+    ``unmetered_pass_through``: a key must not spend what its budget cannot see."""
     tier = payload.get("service_tier")
     if tier is not None and not isinstance(tier, str):
         raise bad_request("'service_tier' must be a string.")
@@ -461,8 +460,6 @@ def refuse_unpriced(payload: dict, route, body: bytes | None = None) -> None:
         kind = tool.get("type") if isinstance(tool, dict) else None
         if isinstance(kind, str) and kind.startswith(UNPRICED_TOOL_TYPES):
             _unpriced(f"the server tool '{kind[:60]}'", route)
-    if body is not None and not _MEDIA_HINT.search(body):
-        return
     if any(part.get("type") in AUDIO_PARTS for part in content_parts(payload.get("messages"))):
         _unpriced("audio input", route)
 

@@ -125,7 +125,7 @@ class ProviderAdapter(Adapter):
             raise bad_request("'model' is required and must be a string.", "missing_field")
         if not route.serves(model):
             raise not_found(f"The agent '{route.slug}' does not serve the model '{model}'.", "model_not_found")
-        protocols.refuse_unpriced(payload, route, body)
+        protocols.refuse_unpriced(payload, route)
         stream = protocols.stream_flag(payload)
         payload, keep_usage = self.prepare_pass_through(path, payload, protocols.max_tokens(payload), cap, stream)
         cap = protocols.answer_cap(payload)  # as sent: the cap added when the client set none

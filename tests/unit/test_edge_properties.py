@@ -272,39 +272,3 @@ def test_any_upstream_answer_translates_or_is_refused_never_crashes(answer):
                 read(answer)
             except GatewayError as refused:
                 assert refused.status < 500
-
-
-_part_types = st.sampled_from(["text", "image_url", "input_audio", "audio", "file", "tool_result", "x"])
-_parts = st.recursive(
-    st.builds(lambda kind, text: {"type": kind, "text": text}, _part_types, st.text(max_size=5)),
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=3), st.builds(lambda kind, content: {"type": kind, "content": content}, _part_types,
-                                               st.lists(inner, max_size=3)),
-    ),
-    max_leaves=6,
-)  # fmt: skip
-
-
-@SETTINGS
-@given(content=st.lists(_parts, max_size=3), ascii_only=st.booleans())
-def test_the_unpriced_check_on_the_bytes_refuses_exactly_what_the_walk_of_the_payload_refuses(content, ascii_only):
-    """``refuse_unpriced`` skips the walk for audio parts when the body's bytes cannot name one (``_MEDIA_HINT``):
-    with the bytes and without, for any payload, written with escapes (``\\u``) or without, the same answer."""
-    from types import SimpleNamespace
-
-    from routing.protocols import refuse_unpriced
-
-    payload = {"model": "m", "messages": [{"role": "user", "content": content}]}
-    body = json.dumps(payload, ensure_ascii=ascii_only).encode()
-    if ascii_only:
-        body = body.replace(b"audio", b"\\u0061udio")  # a name hidden behind an escape still counts
-    route = SimpleNamespace(slug="a", unmetered_pass_through=False)
-
-    def refused(raw):
-        try:
-            refuse_unpriced(json.loads(body), route, raw)
-        except GatewayError as error:
-            return error.code
-        return None
-
-    assert refused(body) == refused(None)
