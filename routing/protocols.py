@@ -357,7 +357,18 @@ def anthropic_text(answer: dict) -> str:
 IMAGE_PARTS = frozenset({"image_url", "image", "input_image"})
 DOCUMENT_PARTS = frozenset({"file", "document", "input_file"})
 AUDIO_PARTS = frozenset({"input_audio", "audio"})  # billed at audio token prices, several times the text ones
-_MEDIA_HINT = re.compile(rb"image|file|document|audio|ttl|\\u", re.IGNORECASE)
+# What a body must hold (in any case) to name a media part or a cache's time to live, or to hide one behind a
+# ``\u`` escape. Looked for with ``in`` in the lowered bytes: a case-blind regular expression of alternatives
+# cost more than the rest of the check.
+_MEDIA_HINTS = (b"image", b"file", b"document", b"audio", b"ttl", b"\\u")
+
+
+def _may_name_media(body: bytes) -> bool:
+    lowered = body.lower()
+    for hint in _MEDIA_HINTS:  # a loop, not any() of a generator: half the cost on a small body
+        if hint in lowered:
+            return True
+    return False
 
 
 def content_parts(node):
@@ -393,7 +404,7 @@ def referenced_input_tokens(body: bytes) -> int:
     in the body (source ``text`` or ``content``) needs no allowance. The body is read
     again only when it may hold such a part (or hides names behind ``\\u`` escapes).
     """
-    if not _MEDIA_HINT.search(body):
+    if not _may_name_media(body):
         return 0
     try:
         node = json.loads(body)
