@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -857,6 +858,35 @@ def _target_states(reply) -> list[TargetState]:
     return states
 
 
+class _HiredisPacking:
+    """Packs commands with hiredis (C), as redis-py's synchronous connections do; its asyncio ones pack in
+    Python, by concatenation per argument: about 33 µs for an admission script's 34 arguments against 6.
+    Arguments are str, bytes, int or float (this client's scripts pass nothing else)."""
+
+    _pack: Callable[[tuple], bytes]
+    _refused: type[Exception]
+
+    def pack_command(self, *args) -> list[bytes]:
+        if type(args[0]) is str:  # a name may hold literal arguments ("CONFIG GET"): the server wants them apart
+            args = (*args[0].encode().split(), *args[1:])
+        elif b" " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        try:
+            return [self._pack(args)]
+        except TypeError as error:  # what redis-py's own encoder refuses too (a bool, None, an object)
+            raise self._refused(str(error)) from error
+
+
+@functools.cache
+def packing_with_hiredis(connection_class: type) -> type:
+    """``connection_class`` (TCP, TLS or Unix socket, as the URL chose) packing its commands with hiredis."""
+    import hiredis
+    from redis.exceptions import DataError
+
+    attributes = {"_pack": staticmethod(hiredis.pack_command), "_refused": DataError}
+    return type(f"Hiredis{connection_class.__name__}", (_HiredisPacking, connection_class), attributes)
+
+
 class RedisHotState(HotState):
     """Redis store: each admit and each settle is a single Lua script, one round trip."""
 
@@ -884,6 +914,8 @@ class RedisHotState(HotState):
         client = self._async_clients.get(id(loop))
         if client is None:
             client = self._aioredis.Redis.from_url(self._url, max_connections=256)
+            pool = client.connection_pool
+            pool.connection_class = packing_with_hiredis(pool.connection_class)
             client._admit = client.register_script(_ADMIT_LUA.replace("SLOT_TTL", str(slot_ttl_seconds())))
             client._seed = client.register_script(_SEED_LUA)
             client._settle = client.register_script(_SETTLE_LUA.replace("SLOT_TTL", str(slot_ttl_seconds())))
