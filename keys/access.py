@@ -41,6 +41,7 @@ class KeySnapshot:
     audit_previews: bool  # whether its client's audit records keep (redacted) previews
     client_requests_per_minute: int = 0  # shared by all the client's keys; 0: none
     client_tokens_per_minute: int = 0
+    roles: frozenset[str] = frozenset()  # the agent roles it carries (``AgentRole`` slugs)
 
     def may_use_agent(self, slug: str) -> bool:
         return self.allowed_agents is None or slug in self.allowed_agents
@@ -48,6 +49,11 @@ class KeySnapshot:
     def may_use_model(self, model: str) -> bool:
         """An empty ``model`` means the agent's own default, which the agent scope covers."""
         return self.allowed_models is None or not model or model in self.allowed_models
+
+    def may_call(self, agent) -> bool:
+        """Whether the key may call ``agent`` (its slug, and the ``required_role`` it may have): both the key's
+        agent scope and the agent's role."""
+        return self.may_use_agent(agent.slug) and (not agent.required_role or agent.required_role in self.roles)
 
 
 def _scope(values) -> frozenset[str] | None:
@@ -83,6 +89,7 @@ def snapshot_of(key: ApiKey) -> dict:
         "audit_previews": key.client.audit_previews,
         "client_requests_per_minute": key.client.requests_per_minute or 0,
         "client_tokens_per_minute": key.client.tokens_per_minute or 0,
+        "roles": list(key.roles or []),
     }
 
 
@@ -92,6 +99,7 @@ def _decode(raw: dict) -> KeySnapshot:
             **raw,
             "allowed_agents": _scope(raw["allowed_agents"]),
             "allowed_models": _scope(raw["allowed_models"]),
+            "roles": frozenset(raw["roles"]),
         }
     )
 
@@ -106,7 +114,7 @@ def _load(key_hash: str) -> dict | None:
     return None if key is None else snapshot_of(key)
 
 
-key_snapshots = SnapshotCache("keysnap4", _load, _decode, local_seconds=lambda: settings.GATEWAY["KEY_CACHE_SECONDS"])
+key_snapshots = SnapshotCache("keysnap5", _load, _decode, local_seconds=lambda: settings.GATEWAY["KEY_CACHE_SECONDS"])
 
 
 @database_sync_to_async
@@ -264,10 +272,18 @@ def ensure_usable(snapshot: KeySnapshot) -> None:
         raise forbidden("This API key has expired.", "key_expired")
 
 
-def authorize(snapshot: KeySnapshot, agent_slug: str, model: str = "") -> None:
-    """Raise 403 unless the key's scopes cover this agent and model."""
-    if not snapshot.may_use_agent(agent_slug):
-        raise forbidden(f"This API key may not use the agent '{agent_slug}'.", "agent_not_allowed")
+def authorize(snapshot: KeySnapshot, agent, model: str = "") -> None:
+    """Raise 403 unless the key's scopes cover this agent and model, and it holds the role the agent requires.
+
+    ``agent`` is anything with the agent's ``slug`` and ``required_role`` ("" for none): the routing table's
+    entry, which this app does not import."""
+    if not snapshot.may_use_agent(agent.slug):
+        raise forbidden(f"This API key may not use the agent '{agent.slug}'.", "agent_not_allowed")
+    if agent.required_role and agent.required_role not in snapshot.roles:
+        raise forbidden(
+            f"The agent '{agent.slug}' requires the role '{agent.required_role}', which this API key does not hold.",
+            "role_required",
+        )
     if not snapshot.may_use_model(model):
         raise forbidden(f"This API key may not use the model '{model}'.", "model_not_allowed")
 

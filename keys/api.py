@@ -2,20 +2,29 @@
 
 from datetime import timedelta
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from django.db.models import Count
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import serializers, status
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied
+from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.response import Response
 
-from audit.trail import record_create, record_update, snapshot
+from audit.trail import record_create, record_delete, record_update, snapshot
 from gateway_project import roles
 from gateway_project.api import SEARCHABLE_FILTER_BACKENDS, NameListField, TrailedModelViewSet
-from keys.models import ALL, ApiKey, Client, CostCenter, Plan
-from keys.services import DEFAULT_ROTATION_GRACE, MAX_ROTATION_GRACE_HOURS, issue_key, revoke_key, rotate_key
+from keys.models import ALL, AgentRole, ApiKey, Client, CostCenter, Plan, validate_role_list
+from keys.services import (
+    DEFAULT_ROTATION_GRACE,
+    MAX_ROTATION_GRACE_HOURS,
+    issue_key,
+    revoke_key,
+    role_holders,
+    role_refusal,
+    rotate_key,
+)
 
 KEY_STATUSES = ["active", "expired", "disabled", "revoked", "client_disabled"]
 
@@ -76,6 +85,57 @@ class PlanViewSet(TrailedModelViewSet):
     filter_backends = SEARCHABLE_FILTER_BACKENDS
     search_fields = ["name", "slug"]
     ordering_fields = ["name", "slug", "created_at"]
+
+
+class AgentRoleSerializer(serializers.ModelSerializer):
+    agents = serializers.SlugRelatedField(
+        slug_field="slug", many=True, read_only=True, help_text="The agents that require it."
+    )
+    key_count = serializers.SerializerMethodField(help_text="How many keys hold it.")
+
+    class Meta:
+        model = AgentRole
+        fields = ["id", "slug", "name", "description", "agents", "key_count", "created_at"]
+        read_only_fields = ["created_at"]
+
+    def validate_slug(self, slug):
+        if self.instance is not None and slug != self.instance.slug:
+            raise serializers.ValidationError(
+                "Keys and agents name a role by its slug: create a new role and move them to it instead."
+            )
+        return slug
+
+    def get_key_count(self, role) -> int:
+        return len(role_holders(role))
+
+
+class AgentRoleViewSet(TrailedModelViewSet):
+    """Agent roles: an agent may require one (``required_role`` on the agent), and only keys holding it (``roles``
+    on the key) may call the agent; others get 403 ``role_required``.
+
+    A role that agents require cannot be deleted (400): change those agents first.
+    Deleting a role takes it from the keys that held it.
+    """
+
+    queryset = AgentRole.objects.prefetch_related("agents")
+    serializer_class = AgentRoleSerializer
+    filter_backends = SEARCHABLE_FILTER_BACKENDS
+    search_fields = ["slug", "name", "description"]
+    ordering_fields = ["slug", "name", "created_at"]
+
+    def perform_destroy(self, instance):
+        refusal = role_refusal(instance)
+        if refusal:
+            raise ValidationError({"detail": refusal})
+        holders = [(key, snapshot(key)) for key in role_holders(instance)]
+        before, pk = snapshot(instance), instance.pk
+        with transaction.atomic():
+            instance.delete()
+            instance.pk = pk
+            record_delete(self.request.user, "api", instance, before)
+            for key, key_before in holders:
+                key.refresh_from_db()
+                record_update(self.request.user, "api", key, key_before)
 
 
 class ClientSerializer(serializers.ModelSerializer):
@@ -144,6 +204,10 @@ class ApiKeySerializer(serializers.ModelSerializer):
     allowed_models = ScopeListField(
         required=False, help_text='Model names this key may request; ["*"] allows every model (the default).'
     )
+    roles = NameListField(
+        required=False, help_text="Slugs of the agent roles the key holds: an agent that requires a role serves only "
+        "keys holding it. Each must exist (``/agent-roles/``).",
+    )  # fmt: skip
     status = serializers.ChoiceField(choices=KEY_STATUSES, read_only=True)
 
     class Meta:
@@ -157,6 +221,7 @@ class ApiKeySerializer(serializers.ModelSerializer):
             "status",
             "allowed_agents",
             "allowed_models",
+            "roles",
             "plan",
             "requests_per_minute",
             "requests_per_day",
@@ -178,6 +243,13 @@ class ApiKeySerializer(serializers.ModelSerializer):
             "tokens_per_minute": {"min_value": 1},
             "max_concurrent": {"min_value": 0},
         }
+
+    def validate_roles(self, roles):
+        try:
+            validate_role_list(roles)
+        except DjangoValidationError as error:
+            raise serializers.ValidationError(error.messages) from None
+        return roles
 
     def validate_client(self, client):
         if self.instance is not None and client != self.instance.client:

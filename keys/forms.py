@@ -8,7 +8,7 @@ from decimal import Decimal
 from django import forms
 from django.conf import settings
 
-from keys.models import ALL, ApiKey, Client, CostCenter, Plan
+from keys.models import ALL, AgentRole, ApiKey, Client, CostCenter, Plan
 from keys.services import MAX_ROTATION_GRACE_HOURS
 
 CENTS = Decimal("0.01")
@@ -50,6 +50,39 @@ class CostCenterForm(forms.ModelForm):
         model = CostCenter
         fields = ["name", "slug", "code"]
         help_texts = {"slug": "Short name used in reports and the API (letters, digits, - and _)."}
+
+
+class AgentRoleForm(forms.ModelForm):
+    class Meta:
+        model = AgentRole
+        fields = ["slug", "name", "description"]
+        help_texts = {"slug": "What agents and keys name it by (letters, digits, - and _); fixed once created."}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:  # keys hold it by its slug: renaming it would take it from them
+            self.fields["slug"].disabled = True
+
+
+def role_field() -> forms.MultipleChoiceField:
+    """The roles a key holds, as checkboxes of every role there is."""
+    return forms.MultipleChoiceField(
+        required=False, widget=forms.CheckboxSelectMultiple, label="Roles",
+        choices=lambda: [(role.slug, f"{role.slug} ({role.name})") for role in AgentRole.objects.all()],
+        help_text="An agent that requires a role serves only keys that hold it.",
+    )  # fmt: skip
+
+
+class KeyRolesForm(forms.ModelForm):
+    """The roles of an issued key (its scopes and limits are the API's to change)."""
+
+    class Meta:
+        model = ApiKey
+        fields = ["roles"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["roles"] = role_field()
 
 
 class PlanForm(forms.ModelForm):
@@ -104,6 +137,7 @@ class ApiKeyForm(forms.ModelForm):
     def __init__(self, *args, agent_choices: list[str], **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["agents"].choices = [(slug, slug) for slug in agent_choices]
+        self.fields["roles"] = role_field()
         if self.instance.pk:
             agents = self.instance.allowed_agents or []
             self.initial.setdefault("all_agents", ALL in agents)
@@ -134,7 +168,7 @@ class ApiKeyForm(forms.ModelForm):
         data = self.cleaned_data
         limits = {name: data[name] for name in LIMITS if data.get(name) is not None}
         return {"plan": data["plan"], "name": data["name"], "expires_at": data["expires_at"], **limits,
-                **self.scope_fields()}  # fmt: skip
+                "roles": list(data.get("roles") or []), **self.scope_fields()}  # fmt: skip
 
 
 class RotateForm(forms.Form):

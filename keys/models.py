@@ -28,6 +28,34 @@ def all_scope():
     return [ALL]
 
 
+def validate_role_list(value):
+    """A list of the slugs of roles that exist (``AgentRole``), each once."""
+    if not isinstance(value, list) or not all(isinstance(item, str) and item.strip() for item in value):
+        raise ValidationError("Give a list of role slugs.")
+    if len(set(value)) != len(value):
+        raise ValidationError("Name each role once.")
+    unknown = sorted(set(value) - set(AgentRole.objects.filter(slug__in=value).values_list("slug", flat=True)))
+    if unknown:
+        raise ValidationError(f"No such role: {', '.join(unknown)}. Create it first.")
+
+
+class AgentRole(models.Model):
+    """A role an agent may require of its callers (``Agent.required_role``): a key carries the roles it is given
+    (``ApiKey.roles``); a key without the agent's role is refused (403 ``role_required``)."""
+
+    slug = models.SlugField(max_length=100, unique=True, help_text="What keys and agents name it by.")
+    name = models.CharField(max_length=200)
+    description = models.CharField(max_length=500, blank=True, help_text="Who should hold it, and why.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["slug"]
+        verbose_name = "agent role"
+
+    def __str__(self):
+        return self.slug
+
+
 class CostCenter(models.Model):
     """A team or department: clients belong to one, and their spend is attributed and budgeted to it."""
 
@@ -123,6 +151,10 @@ class ApiKey(models.Model):
     # ["*"] allows everything; an empty list allows nothing.
     allowed_agents = models.JSONField(default=list, blank=True, validators=[validate_scope_list])
     allowed_models = models.JSONField(default=all_scope, blank=True, validators=[validate_scope_list])
+    roles = models.JSONField(
+        default=list, blank=True, validators=[validate_role_list],
+        help_text="Slugs of the roles the key carries: an agent that requires a role serves only keys holding it.",
+    )  # fmt: skip
     plan = models.ForeignKey(
         Plan, null=True, blank=True, on_delete=models.SET_NULL, related_name="api_keys",
         help_text="Where the key's limits came from when it was issued.",

@@ -8,7 +8,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from keys.models import ApiKey, Client, Plan
+from keys.models import AgentRole, ApiKey, Client, Plan
 
 
 def issue_key(client: Client, plan: Plan | None = None, **fields) -> tuple[ApiKey, str]:
@@ -24,6 +24,22 @@ def issue_key(client: Client, plan: Plan | None = None, **fields) -> tuple[ApiKe
     key.full_clean()
     key.save()
     return key, raw
+
+
+def role_holders(role: AgentRole) -> list[ApiKey]:
+    """The keys that hold ``role``."""
+    # A text match narrows the rows on every database (SQLite has no JSON containment), the list decides.
+    candidates = ApiKey.objects.filter(roles__icontains=role.slug).select_related("client")
+    return [key for key in candidates if role.slug in (key.roles or [])]
+
+
+def role_refusal(role: AgentRole) -> str:
+    """Why ``role`` may not be deleted (agents require it), or ""."""
+    agents = sorted(role.agents.values_list("slug", flat=True))
+    if not agents:
+        return ""
+    named = f"agent {agents[0]} requires" if len(agents) == 1 else f"agents {', '.join(agents)} require"
+    return f"The {named} this role: give them another role, or none, first."
 
 
 def revoke_key(key: ApiKey) -> ApiKey:
@@ -73,6 +89,7 @@ def rotate_key(key: ApiKey, grace: timedelta = DEFAULT_ROTATION_GRACE) -> tuple[
         name=key.name,
         allowed_agents=key.allowed_agents,
         allowed_models=key.allowed_models,
+        roles=key.roles,
         requests_per_minute=key.requests_per_minute,
         requests_per_day=key.requests_per_day,
         tokens_per_minute=key.tokens_per_minute,

@@ -3,12 +3,12 @@
 from functools import partial
 
 from django.db import transaction
-from django.db.models.signals import post_delete, post_save
+from django.db.models.signals import post_delete, post_save, pre_delete
 from django.dispatch import receiver
 
 from gateway_project.hotstate import get_hot_state
 from keys.access import key_snapshots
-from keys.models import ApiKey, Client
+from keys.models import AgentRole, ApiKey, Client
 
 
 @receiver([post_save, post_delete], sender=ApiKey)
@@ -20,6 +20,17 @@ def forget_key(sender, instance, **kwargs):
 def forget_client_keys(sender, instance, **kwargs):
     for key_id, key_hash in ApiKey.objects.filter(client_id=instance.pk).values_list("pk", "key_hash"):
         key_changed(key_id, key_hash)
+
+
+@receiver(pre_delete, sender=AgentRole)
+def take_deleted_role_from_keys(sender, instance, **kwargs):
+    """A deleted role leaves no key: one created later under the same slug is granted afresh, not inherited. (An
+    agent that requires it stops the deletion before this runs: ``on_delete=PROTECT``.)"""
+    from keys.services import role_holders
+
+    for key in role_holders(instance):
+        key.roles = [slug for slug in key.roles if slug != instance.slug]
+        key.save(update_fields=["roles"])  # announced like any change to the key
 
 
 def key_changed(key_id: int, key_hash: str) -> None:

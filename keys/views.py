@@ -21,9 +21,9 @@ from billing.periods import MONTHLY, period_of
 from billing.usage import daily_spend, monthly_usage, usage_by_key
 from gateway_project import handoff, roles
 from gateway_project.console import RoleRequiredMixin, TrailedDeleteView, TrailedEditView, agent_choices, sorted_page
-from keys.forms import LIMITS, ApiKeyForm, ClientForm, CostCenterForm, PlanForm, RotateForm
-from keys.models import ApiKey, Client, CostCenter, Plan
-from keys.services import issue_key, revoke_key, rotate_key
+from keys.forms import LIMITS, AgentRoleForm, ApiKeyForm, ClientForm, CostCenterForm, KeyRolesForm, PlanForm, RotateForm
+from keys.models import AgentRole, ApiKey, Client, CostCenter, Plan
+from keys.services import issue_key, revoke_key, role_holders, role_refusal, rotate_key
 
 # The session keeps only one-time tokens of hand-offs (gateway_project.handoff), by key id; never a raw key.
 HANDOFF_SESSION = "issued_key_handoffs"
@@ -172,6 +172,64 @@ class KeyRotateView(RoleRequiredMixin, View):
             return render(request, "keys/key_rotate.html", {"key": key, "form": form}, status=400)
         messages.success(request, f"Key {key.prefix}… keeps working until {key.expires_at:%Y-%m-%d %H:%M} UTC.")
         return _show_once(request, successor, raw)
+
+
+class KeyRolesView(TrailedEditView):
+    """The roles an issued key holds; every gateway process sees the change within a second."""
+
+    model = ApiKey
+    form_class = KeyRolesForm
+    template_name = "keys/key_roles.html"
+    context_name = "key"
+
+    def saved_message(self, obj):
+        held = ", ".join(obj.roles) or "no roles"
+        return f"Key {obj.prefix}… now holds {held}. Gateways use the change within a second."
+
+    def success_url(self, obj):
+        return reverse("console:client", args=[obj.client_id])
+
+
+# --- agent roles ------------------------------------------------------------------------------------------------
+
+
+class AgentRoleListView(RoleRequiredMixin, View):
+    def get(self, request):
+        agent_roles = AgentRole.objects.prefetch_related("agents")
+        page, sort = sorted_page(request, agent_roles, {"slug": "slug", "name": "name"}, "slug")
+        for role in page:
+            role.key_count = len(role_holders(role))
+        return render(request, "keys/role_list.html", {"page": page, "sort": sort})
+
+
+class AgentRoleEditView(TrailedEditView):
+    model = AgentRole
+    form_class = AgentRoleForm
+    template_name = "keys/role_form.html"
+    context_name = "role"
+    success_url_name = "console:roles"
+
+    def saved_message(self, obj):
+        return f"Role “{obj.slug}” saved."
+
+
+class AgentRoleDeleteView(TrailedDeleteView):
+    """Refused while agents require the role; the keys holding it lose it."""
+
+    model = AgentRole
+    success_url_name = "console:roles"
+
+    def refusal(self, obj):
+        return role_refusal(obj)
+
+    def nulled(self, obj):
+        return role_holders(obj)
+
+    def consequences(self, obj):
+        return [f"The keys holding it lose it ({_count(len(role_holders(obj)), 'key')})."]
+
+    def deleted_message(self, obj):
+        return f"Role “{obj.slug}” deleted; the keys that held it no longer do."
 
 
 # --- cost centers -----------------------------------------------------------------------------------------------

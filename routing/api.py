@@ -13,6 +13,7 @@ from rest_framework.response import Response
 
 from audit.trail import record_action
 from gateway_project.api import SEARCHABLE_FILTER_BACKENDS, NameListField, SlugRelatedField, TrailedModelViewSet
+from keys.models import AgentRole
 from routing.balance import DEFAULT_TARGET
 from routing.circuits import agent_health, reset_circuits
 from routing.models import RESILIENCE_FIELDS, Agent, Target, validate_agent_timeout
@@ -35,6 +36,10 @@ class AgentSerializer(serializers.ModelSerializer):
         "changed since it was saved): requests for it then fail as for an agent that does not exist."
     )
     not_served_reason = serializers.SerializerMethodField(help_text="Why the agent is not served; empty when it is.")
+    required_role = SlugRelatedField(
+        slug_field="slug", queryset=AgentRole.objects.all(), required=False, allow_null=True,
+        help_text="The slug of the role a key must hold to call the agent (403 role_required otherwise); null: none.",
+    )  # fmt: skip
 
     class Meta:
         model = Agent
@@ -60,6 +65,7 @@ class AgentSerializer(serializers.ModelSerializer):
             "dearer_models",
             "unmetered_pass_through",
             "cost_center",
+            "required_role",
             "is_active",
             "created_at",
             "updated_at",
@@ -157,7 +163,7 @@ class ResetCircuitSerializer(serializers.Serializer):
 class AgentViewSet(TrailedModelViewSet):
     """Agents: the upstreams (agent services and LLM providers) the gateway forwards to."""
 
-    queryset = Agent.objects.prefetch_related("targets")  # whether each is served reads its targets
+    queryset = Agent.objects.select_related("required_role").prefetch_related("targets")  # served: its targets
     serializer_class = AgentSerializer
     filter_backends = SEARCHABLE_FILTER_BACKENDS
     filterset_fields = ["kind", "is_active", "cost_center"]

@@ -176,19 +176,22 @@ def authorize_model(key, route: AgentRoute, requested: str) -> None:
     is answered by its default model, which the key's model scopes must cover like any other; a key limited to
     some models cannot ask an agent whose upstream chooses its own."""
     model = route.answering_model(requested)
-    if not model and key.allowed_models is not None and key.may_use_agent(route.slug):
+    if not model and key.allowed_models is not None and key.may_call(route):
         raise forbidden(
             f"This API key may use only some models, and the agent '{route.slug}' has no default model: "
             "name the model to use.",
             "model_not_allowed",
         )
-    authorize(key, route.slug, model)
+    authorize(key, route, model)
 
 
 def _may_use(key, table: RoutingTable, slug: str) -> bool:
-    """Whether content routing may choose the agent ``slug`` for this key: the agent and its default model."""
+    """Whether content routing may choose the agent ``slug`` for this key: the agent (its role too) and its default
+    model."""
     route = table.agents.get(slug)
-    return key.may_use_agent(slug) and (route is None or key.may_use_model(route.default_model))
+    if route is None:
+        return key.may_use_agent(slug)
+    return key.may_call(route) and key.may_use_model(route.default_model)
 
 
 def _capped(payload: dict, route: AgentRoute) -> dict:
@@ -327,7 +330,7 @@ async def pass_through(ex: Exchange, slug: str, rest: bytes) -> None:
     route = table.agent(slug)
     deprecation.mark(ex, table.deprecations.get(route.slug))
     ex.agent, ex.model = route.slug, route.default_model
-    authorize(ex.key, route.slug)
+    authorize(ex.key, route)
     plan = _pass_through_plan(ex, route, rest)
     facts = ex.learn(ex.facts.routed(route, plan.model or route.slug))
     attempt = partial(_pass_through_once, ex, rest, plan)
@@ -340,7 +343,7 @@ def _pass_through_plan(ex: Exchange, route: AgentRoute, rest: bytes) -> Plan:
     if plan.model:
         protocols.refuse_unpriced_headers(ex.raw_headers, route)
         if ex.key is not None:
-            authorize(ex.key, route.slug, plan.model)
+            authorize(ex.key, route, plan.model)
         ex.model = plan.model
     ex.details.update(plan.notes)
     ex.input_text = plan.input_text or ex.body[:1000].decode("utf-8", "replace")
@@ -380,7 +383,13 @@ async def path_route(ex: Exchange, entry: path_routes.PathRouteEntry) -> None:
     ex.agent, ex.model = route.slug, route.default_model
     rest = entry.upstream_rest(ex.raw_path)
     if entry.auth_required:
-        authorize(ex.key, route.slug)
+        authorize(ex.key, route)
+    elif route.required_role:
+        raise GatewayError(
+            401, "authentication_error", "missing_api_key",
+            f"{entry.prefix} needs no key, but its agent '{route.slug}' serves only keys holding the role "
+            f"'{route.required_role}': send one as 'Authorization: Bearer <key>'.",
+        )  # fmt: skip
     plan = _pass_through_plan(ex, route, rest)
     if plan.model and not entry.auth_required:
         raise GatewayError(
@@ -415,7 +424,7 @@ async def list_models(ex: Exchange) -> None:
         created = int(time.time())
         data = []
         for route in sorted(table.agents.values(), key=lambda r: r.slug):
-            if not ex.key.may_use_agent(route.slug):
+            if not ex.key.may_call(route):
                 continue
             data.append({"id": route.slug, "object": "model", "created": created, "owned_by": f"agent:{route.slug}"})
             for model in route.served_models:

@@ -119,6 +119,7 @@ class AgentForm(forms.ModelForm):
             "dearer_models",
             "unmetered_pass_through",
             "cost_center",
+            "required_role",
             "is_active",
         ]
         labels = {
@@ -168,6 +169,7 @@ class AgentForm(forms.ModelForm):
         "breaker_window_seconds",
         "breaker_cooldown_seconds",
         "cost_center",
+        "required_role",
         "is_active",
     ]
     # Capacity fields left empty mean "no limit", like 0.
@@ -179,6 +181,7 @@ class AgentForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.fields["required_role"].empty_label = "No role required"
         self._stored_secret = self.instance.upstream_api_key
         if self._stored_secret:
             self.fields["upstream_api_key"].help_text = (

@@ -242,16 +242,21 @@ def ticket_of(state: dict, facts: RequestFacts) -> Ticket:
     return ticket
 
 
+_KEY_SETS = ("allowed_agents", "allowed_models", "roles")  # frozensets in the snapshot, sorted lists in JSON
+
+
 def _key_state(key: KeySnapshot) -> dict:
     state = dataclasses.asdict(key)
-    for name in ("allowed_agents", "allowed_models"):
+    for name in _KEY_SETS:
         state[name] = None if state[name] is None else sorted(state[name])
     return state
 
 
 def _key_of(state: dict) -> KeySnapshot:
-    scopes = {n: None if state[n] is None else frozenset(state[n]) for n in ("allowed_agents", "allowed_models")}
-    return KeySnapshot(**{**state, **scopes})
+    """The snapshot a job was admitted with (a field added since is left at its default)."""
+    sets = {n: None if state.get(n) is None else frozenset(state[n]) for n in _KEY_SETS if n in state}
+    known = {name: state[name] for name in KeySnapshot.__dataclass_fields__ if name in state}
+    return KeySnapshot(**{**known, **sets})
 
 
 async def release(job: AgentJob) -> None:
@@ -276,7 +281,7 @@ def _claim(job_id: str) -> AgentJob | None:
     return AgentJob.objects.filter(pk=job_id).select_related("api_key__client").first() if taken else None
 
 
-def _current_key_refusal(job: AgentJob) -> GatewayError | None:
+def _current_key_refusal(job: AgentJob, route: AgentRoute) -> GatewayError | None:
     """The key may have been revoked or disabled while the job waited, or lost the agent or model from its scopes:
     then it does not run (as the gateway would now refuse the call, and closes the key's WebSocket sessions)."""
     if job.api_key is None:
@@ -285,7 +290,7 @@ def _current_key_refusal(job: AgentJob) -> GatewayError | None:
     try:
         ensure_usable(key)
         state = job.request["gateway"]
-        authorize(key, job.agent, state.get("model") or state.get("requested") or "")  # the model it will send
+        authorize(key, route, state.get("model") or state.get("requested") or "")  # the model it will send
     except GatewayError as error:
         return error
     return None
@@ -330,11 +335,11 @@ async def run(job_id: str) -> bool:
     route, error, cancelled = None, None, False
     try:
         await warm_rules()
-        refusal = await database_sync_to_async(_current_key_refusal)(job)
-        if refusal:
-            raise refusal
         await _fresh(routing_table)
         route = (await routing_table.get()).agent(job.agent)
+        refusal = await database_sync_to_async(_current_key_refusal)(job, route)
+        if refusal:
+            raise refusal
         body = job.request["body"]
         call = partial(invoke_route, ex, route, body["input"], state["model"], state["requested"], state["max_tokens"])
         await within_deadline(ex, ticket, call)  # done while its reservation stands

@@ -132,6 +132,11 @@ class Agent(HostBoundCredential):
         help_text="Models this upstream answered with that cost more than what was reserved: the gateway adds them, "
         "and reservations price them in from then on. Remove one once the upstream no longer substitutes it.",
     )  # fmt: skip
+    required_role = models.ForeignKey(
+        "keys.AgentRole", null=True, blank=True, on_delete=models.PROTECT, related_name="agents",
+        help_text="Only keys holding this role may call the agent (others get 403 role_required); empty: any key "
+        "its scopes allow.",
+    )  # fmt: skip
     unmetered_pass_through = models.BooleanField(
         default=False,
         help_text="Provider agents only: let pass-through calls whose usage the gateway cannot read (paths other than "

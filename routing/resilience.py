@@ -151,8 +151,8 @@ async def _fallback_routes(ex: Exchange, primary: AgentRoute) -> list[AgentRoute
         route = table.agents.get(slug)
         if route is None or slug == primary.slug:
             skipped.append({"agent": slug, "reason": "unknown or inactive agent"})
-        elif not ex.key.may_use_agent(slug) or (route.default_model and not ex.key.may_use_model(route.default_model)):
-            skipped.append({"agent": slug, "reason": "outside the key's scopes"})
+        elif not ex.key.may_call(route) or (route.default_model and not ex.key.may_use_model(route.default_model)):
+            skipped.append({"agent": slug, "reason": "outside the key's scopes or roles"})
         else:
             routes.append(route)
     if skipped:

@@ -60,6 +60,7 @@ class AgentRoute:
     sunset_at: datetime | None = None
     dearer_models: tuple[str, ...] = ()  # models its upstream answered with above what was reserved
     unmetered_pass_through: bool = False
+    required_role: str = ""  # the AgentRole slug a key must hold to call it; "": none
 
     def serves(self, model: str) -> bool:
         """Whether the agent may be asked for ``model``: one it serves, its default, or any when it lists none."""
@@ -148,6 +149,7 @@ def route_of(agent: Agent) -> AgentRoute:
         sunset_at=agent.sunset_at,
         dearer_models=tuple(agent.dearer_models or ()),
         unmetered_pass_through=agent.unmetered_pass_through,
+        required_role=agent.required_role.slug if agent.required_role_id else "",
     )
 
 
@@ -192,7 +194,7 @@ def usable(agents) -> list[Agent]:
 
 
 def load_table() -> RoutingTable:
-    active = usable(Agent.objects.filter(is_active=True).prefetch_related("targets"))
+    active = usable(Agent.objects.filter(is_active=True).select_related("required_role").prefetch_related("targets"))
     agents = {agent.slug: route_of(agent) for agent in active}
     by_model = {}
     for route in agents.values():

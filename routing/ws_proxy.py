@@ -110,7 +110,7 @@ async def serve_session(scope: dict, receive, send) -> None:
             ex.status = 101
             traffic.handshake_ms = ex.elapsed_ms()
             seconds_left = settings.GATEWAY["MAX_SESSION_SECONDS"] - ex.elapsed_ms() / 1000
-            async with open_sessions.watch(ex.key, route.slug, ex.started) as watched:
+            async with open_sessions.watch(ex.key, route, ex.started) as watched:
                 frame_limit = settings.GATEWAY["MAX_BODY_BYTES"]
                 await relay(receive, send, agent, traffic, frame_limit, watched.withdrawn, seconds_left)
         finally:
@@ -158,7 +158,7 @@ async def _authorize(ex: Exchange) -> AgentRoute:
         raise not_found(message, "unknown_endpoint")
     route = (await routing_table.get()).agent(slug)
     ex.agent, ex.model = route.slug, route.default_model
-    authorize(ex.key, route.slug)
+    authorize(ex.key, route)
     if isinstance(adapter_for(route), ProviderAdapter) and not route.unmetered_pass_through:
         raise forbidden(
             f"The gateway cannot meter a WebSocket session with the provider agent '{route.slug}', so it does not open "

@@ -32,9 +32,10 @@ STOP_ATTEMPTS = 50  # a tenth of a second apart
 
 
 class WatchedSession:
-    """One open session: the key it was let in with, its agent, and the future that ends it."""
+    """One open session: the key it was let in with, its agent (the routing table's entry at the handshake), and the
+    future that ends it."""
 
-    def __init__(self, key: KeySnapshot, agent: str):
+    def __init__(self, key: KeySnapshot, agent):
         self.key = key
         self.agent = agent
         # The error code (key_revoked, key_expired, agent_not_allowed, ...) once the key no longer lets it in.
@@ -77,7 +78,7 @@ class OpenSessions:
         self._changed_at: dict[int, float] = {}  # key id -> perf_counter time its latest change was announced
 
     @contextlib.asynccontextmanager
-    async def watch(self, key: KeySnapshot, agent: str, handshake_began: float) -> AsyncIterator[WatchedSession]:
+    async def watch(self, key: KeySnapshot, agent, handshake_began: float) -> AsyncIterator[WatchedSession]:
         """Watch a session for as long as the block runs; ``handshake_began`` is its ``perf_counter`` time."""
         session = WatchedSession(key, agent)
         self._by_key.setdefault(key.key_id, set()).add(session)

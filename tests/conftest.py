@@ -125,6 +125,17 @@ def gateway(seeded):
     server.stop()
 
 
+@pytest.fixture(scope="module", params=["daphne", "uvicorn"])
+def either_server(request, seeded):
+    """The session's Daphne gateway, then a uvicorn one for the module: a test using it runs under both."""
+    if request.param == "daphne":
+        yield request.getfixturevalue("gateway")
+        return
+    gateway = Gateway(server="uvicorn")
+    yield gateway
+    gateway.stop()
+
+
 @pytest.fixture
 def live_db(django_db_setup, django_db_blocker):
     """Database access that commits, so a gateway process sees what the test makes."""

@@ -103,6 +103,7 @@ class Gateway:
 
     def __init__(self, workers: int = 1, server: str = "daphne", **env):
         self.port = free_port()
+        self.server = server
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(Path(settings.VAR_DIR) / f"gateway-{self.port}.log", "wb")
         self.proc = subprocess.Popen(

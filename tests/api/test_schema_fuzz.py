@@ -50,7 +50,7 @@ from billing.models import Budget, BudgetAlert, ModelPrice, UsageRecord
 from billing.periods import period_of
 from gateway_project import roles
 from gateway_project.models import AuthEvent
-from keys.models import Client, CostCenter, Plan
+from keys.models import AgentRole, Client, CostCenter, Plan
 from keys.services import issue_key
 from routing.models import Agent, CapabilityKeyword, PathRoute, Target
 
@@ -88,7 +88,13 @@ def world(db, settings, tmp_path):
     acme = Client.objects.create(name="Acme", slug="acme", cost_center=center)
     key, _ = issue_key(acme, plan=plan, name="ci", allowed_agents=["*"])
     revoked, _ = issue_key(acme, name="old", revoked_at=now)
-    agent = Agent.objects.create(slug="research", name="Research", upstream_url="http://10.0.0.5:9000")
+    analyst = AgentRole.objects.create(slug="analyst", name="Analyst")
+    unused = AgentRole.objects.create(slug="unused", name="Unused")
+    key.roles = ["analyst", "unused"]
+    key.save()
+    agent = Agent.objects.create(
+        slug="research", name="Research", upstream_url="http://10.0.0.5:9000", required_role=analyst
+    )
     target = Target.objects.create(agent=agent, name="v1", url="http://10.0.0.6:9000")
     route = PathRoute.objects.create(prefix="/api/v1/search", methods=["POST"], agent=agent)
     keyword = CapabilityKeyword.objects.create(keyword="paper", capability="research")
@@ -127,6 +133,7 @@ def world(db, settings, tmp_path):
         "plans": [plan.pk],
         "clients": [acme.pk],
         "keys": [key.pk, revoked.pk],
+        "agent-roles": [analyst.pk, unused.pk],
         "agents": [agent.pk],
         "targets": [target.pk],
         "routes": [route.pk],

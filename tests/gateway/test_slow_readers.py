@@ -148,14 +148,9 @@ def unread_download(server, slug: str, raw: str) -> socket.socket:
     return conn
 
 
-@pytest.fixture(scope="module", params=["daphne", "uvicorn"])
-def server(request, seeded):
-    if request.param == "daphne":
-        yield request.getfixturevalue("gateway")
-        return
-    gateway = Gateway(server="uvicorn")
-    yield gateway
-    gateway.stop()
+@pytest.fixture(scope="module")
+def server(either_server):
+    return either_server
 
 
 @pytest.fixture(scope="module")

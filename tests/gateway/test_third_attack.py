@@ -290,25 +290,34 @@ def test_a_keep_alive_connection_may_idle_between_requests_past_the_head_deadlin
 # --- a queued job, after its key changed ------------------------------------------------------------------------
 
 
-def test_a_queued_job_whose_key_lost_the_agent_or_model_does_not_run(make_key):
+def test_a_queued_job_whose_key_lost_the_agent_model_or_role_does_not_run(make_key):
     from types import SimpleNamespace
 
+    from keys.models import AgentRole
     from routing.jobs import _current_key_refusal
 
     _, key = make_key(agents=("research",), models=("gpt-4o-mini",))
+    AgentRole.objects.create(slug="analyst", name="Analyst")
+    key.roles = ["analyst"]
+    key.save()
+    route = SimpleNamespace(slug="research", required_role="analyst")
     job = SimpleNamespace(api_key=key, agent="research", request={"gateway": {"requested": "gpt-4o-mini"}})
     # Named by the agent (or routed by content): nothing requested, the agent's default model is sent.
     by_agent = SimpleNamespace(
         api_key=key, agent="research", request={"gateway": {"requested": "", "model": "gpt-4o-mini"}}
     )
-    assert _current_key_refusal(job) is None and _current_key_refusal(by_agent) is None
-    key.allowed_models = ["gpt-4o"]
+    assert _current_key_refusal(job, route) is None and _current_key_refusal(by_agent, route) is None
+    key.roles = []
     key.save()
-    assert _current_key_refusal(job).code == "model_not_allowed"
-    assert _current_key_refusal(by_agent).code == "model_not_allowed"
+    assert _current_key_refusal(job, route).code == "role_required"
+    key.allowed_models = ["gpt-4o"]
+    key.roles = ["analyst"]
+    key.save()
+    assert _current_key_refusal(job, route).code == "model_not_allowed"
+    assert _current_key_refusal(by_agent, route).code == "model_not_allowed"
     key.allowed_agents = ["writing"]
     key.save()
-    assert _current_key_refusal(job).code == "agent_not_allowed"
+    assert _current_key_refusal(job, route).code == "agent_not_allowed"
 
 
 # --- what an upstream bills beyond the tokens it reports --------------------------------------------------------

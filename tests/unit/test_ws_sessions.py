@@ -13,6 +13,7 @@ from django.conf import settings
 from gateway_project import hotstate
 from keys.access import KeySnapshot
 from routing import ws_sessions
+from routing.table import AgentRoute
 from routing.ws_sessions import OpenSessions
 from tests.waiting import DEADLINE_SECONDS
 
@@ -21,6 +22,12 @@ ACTIVE = KeySnapshot(
     key_id=0, prefix="agk_test", client_id=1, client_slug="c", cost_center_id=None, state="active",
     expires_at=None, allowed_agents=frozenset({"research"}), allowed_models=None, requests_per_minute=60,
     requests_per_day=0, tokens_per_minute=1000, max_concurrent=1, issued_at=0.0, audit_previews=True,
+)  # fmt: skip
+
+
+RESEARCH = AgentRoute(
+    slug="research", name="Research", kind="agent", base_url="http://127.0.0.1:9", upstream_api_key="",
+    served_models=(), default_model="", capabilities=(), timeout=5.0, cost_center="",
 )  # fmt: skip
 
 
@@ -87,9 +94,9 @@ def test_a_change_withdraws_the_sessions_it_no_longer_lets_in_and_no_other(store
         sessions = OpenSessions()
         mine, other = saved.save(key(1)), saved.save(key(2))
         async with (
-            sessions.watch(mine, "research", time.perf_counter()) as first,
-            sessions.watch(mine, "research", time.perf_counter()) as second,
-            sessions.watch(other, "research", time.perf_counter()) as bystander,
+            sessions.watch(mine, RESEARCH, time.perf_counter()) as first,
+            sessions.watch(mine, RESEARCH, time.perf_counter()) as second,
+            sessions.watch(other, RESEARCH, time.perf_counter()) as bystander,
         ):
             await listening(saved, 1)
             if CHANGES[code] is None:
@@ -108,8 +115,8 @@ def test_a_change_that_still_lets_the_key_in_keeps_the_session(store, saved):
         sessions = OpenSessions()
         mine, witness = saved.save(key(1)), saved.save(key(2))
         async with (
-            sessions.watch(mine, "research", time.perf_counter()) as session,
-            sessions.watch(witness, "research", time.perf_counter()) as witnessed,
+            sessions.watch(mine, RESEARCH, time.perf_counter()) as session,
+            sessions.watch(witness, RESEARCH, time.perf_counter()) as witnessed,
         ):
             await listening(saved, 1)
             saved.save(replace(mine, allowed_agents=frozenset({"research", "writing"})))
@@ -127,7 +134,7 @@ def test_a_session_is_withdrawn_when_its_key_expires(store, saved):
     async def scenario():
         sessions = OpenSessions()
         expires_at = time.time() + 0.3
-        async with sessions.watch(saved.save(key(1, expires_at=expires_at)), "research", time.perf_counter()) as s:
+        async with sessions.watch(saved.save(key(1, expires_at=expires_at)), RESEARCH, time.perf_counter()) as s:
             code = await asyncio.wait_for(s.withdrawn, DEADLINE_SECONDS)
             return code, time.time() - expires_at
 
@@ -140,7 +147,7 @@ def test_an_expiry_given_by_a_change_is_kept_too(store, saved):
     async def scenario():
         sessions = OpenSessions()
         mine = saved.save(key(1))
-        async with sessions.watch(mine, "research", time.perf_counter()) as session:
+        async with sessions.watch(mine, RESEARCH, time.perf_counter()) as session:
             await listening(saved, 1)
             saved.save(replace(mine, expires_at=time.time() + 0.3))  # the key was rotated: it ends soon
             store.publish_key_change(1)
@@ -155,7 +162,7 @@ def test_a_session_let_in_just_after_its_key_changed_reads_the_key_again(store, 
     async def scenario():
         sessions = OpenSessions()
         keeper = saved.save(key(1))
-        async with sessions.watch(keeper, "research", time.perf_counter()):
+        async with sessions.watch(keeper, RESEARCH, time.perf_counter()):
             await listening(saved, 1)
             # A clock, not another task: the subscription is now older than any copy a handshake could use.
             await asyncio.sleep(0.3)
@@ -168,8 +175,8 @@ def test_a_session_let_in_just_after_its_key_changed_reads_the_key_again(store, 
             assert 2 not in saved.reads
             # Handshakes that began a moment ago, on this process's copies of the keys from before.
             async with (
-                sessions.watch(changed, "research", time.perf_counter()) as late,
-                sessions.watch(unchanged, "research", time.perf_counter()) as unaffected,
+                sessions.watch(changed, RESEARCH, time.perf_counter()) as late,
+                sessions.watch(unchanged, RESEARCH, time.perf_counter()) as unaffected,
             ):
                 return late.withdrawn.done() and late.withdrawn.result(), unaffected.withdrawn.done()
 
@@ -184,9 +191,9 @@ def test_the_listener_starts_with_the_first_session_and_stops_with_the_last(stor
         sessions = OpenSessions()
         counts = [len(await tasks_besides_this_one())]
         for _ in range(3):  # stopped and started again, however early it is stopped
-            async with sessions.watch(saved.save(key(1)), "research", time.perf_counter()):
+            async with sessions.watch(saved.save(key(1)), RESEARCH, time.perf_counter()):
                 counts.append(len(await tasks_besides_this_one()))
-                async with sessions.watch(saved.save(key(2)), "research", time.perf_counter()):
+                async with sessions.watch(saved.save(key(2)), RESEARCH, time.perf_counter()):
                     await listening(saved, 2)
                     counts.append(len(await tasks_besides_this_one()))
             counts.append(len(await tasks_besides_this_one()))
@@ -203,7 +210,7 @@ def test_the_listener_stops_however_early_its_last_session_ends(store, saved):
     async def scenario():
         sessions = OpenSessions()
         for step in range(40):  # somewhere in here the last session ends just as the listener connects
-            async with sessions.watch(saved.save(key(1)), "research", time.perf_counter()):
+            async with sessions.watch(saved.save(key(1)), RESEARCH, time.perf_counter()):
                 await asyncio.sleep(step / 4000)
             await eventually(lambda: len(asyncio.all_tasks()) == 1)
 
