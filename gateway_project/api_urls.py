@@ -9,7 +9,7 @@ from audit.retention_api import AuditArchiveViewSet
 from billing.api import BudgetAlertViewSet, BudgetViewSet, ModelPriceViewSet, UsageRecordViewSet
 from billing.report_api import TopSpendersView, UsageReportView
 from gateway_project.auth_event_api import AuthEventViewSet
-from keys.api import AgentRoleViewSet, ApiKeyViewSet, ClientViewSet, CostCenterViewSet, PlanViewSet
+from keys.api import AgentRoleViewSet, ApiKeyViewSet, ClientViewSet, CostCenterViewSet, PlanViewSet, PolicyRuleViewSet
 from keys.token_api import CurrentTokenView, RotateTokenView
 from routing.api import AgentViewSet, TargetViewSet
 from routing.route_api import CapabilityKeywordViewSet, PathRouteViewSet
@@ -20,6 +20,7 @@ router.register("plans", PlanViewSet)
 router.register("clients", ClientViewSet)
 router.register("keys", ApiKeyViewSet)
 router.register("agent-roles", AgentRoleViewSet)
+router.register("policy-rules", PolicyRuleViewSet)
 router.register("agents", AgentViewSet)
 router.register("targets", TargetViewSet)
 router.register("prices", ModelPriceViewSet)

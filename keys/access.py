@@ -42,6 +42,10 @@ class KeySnapshot:
     client_requests_per_minute: int = 0  # shared by all the client's keys; 0: none
     client_tokens_per_minute: int = 0
     roles: frozenset[str] = frozenset()  # the agent roles it carries (``AgentRole`` slugs)
+    client_tags: tuple[str, ...] = ()  # what policy rules read as client.tags, key.tags ...
+    key_tags: tuple[str, ...] = ()
+    cost_center_slug: str = ""
+    plan_slug: str = ""
 
     def may_use_agent(self, slug: str) -> bool:
         return self.allowed_agents is None or slug in self.allowed_agents
@@ -90,6 +94,10 @@ def snapshot_of(key: ApiKey) -> dict:
         "client_requests_per_minute": key.client.requests_per_minute or 0,
         "client_tokens_per_minute": key.client.tokens_per_minute or 0,
         "roles": list(key.roles or []),
+        "client_tags": list(key.client.tags or []),
+        "key_tags": list(key.tags or []),
+        "cost_center_slug": key.client.cost_center.slug if key.client.cost_center_id else "",
+        "plan_slug": key.plan.slug if key.plan_id else "",
     }
 
 
@@ -100,6 +108,8 @@ def _decode(raw: dict) -> KeySnapshot:
             "allowed_agents": _scope(raw["allowed_agents"]),
             "allowed_models": _scope(raw["allowed_models"]),
             "roles": frozenset(raw["roles"]),
+            "client_tags": tuple(raw["client_tags"]),
+            "key_tags": tuple(raw["key_tags"]),
         }
     )
 
@@ -110,17 +120,17 @@ def snapshot_for(key: ApiKey) -> KeySnapshot:
 
 
 def _load(key_hash: str) -> dict | None:
-    key = ApiKey.objects.select_related("client").filter(key_hash=key_hash).first()
+    key = ApiKey.objects.select_related("client__cost_center", "plan").filter(key_hash=key_hash).first()
     return None if key is None else snapshot_of(key)
 
 
-key_snapshots = SnapshotCache("keysnap5", _load, _decode, local_seconds=lambda: settings.GATEWAY["KEY_CACHE_SECONDS"])
+key_snapshots = SnapshotCache("keysnap6", _load, _decode, local_seconds=lambda: settings.GATEWAY["KEY_CACHE_SECONDS"])
 
 
 @database_sync_to_async
 def key_as_saved(key_id: int) -> KeySnapshot | None:
     """The key as the database holds it now, past every cache: a change to it has just been announced."""
-    key = ApiKey.objects.select_related("client").filter(pk=key_id).first()
+    key = ApiKey.objects.select_related("client__cost_center", "plan").filter(pk=key_id).first()
     return None if key is None else snapshot_for(key)
 
 

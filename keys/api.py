@@ -6,7 +6,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from django.db.models import Count
 from django_filters import rest_framework as filters
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
@@ -15,7 +15,8 @@ from rest_framework.response import Response
 from audit.trail import record_create, record_delete, record_update, snapshot
 from gateway_project import roles
 from gateway_project.api import SEARCHABLE_FILTER_BACKENDS, NameListField, TrailedModelViewSet
-from keys.models import ALL, AgentRole, ApiKey, Client, CostCenter, Plan, validate_role_list
+from keys.models import ALL, AgentRole, ApiKey, Client, CostCenter, Plan, PolicyRule, validate_role_list
+from keys.policy import compile_rules, context_from_json, explain
 from keys.services import (
     DEFAULT_ROTATION_GRACE,
     MAX_ROTATION_GRACE_HOURS,
@@ -138,12 +139,89 @@ class AgentRoleViewSet(TrailedModelViewSet):
                 record_update(self.request.user, "api", key, key_before)
 
 
+class PolicyRuleSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = PolicyRule
+        fields = [
+            "id", "name", "description", "position", "effect", "condition", "final", "dry_run", "message",
+            "is_active", "created_at", "updated_at",
+        ]  # fmt: skip
+        read_only_fields = ["created_at", "updated_at"]
+
+    def validate(self, attrs):
+        effect = attrs.get("effect", getattr(self.instance, "effect", PolicyRule.DENY))
+        if attrs.get("final", getattr(self.instance, "final", False)) and effect != PolicyRule.ALLOW:
+            raise ValidationError({"final": ["Only an allow rule can be final."]})
+        return attrs
+
+
+class PolicyTestSerializer(serializers.Serializer):
+    context = serializers.JSONField(
+        help_text="The request to try: {request: {agent, model, method, path, route, ip, body_bytes, tokens}, "
+        "client: {slug, tags, cost_center}, key: {prefix, tags, roles, plan}, identity: {subject, roles, groups}, "
+        "now: ISO 8601}; fields left out are empty (now: the current minute)."
+    )
+
+
+POLICY_TEST_ANSWER = inline_serializer(
+    "PolicyTestAnswer",
+    {
+        "allowed": serializers.BooleanField(),
+        "denied_by": serializers.CharField(allow_null=True),
+        "notes": serializers.DictField(help_text="What the audit record would keep (details.policy)."),
+        "rules": serializers.ListField(child=serializers.DictField(), help_text="Each active rule's outcome."),
+    },
+)
+
+
+class PolicyRuleViewSet(TrailedModelViewSet):
+    """Policy rules: CEL conditions on every gateway request, run in ``position`` order.
+
+    The first enforced ``deny`` whose condition holds refuses the request (403
+    ``policy_denied``, naming the rule); an ``allow`` marked ``final`` stops the
+    evaluation; ``dry_run`` rules are only recorded (``details.policy`` of the audit
+    record). A condition is checked when saved: a syntax error (with its line and
+    column), a name or field the context does not have, or a result other than true or
+    false is a 400. Changes are in force on every gateway process within the refresh
+    interval. ``POST policy-rules/test/`` runs the active rules on a request context.
+    """
+
+    queryset = PolicyRule.objects.all()
+    serializer_class = PolicyRuleSerializer
+    filter_backends = SEARCHABLE_FILTER_BACKENDS
+    filterset_fields = ["effect", "is_active", "dry_run"]
+    search_fields = ["name", "description", "condition"]
+    ordering_fields = ["position", "name", "created_at"]
+
+    @extend_schema(
+        summary="Try the active rules on a request",
+        request=PolicyTestSerializer,
+        responses={200: POLICY_TEST_ANSWER, 400: OpenApiResponse(description="A context that is not one.")},
+    )
+    @action(detail=False, methods=["post"], serializer_class=PolicyTestSerializer)
+    def test(self, request):
+        """Which rule decides ``context``, and what each active rule makes of it; nothing is recorded."""
+        asked = PolicyTestSerializer(data=request.data)
+        asked.is_valid(raise_exception=True)
+        try:
+            context = context_from_json(asked.validated_data["context"])
+        except ValueError as error:
+            raise ValidationError({"context": [str(error)]}) from None
+        decision, outcomes = explain(compile_rules(PolicyRule.objects.filter(is_active=True)), context)
+        return Response({
+            "allowed": decision.denied_by is None,
+            "denied_by": decision.denied_by.name if decision.denied_by is not None else None,
+            "notes": decision.notes,
+            "rules": [outcome._asdict() for outcome in outcomes],
+        })  # fmt: skip
+
+
 class ClientSerializer(serializers.ModelSerializer):
     class Meta:
         model = Client
         fields = [
-            "id", "name", "slug", "contact", "cost_center", "is_active", "requests_per_minute", "tokens_per_minute",
-            "audit_previews", "audit_retention_days", "created_at",
+            "id", "name", "slug", "contact", "cost_center", "tags", "is_active", "requests_per_minute",
+            "tokens_per_minute", "audit_previews", "audit_retention_days", "created_at",
         ]  # fmt: skip
         read_only_fields = ["created_at"]
         extra_kwargs = {name: {"help_text": f"{Client._meta.get_field(name).help_text} Admins only."}
@@ -222,6 +300,7 @@ class ApiKeySerializer(serializers.ModelSerializer):
             "allowed_agents",
             "allowed_models",
             "roles",
+            "tags",
             "plan",
             "requests_per_minute",
             "requests_per_day",

@@ -8,7 +8,7 @@ from decimal import Decimal
 from django import forms
 from django.conf import settings
 
-from keys.models import ALL, AgentRole, ApiKey, Client, CostCenter, Plan
+from keys.models import ALL, AgentRole, ApiKey, Client, CostCenter, Plan, PolicyRule
 from keys.services import MAX_ROTATION_GRACE_HOURS
 
 CENTS = Decimal("0.01")
@@ -18,7 +18,7 @@ class ClientForm(forms.ModelForm):
     class Meta:
         model = Client
         fields = [
-            "name", "slug", "contact", "cost_center", "is_active", "requests_per_minute", "tokens_per_minute",
+            "name", "slug", "contact", "cost_center", "tags", "is_active", "requests_per_minute", "tokens_per_minute",
             "audit_previews", "audit_retention_days",
         ]  # fmt: skip
         labels = {
@@ -32,6 +32,7 @@ class ClientForm(forms.ModelForm):
 
     def __init__(self, *args, may_set_audit_policy: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        self.fields["tags"] = tags_field("client")
         self.fields["cost_center"].empty_label = "— none —"
         default = settings.GATEWAY_AUDIT_RETENTION_DAYS
         self.fields["audit_retention_days"].help_text = (
@@ -64,6 +65,52 @@ class AgentRoleForm(forms.ModelForm):
             self.fields["slug"].disabled = True
 
 
+class PolicyRuleForm(forms.ModelForm):
+    class Meta:
+        model = PolicyRule
+        fields = ["name", "description", "position", "effect", "condition", "final", "dry_run", "message", "is_active"]
+        widgets = {"condition": forms.Textarea(attrs={"rows": 4, "class": "mono", "spellcheck": "false"})}
+        labels = {"final": "Final (allow rules: later rules do not apply)", "dry_run": "Dry run (record only)"}
+
+
+class PolicyTestForm(forms.Form):
+    context = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 12, "class": "mono", "spellcheck": "false"}),
+        help_text="A JSON object: request, client, key, identity (each with its fields) and now (ISO 8601); "
+        "fields left out are empty.",
+    )
+
+    def clean_context(self):
+        import json
+
+        from keys.policy import context_from_json
+
+        try:
+            return context_from_json(json.loads(self.cleaned_data["context"]))
+        except json.JSONDecodeError as error:
+            raise forms.ValidationError(f"Not JSON: {error.msg} (line {error.lineno}, column {error.colno}).")
+        except ValueError as error:
+            raise forms.ValidationError(str(error))
+
+
+class TagListField(forms.Field):
+    """Tags typed comma-separated, kept as a list (``validate_tag_list`` checks them with the model)."""
+
+    widget = forms.TextInput
+
+    def prepare_value(self, value):
+        return ", ".join(value) if isinstance(value, list | tuple) else value or ""
+
+    def to_python(self, value):
+        return _names(value or "")
+
+
+def tags_field(what: str) -> TagListField:
+    return TagListField(
+        required=False, label="Tags", help_text=f"Comma-separated labels policy rules can test as {what}.tags."
+    )
+
+
 def role_field() -> forms.MultipleChoiceField:
     """The roles a key holds, as checkboxes of every role there is."""
     return forms.MultipleChoiceField(
@@ -74,15 +121,16 @@ def role_field() -> forms.MultipleChoiceField:
 
 
 class KeyRolesForm(forms.ModelForm):
-    """The roles of an issued key (its scopes and limits are the API's to change)."""
+    """The roles and tags of an issued key (its scopes and limits are the API's to change)."""
 
     class Meta:
         model = ApiKey
-        fields = ["roles"]
+        fields = ["roles", "tags"]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["roles"] = role_field()
+        self.fields["tags"] = tags_field("key")
 
 
 class PlanForm(forms.ModelForm):
@@ -138,6 +186,7 @@ class ApiKeyForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         self.fields["agents"].choices = [(slug, slug) for slug in agent_choices]
         self.fields["roles"] = role_field()
+        self.fields["tags"] = tags_field("key")
         if self.instance.pk:
             agents = self.instance.allowed_agents or []
             self.initial.setdefault("all_agents", ALL in agents)
@@ -168,7 +217,8 @@ class ApiKeyForm(forms.ModelForm):
         data = self.cleaned_data
         limits = {name: data[name] for name in LIMITS if data.get(name) is not None}
         return {"plan": data["plan"], "name": data["name"], "expires_at": data["expires_at"], **limits,
-                "roles": list(data.get("roles") or []), **self.scope_fields()}  # fmt: skip
+                "roles": list(data.get("roles") or []), "tags": data.get("tags") or [],
+                **self.scope_fields()}  # fmt: skip
 
 
 class RotateForm(forms.Form):

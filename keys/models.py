@@ -28,10 +28,30 @@ def all_scope():
     return [ALL]
 
 
+MAX_TAGS = 20
+MAX_TAG_LENGTH = 50
+
+
+def validate_tag_list(value):
+    """Up to 20 tags of up to 50 characters, each once (what policy conditions read as ``client.tags``)."""
+    if not isinstance(value, list) or not all(isinstance(item, str) and item.strip() for item in value):
+        raise ValidationError("Give a list of tags (non-empty strings).")
+    if len(value) > MAX_TAGS:
+        raise ValidationError(f"At most {MAX_TAGS} tags.")
+    if not all(item.isprintable() for item in value):
+        raise ValidationError("A tag has no control characters.")
+    if any(len(item) > MAX_TAG_LENGTH or item != item.strip() for item in value):
+        raise ValidationError(f"Each tag is at most {MAX_TAG_LENGTH} characters, without surrounding spaces.")
+    if len(set(value)) != len(value):
+        raise ValidationError("Name each tag once.")
+
+
 def validate_role_list(value):
     """A list of the slugs of roles that exist (``AgentRole``), each once."""
     if not isinstance(value, list) or not all(isinstance(item, str) and item.strip() for item in value):
         raise ValidationError("Give a list of role slugs.")
+    if not all(item.isprintable() for item in value):
+        raise ValidationError("A role slug has no control characters.")
     if len(set(value)) != len(value):
         raise ValidationError("Name each role once.")
     unknown = sorted(set(value) - set(AgentRole.objects.filter(slug__in=value).values_list("slug", flat=True)))
@@ -111,6 +131,10 @@ class Client(models.Model):
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=100, unique=True)
     contact = models.CharField(max_length=200, blank=True, help_text="Who to call about this client.")
+    tags = models.JSONField(
+        default=list, blank=True, validators=[validate_tag_list],
+        help_text="Labels policy rules can test (client.tags), e.g. finance, external.",
+    )  # fmt: skip
     cost_center = models.ForeignKey(
         CostCenter, null=True, blank=True, on_delete=models.SET_NULL, related_name="clients",
         help_text="The team its spend is attributed to.",
@@ -151,6 +175,10 @@ class ApiKey(models.Model):
     # ["*"] allows everything; an empty list allows nothing.
     allowed_agents = models.JSONField(default=list, blank=True, validators=[validate_scope_list])
     allowed_models = models.JSONField(default=all_scope, blank=True, validators=[validate_scope_list])
+    tags = models.JSONField(
+        default=list, blank=True, validators=[validate_tag_list],
+        help_text="Labels policy rules can test (key.tags), e.g. ci, batch.",
+    )  # fmt: skip
     roles = models.JSONField(
         default=list, blank=True, validators=[validate_role_list],
         help_text="Slugs of the roles the key carries: an agent that requires a role serves only keys holding it.",
@@ -208,6 +236,57 @@ class ApiKey(models.Model):
         if not self.client.is_active:
             return "client_disabled"
         return "active"
+
+
+def validate_condition(value):
+    from keys.policy import ConditionError, check_condition
+
+    try:
+        check_condition(value)
+    except ConditionError as error:
+        raise ValidationError(str(error)) from None
+
+
+class PolicyRule(models.Model):
+    """One rule of the gateway's policy: a CEL condition on the request and what to do when it holds.
+
+    Active rules run in ``position`` order on every request (``keys.policy``): the first
+    enforced deny that matches refuses it (403 ``policy_denied``); an allow marked ``final``
+    stops the evaluation, so later denies do not apply; a rule in dry run is only audited.
+    """
+
+    DENY, ALLOW = "deny", "allow"
+    EFFECTS = [(DENY, "Deny"), (ALLOW, "Allow")]
+
+    name = models.CharField(max_length=100, unique=True, help_text="Named in refusals and audit records.")
+    description = models.CharField(max_length=500, blank=True)
+    position = models.PositiveIntegerField(default=100, help_text="Rules run in ascending position.")
+    effect = models.CharField(max_length=5, choices=EFFECTS, default=DENY)
+    condition = models.TextField(
+        max_length=2000, validators=[validate_condition],
+        help_text="A CEL expression over request, client, key, identity and now, true when the rule applies, "
+        "e.g. !ip_in(request.ip, ['10.0.0.0/8']).",
+    )  # fmt: skip
+    final = models.BooleanField(
+        default=False, help_text="Allow rules only: when it matches, no later rule applies (later denies included)."
+    )
+    dry_run = models.BooleanField(
+        default=False, help_text="Only record what the rule would do (details.policy.would_deny); enforce nothing."
+    )
+    message = models.CharField(max_length=300, blank=True, help_text="Added to the refusal a deny rule answers.")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["position", "pk"]
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        if self.final and self.effect != self.ALLOW:
+            raise ValidationError({"final": "Only an allow rule can be final."})
 
 
 TOKEN_PREFIX = "agt_"

@@ -42,6 +42,34 @@ def role_refusal(role: AgentRole) -> str:
     return f"The {named} this role: give them another role, or none, first."
 
 
+POLICY_ACTIVITY_WINDOW = timedelta(hours=24)
+POLICY_ACTIVITY_ROWS = 100_000  # the newest records read for the counts: a page view stays bounded
+
+
+def policy_activity(window: timedelta = POLICY_ACTIVITY_WINDOW) -> dict[str, tuple[int, int, int]]:
+    """Per rule name: the requests it refused, those it would have refused (dry run) and those its condition failed
+    on, in the audit records of the last ``window``."""
+    from audit.models import AuditRecord
+
+    since = timezone.now() - window
+    notes = (
+        AuditRecord.objects.filter(created_at__gte=since, details__has_key="policy")
+        .order_by("-id")
+        .values_list("details__policy", flat=True)[:POLICY_ACTIVITY_ROWS]
+    )
+    counts: dict[str, list[int]] = {}
+    for note in notes:
+        if not isinstance(note, dict):
+            continue
+        if note.get("denied_by"):
+            counts.setdefault(note["denied_by"], [0, 0, 0])[0] += 1
+        for name in note.get("would_deny") or ():
+            counts.setdefault(name, [0, 0, 0])[1] += 1
+        for name in note.get("failed") or ():
+            counts.setdefault(name, [0, 0, 0])[2] += 1
+    return {name: tuple(values) for name, values in counts.items()}
+
+
 def revoke_key(key: ApiKey) -> ApiKey:
     """Revoke ``key`` now; every gateway process refuses it within a second."""
     if key.revoked_at is None:

@@ -21,9 +21,21 @@ from billing.periods import MONTHLY, period_of
 from billing.usage import daily_spend, monthly_usage, usage_by_key
 from gateway_project import handoff, roles
 from gateway_project.console import RoleRequiredMixin, TrailedDeleteView, TrailedEditView, agent_choices, sorted_page
-from keys.forms import LIMITS, AgentRoleForm, ApiKeyForm, ClientForm, CostCenterForm, KeyRolesForm, PlanForm, RotateForm
-from keys.models import AgentRole, ApiKey, Client, CostCenter, Plan
-from keys.services import issue_key, revoke_key, role_holders, role_refusal, rotate_key
+from keys.forms import (
+    LIMITS,
+    AgentRoleForm,
+    ApiKeyForm,
+    ClientForm,
+    CostCenterForm,
+    KeyRolesForm,
+    PlanForm,
+    PolicyRuleForm,
+    PolicyTestForm,
+    RotateForm,
+)
+from keys.models import AgentRole, ApiKey, Client, CostCenter, Plan, PolicyRule
+from keys.policy import compile_rules, explain
+from keys.services import issue_key, policy_activity, revoke_key, role_holders, role_refusal, rotate_key
 
 # The session keeps only one-time tokens of hand-offs (gateway_project.handoff), by key id; never a raw key.
 HANDOFF_SESSION = "issued_key_handoffs"
@@ -230,6 +242,67 @@ class AgentRoleDeleteView(TrailedDeleteView):
 
     def deleted_message(self, obj):
         return f"Role “{obj.slug}” deleted; the keys that held it no longer do."
+
+
+# --- policy rules -----------------------------------------------------------------------------------------------
+
+
+class PolicyListView(RoleRequiredMixin, View):
+    def get(self, request):
+        rules = list(PolicyRule.objects.all())
+        activity = policy_activity()
+        for rule in rules:
+            rule.denied, rule.would_deny, rule.failed = activity.get(rule.name, (0, 0, 0))
+        return render(request, "keys/policy_list.html", {"rules": rules})
+
+
+class PolicyEditView(TrailedEditView):
+    model = PolicyRule
+    form_class = PolicyRuleForm
+    template_name = "keys/policy_form.html"
+    context_name = "rule"
+    success_url_name = "console:policies"
+
+    def saved_message(self, obj):
+        return f"Rule “{obj.name}” saved. Every gateway process applies it within the refresh interval."
+
+
+class PolicyDeleteView(TrailedDeleteView):
+    model = PolicyRule
+    success_url_name = "console:policies"
+
+    def deleted_message(self, obj):
+        return f"Rule “{obj.name}” deleted."
+
+
+EXAMPLE_CONTEXT = """{
+  "request": {"agent": "ledger", "model": "gpt-4o-mini", "method": "POST", "path": "/v1/chat/completions",
+              "ip": "10.1.2.3", "body_bytes": 1200, "tokens": 300},
+  "client": {"slug": "acme", "tags": ["finance"], "cost_center": "finance"},
+  "key": {"prefix": "agk_abc", "tags": [], "roles": [], "plan": ""},
+  "identity": {"subject": "", "roles": [], "groups": []},
+  "now": "2026-01-05T09:30:00Z"
+}"""
+
+
+class PolicyTestView(RoleRequiredMixin, View):
+    """Run the active rules on a request context the user writes: which rule decides, and each rule's outcome.
+    It changes nothing, so every role that reads the rules may post it."""
+
+    write_roles = roles.READ
+
+    def get(self, request):
+        form = PolicyTestForm(initial={"context": EXAMPLE_CONTEXT})
+        return render(request, "keys/policy_test.html", {"form": form})
+
+    def post(self, request):
+        form = PolicyTestForm(request.POST)
+        if not form.is_valid():
+            return render(request, "keys/policy_test.html", {"form": form}, status=400)
+        rules = compile_rules(PolicyRule.objects.filter(is_active=True))
+        decision, outcomes = explain(rules, form.cleaned_data["context"])
+        context = {"form": form, "decision": decision, "outcomes": outcomes, "tested": True}
+        return render(request, "keys/policy_test.html", context)
 
 
 # --- cost centers -----------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from routing.admission import (
 )
 from routing.exchange import ClientLeft, Exchange
 from routing.facts import Demand, RequestFacts
+from routing.governance import govern
 from routing.pricing import quote_for
 from routing.table import AgentRoute, RoutingTable, routing_table
 from routing.upstream_url import check_raw_path
@@ -121,7 +122,9 @@ async def _wrong_method(ex: Exchange, allowed: str) -> None:
 async def _metered(ex: Exchange, facts: RequestFacts, max_output: int | None, call) -> None:
     """Price and admit ``facts`` (routed: reserving the worst case at the dearest price the answer may cost), run
     ``call``, and settle whatever happened to it."""
-    ticket = await admit(ex, await _priced_demand(ex, facts, max_output), take_target=True)
+    priced = await _priced_demand(ex, facts, max_output)
+    await govern(ex, priced)  # the policy rules, before anything is taken
+    ticket = await admit(ex, priced, take_target=True)
     try:
         await within_deadline(ex, ticket, call)
     finally:
@@ -286,6 +289,7 @@ async def _invoke_on(ex: Exchange, route: AgentRoute, reason: str, payload: dict
     asked = protocols.max_tokens(payload)
     limit = asked or output_cap(None, route.default_max_output_tokens)  # what is reserved is what is asked for
     if jobs.wants_async(ex, payload):  # a job: admitted the same way, answered 202, run in the background
+        await govern(ex, facts)
         await jobs.submit(ex, facts, reason, payload, model, limit)
         return
     call = partial(invoke_route, ex, route, payload["input"], model, payload.get("model") or "", limit)
@@ -400,9 +404,12 @@ async def path_route(ex: Exchange, entry: path_routes.PathRouteEntry) -> None:
     scanner = path_routes.observe_sse(ex) if entry.sse and not plan.stream else None
     facts = ex.learn(ex.facts.routed(route, plan.model or route.slug, entry))
     if entry.auth_required:
-        ticket = await admit(ex, await _priced_demand(ex, facts, plan.max_output), take_target=True)
+        priced = await _priced_demand(ex, facts, plan.max_output)
+        await govern(ex, priced)
+        ticket = await admit(ex, priced, take_target=True)
     else:
         ex.details["anonymous"] = True
+        await govern(ex, facts)
         ticket = await admit_anonymous(ex, facts)
     try:
         # The route's retries and timeout (``agent_route``), on the agent's targets and behind their breakers.
@@ -418,6 +425,7 @@ async def path_route(ex: Exchange, entry: path_routes.PathRouteEntry) -> None:
 
 async def list_models(ex: Exchange) -> None:
     await authenticate(ex)
+    await govern(ex, ex.facts)
     ticket = await admit(ex, ex.facts)
     try:
         table = await routing_table.get()
@@ -444,6 +452,7 @@ async def usage(ex: Exchange) -> None:
         query = usage_query(ex.query.decode("latin-1"))
     except ValueError as error:
         raise bad_request(str(error)) from None
+    await govern(ex, ex.facts)
     ticket = await admit(ex, ex.facts)
     try:
         await writer.flush()  # so the report includes this process's latest requests
@@ -460,6 +469,7 @@ async def usage(ex: Exchange) -> None:
 
 async def job_status(ex: Exchange, job_id: str) -> None:
     await authenticate(ex)
+    await govern(ex, ex.facts)
     await jobs.admit_poll(ex)
     job = await jobs.job_for(ex.key, job_id)
     ex.details["job_id"] = str(job.pk)
@@ -469,6 +479,7 @@ async def job_status(ex: Exchange, job_id: str) -> None:
 async def list_jobs(ex: Exchange) -> None:
     await authenticate(ex)
     query = {k: v[-1] for k, v in parse_qs(ex.query.decode("latin-1")).items()}
+    await govern(ex, ex.facts)
     await jobs.admit_poll(ex)
     await ex.respond_json(200, await jobs.recent_jobs(ex.key, query))
 

@@ -47,6 +47,7 @@ from routing.adapters.base import ProviderAdapter
 from routing.admission import admit, settle
 from routing.endpoints import authenticate
 from routing.exchange import Exchange
+from routing.governance import govern
 from routing.table import AgentRoute, routing_table
 from routing.ws_relay import SESSION_DEADLINE, Traffic, close_client, relay, upstream_close_code
 from routing.ws_sessions import open_sessions
@@ -93,7 +94,9 @@ async def serve_session(scope: dict, receive, send) -> None:
         try:
             route = await _authorize(ex)
             # Frames carry no token usage: a session takes a request and a slot (the key's, the agent's), no cost.
-            ticket = await admit(ex, ex.learn(ex.facts.routed(route)), spent_budgets=True)
+            facts = ex.learn(ex.facts.routed(route))
+            await govern(ex, facts)  # the policy rules, method WS
+            ticket = await admit(ex, facts, spent_budgets=True)
             agent = await open_upstream(ex, route, scope)
         except GatewayError as error:
             await refuse(ex, scope, send, error, traffic)

@@ -50,7 +50,7 @@ from billing.models import Budget, BudgetAlert, ModelPrice, UsageRecord
 from billing.periods import period_of
 from gateway_project import roles
 from gateway_project.models import AuthEvent
-from keys.models import AgentRole, Client, CostCenter, Plan
+from keys.models import AgentRole, Client, CostCenter, Plan, PolicyRule
 from keys.services import issue_key
 from routing.models import Agent, CapabilityKeyword, PathRoute, Target
 
@@ -88,6 +88,8 @@ def world(db, settings, tmp_path):
     acme = Client.objects.create(name="Acme", slug="acme", cost_center=center)
     key, _ = issue_key(acme, plan=plan, name="ci", allowed_agents=["*"])
     revoked, _ = issue_key(acme, name="old", revoked_at=now)
+    office = PolicyRule.objects.create(name="office", effect="deny", condition="!ip_in(request.ip, ['10.0.0.0/8'])")
+    watch = PolicyRule.objects.create(name="watch", effect="allow", final=True, dry_run=True, condition="true")
     analyst = AgentRole.objects.create(slug="analyst", name="Analyst")
     unused = AgentRole.objects.create(slug="unused", name="Unused")
     key.roles = ["analyst", "unused"]
@@ -134,6 +136,7 @@ def world(db, settings, tmp_path):
         "clients": [acme.pk],
         "keys": [key.pk, revoked.pk],
         "agent-roles": [analyst.pk, unused.pk],
+        "policy-rules": [office.pk, watch.pk],
         "agents": [agent.pk],
         "targets": [target.pk],
         "routes": [route.pk],

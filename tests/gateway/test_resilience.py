@@ -277,7 +277,9 @@ def test_a_fallback_outside_the_keys_scopes_is_skipped(claude_with_fallback, mak
     assert_error(response, 502, "upstream_error")
     record = audit_of(response)
     assert record.agent == primary.slug
-    assert record.details["fallbacks_skipped"] == [{"agent": backup.slug, "reason": "outside the key's scopes or roles"}]
+    assert record.details["fallbacks_skipped"] == [
+        {"agent": backup.slug, "reason": "outside the key's scopes or roles"}
+    ]
 
 
 def test_invoke_falls_back_and_says_which_agent_answered(upstreams, make_agent, make_key, gateway):

@@ -1,0 +1,223 @@
+"""The policy engine alone: conditions checked on save, rules decided in order, decisions remembered faithfully."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keys.policy import (
+    SAMPLES,
+    ConditionError,
+    RequestContext,
+    check_condition,
+    compile_condition,
+    compile_rules,
+    hour,
+    ip_in,
+    weekday,
+)
+
+NOW = datetime(2026, 1, 5, 9, 30, tzinfo=UTC)  # a Monday
+
+
+@dataclass
+class Row:
+    pk: int
+    name: str
+    effect: str
+    condition: str
+    final: bool = False
+    dry_run: bool = False
+    message: str = ""
+
+
+def context(agent="ledger", ip="192.0.2.7", tags=(), roles=(), body_bytes=100, now=NOW, **request):
+    return RequestContext(
+        {"agent": agent, "model": "", "method": "POST", "path": "/v1/agent/invoke", "route": "", "ip": ip,
+         "body_bytes": body_bytes, "tokens": body_bytes // 4, **request},
+        {"slug": "acme", "tags": list(tags), "cost_center": ""},
+        {"prefix": "agk_abcdefgh", "tags": [], "roles": list(roles), "plan": ""},
+        {"subject": "", "roles": list(roles), "groups": []},
+        now,
+    )  # fmt: skip
+
+
+# --- conditions checked on save ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        "!ip_in(request.ip, ['10.0.0.0/8'])",
+        "request.agent == 'ledger' && !('finance' in client.tags)",
+        "request.agent == 'code' && (hour(now, 'Europe/Berlin') < 7 || hour(now, 'Europe/Berlin') >= 20)",
+        "request.route == '/search' && request.body_bytes > 100000",
+        "weekday(now, 'UTC') == 0 || 'admin' in identity.roles",
+        "request.path.startsWith('/agents/') && size(key.tags) == 0",
+        "client['slug'] == 'acme'",
+    ],
+)
+def test_the_readme_examples_and_their_kind_pass_the_check(condition):
+    check_condition(condition)
+
+
+@pytest.mark.parametrize(
+    ("condition", "says"),
+    [
+        ("", "Write a condition"),
+        ("request.agent ==", "Line 1, column 17"),
+        ("(request.agent == 'x'", "Line 1, column"),
+        ("request.nope == 'x'", "request has no field 'nope'"),
+        ("user.name == 'x'", "Unknown name user"),
+        ("lookup(request.agent)", "Unknown function lookup"),
+        ("request.ip + 1 == 2", "It fails on a request"),
+        ("request.agent", "true or false"),
+        ("ip_in(request.ip, ['10.0.0.0/33'])", "10.0.0.0/33"),
+        ("ip_in(request.ip, '10.0.0.0/8')", "list of networks"),
+        ("hour(now, 'Mars/Base') > 3", "Mars/Base"),
+    ],
+)
+def test_a_bad_condition_is_refused_saying_what_and_where(condition, says):
+    with pytest.raises(ConditionError) as refused:
+        check_condition(condition)
+    assert says in str(refused.value)
+
+
+@given(st.text(alphabet="abcxyz._'\" ", max_size=30))
+def test_words_inside_string_literals_are_not_read_as_fields(text):
+    literal = "'" + text.replace("\\", "").replace("'", "") + "'"
+    _, reads = compile_condition(f"request.agent == {literal}")
+    assert reads == {("request", "agent")}
+
+
+# --- the functions ---------------------------------------------------------------------------------------------
+
+
+@given(st.ip_addresses(), st.lists(st.ip_addresses().map(lambda a: f"{a}/{a.max_prefixlen // 2}"), max_size=4))
+def test_ip_in_agrees_with_the_standard_library(address, networks):
+    expected = any(
+        address.version == net.version and address in net
+        for net in (ipaddress.ip_network(n, strict=False) for n in networks)
+    )
+    assert ip_in(str(address), networks) is expected
+
+
+def test_ip_in_finds_no_network_for_what_is_no_address():
+    assert ip_in("", ["0.0.0.0/0"]) is False
+    assert ip_in("not-an-ip", ["0.0.0.0/0", "::/0"]) is False
+
+
+def test_hour_and_weekday_are_those_of_the_zone():
+    late = datetime(2026, 1, 4, 23, 30, tzinfo=UTC)  # Sunday 23:30 UTC is Monday 00:30 in Berlin
+    assert (hour(late, "UTC"), weekday(late, "UTC")) == (23, 0)
+    assert (hour(late, "Europe/Berlin"), weekday(late, "Europe/Berlin")) == (0, 1)
+
+
+# --- deciding ----------------------------------------------------------------------------------------------------
+
+RULES = [
+    Row(1, "office", "allow", "ip_in(request.ip, ['10.0.0.0/8'])", final=True),
+    Row(2, "watch ledger", "deny", "request.agent == 'ledger'", dry_run=True),
+    Row(3, "finance only", "deny", "request.agent == 'ledger' && !('finance' in client.tags)"),
+    Row(4, "office hours", "deny", "request.agent == 'code' && (hour(now, 'Europe/Berlin') < 7 || "
+        "hour(now, 'Europe/Berlin') >= 20)"),
+    Row(5, "size cap", "deny", "request.body_bytes > 100000"),
+]  # fmt: skip
+
+
+def test_the_first_enforced_deny_refuses_and_dry_runs_are_noted():
+    decision = compile_rules(RULES).decide(context(agent="ledger"))
+    assert decision.denied_by.name == "finance only"
+    assert decision.notes == {"denied_by": "finance only", "would_deny": ["watch ledger"]}
+
+
+def test_a_final_allow_stops_later_denies():
+    decision = compile_rules(RULES).decide(context(agent="ledger", ip="10.9.8.7", body_bytes=10**6))
+    assert decision.denied_by is None
+    assert decision.notes == {"allowed_by": "office"}
+
+
+def test_no_match_allows_and_a_time_rule_reads_the_zone():
+    rules = compile_rules(RULES)
+    assert rules.decide(context(agent="ledger", tags=["finance"])).denied_by is None
+    evening = datetime(2026, 1, 5, 19, 30, tzinfo=UTC)  # 20:30 in Berlin
+    assert rules.decide(context(agent="code", now=evening)).denied_by.name == "office hours"
+    assert rules.decide(context(agent="code", now=NOW)).denied_by is None
+
+
+def test_a_condition_that_fails_on_a_request_denies_as_a_deny_and_never_allows_as_an_allow():
+    rules = compile_rules([
+        Row(1, "broken allow", "allow", "int(request.model) > 3", final=True),
+        Row(2, "broken deny", "deny", "int(request.model) > 3"),
+    ])  # fmt: skip
+    decision = rules.decide(context(model="not-a-number"))
+    assert decision.denied_by.name == "broken deny"
+    assert decision.failed == ("broken allow", "broken deny")
+
+
+def test_a_rule_that_no_longer_compiles_denies():
+    decision = compile_rules([Row(1, "stale", "deny", "request.agent ==")]).decide(context())
+    assert (decision.denied_by.name, decision.failed) == ("stale", ("stale",))
+
+
+AGENTS = st.sampled_from(["ledger", "code", "research", ""])
+IPS = st.sampled_from(["10.1.2.3", "192.0.2.7", "", "::1", "nonsense"])
+TAGS = st.lists(st.sampled_from(["finance", "ops", "internal"]), max_size=3)
+SIZES = st.integers(min_value=0, max_value=2 * 10**5)
+HOURS = st.integers(min_value=0, max_value=23).map(lambda h: NOW.replace(hour=h))
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(AGENTS, IPS, TAGS, SIZES, HOURS), min_size=1, max_size=30), st.data())
+def test_a_remembered_decision_is_the_one_evaluating_afresh_gives(requests, data):
+    rules = compile_rules(RULES)
+    for agent, ip, tags, size, now in requests:
+        ctx = context(agent=agent, ip=ip, tags=tags, body_bytes=size, now=now)
+        remembered = rules.decide(ctx)
+        fresh = compile_rules(RULES).decide(ctx)
+        assert remembered.notes == fresh.notes
+
+
+@given(st.lists(st.tuples(AGENTS, IPS, TAGS, SIZES, HOURS), min_size=1, max_size=10))
+def test_rules_in_dry_run_never_refuse(requests):
+    dry = [Row(r.pk, r.name, r.effect, r.condition, r.final, True) for r in RULES]
+    rules = compile_rules(dry)
+    for agent, ip, tags, size, now in requests:
+        assert rules.decide(context(agent=agent, ip=ip, tags=tags, body_bytes=size, now=now)).denied_by is None
+
+
+@given(st.text(), st.text(), st.integers(min_value=-(2**70), max_value=2**70))
+def test_any_value_a_request_brings_is_decided_and_what_cannot_be_read_fails_closed(model, path, size):
+    rules = compile_rules([
+        Row(1, "model allow", "allow", "request.model == 'never'", final=True),
+        Row(2, "model deny", "deny", "request.model.startsWith('blocked') || request.path == 'x'"),
+        Row(3, "size", "deny", "request.body_bytes > 10"),
+    ])  # fmt: skip
+    decision = rules.decide(context(model=model, path=path, body_bytes=size))
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in model + path):  # no UTF-8 string holds these: the library refuses
+        assert decision.denied_by.name == "model deny"
+        assert {"model allow", "model deny"} <= set(decision.failed)
+    elif decision.denied_by is None:
+        assert size <= 10 and not model.startswith("blocked") and path != "x"
+
+
+def test_the_tester_reports_a_value_it_cannot_read_as_a_failure():
+    from keys.policy import explain
+
+    rules = compile_rules([Row(1, "model deny", "deny", "request.model == 'x'")])
+    decision, outcomes = explain(rules, context(model="\ud800"))
+    assert decision.denied_by.name == "model deny"
+    assert outcomes[0].outcome.startswith("failed: ")
+
+
+def test_the_samples_the_check_runs_on_hold_every_field():
+    from keys.policy import CONTEXT_FIELDS
+
+    for sample in SAMPLES:
+        for variable, fields in CONTEXT_FIELDS.items():
+            assert set(sample[variable]) == set(fields)
