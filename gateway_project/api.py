@@ -90,7 +90,23 @@ def exception_handler(exc, context):
         response.data = {"detail": _first_message(response.data)}
     elif isinstance(response.data, dict) and "detail" not in response.data:
         response.data = {"detail": _first_message(response.data), **response.data}
+    response.data = _encodable(response.data)
     return response
+
+
+def _encodable(data):
+    """``data`` with every string UTF-8 can encode: an error that quotes the input (an invalid choice) may quote a
+    lone surrogate, which the JSON renderer could not write (a 500)."""
+    if isinstance(data, dict):
+        return {_encodable(key): _encodable(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_encodable(item) for item in data]
+    if isinstance(data, str):
+        try:
+            data.encode("utf-8")
+        except UnicodeEncodeError:
+            return data.encode("utf-8", "backslashreplace").decode("utf-8")
+    return data
 
 
 def not_found(request, exception):

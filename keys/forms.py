@@ -89,6 +89,8 @@ class PolicyTestForm(forms.Form):
             return context_from_json(json.loads(self.cleaned_data["context"]))
         except json.JSONDecodeError as error:
             raise forms.ValidationError(f"Not JSON: {error.msg} (line {error.lineno}, column {error.colno}).")
+        except RecursionError:
+            raise forms.ValidationError("Not a request context: nested too deeply.") from None
         except ValueError as error:
             raise forms.ValidationError(str(error))
 

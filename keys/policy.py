@@ -120,7 +120,6 @@ _STANDARD_FUNCTIONS = frozenset({
     "getFullYear", "getMonth", "getDayOfYear", "getDayOfMonth", "getDate", "getDayOfWeek", "getHours", "getMinutes",
     "getSeconds", "getMilliseconds",
 })  # fmt: skip
-_STRING = re.compile(r"""(?:[rR]?)(?:'''.*?'''|\"\"\".*?\"\"\"|'(?:\\.|[^'\\])*'|"(?:\\.|[^"\\])*")""", re.S)
 _FIELD = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*)?")
 _POSITION = re.compile(r"<input>:(\d+):(\d+): ([^\n]*)")
 
@@ -129,18 +128,71 @@ class ConditionError(ValueError):
     """A condition the engine will not run, with what is wrong (and where, for a syntax error)."""
 
 
+_STRING_PREFIX = re.compile(r"(?i)(?:rb|br|r|b)?(\'\'\'|\"\"\"|'|\")")
+_MACRO = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_]\w*)\s*,")
+
+
+def _code_only(expression: str) -> str:
+    """``expression`` with its string literals emptied ('') and its comments blanked, by CEL's lexical rules: quotes
+    single, double or tripled; an ``r`` prefix (raw: a backslash escapes nothing) or ``b``; ``//`` to the line's
+    end. What is left is names, fields, operators and numbers."""
+    out, at, size = [], 0, len(expression)
+    while at < size:
+        char = expression[at]
+        if expression.startswith("//", at):
+            end = expression.find("\n", at)
+            at = size if end < 0 else end
+            out.append(" ")
+            continue
+        quote = _STRING_PREFIX.match(expression, at) if char in "rRbB'\"" else None
+        if quote and (at == 0 or not (expression[at - 1].isalnum() or expression[at - 1] == "_")):
+            raw = "r" in expression[at : quote.start(1)].lower()
+            delimiter = quote.group(1)
+            at = quote.end()
+            while at < size and not expression.startswith(delimiter, at):
+                at += 2 if expression[at] == "\\" and not raw else 1
+            at += len(delimiter)
+            out.append("''")
+            continue
+        out.append(char)
+        at += 1
+    return "".join(out)
+
+
 def _fields_read(expression: str) -> set[tuple[str, str | None]]:
     """The (variable, field) pairs ``expression`` reads; (variable, None) when it reads a variable other than by a
-    plain field (``client['slug']``, ``client`` alone). Found in the source with its string literals blanked."""
-    source = _STRING.sub(lambda m: "''", expression)
+    plain field (``client['slug']``, ``client`` alone). Found in the source with its strings and comments blanked;
+    ``compile_condition`` checks the result on the samples."""
+    source = _code_only(expression)
+    bound = set(_MACRO.findall(source))
     found = set()
     for match in _FIELD.finditer(source):
         name, member = match.group(1), match.group(2)
+        if name in bound:
+            continue
         if name in CONTEXT_FIELDS:
             found.add((name, member))
         elif name == NOW:
             found.add((NOW, None))
     return found
+
+
+def _restricted(sample: dict, reads: frozenset) -> dict:
+    """``sample`` cut to ``reads``, as a rule group's context is."""
+    cut: dict = {}
+    for variable, member in reads:
+        if member is None or variable == NOW:
+            cut[variable] = sample[variable]
+        else:
+            cut.setdefault(variable, {})[member] = sample[variable][member]
+    return cut
+
+
+def _outcome(program, variables: dict):
+    try:
+        return program.execute(cel.Context(variables=variables, functions=FUNCTIONS))
+    except Exception as error:
+        return type(error)
 
 
 def _syntax_message(error: Exception) -> str:
@@ -161,7 +213,8 @@ def compile_condition(expression: str):
     except (ValueError, TypeError, RuntimeError) as error:
         raise ConditionError(_syntax_message(error)) from None
     references = program.references()
-    unknown = sorted(set(references["variables"]) - set(CONTEXT_FIELDS) - {NOW})
+    bound = set(_MACRO.findall(_code_only(expression)))  # a comprehension's own variable (tags.exists(t, ...))
+    unknown = sorted(set(references["variables"]) - set(CONTEXT_FIELDS) - {NOW} - bound)
     if unknown:
         known = ", ".join([*CONTEXT_FIELDS, NOW])
         raise ConditionError(f"Unknown name {', '.join(unknown)}: a condition reads {known}.")
@@ -174,7 +227,11 @@ def compile_condition(expression: str):
         if member is not None and member not in CONTEXT_FIELDS.get(variable, {}):
             fields = ", ".join(CONTEXT_FIELDS[variable])
             raise ConditionError(f"{variable} has no field {member!r}; it has {fields}.")
-    return program, frozenset(reads)
+    reads = frozenset(reads)
+    if any(_outcome(program, _restricted(sample, reads)) != _outcome(program, sample) for sample in SAMPLES):
+        # The source read wrongly (a construct the scan does not know): give the rule every variable it names.
+        reads = frozenset((name, None) for name in references["variables"] if name in CONTEXT_FIELDS or name == NOW)
+    return program, reads
 
 
 def check_condition(expression: str) -> None:
@@ -333,9 +390,10 @@ class _Group:
         found = []
         for rule in self.rules:
             try:
-                found.append(rule.program.execute(context) is True)
+                result = rule.program.execute(context)
             except Exception:  # a condition that cannot be evaluated on this request
-                found.append(None)
+                result = None
+            found.append(result if type(result) is bool else None)  # anything but true or false: failed
         return tuple(found)
 
 
@@ -350,16 +408,21 @@ class PolicySet:
     """
 
     def __init__(self, rules: Iterable[tuple[PolicyRuleEntry, frozenset]]):
+        rules = list(rules)
+        self._reads = _normalised(pair for _, reads in rules for pair in reads)
+        whole = {variable for variable, member in self._reads if member is None}
         groups: dict[tuple, _Group] = {}
         placed = []  # (rule, its group, its index in the group)
         for rule, reads in rules:
-            key = _normalised(reads)
+            # A variable some rule reads whole is read whole by every rule (one value for the memories to key on).
+            key = _normalised(
+                (variable, None) if variable in whole else (variable, member) for variable, member in reads
+            )
             group = groups.setdefault(key, _Group(key, []))
             placed.append((rule, group, len(group.rules)))
             group.rules.append(rule)
         self.rules: tuple[PolicyRuleEntry, ...] = tuple(rule for rule, _, _ in placed)
         self._placed = tuple(placed)
-        self._reads = _normalised(pair for key in groups for pair in key)
         for group in groups.values():
             group.take_from(self._reads)
         self._memo: dict[tuple, Decision] = {}
@@ -427,7 +490,10 @@ def explain(rules: PolicySet, context: RequestContext) -> tuple[Decision, list[R
         try:
             if cel_context is None:
                 raise ValueError(unreadable)
-            outcome = "matched" if rule.program.execute(cel_context) is True else "not matched"
+            result = rule.program.execute(cel_context)
+            if type(result) is not bool:
+                raise ValueError(f"gives {type(result).__name__}, not true or false")
+            outcome = "matched" if result else "not matched"
         except Exception as error:
             outcome = f"failed: {_first_line(error)}"
         outcomes.append(RuleOutcome(rule.name, rule.effect, rule.dry_run, rule.final, outcome))

@@ -8,7 +8,7 @@ from django.dispatch import receiver
 
 from gateway_project.hotstate import get_hot_state
 from keys.access import key_snapshots
-from keys.models import AgentRole, ApiKey, Client
+from keys.models import AgentRole, ApiKey, Client, CostCenter, Plan
 
 
 @receiver([post_save, post_delete], sender=ApiKey)
@@ -19,6 +19,21 @@ def forget_key(sender, instance, **kwargs):
 @receiver([post_save, post_delete], sender=Client)
 def forget_client_keys(sender, instance, **kwargs):
     for key_id, key_hash in ApiKey.objects.filter(client_id=instance.pk).values_list("pk", "key_hash"):
+        key_changed(key_id, key_hash)
+
+
+@receiver([post_save, pre_delete], sender=CostCenter)
+def forget_cost_center_keys(sender, instance, **kwargs):
+    """Key snapshots carry their client's cost center's slug (``client.cost_center`` in policy rules); before a
+    deletion, while the clients still name it."""
+    for key_id, key_hash in ApiKey.objects.filter(client__cost_center_id=instance.pk).values_list("pk", "key_hash"):
+        key_changed(key_id, key_hash)
+
+
+@receiver([post_save, pre_delete], sender=Plan)
+def forget_plan_keys(sender, instance, **kwargs):
+    """Key snapshots carry their plan's slug (``key.plan``); before a deletion, while the keys still name it."""
+    for key_id, key_hash in ApiKey.objects.filter(plan_id=instance.pk).values_list("pk", "key_hash"):
         key_changed(key_id, key_hash)
 
 

@@ -20,6 +20,22 @@ from routing.facts import RequestFacts
 
 _NO_KEY = ({"slug": "", "tags": [], "cost_center": ""}, {"prefix": "", "tags": [], "roles": [], "plan": ""},
            {"subject": "", "roles": [], "groups": []})  # fmt: skip
+# Longer text (a model name or path a client chose) is handed to the rules as a value they cannot read, so a rule
+# reading it fails (a deny refuses): a regular expression never runs over megabytes on the event loop, and padding
+# cannot push what a rule looks for out of a cut.
+MAX_CONTEXT_TEXT = 1024
+
+
+class _TooLong:
+    """What a rule sees of a value over ``MAX_CONTEXT_TEXT`` characters: nothing CEL can take."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<longer than the rules read>"
+
+
+TOO_LONG = _TooLong()
 _minute: list = [-1.0, None]  # the current minute, and its timestamp: one datetime a minute, not one a request
 
 
@@ -34,11 +50,12 @@ def request_context(ex: Exchange, facts: RequestFacts) -> RequestContext:
     """What the rules may read of this request (``keys.policy.CONTEXT_FIELDS``)."""
     route, demand = facts.route, facts.demand
     body = ex.body if isinstance(ex.body, bytes) else b""
+    model, path = ex.model or "", ex.path
     request = {
         "agent": route.slug if route is not None else "",
-        "model": ex.model or "",
+        "model": model if len(model) <= MAX_CONTEXT_TEXT else TOO_LONG,
         "method": ex.method,
-        "path": ex.path,
+        "path": path if len(path) <= MAX_CONTEXT_TEXT else TOO_LONG,
         "route": facts.path_route.prefix if facts.path_route is not None else "",
         "ip": ex.client_ip or "",
         "body_bytes": len(body),

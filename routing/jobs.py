@@ -282,9 +282,10 @@ def _claim(job_id: str) -> AgentJob | None:
     return AgentJob.objects.filter(pk=job_id).select_related("api_key__client").first() if taken else None
 
 
-def _current_key_refusal(job: AgentJob, route: AgentRoute) -> GatewayError | None:
-    """The key may have been revoked or disabled while the job waited, or lost the agent or model from its scopes:
-    then it does not run (as the gateway would now refuse the call, and closes the key's WebSocket sessions)."""
+def _current_key(job: AgentJob, route: AgentRoute) -> KeySnapshot | GatewayError:
+    """The job's key as it is now, or why it may no longer run: it may have been revoked or disabled while the job
+    waited, or lost the agent, its model or its role (then it does not run, as the gateway would now refuse the
+    call). The job runs with this key, so its fallbacks are checked against it too."""
     if job.api_key is None:
         return GatewayError(403, "permission_error", "key_revoked", "The job's API key no longer exists.")
     key = snapshot_for(job.api_key)
@@ -294,7 +295,7 @@ def _current_key_refusal(job: AgentJob, route: AgentRoute) -> GatewayError | Non
         authorize(key, route, state.get("model") or state.get("requested") or "")  # the model it will send
     except GatewayError as error:
         return error
-    return None
+    return key
 
 
 async def _fresh(table) -> None:
@@ -338,9 +339,10 @@ async def run(job_id: str) -> bool:
         await warm_rules()
         await _fresh(routing_table)
         route = (await routing_table.get()).agent(job.agent)
-        refusal = await database_sync_to_async(_current_key_refusal)(job, route)
-        if refusal:
-            raise refusal
+        current = await database_sync_to_async(_current_key)(job, route)
+        if isinstance(current, GatewayError):
+            raise current
+        ex.learn(ex.facts.identified(current))
         body = job.request["body"]
         call = partial(invoke_route, ex, route, body["input"], state["model"], state["requested"], state["max_tokens"])
         await within_deadline(ex, ticket, call)  # done while its reservation stands
@@ -374,7 +376,7 @@ def _result(ex: Exchange, route: AgentRoute, state: dict) -> dict:
     return {
         "request_id": ex.request_id,
         "output": ex.output_text,
-        "agent_used": route.slug,
+        "agent_used": ex.agent or route.slug,  # a fallback's, when one answered
         "model": ex.model,
         "route_reason": state["route_reason"],
         "tokens_used": ex.input_tokens + ex.output_tokens,

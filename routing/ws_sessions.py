@@ -4,9 +4,13 @@ A session is let in once, at its handshake. Every change to a key is announced t
 every gateway process (``HotState.key_changes``, fed by the key signals); on one,
 this process reads the key afresh and withdraws each of its sessions the key no
 longer lets in (revoked, disabled, its client disabled, expired, or its agent out
-of scope): the relay then closes it with 1008. An expiry is not announced, so each
-session of an expiring key has a timer for it. The listener starts with the first
-session and stops with the last, so a process without sessions listens to nothing.
+of scope, or without the role its agent requires): the relay then closes it with 1008.
+An expiry is not announced, so each session of an expiring key has a timer for it.
+An agent's change is not announced either: each time the routing table may have been
+reloaded (``GATEWAY_CONFIG_REFRESH_SECONDS``) every session is checked again against
+its agent as the table now holds it (an agent that came to require a role). The
+listener starts with the first session and stops with the last, so a process without
+sessions listens to nothing.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ class WatchedSession:
             return
         try:
             ensure_usable(key)
-            authorize(key, self.agent)
+            authorize(key, self.current_agent())
         except GatewayError as refusal:
             self.withdrawn.set_result(refusal.code)
             return
@@ -61,6 +65,14 @@ class WatchedSession:
             # Checked again then; a timer that fires a little early only sets another.
             delay = max(0.0, key.expires_at - time.time())
             self._expiry = asyncio.get_running_loop().call_later(delay, self.check, key)
+
+    def current_agent(self):
+        """The session's agent as the routing table holds it now (the handshake's, if the table has it no more)."""
+        from routing.table import routing_table
+
+        table = routing_table.last()
+        route = table.agents.get(self.agent.slug) if table is not None else None
+        return route or self.agent
 
     def stop_timer(self) -> None:
         if self._expiry is not None:
@@ -74,6 +86,7 @@ class OpenSessions:
     def __init__(self):
         self._by_key: dict[int, set[WatchedSession]] = {}
         self._listener: asyncio.Task | None = None
+        self._sweeper: asyncio.Task | None = None  # checks every session against its agent as it now is
         self._listening_since: float | None = None  # perf_counter time of the latest (re)subscription
         self._changed_at: dict[int, float] = {}  # key id -> perf_counter time its latest change was announced
 
@@ -115,8 +128,21 @@ class OpenSessions:
         if self._listener is None or self._listener.done() or self._listener.get_loop() is not loop:
             self._listening_since, self._changed_at = None, {}
             self._listener = loop.create_task(self._follow_key_changes(), name="ws-sessions-key-changes")
+        if self._sweeper is None or self._sweeper.done() or self._sweeper.get_loop() is not loop:
+            self._sweeper = loop.create_task(self._follow_agent_changes(), name="ws-sessions-agent-changes")
+
+    async def _follow_agent_changes(self) -> None:
+        while True:
+            await asyncio.sleep(settings.GATEWAY["CONFIG_REFRESH_SECONDS"])
+            for sessions in list(self._by_key.values()):
+                for session in list(sessions):
+                    session.check(session.key)
 
     async def _stop(self) -> None:
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None and sweeper.get_loop() is asyncio.get_running_loop():
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
         listener, self._listener = self._listener, None
         if listener is None or listener.get_loop() is not asyncio.get_running_loop():
             return

@@ -108,3 +108,39 @@ def test_clients_and_keys_carry_tags_checked_like_any_field(api, acme):
     assert key.json()["tags"] == ["ci"]
     bad_roles = api.patch(f"/api/v1/keys/{key.json()['id']}/", {"roles": ["nul\x00"]}, format="json")
     assert bad_roles.status_code == 400
+
+
+def test_json_nested_too_deeply_is_a_400_not_a_500(api, db):
+    deep = "[" * 50_000 + "]" * 50_000
+    response = api.post("/api/v1/policy-rules/test/", data=deep, content_type="application/json")
+    assert response.status_code == 400
+    assert "nested too deeply" in response.json()["detail"]
+
+
+def test_a_lone_surrogate_quoted_back_in_an_error_is_a_400_not_a_500(api, db):
+    body = '{"name": "x", "effect": "\\ud800", "condition": "true"}'
+    response = api.post("/api/v1/policy-rules/", data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert "effect" in response.json()
+    assert not PolicyRule.objects.exists()
+
+
+def test_a_cost_center_or_plan_change_reaches_the_key_snapshots_policy_rules_read(db, acme, monkeypatch):
+    from keys import signals
+    from keys.models import CostCenter, Plan
+    from keys.services import issue_key
+
+    center = CostCenter.objects.create(name="Finance", slug="finance")
+    acme.cost_center = center
+    acme.save()
+    plan = Plan.objects.create(name="Pro", slug="pro")
+    key, _ = issue_key(acme, plan=plan, allowed_agents=["*"])
+    changed = []
+    monkeypatch.setattr(signals, "key_changed", lambda key_id, key_hash: changed.append(key_id))
+    center.slug = "finance-eu"
+    center.save()
+    plan.slug = "pro-2"
+    plan.save()
+    plan.delete()
+    center.delete()
+    assert changed == [key.pk] * 4

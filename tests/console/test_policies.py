@@ -78,3 +78,9 @@ def test_client_and_key_tags_are_edited_as_comma_separated_text(operator, acme):
     assert key.tags == ["ci", "batch"]
     too_long = operator.post(f"/console/keys/{key.pk}/roles/", {"tags": "x" * 60})
     assert too_long.status_code == 400
+
+
+def test_the_tester_refuses_json_nested_too_deeply(compliance, db):
+    response = compliance.post("/console/policies/test/", {"context": "[" * 50_000 + "]" * 50_000})
+    assert response.status_code == 400
+    assert "nested too deeply" in response.content.decode()

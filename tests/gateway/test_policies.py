@@ -166,26 +166,45 @@ def test_a_websocket_handshake_meets_the_rules_as_method_ws(server, rules, make_
     assert until(lambda: refused_code() == 403, "the handshake refused by the rule")
 
 
-def test_a_value_the_rules_cannot_read_is_refused_by_a_deny_that_reads_it_never_a_500(
-    server, rules, make_key, audit_of, live_db, seeded, wait_for_agent
-):
+@pytest.fixture
+def any_model_provider(live_db, seeded, server, wait_for_agent):
+    """An OpenAI-compatible agent on the mock that serves any model: a pass-through body names the model."""
     from routing.models import Agent
 
     provider = Agent.objects.create(slug=f"any-model-{uuid.uuid4().hex[:6]}", name="any", kind="openai",
                                     upstream_url=seeded.url)  # fmt: skip
-    try:
-        wait_for_agent(provider.slug, server)
-        raw, key = make_key()
-        rule = rules("no mini models", "deny", f"client.slug == '{key.client.slug}' && "
-                     "request.model.startsWith('gpt-4o-mini')")  # fmt: skip
-        url = f"/agents/{provider.slug}/v1/chat/completions"
-        # JSON may escape a lone surrogate, which no UTF-8 string holds: the CEL library refuses such a value.
-        body = '{"model": "gpt-4o-mini\\ud800", "messages": [{"role": "user", "content": "hi"}]}'
-        with server.client(raw) as client:
-            plain = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-            until(lambda: client.post(url, json=plain).status_code == 403, "the rule in force")
-            response = client.post(url, content=body, headers={"content-type": "application/json"})
-        refused_by(response, rule)
-        assert audit_of(response).details["policy"] == {"denied_by": rule.name, "failed": [rule.name]}
-    finally:
-        provider.delete()
+    wait_for_agent(provider.slug, server)
+    yield f"/agents/{provider.slug}/v1/chat/completions"
+    provider.delete()
+
+
+def chat(model: str) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_a_value_the_rules_cannot_read_is_refused_by_a_deny_that_reads_it_never_a_500(
+    server, rules, make_key, audit_of, any_model_provider
+):
+    raw, key = make_key()
+    rule = rules("no mini models", "deny", f"client.slug == '{key.client.slug}' && "
+                 "request.model.startsWith('gpt-4o-mini')")  # fmt: skip
+    # JSON may escape a lone surrogate, which no UTF-8 string holds: the CEL library refuses such a value.
+    body = '{"model": "gpt-4o-mini\\ud800", "messages": [{"role": "user", "content": "hi"}]}'
+    with server.client(raw) as client:
+        until(lambda: client.post(any_model_provider, json=chat("gpt-4o-mini")).status_code == 403, "the rule")
+        response = client.post(any_model_provider, content=body, headers={"content-type": "application/json"})
+    refused_by(response, rule)
+    assert audit_of(response).details["policy"] == {"denied_by": rule.name, "failed": [rule.name]}
+
+
+def test_a_model_name_longer_than_the_rules_read_fails_a_deny_that_reads_it(
+    server, rules, make_key, audit_of, any_model_provider
+):
+    raw, key = make_key()
+    rule = rules("no preview", "deny", f"client.slug == '{key.client.slug}' && "
+                 "request.model.matches('.*-preview$')")  # fmt: skip
+    with server.client(raw) as client:
+        until(lambda: client.post(any_model_provider, json=chat("gpt-4o-preview")).status_code == 403, "the rule")
+        response = client.post(any_model_provider, json=chat("x" * 5000 + "-preview"))
+    refused_by(response, rule)
+    assert audit_of(response).details["policy"] == {"denied_by": rule.name, "failed": [rule.name]}

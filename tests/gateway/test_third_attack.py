@@ -294,7 +294,7 @@ def test_a_queued_job_whose_key_lost_the_agent_model_or_role_does_not_run(make_k
     from types import SimpleNamespace
 
     from keys.models import AgentRole
-    from routing.jobs import _current_key_refusal
+    from routing.jobs import _current_key
 
     _, key = make_key(agents=("research",), models=("gpt-4o-mini",))
     AgentRole.objects.create(slug="analyst", name="Analyst")
@@ -306,18 +306,18 @@ def test_a_queued_job_whose_key_lost_the_agent_model_or_role_does_not_run(make_k
     by_agent = SimpleNamespace(
         api_key=key, agent="research", request={"gateway": {"requested": "", "model": "gpt-4o-mini"}}
     )
-    assert _current_key_refusal(job, route) is None and _current_key_refusal(by_agent, route) is None
+    assert _current_key(job, route).key_id == key.pk and _current_key(by_agent, route).key_id == key.pk
     key.roles = []
     key.save()
-    assert _current_key_refusal(job, route).code == "role_required"
+    assert _current_key(job, route).code == "role_required"
     key.allowed_models = ["gpt-4o"]
     key.roles = ["analyst"]
     key.save()
-    assert _current_key_refusal(job, route).code == "model_not_allowed"
-    assert _current_key_refusal(by_agent, route).code == "model_not_allowed"
+    assert _current_key(job, route).code == "model_not_allowed"
+    assert _current_key(by_agent, route).code == "model_not_allowed"
     key.allowed_agents = ["writing"]
     key.save()
-    assert _current_key_refusal(job, route).code == "agent_not_allowed"
+    assert _current_key(job, route).code == "agent_not_allowed"
 
 
 # --- what an upstream bills beyond the tokens it reports --------------------------------------------------------

@@ -221,3 +221,42 @@ def test_the_samples_the_check_runs_on_hold_every_field():
     for sample in SAMPLES:
         for variable, fields in CONTEXT_FIELDS.items():
             assert set(sample[variable]) == set(fields)
+
+
+def test_rules_reading_a_variable_whole_and_by_field_decide_together():
+    rules = compile_rules([
+        Row(1, "whole", "deny", "client['slug'] == 'evil'"),
+        Row(2, "field", "deny", "client.slug == 'bad'"),
+    ])  # fmt: skip
+    ctx = context()
+    assert rules.decide(ctx).denied_by is None
+    assert rules.decide(ctx._replace(client={**ctx.client, "slug": "evil"})).denied_by.name == "whole"
+    assert rules.decide(ctx._replace(client={**ctx.client, "slug": "bad"})).denied_by.name == "field"
+
+
+@pytest.mark.parametrize(
+    ("condition", "reads"),
+    [
+        ("// don't call research\nrequest.agent == 'research'", {("request", "agent")}),
+        ("request.agent == r'\\' || request.model == 'x'", {("request", "agent"), ("request", "model")}),
+        ("request.agent == \"it's\" || request.model == '''a'b'''", {("request", "agent"), ("request", "model")}),
+        ("client.tags.exists(t, t == 'finance')", {("client", "tags")}),
+    ],
+)
+def test_comments_raw_strings_and_comprehensions_are_read_as_cel_reads_them(condition, reads):
+    check_condition(condition)
+    assert compile_condition(condition)[1] == reads
+
+
+def test_a_comment_does_not_hide_what_a_rule_reads():
+    rules = compile_rules([Row(1, "research", "deny", "// don't\nrequest.agent == 'research'")])
+    assert rules.decide(context(agent="writing")).notes == {}
+    assert rules.decide(context(agent="research")).denied_by.name == "research"
+
+
+def test_a_condition_giving_something_else_than_true_or_false_on_a_request_fails_closed():
+    condition = "request.model == 'x' ? 1 == 1 : (request.model == 'evil' ? dyn('s') : false)"
+    check_condition(condition)  # true or false on the samples
+    rules = compile_rules([Row(1, "odd", "deny", condition)])
+    decision = rules.decide(context(model="evil"))
+    assert (decision.denied_by.name, decision.failed) == ("odd", ("odd",))

@@ -199,7 +199,7 @@ def test_the_listener_starts_with_the_first_session_and_stops_with_the_last(stor
             counts.append(len(await tasks_besides_this_one()))
         return counts
 
-    assert run(scenario()) == [0] + [1, 1, 0] * 3
+    assert run(scenario()) == [0] + [2, 2, 0] * 3  # the key changes' listener and the agents' sweep
 
 
 def run(coro):
@@ -215,3 +215,24 @@ def test_the_listener_stops_however_early_its_last_session_ends(store, saved):
             await eventually(lambda: len(asyncio.all_tasks()) == 1)
 
     run(scenario())
+
+
+def test_a_session_whose_agent_comes_to_require_a_role_is_withdrawn_at_the_next_sweep(
+    store, saved, monkeypatch, settings
+):
+    from dataclasses import replace as replaced
+
+    from routing.table import RoutingTable, routing_table
+
+    settings.GATEWAY = {**settings.GATEWAY, "CONFIG_REFRESH_SECONDS": 0.05}
+    monkeypatch.setattr(routing_table, "_value", RoutingTable({"research": RESEARCH}, {}))
+
+    async def scenario():
+        sessions = OpenSessions()
+        async with sessions.watch(saved.save(key(1)), RESEARCH, time.perf_counter()) as session:
+            await asyncio.sleep(0.2)
+            assert not session.withdrawn.done()  # swept, and still let in
+            routing_table._value = RoutingTable({"research": replaced(RESEARCH, required_role="analyst")}, {})
+            return await asyncio.wait_for(session.withdrawn, DEADLINE_SECONDS)
+
+    assert run(scenario()) == "role_required"

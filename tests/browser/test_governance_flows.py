@@ -1,0 +1,72 @@
+"""Governance pages in headless Chromium: roles on a key, a policy rule written, refused when wrong, tested and in
+force on live traffic."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from tests.browser.test_console_flows import sign_in
+from tests.waiting import until
+
+
+def test_an_admin_writes_a_policy_rule_tests_it_and_the_gateway_enforces_it(gateway, page, console_admin,
+                                                                            screenshot, make_key):  # fmt: skip
+    from keys.models import PolicyRule
+
+    raw, key = make_key()
+    sign_in(page, gateway, *console_admin)
+    name = f"ledger is finance's {uuid.uuid4().hex[:6]}"
+    page.goto(f"{gateway.url}/console/policies/new/")
+    page.fill("#id_name", name)
+    page.fill("#id_condition", "request.agent ==")
+    page.click("main button[type=submit]")
+    assert "Line 1, column 17" in page.text_content("main")  # refused, with where
+    page.fill("#id_condition", f"client.slug == '{key.client.slug}' && request.agent == 'research'")
+    page.click("main button[type=submit]")
+    page.wait_for_url(f"{gateway.url}/console/policies/")
+    assert page.locator(f'tr[data-rule="{name}"]').count() == 1
+    screenshot(page, "policy-rules")
+
+    page.goto(f"{gateway.url}/console/policies/test/")
+    context = {"request": {"agent": "research"}, "client": {"slug": key.client.slug}}
+    page.fill("#id_context", json.dumps(context))
+    page.click("main button[type=submit]")
+    assert "refused" in page.text_content("#policy-result")
+    assert page.locator(f'tr[data-outcome="{name}"]').text_content().strip().endswith("matched")
+    screenshot(page, "policy-test")
+
+    with gateway.client(raw) as client:
+        refused = until(
+            lambda: (
+                (r := client.post("/v1/agent/invoke", json={"agent": "research", "input": "hi"})).status_code == 403
+                and r
+            ),
+            "the rule in force",
+        )
+    assert refused.json()["error"]["code"] == "policy_denied"
+    PolicyRule.objects.filter(name=name).delete()
+
+
+def test_an_admin_makes_a_role_and_gives_it_to_a_key(gateway, page, console_admin, make_key):
+    from keys.models import AgentRole
+
+    _, key = make_key()
+    sign_in(page, gateway, *console_admin)
+    slug = f"analyst-{uuid.uuid4().hex[:6]}"
+    page.goto(f"{gateway.url}/console/roles/new/")
+    page.fill("#id_slug", slug)
+    page.fill("#id_name", "Analyst")
+    page.click("main button[type=submit]")
+    page.wait_for_url(f"{gateway.url}/console/roles/")
+    assert page.locator(f'tr[data-role="{slug}"]').count() == 1
+    page.goto(f"{gateway.url}/console/clients/{key.client_id}/")
+    page.locator(f'a[href="/console/keys/{key.pk}/roles/"]').click()
+    page.get_by_label(f"{slug} (Analyst)").check()
+    page.fill("#id_tags", "ci, batch")
+    page.click("main button[type=submit]")
+    page.wait_for_url(f"{gateway.url}/console/clients/{key.client_id}/")
+    assert page.text_content(f'td[data-roles="{key.pk}"]').strip() == slug
+    key.refresh_from_db()
+    assert (key.roles, key.tags) == ([slug], ["ci", "batch"])
+    AgentRole.objects.filter(slug=slug).delete()
