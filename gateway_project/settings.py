@@ -125,6 +125,7 @@ TEMPLATES = [
                 "gateway_project.console.console_context",
                 "gateway_project.csp.csp_nonce",
             ],
+            "builtins": ["gateway_project.templatetags.money"],  # {{ value|usd }} on every page
         },
     },
 ]

@@ -231,7 +231,7 @@ def test_a_clients_page_shows_each_keys_usage_and_the_spend_trend(operator, acme
             model="gpt-4o", input_tokens=10, output_tokens=20, cost_usd=Decimal(cost),
         )  # fmt: skip
     page = operator.get(f"/console/clients/{acme.pk}/").content.decode()
-    assert "2 req · 60 tok · $0.750000" in page
+    assert "2 req · 60 tok · $0.75" in page
     trend = json.loads(re.search(r'id="spend-trend" type="application/json">(.*?)</script>', page).group(1))
     assert len(trend) == 30 and trend[-1]["cost"] == 0.75 and sum(p["cost"] for p in trend) == 0.75
 

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from audit.models import AdminAction
 from billing.models import ModelPrice, UsageRecord
+from gateway_project.templatetags.money import usd
 
 FORMAT = "%Y-%m-%dT%H:%M:%S"
 
@@ -68,7 +69,7 @@ def test_readers_see_no_change_links(compliance):
 
 def test_the_list_shows_the_seeded_prices_in_force_and_says_past_usage_keeps_its_price(compliance):
     page = compliance.get("/console/prices/").content.decode()
-    assert "gpt-4o-mini" in page and "$0.150000" in page and "unlisted models" in page
+    assert "gpt-4o-mini" in page and "$0.15" in page and "unlisted models" in page
     assert "past usage keeps the price it was charged" in page
     assert page.index('data-model="default"') < page.index('data-model="gpt-4o"')  # the default first
 
@@ -80,11 +81,11 @@ def test_each_model_shows_the_price_in_force_the_scheduled_ones_and_its_history(
                                   output_per_million=Decimal(price) * 2)  # fmt: skip
     row = row_of(operator.get("/console/prices/").content.decode(), "t-model")
     in_force = re.search(r'<td class="num">\$([\d.]+)</td><td class="num">\$([\d.]+)</td>', row).groups()
-    assert in_force == ("3.000000", "6.000000")
+    assert in_force == ("3.00", "6.00")  # money as the console shows it: two decimals, or as many as it has
     scheduled = re.findall(r'<div class="scheduled">from [^:]+:\d\d: \$([\d.]+)', row)
-    assert scheduled == ["4.000000", "5.000000"]  # soonest first
+    assert scheduled == ["4.00", "5.00"]  # soonest first
     past = re.findall(r'<div class="past">from [^:]+:\d\d: \$([\d.]+)', row)
-    assert past == ["2.000000", "1.000000"] and "2 earlier" in row  # newest first
+    assert past == ["2.00", "1.00"] and "2 earlier" in row  # newest first
 
 
 def test_a_model_priced_only_from_a_future_date_says_the_default_applies_until_then(operator):
@@ -131,7 +132,7 @@ def test_a_price_change_is_a_new_row_from_a_future_date(operator):
     assert response.status_code == 302
     assert ModelPrice.objects.filter(model="gpt-4o").count() == 2
     row = row_of(operator.get("/console/prices/").content.decode(), "gpt-4o")
-    assert f"${current.input_per_million}" in row and '<div class="scheduled">' in row and "$9.000000" in row
+    assert usd(current.input_per_million) in row and '<div class="scheduled">' in row and "$9.00" in row
 
 
 def test_a_price_from_a_past_date_is_allowed(operator):

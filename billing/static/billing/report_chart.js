@@ -20,7 +20,8 @@
       animation: false,
       scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true, title: { display: true, text: "USD" } } },
       plugins: {
-        tooltip: { callbacks: { label: (item) => item.dataset.label + ": $" + item.parsed.y.toFixed(6) } },
+        tooltip: { callbacks: { label: (item) => item.dataset.label + ": $" +
+          item.parsed.y.toLocaleString("en-US", { minimumFractionDigits: 6, maximumFractionDigits: 6 }) } },
       },
     },
   });

@@ -41,6 +41,13 @@
     if (element) element.textContent = String(Number(element.textContent) + by);
   }
 
+  // Dollars as the server's |usd filter shows them: thousands separators, a request's cost to the millionth.
+  const dollars = new Intl.NumberFormat("en-US", { minimumFractionDigits: 6, maximumFractionDigits: 6 });
+  function money(value) {
+    const number = Number(value);
+    return (number < 0 ? "-$" : "$") + dollars.format(Math.abs(number));
+  }
+
   function cell(text, className) {
     const td = document.createElement("td");
     td.textContent = text;
@@ -66,7 +73,7 @@
     status.appendChild(badge);
     if (r.error_type) status.append(" " + r.error_type);
     tr.append(status, cell(Number(r.latency_ms).toFixed(1) + " ms", "num"), cell(r.tokens, "num"),
-      cell("$" + Number(r.cost_usd).toFixed(6), "num"));
+      cell(money(r.cost_usd), "num"));
     return tr;
   }
 
