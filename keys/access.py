@@ -16,6 +16,7 @@ from gateway_project.errors import GatewayError, forbidden
 from gateway_project.hotstate import HotState, RateAdjust, RateCheck, get_hot_state
 from gateway_project.snapshots import SnapshotCache
 from keys.models import ALL, ApiKey, hash_key
+from keys.origins import allows
 
 DAY_MS = 86_400_000
 
@@ -46,6 +47,7 @@ class KeySnapshot:
     key_tags: tuple[str, ...] = ()
     cost_center_slug: str = ""
     plan_slug: str = ""
+    allowed_origins: tuple[str, ...] = ()  # web origins its client allows (CORS; ``keys.origins``)
 
     def may_use_agent(self, slug: str) -> bool:
         return self.allowed_agents is None or slug in self.allowed_agents
@@ -98,6 +100,7 @@ def snapshot_of(key: ApiKey) -> dict:
         "key_tags": list(key.tags or []),
         "cost_center_slug": key.client.cost_center.slug if key.client.cost_center_id else "",
         "plan_slug": key.plan.slug if key.plan_id else "",
+        "allowed_origins": list(key.client.allowed_origins or []),
     }
 
 
@@ -110,6 +113,7 @@ def _decode(raw: dict) -> KeySnapshot:
             "roles": frozenset(raw["roles"]),
             "client_tags": tuple(raw["client_tags"]),
             "key_tags": tuple(raw["key_tags"]),
+            "allowed_origins": tuple(raw["allowed_origins"]),
         }
     )
 
@@ -124,7 +128,7 @@ def _load(key_hash: str) -> dict | None:
     return None if key is None else snapshot_of(key)
 
 
-key_snapshots = SnapshotCache("keysnap6", _load, _decode, local_seconds=lambda: settings.GATEWAY["KEY_CACHE_SECONDS"])
+key_snapshots = SnapshotCache("keysnap7", _load, _decode, local_seconds=lambda: settings.GATEWAY["KEY_CACHE_SECONDS"])
 
 
 @database_sync_to_async
@@ -280,6 +284,17 @@ def ensure_usable(snapshot: KeySnapshot) -> None:
         raise forbidden(message, code)
     if snapshot.expires_at is not None and snapshot.expires_at <= time.time():
         raise forbidden("This API key has expired.", "key_expired")
+
+
+def ensure_origin(snapshot: KeySnapshot, origin: bytes | None) -> None:
+    """403 for a browser on an origin the key's client does not allow, when the client allows any (``keys.origins``)."""
+    if origin is None or not snapshot.allowed_origins or allows(snapshot.allowed_origins, origin.decode("latin-1")):
+        return
+    raise forbidden(
+        f"This API key's client does not allow browser calls from the origin {origin.decode('latin-1')!r}: an admin "
+        "adds it to the client's allowed origins.",
+        "origin_not_allowed",
+    )
 
 
 def authorize(snapshot: KeySnapshot, agent, model: str = "") -> None:

@@ -220,8 +220,8 @@ class ClientSerializer(serializers.ModelSerializer):
     class Meta:
         model = Client
         fields = [
-            "id", "name", "slug", "contact", "cost_center", "tags", "is_active", "requests_per_minute",
-            "tokens_per_minute", "audit_previews", "audit_retention_days", "created_at",
+            "id", "name", "slug", "contact", "cost_center", "tags", "allowed_origins", "is_active",
+            "requests_per_minute", "tokens_per_minute", "audit_previews", "audit_retention_days", "created_at",
         ]  # fmt: skip
         read_only_fields = ["created_at"]
         extra_kwargs = {name: {"help_text": f"{Client._meta.get_field(name).help_text} Admins only."}

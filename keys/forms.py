@@ -18,7 +18,8 @@ class ClientForm(forms.ModelForm):
     class Meta:
         model = Client
         fields = [
-            "name", "slug", "contact", "cost_center", "tags", "is_active", "requests_per_minute", "tokens_per_minute",
+            "name", "slug", "contact", "cost_center", "tags", "allowed_origins", "is_active", "requests_per_minute",
+            "tokens_per_minute",
             "audit_previews", "audit_retention_days",
         ]  # fmt: skip
         labels = {
@@ -33,6 +34,11 @@ class ClientForm(forms.ModelForm):
     def __init__(self, *args, may_set_audit_policy: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["tags"] = tags_field("client")
+        self.fields["allowed_origins"] = TagListField(
+            required=False, label="Allowed web origins",
+            help_text="Comma-separated origins whose browser code may call the gateway with this client's keys "
+            "(CORS), e.g. https://app.example.com, or * for any. Empty: browsers are not let in.",
+        )  # fmt: skip
         self.fields["cost_center"].empty_label = "— none —"
         default = settings.GATEWAY_AUDIT_RETENTION_DAYS
         self.fields["audit_retention_days"].help_text = (

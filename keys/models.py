@@ -7,6 +7,8 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
+from keys.origins import validate_origin_list
+
 KEY_PREFIX = "agk_"
 VISIBLE_PREFIX_LENGTH = 12
 ALL = "*"
@@ -134,6 +136,11 @@ class Client(models.Model):
     tags = models.JSONField(
         default=list, blank=True, validators=[validate_tag_list],
         help_text="Labels policy rules can test (client.tags), e.g. finance, external.",
+    )  # fmt: skip
+    allowed_origins = models.JSONField(
+        default=list, blank=True, validators=[validate_origin_list],
+        help_text="Web origins whose browser code may call the gateway with this client's keys (CORS), e.g. "
+        "https://app.example.com, or * for any; empty: no browser access is granted.",
     )  # fmt: skip
     cost_center = models.ForeignKey(
         CostCenter, null=True, blank=True, on_delete=models.SET_NULL, related_name="clients",

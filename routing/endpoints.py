@@ -24,7 +24,15 @@ from billing.status import budget_report
 from billing.usage import client_usage, usage_query
 from gateway_project.errors import GatewayError, bad_request, forbidden, not_found
 from gateway_project.writer import writer
-from keys.access import authorize, ensure_usable, identify, note_failed_authentication, refuse_if_blocked
+from keys.access import (
+    authorize,
+    ensure_origin,
+    ensure_usable,
+    identify,
+    note_failed_authentication,
+    refuse_if_blocked,
+)
+from keys.origins import allows, origin_table, preflight_headers
 from routing import anthropic_shape, deprecation, forward, jobs, path_routes, protocols, resilience
 from routing.adapters import Plan, adapter_for
 from routing.admission import (
@@ -79,10 +87,13 @@ async def authenticate(ex: Exchange) -> None:
     ex.learn(ex.facts.identified(key))
     await warm_rules()  # the audit record's previews use the rules as last loaded
     ensure_usable(key)
+    ensure_origin(key, ex.origin)
 
 
 def _resolve_endpoint(ex: Exchange):
     check_raw_path(ex.raw_path)  # one check of the path as sent, before anything reads it
+    if ex.method == "OPTIONS" and ex.origin is not None and b"access-control-request-method" in ex.headers:
+        return preflight, ()
     if ex.path.startswith("/agents/"):
         slug, _, rest = ex.raw_path[len(b"/agents/") :].partition(b"/")
         return pass_through, (slug.decode("latin-1"), rest)
@@ -101,6 +112,18 @@ def _resolve_endpoint(ex: Exchange):
     if ex.method != method:
         return _wrong_method, (method,)
     return handler, ()
+
+
+async def preflight(ex: Exchange) -> None:
+    """A browser's CORS preflight: it carries no key, so an origin that any active client allows is answered (the
+    request that follows is checked against its own client's), another is refused."""
+    origin = ex.origin.decode("latin-1")
+    if not allows(await origin_table.get(), origin):
+        raise forbidden(f"No client of this gateway allows browser calls from the origin {origin!r}.",
+                        "origin_not_allowed")  # fmt: skip
+    headers = preflight_headers(ex.origin, ex.headers.get(b"access-control-request-headers", b""))
+    ex.origin = None  # the preflight's own headers say all
+    await ex.respond(204, b"", headers)
 
 
 async def _unknown_path(ex: Exchange) -> None:

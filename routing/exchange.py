@@ -15,6 +15,7 @@ from gateway_project.errors import GatewayError, bad_request
 from gateway_project.ids import new_id
 from gateway_project.request_bounds import BODY_BOUNDED, BODY_LATE, too_slow
 from keys.access import KeySnapshot
+from keys.origins import answer_headers, origin_table
 from routing.facts import RequestFacts
 from routing.upstream_url import raw_path_of
 
@@ -38,6 +39,7 @@ class Exchange:
         self.query: bytes = scope.get("query_string", b"")
         self.raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
         self.headers: dict[bytes, bytes] = dict(scope["headers"])
+        self.origin: bytes | None = self.headers.get(b"origin")  # a browser's: its answers may carry CORS headers
         self.body = body
         self.too_large = too_large
         self._send = send
@@ -219,12 +221,19 @@ class Exchange:
                     *headers,
                     *self.extra_headers,
                     *UNTRUSTED_ANSWER_HEADERS,
+                    *(self._cors_headers() if self.origin is not None else ()),
                     *self._unread_body_headers(),
                     (b"x-request-id", self.request_id.encode()),
                     (b"x-response-time-ms", f"{self.elapsed_ms():.2f}".encode()),
                 ],
             }
         )
+
+    def _cors_headers(self) -> list[tuple[bytes, bytes]]:
+        """What lets the browser read this answer: its key's client's origins, or before the key is known (a 401,
+        a 429 for failed keys), any active client's."""
+        key = self.facts.key
+        return answer_headers(self.origin, key.allowed_origins if key is not None else origin_table.last(frozenset()))
 
     def _unread_body_headers(self) -> list[tuple[bytes, bytes]]:
         """A body the gateway never read (a refused caller's) ends the connection: the server must not keep reading

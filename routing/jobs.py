@@ -255,7 +255,7 @@ def _key_state(key: KeySnapshot) -> dict:
 def _key_of(state: dict) -> KeySnapshot:
     """The snapshot a job was admitted with (a field added since is left at its default)."""
     sets = {n: None if state.get(n) is None else frozenset(state[n]) for n in _KEY_SETS if n in state}
-    lists = {n: tuple(state[n]) for n in ("client_tags", "key_tags") if n in state}
+    lists = {n: tuple(state[n]) for n in ("client_tags", "key_tags", "allowed_origins") if n in state}
     known = {name: state[name] for name in KeySnapshot.__dataclass_fields__ if name in state}
     return KeySnapshot(**{**known, **sets, **lists})
 
