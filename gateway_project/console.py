@@ -15,8 +15,63 @@ from audit.trail import record_create, record_delete, record_update, snapshot
 from gateway_project import roles
 
 PAGE_SIZE = 25
-# Pages under the navigation's "Budgets" area, by the start of their URL name.
-BUDGET_AREA = ("budget", "alert", "cost-center", "plan", "price", "report")
+# The console's navigation: areas in the top bar, the pages of the area shown in a second row. Each page: its URL
+# name, its label, the stems of the URL names that belong to it (a name equal to a stem or starting "<stem>-"),
+# and the roles that see it.
+NAV = [
+    ("Dashboard", [("dashboard", "Dashboard", ("dashboard",), None)]),
+    ("Access", [
+        ("clients", "Clients", ("client", "clients", "key"), roles.READ),
+        ("roles", "Roles", ("role", "roles"), roles.READ),
+    ]),
+    ("Routing", [
+        ("agents", "Agents", ("agent", "agents"), roles.READ),
+        ("routes", "Routes", ("route", "routes"), roles.READ),
+        ("keywords", "Content routing", ("keyword", "keywords"), roles.READ),
+    ]),
+    ("Governance", [("policies", "Policies", ("policy", "policies"), roles.READ)]),
+    ("Spend", [
+        ("budgets", "Budgets", ("budget", "budgets"), roles.READ),
+        ("alerts", "Alerts", ("alert", "alerts"), roles.READ),
+        ("cost-centers", "Cost centers", ("cost-center", "cost-centers"), roles.READ),
+        ("plans", "Plans", ("plan", "plans"), roles.READ),
+        ("prices", "Prices", ("price", "prices"), roles.READ),
+        ("reports", "Reports", ("reports",), roles.READ),
+    ]),
+    ("Compliance", [
+        ("audit", "Audit log", ("audit",), roles.READ),
+        ("trail", "Admin actions", ("trail",), roles.EXPORT),
+        ("retention", "Retention", ("retention",), roles.EXPORT),
+        ("exports", "Exports", ("export", "exports"), roles.EXPORT),
+    ]),
+    ("People", [
+        ("users", "Users", ("user", "users"), roles.USERS),
+        ("auth-events", "Sign-ins", ("auth-events",), roles.USERS),
+    ]),
+]  # fmt: skip
+
+
+def _is_page(url_name: str, stems: tuple[str, ...]) -> bool:
+    return any(url_name == stem or url_name.startswith(stem + "-") for stem in stems)
+
+
+def navigation(user, url_name: str) -> tuple[list[dict], list[dict]]:
+    """The top bar's areas the user may see (each linking to its first page), and the pages of the current area
+    (shown as a second row when it has more than one)."""
+    areas, current = [], []
+    for label, pages in NAV:
+        visible = [
+            {"url": reverse(f"console:{name}"), "label": text, "active": _is_page(url_name, stems)}
+            for name, text, stems, needed in pages
+            if needed is None or roles.may(user, needed)
+        ]
+        if not visible:
+            continue
+        active = any(page["active"] for page in visible)
+        areas.append({"label": label, "url": visible[0]["url"], "active": active})
+        if active and len(visible) > 1:
+            current = visible
+    return areas, current
 
 
 class RoleRequiredMixin(LoginRequiredMixin):
@@ -40,8 +95,10 @@ def console_context(request):
     if user is None or not user.is_authenticated:
         return {}
     url_name = getattr(getattr(request, "resolver_match", None), "url_name", None) or ""
+    areas, pages = navigation(user, url_name)
     return {
-        "in_budget_area": url_name.startswith(BUDGET_AREA),
+        "nav_areas": areas,
+        "nav_pages": pages,
         "user_roles": sorted(roles.roles_of(user)),
         "can_manage": roles.may(user, roles.MANAGE),
         "can_export": roles.may(user, roles.EXPORT),

@@ -70,3 +70,20 @@ def test_an_admin_makes_a_role_and_gives_it_to_a_key(gateway, page, console_admi
     key.refresh_from_db()
     assert (key.roles, key.tags) == ([slug], ["ci", "batch"])
     AgentRole.objects.filter(slug=slug).delete()
+
+
+def test_the_top_navigation_fits_one_row_at_1280_pixels_and_each_area_shows_its_pages(gateway, page, console_admin,
+                                                                                      screenshot):  # fmt: skip
+    sign_in(page, gateway, *console_admin)  # an admin sees every area: the widest navigation
+    for url in ["/console/", "/console/clients/", "/console/budgets/", "/console/audit/", "/console/users/"]:
+        page.goto(f"{gateway.url}{url}")
+        links = page.locator("header.top nav a")
+        assert links.count() == 7
+        tops = {round(box["y"]) for box in (links.nth(i).bounding_box() for i in range(links.count()))}
+        assert len(tops) == 1, (url, tops)  # one row
+    page.goto(f"{gateway.url}/console/policies/")
+    assert page.locator("header.top nav a.active").text_content() == "Governance"
+    page.goto(f"{gateway.url}/console/roles/")
+    assert page.locator("nav.subnav a.active").text_content() == "Roles"
+    assert page.locator("header.top nav a.active").text_content() == "Access"
+    screenshot(page, "navigation")

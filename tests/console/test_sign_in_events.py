@@ -28,8 +28,9 @@ def test_only_admins_see_the_sign_ins_page_and_its_link(admin, operator, complia
     assert admin.get(PAGE).status_code == 200
     for browser in (operator, compliance, nobody):
         assert browser.get(PAGE).status_code == 403
-    assert f'href="{PAGE}"' in admin.get("/console/").content.decode()
-    assert f'href="{PAGE}"' not in operator.get("/console/").content.decode()
+    assert f'href="{PAGE}"' in admin.get("/console/users/").content.decode()  # the People area's pages
+    assert ">People<" in admin.get("/console/").content.decode()
+    assert ">People<" not in operator.get("/console/").content.decode()
 
 
 def test_the_page_lists_events_newest_first_with_address_agent_and_outcome(admin):
