@@ -26,6 +26,12 @@ ANY = "*"
 MAX_ORIGINS = 50
 PREFLIGHT_MAX_AGE = b"600"
 ALLOWED_METHODS = b"GET, POST, PUT, PATCH, DELETE, OPTIONS"
+DEFAULT_PORTS = {"http": 80, "https": 443}
+# scheme://host[:port]: a DNS name (labels of letters, digits and -), an IPv4 address or a bracketed IPv6 one.
+_ORIGIN = re.compile(
+    r"^https?://(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*|\[[0-9a-f:.]+\])"
+    r"(?::[1-9][0-9]{0,4})?$"
+)
 _HEADER_NAMES = re.compile(rb"^[A-Za-z0-9!#$%&'*+.^_`|~-]+(?:\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*$")
 
 
@@ -45,7 +51,8 @@ def validate_origin_list(value):
 
 
 def origin_problem(origin: str) -> str:
-    """Why ``origin`` is not one a browser would send, or ""."""
+    """Why ``origin`` is not one a browser would send, or "": a browser sends the scheme and host in lower case,
+    an internationalised host in its xn-- (punycode) form, and no port when it is the scheme's default."""
     if not origin.isprintable() or origin != origin.strip() or len(origin) > 300:
         return "an origin is a short line of printable text."
     try:
@@ -59,8 +66,15 @@ def origin_problem(origin: str) -> str:
         return "an origin has no path, query, fragment or user: just scheme://host[:port]."
     if origin != origin.lower():
         return "write the origin in lower case, as browsers send it."
+    if not _ORIGIN.match(origin):
+        return (
+            "not an origin a browser sends: a host of letters, digits, - and . (an internationalised name in "
+            "its xn-- form; no wildcards: list each origin), or an IP address, and an optional port."
+        )
     if port is not None and not 0 < port < 65536:
         return "not a port."
+    if port == DEFAULT_PORTS[parts.scheme]:
+        return f"browsers leave out the default port: write {parts.scheme}://{parts.netloc.rsplit(':', 1)[0]}."
     return ""
 
 
@@ -72,7 +86,7 @@ def answer_headers(origin: bytes, allowed) -> list[tuple[bytes, bytes]]:
     """The headers that let a browser on ``origin`` read an answer (none when ``allowed`` does not include it)."""
     text = origin.decode("latin-1")
     if not allows(allowed, text):
-        return []
+        return [(b"vary", b"Origin")]  # another origin's answer would differ: no cache may hand this one to it
     named = b"*" if ANY in allowed else origin
     return [(b"access-control-allow-origin", named), (b"access-control-expose-headers", b"*"), (b"vary", b"Origin")]
 

@@ -59,6 +59,8 @@ CLIENT_CLOSED = 499
 
 async def serve(ex: Exchange) -> None:
     try:
+        if ex.origin is not None:  # a browser's: answers before its key is known name the origins any client allows
+            await origin_table.get()
         handler, args = _resolve_endpoint(ex)
         await handler(ex, *args)
     except GatewayError as error:

@@ -113,7 +113,7 @@ async def serve_session(scope: dict, receive, send) -> None:
             ex.status = 101
             traffic.handshake_ms = ex.elapsed_ms()
             seconds_left = settings.GATEWAY["MAX_SESSION_SECONDS"] - ex.elapsed_ms() / 1000
-            async with open_sessions.watch(ex.key, route, ex.started) as watched:
+            async with open_sessions.watch(ex.key, route, ex.started, ex.origin) as watched:
                 frame_limit = settings.GATEWAY["MAX_BODY_BYTES"]
                 await relay(receive, send, agent, traffic, frame_limit, watched.withdrawn, seconds_left)
         finally:

@@ -26,7 +26,7 @@ from django.conf import settings
 
 from gateway_project.errors import GatewayError
 from gateway_project.hotstate import get_hot_state
-from keys.access import KeySnapshot, authorize, ensure_usable, key_as_saved
+from keys.access import KeySnapshot, authorize, ensure_origin, ensure_usable, key_as_saved
 
 log = logging.getLogger("gateway.ws")
 
@@ -39,9 +39,10 @@ class WatchedSession:
     """One open session: the key it was let in with, its agent (the routing table's entry at the handshake), and the
     future that ends it."""
 
-    def __init__(self, key: KeySnapshot, agent):
+    def __init__(self, key: KeySnapshot, agent, origin: bytes | None = None):
         self.key = key
         self.agent = agent
+        self.origin = origin  # a browser's session: its client must go on allowing it
         # The error code (key_revoked, key_expired, agent_not_allowed, ...) once the key no longer lets it in.
         self.withdrawn: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._expiry: asyncio.TimerHandle | None = None
@@ -57,6 +58,7 @@ class WatchedSession:
         try:
             ensure_usable(key)
             authorize(key, self.current_agent())
+            ensure_origin(key, self.origin)
         except GatewayError as refusal:
             self.withdrawn.set_result(refusal.code)
             return
@@ -91,9 +93,11 @@ class OpenSessions:
         self._changed_at: dict[int, float] = {}  # key id -> perf_counter time its latest change was announced
 
     @contextlib.asynccontextmanager
-    async def watch(self, key: KeySnapshot, agent, handshake_began: float) -> AsyncIterator[WatchedSession]:
+    async def watch(
+        self, key: KeySnapshot, agent, handshake_began: float, origin: bytes | None = None
+    ) -> AsyncIterator[WatchedSession]:
         """Watch a session for as long as the block runs; ``handshake_began`` is its ``perf_counter`` time."""
-        session = WatchedSession(key, agent)
+        session = WatchedSession(key, agent, origin)
         self._by_key.setdefault(key.key_id, set()).add(session)
         try:
             self._listen()

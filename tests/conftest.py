@@ -137,6 +137,20 @@ def either_server(request, seeded):
 
 
 @pytest.fixture
+def admin_api(live_db):
+    """``admin_api(server)``: the management API of an admin on that gateway, whose own process then announces the
+    change (the embedded profile has no Redis to carry an announcement from the test's process)."""
+    import httpx
+    from django.contrib.auth import get_user_model
+
+    from keys.api_tokens import issue_token
+
+    user = get_user_model().objects.create_user(f"api-admin-{uuid.uuid4().hex[:8]}", is_superuser=True)
+    token = issue_token(user)[1]
+    return lambda server: httpx.Client(base_url=server.url, headers={"Authorization": f"Token {token}"}, timeout=30)
+
+
+@pytest.fixture
 def live_db(django_db_setup, django_db_blocker):
     """Database access that commits, so a gateway process sees what the test makes."""
     with django_db_blocker.unblock():

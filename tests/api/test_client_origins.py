@@ -37,3 +37,30 @@ def test_what_is_not_an_origin_is_a_400_saying_why(api, acme, origins, says):
     assert says in str(response.json()["allowed_origins"])
     acme.refresh_from_db()
     assert acme.allowed_origins == []
+
+
+@pytest.mark.parametrize(
+    ("origin", "says"),
+    [
+        ("https://app.example.com:443", "default port"),
+        ("http://app.example.com:80", "default port"),
+        ("https://*.example.com", "no wildcards"),
+        ("https://bücher.example", "xn--"),
+        ("https://a.example:", "not an origin a browser sends"),
+        ("https://a b.example", "not an origin a browser sends"),
+        ("https://a.example;x", "not an origin a browser sends"),
+        ("https://%41.example", "not an origin a browser sends"),
+        ("https://a..example", "not an origin a browser sends"),
+        ("https://a.example:0080", "not an origin a browser sends"),
+    ],
+)
+def test_an_origin_no_browser_sends_is_refused(api, acme, origin, says):
+    response = api.patch(f"/api/v1/clients/{acme.pk}/", {"allowed_origins": [origin]}, format="json")
+    assert response.status_code == 400
+    assert says in str(response.json()["allowed_origins"])
+
+
+@pytest.mark.parametrize("origin", ["https://xn--bcher-kva.example", "http://10.0.0.7:8080", "http://[::1]:3000"])
+def test_punycode_hosts_and_addresses_are_origins(api, acme, origin):
+    response = api.patch(f"/api/v1/clients/{acme.pk}/", {"allowed_origins": [origin]}, format="json")
+    assert response.status_code == 200, response.json()

@@ -128,19 +128,6 @@ def ws_url(server, slug: str) -> str:
     return server.url.replace("http://", "ws://") + f"/agents/{slug}/ws"
 
 
-@pytest.fixture
-def admin_api(live_db):
-    """``admin_api(server)``: the management API of an admin on that gateway, whose process announces the change
-    (the embedded profile has no Redis to carry an announcement from this test's process)."""
-    from django.contrib.auth import get_user_model
-
-    from keys.api_tokens import issue_token
-
-    user = get_user_model().objects.create_user(f"roles-admin-{uuid.uuid4().hex[:8]}", is_superuser=True)
-    token = issue_token(user)[1]
-    return lambda server: httpx.Client(base_url=server.url, headers={"Authorization": f"Token {token}"}, timeout=30)
-
-
 def test_a_websocket_session_needs_the_role_and_ends_when_the_key_loses_it(server, roled, make_key, audit_for,
                                                                             admin_api):  # fmt: skip
     raw, _ = make_key()

@@ -128,3 +128,41 @@ def test_any_origin_is_answered_with_a_star_and_an_error_before_the_key_is_read_
         )
     assert unauthenticated.status_code == 401
     assert unauthenticated.headers["access-control-allow-origin"] == "*"
+
+
+def test_a_fresh_process_names_an_allowed_origin_on_its_first_answer_before_any_key(seeded, browser_client):
+    from tests.servers import Gateway
+
+    site = origin()
+    browser_client(site)
+    fresh = Gateway(server="uvicorn")  # no preflight has loaded its origins yet
+    try:
+        with fresh.client() as client:
+            first = client.get("/v1/models", headers={"Origin": site})
+        assert first.status_code == 401
+        assert first.headers["access-control-allow-origin"] == site
+        with fresh.client() as client:
+            other = client.get("/v1/models", headers={"Origin": origin()})
+        assert "access-control-allow-origin" not in other.headers and "Origin" in other.headers["vary"]
+    finally:
+        fresh.stop()
+
+
+def test_a_websocket_session_ends_when_its_client_stops_allowing_its_origin(server, browser_client, admin_api,
+                                                                           audit_for):  # fmt: skip
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    site = origin()
+    raw, key = browser_client(site)
+    url = server.url.replace("http://", "ws://") + "/agents/research/ws"
+    with connect(url, additional_headers={"Authorization": f"Bearer {raw}", "Origin": site}, open_timeout=10) as ws:
+        ws.send("hello")
+        assert ws.recv(timeout=10) == "echo: hello"
+        changed = admin_api(server).patch(f"/api/v1/clients/{key.client_id}/", json={"allowed_origins": [origin()]})
+        assert changed.status_code == 200, changed.text
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=30)
+    assert closed.value.rcvd.code in (1008, 4008)
+    record = audit_for(key)[0]
+    assert (record.status, record.error_type) == (101, "origin_not_allowed")

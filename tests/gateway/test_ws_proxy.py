@@ -346,18 +346,6 @@ def test_a_frame_over_the_size_limit_ends_the_session(server, make_key, audit_fo
 # --- the key changes while the session is open ---------------------------------
 
 
-@pytest.fixture
-def admin_api(live_db):
-    """``admin_api(server)``: the management API of an admin on that gateway, whose process announces the change."""
-    from django.contrib.auth import get_user_model
-
-    from keys.api_tokens import issue_token
-
-    user = get_user_model().objects.create_user(f"ws-admin-{uuid.uuid4().hex[:8]}", is_superuser=True)
-    token = issue_token(user)[1]
-    return lambda server: httpx.Client(base_url=server.url, headers={"Authorization": f"Token {token}"}, timeout=30)
-
-
 def closed(ws, seconds: float = 10):
     """Wait for the gateway to close the session; the close frame the client received."""
     with pytest.raises(ConnectionClosed) as closing:
