@@ -36,11 +36,11 @@ class Row:
     message: str = ""
 
 
-def context(agent="ledger", ip="192.0.2.7", tags=(), roles=(), body_bytes=100, now=NOW, **request):
+def context(agent="ledger", ip="192.0.2.7", tags=(), roles=(), body_bytes=100, now=NOW, slug="acme", **request):
     return RequestContext(
         {"agent": agent, "model": "", "method": "POST", "path": "/v1/agent/invoke", "route": "", "ip": ip,
          "body_bytes": body_bytes, "tokens": body_bytes // 4, **request},
-        {"slug": "acme", "tags": list(tags), "cost_center": ""},
+        {"slug": slug, "tags": list(tags), "cost_center": ""},
         {"prefix": "agk_abcdefgh", "tags": [], "roles": list(roles), "plan": ""},
         {"subject": "", "roles": list(roles), "groups": []},
         now,
@@ -260,3 +260,79 @@ def test_a_condition_giving_something_else_than_true_or_false_on_a_request_fails
     rules = compile_rules([Row(1, "odd", "deny", condition)])
     decision = rules.decide(context(model="evil"))
     assert (decision.denied_by.name, decision.failed) == ("odd", ("odd",))
+
+
+# --- differential: the remembered, grouped decision against every rule evaluated on the whole context --------------
+
+ATOMS = [
+    "request.agent == 'ledger'", "client['slug'] == 'evil'", "client.slug == 'bad'", "'finance' in client.tags",
+    "request.body_bytes > 1000", "ip_in(request.ip, ['10.0.0.0/8'])", "request.model.startsWith('gpt')",
+    "key.roles.exists(r, r == 'ops')", "hour(now, 'Europe/Berlin') < 12", "size(key.tags) > 0",
+    "int(request.model) > 3", "request.path.matches('^/v1/')", "// a note\nrequest.agent == 'code'",
+    "request.agent == r'\\\\' || request.method == 'POST'", "has(request.model)", "identity.roles.size() == 0",
+    "request.model == 'odd' ? dyn('s') : false",
+]  # fmt: skip
+CONDITIONS = st.recursive(
+    st.sampled_from(ATOMS),
+    lambda inner: st.one_of(
+        st.tuples(inner, st.sampled_from([" && ", " || "]), inner).map(lambda t: f"({t[0]}{t[1]}{t[2]})"),
+        inner.map(lambda c: f"!({c})"),
+    ),
+    max_leaves=3,
+)
+RULES_DRAWN = st.lists(
+    st.tuples(CONDITIONS, st.sampled_from(["deny", "allow"]), st.booleans(), st.booleans()), min_size=1, max_size=6
+)
+CONTEXTS = st.builds(
+    context,
+    agent=st.sampled_from(["ledger", "code", "x"]),
+    ip=st.sampled_from(["10.1.1.1", "192.0.2.1", "", "bad"]),
+    tags=st.lists(st.sampled_from(["finance", "ops"]), max_size=2, unique=True),
+    roles=st.lists(st.sampled_from(["finance", "ops"]), max_size=2, unique=True),
+    body_bytes=st.sampled_from([5, 3000]),
+    now=HOURS,
+    model=st.sampled_from(["gpt-4o", "5", "odd", ""]),
+    slug=st.sampled_from(["acme", "evil", "bad"]),
+)
+
+
+def reference(rows, ctx) -> dict:
+    """Every rule on the whole context, in order, by the documented semantics."""
+    import cel
+
+    from keys.policy import FUNCTIONS
+
+    variables = {"request": ctx.request, "client": ctx.client, "key": ctx.key, "identity": ctx.identity, "now": ctx.now}
+    whole = cel.Context(variables=variables, functions=FUNCTIONS)
+    notes, would, failed = {}, [], []
+    for row in rows:
+        try:
+            result = cel.compile(row.condition).execute(whole)
+        except Exception:
+            result = None
+        if type(result) is not bool:
+            failed.append(row.name)
+            result = row.effect == "deny"
+        if not result:
+            continue
+        if row.dry_run:
+            would += [row.name] if row.effect == "deny" else []
+        elif row.effect == "deny":
+            notes["denied_by"] = row.name
+            break
+        elif row.final:
+            notes["allowed_by"] = row.name
+            break
+    return {**notes, **({"would_deny": would} if would else {}), **({"failed": failed} if failed else {})}
+
+
+@settings(max_examples=150, deadline=None)
+@given(RULES_DRAWN, st.lists(CONTEXTS, min_size=1, max_size=8))
+def test_decisions_equal_every_rule_evaluated_on_the_whole_context(drawn, contexts):
+    rows = [
+        Row(i, f"r{i}", effect, condition, final=final and effect == "allow", dry_run=dry)
+        for i, (condition, effect, final, dry) in enumerate(drawn)
+    ]
+    rules = compile_rules(rows)
+    for ctx in contexts:
+        assert rules.decide(ctx).notes == reference(rows, ctx)
