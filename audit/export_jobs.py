@@ -29,7 +29,7 @@ from audit.exports import ACTION_FIELDS, RECORD_FIELDS, Digesting, export_lines
 from audit.filters import AuditFilterForm, TrailFilterForm
 from audit.models import AuditExport
 from audit.trail import record_event
-from gateway_project import private_files
+from gateway_project import background, private_files
 
 log = logging.getLogger("gateway.exports")
 
@@ -154,21 +154,12 @@ def request_export(user, kind: str, fmt: str, filters: dict, *, via: str = "cons
 def _enqueue(export_id) -> None:
     from audit.tasks import write_audit_export
 
-    try:
-        write_audit_export.delay(str(export_id))
-    except Exception as exc:  # the broker is down: say so on the job rather than leave it queued forever
-        log.exception("could not queue audit export %s", export_id)
-        AuditExport.objects.filter(pk=export_id, status=AuditExport.QUEUED).update(
-            status=AuditExport.FAILED, error=f"The export could not be queued: {exc}", finished_at=timezone.now()
-        )
+    background.queue(write_audit_export, AuditExport, export_id, "export")
 
 
 def claim(export_id) -> AuditExport | None:
     """Take a queued job for this worker; None when it is gone or another run took it (a task may run twice)."""
-    taken = AuditExport.objects.filter(pk=export_id, status=AuditExport.QUEUED).update(
-        status=AuditExport.RUNNING, started_at=timezone.now()
-    )
-    return AuditExport.objects.filter(pk=export_id).first() if taken else None
+    return background.claim(AuditExport, export_id)
 
 
 def write_export(export: AuditExport, progress_every: int = 5000) -> None:

@@ -9,7 +9,15 @@ from audit.retention_api import AuditArchiveViewSet
 from billing.api import BudgetAlertViewSet, BudgetViewSet, ModelPriceViewSet, UsageRecordViewSet
 from billing.report_api import TopSpendersView, UsageReportView
 from gateway_project.auth_event_api import AuthEventViewSet
-from keys.api import AgentRoleViewSet, ApiKeyViewSet, ClientViewSet, CostCenterViewSet, PlanViewSet, PolicyRuleViewSet
+from keys.api import (
+    AgentRoleViewSet,
+    ApiKeyViewSet,
+    ClientViewSet,
+    CostCenterViewSet,
+    PlanViewSet,
+    PolicyRuleViewSet,
+    PolicyWhatIfViewSet,
+)
 from keys.token_api import CurrentTokenView, RotateTokenView
 from routing.api import AgentViewSet, TargetViewSet
 from routing.route_api import CapabilityKeywordViewSet, PathRouteViewSet
@@ -21,6 +29,7 @@ router.register("clients", ClientViewSet)
 router.register("keys", ApiKeyViewSet)
 router.register("agent-roles", AgentRoleViewSet)
 router.register("policy-rules", PolicyRuleViewSet)
+router.register("policy-what-ifs", PolicyWhatIfViewSet)
 router.register("agents", AgentViewSet)
 router.register("targets", TargetViewSet)
 router.register("prices", ModelPriceViewSet)

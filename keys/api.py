@@ -7,16 +7,18 @@ from django.db import transaction
 from django.db.models import Count
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view, inline_serializer
-from rest_framework import serializers, status
+from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.response import Response
 
 from audit.trail import record_create, record_delete, record_update, snapshot
-from gateway_project import roles
+from gateway_project import roles, throttles
 from gateway_project.api import SEARCHABLE_FILTER_BACKENDS, NameListField, TrailedModelViewSet
-from keys.models import ALL, AgentRole, ApiKey, Client, CostCenter, Plan, PolicyRule, validate_role_list
+from keys import whatif
+from keys.models import ALL, AgentRole, ApiKey, Client, CostCenter, Plan, PolicyRule, PolicyWhatIf, validate_role_list
 from keys.policy import compile_rules, context_from_json, explain
+from keys.policy_drafts import publish_drafts, rules_to_test
 from keys.services import (
     DEFAULT_ROTATION_GRACE,
     MAX_ROTATION_GRACE_HOURS,
@@ -140,18 +142,42 @@ class AgentRoleViewSet(TrailedModelViewSet):
 
 
 class PolicyRuleSerializer(serializers.ModelSerializer):
+    draft_of = serializers.PrimaryKeyRelatedField(
+        queryset=PolicyRule.objects.filter(draft=False), required=False, allow_null=True,
+        help_text="The rule in force this draft changes when published (a draft only; one draft a rule).",
+    )  # fmt: skip
+
     class Meta:
         model = PolicyRule
         fields = [
             "id", "name", "description", "position", "effect", "condition", "final", "dry_run", "message",
-            "is_active", "created_at", "updated_at",
+            "is_active", "draft", "draft_of", "created_at", "updated_at",
         ]  # fmt: skip
         read_only_fields = ["created_at", "updated_at"]
+        # The model's own checks run in validate: a name is unique only among rules that are not drafts of another.
+        validators = []
+        extra_kwargs = {"name": {"validators": []}}
 
     def validate(self, attrs):
-        effect = attrs.get("effect", getattr(self.instance, "effect", PolicyRule.DENY))
-        if attrs.get("final", getattr(self.instance, "final", False)) and effect != PolicyRule.ALLOW:
-            raise ValidationError({"final": ["Only an allow rule can be final."]})
+        current = self.instance
+        if current is not None and "draft" in attrs and attrs["draft"] != current.draft:
+            raise ValidationError({"draft": ["A rule in force stays in force; a draft is published with publish/."]})
+        if current is not None and "draft_of" in attrs and attrs["draft_of"] != current.draft_of:
+            raise ValidationError({"draft_of": ["A draft keeps the rule it changes; make a new draft instead."]})
+        rule = PolicyRule()
+        if current is not None:  # the rule as it would be saved, for the model's checks (not the stored one)
+            rule = PolicyRule(**{field.attname: getattr(current, field.attname) for field in PolicyRule._meta.fields})
+            rule._state.adding, rule._state.db = False, current._state.db
+        for name, value in attrs.items():
+            setattr(rule, name, value)
+        if rule.draft_of_id is not None and not rule.draft:
+            raise ValidationError({"draft_of": ["Only a draft changes another rule: set draft too."]})
+        if rule.draft_of_id is not None and current is None and PolicyRule.objects.filter(draft_of=rule.draft_of_id):
+            raise ValidationError({"draft_of": ["This rule has a draft already: change that one."]})
+        try:
+            rule.full_clean(exclude=["condition"], validate_unique=True)
+        except DjangoValidationError as error:
+            raise ValidationError(error.message_dict) from None
         return attrs
 
 
@@ -160,6 +186,9 @@ class PolicyTestSerializer(serializers.Serializer):
         help_text="The request to try: {request: {agent, model, method, path, route, ip, body_bytes, tokens}, "
         "client: {slug, tags, cost_center}, key: {prefix, tags, roles, plan}, identity: {subject, roles, groups}, "
         "now: ISO 8601}; fields left out are empty (now: the current minute)."
+    )
+    drafts = serializers.BooleanField(
+        default=False, help_text="Run the rules as they would be with the drafts published, not those in force."
     )
 
 
@@ -184,14 +213,35 @@ class PolicyRuleViewSet(TrailedModelViewSet):
     column), a name or field the context does not have, or a result other than true or
     false is a 400. Changes are in force on every gateway process within the refresh
     interval. ``POST policy-rules/test/`` runs the active rules on a request context.
+
+    A rule saved with ``draft`` is not in force: a new rule, or, with ``draft_of``, a change
+    to a rule that is. ``POST policy-what-ifs/`` replays the draft set over the request log
+    of a window; ``POST policy-rules/publish/`` puts every draft in force at once.
     """
 
     queryset = PolicyRule.objects.all()
     serializer_class = PolicyRuleSerializer
     filter_backends = SEARCHABLE_FILTER_BACKENDS
-    filterset_fields = ["effect", "is_active", "dry_run"]
+    filterset_fields = ["effect", "is_active", "dry_run", "draft"]
     search_fields = ["name", "description", "condition"]
     ordering_fields = ["position", "name", "created_at"]
+
+    @extend_schema(
+        summary="Publish every draft",
+        request=None,
+        responses={
+            200: inline_serializer("PublishedRules", {"published": PolicyRuleSerializer(many=True)}),
+            400: OpenApiResponse(description="A draft cannot be published (nothing is)."),
+        },
+    )
+    @action(detail=False, methods=["post"], filterset_fields=None)
+    def publish(self, request):
+        """Put every draft in force at once (a draft of a rule replaces it); the rules published. All or none."""
+        try:
+            published = publish_drafts(request.user, "api")
+        except DjangoValidationError as error:
+            raise ValidationError({"detail": error.messages}) from None
+        return Response({"published": PolicyRuleSerializer(published, many=True).data})
 
     @extend_schema(
         summary="Try the active rules on a request",
@@ -207,7 +257,8 @@ class PolicyRuleViewSet(TrailedModelViewSet):
             context = context_from_json(asked.validated_data["context"])
         except ValueError as error:
             raise ValidationError({"context": [str(error)]}) from None
-        decision, outcomes = explain(compile_rules(PolicyRule.objects.filter(is_active=True)), context)
+        rules = compile_rules(rules_to_test(asked.validated_data["drafts"]))
+        decision, outcomes = explain(rules, context)
         return Response({
             "allowed": decision.denied_by is None,
             "denied_by": decision.denied_by.name if decision.denied_by is not None else None,
@@ -451,3 +502,65 @@ class ApiKeyViewSet(TrailedModelViewSet):
             revoke_key(key)
             record_update(request.user, "api", key, before, action="revoke")
         return Response(self.get_serializer(key).data)
+
+
+class PolicyWhatIfSerializer(serializers.ModelSerializer):
+    percent = serializers.SerializerMethodField(help_text="Records replayed out of the window's, 0 to 100.")
+    requester = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = PolicyWhatIf
+        fields = [
+            "id", "requester", "window_start", "window_end", "status", "percent", "records_total",
+            "records_scanned", "results", "error", "live_rules", "draft_rules", "created_at", "started_at",
+            "finished_at",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+    def get_percent(self, job) -> int:
+        return whatif.percent(job)
+
+
+class PolicyWhatIfRequestSerializer(serializers.Serializer):
+    window = serializers.ChoiceField(
+        choices=list(whatif.WINDOWS), required=False, allow_blank=True, default="",
+        help_text="The last hour, day or week; or give start and end instead.",
+    )  # fmt: skip
+    start = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    end = serializers.DateTimeField(required=False, allow_null=True, default=None)
+
+
+class PolicyWhatIfViewSet(
+    mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
+    """What-ifs: the draft rule set replayed over the request log of a window, in the background.
+
+    The result says how many of the window's requests the drafts would refuse (by rule,
+    client and agent) that the rules in force let through, and the other way round, with
+    up to 50 of the newly refused requests by id. Records from before the gateway kept the
+    request context (``details.context``) are counted as ``without_context``.
+    """
+
+    queryset = PolicyWhatIf.objects.select_related("requester")
+    serializer_class = PolicyWhatIfSerializer
+    filterset_fields = ["status"]
+    ordering_fields = ["created_at"]
+    ordering = ["-created_at"]
+    action_throttle_scopes = {"create": throttles.EXPORT}
+
+    @extend_schema(
+        summary="Replay the drafts over a window",
+        request=PolicyWhatIfRequestSerializer,
+        responses={202: PolicyWhatIfSerializer, 400: OpenApiResponse(description="Not a window."),
+                   429: throttles.THROTTLED},
+    )  # fmt: skip
+    def create(self, request, *args, **kwargs):
+        asked = PolicyWhatIfRequestSerializer(data=request.data)
+        asked.is_valid(raise_exception=True)
+        data = asked.validated_data
+        try:
+            start, end = whatif.window_of(data["window"], data["start"], data["end"])
+        except DjangoValidationError as error:
+            raise ValidationError(error.message_dict) from None
+        job = whatif.request_what_if(request.user, start, end, via="api")
+        return Response(self.get_serializer(job).data, status=status.HTTP_202_ACCEPTED)

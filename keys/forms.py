@@ -7,6 +7,7 @@ from decimal import Decimal
 
 from django import forms
 from django.conf import settings
+from django.core.exceptions import ValidationError
 
 from keys.models import ALL, AgentRole, ApiKey, Client, CostCenter, Plan, PolicyRule
 from keys.services import MAX_ROTATION_GRACE_HOURS
@@ -74,9 +75,22 @@ class AgentRoleForm(forms.ModelForm):
 class PolicyRuleForm(forms.ModelForm):
     class Meta:
         model = PolicyRule
-        fields = ["name", "description", "position", "effect", "condition", "final", "dry_run", "message", "is_active"]
+        fields = [
+            "name", "description", "position", "effect", "condition", "final", "dry_run", "message", "is_active",
+            "draft",
+        ]  # fmt: skip
         widgets = {"condition": forms.Textarea(attrs={"rows": 4, "class": "mono", "spellcheck": "false"})}
-        labels = {"final": "Final (allow rules: later rules do not apply)", "dry_run": "Dry run (record only)"}
+        labels = {
+            "final": "Final (allow rules: later rules do not apply)", "dry_run": "Dry run (record only)",
+            "draft": "Save as a draft (not in force until published)",
+        }  # fmt: skip
+
+    def __init__(self, *args, draft_of: PolicyRule | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if draft_of is not None:  # a draft of a rule in force: a draft by definition
+            self.instance.draft_of, self.instance.draft = draft_of, True
+        if draft_of is not None or self.instance.pk:  # a rule stays in force; a draft is published, not unticked
+            del self.fields["draft"]
 
 
 class PolicyTestForm(forms.Form):
@@ -85,6 +99,7 @@ class PolicyTestForm(forms.Form):
         help_text="A JSON object: request, client, key, identity (each with its fields) and now (ISO 8601); "
         "fields left out are empty.",
     )
+    drafts = forms.BooleanField(required=False, label="With the drafts (the rules as they would be once published)")
 
     def clean_context(self):
         import json
@@ -238,3 +253,28 @@ class RotateForm(forms.Form):
     @property
     def grace(self) -> timedelta:
         return timedelta(hours=self.cleaned_data["grace_hours"])
+
+
+class WhatIfForm(forms.Form):
+    """The window a what-if replays: one of the last hour, day or week, or a range."""
+
+    window = forms.ChoiceField(
+        choices=[("hour", "The last hour"), ("day", "The last day"), ("week", "The last week"), ("", "From … to …")],
+        required=False, initial="day",
+    )  # fmt: skip
+    start = forms.DateTimeField(required=False, help_text="UTC, e.g. 2026-01-05 09:00")
+    end = forms.DateTimeField(required=False)
+
+    def clean(self):
+        from keys.whatif import window_of
+
+        data = super().clean()
+        if self.errors:
+            return data
+        window = data.get("window") or ""
+        try:
+            data["range"] = window_of(window, *(None, None) if window else (data.get("start"), data.get("end")))
+        except ValidationError as error:
+            for name, texts in error.message_dict.items():
+                self.add_error(name if name in self.fields else None, texts)
+        return data

@@ -1,5 +1,6 @@
 import hashlib
 import secrets
+import uuid
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -265,7 +266,7 @@ class PolicyRule(models.Model):
     DENY, ALLOW = "deny", "allow"
     EFFECTS = [(DENY, "Deny"), (ALLOW, "Allow")]
 
-    name = models.CharField(max_length=100, unique=True, help_text="Named in refusals and audit records.")
+    name = models.CharField(max_length=100, help_text="Named in refusals and audit records.")
     description = models.CharField(max_length=500, blank=True)
     position = models.PositiveIntegerField(default=100, help_text="Rules run in ascending position.")
     effect = models.CharField(max_length=5, choices=EFFECTS, default=DENY)
@@ -282,11 +283,29 @@ class PolicyRule(models.Model):
     )
     message = models.CharField(max_length=300, blank=True, help_text="Added to the refusal a deny rule answers.")
     is_active = models.BooleanField(default=True)
+    draft = models.BooleanField(
+        default=False, help_text="Not in force: a draft is tried on past traffic (what-if) and published when ready."
+    )
+    draft_of = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="pending_draft",
+        help_text="The rule this draft changes when published (empty: a new rule).",
+    )  # fmt: skip
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["position", "pk"]
+        constraints = [
+            # A draft of a rule may keep its name; every other rule's name is its own (live and new drafts alike).
+            models.UniqueConstraint(
+                fields=["name"], condition=models.Q(draft_of__isnull=True), name="policy_rule_unique_name",
+                violation_error_message="A rule with this name already exists.",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(draft_of__isnull=True) | models.Q(draft=True), name="policy_rule_draft_of_draft",
+                violation_error_message="Only a draft can change another rule.",
+            ),
+        ]  # fmt: skip
 
     def __str__(self):
         return self.name
@@ -294,6 +313,49 @@ class PolicyRule(models.Model):
     def clean(self):
         if self.final and self.effect != self.ALLOW:
             raise ValidationError({"final": "Only an allow rule can be final."})
+        if self.draft_of_id is not None:
+            if self.draft_of.draft:
+                raise ValidationError({"draft_of": "A draft changes a rule in force, not another draft."})
+            clash = PolicyRule.objects.filter(name=self.name, draft_of__isnull=True).exclude(pk=self.draft_of_id)
+            if clash.exists():
+                raise ValidationError({"name": "A rule with this name already exists."})
+        renamed_to = PolicyRule.objects.filter(name=self.name, draft_of__isnull=False).exclude(pk=self.pk)
+        if self.draft_of_id is None and renamed_to.exclude(draft_of=self.pk).exists():
+            raise ValidationError({"name": "A draft of another rule takes this name when published."})
+
+
+class PolicyWhatIf(models.Model):
+    """A replay of the draft rule set against the request log of a window (``keys.whatif``), run by Celery.
+
+    The rules are copied when it is asked for, so its results keep saying what they were
+    measured for after the drafts change or are published.
+    """
+
+    QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+    STATUS_CHOICES = [(QUEUED, "Queued"), (RUNNING, "Running"), (DONE, "Done"), (FAILED, "Failed")]
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    requester = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="policy_what_ifs"
+    )
+    window_start = models.DateTimeField()
+    window_end = models.DateTimeField()
+    live_rules = models.JSONField(default=list, help_text="The rules in force when it was asked for.")
+    draft_rules = models.JSONField(default=list, help_text="The rules as they would be with the drafts published.")
+    status = models.CharField(max_length=10, choices=STATUS_CHOICES, default=QUEUED, db_index=True)
+    records_total = models.PositiveBigIntegerField(default=0)
+    records_scanned = models.PositiveBigIntegerField(default=0)
+    results = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"what-if {self.window_start:%Y-%m-%d %H:%M} to {self.window_end:%Y-%m-%d %H:%M}"
 
 
 TOKEN_PREFIX = "agt_"

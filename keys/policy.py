@@ -67,6 +67,22 @@ LIST_FIELDS = frozenset({("client", "tags"), ("key", "tags"), ("key", "roles"), 
                          ("identity", "groups")})  # fmt: skip
 INT_FIELDS = frozenset({("request", "body_bytes"), ("request", "tokens")})
 NOW = "now"  # the request's time as a timestamp, to the minute
+# Longer text (a model name or path a client chose) is handed to the rules as a value they cannot read, so a rule
+# reading it fails (a deny refuses): a regular expression never runs over megabytes on the event loop, and padding
+# cannot push what a rule looks for out of a cut.
+MAX_CONTEXT_TEXT = 1024
+
+
+class _TooLong:
+    """What a rule sees of a value over ``MAX_CONTEXT_TEXT`` characters: nothing CEL can take."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<longer than the rules read>"
+
+
+TOO_LONG = _TooLong()
 
 
 def _zone(name: str) -> ZoneInfo:
@@ -588,7 +604,7 @@ _FAILING = _Failing()
 def _load_rules() -> PolicySet:
     from keys.models import PolicyRule
 
-    return compile_rules(PolicyRule.objects.filter(is_active=True).order_by("position", "pk"))
+    return compile_rules(PolicyRule.objects.filter(is_active=True, draft=False).order_by("position", "pk"))
 
 
 # The active rules as last loaded: a change is in force on every process within the refresh interval.

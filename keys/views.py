@@ -32,10 +32,14 @@ from keys.forms import (
     PolicyRuleForm,
     PolicyTestForm,
     RotateForm,
+    WhatIfForm,
 )
-from keys.models import AgentRole, ApiKey, Client, CostCenter, Plan, PolicyRule
+from keys.models import AgentRole, ApiKey, Client, CostCenter, Plan, PolicyRule, PolicyWhatIf
 from keys.policy import compile_rules, explain
+from keys.policy_drafts import RULE_FIELDS, drafts, publish_drafts, rules_to_test
 from keys.services import issue_key, policy_activity, revoke_key, role_holders, role_refusal, rotate_key
+from keys.whatif import percent as whatif_percent
+from keys.whatif import request_what_if
 
 # The session keeps only one-time tokens of hand-offs (gateway_project.handoff), by key id; never a raw key.
 HANDOFF_SESSION = "issued_key_handoffs"
@@ -249,11 +253,13 @@ class AgentRoleDeleteView(TrailedDeleteView):
 
 class PolicyListView(RoleRequiredMixin, View):
     def get(self, request):
-        rules = list(PolicyRule.objects.all())
+        rules = list(PolicyRule.objects.filter(draft=False).select_related("pending_draft"))
         activity = policy_activity()
         for rule in rules:
             rule.denied, rule.would_deny, rule.failed = activity.get(rule.name, (0, 0, 0))
-        return render(request, "keys/policy_list.html", {"rules": rules})
+            rule.draft_change = getattr(rule, "pending_draft", None)
+        context = {"rules": rules, "drafts": drafts(), "what_ifs": PolicyWhatIf.objects.all()[:3]}
+        return render(request, "keys/policy_list.html", context)
 
 
 class PolicyEditView(TrailedEditView):
@@ -264,7 +270,91 @@ class PolicyEditView(TrailedEditView):
     success_url_name = "console:policies"
 
     def saved_message(self, obj):
+        if obj.draft:
+            return f"Draft “{obj.name}” saved. It is not in force: try it with a what-if, then publish."
         return f"Rule “{obj.name}” saved. Every gateway process applies it within the refresh interval."
+
+
+class PolicyDraftView(RoleRequiredMixin, View):
+    """A draft change to a rule in force: the form starts from the rule; saving keeps it aside until published.
+    A rule has one draft at a time: asking again opens it."""
+
+    needed_roles = roles.MANAGE
+
+    def _rule(self, pk):
+        rule = get_object_or_404(PolicyRule, pk=pk, draft=False)
+        existing = getattr(rule, "pending_draft", None)
+        return rule, existing
+
+    def get(self, request, pk):
+        rule, existing = self._rule(pk)
+        if existing is not None:
+            return redirect("console:policy-edit", existing.pk)
+        initial = {name: getattr(rule, name) for name in RULE_FIELDS}
+        form = PolicyRuleForm(initial=initial, draft_of=rule)
+        return render(request, "keys/policy_form.html", {"form": form, "draft_of": rule})
+
+    def post(self, request, pk):
+        rule, existing = self._rule(pk)
+        if existing is not None:
+            return redirect("console:policy-edit", existing.pk)
+        form = PolicyRuleForm(request.POST, draft_of=rule)
+        if not form.is_valid():
+            return render(request, "keys/policy_form.html", {"form": form, "draft_of": rule}, status=400)
+        with transaction.atomic():
+            saved = form.save()
+            record_create(request.user, "console", saved)
+        messages.success(request, f"Draft of “{rule.name}” saved. The rule in force is unchanged until you publish.")
+        return redirect("console:policies")
+
+
+class PolicyPublishView(RoleRequiredMixin, View):
+    """Put every draft in force at once (confirmed on a page listing them)."""
+
+    needed_roles = roles.MANAGE
+
+    def get(self, request):
+        return render(request, "keys/policy_publish.html", {"drafts": drafts()})
+
+    def post(self, request):
+        try:
+            published = publish_drafts(request.user, "console")
+        except ValidationError as error:
+            messages.error(request, " ".join(error.messages))
+            return redirect("console:policy-publish")
+        if published:
+            names = ", ".join(f"“{rule.name}”" for rule in published)
+            messages.success(request, f"Published {names}. Every gateway process applies them within the refresh "
+                             "interval.")  # fmt: skip
+        else:
+            messages.info(request, "There were no drafts to publish.")
+        return redirect("console:policies")
+
+
+class WhatIfListView(RoleRequiredMixin, View):
+    """Ask for a what-if (managers), and the recent ones with their outcome (every reader)."""
+
+    def _render(self, request, form, status=200):
+        context = {"form": form, "jobs": PolicyWhatIf.objects.select_related("requester")[:20], "drafts": drafts()}
+        return render(request, "keys/whatif_list.html", context, status=status)
+
+    def get(self, request):
+        return self._render(request, WhatIfForm())
+
+    def post(self, request):
+        form = WhatIfForm(request.POST)
+        if not form.is_valid():
+            return self._render(request, form, status=400)
+        start, end = form.cleaned_data["range"]
+        job = request_what_if(request.user, start, end, via="console")
+        return redirect("console:policy-what-if", job.pk)
+
+
+class WhatIfDetailView(RoleRequiredMixin, View):
+    def get(self, request, pk):
+        job = get_object_or_404(PolicyWhatIf.objects.select_related("requester"), pk=pk)
+        context = {"job": job, "percent": whatif_percent(job), "running": job.status in (job.QUEUED, job.RUNNING)}
+        return render(request, "keys/whatif_detail.html", context)
 
 
 class PolicyDeleteView(TrailedDeleteView):
@@ -299,7 +389,7 @@ class PolicyTestView(RoleRequiredMixin, View):
         form = PolicyTestForm(request.POST)
         if not form.is_valid():
             return render(request, "keys/policy_test.html", {"form": form}, status=400)
-        rules = compile_rules(PolicyRule.objects.filter(is_active=True))
+        rules = compile_rules(rules_to_test(form.cleaned_data["drafts"]))
         decision, outcomes = explain(rules, form.cleaned_data["context"])
         context = {"form": form, "decision": decision, "outcomes": outcomes, "tested": True}
         return render(request, "keys/policy_test.html", context)

@@ -11,31 +11,18 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+from audit.models import AuditRecord
 from gateway_project.errors import forbidden
 from keys.access import KeySnapshot
-from keys.policy import RequestContext, policy_table
+from keys.policy import MAX_CONTEXT_TEXT, TOO_LONG, RequestContext, policy_table
+from keys.policy_replay import audit_context
 from routing.admission import input_estimate
 from routing.exchange import Exchange
 from routing.facts import RequestFacts
 
 _NO_KEY = ({"slug": "", "tags": [], "cost_center": ""}, {"prefix": "", "tags": [], "roles": [], "plan": ""},
            {"subject": "", "roles": [], "groups": []})  # fmt: skip
-# Longer text (a model name or path a client chose) is handed to the rules as a value they cannot read, so a rule
-# reading it fails (a deny refuses): a regular expression never runs over megabytes on the event loop, and padding
-# cannot push what a rule looks for out of a cut.
-MAX_CONTEXT_TEXT = 1024
-
-
-class _TooLong:
-    """What a rule sees of a value over ``MAX_CONTEXT_TEXT`` characters: nothing CEL can take."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "<longer than the rules read>"
-
-
-TOO_LONG = _TooLong()
+PATH_COLUMN = AuditRecord._meta.get_field("path").max_length
 _minute: list = [-1.0, None]  # the current minute, and its timestamp: one datetime a minute, not one a request
 
 
@@ -78,11 +65,14 @@ def _key_context(key: KeySnapshot) -> tuple[dict, dict, dict]:
 
 async def govern(ex: Exchange, facts: RequestFacts) -> None:
     """403 ``policy_denied`` when an enforced deny rule matches; what the rules did goes into the audit record
-    (``details.policy``: the deny, dry-run denies that matched, a final allow, conditions that failed)."""
+    (``details.policy``: the deny, dry-run denies that matched, a final allow, conditions that failed), with the
+    context they read (``details.context``), so a draft rule set can be replayed over the log."""
+    context = request_context(ex, facts)
+    ex.details["context"] = audit_context(context, PATH_COLUMN)
     rules = await policy_table.get()
     if not rules:
         return
-    decision = rules.decide(request_context(ex, facts))
+    decision = rules.decide(context)
     notes = decision.notes
     if notes:
         ex.details["policy"] = notes

@@ -87,3 +87,41 @@ def test_the_top_navigation_fits_one_row_at_1280_pixels_and_each_area_shows_its_
     assert page.locator("nav.subnav a.active").text_content() == "Roles"
     assert page.locator("header.top nav a.active").text_content() == "Access"
     screenshot(page, "navigation")
+
+
+def test_an_admin_drafts_a_rule_replays_it_over_past_traffic_and_publishes_it(
+    gateway, page, console_admin, screenshot, make_key, audit_of
+):
+    from keys.models import PolicyRule
+
+    raw, key = make_key()
+    with gateway.client(raw) as client:
+        answer = client.post("/v1/agent/invoke", json={"agent": "writing", "input": "hi"})
+    assert answer.status_code == 200 and audit_of(answer)
+    sign_in(page, gateway, *console_admin)
+    name = f"no writing {uuid.uuid4().hex[:6]}"
+    page.goto(f"{gateway.url}/console/policies/new/")
+    page.fill("#id_name", name)
+    page.fill("#id_condition", f"client.slug == '{key.client.slug}' && request.agent == 'writing'")
+    page.check("#id_draft")
+    page.click("main button[type=submit]")
+    page.wait_for_url(f"{gateway.url}/console/policies/")
+    assert page.locator(f'#draft-table tr[data-draft="{name}"]').count() == 1
+
+    page.goto(f"{gateway.url}/console/policies/what-if/")
+    page.select_option("#id_window", "hour")
+    page.click("#what-if-form button[type=submit]")
+    page.wait_for_selector('#what-if-progress[data-status="done"]', timeout=30_000)
+    assert key.client.slug in page.text_content("#by-client")
+    assert name in page.text_content("#by-rule")
+    assert answer.headers["x-request-id"] in page.text_content("#examples")
+    screenshot(page, "policy-what-if")
+
+    page.goto(f"{gateway.url}/console/policies/publish/")
+    page.click("#confirm-publish")
+    page.wait_for_url(f"{gateway.url}/console/policies/")
+    assert page.locator(f'tr[data-rule="{name}"]').count() == 1
+    with gateway.client(raw) as client:
+        until(lambda: client.post("/v1/agent/invoke", json={"agent": "writing", "input": "hi"}).status_code == 403,
+              "the published rule in force")  # fmt: skip
+    PolicyRule.objects.filter(name=name).delete()

@@ -84,3 +84,68 @@ def test_the_tester_refuses_json_nested_too_deeply(compliance, db):
     response = compliance.post("/console/policies/test/", {"context": "[" * 50_000 + "]" * 50_000})
     assert response.status_code == 400
     assert "nested too deeply" in response.content.decode()
+
+
+# --- drafts, publishing and what-ifs -----------------------------------------------------------------------------
+
+
+def test_a_change_is_drafted_from_the_rule_and_the_rule_in_force_is_untouched(operator, db):
+    live = PolicyRule.objects.create(name="office only", effect="deny", position=10, condition="false")
+    form = operator.get(f"/console/policies/{live.pk}/draft/").content.decode()
+    assert "Draft a change to office only" in form and "false</textarea>" in form
+    data = {"name": "office only", "position": "10", "effect": "deny", "is_active": "on", "condition": "true"}
+    assert operator.post(f"/console/policies/{live.pk}/draft/", data).status_code == 302
+    draft = PolicyRule.objects.get(draft=True)
+    assert (draft.draft_of_id, draft.condition) == (live.pk, "true")
+    live.refresh_from_db()
+    assert live.condition == "false"
+    # Asking again opens the draft there is; the list shows it under Drafts, naming the rule it changes.
+    assert operator.get(f"/console/policies/{live.pk}/draft/")["Location"] == f"/console/policies/{draft.pk}/edit/"
+    page = operator.get("/console/policies/").content.decode()
+    drafts = page[page.index('id="draft-table"') :]
+    assert 'data-draft="office only"' in drafts and "Publish 1 draft" in page
+    assert operator.get(f"/console/policies/{draft.pk}/edit/").content.decode().count('name="draft"') == 0
+
+
+def test_a_new_rule_saved_as_a_draft_is_published_with_the_others(operator, db):
+    data = {"name": "no code", "position": "10", "effect": "deny", "is_active": "on", "draft": "on",
+            "condition": "request.agent == 'code'"}  # fmt: skip
+    assert operator.post("/console/policies/new/", data).status_code == 302
+    assert PolicyRule.objects.get().draft is True
+    confirm = operator.get("/console/policies/publish/").content.decode()
+    assert 'data-draft="no code"' in confirm
+    assert operator.post("/console/policies/publish/").status_code == 302
+    assert PolicyRule.objects.get().draft is False
+
+
+def test_what_ifs_are_asked_for_by_managers_and_read_by_every_role(operator, compliance, nobody, db,
+                                                                   django_capture_on_commit_callbacks):  # fmt: skip
+    from keys.models import PolicyWhatIf
+
+    AuditRecord.objects.create(
+        request_id="r-ledger", created_at=timezone.now(), method="POST", path="/v1/agent/invoke", status=200,
+        client_slug="acme", details={"context": {"agent": "ledger", "minute": int(timezone.now().timestamp()) // 60}},
+    )  # fmt: skip
+    PolicyRule.objects.create(name="no ledger", effect="deny", condition="request.agent == 'ledger'", draft=True)
+    assert compliance.post("/console/policies/what-if/", {"window": "hour"}).status_code == 403
+    bad = operator.post("/console/policies/what-if/", {"window": "", "start": "2026-01-02 00:00", "end": "2026-01-01"})
+    assert bad.status_code == 400 and "must start before it ends" in bad.content.decode()
+    with django_capture_on_commit_callbacks(execute=True):
+        asked = operator.post("/console/policies/what-if/", {"window": "day"})
+    job = PolicyWhatIf.objects.get()
+    assert asked["Location"] == f"/console/policies/what-if/{job.pk}/"
+    page = compliance.get(asked["Location"]).content.decode()
+    assert 'data-fact="newly_denied"><strong>1</strong>' in page
+    assert "r-ledger" in page and 'http-equiv="refresh"' not in page
+    assert "no ledger" in page[page.index('id="by-rule"') :]
+    assert job.pk.hex[:8] in compliance.get("/console/policies/what-if/").content.decode().replace("-", "")
+    assert nobody.get(asked["Location"]).status_code == 403
+
+
+def test_a_running_what_if_page_refreshes_itself(compliance, db):
+    from keys.models import PolicyWhatIf
+
+    job = PolicyWhatIf.objects.create(window_start=timezone.now(), window_end=timezone.now(), status="running",
+                                      records_total=200, records_scanned=50)  # fmt: skip
+    page = compliance.get(f"/console/policies/what-if/{job.pk}/").content.decode()
+    assert 'http-equiv="refresh"' in page and "25% · 50 of 200 records read" in page
