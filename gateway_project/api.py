@@ -47,6 +47,18 @@ class TrailedModelViewSet(viewsets.ModelViewSet):
             record_delete(self.request.user, "api", instance, before)
 
 
+def as_it_would_be_saved(model, instance, attrs: dict):
+    """An unsaved copy of ``instance`` (or a new ``model``) with ``attrs`` applied: for the model's own checks
+    (``clean``, constraints) in a serializer's ``validate``, without touching the stored object."""
+    copy = model()
+    if instance is not None:
+        copy = model(**{field.attname: getattr(instance, field.attname) for field in model._meta.fields})
+        copy._state.adding, copy._state.db = False, instance._state.db
+    for name, value in attrs.items():
+        setattr(copy, name, value)
+    return copy
+
+
 # The settings' default backends plus ?search=, for viewsets that declare search_fields.
 SEARCHABLE_FILTER_BACKENDS = [DjangoFilterBackend, SearchFilter, OrderingFilter]
 

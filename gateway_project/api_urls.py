@@ -14,6 +14,7 @@ from keys.api import (
     ApiKeyViewSet,
     ClientViewSet,
     CostCenterViewSet,
+    IdentityProviderViewSet,
     PlanViewSet,
     PolicyRuleViewSet,
     PolicyWhatIfViewSet,
@@ -29,6 +30,7 @@ router.register("clients", ClientViewSet)
 router.register("keys", ApiKeyViewSet)
 router.register("agent-roles", AgentRoleViewSet)
 router.register("policy-rules", PolicyRuleViewSet)
+router.register("identity-providers", IdentityProviderViewSet)
 router.register("policy-what-ifs", PolicyWhatIfViewSet)
 router.register("agents", AgentViewSet)
 router.register("targets", TargetViewSet)

@@ -23,6 +23,7 @@ NAV = [
     ("Access", [
         ("clients", "Clients", ("client", "clients", "key"), roles.READ),
         ("roles", "Roles", ("role", "roles"), roles.READ),
+        ("identity-providers", "Identity providers", ("identity-provider", "identity-providers"), roles.READ),
     ]),
     ("Routing", [
         ("agents", "Agents", ("agent", "agents"), roles.READ),

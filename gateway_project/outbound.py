@@ -356,6 +356,63 @@ def validate_webhook_url(value: str) -> None:
         raise ValidationError(str(refused), code="outbound_refused") from None
 
 
+# --- identity providers' key sets ---------------------------------------------------
+
+
+def check_jwks(url: object, what: str = "The JWKS URL") -> str:
+    """A key set is trusted for every token it verifies: HTTPS, or plain HTTP only to a loopback address (an identity
+    provider on the same host); the upstream address policy applies as for agents."""
+    dest = parse(url, what)
+    literal = _literal(dest.host)
+    loopback = dest.host == "localhost" or (literal is not None and literal.is_loopback)
+    if dest.scheme != "https" and not loopback:
+        raise Refused(f"{what} must use https:// (plain http:// only to a loopback address).")
+    return check_saved(url, upstream_allow_list(), what)
+
+
+def validate_jwks_url(value: str) -> None:
+    try:
+        check_jwks(value)
+    except Refused as refused:
+        raise ValidationError(str(refused), code="outbound_refused") from None
+
+
+class TooLarge(Exception):
+    """The answer was longer than the caller reads."""
+
+
+async def aget(url: str, allowed: AllowList, *, timeout: float, max_bytes: int, what: str = "The URL") -> bytes:
+    """At use time: resolve once, check every address, GET from a checked one, redirects not followed; the body,
+    at most ``max_bytes`` of it (``TooLarge`` past that). ``Refused``, or ``httpx.HTTPError`` for a failed call or an
+    answer other than 200."""
+    dest = await aresolve(url, allowed, what)
+    host_header = urlsplit(dest.url).netloc
+    extensions = {"sni_hostname": dest.host} if dest.scheme == "https" and _literal(dest.host) is None else {}
+    async with httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=timeout) as client:
+        failure: httpx.ConnectError | None = None
+        for address in dest.addresses:
+            request = client.build_request("GET", _pinned(dest, address), headers={"Host": host_header})
+            request.extensions.update(extensions)
+            try:
+                response = await client.send(request, stream=True)
+            except httpx.ConnectError as exc:
+                failure = exc
+                continue
+            try:
+                if response.status_code != 200:
+                    raise httpx.HTTPStatusError(f"{what} answered {response.status_code}", request=request,
+                                                response=response)  # fmt: skip
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > max_bytes:
+                        raise TooLarge(f"{what} answered more than {max_bytes} bytes")
+                return bytes(body)
+            finally:
+                await response.aclose()
+        raise failure
+
+
 def _pinned(dest: Destination, address: str) -> str:
     """``dest.url`` with its host replaced by ``address``: the connection goes there and nowhere else."""
     parts = urlsplit(dest.url)

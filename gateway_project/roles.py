@@ -20,6 +20,7 @@ EXPORT = frozenset({ADMIN, COMPLIANCE})  # export the audit log, read the admin-
 USERS = frozenset({ADMIN})  # manage console users and their roles
 AUDIT_POLICY = frozenset({ADMIN})  # change what the audit log keeps (redaction rules)
 QUARANTINE = frozenset({ADMIN})  # see rows the database refused, with their unredacted values
+IDENTITY = frozenset({ADMIN})  # configure who may sign tokens the gateway accepts (identity providers)
 
 
 def roles_of(user) -> frozenset[str]:

@@ -472,6 +472,10 @@ GATEWAY = {
     "KEY_CACHE_SECONDS": envfloat("GATEWAY_KEY_CACHE_SECONDS", 1.0, minimum=0),
     # How often agents and prices are re-read into the in-memory routing table.
     "CONFIG_REFRESH_SECONDS": envfloat("GATEWAY_CONFIG_REFRESH_SECONDS", 2.0, minimum=0.1),
+    # Identity providers' signing keys (JWKS): fetched again once this old, and when a token names a key id not
+    # held, but no more often than the minimum (tokens with made-up key ids cannot make the gateway hammer it).
+    "JWKS_CACHE_SECONDS": envfloat("GATEWAY_JWKS_CACHE_SECONDS", 600.0, minimum=1),
+    "JWKS_MIN_REFETCH_SECONDS": envfloat("GATEWAY_JWKS_MIN_REFETCH_SECONDS", 10.0, minimum=0),
     # Audit/usage writer: flush at least this often, or at this many records.
     "FLUSH_SECONDS": envfloat("GATEWAY_FLUSH_SECONDS", 0.2, minimum=0.01),
     "FLUSH_BATCH": envint("GATEWAY_FLUSH_BATCH", 500, minimum=1),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -48,6 +49,19 @@ class KeySnapshot:
     cost_center_slug: str = ""
     plan_slug: str = ""
     allowed_origins: tuple[str, ...] = ()  # web origins its client allows (CORS; ``keys.origins``)
+    # A caller with a JWT (``keys.identities``): the token's subject, groups and roles (already in ``roles``), its
+    # provider's slug and its expiry. Empty for an API key.
+    subject: str = ""
+    groups: tuple[str, ...] = ()
+    identity_roles: frozenset[str] = frozenset()
+    identity_provider: str = ""
+    token_expires_at: float | None = None
+
+    @property
+    def ends_at(self) -> float | None:
+        """When the key, or the caller's token, stops being accepted; None: never."""
+        ends = [moment for moment in (self.expires_at, self.token_expires_at) if moment is not None]
+        return min(ends) if ends else None
 
     def may_use_agent(self, slug: str) -> bool:
         return self.allowed_agents is None or slug in self.allowed_agents
@@ -269,21 +283,46 @@ async def identify(headers: dict[bytes, bytes]) -> KeySnapshot:
             401,
             "authentication_error",
             "missing_api_key",
-            "No API key given. Send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.",
+            "No API key given. Send it (or a token from an identity provider) as 'Authorization: Bearer <key>' or "
+            "'X-API-Key: <key>'.",
         )
+    if looks_like_jwt(raw):  # a token from an identity provider (keys.identities)
+        from keys.identities import identify_token
+
+        return await identify_token(raw)
     snapshot = await key_snapshots.get(hash_key(raw))
     if snapshot is None:
         raise GatewayError(401, "authentication_error", "invalid_api_key", "The API key is not valid.")
     return snapshot
 
 
+def looks_like_jwt(raw: str) -> bool:
+    """A JWS in compact form: three base64url parts, the first a JSON object (``eyJ`` is ``{"``); no API key is."""
+    return raw.startswith("eyJ") and raw.count(".") == 2
+
+
 def ensure_usable(snapshot: KeySnapshot) -> None:
-    """Raise 403 for a disabled, revoked or expired key, or a key of a disabled client."""
+    """Raise 403 for a disabled, revoked or expired key, or a key of a disabled client; 401 for a token that
+    expired (a session outliving it)."""
     if snapshot.state != "active":
         code, message = _REFUSALS[snapshot.state]
         raise forbidden(message, code)
     if snapshot.expires_at is not None and snapshot.expires_at <= time.time():
         raise forbidden("This API key has expired.", "key_expired")
+    if snapshot.token_expires_at is not None and snapshot.token_expires_at <= time.time():
+        raise GatewayError(401, "authentication_error", "token_expired", "The token has expired.")
+
+
+def carry_identity(fresh: KeySnapshot | None, held: KeySnapshot) -> KeySnapshot | None:
+    """``fresh`` (a key as saved now) with the token identity ``held`` was served with, if any: a session opened
+    with a JWT keeps its token's roles, subject and expiry when its identity key changes."""
+    if fresh is None or not held.subject or fresh.subject:
+        return fresh
+    return dataclasses.replace(
+        fresh, roles=fresh.roles | held.identity_roles, subject=held.subject, groups=held.groups,
+        identity_roles=held.identity_roles, identity_provider=held.identity_provider,
+        token_expires_at=held.token_expires_at,
+    )  # fmt: skip
 
 
 def ensure_origin(snapshot: KeySnapshot, origin: bytes | None) -> None:

@@ -14,9 +14,26 @@ from rest_framework.response import Response
 
 from audit.trail import record_create, record_delete, record_update, snapshot
 from gateway_project import roles, throttles
-from gateway_project.api import SEARCHABLE_FILTER_BACKENDS, NameListField, TrailedModelViewSet
+from gateway_project.api import (
+    SEARCHABLE_FILTER_BACKENDS,
+    NameListField,
+    TrailedModelViewSet,
+    as_it_would_be_saved,
+)
 from keys import whatif
-from keys.models import ALL, AgentRole, ApiKey, Client, CostCenter, Plan, PolicyRule, PolicyWhatIf, validate_role_list
+from keys.identities import check_jwks
+from keys.models import (
+    ALL,
+    AgentRole,
+    ApiKey,
+    Client,
+    CostCenter,
+    IdentityProvider,
+    Plan,
+    PolicyRule,
+    PolicyWhatIf,
+    validate_role_list,
+)
 from keys.policy import compile_rules, context_from_json, explain
 from keys.policy_drafts import publish_drafts, rules_to_test
 from keys.services import (
@@ -164,12 +181,7 @@ class PolicyRuleSerializer(serializers.ModelSerializer):
             raise ValidationError({"draft": ["A rule in force stays in force; a draft is published with publish/."]})
         if current is not None and "draft_of" in attrs and attrs["draft_of"] != current.draft_of:
             raise ValidationError({"draft_of": ["A draft keeps the rule it changes; make a new draft instead."]})
-        rule = PolicyRule()
-        if current is not None:  # the rule as it would be saved, for the model's checks (not the stored one)
-            rule = PolicyRule(**{field.attname: getattr(current, field.attname) for field in PolicyRule._meta.fields})
-            rule._state.adding, rule._state.db = False, current._state.db
-        for name, value in attrs.items():
-            setattr(rule, name, value)
+        rule = as_it_would_be_saved(PolicyRule, current, attrs)
         if rule.draft_of_id is not None and not rule.draft:
             raise ValidationError({"draft_of": ["Only a draft changes another rule: set draft too."]})
         if rule.draft_of_id is not None and current is None and PolicyRule.objects.filter(draft_of=rule.draft_of_id):
@@ -564,3 +576,68 @@ class PolicyWhatIfViewSet(
             raise ValidationError(error.message_dict) from None
         job = whatif.request_what_if(request.user, start, end, via="api")
         return Response(self.get_serializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+class IdentityProviderSerializer(serializers.ModelSerializer):
+    client = serializers.SlugRelatedField(
+        slug_field="slug", queryset=Client.objects.all(), required=False, allow_null=True,
+        help_text="Every token's client (its slug). Empty: the client_claim names it.",
+    )  # fmt: skip
+    identity_keys = serializers.SerializerMethodField(help_text="Clients whose tokens from it were served.")
+
+    class Meta:
+        model = IdentityProvider
+        fields = [
+            "id", "name", "slug", "issuer", "audiences", "jwks_url", "algorithms", "client", "client_claim",
+            "roles_claim", "groups_claim", "leeway_seconds", "allowed_agents", "allowed_models",
+            "requests_per_minute", "tokens_per_minute", "max_concurrent", "is_active", "identity_keys", "created_at",
+        ]  # fmt: skip
+        read_only_fields = ["created_at"]
+
+    def get_identity_keys(self, provider) -> int:
+        return provider.identity_keys.count()
+
+    def validate(self, attrs):
+        provider = as_it_would_be_saved(IdentityProvider, self.instance, attrs)
+        try:
+            provider.clean()
+        except DjangoValidationError as error:
+            raise ValidationError(error.message_dict) from None
+        return attrs
+
+
+JWKS_CHECK = inline_serializer(
+    "JwksCheck",
+    {
+        "ok": serializers.BooleanField(),
+        "keys": serializers.ListField(child=serializers.DictField(), help_text="kid and algorithm of each key."),
+        "error": serializers.CharField(help_text="Why the key set could not be read; empty when it could."),
+    },
+)
+
+
+class IdentityProviderViewSet(TrailedModelViewSet):
+    """Identity providers: issuers of JWTs the gateway accepts as ``Authorization: Bearer <token>``.
+
+    A token is verified against the provider's JWKS (RS256, ES256 or EdDSA; ``exp``,
+    ``iat`` and ``sub`` required; ``nbf`` honoured; ``leeway_seconds`` of clock skew), for
+    one of its ``audiences``. Its client is ``client`` or the client whose slug the
+    ``client_claim`` holds; its roles and groups come from ``roles_claim`` and
+    ``groups_claim``. Each client's tokens are served through an identity key with the
+    provider's scopes and limits. Admins only change them. ``POST {id}/check/`` fetches
+    the JWKS now and says which keys it holds.
+    """
+
+    queryset = IdentityProvider.objects.select_related("client")
+    serializer_class = IdentityProviderSerializer
+    filter_backends = SEARCHABLE_FILTER_BACKENDS
+    filterset_fields = ["is_active"]
+    search_fields = ["name", "slug", "issuer"]
+    ordering_fields = ["name", "created_at"]
+    write_roles = roles.IDENTITY
+
+    @extend_schema(summary="Fetch the provider's key set now", request=None, responses={200: JWKS_CHECK})
+    @action(detail=True, methods=["post"], filterset_fields=None)
+    def check(self, request, pk=None):
+        """Fetch the JWKS through the outbound policy, as the gateway does, and list the keys it would use."""
+        return Response(check_jwks(self.get_object()))

@@ -12,6 +12,17 @@ urlpatterns = [
     path("keys/<int:pk>/revoke/", views.KeyRevokeView.as_view(), name="key-revoke"),
     path("keys/<int:pk>/rotate/", views.KeyRotateView.as_view(), name="key-rotate"),
     path("keys/<int:pk>/roles/", views.KeyRolesView.as_view(), name="key-roles"),
+    path("identity-providers/", views.IdentityProviderListView.as_view(), name="identity-providers"),
+    path("identity-providers/new/", views.IdentityProviderEditView.as_view(), name="identity-provider-new"),
+    path("identity-providers/<int:pk>/edit/", views.IdentityProviderEditView.as_view(), name="identity-provider-edit"),
+    path(
+        "identity-providers/<int:pk>/delete/",
+        views.IdentityProviderDeleteView.as_view(),
+        name="identity-provider-delete",
+    ),
+    path(
+        "identity-providers/<int:pk>/check/", views.IdentityProviderCheckView.as_view(), name="identity-provider-check"
+    ),
     path("policies/", views.PolicyListView.as_view(), name="policies"),
     path("policies/new/", views.PolicyEditView.as_view(), name="policy-new"),
     path("policies/test/", views.PolicyTestView.as_view(), name="policy-test"),

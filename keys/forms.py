@@ -9,7 +9,7 @@ from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from keys.models import ALL, AgentRole, ApiKey, Client, CostCenter, Plan, PolicyRule
+from keys.models import ALL, AgentRole, ApiKey, Client, CostCenter, IdentityProvider, Plan, PolicyRule
 from keys.services import MAX_ROTATION_GRACE_HOURS
 
 CENTS = Decimal("0.01")
@@ -278,3 +278,22 @@ class WhatIfForm(forms.Form):
             for name, texts in error.message_dict.items():
                 self.add_error(name if name in self.fields else None, texts)
         return data
+
+
+class IdentityProviderForm(forms.ModelForm):
+    audiences = TagListField(help_text="Comma-separated aud values accepted, e.g. gateway.")
+    algorithms = forms.MultipleChoiceField(
+        widget=forms.CheckboxSelectMultiple, choices=[(name, name) for name in ("RS256", "ES256", "EdDSA")],
+        help_text="The signing algorithms its tokens may use (HMAC and none are never accepted).",
+    )  # fmt: skip
+    allowed_agents = TagListField(help_text="Comma-separated agent slugs its tokens may call, or * for all.")
+    allowed_models = TagListField(help_text="Comma-separated model names, or * for every model of the agents.")
+
+    class Meta:
+        model = IdentityProvider
+        fields = [
+            "name", "slug", "issuer", "audiences", "jwks_url", "algorithms", "client", "client_claim", "roles_claim",
+            "groups_claim", "leeway_seconds", "allowed_agents", "allowed_models", "requests_per_minute",
+            "tokens_per_minute", "max_concurrent", "is_active",
+        ]  # fmt: skip
+        labels = {"jwks_url": "JWKS URL", "client": "Fixed client"}

@@ -4,7 +4,7 @@ import uuid
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -207,11 +207,20 @@ class ApiKey(models.Model):
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replaces", editable=False,
         help_text="The key issued when this one was rotated.",
     )  # fmt: skip
+    identity_provider = models.ForeignKey(
+        "IdentityProvider", null=True, blank=True, on_delete=models.SET_NULL, related_name="identity_keys",
+        editable=False, help_text="Set on an identity key: the key the provider's tokens for this client are served "
+        "with (it has no usable secret).",
+    )  # fmt: skip
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["-created_at"]
         verbose_name = "API key"
+        constraints = [
+            models.UniqueConstraint(fields=["identity_provider", "client"], name="one_identity_key_per_client",
+                                    condition=models.Q(identity_provider__isnull=False)),
+        ]  # fmt: skip
 
     def __str__(self):
         return f"{self.prefix}… ({self.client})"
@@ -253,6 +262,99 @@ def validate_condition(value):
         check_condition(value)
     except ConditionError as error:
         raise ValidationError(str(error)) from None
+
+
+def validate_algorithms(value):
+    from keys.identities import ALGORITHMS
+
+    if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
+        raise ValidationError(f"Give a list of one or more of {', '.join(ALGORITHMS)}.")
+    unknown = sorted(set(value) - set(ALGORITHMS))
+    if unknown:
+        raise ValidationError(f"Unknown algorithm {', '.join(unknown)}: use {', '.join(ALGORITHMS)}.")
+
+
+def validate_audiences(value):
+    if not isinstance(value, list) or not value or not all(isinstance(item, str) and item.strip() for item in value):
+        raise ValidationError("Give one or more audiences (the aud values tokens for this gateway carry).")
+    if len(value) > 20 or any(len(item) > 300 for item in value):
+        raise ValidationError("At most 20 audiences of up to 300 characters.")
+
+
+def validate_jwks_url(value):
+    from gateway_project.outbound import validate_jwks_url as check
+
+    check(value)
+
+
+def default_algorithms():
+    return ["RS256", "ES256", "EdDSA"]
+
+
+def validate_claim_name(value):
+    if value and (len(value) > 100 or not value.isprintable() or value != value.strip()):
+        raise ValidationError("A claim name is printable text without surrounding spaces, up to 100 characters.")
+
+
+class IdentityProvider(models.Model):
+    """An issuer of JWTs the gateway accepts in place of an API key (``keys.identities``).
+
+    A token is verified with the issuer's published keys (its JWKS), for one of the audiences,
+    and served as its client's *identity key* for this provider: made on first use with the
+    scopes and limits below, so the client's budgets and the provider's limits apply to it.
+    """
+
+    name = models.CharField(max_length=100)
+    slug = models.SlugField(max_length=50, unique=True, help_text="Named in audit records (details.identity).")
+    issuer = models.CharField(max_length=300, unique=True, help_text="The tokens' iss claim, exactly.")
+    audiences = models.JSONField(validators=[validate_audiences], help_text='aud values accepted, e.g. ["gateway"].')
+    jwks_url = models.URLField(
+        max_length=500, validators=[validate_jwks_url],
+        help_text="Where the issuer publishes its signing keys: HTTPS, or HTTP on loopback; the outbound address "
+        "policy applies.",
+    )  # fmt: skip
+    algorithms = models.JSONField(default=default_algorithms, validators=[validate_algorithms])
+    client = models.ForeignKey(
+        Client, null=True, blank=True, on_delete=models.CASCADE, related_name="identity_providers",
+        help_text="Every token's client. Empty: the client claim names it (by slug).",
+    )  # fmt: skip
+    client_claim = models.CharField(max_length=100, default="client_id", blank=True, validators=[validate_claim_name])
+    roles_claim = models.CharField(
+        max_length=100, default="roles", blank=True, validators=[validate_claim_name],
+        help_text="The claim whose values are the caller's agent roles (a list, or space-separated text).",
+    )  # fmt: skip
+    groups_claim = models.CharField(
+        max_length=100, default="groups", blank=True, validators=[validate_claim_name],
+        help_text="The claim whose values policy rules read as identity.groups.",
+    )  # fmt: skip
+    leeway_seconds = models.PositiveIntegerField(
+        default=30, validators=[MaxValueValidator(300)], help_text="Clock skew allowed on exp, nbf and iat."
+    )
+    allowed_agents = models.JSONField(default=all_scope, blank=True, validators=[validate_scope_list])
+    allowed_models = models.JSONField(default=all_scope, blank=True, validators=[validate_scope_list])
+    requests_per_minute = models.PositiveIntegerField(default=60, validators=[MinValueValidator(1)])
+    tokens_per_minute = models.PositiveIntegerField(default=100_000, validators=[MinValueValidator(1)])
+    max_concurrent = models.PositiveIntegerField(default=10, help_text="0 means no limit.")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        if self.client_id is None and not self.client_claim:
+            raise ValidationError({"client_claim": "Name the claim that names the client, or choose the client."})
+
+    def key_fields(self) -> dict:
+        """What its identity keys hold of it (kept in step when it changes)."""
+        return {
+            "name": f"Identity: {self.name}"[:200], "allowed_agents": self.allowed_agents,
+            "allowed_models": self.allowed_models, "requests_per_minute": self.requests_per_minute,
+            "tokens_per_minute": self.tokens_per_minute, "max_concurrent": self.max_concurrent,
+        }  # fmt: skip
 
 
 class PolicyRule(models.Model):

@@ -54,13 +54,13 @@ CONTEXT_FIELDS: dict[str, dict[str, str]] = {
     "key": {
         "prefix": "the key's visible prefix",
         "tags": "the key's tags",
-        "roles": "the agent roles it holds",
+        "roles": "the agent roles it holds (for a token: with the roles its claims give)",
         "plan": "the slug of the plan it was issued on, or empty",
     },
     "identity": {
-        "subject": "the caller's subject (empty for an API key)",
+        "subject": "the token's subject (sub claim; empty for an API key)",
         "roles": "the caller's roles (an API key's own roles)",
-        "groups": "the caller's groups (empty for an API key)",
+        "groups": "the token's groups (its provider's groups claim; empty for an API key)",
     },
 }
 LIST_FIELDS = frozenset({("client", "tags"), ("key", "tags"), ("key", "roles"), ("identity", "roles"),

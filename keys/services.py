@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import timedelta
 
 from django.core.exceptions import ValidationError
@@ -9,6 +10,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from keys.models import AgentRole, ApiKey, Client, Plan
+
+IDENTITY_KEY_PREFIX = "idk_"  # the visible prefix of an identity key (its secret is never used)
 
 
 def issue_key(client: Client, plan: Plan | None = None, **fields) -> tuple[ApiKey, str]:
@@ -85,6 +88,8 @@ MAX_ROTATION_GRACE_HOURS = int(MAX_ROTATION_GRACE.total_seconds()) // 3600  # th
 
 def rotation_refusal(key: ApiKey) -> str | None:
     """Why ``key`` cannot be rotated, or None: the successor of a key that no longer works would revive it."""
+    if key.identity_provider_id is not None or key.prefix.startswith(IDENTITY_KEY_PREFIX):
+        return "This is an identity key: it has no secret to rotate (its provider's tokens are served through it)."
     if key.is_revoked:
         return "This key is revoked; issue a new key instead of rotating it."
     if key.is_expired:
@@ -107,7 +112,7 @@ def rotate_key(key: ApiKey, grace: timedelta = DEFAULT_ROTATION_GRACE) -> tuple[
         raise ValidationError({"grace": f"The grace period must be between 0 and {MAX_ROTATION_GRACE.days} days."})
     # Two rotations at once: the second waits for the first's row lock and then sees its successor.
     list(ApiKey.objects.select_for_update().filter(pk=key.pk).values_list("pk"))
-    key.refresh_from_db(fields=["is_active", "expires_at", "revoked_at", "replaced_by"])
+    key.refresh_from_db(fields=["is_active", "expires_at", "revoked_at", "replaced_by", "identity_provider"])
     refusal = rotation_refusal(key)
     if refusal:
         raise ValidationError(refusal)
@@ -146,3 +151,27 @@ def mark_keys_used(batch: dict) -> None:
             used[key_id] = max(row["created_at"], used.get(key_id, row["created_at"]))
     for key_id, when in used.items():
         ApiKey.objects.filter(pk=key_id).update(last_used_at=when)
+
+
+def identity_key(provider_id: int, client_slug: str) -> ApiKey | None:
+    """The identity key through which ``provider``'s tokens for the client ``client_slug`` are served, made on first
+    use (with no usable secret: nobody ever sees one); None when there is no such client or provider."""
+    from django.db import IntegrityError
+
+    from keys.models import IdentityProvider
+
+    provider = IdentityProvider.objects.filter(pk=provider_id).first()
+    client = Client.objects.filter(slug=client_slug).first()
+    if provider is None or client is None:
+        return None
+    found = ApiKey.objects.filter(identity_provider=provider, client=client).first()
+    if found is not None:
+        return found
+    key = ApiKey(client=client, identity_provider=provider, **provider.key_fields())
+    key.set_secret(IDENTITY_KEY_PREFIX + secrets.token_urlsafe(32))
+    try:
+        with transaction.atomic():
+            key.save()
+    except IntegrityError:  # another process made it first
+        return ApiKey.objects.filter(identity_provider=provider, client=client).first()
+    return key

@@ -8,7 +8,7 @@ from django.dispatch import receiver
 
 from gateway_project.hotstate import get_hot_state
 from keys.access import key_snapshots
-from keys.models import AgentRole, ApiKey, Client, CostCenter, Plan
+from keys.models import AgentRole, ApiKey, Client, CostCenter, IdentityProvider, Plan
 
 
 @receiver([post_save, post_delete], sender=ApiKey)
@@ -58,3 +58,30 @@ def _announce(key_id: int, key_hash: str) -> None:
     # Forgotten again: a request between the save and the commit may have cached the row as it was.
     key_snapshots.forget(key_hash)
     get_hot_state().publish_key_change(key_id)
+
+
+@receiver(post_save, sender=IdentityProvider)
+def keep_identity_keys_in_step(sender, instance, **kwargs):
+    """Its identity keys hold its scopes and limits: saved again with them (each save announced)."""
+    from keys.identities import forget_identity_keys
+
+    fields = instance.key_fields()
+    for key in ApiKey.objects.filter(identity_provider=instance):
+        if any(getattr(key, name) != value for name, value in fields.items()):
+            for name, value in fields.items():
+                setattr(key, name, value)
+            key.save(update_fields=list(fields))
+    forget_identity_keys()
+
+
+@receiver(pre_delete, sender=IdentityProvider)
+def revoke_identity_keys(sender, instance, **kwargs):
+    """A deleted provider's identity keys are revoked (kept, for their usage and audit history)."""
+    from django.utils import timezone
+
+    from keys.identities import forget_identity_keys
+
+    for key in ApiKey.objects.filter(identity_provider=instance, revoked_at__isnull=True):
+        key.revoked_at = timezone.now()
+        key.save(update_fields=["revoked_at"])
+    forget_identity_keys()

@@ -27,6 +27,7 @@ from keys.forms import (
     ApiKeyForm,
     ClientForm,
     CostCenterForm,
+    IdentityProviderForm,
     KeyRolesForm,
     PlanForm,
     PolicyRuleForm,
@@ -34,7 +35,8 @@ from keys.forms import (
     RotateForm,
     WhatIfForm,
 )
-from keys.models import AgentRole, ApiKey, Client, CostCenter, Plan, PolicyRule, PolicyWhatIf
+from keys.identities import check_jwks
+from keys.models import AgentRole, ApiKey, Client, CostCenter, IdentityProvider, Plan, PolicyRule, PolicyWhatIf
 from keys.policy import compile_rules, explain
 from keys.policy_drafts import RULE_FIELDS, drafts, publish_drafts, rules_to_test
 from keys.services import issue_key, policy_activity, revoke_key, role_holders, role_refusal, rotate_key
@@ -510,3 +512,47 @@ class PlanDeleteView(TrailedDeleteView):
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+# --- identity providers ---------------------------------------------------------------------------------------
+
+
+class IdentityProviderListView(RoleRequiredMixin, View):
+    def get(self, request):
+        providers = IdentityProvider.objects.select_related("client").annotate(key_count=Count("identity_keys"))
+        context = {"providers": providers, "may_configure": roles.may(request.user, roles.IDENTITY)}
+        return render(request, "keys/identity_provider_list.html", context)
+
+
+class IdentityProviderEditView(TrailedEditView):
+    model = IdentityProvider
+    form_class = IdentityProviderForm
+    template_name = "keys/identity_provider_form.html"
+    context_name = "provider"
+    success_url_name = "console:identity-providers"
+    needed_roles = roles.IDENTITY
+    write_roles = roles.IDENTITY
+
+    def saved_message(self, obj):
+        return f"Identity provider “{obj.name}” saved. Every gateway process reads it within the refresh interval."
+
+
+class IdentityProviderDeleteView(TrailedDeleteView):
+    model = IdentityProvider
+    success_url_name = "console:identity-providers"
+    needed_roles = write_roles = roles.IDENTITY
+
+    def deleted_message(self, obj):
+        return f"Identity provider “{obj.name}” deleted; its identity keys are revoked."
+
+
+class IdentityProviderCheckView(RoleRequiredMixin, View):
+    """Fetch a provider's key set now, as the gateway would, and show what it holds."""
+
+    write_roles = roles.READ  # it changes nothing
+
+    def post(self, request, pk):
+        provider = get_object_or_404(IdentityProvider, pk=pk)
+        result = check_jwks(provider)
+        context = {"provider": provider, "result": result}
+        return render(request, "keys/identity_provider_check.html", context)

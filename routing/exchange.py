@@ -273,6 +273,8 @@ class Exchange:
     def record(self) -> None:
         key = self.key
         previews = key is None or key.audit_previews  # a client may have its previews switched off
+        if key is not None and key.subject:  # a caller with a token: who, never the token
+            self.details["identity"] = {"provider": key.identity_provider, "subject": key.subject}
         record_request(
             request_id=self.request_id,
             method=self.method,

@@ -55,11 +55,11 @@ def request_context(ex: Exchange, facts: RequestFacts) -> RequestContext:
 
 
 def _key_context(key: KeySnapshot) -> tuple[dict, dict, dict]:
-    roles = list(key.roles)
+    roles = sorted(key.roles)  # a set: in a fixed order, so equal roles are equal values to the rules' memory
     return (
         {"slug": key.client_slug, "tags": list(key.client_tags), "cost_center": key.cost_center_slug},
         {"prefix": key.prefix, "tags": list(key.key_tags), "roles": roles, "plan": key.plan_slug},
-        {"subject": "", "roles": roles, "groups": []},
+        {"subject": key.subject, "roles": roles, "groups": list(key.groups)},
     )
 
 

@@ -26,7 +26,7 @@ from django.conf import settings
 
 from gateway_project.errors import GatewayError
 from gateway_project.hotstate import get_hot_state
-from keys.access import KeySnapshot, authorize, ensure_origin, ensure_usable, key_as_saved
+from keys.access import KeySnapshot, authorize, carry_identity, ensure_origin, ensure_usable, key_as_saved
 
 log = logging.getLogger("gateway.ws")
 
@@ -52,6 +52,7 @@ class WatchedSession:
         if self.withdrawn.done():
             return
         self.stop_timer()
+        key = carry_identity(key, self.key)
         if key is None:  # deleted: the handshake would now find no such key
             self.withdrawn.set_result("invalid_api_key")
             return
@@ -63,9 +64,10 @@ class WatchedSession:
             self.withdrawn.set_result(refusal.code)
             return
         self.key = key
-        if key.expires_at is not None:
+        ends_at = key.ends_at
+        if ends_at is not None:
             # Checked again then; a timer that fires a little early only sets another.
-            delay = max(0.0, key.expires_at - time.time())
+            delay = max(0.0, ends_at - time.time())
             self._expiry = asyncio.get_running_loop().call_later(delay, self.check, key)
 
     def current_agent(self):

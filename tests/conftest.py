@@ -12,11 +12,17 @@ import time
 import uuid
 from decimal import Decimal
 
+import hypothesis
 import pytest
 from django.conf import settings
 
 from tests.servers import Gateway, MockUpstream
 from tests.waiting import until, wait_for  # the audit writer is asynchronous by design: poll
+
+# No deadline on property tests: they assert behaviour, and speed lives in the benchmarks (a loaded CI machine made a
+# 200 ms deadline fail tests that were right).
+hypothesis.settings.register_profile("gateway", deadline=None)
+hypothesis.settings.load_profile("gateway")
 
 # Agents every gateway test can use; the mock upstream answers for all of them.
 SPECIAL_AGENTS = [

@@ -92,6 +92,8 @@ def server_env(**extra) -> dict[str, str]:
         GATEWAY_LOG_LEVEL="WARNING",
         # Every test calls from 127.0.0.1: tests of the failed-authentication limit set their own.
         GATEWAY_AUTH_FAILURES_PER_MINUTE="100000",
+        # Identity providers' tests rotate keys: a token with a new key id fetches the key set again at once.
+        GATEWAY_JWKS_MIN_REFETCH_SECONDS="0.2",
         PYTHONUNBUFFERED="1",
     )
     env.update({k: str(v) for k, v in extra.items()})

@@ -172,7 +172,7 @@ SIZES = st.integers(min_value=0, max_value=2 * 10**5)
 HOURS = st.integers(min_value=0, max_value=23).map(lambda h: NOW.replace(hour=h))
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(AGENTS, IPS, TAGS, SIZES, HOURS), min_size=1, max_size=30), st.data())
 def test_a_remembered_decision_is_the_one_evaluating_afresh_gives(requests, data):
     rules = compile_rules(RULES)
