@@ -29,7 +29,7 @@ def test_admins_and_operators_manage_cost_centers(request, persona):
     assert api.patch(url, {"code": "CC-8"}, format="json").json()["code"] == "CC-8"
     assert api.get(url).json()["code"] == "CC-8"
     assert api.delete(url).status_code == 204
-    assert not CostCenter.objects.exists()
+    assert not CostCenter.objects.filter(pk=body["id"]).exists()
     trail = AdminAction.objects.filter(object_type="keys.costcenter").order_by("id")
     assert [(a.action, a.changes.get("code")) for a in trail] == [
         ("create", [None, "CC-7"]),
@@ -151,7 +151,7 @@ def test_admins_and_operators_manage_plans(request, persona):
     assert api.patch(url, {"monthly_budget_usd": None}, format="json").status_code == 200
     assert Plan.objects.get(pk=body["id"]).monthly_budget_usd is None
     assert api.delete(url).status_code == 204
-    assert not Plan.objects.exists()
+    assert not Plan.objects.filter(pk=body["id"]).exists()
     assert [a.action for a in AdminAction.objects.filter(object_type="keys.plan").order_by("id")] == [
         "create",
         "update",
@@ -181,7 +181,7 @@ def test_it_refuses_an_invalid_plan(api, field, value):
     response = api.post("/api/v1/plans/", {**PRO, field: value}, format="json")
     assert response.status_code == 400
     assert field in response.json()
-    assert not Plan.objects.exists()
+    assert not Plan.objects.filter(slug=PRO["slug"]).exists()
 
 
 def test_it_refuses_a_duplicate_plan_slug(api):
