@@ -1,4 +1,4 @@
-"""The console's own records: authentication events (sign-ins, failures, throttling, sign-outs)."""
+"""The console's own records: authentication events (sign-ins, failures, throttling, sign-outs), OIDC links."""
 
 from __future__ import annotations
 
@@ -56,3 +56,24 @@ class AuthEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.username or '—'} {self.outcome}"
+
+
+class ConsoleIdentity(models.Model):
+    """The link from a console user to their account at the OpenID Connect provider (``gateway_project.oidc``).
+
+    Sign-ins through the provider find their user by this link (issuer and subject), never
+    by e-mail address: an account at the provider with a local admin's address must not
+    become that admin.
+    """
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="console_identity")
+    issuer = models.CharField(max_length=300)
+    subject = models.CharField(max_length=255)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_groups = models.JSONField(default=list, blank=True, help_text="The groups the provider sent last time.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["issuer", "subject"], name="one_user_per_oidc_subject")]
+
+    def __str__(self):
+        return f"{self.subject} at {self.issuer}"

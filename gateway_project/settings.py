@@ -91,6 +91,7 @@ INSTALLED_APPS = [
     "django_ratelimit",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "mozilla_django_oidc",
     "channels",
     "gateway_project",
     "keys",
@@ -392,6 +393,44 @@ LOGOUT_REDIRECT_URL = "console:login"
 # real one, behind GATEWAY_TRUSTED_PROXIES), and failed attempts per username from any address.
 LOGIN_RATE = envrate("GATEWAY_LOGIN_RATE", "10/m")
 LOGIN_USERNAME_RATE = envrate("GATEWAY_LOGIN_USERNAME_RATE", "20/h")
+# Console sign-in through an OpenID Connect provider (gateway_project/oidc.py), beside local accounts: on when
+# GATEWAY_OIDC_CLIENT_ID is set. The provider's endpoints are given (no discovery at run time); its groups claim maps
+# to console roles ("group=role,group=role"); someone whose groups map to none is not let in.
+OIDC_RP_CLIENT_ID = envstr("GATEWAY_OIDC_CLIENT_ID")
+OIDC_RP_CLIENT_SECRET = envstr("GATEWAY_OIDC_CLIENT_SECRET")
+OIDC_OP_AUTHORIZATION_ENDPOINT = envstr("GATEWAY_OIDC_AUTHORIZATION_URL")
+OIDC_OP_TOKEN_ENDPOINT = envstr("GATEWAY_OIDC_TOKEN_URL")
+OIDC_OP_USER_ENDPOINT = envstr("GATEWAY_OIDC_USERINFO_URL")
+OIDC_OP_JWKS_ENDPOINT = envstr("GATEWAY_OIDC_JWKS_URL")
+OIDC_RP_SIGN_ALGO = envstr("GATEWAY_OIDC_SIGN_ALGORITHM", "RS256")
+OIDC_RP_SCOPES = envstr("GATEWAY_OIDC_SCOPES", "openid email profile")
+OIDC_USE_PKCE = True
+OIDC_USE_NONCE = True
+OIDC_TIMEOUT = 10
+LOGIN_REDIRECT_URL_FAILURE = "/console/login/?sso=failed"
+GATEWAY_OIDC_NAME = envstr("GATEWAY_OIDC_NAME", "single sign-on")
+GATEWAY_OIDC_GROUPS_CLAIM = envstr("GATEWAY_OIDC_GROUPS_CLAIM", "groups")
+GATEWAY_OIDC_ROLE_MAP = {
+    group.strip(): role.strip()
+    for group, _, role in (entry.partition("=") for entry in envlist("GATEWAY_OIDC_ROLE_MAP", []))
+    if group.strip()
+}
+_unknown_roles = sorted(set(GATEWAY_OIDC_ROLE_MAP.values()) - {"admin", "operator", "compliance"})
+if _unknown_roles:
+    raise ImproperlyConfigured(f"GATEWAY_OIDC_ROLE_MAP names no role {', '.join(_unknown_roles)}: use admin, "
+                               "operator or compliance.")  # fmt: skip
+if OIDC_RP_CLIENT_ID:
+    _missing = [name for name, value in [
+        ("GATEWAY_OIDC_AUTHORIZATION_URL", OIDC_OP_AUTHORIZATION_ENDPOINT),
+        ("GATEWAY_OIDC_TOKEN_URL", OIDC_OP_TOKEN_ENDPOINT),
+        ("GATEWAY_OIDC_USERINFO_URL", OIDC_OP_USER_ENDPOINT), ("GATEWAY_OIDC_JWKS_URL", OIDC_OP_JWKS_ENDPOINT),
+        ("GATEWAY_OIDC_ROLE_MAP", GATEWAY_OIDC_ROLE_MAP),
+    ] if not value]  # fmt: skip
+    if _missing:
+        raise ImproperlyConfigured(f"GATEWAY_OIDC_CLIENT_ID is set: set {', '.join(_missing)} too.")
+AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"] + (
+    ["gateway_project.oidc.ConsoleOIDCBackend"] if OIDC_RP_CLIENT_ID else []
+)
 # Days sign-in events (gateway_project.AuthEvent) are kept; the hourly retention task deletes older ones. 0: for ever.
 GATEWAY_AUTH_EVENT_RETENTION_DAYS = envint("GATEWAY_AUTH_EVENT_RETENTION_DAYS", 365, minimum=0)
 # Seconds a new key's raw value waits, encrypted in the cache, for the one page view that shows it.

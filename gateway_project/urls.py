@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
@@ -14,3 +15,6 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
 ]
+
+if settings.OIDC_RP_CLIENT_ID:  # console sign-in through the OpenID Connect provider (gateway_project/oidc.py)
+    urlpatterns.append(path("oidc/", include("mozilla_django_oidc.urls")))

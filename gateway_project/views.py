@@ -1,5 +1,6 @@
 """The console's own pages: sign-in (throttled), the sign-in events, and the dashboard."""
 
+from django.conf import settings
 from django.contrib.auth import views as auth_views
 from django.shortcuts import render
 from django.views import View
@@ -9,7 +10,7 @@ from audit.quarantine import quarantined_count
 from audit.stats import traffic_summary
 from billing.overview import open_alert_count
 from billing.usage import spend_summary
-from gateway_project import roles, signin
+from gateway_project import oidc, roles, signin
 from gateway_project.auth_events import AuthEventFilterForm
 from gateway_project.console import RoleRequiredMixin, sorted_page
 
@@ -20,6 +21,13 @@ class LoginView(auth_views.LoginView):
     template_name = "console/login.html"
     authentication_form = signin.SignInForm
     redirect_authenticated_user = True
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        if oidc.enabled():
+            context["oidc_name"] = settings.GATEWAY_OIDC_NAME
+            context["sso_failed"] = self.request.GET.get("sso") == "failed"
+        return context
 
     def post(self, request, *args, **kwargs):
         return signin.answer(request, super().post(request, *args, **kwargs))
