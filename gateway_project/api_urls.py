@@ -14,6 +14,7 @@ from keys.api import (
     ApiKeyViewSet,
     ClientViewSet,
     CostCenterViewSet,
+    GuardrailViewSet,
     IdentityProviderViewSet,
     PlanViewSet,
     PolicyRuleViewSet,
@@ -30,6 +31,7 @@ router.register("clients", ClientViewSet)
 router.register("keys", ApiKeyViewSet)
 router.register("agent-roles", AgentRoleViewSet)
 router.register("policy-rules", PolicyRuleViewSet)
+router.register("guardrails", GuardrailViewSet)
 router.register("identity-providers", IdentityProviderViewSet)
 router.register("policy-what-ifs", PolicyWhatIfViewSet)
 router.register("agents", AgentViewSet)

@@ -30,7 +30,10 @@ NAV = [
         ("routes", "Routes", ("route", "routes"), roles.READ),
         ("keywords", "Content routing", ("keyword", "keywords"), roles.READ),
     ]),
-    ("Governance", [("policies", "Policies", ("policy", "policies"), roles.READ)]),
+    ("Governance", [
+        ("policies", "Policies", ("policy", "policies"), roles.READ),
+        ("guardrails", "Guardrails", ("guardrail", "guardrails"), roles.READ),
+    ]),
     ("Spend", [
         ("budgets", "Budgets", ("budget", "budgets"), roles.READ),
         ("alerts", "Alerts", ("alert", "alerts"), roles.READ),

@@ -25,7 +25,7 @@ from gateway_project import roles
 from gateway_project.models import ConsoleIdentity
 
 VIA = "oidc"
-_NOT_IN_USERNAME = re.compile(r"[^\w.@+-]")
+_NOT_IN_USERNAME = re.compile(r"[^A-Za-z0-9_.@+-]")  # ASCII: no name that looks like another's (a Cyrillic o)
 
 
 def enabled() -> bool:
@@ -53,9 +53,11 @@ class ConsoleOIDCBackend(OIDCAuthenticationBackend):
         if claims.get("sub") != subject:  # OpenID Connect Core 5.3.2: the userinfo must be the token's subject's
             raise SuspiciousOperation("The userinfo answer is not the ID token's subject's.")
         granted = roles_for(claims.get(settings.GATEWAY_OIDC_GROUPS_CLAIM))
-        if not granted:
-            raise SuspiciousOperation(f"{subject} at {issuer}: no group of theirs maps to a console role.")
         link = ConsoleIdentity.objects.select_related("user").filter(issuer=issuer, subject=subject).first()
+        if not granted:  # taken out of every mapped group: whatever roles they held go too (sessions, API tokens)
+            if link is not None:
+                self._set_roles(link.user, set(), claims.get(settings.GATEWAY_OIDC_GROUPS_CLAIM))
+            raise SuspiciousOperation(f"{subject} at {issuer}: no group of theirs maps to a console role.")
         user = link.user if link is not None else self._new_user(issuer, subject, claims)
         if not user.is_active:
             return None  # an admin disabled them in the console: the provider does not override that
@@ -74,12 +76,12 @@ class ConsoleOIDCBackend(OIDCAuthenticationBackend):
                 username = f"{base}-{n}"
             user = User(username=username, email=email[:254])
             user.set_unusable_password()  # signs in through the provider only
-            user.save()
             try:
                 with transaction.atomic():
+                    user.save()
                     ConsoleIdentity.objects.create(user=user, issuer=issuer, subject=subject)
-            except IntegrityError:  # the same person signing in twice at once: the first link wins
-                raise SuspiciousOperation("A sign-in for this account is already under way.") from None
+            except IntegrityError:  # a sign-in of the same person, or of the same name, at the same moment: again
+                raise SuspiciousOperation("Another sign-in took this account's name or link; sign in again.") from None
             record_event(user, VIA, "create", "auth.user", user.pk, username,
                          changes={"username": [None, username], "oidc_subject": [None, subject]})  # fmt: skip
         return user

@@ -377,6 +377,35 @@ def validate_jwks_url(value: str) -> None:
         raise ValidationError(str(refused), code="outbound_refused") from None
 
 
+# --- guardrail hooks -----------------------------------------------------------------
+
+
+def check_hook(url: object, what: str = "The hook URL") -> str:
+    """A guardrail hook is sent the text of requests and answers: HTTPS, or plain HTTP to loopback (a service on
+    the same host, allowed as such); any other address must pass the webhook address policy."""
+    dest = parse(url, what)
+    literal = _literal(dest.host)
+    loopback = dest.host == "localhost" or (literal is not None and literal.is_loopback)
+    if loopback:
+        return dest.url
+    if dest.scheme != "https":
+        raise Refused(f"{what} must use https:// (plain http:// only to a loopback address).")
+    return check_saved(url, webhook_allow_list(), what)
+
+
+def hook_allow_list() -> AllowList:
+    """Where a guardrail hook may connect when called: loopback, and what the webhook policy allows."""
+    return AllowList.of([*settings.GATEWAY_WEBHOOK_ALLOWED_HOSTS, "127.0.0.0/8", "::1", "localhost"],
+                        "GATEWAY_WEBHOOK_ALLOWED_HOSTS")  # fmt: skip
+
+
+def validate_hook_url(value: str) -> None:
+    try:
+        check_hook(value)
+    except Refused as refused:
+        raise ValidationError(str(refused), code="outbound_refused") from None
+
+
 class TooLarge(Exception):
     """The answer was longer than the caller reads."""
 
@@ -385,13 +414,24 @@ async def aget(url: str, allowed: AllowList, *, timeout: float, max_bytes: int, 
     """At use time: resolve once, check every address, GET from a checked one, redirects not followed; the body,
     at most ``max_bytes`` of it (``TooLarge`` past that). ``Refused``, or ``httpx.HTTPError`` for a failed call or an
     answer other than 200."""
+    return await arequest("GET", url, allowed, timeout=timeout, max_bytes=max_bytes, what=what)
+
+
+async def arequest(
+    method: str, url: str, allowed: AllowList, *, timeout: float, max_bytes: int, what: str = "The URL",
+    content: bytes | None = None, headers: dict[str, str] | None = None,
+) -> bytes:  # fmt: skip
+    """``aget`` for any method, with a body and headers."""
     dest = await aresolve(url, allowed, what)
     host_header = urlsplit(dest.url).netloc
     extensions = {"sni_hostname": dest.host} if dest.scheme == "https" and _literal(dest.host) is None else {}
     async with httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=timeout) as client:
         failure: httpx.ConnectError | None = None
         for address in dest.addresses:
-            request = client.build_request("GET", _pinned(dest, address), headers={"Host": host_header})
+            # identity: a compressed answer would be inflated whole before its size could be checked.
+            request = client.build_request(method, _pinned(dest, address), content=content,
+                                           headers={"accept-encoding": "identity", **(headers or {}),
+                                                    "Host": host_header})  # fmt: skip
             request.extensions.update(extensions)
             try:
                 response = await client.send(request, stream=True)
@@ -402,8 +442,10 @@ async def aget(url: str, allowed: AllowList, *, timeout: float, max_bytes: int, 
                 if response.status_code != 200:
                     raise httpx.HTTPStatusError(f"{what} answered {response.status_code}", request=request,
                                                 response=response)  # fmt: skip
+                if response.headers.get("content-encoding", "identity").lower() not in ("identity", ""):
+                    raise TooLarge(f"{what} answered compressed, which the gateway did not ask for")
                 body = bytearray()
-                async for chunk in response.aiter_bytes():
+                async for chunk in response.aiter_raw():  # as sent: an encoding the gateway did not ask for is not read
                     body += chunk
                     if len(body) > max_bytes:
                         raise TooLarge(f"{what} answered more than {max_bytes} bytes")

@@ -57,6 +57,31 @@ class KeySnapshot:
     identity_provider: str = ""
     token_expires_at: float | None = None
 
+    def as_json(self) -> dict:
+        """The snapshot as JSON (a job keeps the key it was admitted with): sets as sorted lists."""
+        state = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            state[name] = (
+                sorted(value) if isinstance(value, frozenset) else list(value) if isinstance(value, tuple) else value
+            )
+        return state
+
+    @classmethod
+    def from_json(cls, state: dict) -> KeySnapshot:
+        """The snapshot ``as_json`` gave (a field added since is left at its default)."""
+        values = {}
+        for name, spec in cls.__dataclass_fields__.items():
+            if name not in state:
+                continue
+            value, default = state[name], spec.default
+            if isinstance(default, frozenset) or name in _SCOPES:
+                value = None if value is None else frozenset(value)
+            elif isinstance(default, tuple):
+                value = tuple(value)
+            values[name] = value
+        return cls(**values)
+
     @property
     def ends_at(self) -> float | None:
         """When the key, or the caller's token, stops being accepted; None: never."""
@@ -74,6 +99,9 @@ class KeySnapshot:
         """Whether the key may call ``agent`` (its slug, and the ``required_role`` it may have): both the key's
         agent scope and the agent's role."""
         return self.may_use_agent(agent.slug) and (not agent.required_role or agent.required_role in self.roles)
+
+
+_SCOPES = ("allowed_agents", "allowed_models")  # None (everything) or a set
 
 
 def _scope(values) -> frozenset[str] | None:

@@ -21,6 +21,7 @@ from gateway_project.api import (
     as_it_would_be_saved,
 )
 from keys import whatif
+from keys.guardrail_tester import try_guardrails
 from keys.identities import check_jwks
 from keys.models import (
     ALL,
@@ -28,6 +29,7 @@ from keys.models import (
     ApiKey,
     Client,
     CostCenter,
+    Guardrail,
     IdentityProvider,
     Plan,
     PolicyRule,
@@ -589,7 +591,7 @@ class IdentityProviderSerializer(serializers.ModelSerializer):
         model = IdentityProvider
         fields = [
             "id", "name", "slug", "issuer", "audiences", "jwks_url", "algorithms", "client", "client_claim",
-            "roles_claim", "groups_claim", "leeway_seconds", "allowed_agents", "allowed_models",
+            "claimable_clients", "roles_claim", "groups_claim", "leeway_seconds", "allowed_agents", "allowed_models",
             "requests_per_minute", "tokens_per_minute", "max_concurrent", "is_active", "identity_keys", "created_at",
         ]  # fmt: skip
         read_only_fields = ["created_at"]
@@ -641,3 +643,64 @@ class IdentityProviderViewSet(TrailedModelViewSet):
     def check(self, request, pk=None):
         """Fetch the JWKS through the outbound policy, as the gateway does, and list the keys it would use."""
         return Response(check_jwks(self.get_object()))
+
+
+class GuardrailSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Guardrail
+        fields = [
+            "id", "name", "description", "position", "stage", "detectors", "national_ids", "injection_threshold",
+            "action", "clients", "cost_centers", "agents", "hook_url", "hook_timeout_ms", "hook_fail_open",
+            "is_active", "created_at", "updated_at",
+        ]  # fmt: skip
+        read_only_fields = ["created_at", "updated_at"]
+
+    def validate(self, attrs):
+        try:
+            as_it_would_be_saved(Guardrail, self.instance, attrs).clean()
+        except DjangoValidationError as error:
+            raise ValidationError(error.message_dict) from None
+        return attrs
+
+
+class GuardrailTestSerializer(serializers.Serializer):
+    text = serializers.CharField(max_length=100_000, trim_whitespace=False, help_text="The text to try.")
+    stage = serializers.ChoiceField(choices=["input", "output"], default="input")
+
+
+class GuardrailViewSet(TrailedModelViewSet):
+    """Guardrails: detectors run on what clients send (input) and on the answers (output).
+
+    ``detectors``: ``email``, ``phone``, ``card`` (Luhn-checked), ``iban`` (mod-97-checked),
+    ``national_id`` (of ``national_ids``: ``us_ssn``, ``uk_nino``, ``es_dni``, ``nl_bsn``),
+    ``secret`` (cloud, GitHub, OpenAI, Slack and Google keys, private keys, JWTs, the
+    gateway's own keys) and ``injection`` (a prompt-injection score of 0-100, finding from
+    ``injection_threshold``). ``action``: ``block`` (400 ``guardrail_blocked`` on input, 403 on
+    output), ``redact`` (a placeholder such as ``[EMAIL]`` in place of the text) or ``flag``
+    (recorded only). Scoped to ``clients`` and ``cost_centers`` (none: every client) and
+    ``agents`` (none: every agent). ``hook_url``: an external check POSTed ``{guardrail,
+    stage, text, request_id}`` that answers ``{"allow": true|false}``, failing open or
+    closed. ``POST guardrails/test/`` runs the active guardrails on a text.
+    """
+
+    queryset = Guardrail.objects.all()
+    serializer_class = GuardrailSerializer
+    filter_backends = SEARCHABLE_FILTER_BACKENDS
+    filterset_fields = ["stage", "action", "is_active"]
+    search_fields = ["name", "description"]
+    ordering_fields = ["position", "name", "created_at"]
+
+    @extend_schema(
+        summary="Try the active guardrails on a text",
+        request=GuardrailTestSerializer,
+        responses={200: inline_serializer("GuardrailTestAnswer", {
+            "results": serializers.ListField(child=serializers.DictField()),
+        })},
+    )  # fmt: skip
+    @action(detail=False, methods=["post"], serializer_class=GuardrailTestSerializer)
+    def test(self, request):
+        """What each active guardrail of the stage finds in ``text`` and would do; nothing is sent or recorded
+        (hooks are not called)."""
+        asked = GuardrailTestSerializer(data=request.data)
+        asked.is_valid(raise_exception=True)
+        return Response({"results": try_guardrails(asked.validated_data["text"], asked.validated_data["stage"])})

@@ -23,6 +23,11 @@ urlpatterns = [
     path(
         "identity-providers/<int:pk>/check/", views.IdentityProviderCheckView.as_view(), name="identity-provider-check"
     ),
+    path("guardrails/", views.GuardrailListView.as_view(), name="guardrails"),
+    path("guardrails/new/", views.GuardrailEditView.as_view(), name="guardrail-new"),
+    path("guardrails/test/", views.GuardrailTestView.as_view(), name="guardrail-test"),
+    path("guardrails/<int:pk>/edit/", views.GuardrailEditView.as_view(), name="guardrail-edit"),
+    path("guardrails/<int:pk>/delete/", views.GuardrailDeleteView.as_view(), name="guardrail-delete"),
     path("policies/", views.PolicyListView.as_view(), name="policies"),
     path("policies/new/", views.PolicyEditView.as_view(), name="policy-new"),
     path("policies/test/", views.PolicyTestView.as_view(), name="policy-test"),

@@ -9,7 +9,7 @@ from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from keys.models import ALL, AgentRole, ApiKey, Client, CostCenter, IdentityProvider, Plan, PolicyRule
+from keys.models import ALL, AgentRole, ApiKey, Client, CostCenter, Guardrail, IdentityProvider, Plan, PolicyRule
 from keys.services import MAX_ROTATION_GRACE_HOURS
 
 CENTS = Decimal("0.01")
@@ -286,14 +286,48 @@ class IdentityProviderForm(forms.ModelForm):
         widget=forms.CheckboxSelectMultiple, choices=[(name, name) for name in ("RS256", "ES256", "EdDSA")],
         help_text="The signing algorithms its tokens may use (HMAC and none are never accepted).",
     )  # fmt: skip
+    claimable_clients = TagListField(
+        required=False, help_text="With a client claim: comma-separated client slugs its tokens may name. Empty: any "
+        "client that no other provider is fixed to.",
+    )  # fmt: skip
     allowed_agents = TagListField(help_text="Comma-separated agent slugs its tokens may call, or * for all.")
     allowed_models = TagListField(help_text="Comma-separated model names, or * for every model of the agents.")
 
     class Meta:
         model = IdentityProvider
         fields = [
-            "name", "slug", "issuer", "audiences", "jwks_url", "algorithms", "client", "client_claim", "roles_claim",
-            "groups_claim", "leeway_seconds", "allowed_agents", "allowed_models", "requests_per_minute",
-            "tokens_per_minute", "max_concurrent", "is_active",
+            "name", "slug", "issuer", "audiences", "jwks_url", "algorithms", "client", "client_claim",
+            "claimable_clients", "roles_claim", "groups_claim", "leeway_seconds", "allowed_agents", "allowed_models",
+            "requests_per_minute", "tokens_per_minute", "max_concurrent", "is_active",
         ]  # fmt: skip
         labels = {"jwks_url": "JWKS URL", "client": "Fixed client"}
+
+
+class GuardrailForm(forms.ModelForm):
+    detectors = forms.MultipleChoiceField(
+        required=False, widget=forms.CheckboxSelectMultiple,
+        choices=[("email", "E-mail addresses"), ("phone", "Phone numbers"), ("card", "Card numbers (Luhn)"),
+                 ("iban", "IBANs (mod 97)"), ("national_id", "National IDs (below)"),
+                 ("secret", "Secrets and API keys"), ("injection", "Prompt injection (score)")],
+    )  # fmt: skip
+    national_ids = forms.MultipleChoiceField(
+        required=False, widget=forms.CheckboxSelectMultiple, label="National IDs",
+        choices=[("us_ssn", "US SSN"), ("uk_nino", "UK National Insurance"), ("es_dni", "Spanish DNI"),
+                 ("nl_bsn", "Dutch BSN")],
+    )  # fmt: skip
+    clients = TagListField(required=False, help_text="Comma-separated client slugs; none (and no cost center): all.")
+    cost_centers = TagListField(required=False, help_text="Comma-separated cost center slugs.")
+    agents = TagListField(required=False, help_text="Comma-separated agent slugs; none: every agent.")
+
+    class Meta:
+        model = Guardrail
+        fields = [
+            "name", "description", "position", "stage", "detectors", "national_ids", "injection_threshold", "action",
+            "clients", "cost_centers", "agents", "hook_url", "hook_timeout_ms", "hook_fail_open", "is_active",
+        ]  # fmt: skip
+        labels = {"hook_url": "Hook URL", "hook_timeout_ms": "Hook timeout (ms)", "hook_fail_open": "Fail open"}
+
+
+class GuardrailTestForm(forms.Form):
+    text = forms.CharField(widget=forms.Textarea(attrs={"rows": 6}), max_length=100_000, strip=False)
+    stage = forms.ChoiceField(choices=[("input", "Input"), ("output", "Output")])

@@ -112,7 +112,7 @@ async def fetch_jwks(url: str) -> dict[str, jwt.PyJWK]:
         entries = document["keys"]
         if not isinstance(entries, list):
             raise TypeError
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise JwksError("The JWKS is not a JSON object with a list of keys.") from None
     found = {}
     for entry in entries:
@@ -203,7 +203,8 @@ class Identity(NamedTuple):
     client_slug: str
     roles: frozenset[str]
     groups: tuple[str, ...]
-    expires_at: float
+    expires_at: float  # its exp, with the provider's leeway
+    key: object = None  # the signing key it verified with: remembered only while the key set still holds it
 
 
 _verified: dict[bytes, Identity] = {}
@@ -229,16 +230,16 @@ async def verify(raw: str) -> Identity:
     if len(raw) > MAX_TOKEN_LENGTH:
         raise _invalid("The token is longer than the gateway reads.")
     digest = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).digest()
+    providers = await provider_table.get()
     known = _verified.get(digest)
-    if known is not None and known.expires_at > time.time():
+    if known is not None and _still_valid(known, providers):
         return known
     try:
         header = jwt.get_unverified_header(raw)
         unverified = jwt.decode(raw, options={"verify_signature": False})
-    except (jwt.DecodeError, ValueError, TypeError):
+    except (jwt.PyJWTError, ValueError, TypeError, RecursionError):  # a malformed kid or crit raises InvalidTokenError
         raise _invalid("The bearer token is neither an API key nor a readable JWT.") from None
     issuer = unverified.get("iss")
-    providers = await provider_table.get()
     provider = providers.get(issuer) if isinstance(issuer, str) else None
     if provider is None:
         raise _invalid("The token's issuer is not an identity provider of this gateway.")
@@ -265,11 +266,22 @@ async def verify(raw: str) -> Identity:
         raise _invalid(f"The token has no {missing.claim!r} claim.") from None
     except jwt.PyJWTError:
         raise _invalid("The token's signature or claims do not verify.") from None
-    identity = _identity_of(provider, claims)
+    identity = _identity_of(provider, claims)._replace(key=key)
     if len(_verified) >= VERIFIED_KEPT:
         _verified.clear()
     _verified[digest] = identity
     return identity
+
+
+def _still_valid(identity: Identity, providers: dict[str, Provider]) -> bool:
+    """A remembered token is taken again only while it has not expired, its provider is in force exactly as it was
+    (not deactivated, its issuer, audiences and keys unchanged), and the key it was signed with is still published
+    (as last fetched)."""
+    provider = identity.provider
+    if identity.expires_at <= time.time() or providers.get(provider.issuer) != provider:
+        return False
+    held = _key_sets.get(provider.pk)
+    return held is not None and identity.key is not None and identity.key in held.keys.values()
 
 
 def _identity_of(provider: Provider, claims: dict) -> Identity:
@@ -283,13 +295,18 @@ def _identity_of(provider: Provider, claims: dict) -> Identity:
             raise _invalid(f"The token has no {provider.client_claim!r} claim naming its client.")
     roles = frozenset(_claim_names(claims, provider.roles_claim, "roles"))
     groups = tuple(_claim_names(claims, provider.groups_claim, "groups"))
-    return Identity(provider, subject, client[:MAX_CLAIM_TEXT], roles, groups, float(claims["exp"]))
+    try:
+        expires = float(claims["exp"]) + provider.leeway  # as PyJWT judged it: a session lasts as long
+    except (OverflowError, TypeError, ValueError):
+        raise _invalid("The token's exp is not a time the gateway reads.") from None
+    return Identity(provider, subject, client[:MAX_CLAIM_TEXT], roles, groups, expires)
 
 
 # --- the identity keys --------------------------------------------------------------------------------------------
 
 _identity_keys: dict[tuple[int, str], tuple[str | None, float]] = {}  # (provider, client) -> (key hash, until)
 UNKNOWN_CLIENT_SECONDS = 10.0  # how long a client a token named and the database lacks is not looked up again
+IDENTITY_KEY_SECONDS = 60.0  # how long a (provider, client) pair's identity key is taken as found
 
 
 @database_sync_to_async
@@ -305,16 +322,23 @@ async def identify_token(raw: str) -> KeySnapshot:
     expiry; 401 for a token that does not verify or names no client of the gateway."""
     identity = await verify(raw)
     provider = identity.provider
-    held = _identity_keys.get((provider.pk, identity.client_slug))
-    if held is None or (held[0] is None and held[1] <= time.monotonic()):
-        held = (await _identity_key_hash(provider.pk, identity.client_slug), time.monotonic() + UNKNOWN_CLIENT_SECONDS)
+    where = (provider.pk, identity.client_slug)
+    held = _identity_keys.get(where)
+    snapshot = None
+    if held is not None and held[1] > time.monotonic():
+        snapshot = await key_snapshots.get(held[0]) if held[0] is not None else None
+        if snapshot is None and held[0] is not None:  # the key is gone (its client deleted): look again
+            held = None
+    if held is None or held[1] <= time.monotonic():
+        key_hash = await _identity_key_hash(provider.pk, identity.client_slug)
+        held = (key_hash, time.monotonic() + (IDENTITY_KEY_SECONDS if key_hash else UNKNOWN_CLIENT_SECONDS))
         if len(_identity_keys) >= VERIFIED_KEPT:
             _identity_keys.clear()
-        _identity_keys[(provider.pk, identity.client_slug)] = held
-    snapshot = await key_snapshots.get(held[0]) if held[0] is not None else None
+        _identity_keys[where] = held
+        snapshot = await key_snapshots.get(key_hash) if key_hash is not None else None
     if snapshot is None:
-        raise _invalid(f"The token names the client {identity.client_slug!r}, which this gateway does not know.",
-                       "unknown_client")  # fmt: skip
+        raise _invalid(f"The token names the client {identity.client_slug!r}, which this gateway does not know or "
+                       "this provider may not name.", "unknown_client")  # fmt: skip
     return with_identity(snapshot, identity)
 
 

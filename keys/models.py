@@ -1,4 +1,5 @@
 import hashlib
+import re
 import secrets
 import uuid
 
@@ -296,6 +297,17 @@ def validate_claim_name(value):
         raise ValidationError("A claim name is printable text without surrounding spaces, up to 100 characters.")
 
 
+SLUG = re.compile(r"[-a-zA-Z0-9_]{1,100}")
+
+
+def validate_slug_list(value):
+    if not isinstance(value, list) or len(value) > 200:
+        raise ValidationError("Give a list of up to 200 slugs.")
+    for item in value:
+        if not isinstance(item, str) or not SLUG.fullmatch(item):
+            raise ValidationError(f"{str(item)[:60]!r} is not a slug (letters, digits, - and _).")
+
+
 class IdentityProvider(models.Model):
     """An issuer of JWTs the gateway accepts in place of an API key (``keys.identities``).
 
@@ -319,6 +331,11 @@ class IdentityProvider(models.Model):
         help_text="Every token's client. Empty: the client claim names it (by slug).",
     )  # fmt: skip
     client_claim = models.CharField(max_length=100, default="client_id", blank=True, validators=[validate_claim_name])
+    claimable_clients = models.JSONField(
+        default=list, blank=True, validators=[validate_slug_list],
+        help_text="With a client claim: the client slugs its tokens may name. Empty: any client that no other "
+        "provider is fixed to.",
+    )  # fmt: skip
     roles_claim = models.CharField(
         max_length=100, default="roles", blank=True, validators=[validate_claim_name],
         help_text="The claim whose values are the caller's agent roles (a list, or space-separated text).",
@@ -348,6 +365,14 @@ class IdentityProvider(models.Model):
         if self.client_id is None and not self.client_claim:
             raise ValidationError({"client_claim": "Name the claim that names the client, or choose the client."})
 
+    def may_name(self, client: Client) -> bool:
+        """Whether this provider's tokens may name ``client`` by their claim: one of its claimable clients, or, when
+        it lists none, any client no other provider is fixed to (a client bound to its own provider is that
+        provider's alone)."""
+        if self.claimable_clients:
+            return client.slug in self.claimable_clients
+        return not IdentityProvider.objects.filter(client=client).exclude(pk=self.pk).exists()
+
     def key_fields(self) -> dict:
         """What its identity keys hold of it (kept in step when it changes)."""
         return {
@@ -355,6 +380,111 @@ class IdentityProvider(models.Model):
             "allowed_models": self.allowed_models, "requests_per_minute": self.requests_per_minute,
             "tokens_per_minute": self.tokens_per_minute, "max_concurrent": self.max_concurrent,
         }  # fmt: skip
+
+
+def validate_detectors(value):
+    from keys.guardrails import DETECTORS
+
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValidationError(f"Give a list of detectors: {', '.join(DETECTORS)}.")
+    unknown = sorted(set(value) - set(DETECTORS))
+    if unknown:
+        raise ValidationError(f"Unknown detector {', '.join(unknown)}: use {', '.join(DETECTORS)}.")
+
+
+def validate_national_ids(value):
+    from keys.guardrails import NATIONAL_ID_CHOICES
+
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValidationError(f"Give a list of national IDs: {', '.join(NATIONAL_ID_CHOICES)}.")
+    unknown = sorted(set(value) - set(NATIONAL_ID_CHOICES))
+    if unknown:
+        raise ValidationError(f"Unknown national ID {', '.join(unknown)}: use {', '.join(NATIONAL_ID_CHOICES)}.")
+
+
+def validate_hook_url(value):
+    if value:
+        from gateway_project.outbound import validate_hook_url as check
+
+        check(value)
+
+
+def all_national_ids():
+    from keys.guardrails import NATIONAL_ID_CHOICES
+
+    return list(NATIONAL_ID_CHOICES)
+
+
+class Guardrail(models.Model):
+    """Detectors run on what a client sends (input) and on what comes back (output), and what to do on a finding.
+
+    Applies to the requests of its clients and cost centers (none named: every client) to its
+    agents (none named: every agent), in ``position`` order (``routing.guarding``). ``block``
+    refuses (400 on input, 403 on output, naming the detector, never the text), ``redact``
+    puts a placeholder in the text the upstream or the client sees, ``flag`` only records.
+    An external hook, when set, is asked too, and fails open or closed.
+    """
+
+    INPUT, OUTPUT, BOTH = "input", "output", "both"
+    STAGES = [(INPUT, "Input"), (OUTPUT, "Output"), (BOTH, "Input and output")]
+    BLOCK, REDACT, FLAG = "block", "redact", "flag"
+    ACTIONS = [(BLOCK, "Block"), (REDACT, "Redact"), (FLAG, "Flag (record only)")]
+
+    name = models.CharField(max_length=100, unique=True, help_text="Named in refusals and audit records.")
+    description = models.CharField(max_length=500, blank=True)
+    position = models.PositiveIntegerField(default=100)
+    stage = models.CharField(max_length=6, choices=STAGES, default=INPUT)
+    detectors = models.JSONField(
+        default=list, blank=True, validators=[validate_detectors],
+        help_text="email, phone, card, iban, national_id, secret, injection.",
+    )  # fmt: skip
+    national_ids = models.JSONField(default=all_national_ids, blank=True, validators=[validate_national_ids])
+    injection_threshold = models.PositiveSmallIntegerField(
+        default=50, validators=[MinValueValidator(1), MaxValueValidator(100)],
+        help_text="The prompt-injection score (0-100) from which the injection detector finds.",
+    )  # fmt: skip
+    action = models.CharField(max_length=6, choices=ACTIONS, default=BLOCK)
+    clients = models.JSONField(
+        default=list, blank=True, validators=[validate_slug_list],
+        help_text="Client slugs it applies to; none (and no cost center): every client.",
+    )  # fmt: skip
+    cost_centers = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_slug_list],
+        help_text="Cost center slugs whose clients it applies to.",
+    )
+    agents = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_slug_list],
+        help_text="Agent slugs it applies to; none: every agent.",
+    )
+    hook_url = models.URLField(
+        max_length=500, blank=True, validators=[validate_hook_url],
+        help_text="An external check POSTed the text (HTTPS, or HTTP to loopback; the outbound policy applies).",
+    )  # fmt: skip
+    hook_timeout_ms = models.PositiveIntegerField(
+        default=2000, validators=[MinValueValidator(50), MaxValueValidator(10_000)]
+    )
+    hook_fail_open = models.BooleanField(
+        default=False, help_text="When the hook fails or is too slow: let the text through (else: block)."
+    )
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["position", "pk"]
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        if not self.detectors and not self.hook_url:
+            raise ValidationError({"detectors": "Choose a detector, or give a hook."})
+        if self.action == self.REDACT and self.detectors == ["injection"] and not self.hook_url:
+            raise ValidationError({"action": "An injection score has nothing to redact: block or flag."})
 
 
 class PolicyRule(models.Model):

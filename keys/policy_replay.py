@@ -38,6 +38,8 @@ UNREADABLE = "unreadable"  # the fields too long for the rules to read (``keys.p
 ESCAPED = "escaped"  # values the database cannot store as they are (controls, surrogates), as JSON text
 FULL_PATH = "path"  # the path, when the record's path column does not keep it as it was
 ADDRESS = "ip"  # the client's address, when the record's address column does not keep it as it was
+FULL_METHOD = "method"  # the method, when the record's method column does not keep it as it was
+METHOD_COLUMN = 10  # AuditRecord.method's length (a test checks they agree)
 MINUTE = "minute"  # the minute the rules saw, in minutes since the epoch
 LIST_KEYS = frozenset({"client_tags", "key_tags", "roles", "groups", IDENTITY_ROLES})
 INT_KEYS = frozenset({"body_bytes", "tokens"})
@@ -63,6 +65,9 @@ def audit_context(context: RequestContext, path_column: int) -> dict:
     identity_roles = context.identity["roles"]
     if identity_roles != context.key["roles"]:
         _keep(kept, escaped, IDENTITY_ROLES, identity_roles)
+    method = context.request["method"]
+    if len(method) > METHOD_COLUMN or not method.isprintable():  # the record's method column would cut or clean it
+        _keep(kept, escaped, FULL_METHOD, method)
     path, address = context.request["path"], context.request["ip"]
     if path is TOO_LONG:
         unreadable.append("request.path")
@@ -99,19 +104,24 @@ def context_of_record(record: dict) -> RequestContext:
     """The request context of an audit record (a dict of its columns), as the policy stage saw it."""
     details = record.get("details")
     stored = details.get("context") if isinstance(details, dict) else None
-    if not isinstance(stored, dict) or type(stored.get(MINUTE)) is not int:
+    if not isinstance(stored, dict):
         raise NotReplayable
     escaped = stored.get(ESCAPED)
     if isinstance(escaped, dict):
         stored = dict(stored)
         for name, text in escaped.items():
+            if name == MINUTE:
+                continue
             try:
                 stored[name] = json.loads(text)
             except (TypeError, ValueError, RecursionError):
                 continue
+    if type(stored.get(MINUTE)) is not int:
+        raise NotReplayable
     parts: dict[str, dict] = {
         "request": {
-            "method": record["method"], "path": _text(stored.get(FULL_PATH)) or record["path"],
+            "method": _text(stored.get(FULL_METHOD)) or record["method"],
+            "path": _text(stored.get(FULL_PATH)) or record["path"],
             "ip": _text(stored.get(ADDRESS)) or record.get("client_ip") or "",
         },
         "client": {"slug": record["client_slug"]},
@@ -137,7 +147,7 @@ def context_of_record(record: dict) -> RequestContext:
             parts[variable][member] = TOO_LONG
     try:
         now = datetime.fromtimestamp(stored[MINUTE] * 60, UTC)
-    except (OverflowError, OSError, ValueError):
+    except (OverflowError, OSError, ValueError, TypeError):
         raise NotReplayable from None
     return RequestContext(parts["request"], parts["client"], parts["key"], parts["identity"], now)
 

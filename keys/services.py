@@ -73,6 +73,27 @@ def policy_activity(window: timedelta = POLICY_ACTIVITY_WINDOW) -> dict[str, tup
     return {name: tuple(values) for name, values in counts.items()}
 
 
+def guardrail_activity(window: timedelta = POLICY_ACTIVITY_WINDOW) -> dict[str, dict[str, int]]:
+    """Per guardrail name: the requests it blocked, redacted and flagged, in the audit records of the last
+    ``window`` (``details.guardrails``)."""
+    from audit.models import AuditRecord
+
+    since = timezone.now() - window
+    notes = (
+        AuditRecord.objects.filter(created_at__gte=since, details__has_key="guardrails")
+        .order_by("-id")
+        .values_list("details__guardrails", flat=True)[:POLICY_ACTIVITY_ROWS]
+    )
+    counts: dict[str, dict[str, int]] = {}
+    for entries in notes:
+        for entry in entries if isinstance(entries, list) else ():
+            if isinstance(entry, dict) and isinstance(entry.get("guardrail"), str):
+                tally = counts.setdefault(entry["guardrail"], {"block": 0, "redact": 0, "flag": 0})
+                if entry.get("action") in tally:
+                    tally[entry["action"]] += 1
+    return counts
+
+
 def revoke_key(key: ApiKey) -> ApiKey:
     """Revoke ``key`` now; every gateway process refuses it within a second."""
     if key.revoked_at is None:
@@ -163,6 +184,8 @@ def identity_key(provider_id: int, client_slug: str) -> ApiKey | None:
     provider = IdentityProvider.objects.filter(pk=provider_id).first()
     client = Client.objects.filter(slug=client_slug).first()
     if provider is None or client is None:
+        return None
+    if provider.client_id is None and not provider.may_name(client):
         return None
     found = ApiKey.objects.filter(identity_provider=provider, client=client).first()
     if found is not None:

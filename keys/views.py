@@ -27,6 +27,8 @@ from keys.forms import (
     ApiKeyForm,
     ClientForm,
     CostCenterForm,
+    GuardrailForm,
+    GuardrailTestForm,
     IdentityProviderForm,
     KeyRolesForm,
     PlanForm,
@@ -35,11 +37,30 @@ from keys.forms import (
     RotateForm,
     WhatIfForm,
 )
+from keys.guardrail_tester import try_guardrails
 from keys.identities import check_jwks
-from keys.models import AgentRole, ApiKey, Client, CostCenter, IdentityProvider, Plan, PolicyRule, PolicyWhatIf
+from keys.models import (
+    AgentRole,
+    ApiKey,
+    Client,
+    CostCenter,
+    Guardrail,
+    IdentityProvider,
+    Plan,
+    PolicyRule,
+    PolicyWhatIf,
+)
 from keys.policy import compile_rules, explain
 from keys.policy_drafts import RULE_FIELDS, drafts, publish_drafts, rules_to_test
-from keys.services import issue_key, policy_activity, revoke_key, role_holders, role_refusal, rotate_key
+from keys.services import (
+    guardrail_activity,
+    issue_key,
+    policy_activity,
+    revoke_key,
+    role_holders,
+    role_refusal,
+    rotate_key,
+)
 from keys.whatif import percent as whatif_percent
 from keys.whatif import request_what_if
 
@@ -556,3 +577,50 @@ class IdentityProviderCheckView(RoleRequiredMixin, View):
         result = check_jwks(provider)
         context = {"provider": provider, "result": result}
         return render(request, "keys/identity_provider_check.html", context)
+
+
+# --- guardrails -------------------------------------------------------------------------------------------------
+
+
+class GuardrailListView(RoleRequiredMixin, View):
+    def get(self, request):
+        rails = list(Guardrail.objects.all())
+        activity = guardrail_activity()
+        for rail in rails:
+            rail.counts = activity.get(rail.name, {"block": 0, "redact": 0, "flag": 0})
+        return render(request, "keys/guardrail_list.html", {"rails": rails})
+
+
+class GuardrailEditView(TrailedEditView):
+    model = Guardrail
+    form_class = GuardrailForm
+    template_name = "keys/guardrail_form.html"
+    context_name = "rail"
+    success_url_name = "console:guardrails"
+
+    def saved_message(self, obj):
+        return f"Guardrail “{obj.name}” saved. Every gateway process applies it within the refresh interval."
+
+
+class GuardrailDeleteView(TrailedDeleteView):
+    model = Guardrail
+    success_url_name = "console:guardrails"
+
+    def deleted_message(self, obj):
+        return f"Guardrail “{obj.name}” deleted."
+
+
+class GuardrailTestView(RoleRequiredMixin, View):
+    """What each active guardrail would find in a text and do; it changes nothing, so every reader may post it."""
+
+    write_roles = roles.READ
+
+    def get(self, request):
+        return render(request, "keys/guardrail_test.html", {"form": GuardrailTestForm()})
+
+    def post(self, request):
+        form = GuardrailTestForm(request.POST)
+        if not form.is_valid():
+            return render(request, "keys/guardrail_test.html", {"form": form}, status=400)
+        results = try_guardrails(form.cleaned_data["text"], form.cleaned_data["stage"])
+        return render(request, "keys/guardrail_test.html", {"form": form, "results": results, "tested": True})

@@ -48,6 +48,7 @@ from routing.admission import (
 from routing.exchange import ClientLeft, Exchange
 from routing.facts import Demand, RequestFacts
 from routing.governance import govern
+from routing.guarding import guard_input
 from routing.pricing import quote_for
 from routing.table import AgentRoute, RoutingTable, routing_table
 from routing.upstream_url import check_raw_path
@@ -189,6 +190,7 @@ async def chat_completions(ex: Exchange) -> None:
     facts = await _route_for_model(ex, payload["model"])
     route = facts.route
     ex.input_text = protocols.last_user_text(payload["messages"])
+    payload = await guard_input(ex, ex.key, route.slug, payload)  # before anything is reserved
     stream = protocols.stream_flag(payload)
     options = payload.get("stream_options")
     wants_usage = isinstance(options, dict) and options.get("include_usage") is True
@@ -247,6 +249,7 @@ async def messages(ex: Exchange) -> None:
     facts = await _route_for_model(ex, payload["model"])
     route = facts.route
     ex.input_text = protocols.last_user_text(payload["messages"])
+    payload = await guard_input(ex, ex.key, route.slug, payload)
     stream = protocols.stream_flag(payload)
     # Translate before admitting: what cannot be translated is refused without touching the limits.
     protocols.refuse_unpriced(payload, route)
@@ -311,6 +314,8 @@ async def _invoke_on(ex: Exchange, route: AgentRoute, reason: str, payload: dict
         raise not_found(f"The agent '{route.slug}' does not serve the model '{payload['model']}'.", "model_not_found")
     authorize_model(ex.key, route, payload.get("model") or route.slug)
     facts = ex.learn(ex.facts.routed(route, payload.get("model") or route.slug))
+    payload = await guard_input(ex, ex.key, route.slug, payload)
+    ex.input_text = payload["input"] if isinstance(payload.get("input"), str) else ex.input_text
     asked = protocols.max_tokens(payload)
     limit = asked or output_cap(None, route.default_max_output_tokens)  # what is reserved is what is asked for
     if jobs.wants_async(ex, payload):  # a job: admitted the same way, answered 202, run in the background
@@ -360,6 +365,7 @@ async def pass_through(ex: Exchange, slug: str, rest: bytes) -> None:
     deprecation.mark(ex, table.deprecations.get(route.slug))
     ex.agent, ex.model = route.slug, route.default_model
     authorize(ex.key, route)
+    ex.body = await guard_input(ex, ex.key, route.slug)
     plan = _pass_through_plan(ex, route, rest)
     facts = ex.learn(ex.facts.routed(route, plan.model or route.slug))
     attempt = partial(_pass_through_once, ex, rest, plan)
@@ -419,6 +425,7 @@ async def path_route(ex: Exchange, entry: path_routes.PathRouteEntry) -> None:
             f"{entry.prefix} needs no key, but its agent '{route.slug}' serves only keys holding the role "
             f"'{route.required_role}': send one as 'Authorization: Bearer <key>'.",
         )  # fmt: skip
+    ex.body = await guard_input(ex, ex.key, route.slug)
     plan = _pass_through_plan(ex, route, rest)
     if plan.model and not entry.auth_required:
         raise GatewayError(

@@ -17,6 +17,7 @@ from gateway_project.request_bounds import BODY_BOUNDED, BODY_LATE, too_slow
 from keys.access import KeySnapshot
 from keys.origins import answer_headers, origin_table
 from routing.facts import RequestFacts
+from routing.guarding import StreamBlocked
 from routing.upstream_url import raw_path_of
 
 JSON = (b"content-type", b"application/json")
@@ -77,6 +78,7 @@ class Exchange:
         self.input_text = ""
         self.output_text = ""
         self.output_estimate = 0  # tokens of the answer as relayed, estimated from its text (see charged_usage)
+        self.output_guard = None  # the output guardrails, when any apply (``routing.guarding.OutputGuard``)
         if bad_forwarded:
             self.details["forwarded_for_invalid"] = bad_forwarded
 
@@ -209,6 +211,8 @@ class Exchange:
         return (time.perf_counter() - self.started) * 1000
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        if self.output_guard is not None and 200 <= status < 300:
+            headers = self.output_guard.started(headers)
         self.status = status
         self.response_started = True
         if self.client_left:
@@ -246,6 +250,14 @@ class Exchange:
         return []
 
     async def send(self, data: bytes, *, more: bool = True) -> None:
+        guard = self.output_guard
+        if guard is not None and guard.mode in ("sse", "text") and not guard.ended:
+            try:
+                data = guard.feed(data, final=not more)
+            except StreamBlocked as stop:  # the client is told in the stream; the answer then ends (``fail``)
+                if not self.client_left:
+                    await self._send({"type": "http.response.body", "body": stop.event, "more_body": True})
+                raise stop.error from None
         if not more:
             self.response_finished = True
         if self.client_left:
@@ -253,6 +265,8 @@ class Exchange:
         await self._send({"type": "http.response.body", "body": data, "more_body": more})
 
     async def respond(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = (JSON,)) -> None:
+        if self.output_guard is not None and 200 <= status < 300 and not self.output_guard.mode:
+            body = self.output_guard.whole(body, headers)  # 403 ``guardrail_blocked`` on a block
         await self.start(status, [*headers, (b"content-length", str(len(body)).encode())])
         await self.send(body, more=False)
 

@@ -242,22 +242,13 @@ def ticket_of(state: dict, facts: RequestFacts) -> Ticket:
     return ticket
 
 
-_KEY_SETS = ("allowed_agents", "allowed_models", "roles")  # frozensets in the snapshot, sorted lists in JSON
-
-
 def _key_state(key: KeySnapshot) -> dict:
-    state = dataclasses.asdict(key)
-    for name in _KEY_SETS:
-        state[name] = None if state[name] is None else sorted(state[name])
-    return state
+    return key.as_json()
 
 
 def _key_of(state: dict) -> KeySnapshot:
-    """The snapshot a job was admitted with (a field added since is left at its default)."""
-    sets = {n: None if state.get(n) is None else frozenset(state[n]) for n in _KEY_SETS if n in state}
-    lists = {n: tuple(state[n]) for n in ("client_tags", "key_tags", "allowed_origins") if n in state}
-    known = {name: state[name] for name in KeySnapshot.__dataclass_fields__ if name in state}
-    return KeySnapshot(**{**known, **sets, **lists})
+    """The snapshot a job was admitted with."""
+    return KeySnapshot.from_json(state)
 
 
 async def release(job: AgentJob) -> None:

@@ -23,28 +23,6 @@ def server(either_server):
     return either_server
 
 
-@pytest.fixture
-def issuer():
-    made = Issuer()
-    yield made
-    made.stop()
-
-
-@pytest.fixture
-def provider(issuer, live_db, make_key):
-    """An active provider for ``issuer`` whose tokens name their client by the ``client_id`` claim, and a client."""
-    from keys.models import IdentityProvider
-
-    _, key = make_key()
-    made = IdentityProvider(name="Test IdP", slug=f"idp-{uuid.uuid4().hex[:8]}", issuer=issuer.issuer,
-                            audiences=["gateway"], jwks_url=issuer.jwks_url, requests_per_minute=1000)  # fmt: skip
-    made.full_clean()
-    made.save()
-    made.client_slug = key.client.slug
-    yield made
-    made.delete()
-
-
 def call(server, token, agent="research", **options):
     with server.client(token) as client:
         return client.post(INVOKE, json={"agent": agent, "input": "hello"}, **options)

@@ -99,3 +99,13 @@ def test_a_key_set_keeps_only_keys_it_verifies_with(issuer):
         + b"]}"
     )
     assert list(asyncio.run(fetch_jwks(issuer.jwks_url))) == [issuer.keys["EdDSA"].kid]
+
+
+def test_a_snapshot_with_a_tokens_identity_goes_through_json_unchanged():
+    """What a job keeps of the key it was admitted with (routing/jobs.py)."""
+    import json
+
+    held = snapshot(roles=frozenset({"analyst"}), subject="ada", groups=("finance", "eu"), allowed_agents=None,
+                    allowed_models=frozenset({"gpt-4o"}), identity_roles=frozenset({"analyst"}),
+                    identity_provider="idp", token_expires_at=123.0, client_tags=("a",))  # fmt: skip
+    assert KeySnapshot.from_json(json.loads(json.dumps(held.as_json()))) == held

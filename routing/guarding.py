@@ -1,0 +1,502 @@
+"""The guardrail stage of the hot path: what a client sends, before anything is reserved, and what comes back.
+
+``guard_input`` runs the input guardrails that apply to the request's client (or cost center)
+and agent on the text of its body (every string of a JSON body but its model, roles and
+types), before admission, so a blocked request costs no quota and no budget; it answers the
+body to send, redacted where a guardrail redacts. It leaves an ``OutputGuard`` on the
+exchange when output guardrails apply: a complete answer is checked whole; a streamed one
+is held back only as far as a match may still be in progress (``keys.guardrails.hold_from``),
+so it still arrives as it is generated. Every decision goes into ``details.guardrails``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import logging
+from typing import NamedTuple
+
+import httpx
+from django.conf import settings
+
+from gateway_project import outbound
+from gateway_project.errors import GatewayError
+from gateway_project.snapshots import RefreshingTable
+from keys.access import KeySnapshot
+from keys.guardrails import MAX_HOLD, Detector, Finding, detector_for, hold_from, injection_score, redact
+
+log = logging.getLogger("gateway.guardrails")
+
+SKIPPED_KEYS = frozenset({"model", "agent", "role", "type", "id", "object", "tool_call_id", "finish_reason",
+                          "stop_reason"})  # fmt: skip
+ANSWER_TEXT_KEYS = frozenset({"content", "text", "output", "arguments", "thinking", "partial_json", "refusal"})
+MAX_HOOK_TEXT = 100_000  # characters of text a hook is sent
+MAX_HOOK_ANSWER = 64 * 1024
+
+
+class Rule(NamedTuple):
+    """A guardrail as the hot path runs it."""
+
+    name: str
+    stages: frozenset[str]
+    detector: Detector
+    injection: bool
+    threshold: int
+    action: str
+    clients: frozenset[str]
+    cost_centers: frozenset[str]
+    agents: frozenset[str]
+    hook_url: str
+    hook_timeout: float
+    hook_fail_open: bool
+
+    def applies(self, key: KeySnapshot | None, agent: str) -> bool:
+        if self.agents and agent not in self.agents:
+            return False
+        if not self.clients and not self.cost_centers:
+            return True
+        return key is not None and (key.client_slug in self.clients or key.cost_center_slug in self.cost_centers)
+
+
+def _load() -> tuple[Rule, ...]:
+    from keys.models import Guardrail
+
+    rules = []
+    for row in Guardrail.objects.filter(is_active=True).order_by("position", "pk"):
+        stages = {"input", "output"} if row.stage == "both" else {row.stage}
+        matching = tuple(name for name in row.detectors if name != "injection")
+        rules.append(Rule(
+            row.name, frozenset(stages), detector_for(matching, tuple(row.national_ids)), "injection" in row.detectors,
+            row.injection_threshold, row.action, frozenset(row.clients), frozenset(row.cost_centers),
+            frozenset(row.agents), row.hook_url, row.hook_timeout_ms / 1000, row.hook_fail_open,
+        ))  # fmt: skip
+    return tuple(rules)
+
+
+guardrail_table = RefreshingTable("guardrails", _load, interval=lambda: settings.GATEWAY["CONFIG_REFRESH_SECONDS"])
+
+
+def blocked(rule: Rule, stage: str, what: str) -> GatewayError:
+    """The refusal: 400 for a request, 403 for an answer; it names the guardrail and the detector, never the text."""
+    if stage == "input":
+        return GatewayError(400, "invalid_request_error", "guardrail_blocked",
+                            f"The gateway's guardrail '{rule.name}' refused the request: {what}.")  # fmt: skip
+    return GatewayError(403, "permission_error", "guardrail_blocked",
+                        f"The gateway's guardrail '{rule.name}' withheld the answer: {what}.")  # fmt: skip
+
+
+def _described(findings: list[Finding], score: int, hook: str) -> str:
+    kinds = sorted({finding.kind for finding in findings})
+    parts = [f"it found {', '.join(kinds)}"] if kinds else []
+    if score:
+        parts.append(f"a prompt-injection score of {score}")
+    if hook:
+        parts.append(f"its hook {hook}")
+    return " and ".join(parts) or "it found nothing it may let through"
+
+
+def _counts(findings: list[Finding]) -> dict[str, int]:
+    counted: dict[str, int] = {}
+    for finding in findings:
+        counted[finding.kind] = counted.get(finding.kind, 0) + 1
+    return counted
+
+
+# --- text in JSON -------------------------------------------------------------------------------------------------
+
+
+def _strings(node, keys: frozenset[str] | None, skip=SKIPPED_KEYS, key: str = "") -> list[str]:
+    """The strings of a JSON value in document order: every one but those under ``skip`` (``keys``: only those
+    under one of these)."""
+    found, stack = [], [(node, key)]
+    while stack:
+        value, name = stack.pop()
+        if isinstance(value, str):
+            if name not in skip and (keys is None or name in keys):
+                found.append(value)
+        elif isinstance(value, dict):
+            stack.extend((item, str(k)) for k, item in reversed(list(value.items())))
+        elif isinstance(value, list):
+            stack.extend((item, name) for item in reversed(value))
+    return found
+
+
+def _rewritten(node, change, keys: frozenset[str] | None, skip=SKIPPED_KEYS, key: str = ""):
+    """``node`` with ``change`` applied to the strings ``_strings`` names, rebuilt where something changed."""
+    if isinstance(node, str):
+        return change(node) if name_ok(key, keys, skip) else node
+    if isinstance(node, dict):
+        return {k: _rewritten(v, change, keys, skip, str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_rewritten(item, change, keys, skip, key) for item in node]
+    return node
+
+
+def name_ok(name: str, keys: frozenset[str] | None, skip: frozenset[str]) -> bool:
+    return name not in skip and (keys is None or name in keys)
+
+
+# --- the hook -----------------------------------------------------------------------------------------------------
+
+
+async def ask_hook(rule: Rule, stage: str, text: str, request_id: str) -> str:
+    """The hook's verdict: "" (let through), "refused it", or, when it failed, "failed" (open) or "failed (closed)".
+    It is POSTed ``{"guardrail", "stage", "text", "request_id"}`` and answers ``{"allow": true|false}``."""
+    body = json.dumps({"guardrail": rule.name, "stage": stage, "text": text[:MAX_HOOK_TEXT],
+                       "request_id": request_id}).encode()  # fmt: skip
+    try:
+        answer = await outbound.arequest(
+            "POST", rule.hook_url, outbound.hook_allow_list(), timeout=rule.hook_timeout, max_bytes=MAX_HOOK_ANSWER,
+            what="The guardrail hook", content=body, headers={"content-type": "application/json"},
+        )  # fmt: skip
+        verdict = json.loads(answer)
+        if not isinstance(verdict, dict) or not isinstance(verdict.get("allow"), bool):
+            raise ValueError("the hook answered no allow: true|false")
+    except (outbound.Refused, outbound.TooLarge, httpx.HTTPError, OSError, ValueError) as error:
+        log.warning("guardrail %s: its hook failed: %s", rule.name, error)
+        return "failed" if rule.hook_fail_open else "failed (closed)"
+    return "" if verdict["allow"] else "refused it"
+
+
+# --- input --------------------------------------------------------------------------------------------------------
+
+
+async def guard_input(ex, key: KeySnapshot | None, agent: str, payload=None):
+    """Run the input guardrails on the request (its parsed JSON ``payload``, or its body); raise 400
+    ``guardrail_blocked`` on a block; return the payload (or body, when no payload is given) to send, redacted
+    where a guardrail redacts. Sets ``ex.output_guard`` when output guardrails apply."""
+    rules = await guardrail_table.get()
+    if not rules:
+        return payload if payload is not None else ex.body
+    applying = [rule for rule in rules if rule.applies(key, agent)]
+    outputs = [rule for rule in applying if "output" in rule.stages]
+    if outputs:
+        ex.output_guard = OutputGuard(ex, outputs)
+    inputs = [rule for rule in applying if "input" in rule.stages]
+    if not inputs:
+        return payload if payload is not None else ex.body
+    body_text = None
+    if payload is None:
+        try:
+            body_text = ex.body.decode("utf-8")
+        except UnicodeDecodeError:
+            body_text = ex.body.decode("utf-8", "replace")
+    for rule in inputs:
+        texts = _strings(payload, None) if payload is not None else [body_text]
+        findings = [found for text in texts for found in rule.detector.scan(text)] if rule.detector else []
+        score = injection_score("\n".join(texts))[0] if rule.injection else 0
+        score = score if score >= rule.threshold else 0
+        hook = await ask_hook(rule, "input", "\n".join(texts), ex.request_id) if rule.hook_url else ""
+        hook_blocks = hook in ("refused it", "failed (closed)")
+        if not findings and not score and not hook_blocks:
+            if hook:
+                _note(ex, rule, "input", "flag", [], 0, hook)
+            continue
+        if rule.action == "block" or (score and rule.action == "redact") or (hook_blocks and rule.action == "redact"):
+            _note(ex, rule, "input", "block", findings, score, hook)
+            raise blocked(rule, "input", _described(findings, score, hook if hook_blocks else ""))
+        if rule.action == "redact" and findings:
+            change = _redactor(rule.detector)
+            if payload is not None:
+                payload = _rewritten(payload, change, None)
+            else:
+                body_text = change(body_text)
+            ex.input_text = change(ex.input_text) if isinstance(ex.input_text, str) else ex.input_text
+        _note(ex, rule, "input", rule.action, findings, score, hook)
+    if payload is not None:
+        return payload
+    return body_text.encode("utf-8") if body_text != ex.body.decode("utf-8", "replace") else ex.body
+
+
+def _redactor(detector: Detector):
+    return lambda text: redact(text, detector.scan(text))
+
+
+def _note(ex, rule: Rule, stage: str, action: str, findings: list[Finding], score: int, hook: str) -> None:
+    entry: dict = {"guardrail": rule.name, "stage": stage, "action": action}
+    if findings:
+        entry["found"] = _counts(findings)
+    if score:
+        entry["injection_score"] = score
+    if hook:
+        entry["hook"] = hook
+    ex.details.setdefault("guardrails", []).append(entry)
+
+
+# --- output -------------------------------------------------------------------------------------------------------
+
+
+class OutputGuard:
+    """The output guardrails of one exchange: a complete answer checked whole (``whole``), a streamed one as it
+    goes (``started``, then ``feed``)."""
+
+    def __init__(self, ex, rules: list[Rule]):
+        self.ex = ex
+        self.rules = rules
+        self.mode = ""  # "sse", "text" or "" (not watched) once the answer starts
+        self._buffer = b""
+        self._held: list[_Event] = []
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._text_held = ""
+        self._noted: dict[str, dict] = {}
+        self._sent_tail = ""  # the end of what was sent: the context a match starting next is judged in
+        self.ended = False
+
+    # complete answers
+    def whole(self, body: bytes, headers) -> bytes:
+        """``body`` as the client may see it; raises 403 ``guardrail_blocked`` on a block."""
+        self.mode = "done"
+        content_type = _header(headers, b"content-type")
+        if b"json" in content_type:
+            try:
+                node = json.loads(body)
+            except ValueError:
+                return body
+            texts = _strings(node, ANSWER_TEXT_KEYS, frozenset())
+            changed = self._judge("\n".join(texts), node=node)
+            return json.dumps(changed).encode() if changed is not node else body
+        if content_type.startswith(b"text/"):
+            text = body.decode("utf-8", "replace")
+            judged = self._judge(text)
+            return judged.encode() if judged is not text else body
+        return body
+
+    def _judge(self, text: str, node=None):
+        """Run the rules on ``text`` (the answer's strings): raise on a block, note flags, redact ``node`` (or the
+        text) where a rule redacts."""
+        result = node if node is not None else text
+        for rule in self.rules:
+            findings = rule.detector.scan(text) if rule.detector else []
+            if self._outcome(rule, text, findings) == "redact":
+                change = _redactor(rule.detector)
+                result = (
+                    _rewritten(result, change, ANSWER_TEXT_KEYS, frozenset()) if node is not None else change(result)
+                )
+                text = change(text)
+        return result
+
+    def _outcome(self, rule: Rule, text: str, findings: list[Finding]) -> str:
+        """What ``rule`` does with ``text`` and its ``findings`` ("" for nothing), counted; raises on a block (a
+        redacting rule blocks an injection score: there is nothing to redact)."""
+        score = injection_score(text)[0] if rule.injection else 0
+        score = score if score >= rule.threshold else 0
+        if not findings and not score:
+            return ""
+        if rule.action == "block" or (rule.action == "redact" and not findings):
+            self._count(rule, "block", findings, score)
+            raise blocked(rule, "output", _described(findings, score, ""))
+        self._count(rule, rule.action, findings, score)
+        return rule.action
+
+    def _count(self, rule: Rule, action: str, findings: list[Finding], score: int) -> None:
+        """One entry per guardrail and action in ``details.guardrails``, its counts adding up over a stream."""
+        entry = self._noted.get(f"{rule.name}/{action}")
+        if entry is None:
+            entry = self._noted[f"{rule.name}/{action}"] = {"guardrail": rule.name, "stage": "output",
+                                                            "action": action}  # fmt: skip
+            self.ex.details.setdefault("guardrails", []).append(entry)
+        if findings:
+            found = entry.setdefault("found", {})
+            for kind, count in _counts(findings).items():
+                found[kind] = found.get(kind, 0) + count
+        if score:
+            entry["injection_score"] = max(score, entry.get("injection_score", 0))
+
+    # streams
+    def started(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """The answer's headers: watched as events or as text, its length dropped (redaction changes it)."""
+        if self.mode:
+            return headers
+        content_type = _header(headers, b"content-type")
+        if b"event-stream" in content_type:
+            self.mode = "sse"
+        elif content_type.startswith(b"text/") or b"json" in content_type:
+            self.mode = "text"
+        else:
+            self.mode = "binary"
+            return headers
+        return [(name, value) for name, value in headers if name.lower() != b"content-length"]
+
+    def feed(self, data: bytes, final: bool) -> bytes:
+        """What of the answer so far may go to the client now; raises 403 ``guardrail_blocked`` after handing the
+        client an error event when a rule blocks a stream."""
+        if self.mode == "sse":
+            return self._feed_events(data, final)
+        if self.mode == "text":
+            return self._feed_text(data, final)
+        return data
+
+    def _feed_text(self, data: bytes, final: bool) -> bytes:
+        self._text_held += self._decoder.decode(data, final)
+        cut = len(self._text_held) if final else hold_from(self._text_held)
+        cut = self._safe_cut(self._text_held, cut)
+        ready, self._text_held = self._text_held[:cut], self._text_held[cut:]
+        if not ready:
+            return b""
+        event = _Event(b"", [], None)
+        event.strings = [ready]
+        try:
+            self._judge_events([event], self._text_held)
+        except GatewayError as error:
+            self.ended = True
+            self.ex.error_type = error.code
+            raise StreamBlocked(error, b"") from None
+        return event.strings[0].encode()
+
+    def _safe_cut(self, text: str, cut: int) -> int:
+        """``cut`` moved back before any match that it would split."""
+        for rule in self.rules:
+            for finding in rule.detector.scan(text) if rule.detector else ():
+                if finding.start < cut < finding.end:
+                    cut = finding.start
+        return cut
+
+    def _feed_events(self, data: bytes, final: bool) -> bytes:
+        self._buffer += data
+        events = []
+        while True:
+            at = _event_end(self._buffer)
+            if at < 0:
+                break
+            events.append(_Event.parse(self._buffer[:at]))
+            self._buffer = self._buffer[at:]
+        if final and self._buffer:
+            events.append(_Event.parse(self._buffer))
+            self._buffer = b""
+        self._held.extend(events)
+        text = "".join(event.text for event in self._held)
+        cut = len(text) if final else hold_from(text)
+        while True:  # whole events only, and never part of a match: the cut moves back until both hold
+            ready, used = [], 0
+            for event in self._held:
+                if used + len(event.text) > cut:
+                    break
+                ready.append(event)
+                used += len(event.text)
+            safe = used if final else self._safe_cut(text, used)
+            if safe == used:
+                break
+            cut = safe
+        if not ready:
+            return b""
+        del self._held[: len(ready)]
+        try:
+            self._judge_events(ready, "".join(event.text for event in self._held))
+        except GatewayError as error:
+            self.ended = True
+            self.ex.error_type = error.code
+            raise StreamBlocked(error, _error_event(error, self.ex)) from None
+        return b"".join(event.encoded() for event in ready)
+
+    def _judge_events(self, events: list[_Event], after: str) -> None:
+        """Run the rules on the events going out now, with the text held back after them (``after``) and the end of
+        what was sent before them as context, so a match is judged as in the whole answer; redact the events."""
+        segments = [(event, i) for event in events for i in range(len(event.strings))]
+        before = self._sent_tail
+        original = "".join(event.strings[i] for event, i in segments)
+        for rule in self.rules:
+            text = "".join(event.strings[i] for event, i in segments)
+            scanned = before + text + after
+            findings = [
+                Finding(f.detector, f.kind, f.start - len(before), f.end - len(before))
+                for f in (rule.detector.scan(scanned) if rule.detector else ())
+                if f.start >= len(before) and f.end <= len(before) + len(text)
+            ]  # fmt: skip
+            if self._outcome(rule, text, findings) == "redact":
+                _redact_segments(segments, findings)
+        self._sent_tail = (self._sent_tail + original)[-MAX_HOLD:]  # as written: placeholders are no context
+
+
+class StreamBlocked(Exception):
+    """A rule blocked a stream: ``event`` tells the client, and the answer ends."""
+
+    def __init__(self, error: GatewayError, event: bytes):
+        super().__init__(error.message)
+        self.error, self.event = error, event
+
+
+def _redact_segments(segments, findings: list[Finding]) -> None:
+    """Put each finding's placeholder where it starts and blank its rest, across the events' strings it spans."""
+    from keys.guardrails import PLACEHOLDERS
+
+    starts, at = [], 0
+    for event, i in segments:
+        starts.append(at)
+        at += len(event.strings[i])
+    originals = [event.strings[i] for event, i in segments]
+    pieces = [list(text) for text in originals]
+    for finding in findings:
+        placed = False
+        for n, (start, text) in enumerate(zip(starts, originals, strict=True)):
+            lo, hi = max(finding.start, start), min(finding.end, start + len(text))
+            if lo >= hi:
+                continue
+            chars = pieces[n]
+            for k in range(lo - start, hi - start):
+                chars[k] = ""
+            if not placed:
+                chars[lo - start] = PLACEHOLDERS[finding.detector]
+                placed = True
+    for (event, i), chars in zip(segments, pieces, strict=True):
+        event.set(i, "".join(chars))
+
+
+class _Event:
+    """One server-sent event: its lines, and the strings of its JSON data a rule reads."""
+
+    __slots__ = ("changed", "lines", "node", "raw", "strings")
+
+    def __init__(self, raw: bytes, lines: list[bytes], node):
+        self.raw, self.lines, self.node, self.changed = raw, lines, node, False
+        self.strings = _strings(node, ANSWER_TEXT_KEYS, frozenset()) if node is not None else []
+
+    @classmethod
+    def parse(cls, raw: bytes) -> _Event:
+        lines = raw.replace(b"\r\n", b"\n").split(b"\n")
+        data = [line[5:].lstrip(b" ") for line in lines if line.startswith(b"data:")]
+        node = None
+        if len(data) == 1 and data[0][:1] in (b"{", b"["):
+            try:
+                node = json.loads(data[0])
+            except ValueError:
+                node = None
+        return cls(raw, lines, node)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.strings)
+
+    def set(self, index: int, value: str) -> None:
+        if self.strings[index] == value:
+            return
+        self.strings[index] = value
+        self.changed = True
+
+    def encoded(self) -> bytes:
+        if not self.changed:
+            return self.raw
+        values = iter(self.strings)
+        node = _rewritten(self.node, lambda _: next(values), ANSWER_TEXT_KEYS, frozenset())
+        kept = [line for line in self.lines if not line.startswith(b"data:") and line]
+        return b"\n".join([*kept, b"data: " + json.dumps(node).encode()]) + b"\n\n"
+
+
+def _event_end(buffer: bytes) -> int:
+    """Where the first complete event in ``buffer`` ends (after its blank line), or -1."""
+    ends = [at + len(mark) for mark in (b"\n\n", b"\r\n\r\n") if (at := buffer.find(mark)) >= 0]
+    return min(ends) if ends else -1
+
+
+def _error_event(error: GatewayError, ex) -> bytes:
+    if ex.dialect == "anthropic":
+        body = {"type": "error", "error": {"type": error.type, "message": error.message}}
+        return b"event: error\ndata: " + json.dumps(body).encode() + b"\n\n"
+    body = {"error": {"type": error.type, "code": error.code, "message": error.message, "request_id": ex.request_id}}
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+def _header(headers, name: bytes) -> bytes:
+    for key, value in headers:
+        if key.lower() == name:
+            return value.lower()
+    return b""
