@@ -66,6 +66,14 @@ print("ok")
 """
 
 
+GUARDRAIL_SNIPPET = """
+from keys.guardrails import DETECTORS
+from keys.models import Guardrail
+Guardrail.objects.create(name="bench: every detector", stage="output", action="redact",
+                         detectors=[name for name in DETECTORS if name != "injection"])
+"""
+
+
 def say(message: str) -> None:
     base.say(message)
 
@@ -430,6 +438,8 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=2, help="wrk threads of the balancing runs")
     parser.add_argument("--no-stream", dest="stream", action="store_false", help="skip the streaming runs")
     parser.add_argument("--no-balance", dest="balance", action="store_false", help="skip the balancing runs")
+    parser.add_argument("--guardrails", action="store_true",
+                        help="after each server's streaming runs, the same runs with output guardrails on")  # fmt: skip
     parser.add_argument("--transport", choices=("aiohttp", "httpx"), default="aiohttp", help="GATEWAY_HTTP_TRANSPORT")
     parser.add_argument("--workers", type=int, default=2, help="gateway worker processes (default 2)")
     parser.add_argument("--db", default="bench_stream", help="database to drop and recreate (default bench_stream)")
@@ -554,6 +564,12 @@ def main(argv=None) -> int:
             if args.stream:
                 ready_for(gateway_url, key, "gpt-4o-mini", stream=True)
                 streaming(server, gateway_url, key)
+                if args.guardrails:  # the same streams through every built-in output detector, redacting
+                    bench.manage("shell", "-c", GUARDRAIL_SNIPPET)
+                    time.sleep(3)  # every worker reads the guardrails again (GATEWAY_CONFIG_REFRESH_SECONDS)
+                    streaming(f"{server}+guardrails", gateway_url, key)
+                    bench.manage("shell", "-c", "from keys.models import Guardrail; Guardrail.objects.all().delete()")
+                    time.sleep(3)
             if args.balance:
                 for _, model, _, _ in BALANCE_AGENTS:
                     ready_for(gateway_url, key, model)

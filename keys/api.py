@@ -237,6 +237,7 @@ class PolicyRuleViewSet(TrailedModelViewSet):
     serializer_class = PolicyRuleSerializer
     filter_backends = SEARCHABLE_FILTER_BACKENDS
     filterset_fields = ["effect", "is_active", "dry_run", "draft"]
+    read_only_actions = ("test",)  # it changes nothing: every role may try the rules
     search_fields = ["name", "description", "condition"]
     ordering_fields = ["position", "name", "created_at"]
 
@@ -689,6 +690,7 @@ class GuardrailViewSet(TrailedModelViewSet):
     filterset_fields = ["stage", "action", "is_active"]
     search_fields = ["name", "description"]
     ordering_fields = ["position", "name", "created_at"]
+    read_only_actions = ("test",)  # it changes nothing: every role may try the guardrails
 
     @extend_schema(
         summary="Try the active guardrails on a text",

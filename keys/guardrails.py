@@ -179,7 +179,8 @@ class Detector:
             else:
                 chosen += [(name, pattern) for pattern in PATTERNS.get(name, ())]
         self._entries = chosen
-        expression = "|".join(f"(?P<g{i}>{pattern.expression})" for i, (_, pattern) in enumerate(chosen))
+        # One capturing group an entry (their own groups do not capture): the match's lastindex names the entry.
+        expression = "|".join(f"({pattern.expression})" for _, pattern in chosen)
         self._pattern = re2.compile(expression, options=_RE2_OPTIONS) if chosen else None
         self._each = [re2.compile(pattern.expression, options=_RE2_OPTIONS) for _, pattern in chosen]
 
@@ -196,7 +197,7 @@ class Detector:
             match = self._pattern.search(text, at)
             if match is None:
                 return found
-            first = int(match.lastgroup[1:])
+            first = match.lastindex - 1  # (lastgroup costs a decoding of every group's name a match)
             start = match.start()
             finding = self._accepted(text, first, start, match.end())
             if finding is None and retries < MAX_RETRIES:
@@ -304,6 +305,20 @@ INJECTION_CUES: list[tuple[int, str, str]] = [
     (10, "encoded_blob", r"[A-Za-z0-9+/]{200,}={0,2}"),
 ]  # fmt: skip
 _CUES = [(weight, name, re2.compile(f"(?ism){expr}", options=_RE2_OPTIONS)) for weight, name, expr in INJECTION_CUES]
+# Words one of which a cue's match must hold (lower case): a text holding none is not searched for that cue.
+_ANCHORS = {
+    "ignore_instructions": ("ignore", "disregard", "forget", "override"),
+    "reveal_prompt": ("prompt", "instruction", "message"),
+    "role_override": ("you are", "from now on", "new instructions", "new rules"),
+    "jailbreak": ("jailbreak", "dan mode", "do anything now", "developer mode", "god mode"),
+    "chat_markup": ("<|", "[inst]", "[/inst]", "<<sys>>", "##"),
+    "pretend": ("pretend", "act as if", "roleplay as", "imagine you are"),
+    "exfiltrate": ("http", " url", "server", "webhook"),
+    "encoded_blob": None,  # no word: searched whenever the text is long enough to hold one
+}
+_ANCHOR_PATTERN = re2.compile(
+    "(?i)" + "|".join(re2.escape(word) for words in _ANCHORS.values() if words for word in words), options=_RE2_OPTIONS
+)
 
 
 def injection_score(text: str) -> tuple[int, list[str]]:
@@ -311,5 +326,9 @@ def injection_score(text: str) -> tuple[int, list[str]]:
     if not text:
         return 0, []
     text = text[:MAX_SCAN_CHARS]
-    hits = [(weight, name) for weight, name, pattern in _CUES if pattern.search(text)]
+    present = {match.group().lower() for match in _ANCHOR_PATTERN.finditer(text)}  # one pass for every cue's words
+    hits = [
+        (weight, name) for weight, name, pattern in _CUES
+        if (present.intersection(_ANCHORS[name]) if _ANCHORS[name] else len(text) >= 200) and pattern.search(text)
+    ]  # fmt: skip
     return min(100, sum(weight for weight, _ in hits)), [name for _, name in hits]

@@ -114,3 +114,11 @@ def test_the_tester_runs_the_drafts_when_asked(api, db):
     live = api.post(f"{URL}test/", {"context": context}, format="json").json()
     drafted = api.post(f"{URL}test/", {"context": context, "drafts": True}, format="json").json()
     assert (live["allowed"], drafted["allowed"], drafted["denied_by"]) == (True, False, "no ledger")
+
+
+def test_compliance_staff_try_the_rules_but_change_none(compliance_api, api, db):
+    api.post(URL, rule(name="no ledger", condition="request.agent == 'ledger'"), format="json")
+    tried = compliance_api.post(f"{URL}test/", {"context": {"request": {"agent": "ledger"}}}, format="json")
+    assert tried.status_code == 200 and tried.json()["denied_by"] == "no ledger"
+    assert compliance_api.post(f"{URL}publish/").status_code == 403
+    assert compliance_api.post(URL, rule(name="x"), format="json").status_code == 403

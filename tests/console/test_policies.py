@@ -149,3 +149,38 @@ def test_a_running_what_if_page_refreshes_itself(compliance, db):
                                       records_total=200, records_scanned=50)  # fmt: skip
     page = compliance.get(f"/console/policies/what-if/{job.pk}/").content.decode()
     assert 'http-equiv="refresh"' in page and "25% · 50 of 200 records read" in page
+
+
+# --- guardrails --------------------------------------------------------------------------------------------------
+
+
+def test_a_guardrail_is_made_on_the_console_and_the_list_counts_its_decisions(operator, compliance, db):
+    from keys.models import Guardrail
+
+    data = {"name": "no pii", "position": "10", "stage": "both", "detectors": ["email", "card"],
+            "national_ids": ["us_ssn"], "injection_threshold": "50", "action": "redact", "clients": "acme, beta",
+            "cost_centers": "", "agents": "", "hook_url": "", "hook_timeout_ms": "2000", "is_active": "on"}  # fmt: skip
+    bad = operator.post("/console/guardrails/new/", {**data, "detectors": [], "name": "nothing"})
+    assert bad.status_code == 400 and "Choose a detector, or give a hook." in bad.content.decode()
+    assert operator.post("/console/guardrails/new/", data).status_code == 302
+    made = Guardrail.objects.get()
+    assert (made.detectors, made.clients, made.stage) == (["email", "card"], ["acme", "beta"], "both")
+    for action in ("redact", "redact", "block"):
+        AuditRecord.objects.create(
+            request_id=uuid.uuid4().hex, created_at=timezone.now(), method="POST", path="/v1/agent/invoke",
+            status=200, details={"guardrails": [{"guardrail": "no pii", "stage": "input", "action": action}]},
+        )  # fmt: skip
+    page = compliance.get("/console/guardrails/").content.decode()
+    row = page[page.index('data-guardrail="no pii"') :]
+    cells = [c.split("<")[0] for c in row.split('<td class="num">')[2:5]]
+    assert cells == ["1", "2", "0"]
+
+
+def test_the_guardrail_tester_is_open_to_every_reader(compliance, db):
+    from keys.models import Guardrail
+
+    Guardrail.objects.create(name="no cards", detectors=["card"], action="block")
+    page = compliance.post("/console/guardrails/test/", {"text": "pay 4111 1111 1111 1111", "stage": "input"})
+    text = page.content.decode()
+    assert page.status_code == 200 and 'data-result="no cards"' in text and "card \u00d7 1" in text
+    assert "4111 1111" not in text.split('id="guardrail-results"')[1]
