@@ -125,3 +125,64 @@ def test_an_admin_drafts_a_rule_replays_it_over_past_traffic_and_publishes_it(
         until(lambda: client.post("/v1/agent/invoke", json={"agent": "writing", "input": "hi"}).status_code == 403,
               "the published rule in force")  # fmt: skip
     PolicyRule.objects.filter(name=name).delete()
+
+
+def test_an_admin_sets_a_guardrail_tries_it_and_the_gateway_redacts(gateway, page, console_admin, screenshot,
+                                                                    make_key):  # fmt: skip
+    from keys.models import Guardrail
+
+    raw, key = make_key()
+    sign_in(page, gateway, *console_admin)
+    name = f"no e-mail {uuid.uuid4().hex[:6]}"
+    page.goto(f"{gateway.url}/console/guardrails/new/")
+    page.fill("#id_name", name)
+    page.click("main button[type=submit]")  # no detector, no hook: refused, saying so
+    assert "Choose a detector, or give a hook." in page.text_content("main")
+    page.check("input[name=detectors][value=email]")
+    page.select_option("#id_action", "redact")
+    page.fill("#id_clients", key.client.slug)
+    page.click("main button[type=submit]")
+    page.wait_for_url(f"{gateway.url}/console/guardrails/")
+    assert page.locator(f'tr[data-guardrail="{name}"]').count() == 1
+    screenshot(page, "guardrails")
+
+    page.goto(f"{gateway.url}/console/guardrails/test/")
+    page.fill("#id_text", "write to ada@example.com")
+    page.click("main button[type=submit]")
+    assert "[EMAIL]" in page.text_content(f'tr[data-result="{name}"]')
+
+    with gateway.client(raw) as client:
+        answer = until(lambda: (r := client.post("/v1/agent/invoke", json={"agent": "research",
+                                                                           "input": "mail ada@example.com"}))
+                       .status_code == 200 and "[EMAIL]" in r.text and r, "the guardrail in force")  # fmt: skip
+    assert "ada@example.com" not in answer.json()["output"]
+    Guardrail.objects.filter(name=name).delete()
+
+
+def test_an_admin_adds_an_identity_provider_and_checks_its_keys(gateway, page, console_admin, screenshot):
+    from keys.models import IdentityProvider
+    from tests.identity_provider import Issuer
+
+    issuer = Issuer()
+    try:
+        sign_in(page, gateway, *console_admin)
+        slug = f"corp-{uuid.uuid4().hex[:6]}"
+        page.goto(f"{gateway.url}/console/identity-providers/new/")
+        page.fill("#id_name", "Corp IdP")
+        page.fill("#id_slug", slug)
+        page.fill("#id_issuer", issuer.issuer)
+        page.fill("#id_audiences", "gateway")
+        page.fill("#id_jwks_url", issuer.jwks_url)
+        page.check("input[name=algorithms][value=ES256]")
+        page.fill("#id_allowed_agents", "*")
+        page.fill("#id_allowed_models", "*")
+        page.click("main button[type=submit]")
+        page.wait_for_url(f"{gateway.url}/console/identity-providers/")
+        page.click(f'tr[data-provider="{slug}"] button[type=submit]')  # Check keys
+        page.wait_for_selector("#jwks-check")
+        assert page.get_attribute("#jwks-check", "data-ok") == "true"
+        assert issuer.keys["ES256"].kid in page.text_content("#jwks-check")
+        screenshot(page, "identity-provider-keys")
+    finally:
+        IdentityProvider.objects.filter(issuer=issuer.issuer).delete()
+        issuer.stop()
