@@ -66,8 +66,9 @@ def test_a_blocked_input_is_refused_naming_the_detector_and_costs_nothing(server
     from billing.models import UsageRecord
 
     raw, key = make_key(rpm=2)
-    rail = guardrails(detectors=["email", "card"], action="block", clients=[key.client.slug])
-    until(lambda: invoke(server, raw, f"mail {EMAIL}").status_code == 400, "the guardrail in force")
+    waiter_raw, waiter = make_key()  # waits for the guardrail, so that the key under test spends nothing before it
+    rail = guardrails(detectors=["email", "card"], action="block", clients=[key.client.slug, waiter.client.slug])
+    until(lambda: invoke(server, waiter_raw, f"mail {EMAIL}").status_code == 400, "the guardrail in force")
     message = refused(answer := invoke(server, raw, f"pay with 4111 1111 1111 1111, mail {EMAIL}"), 400, rail)
     assert "card" in message and "email" in message
     record = audit_of(answer)
