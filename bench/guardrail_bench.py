@@ -58,7 +58,7 @@ def rule(stage: str, action: str) -> Rule:
 class Ex:
     def __init__(self, body: bytes):
         self.body, self.details, self.request_id, self.dialect = body, {}, "bench", "openai"
-        self.input_text, self.output_guard, self.error_type = "", None, ""
+        self.input_text, self.output_text, self.output_guard, self.error_type = "", "", None, ""
 
 
 async def input_cost(payload: dict, requests: int) -> float:

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import re2
 
 MAX_SCAN_CHARS = 1_000_000  # text past this is not scanned (the gateway's bodies are smaller)
-MAX_RETRIES = 10_000  # refused candidates searched again one character on, per text (each costs a short search)
+MAX_RETRIES = 1_000  # refused candidates searched again one character on, per text (each costs a few searches)
 
 
 # --- code checks ----------------------------------------------------------------------------------------------------
@@ -141,11 +141,12 @@ PATTERNS: dict[str, list[Pattern]] = {
     "secret": [
         Pattern("aws_access_key", r"(?:AKIA|ASIA)[A-Z0-9]{16}", "alnum"),
         Pattern("github_token", r"gh[pousr]_[A-Za-z0-9]{36,255}", "word"),
+        Pattern("github_token", r"github_pat_[A-Za-z0-9_]{22,255}", "word"),
         Pattern("openai_key", r"sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,200}", "word_dash"),
         Pattern("slack_token", r"xox[abprs]-[A-Za-z0-9-]{10,200}", "word_dash"),
         Pattern("google_api_key", r"AIza[0-9A-Za-z_-]{35}", "word_dash"),
         Pattern("private_key", r"-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED )?PRIVATE KEY-----", "none"),
-        Pattern("jwt", r"eyJ[A-Za-z0-9_-]{8,1000}\.eyJ[A-Za-z0-9_-]{8,1000}\.[A-Za-z0-9_-]{8,1000}", "word_dash"),
+        Pattern("jwt", r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}", "word_dash"),
         Pattern("gateway_key", r"agk_[A-Za-z0-9_-]{20,100}", "word_dash"),
     ],
 }
@@ -162,7 +163,7 @@ NATIONAL_IDS: dict[str, Pattern] = {
 }
 DETECTORS = (*PATTERNS, "national_id", "injection")  # injection is scored, not matched: see injection_score
 NATIONAL_ID_CHOICES = tuple(NATIONAL_IDS)
-MAX_HOLD = 256  # characters of a streamed answer held back at most (a longer match in progress is not waited for)
+MAX_HOLD = 4096  # characters of a streamed answer held back at most (a longer match in progress is not waited for)
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.max_mem = 64 << 20  # every pattern at once: the default 8 MB is too little for their DFA
 _RE2_OPTIONS.log_errors = False
@@ -180,34 +181,37 @@ class Detector:
                 chosen += [(name, pattern) for pattern in PATTERNS.get(name, ())]
         self._entries = chosen
         # One capturing group an entry (their own groups do not capture): the match's lastindex names the entry.
+        # Compiled on bytes and run on the text's UTF-8: the wrapper's str positions are converted from the start of
+        # the text on every call, which made a scan of many candidates quadratic.
         expression = "|".join(f"({pattern.expression})" for _, pattern in chosen)
-        self._pattern = re2.compile(expression, options=_RE2_OPTIONS) if chosen else None
-        self._each = [re2.compile(pattern.expression, options=_RE2_OPTIONS) for _, pattern in chosen]
+        self._pattern = re2.compile(expression.encode(), options=_RE2_OPTIONS) if chosen else None
+        self._each = [re2.compile(pattern.expression.encode(), options=_RE2_OPTIONS) for _, pattern in chosen]
 
     def __bool__(self) -> bool:
         return self._pattern is not None
 
     def scan(self, text: str) -> list[Finding]:
-        """The matches in ``text`` that are whole tokens and pass their code check, in order."""
+        """The matches in ``text`` that are whole tokens and pass their code check, in order (linear in the text)."""
         if self._pattern is None or not text:
             return []
         text = text[:MAX_SCAN_CHARS]
+        data = text.encode("utf-8", "surrogatepass")
         found, at, retries = [], 0, 0
         while True:
-            match = self._pattern.search(text, at)
+            match = self._pattern.search(data, at)
             if match is None:
-                return found
+                break
             first = match.lastindex - 1  # (lastgroup costs a decoding of every group's name a match)
             start = match.start()
-            finding = self._accepted(text, first, start, match.end())
+            finding = self._accepted(data, first, start, match.end())
             if finding is None and retries < MAX_RETRIES:
                 # Refused: another detector may match here ("123-45-6789 4111" is a card candidate first), or a
                 # match may start inside it ("...0130 00 4111 1111 ...").
                 retries += 1
                 finding = next(
                     (f for i, single in enumerate(self._each) if i != first
-                     and (m := single.match(text, start)) is not None
-                     and (f := self._accepted(text, i, start, m.end())) is not None),
+                     and (m := single.match(data, start)) is not None
+                     and (f := self._accepted(data, i, start, m.end())) is not None),
                     None,
                 )  # fmt: skip
                 if finding is None:
@@ -218,18 +222,43 @@ class Detector:
                 continue
             found.append(finding)
             at = finding.end
+        return found if text.isascii() else _in_characters(data, found)
 
-    def _accepted(self, text: str, index: int, start: int, end: int) -> Finding | None:
-        """The finding of entry ``index`` over ``text[start:end]`` if it is a whole token and passes its check."""
+    def _accepted(self, data: bytes, index: int, start: int, end: int) -> Finding | None:
+        """The finding of entry ``index`` over ``data[start:end]`` if it is a whole token and passes its check."""
         detector, pattern = self._entries[index]
-        if pattern.trim is not None:
-            end = start + pattern.trim(text[start:end])
         touches = EDGES[pattern.edge]
-        if end <= start or (start and touches(text[start - 1])) or (end < len(text) and touches(text[end])):
+        if start and touches(_char_before(data, start)):  # first: the cheapest refusal (a long run of digits)
             return None
-        if pattern.check is not None and not pattern.check(text[start:end]):
+        value = data[start:end].decode("utf-8", "replace")  # the patterns match ASCII only: whole characters
+        if pattern.trim is not None:
+            end = start + pattern.trim(value)
+            value = value[: end - start]
+        if end <= start or (end < len(data) and touches(_char_at(data, end))):
+            return None
+        if pattern.check is not None and not pattern.check(value):
             return None
         return Finding(detector, pattern.kind, start, end)
+
+
+def _char_before(data: bytes, at: int) -> str:
+    """The character ending at byte ``at`` (a UTF-8 sequence is at most 4 bytes)."""
+    return data[max(0, at - 4) : at].decode("utf-8", "replace")[-1:]
+
+
+def _char_at(data: bytes, at: int) -> str:
+    return data[at : at + 4].decode("utf-8", "replace")[:1]
+
+
+def _in_characters(data: bytes, found: list[Finding]) -> list[Finding]:
+    """``found`` with byte offsets turned into character offsets, in one pass over the text."""
+    out, byte_at, char_at = [], 0, 0
+    for finding in found:
+        char_at += len(data[byte_at : finding.start].decode("utf-8", "surrogatepass"))
+        length = len(data[finding.start : finding.end].decode("utf-8", "surrogatepass"))
+        out.append(finding._replace(start=char_at, end=char_at + length))
+        byte_at, char_at = finding.end, char_at + length
+    return out
 
 
 def hold_from(text: str) -> int:

@@ -483,6 +483,9 @@ class Guardrail(models.Model):
     def clean(self):
         if not self.detectors and not self.hook_url:
             raise ValidationError({"detectors": "Choose a detector, or give a hook."})
+        if self.hook_url and self.stage != self.INPUT:
+            raise ValidationError({"hook_url": "A hook checks requests (stage input): answers are checked by the "
+                                               "detectors only."})  # fmt: skip
         if self.action == self.REDACT and self.detectors == ["injection"] and not self.hook_url:
             raise ValidationError({"action": "An injection score has nothing to redact: block or flag."})
 

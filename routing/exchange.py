@@ -210,8 +210,8 @@ class Exchange:
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
 
-    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        if self.output_guard is not None and 200 <= status < 300:
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]], *, checked: bool = False) -> None:
+        if self.output_guard is not None and 200 <= status < 300 and not checked:
             headers = self.output_guard.started(headers)
         self.status = status
         self.response_started = True
@@ -265,9 +265,10 @@ class Exchange:
         await self._send({"type": "http.response.body", "body": data, "more_body": more})
 
     async def respond(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = (JSON,)) -> None:
-        if self.output_guard is not None and 200 <= status < 300 and not self.output_guard.mode:
+        checked = self.output_guard is not None and 200 <= status < 300
+        if checked:  # every complete answer, a fallback's after a refused one's too
             body = self.output_guard.whole(body, headers)  # 403 ``guardrail_blocked`` on a block
-        await self.start(status, [*headers, (b"content-length", str(len(body)).encode())])
+        await self.start(status, [*headers, (b"content-length", str(len(body)).encode())], checked=checked)
         await self.send(body, more=False)
 
     async def respond_json(self, status: int, obj) -> None:

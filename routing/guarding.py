@@ -11,6 +11,7 @@ so it still arrives as it is generated. Every decision goes into ``details.guard
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import json
 import logging
@@ -31,6 +32,7 @@ SKIPPED_KEYS = frozenset({"model", "agent", "role", "type", "id", "object", "too
                           "stop_reason"})  # fmt: skip
 ANSWER_TEXT_KEYS = frozenset({"content", "text", "output", "arguments", "thinking", "partial_json", "refusal"})
 MAX_HOOK_TEXT = 100_000  # characters of text a hook is sent
+OFF_LOOP_CHARS = 32_768  # a request with more text than this is scanned in a thread (other requests go on meanwhile)
 MAX_HOOK_ANSWER = 64 * 1024
 
 
@@ -50,8 +52,9 @@ class Rule(NamedTuple):
     hook_timeout: float
     hook_fail_open: bool
 
-    def applies(self, key: KeySnapshot | None, agent: str) -> bool:
-        if self.agents and agent not in self.agents:
+    def applies(self, key: KeySnapshot | None, agents: frozenset[str]) -> bool:
+        """Whether it applies to the key's client and to one of ``agents`` (the agent asked for and its fallbacks)."""
+        if self.agents and not self.agents & agents:
             return False
         if not self.clients and not self.cost_centers:
             return True
@@ -145,10 +148,12 @@ async def ask_hook(rule: Rule, stage: str, text: str, request_id: str) -> str:
     body = json.dumps({"guardrail": rule.name, "stage": stage, "text": text[:MAX_HOOK_TEXT],
                        "request_id": request_id}).encode()  # fmt: skip
     try:
-        answer = await outbound.arequest(
-            "POST", rule.hook_url, outbound.hook_allow_list(), timeout=rule.hook_timeout, max_bytes=MAX_HOOK_ANSWER,
-            what="The guardrail hook", content=body, headers={"content-type": "application/json"},
-        )  # fmt: skip
+        async with asyncio.timeout(rule.hook_timeout):  # the whole call: a hook answering slowly is cut off too
+            answer = await outbound.arequest(
+                "POST", rule.hook_url, outbound.hook_allow_list(), timeout=rule.hook_timeout,
+                max_bytes=MAX_HOOK_ANSWER, what="The guardrail hook", content=body,
+                headers={"content-type": "application/json"},
+            )  # fmt: skip
         verdict = json.loads(answer)
         if not isinstance(verdict, dict) or not isinstance(verdict.get("allow"), bool):
             raise ValueError("the hook answered no allow: true|false")
@@ -168,7 +173,8 @@ async def guard_input(ex, key: KeySnapshot | None, agent: str, payload=None):
     rules = await guardrail_table.get()
     if not rules:
         return payload if payload is not None else ex.body
-    applying = [rule for rule in rules if rule.applies(key, agent)]
+    involved = _agents_involved(agent)
+    applying = [rule for rule in rules if rule.applies(key, involved)]
     outputs = [rule for rule in applying if "output" in rule.stages]
     if outputs:
         ex.output_guard = OutputGuard(ex, outputs)
@@ -183,15 +189,18 @@ async def guard_input(ex, key: KeySnapshot | None, agent: str, payload=None):
             body_text = ex.body.decode("utf-8", "replace")
     for rule in inputs:
         texts = _strings(payload, None) if payload is not None else [body_text]
-        findings = [found for text in texts for found in rule.detector.scan(text)] if rule.detector else []
-        score = injection_score("\n".join(texts))[0] if rule.injection else 0
-        score = score if score >= rule.threshold else 0
+        if sum(map(len, texts)) > OFF_LOOP_CHARS:  # a large body is scanned beside the event loop, not on it
+            findings, score = await asyncio.to_thread(_findings, rule, texts)
+        else:
+            findings, score = _findings(rule, texts)
         hook = await ask_hook(rule, "input", "\n".join(texts), ex.request_id) if rule.hook_url else ""
         hook_blocks = hook in ("refused it", "failed (closed)")
         if not findings and not score and not hook_blocks:
             if hook:
                 _note(ex, rule, "input", "flag", [], 0, hook)
             continue
+        if findings and isinstance(ex.input_text, str):  # the audit preview keeps no more than the upstream sees
+            ex.input_text = _redactor(rule.detector)(ex.input_text)
         if rule.action == "block" or (score and rule.action == "redact") or (hook_blocks and rule.action == "redact"):
             _note(ex, rule, "input", "block", findings, score, hook)
             raise blocked(rule, "input", _described(findings, score, hook if hook_blocks else ""))
@@ -201,11 +210,26 @@ async def guard_input(ex, key: KeySnapshot | None, agent: str, payload=None):
                 payload = _rewritten(payload, change, None)
             else:
                 body_text = change(body_text)
-            ex.input_text = change(ex.input_text) if isinstance(ex.input_text, str) else ex.input_text
         _note(ex, rule, "input", rule.action, findings, score, hook)
     if payload is not None:
         return payload
     return body_text.encode("utf-8") if body_text != ex.body.decode("utf-8", "replace") else ex.body
+
+
+def _agents_involved(agent: str) -> frozenset[str]:
+    """The agent asked for and its fallbacks: a guardrail of any of them applies (the answer may come from each)."""
+    from routing.table import routing_table
+
+    table = routing_table.last()
+    route = table.agents.get(agent) if table is not None else None
+    return frozenset((agent, *(route.fallbacks if route is not None else ())))
+
+
+def _findings(rule: Rule, texts: list[str]) -> tuple[list[Finding], int]:
+    """What ``rule`` finds in ``texts``, and the injection score when it reaches the rule's threshold (else 0)."""
+    findings = [found for text in texts for found in rule.detector.scan(text)] if rule.detector else []
+    score = injection_score("\n".join(texts))[0] if rule.injection else 0
+    return findings, score if score >= rule.threshold else 0
 
 
 def _redactor(detector: Detector):
@@ -245,7 +269,6 @@ class OutputGuard:
     # complete answers
     def whole(self, body: bytes, headers) -> bytes:
         """``body`` as the client may see it; raises 403 ``guardrail_blocked`` on a block."""
-        self.mode = "done"
         content_type = _header(headers, b"content-type")
         if b"json" in content_type:
             try:
@@ -275,13 +298,16 @@ class OutputGuard:
                 text = change(text)
         return result
 
-    def _outcome(self, rule: Rule, text: str, findings: list[Finding]) -> str:
+    def _outcome(self, rule: Rule, text: str, findings: list[Finding], context: str = "") -> str:
         """What ``rule`` does with ``text`` and its ``findings`` ("" for nothing), counted; raises on a block (a
-        redacting rule blocks an injection score: there is nothing to redact)."""
-        score = injection_score(text)[0] if rule.injection else 0
+        redacting rule blocks an injection score: there is nothing to redact). The injection score reads the text
+        with what was sent before it (``context``): a stream's cues come a few words an event."""
+        score = injection_score(context + text)[0] if rule.injection else 0
         score = score if score >= rule.threshold else 0
         if not findings and not score:
             return ""
+        if findings and isinstance(self.ex.output_text, str):  # the audit preview keeps no more than the client sees
+            self.ex.output_text = _redactor(rule.detector)(self.ex.output_text)
         if rule.action == "block" or (rule.action == "redact" and not findings):
             self._count(rule, "block", findings, score)
             raise blocked(rule, "output", _described(findings, score, ""))
@@ -402,7 +428,7 @@ class OutputGuard:
                 for f in (rule.detector.scan(scanned) if rule.detector else ())
                 if f.start >= len(before) and f.end <= len(before) + len(text)
             ]  # fmt: skip
-            if self._outcome(rule, text, findings) == "redact":
+            if self._outcome(rule, text, findings, before) == "redact":
                 _redact_segments(segments, findings)
         self._sent_tail = (self._sent_tail + original)[-MAX_HOLD:]  # as written: placeholders are no context
 
@@ -442,25 +468,30 @@ def _redact_segments(segments, findings: list[Finding]) -> None:
 
 
 class _Event:
-    """One server-sent event: its lines, and the strings of its JSON data a rule reads."""
+    """One server-sent event: its lines, and the strings a rule reads: those of its JSON data, or its data as text."""
 
     __slots__ = ("changed", "lines", "node", "raw", "strings")
 
-    def __init__(self, raw: bytes, lines: list[bytes], node):
+    def __init__(self, raw: bytes, lines: list[bytes], node, text: str | None = None):
         self.raw, self.lines, self.node, self.changed = raw, lines, node, False
-        self.strings = _strings(node, ANSWER_TEXT_KEYS, frozenset()) if node is not None else []
+        if node is not None:
+            self.strings = _strings(node, ANSWER_TEXT_KEYS, frozenset())
+        else:
+            self.strings = [text] if text else []
 
     @classmethod
     def parse(cls, raw: bytes) -> _Event:
-        lines = raw.replace(b"\r\n", b"\n").split(b"\n")
-        data = [line[5:].lstrip(b" ") for line in lines if line.startswith(b"data:")]
-        node = None
-        if len(data) == 1 and data[0][:1] in (b"{", b"["):
+        lines = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        data = b"\n".join(line[5:].removeprefix(b" ") for line in lines if line.startswith(b"data:"))
+        if not any(line.startswith(b"data:") for line in lines):
+            return cls(raw, lines, None)
+        if data[:1] in (b"{", b"["):
             try:
-                node = json.loads(data[0])
-            except ValueError:
-                node = None
-        return cls(raw, lines, node)
+                return cls(raw, lines, json.loads(data))
+            except (ValueError, RecursionError):
+                pass
+        text = data.decode("utf-8", "replace")
+        return cls(raw, lines, None, None if text == "[DONE]" else text)  # plain text data is read as it is
 
     @property
     def text(self) -> str:
@@ -475,15 +506,19 @@ class _Event:
     def encoded(self) -> bytes:
         if not self.changed:
             return self.raw
-        values = iter(self.strings)
-        node = _rewritten(self.node, lambda _: next(values), ANSWER_TEXT_KEYS, frozenset())
         kept = [line for line in self.lines if not line.startswith(b"data:") and line]
-        return b"\n".join([*kept, b"data: " + json.dumps(node).encode()]) + b"\n\n"
+        if self.node is None:  # plain text data, a line each
+            data = [b"data: " + line.encode() for line in self.strings[0].split("\n")]
+        else:
+            values = iter(self.strings)
+            node = _rewritten(self.node, lambda _: next(values), ANSWER_TEXT_KEYS, frozenset())
+            data = [b"data: " + json.dumps(node).encode()]
+        return b"\n".join([*kept, *data]) + b"\n\n"
 
 
 def _event_end(buffer: bytes) -> int:
     """Where the first complete event in ``buffer`` ends (after its blank line), or -1."""
-    ends = [at + len(mark) for mark in (b"\n\n", b"\r\n\r\n") if (at := buffer.find(mark)) >= 0]
+    ends = [at + len(mark) for mark in (b"\n\n", b"\r\n\r\n", b"\r\r") if (at := buffer.find(mark)) >= 0]
     return min(ends) if ends else -1
 
 

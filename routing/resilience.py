@@ -106,7 +106,8 @@ async def run(ex: Exchange, ticket, primary: AgentRoute, attempt: Attempt, *, fa
                 )
                 break
             except GatewayError as error:
-                if not index or ex.response_started or isinstance(error, UpstreamError):
+                # An answer a guardrail withheld is the answer: another agent is not asked instead.
+                if not index or ex.response_started or isinstance(error, UpstreamError) or error.code == BLOCKED:
                     raise
                 # A fallback that cannot take this request (a field its API lacks): the next one may.
                 ex.details.setdefault("fallbacks_skipped", []).append({"agent": route.slug, "reason": error.message})
@@ -141,6 +142,9 @@ def _unread(ex: Exchange, probe: AttemptProbe, usage_before: tuple[int, int]) ->
         and not ex.response_started
         and (ex.input_tokens, ex.output_tokens) == usage_before
     )
+
+
+BLOCKED = "guardrail_blocked"
 
 
 async def _fallback_routes(ex: Exchange, primary: AgentRoute) -> list[AgentRoute]:

@@ -39,6 +39,7 @@ def test_managers_configure_guardrails_and_compliance_reads_them(api, operator_a
         ({"hook_url": "https://192.168.1.5/check"}, "hook_url"),
         ({"hook_timeout_ms": 60_000}, "hook_timeout_ms"),
         ({"stage": "sideways"}, "stage"),
+        ({"stage": "output", "hook_url": "http://127.0.0.1:9/check"}, "hook_url"),  # hooks check requests only
     ],
 )
 def test_a_bad_guardrail_is_refused_saying_why(api, db, fields, field):
