@@ -1,4 +1,4 @@
-"""Fixtures the gateway's identity tests share: an identity provider on loopback and its configuration."""
+"""Fixtures the gateway's tests share: an identity provider on loopback and its configuration; guardrails."""
 
 from __future__ import annotations
 
@@ -30,3 +30,21 @@ def provider(issuer, live_db, make_key):
     made.client_slug = key.client.slug
     yield made
     made.delete()
+
+
+@pytest.fixture
+def guardrails(live_db):
+    """``guardrails(**fields)``: an active guardrail, deleted after the test (each names its test's client)."""
+    from keys.models import Guardrail
+
+    made = []
+
+    def make(**fields):
+        rail = Guardrail(name=f"rail {uuid.uuid4().hex[:8]}", **fields)
+        rail.full_clean()
+        rail.save()
+        made.append(rail)
+        return rail
+
+    yield make
+    Guardrail.objects.filter(pk__in=[rail.pk for rail in made]).delete()

@@ -20,23 +20,6 @@ AWS = "AKIAIOSFODNN7EXAMPLE"
 
 
 @pytest.fixture
-def guardrails(live_db):
-    from keys.models import Guardrail
-
-    made = []
-
-    def make(**fields):
-        rail = Guardrail(name=f"rail {uuid.uuid4().hex[:8]}", **fields)
-        rail.full_clean()
-        rail.save()
-        made.append(rail)
-        return rail
-
-    yield make
-    Guardrail.objects.filter(pk__in=[rail.pk for rail in made]).delete()
-
-
-@pytest.fixture
 def agents(live_db, seeded, gateway, wait_for_agent):
     """``agents(url, kind="agent", **fields)``: a new agent, once the gateway has loaded it."""
     from routing.models import Agent

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -20,24 +19,6 @@ EMAIL = "ada.lovelace@example.com"
 @pytest.fixture(scope="module")
 def server(either_server):
     return either_server
-
-
-@pytest.fixture
-def guardrails(live_db):
-    """``guardrails(**fields)``: an active guardrail, deleted after the test (each names its test's client)."""
-    from keys.models import Guardrail
-
-    made = []
-
-    def make(**fields):
-        rail = Guardrail(name=f"rail {uuid.uuid4().hex[:8]}", **fields)
-        rail.full_clean()
-        rail.save()
-        made.append(rail)
-        return rail
-
-    yield make
-    Guardrail.objects.filter(pk__in=[rail.pk for rail in made]).delete()
 
 
 def invoke(server, raw, text):
