@@ -19,25 +19,28 @@ def user(live_db):
     return get_user_model().objects.create_user(f"attacker-{uuid.uuid4().hex[:8]}", is_superuser=True)
 
 
-def test_a_record_whose_escaped_minute_is_not_a_number_is_counted_without_context(user, live_db):
-    """One hostile record never fails the whole replay."""
+def test_a_record_whose_escaped_minute_is_not_a_number_is_replayed_from_its_plain_minute(user, live_db):
+    """One hostile record never fails the whole replay: an escaped minute is never read (the minute is always stored
+    plain), and a record whose plain minute is not a number is counted without context. The window lies ten days
+    back, where no other test writes, so the counts are exact."""
     from audit.models import AuditRecord
     from keys import whatif
     from keys.models import PolicyWhatIf
 
-    now = timezone.now()
-    AuditRecord.objects.create(
-        request_id=uuid.uuid4().hex,
-        created_at=now - timedelta(seconds=1),
-        method="POST",
-        path="/v1/agent/invoke",
-        status=200,
-        details={"context": {"minute": 29_000_000, "escaped": {"minute": '"x"'}}},
-    )
-    job = whatif.request_what_if(user, now - timedelta(seconds=2), now, via="api")
+    then = timezone.now() - timedelta(days=10, seconds=uuid.uuid4().int % 100_000)
+    for minute in (29_000_000, "29000000"):
+        AuditRecord.objects.create(
+            request_id=uuid.uuid4().hex,
+            created_at=then - timedelta(seconds=1),
+            method="POST",
+            path="/v1/agent/invoke",
+            status=200,
+            details={"context": {"minute": minute, "escaped": {"minute": '"x"'}}},
+        )
+    job = whatif.request_what_if(user, then - timedelta(seconds=2), then, via="api")
     job = PolicyWhatIf.objects.get(pk=job.pk)
     assert job.status == PolicyWhatIf.DONE, (job.status, job.error)
-    assert job.results["without_context"] >= 1
+    assert (job.results["replayed"], job.results["without_context"]) == (1, 1)
 
 
 def test_a_method_longer_than_its_column_is_replayed_as_it_was_decided(gateway, make_key, audit_of, live_db):
