@@ -6,6 +6,8 @@ A view names its costly actions and their scope in ``action_throttle_scopes``
 the per-user rate alone.
 """
 
+from types import SimpleNamespace
+
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework.throttling import ScopedRateThrottle
 
@@ -25,3 +27,12 @@ class ActionRateThrottle(ScopedRateThrottle):
         self.rate = self.get_rate()
         self.num_requests, self.duration = self.parse_rate(self.rate)
         return super(ScopedRateThrottle, self).allow_request(request, view)
+
+
+def console_wait(request, scope: str) -> int:
+    """The console's share of the API's limit on ``scope``: the same rate and the same count per user, so a costly
+    job cannot be asked for past its limit by switching from the API to a form. 0: go on; else seconds to wait."""
+    throttle = ActionRateThrottle()
+    if throttle.allow_request(request, SimpleNamespace(action_throttle_scopes={"console": scope}, action="console")):
+        return 0
+    return max(1, round(throttle.wait() or 1))

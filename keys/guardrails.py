@@ -12,6 +12,8 @@ that far. Matching runs on RE2 (linear time, one pass for every detector of a gu
 from __future__ import annotations
 
 import functools
+import re
+import unicodedata
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
@@ -194,7 +196,13 @@ class Detector:
         """The matches in ``text`` that are whole tokens and pass their code check, in order (linear in the text)."""
         if self._pattern is None or not text:
             return []
-        text = text[:MAX_SCAN_CHARS]
+        text, where = folded(text[:MAX_SCAN_CHARS])
+        found = self._scan(text)
+        if where is None:
+            return found
+        return [finding._replace(start=where[finding.start], end=where[finding.end - 1] + 1) for finding in found]
+
+    def _scan(self, text: str) -> list[Finding]:
         data = text.encode("utf-8", "surrogatepass")
         found, at, retries = [], 0, 0
         while True:
@@ -241,6 +249,29 @@ class Detector:
         return Finding(detector, pattern.kind, start, end)
 
 
+# Format characters a reader does not see (zero-width spaces and joiners, the soft hyphen, direction marks): one
+# between the digits of a card number must not hide it.
+_INVISIBLE = re.compile("[\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+
+
+def folded(text: str) -> tuple[str, list[int] | None]:
+    """``text`` as the detectors read it: compatibility forms folded (NFKC: full-width digits and letters, ligatures,
+    mathematical letters) and invisible format characters dropped; with, when it differs, each of its characters'
+    position in ``text`` (and a last entry past the end), so a finding maps back onto the text as written."""
+    if text.isascii() or (unicodedata.is_normalized("NFKC", text) and not _INVISIBLE.search(text)):
+        return text, None
+    out: list[str] = []
+    where: list[int] = []
+    for at, char in enumerate(text):
+        if _INVISIBLE.match(char):
+            continue
+        for piece in unicodedata.normalize("NFKC", char):
+            out.append(piece)
+            where.append(at)
+    where.append(len(text))
+    return "".join(out), where
+
+
 def _char_before(data: bytes, at: int) -> str:
     """The character ending at byte ``at`` (a UTF-8 sequence is at most 4 bytes)."""
     return data[max(0, at - 4) : at].decode("utf-8", "replace")[-1:]
@@ -269,11 +300,11 @@ def hold_from(text: str) -> int:
     end = len(text)
     floor = max(0, end - MAX_HOLD)
     at = end
-    if at - 1 > floor and text[at - 1] == " " and _grouped(text[at - 2]):  # a space between groups: more may come
+    if at - 1 > floor and _space(text[at - 1]) and _grouped(text[at - 2]):  # a space between groups: more may come
         at -= 1
     while at > floor and _in_token(text[at - 1]):
         at -= 1
-    while at - 1 > floor and text[at - 1] == " " and at < end and _grouped(text[at]):
+    while at - 1 > floor and _space(text[at - 1]) and at < end and _grouped(text[at]):
         before = at - 1
         while before > floor and _grouped(text[before - 1]):  # the group before the space
             before -= 1
@@ -289,7 +320,20 @@ def hold_from(text: str) -> int:
 
 
 def _in_token(char: str) -> bool:
-    return char.isalnum() or char in "@._%+-()/=:"
+    return char.isalnum() or char in "@._%+-()/=:" or (not char.isascii() and _token_like(char))
+
+
+def _space(char: str) -> bool:
+    return char == " " or (not char.isascii() and unicodedata.normalize("NFKC", char) == " ")
+
+
+@functools.lru_cache(maxsize=1024)
+def _token_like(char: str) -> bool:
+    """An invisible character, or one that folds into a token's (a full-width at sign or digit): a match may run
+    through it."""
+    return bool(_INVISIBLE.match(char)) or any(
+        piece.isalnum() or piece in "@._%+-()/=:" for piece in unicodedata.normalize("NFKC", char)
+    )
 
 
 def _grouped(char: str) -> bool:
@@ -354,7 +398,7 @@ def injection_score(text: str) -> tuple[int, list[str]]:
     """The prompt-injection score of ``text`` (0 to 100) and the cues that made it."""
     if not text:
         return 0, []
-    text = text[:MAX_SCAN_CHARS]
+    text = folded(text[:MAX_SCAN_CHARS])[0]
     present = {match.group().lower() for match in _ANCHOR_PATTERN.finditer(text)}  # one pass for every cue's words
     hits = [
         (weight, name) for weight, name, pattern in _CUES

@@ -19,7 +19,7 @@ from billing.budgets import spent_in_window
 from billing.models import NANOS_PER_USD, Budget
 from billing.periods import MONTHLY, period_of
 from billing.usage import daily_spend, monthly_usage, usage_by_key
-from gateway_project import handoff, roles
+from gateway_project import handoff, roles, throttles
 from gateway_project.console import RoleRequiredMixin, TrailedDeleteView, TrailedEditView, agent_choices, sorted_page
 from keys.forms import (
     LIMITS,
@@ -368,6 +368,10 @@ class WhatIfListView(RoleRequiredMixin, View):
         form = WhatIfForm(request.POST)
         if not form.is_valid():
             return self._render(request, form, status=400)
+        wait = throttles.console_wait(request, throttles.EXPORT)  # shared with the API's what-ifs and exports
+        if wait:
+            form.add_error(None, f"Too many what-ifs and exports lately: try again in {wait} seconds.")
+            return self._render(request, form, status=429)
         start, end = form.cleaned_data["range"]
         job = request_what_if(request.user, start, end, via="console")
         return redirect("console:policy-what-if", job.pk)

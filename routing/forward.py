@@ -16,6 +16,7 @@ from django.conf import settings
 from gateway_project.errors import GatewayError
 from routing import protocols, upstream
 from routing.exchange import JSON, Exchange
+from routing.guarding import ANY, media_kind
 from routing.pricing import dearer_than_reserved, report_dearer_answer
 from routing.protocols import usage_from_headers, usage_from_json
 from routing.sse import EventTooLarge
@@ -77,8 +78,9 @@ async def call_json(ex: Exchange, route: AgentRoute, path: str, body: bytes, hea
     return answer, content
 
 
-async def read_bounded(response: httpx.Response, route: AgentRoute) -> bytes:
-    """The whole answer of a call the gateway must read before answering, up to ``MAX_UPSTREAM_ANSWER_BYTES``.
+async def read_bounded(response: httpx.Response, route: AgentRoute, *, decoded: bool = False) -> bytes:
+    """The whole answer of a call the gateway must read before answering, up to ``MAX_UPSTREAM_ANSWER_BYTES``
+    (``decoded``: uncompressed, the limit counting what it decompresses to).
 
     A larger one is a 502: an upstream cannot make a gateway process hold whatever it sends.
     """
@@ -86,7 +88,7 @@ async def read_bounded(response: httpx.Response, route: AgentRoute) -> bytes:
     declared = response.headers.get("content-length", "")
     chunks, size = [], 0
     if not (declared.isdigit() and int(declared) > limit):
-        async for chunk in response.aiter_raw():
+        async for chunk in response.aiter_bytes() if decoded else response.aiter_raw():
             size += len(chunk)
             if size > limit:
                 break
@@ -144,15 +146,17 @@ def watching_model(ex: Exchange, route: AgentRoute, scanner):
 
 
 async def _relay(
-    ex: Exchange, route: AgentRoute, response: httpx.Response, transform=None, capture=None, tail=None
-) -> None:
-    """Send the upstream's body on as it arrives; a failure after the first byte ends the response.
+    ex: Exchange, route: AgentRoute, response: httpx.Response, transform=None, capture=None, tail=None,
+    decoded: bool = False,
+) -> None:  # fmt: skip
+    """Send the upstream's body on as it arrives (``decoded``: uncompressed); a failure after the first byte ends
+    the response.
 
     ``capture`` keeps the first ``USAGE_CAPTURE_LIMIT`` bytes and ``tail`` the last ``USAGE_TAIL_BYTES``, where
     a large answer's ``usage`` is (``usage_in_tail``).
     """
     try:
-        async for chunk in response.aiter_raw():
+        async for chunk in response.aiter_bytes() if decoded else response.aiter_raw():
             if capture is not None and len(capture) < USAGE_CAPTURE_LIMIT:
                 capture += chunk
             if tail is not None:
@@ -235,20 +239,72 @@ async def pass_through(ex: Exchange, route: AgentRoute, rest: bytes, plan, adapt
         attempt = upstream.current_attempt.get()
         if attempt is not None and not attempt.final and _worth_retrying(response.status_code, route):
             raise _failed_status(response.status_code, route, await read_bounded(response, route))
+        guard = ex.output_guard
+        decoded = guard is not None and guarded_encoding(response, route)  # guardrails read the text, not gzip
         content_type = response.headers.get("content-type", "")
-        if "json" in content_type and "content-encoding" not in response.headers:
+        if "json" in content_type and ("content-encoding" not in response.headers or decoded):
             answer.capture, answer.tail = bytearray(), bytearray()
         if "event-stream" in content_type:
             answer.scanner = adapter.stream_scanner(plan)
-        await ex.start(upstream.answer_status(response, route), upstream.response_headers(response))
+        status, headers = upstream.answer_status(response, route), upstream.response_headers(response)
+        if guard is not None:  # whatever the status: an agent's error page can leak as well as its answer
+            if decoded:
+                headers = [(name, value) for name, value in headers if name not in (b"content-encoding",
+                                                                                    b"content-length")]  # fmt: skip
+            if checked_whole(content_type, response):
+                await _pass_through_checked(ex, route, response, answer, status, headers, decoded)
+                return
+            headers = guard.started(headers)
+        await ex.start(status, headers, checked=guard is not None)
         answer.relayed = True
         scanner = answer.scanner
         feed = watching_model(ex, route, scanner) if scanner else None
-        await _relay(ex, route, response, feed, answer.capture, answer.tail)
+        await _relay(ex, route, response, feed, answer.capture, answer.tail, decoded=decoded)
     finally:
         await response.aclose()
         if answer.relayed:  # however the relay ended: a client that left still pays for what it was sent
             answer.note_usage(ex, response)
+
+
+READABLE_ENCODINGS = frozenset({"identity", "gzip", "x-gzip", "deflate"})
+
+
+def guarded_encoding(response: httpx.Response, route: AgentRoute) -> bool:
+    """Whether an answer output guardrails must read is compressed (and so relayed decoded); a 502 when it is
+    compressed in a way the gateway cannot read (it asked for ``identity``): unread, it cannot be let through."""
+    codings = [part.strip().lower() for part in response.headers.get("content-encoding", "").split(",")]
+    codings = [coding for coding in codings if coding and coding != "identity"]
+    unreadable = [coding for coding in codings if coding not in READABLE_ENCODINGS]
+    if unreadable:
+        raise upstream.UpstreamError(
+            502, "upstream_error", "upstream_unreadable",
+            f"The agent '{route.slug}' answered in the '{unreadable[0]}' encoding, which the gateway's output "
+            "guardrails cannot read; the answer was withheld.", kind="invalid",
+        )  # fmt: skip
+    return bool(codings)
+
+
+def checked_whole(content_type: str, response: httpx.Response) -> bool:
+    """Whether a guarded pass-through answer is read whole and checked before its status is sent (so a block is a
+    403, not an answer cut short): JSON that is not a stream of lines, and text of a declared length. A stream
+    (events, JSON lines, text without a length) is checked as it goes instead."""
+    kind = media_kind(content_type.encode("latin-1", "replace"))
+    if kind == "json":
+        return "ndjson" not in content_type and "jsonl" not in content_type and "json-seq" not in content_type
+    return kind == "text" and "content-length" in response.headers
+
+
+async def _pass_through_checked(ex, route, response, answer, status: int, headers, decoded: bool) -> None:
+    """Read a guarded answer whole (bounded), note its usage, check it, then send it or the guardrail's 403."""
+    body = await read_bounded(response, route, decoded=decoded)
+    if answer.capture is not None:
+        answer.capture += body[:USAGE_CAPTURE_LIMIT]
+        answer.tail += body[-USAGE_TAIL_BYTES:]
+    answer.relayed = True  # read: its usage counts even when the guardrail withholds it
+    body = ex.output_guard.whole(body, headers, ANY)  # 403 ``guardrail_blocked`` on a block
+    kept = [(name, value) for name, value in headers if name != b"content-length"]
+    await ex.start(status, [*kept, (b"content-length", str(len(body)).encode())], checked=True)
+    await ex.send(body, more=False)
 
 
 class _PassThroughAnswer:

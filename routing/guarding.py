@@ -108,35 +108,96 @@ def _counts(findings: list[Finding]) -> dict[str, int]:
 # --- text in JSON -------------------------------------------------------------------------------------------------
 
 
-def _strings(node, keys: frozenset[str] | None, skip=SKIPPED_KEYS, key: str = "") -> list[str]:
-    """The strings of a JSON value in document order: every one but those under ``skip`` (``keys``: only those
-    under one of these)."""
-    found, stack = [], [(node, key)]
+class Reading(NamedTuple):
+    """Which strings of a JSON value a guardrail reads: those under one of ``keys`` (None: under any key but
+    ``skip``), and every string anywhere beneath one of ``trees``; object keys too where ``object_keys`` says so
+    (beneath a tree, always)."""
+
+    keys: frozenset[str] | None
+    skip: frozenset[str] = frozenset()
+    trees: frozenset[str] = frozenset()
+    object_keys: bool = False
+
+
+# A request: every string, object keys and identifiers included (a card number can be sent as an "id").
+REQUEST = Reading(None, object_keys=True)
+# What the injection score reads of a request: its prose, not its roles, types and identifiers.
+REQUEST_PROSE = Reading(None, SKIPPED_KEYS)
+# An answer: its text, and whatever a tool call's input holds (Anthropic's ``tool_use.input`` is an object).
+ANSWER = Reading(ANSWER_TEXT_KEYS, trees=frozenset({"input", "arguments", "parameters"}))
+# An agent's own answer through pass-through: every string, object keys included.
+ANY = Reading(None, object_keys=True)
+
+
+def _strings(node, reading: Reading) -> list[str]:
+    """The strings of a JSON value ``reading`` names, in document order."""
+    found, stack = [], [(node, "", False)]
     while stack:
-        value, name = stack.pop()
+        value, name, inside = stack.pop()
         if isinstance(value, str):
-            if name not in skip and (keys is None or name in keys):
+            if inside or _named(name, reading):
                 found.append(value)
         elif isinstance(value, dict):
-            stack.extend((item, str(k)) for k, item in reversed(list(value.items())))
+            for key, item in reversed(list(value.items())):
+                key = str(key)
+                stack.append((item, key, inside or key in reading.trees))
+                if inside or reading.object_keys:
+                    stack.append((key, "", True))
         elif isinstance(value, list):
-            stack.extend((item, name) for item in reversed(value))
+            stack.extend((item, name, inside) for item in reversed(value))
     return found
 
 
-def _rewritten(node, change, keys: frozenset[str] | None, skip=SKIPPED_KEYS, key: str = ""):
-    """``node`` with ``change`` applied to the strings ``_strings`` names, rebuilt where something changed."""
+def _rewritten(node, change, reading: Reading, key: str = "", inside: bool = False):
+    """``node`` with ``change`` applied to the strings ``_strings`` names (object keys kept apart: two keys
+    redacted alike keep both their values)."""
     if isinstance(node, str):
-        return change(node) if name_ok(key, keys, skip) else node
+        return change(node) if inside or _named(key, reading) else node
     if isinstance(node, dict):
-        return {k: _rewritten(v, change, keys, skip, str(k)) for k, v in node.items()}
+        out: dict = {}
+        for name, value in node.items():
+            name = str(name)
+            below = inside or name in reading.trees
+            new_name = change(name) if inside or reading.object_keys else name
+            while new_name != name and new_name in out:
+                new_name += "'"
+            out[new_name] = _rewritten(value, change, reading, name, below)
+        return out
     if isinstance(node, list):
-        return [_rewritten(item, change, keys, skip, key) for item in node]
+        return [_rewritten(item, change, reading, key, inside) for item in node]
     return node
 
 
-def name_ok(name: str, keys: frozenset[str] | None, skip: frozenset[str]) -> bool:
-    return name not in skip and (keys is None or name in keys)
+def _named(name: str, reading: Reading) -> bool:
+    return name not in reading.skip and (reading.keys is None or name in reading.keys)
+
+
+def without_logprobs(node):
+    """``node`` with every ``logprobs`` emptied: its tokens spell out the text a guardrail redacted."""
+    if isinstance(node, dict):
+        return {key: None if key == "logprobs" else without_logprobs(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [without_logprobs(item) for item in node]
+    return node
+
+
+def logprob_tokens(node) -> list[str]:
+    """The text the ``logprobs`` tokens of an answer spell, one string a list of them (a secret spans tokens)."""
+    spelt, stack = [], [node]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key == "logprobs" and isinstance(item, dict):
+                    for entries in item.values():
+                        if isinstance(entries, list):
+                            tokens = [e.get("token") for e in entries if isinstance(e, dict)]
+                            spelt.append("".join(t for t in tokens if isinstance(t, str)))
+                else:
+                    stack.append(item)
+        elif isinstance(value, list):
+            stack.extend(value)
+    return [text for text in spelt if text]
 
 
 # --- the hook -----------------------------------------------------------------------------------------------------
@@ -181,6 +242,12 @@ async def guard_input(ex, key: KeySnapshot | None, agent: str, payload=None):
     inputs = [rule for rule in applying if "input" in rule.stages]
     if not inputs:
         return payload if payload is not None else ex.body
+    raw_json = None
+    if payload is None and "json" in ex.header(b"content-type").lower():
+        try:  # a JSON body is read as JSON: its escapes ("\\u0040") undone, its keys read too
+            raw_json = payload = json.loads(ex.body)
+        except (ValueError, RecursionError):
+            payload = None
     body_text = None
     if payload is None:
         try:
@@ -188,12 +255,14 @@ async def guard_input(ex, key: KeySnapshot | None, agent: str, payload=None):
         except UnicodeDecodeError:
             body_text = ex.body.decode("utf-8", "replace")
     for rule in inputs:
-        texts = _strings(payload, None) if payload is not None else [body_text]
+        texts = _strings(payload, REQUEST) if payload is not None else [body_text]
+        needs_prose = payload is not None and (rule.injection or rule.hook_url)
+        prose = _strings(payload, REQUEST_PROSE) if needs_prose else texts
         if sum(map(len, texts)) > OFF_LOOP_CHARS:  # a large body is scanned beside the event loop, not on it
-            findings, score = await asyncio.to_thread(_findings, rule, texts)
+            findings, score = await asyncio.to_thread(_findings, rule, texts, prose)
         else:
-            findings, score = _findings(rule, texts)
-        hook = await ask_hook(rule, "input", "\n".join(texts), ex.request_id) if rule.hook_url else ""
+            findings, score = _findings(rule, texts, prose)
+        hook = await ask_hook(rule, "input", "\n".join(prose), ex.request_id) if rule.hook_url else ""
         hook_blocks = hook in ("refused it", "failed (closed)")
         if not findings and not score and not hook_blocks:
             if hook:
@@ -207,13 +276,32 @@ async def guard_input(ex, key: KeySnapshot | None, agent: str, payload=None):
         if rule.action == "redact" and findings:
             change = _redactor(rule.detector)
             if payload is not None:
-                payload = _rewritten(payload, change, None)
+                payload = _rewritten(payload, change, REQUEST)
             else:
                 body_text = change(body_text)
         _note(ex, rule, "input", rule.action, findings, score, hook)
+    if raw_json is not None:  # a pass-through body: re-encoded only where a guardrail changed it
+        return ex.body if payload is raw_json else json.dumps(payload).encode()
     if payload is not None:
         return payload
     return body_text.encode("utf-8") if body_text != ex.body.decode("utf-8", "replace") else ex.body
+
+
+async def watch_output(ex, key: KeySnapshot | None, agent: str) -> None:
+    """Set ``ex.output_guard`` for an exchange whose input was checked elsewhere (a job's, run after its request)."""
+    rules = await guardrail_table.get()
+    involved = _agents_involved(agent)
+    outputs = [rule for rule in rules if "output" in rule.stages and rule.applies(key, involved)]
+    ex.output_guard = OutputGuard(ex, outputs) if outputs else None
+
+
+def check_kept_output(ex) -> None:
+    """Check an answer kept for later (a job's ``output``) as the same answer would be checked when sent: redacted
+    in place, or 403 ``guardrail_blocked``."""
+    if ex.output_guard is None or not isinstance(ex.output_text, str):
+        return
+    body = json.dumps({"output": ex.output_text}).encode()
+    ex.output_text = json.loads(ex.output_guard.whole(body, [(b"content-type", b"application/json")]))["output"]
 
 
 def _agents_involved(agent: str) -> frozenset[str]:
@@ -225,10 +313,11 @@ def _agents_involved(agent: str) -> frozenset[str]:
     return frozenset((agent, *(route.fallbacks if route is not None else ())))
 
 
-def _findings(rule: Rule, texts: list[str]) -> tuple[list[Finding], int]:
-    """What ``rule`` finds in ``texts``, and the injection score when it reaches the rule's threshold (else 0)."""
+def _findings(rule: Rule, texts: list[str], prose: list[str]) -> tuple[list[Finding], int]:
+    """What ``rule`` finds in ``texts``, and the injection score of ``prose`` when it reaches the rule's threshold
+    (else 0)."""
     findings = [found for text in texts for found in rule.detector.scan(text)] if rule.detector else []
-    score = injection_score("\n".join(texts))[0] if rule.injection else 0
+    score = injection_score("\n".join(prose))[0] if rule.injection else 0
     return findings, score if score >= rule.threshold else 0
 
 
@@ -267,34 +356,37 @@ class OutputGuard:
         self.ended = False
 
     # complete answers
-    def whole(self, body: bytes, headers) -> bytes:
-        """``body`` as the client may see it; raises 403 ``guardrail_blocked`` on a block."""
-        content_type = _header(headers, b"content-type")
-        if b"json" in content_type:
+    def whole(self, body: bytes, headers, reading: Reading = ANSWER) -> bytes:
+        """``body`` as the client may see it; raises 403 ``guardrail_blocked`` on a block. A JSON answer is read as
+        JSON (its escapes undone, so ``\\u0040`` hides nothing); ``reading`` names its strings."""
+        kind = media_kind(_header(headers, b"content-type"))
+        if kind == "binary":
+            return body
+        if kind == "json":
             try:
                 node = json.loads(body)
-            except ValueError:
-                return body
-            texts = _strings(node, ANSWER_TEXT_KEYS, frozenset())
-            changed = self._judge("\n".join(texts), node=node)
-            return json.dumps(changed).encode() if changed is not node else body
-        if content_type.startswith(b"text/"):
-            text = body.decode("utf-8", "replace")
-            judged = self._judge(text)
-            return judged.encode() if judged is not text else body
-        return body
+            except (ValueError, RecursionError):
+                node = None  # not JSON after all (or JSON lines): read as text below
+            if node is not None:
+                spelt = logprob_tokens(node)
+                changed = self._judge(_strings(node, reading), node, reading, spelt)
+                if changed is node:
+                    return body
+                return json.dumps(without_logprobs(changed) if spelt else changed).encode()
+        text = body.decode("utf-8", "replace")
+        judged = self._judge([text], None, reading)
+        return judged.encode() if judged is not text else body
 
-    def _judge(self, text: str, node=None):
-        """Run the rules on ``text`` (the answer's strings): raise on a block, note flags, redact ``node`` (or the
-        text) where a rule redacts."""
-        result = node if node is not None else text
+    def _judge(self, texts: list[str], node, reading: Reading, spelt: list[str] = ()):
+        """Run the rules on ``texts`` (the answer's strings) and ``spelt`` (what its logprobs tokens spell): raise
+        on a block, note flags, redact ``node`` (or the one text) where a rule redacts."""
+        result = node if node is not None else texts[0]
+        text = "\n".join([*texts, *spelt])
         for rule in self.rules:
             findings = rule.detector.scan(text) if rule.detector else []
             if self._outcome(rule, text, findings) == "redact":
                 change = _redactor(rule.detector)
-                result = (
-                    _rewritten(result, change, ANSWER_TEXT_KEYS, frozenset()) if node is not None else change(result)
-                )
+                result = _rewritten(result, change, reading) if node is not None else change(result)
                 text = change(text)
         return result
 
@@ -333,13 +425,9 @@ class OutputGuard:
         """The answer's headers: watched as events or as text, its length dropped (redaction changes it)."""
         if self.mode:
             return headers
-        content_type = _header(headers, b"content-type")
-        if b"event-stream" in content_type:
-            self.mode = "sse"
-        elif content_type.startswith(b"text/") or b"json" in content_type:
-            self.mode = "text"
-        else:
-            self.mode = "binary"
+        kind = media_kind(_header(headers, b"content-type"))
+        self.mode = "text" if kind == "json" else kind
+        if kind == "binary":
             return headers
         return [(name, value) for name, value in headers if name.lower() != b"content-length"]
 
@@ -475,7 +563,7 @@ class _Event:
     def __init__(self, raw: bytes, lines: list[bytes], node, text: str | None = None):
         self.raw, self.lines, self.node, self.changed = raw, lines, node, False
         if node is not None:
-            self.strings = _strings(node, ANSWER_TEXT_KEYS, frozenset())
+            self.strings = _strings(node, ANSWER)
         else:
             self.strings = [text] if text else []
 
@@ -511,7 +599,7 @@ class _Event:
             data = [b"data: " + line.encode() for line in self.strings[0].split("\n")]
         else:
             values = iter(self.strings)
-            node = _rewritten(self.node, lambda _: next(values), ANSWER_TEXT_KEYS, frozenset())
+            node = without_logprobs(_rewritten(self.node, lambda _: next(values), ANSWER))
             data = [b"data: " + json.dumps(node).encode()]
         return b"\n".join([*kept, *data]) + b"\n\n"
 
@@ -528,6 +616,23 @@ def _error_event(error: GatewayError, ex) -> bytes:
         return b"event: error\ndata: " + json.dumps(body).encode() + b"\n\n"
     body = {"error": {"type": error.type, "code": error.code, "message": error.message, "request_id": ex.request_id}}
     return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+def media_kind(content_type: bytes) -> str:
+    """How guardrails read an answer of this content type: "sse", "json", "text", or "binary" (not read: images,
+    audio, archives, ``application/octet-stream``; decoding them as text would corrupt them). No type: text."""
+    content_type = content_type.split(b";")[0].strip().lower()
+    if b"event-stream" in content_type:
+        return "sse"
+    if b"json" in content_type:
+        return "json"
+    if (
+        not content_type
+        or content_type.startswith(b"text/")
+        or content_type.endswith((b"xml", b"javascript", b"yaml", b"urlencoded"))
+    ):
+        return "text"
+    return "binary"
 
 
 def _header(headers, name: bytes) -> bytes:

@@ -49,7 +49,7 @@ from gateway_project.credentials import new_signing_secret
 from gateway_project.errors import GatewayError, bad_request, not_found
 from gateway_project.hotstate import BudgetCheck, get_hot_state
 from keys.access import KeySnapshot, authorize, ensure_usable, rate_checks, snapshot_for
-from routing import job_webhooks, protocols
+from routing import guarding, job_webhooks, protocols
 from routing.admission import Ticket, admit, input_estimate, settle, within_deadline
 from routing.admission import _refusal as rate_refusal
 from routing.exchange import Exchange
@@ -334,9 +334,12 @@ async def run(job_id: str) -> bool:
         if isinstance(current, GatewayError):
             raise current
         ex.learn(ex.facts.identified(current))
+        await _fresh(guarding.guardrail_table)
+        await guarding.watch_output(ex, current, job.agent)  # its input was checked when it was submitted
         body = job.request["body"]
         call = partial(invoke_route, ex, route, body["input"], state["model"], state["requested"], state["max_tokens"])
         await within_deadline(ex, ticket, call)  # done while its reservation stands
+        guarding.check_kept_output(ex)  # 403 ``guardrail_blocked`` on a block: the job fails with it
         ex.status = 200
     except GatewayError as failure:
         error = failure

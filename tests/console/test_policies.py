@@ -142,6 +142,23 @@ def test_what_ifs_are_asked_for_by_managers_and_read_by_every_role(operator, com
     assert nobody.get(asked["Location"]).status_code == 403
 
 
+def test_what_ifs_asked_in_the_console_count_against_the_users_export_rate(operator, db, monkeypatch):
+    from django.core.cache import cache
+
+    from gateway_project.throttles import ActionRateThrottle
+    from keys.models import PolicyWhatIf
+
+    monkeypatch.setattr(ActionRateThrottle, "THROTTLE_RATES", {**ActionRateThrottle.THROTTLE_RATES, "export": "1/hour"})
+    cache.clear()
+    try:
+        assert operator.post("/console/policies/what-if/", {"window": "hour"}).status_code == 302
+        refused = operator.post("/console/policies/what-if/", {"window": "hour"})
+        assert refused.status_code == 429 and "try again in" in refused.content.decode()
+        assert PolicyWhatIf.objects.count() == 1
+    finally:
+        cache.clear()
+
+
 def test_a_running_what_if_page_refreshes_itself(compliance, db):
     from keys.models import PolicyWhatIf
 

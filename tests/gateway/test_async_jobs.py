@@ -172,6 +172,34 @@ def test_a_failing_agent_fails_the_job_with_the_gateways_error(runner, make_key,
     assert not UsageRecord.objects.filter(api_key_id=key.pk).exists()
 
 
+def test_a_jobs_answer_is_checked_by_the_output_guardrails(runner, make_key, guardrails, live_db):
+    """A job's output is what the synchronous answer would have been: redacted, or the job fails blocked."""
+    email = "ada.lovelace@example.com"
+    raw, key = make_key()
+    client = runner.gateway.client(raw)
+    rail = guardrails(stage="output", detectors=["email"], action="redact", clients=[key.client.slug])
+    until(lambda: "[EMAIL]" in client.post(INVOKE, json={"agent": "research", "input": email}).text, "in force")
+
+    def job(done):  # a worker reads guardrails as often as a gateway does: a first job may still come before them
+        body = finished(client, submit(client, input=f"mail {email}", **{"async": True}).json()["id"])
+        return done(body) and body
+
+    redacted = until(lambda: job(lambda b: b["result"] and "[EMAIL]" in b["result"]["output"]), "worker applies it")
+    assert redacted["status"] == "succeeded" and "[EMAIL]" in redacted["result"]["output"], redacted
+    assert email not in json.dumps(redacted)
+    ran = wait_for(lambda: AuditRecord.objects.filter(request_id=redacted["result"]["request_id"]).first())
+    assert ran.details["guardrails"] == [{"guardrail": rail.name, "stage": "output", "action": "redact",
+                                          "found": {"email": 1}}]  # fmt: skip
+
+    rail.action = "block"
+    rail.save()
+    until(lambda: client.post(INVOKE, json={"agent": "research", "input": email}).status_code == 403, "blocking")
+    blocked = until(lambda: job(lambda b: b["status"] == "failed"), "the worker blocks")
+    assert blocked["status"] == "failed" and blocked["result"] is None
+    assert (blocked["error"]["status"], blocked["error"]["code"]) == (403, "guardrail_blocked")
+    assert email not in json.dumps(blocked)
+
+
 def test_only_the_keys_own_client_sees_its_jobs(runner, make_key):
     mine, theirs = runner.gateway.client(make_key()[0]), runner.gateway.client(make_key()[0])
     job = submit(mine, **{"async": True}).json()

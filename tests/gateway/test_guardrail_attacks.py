@@ -6,10 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-import pytest
 
 from tests.waiting import until
 
@@ -17,69 +14,6 @@ INVOKE = "/v1/agent/invoke"
 CHAT = "/v1/chat/completions"
 EMAIL = "ada.lovelace@example.com"
 AWS = "AKIAIOSFODNN7EXAMPLE"
-
-
-@pytest.fixture
-def agents(live_db, seeded, gateway, wait_for_agent):
-    """``agents(url, kind="agent", **fields)``: a new agent, once the gateway has loaded it."""
-    from routing.models import Agent
-
-    made = []
-
-    def make(url, kind="agent", **fields):
-        fields = {"served_models": [], "default_model": "gpt-4o-mini", "timeout_seconds": 5, "max_retries": 0,
-                  **fields}  # fmt: skip
-        agent = Agent.objects.create(slug=f"g-{uuid.uuid4().hex[:8]}", name="g", kind=kind, upstream_url=url, **fields)
-        made.append(agent)
-        wait_for_agent(agent.slug, gateway)
-        return agent
-
-    yield make
-    for agent in reversed(made):
-        agent.delete()
-
-
-class Canned:
-    """An upstream on loopback answering, per path, what the test set: (status, headers, body)."""
-
-    def __init__(self):
-        self.answers: dict[str, tuple[int, dict, bytes]] = {}
-        self.seen: list[tuple[str, bytes]] = []
-        canned = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _answer(self):
-                length = int(self.headers.get("content-length") or 0)
-                canned.seen.append((self.path, self.rfile.read(length)))
-                status, headers, body = canned.answers.get(self.path.split("?")[0], (404, {}, b"{}"))
-                self.send_response(status)
-                for name, value in {"content-length": str(len(body)), **headers}.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_POST = _answer
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def set(self, path, body, status=200, content_type="application/json", **headers):
-        body = body if isinstance(body, bytes) else json.dumps(body).encode()
-        self.answers[path] = (status, {"content-type": content_type, **headers}, body)
-
-
-@pytest.fixture
-def canned():
-    made = Canned()
-    yield made
-    made.server.shutdown()
-    made.server.server_close()
 
 
 def in_force(gateway, raw, agent="research"):

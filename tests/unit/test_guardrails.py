@@ -94,6 +94,8 @@ def test_hold_from_holds_at_most_its_window(text):
 PIECES = st.sampled_from([
     "ada@example.com", "4111 1111 1111 1111", "DE89 3704 0044 0532 0130 00", "123-45-6789", "AKIAIOSFODNN7EXAMPLE",
     "hello", "world", "the", "4111", "1111", "@", ".", "(555) 123-4567", "AB 12 34 56 C", "x", "-", "AB",
+    "\uff14\uff11\uff11\uff11 \uff11\uff11\uff11\uff11 \uff11\uff11\uff11\uff11 \uff11\uff11\uff11\uff11",
+    "4111\u200b1111\u200b1111\u200b1111", "ada\u200b@exam\u00adple.com", "\u200b", "\uff20", "\u3000",
 ])  # fmt: skip
 SEPARATORS = st.sampled_from([" ", " ", ", ", "\n", ""])
 
