@@ -27,9 +27,10 @@ its first content chunk. ``GET /__mock__/stats`` lists how many requests each na
 a test polls for "the call has reached the upstream" instead of sleeping.
 
 ``/ws`` is a WebSocket echo agent: text frames come back as ``"echo: <text>"``,
-binary frames as they are; ``"bye"`` closes with 1000, ``"close <code>"`` with that
-code, ``"drop"`` breaks the connection without a close frame. ``GET /__mock__/ws``
-lists the latest sessions (query, headers, the client's close code).
+binary frames as they are; ``"say <text>"`` answers ``<text>`` alone; ``"bye"`` closes
+with 1000, ``"close <code>"`` with that code, ``"drop"`` breaks the connection without
+a close frame. ``GET /__mock__/ws`` lists the latest sessions (query, headers, the text
+frames received, the client's close code).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from collections import Counter, deque
 from aiohttp import WSMsgType, web
 
 WORDS_PER_CHUNK = 3
+MAX_LOGGED_FRAMES = 20  # text frames a WebSocket session keeps in its log (a flood test sends thousands)
+MAX_LOGGED_FRAME_CHARS = 1000
 
 
 def count_tokens(text: str) -> int:
@@ -385,14 +388,20 @@ class MockUpstream:
             "query": request.query_string,
             "headers": {k.lower(): v for k, v in request.headers.items()},
             "subprotocol": ws.ws_protocol,
+            "received": [],
             "close_code": None,
         }
         self.ws_sessions.append(session)
         async for message in ws:
             if message.type == WSMsgType.BINARY:
                 await ws.send_bytes(message.data)
-            elif message.type != WSMsgType.TEXT:
                 continue
+            if message.type != WSMsgType.TEXT:
+                continue
+            if len(session["received"]) < MAX_LOGGED_FRAMES:
+                session["received"].append(message.data[:MAX_LOGGED_FRAME_CHARS])
+            if message.data.startswith("say "):
+                await ws.send_str(message.data[len("say ") :])
             elif message.data == "bye":
                 await ws.close(code=1000)
             elif message.data.startswith("close "):

@@ -3,8 +3,9 @@
 The handshake takes the HTTP proxy's steps (authenticate, resolve, authorize,
 admit) and opens the agent's connection before it accepts the client's, so every
 refusal, an unreachable agent's included, is decided while the client still waits
-for the handshake's answer. Frames then flow both ways untouched until either side
-closes, and the whole session is one audit record.
+for the handshake's answer. Frames then flow both ways until either side closes, text
+frames through the guardrails that apply to the key and the agent (``routing.ws_guard``;
+none: untouched), and the whole session is one audit record.
 
 How a refusal reaches the client depends on the server. One that offers the ASGI
 "WebSocket Denial Response" extension (uvicorn) answers the handshake with the
@@ -49,6 +50,7 @@ from routing.endpoints import authenticate
 from routing.exchange import Exchange
 from routing.governance import govern
 from routing.table import AgentRoute, routing_table
+from routing.ws_guard import FrameGuard
 from routing.ws_relay import SESSION_DEADLINE, Traffic, close_client, relay, upstream_close_code
 from routing.ws_sessions import open_sessions
 
@@ -89,7 +91,7 @@ async def serve_session(scope: dict, receive, send) -> None:
     """Admit, connect, relay and settle one session; write exactly one audit record whatever happened."""
     ex = Exchange({**scope, "method": "WS"}, b"", False, send)
     traffic = Traffic()
-    ticket = None
+    ticket = guard = None
     try:
         try:
             route = await _authorize(ex)
@@ -97,6 +99,7 @@ async def serve_session(scope: dict, receive, send) -> None:
             facts = ex.learn(ex.facts.routed(route))
             await govern(ex, facts)  # the policy rules, method WS
             ticket = await admit(ex, facts, spent_budgets=True)
+            guard = await FrameGuard.for_session(ex.key, route.slug, ex.request_id)  # the guardrails read once
             agent = await open_upstream(ex, route, scope)
         except GatewayError as error:
             await refuse(ex, scope, send, error, traffic)
@@ -115,7 +118,7 @@ async def serve_session(scope: dict, receive, send) -> None:
             seconds_left = settings.GATEWAY["MAX_SESSION_SECONDS"] - ex.elapsed_ms() / 1000
             async with open_sessions.watch(ex.key, route, ex.started, ex.origin) as watched:
                 frame_limit = settings.GATEWAY["MAX_BODY_BYTES"]
-                await relay(receive, send, agent, traffic, frame_limit, watched.withdrawn, seconds_left)
+                await relay(receive, send, agent, traffic, frame_limit, watched.withdrawn, seconds_left, guard)
         finally:
             await agent.close(upstream_close_code(traffic.close_code) if traffic.closed_by == "client" else 1001)
     except asyncio.CancelledError:  # the server is shutting down (a client that leaves is a message, not this)
@@ -136,6 +139,8 @@ async def serve_session(scope: dict, receive, send) -> None:
         ex.error_type = ex.error_type or traffic.error
         ex.input_text, ex.output_text = traffic.first_in, traffic.first_out
         ex.details = traffic.details()
+        if guard is not None:
+            guard.audit(ex)
         if traffic.error == SESSION_DEADLINE:
             ex.details["session_deadline_seconds"] = settings.GATEWAY["MAX_SESSION_SECONDS"]
         ex.record()

@@ -1,4 +1,5 @@
-"""Relay a WebSocket session's frames between the client (ASGI) and the agent (``websockets``), and count them."""
+"""Relay a WebSocket session's frames between the client (ASGI) and the agent (``websockets``), and count them; text
+frames pass the session's guardrails (``routing.ws_guard``) when any apply."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import EXTERNAL_CLOSE_CODES
 
+from routing.ws_guard import GUARDRAIL_BLOCKED, FrameBlocked, FrameGuard
+
 PREVIEW_SOURCE_CHARS = 1000  # the audit preview keeps far fewer; the redaction rules see this much
-POLICY_VIOLATION = 1008  # the close code of a session its key no longer lets in, or that lasted too long
+POLICY_VIOLATION = 1008  # the close code of a session its key no longer lets in, that lasted too long, or blocked
 SESSION_DEADLINE = "session_deadline"  # the reason a session that lasted the longest a session may is closed with
 
 
@@ -28,6 +31,7 @@ class Traffic:
     close_code: int | None = None  # as the side that closed sent it (None: refused with an HTTP answer)
     error: str = ""
     handshake_ms: float | None = None
+    notice: str = ""  # a text frame the client is sent before the gateway closes the session (a guardrail's error)
 
     def count_in(self, frame: str | bytes, size: int) -> None:
         self.frames_in += 1
@@ -44,6 +48,12 @@ class Traffic:
     def end(self, closed_by: str, code: int | None, error: str = "") -> None:
         if not self.closed_by:
             self.closed_by, self.close_code, self.error = closed_by, code, error
+
+    def blocked(self, refused: FrameBlocked) -> None:
+        """A guardrail ends the session; its error goes to the client first, unless the session had already ended."""
+        if not self.closed_by:
+            self.notice = refused.notice
+        self.end("gateway", POLICY_VIOLATION, GUARDRAIL_BLOCKED)
 
     def details(self) -> dict:
         """The session's audit facts beyond the record's columns."""
@@ -67,12 +77,14 @@ async def relay(
     max_frame_bytes: int,
     withdrawn: asyncio.Future,
     seconds_left: float,
+    guard: FrameGuard | None = None,
 ) -> None:
     """Relay frames both ways until one side closes, ``withdrawn`` gives the error code that ends the session (its
-    key may no longer be used), or ``seconds_left`` have passed (``session_deadline``), both with close code 1008;
-    then close the client if it was not the one."""
-    inbound = asyncio.ensure_future(_client_to_agent(receive, agent, traffic, max_frame_bytes))
-    outbound = asyncio.ensure_future(_agent_to_client(agent, send, traffic))
+    key may no longer be used), ``seconds_left`` have passed (``session_deadline``) or ``guard`` blocks a frame
+    (``guardrail_blocked``, after an error frame), all three with close code 1008; then close the client if it was
+    not the one."""
+    inbound = asyncio.ensure_future(_client_to_agent(receive, agent, traffic, max_frame_bytes, guard))
+    outbound = asyncio.ensure_future(_agent_to_client(agent, send, traffic, guard))
     try:
         done, _ = await asyncio.wait(
             (inbound, outbound, withdrawn), timeout=max(0.0, seconds_left), return_when=asyncio.FIRST_COMPLETED
@@ -90,10 +102,14 @@ async def relay(
     if traffic.closed_by == "upstream":
         await close_client(send, client_close_code(traffic.close_code))
     elif traffic.closed_by == "gateway":
+        if traffic.notice and not await _sent(send, {"type": "websocket.send", "text": traffic.notice}):
+            return
         await close_client(send, traffic.close_code, traffic.error)
 
 
-async def _client_to_agent(receive, agent: ClientConnection, traffic: Traffic, max_frame_bytes: int) -> None:
+async def _client_to_agent(
+    receive, agent: ClientConnection, traffic: Traffic, max_frame_bytes: int, guard: FrameGuard | None
+) -> None:
     while True:
         message = await receive()
         if message["type"] == "websocket.disconnect":
@@ -110,6 +126,14 @@ async def _client_to_agent(receive, agent: ClientConnection, traffic: Traffic, m
         if size > max_frame_bytes:
             traffic.end("gateway", 1009, "frame_too_large")
             return
+        if guard is not None and isinstance(frame, str):
+            try:
+                checked = await guard.inbound(frame)
+            except FrameBlocked as refused:  # never sent: the agent does not see it
+                traffic.blocked(refused)
+                return
+            if checked is not frame:  # redacted: counted as the agent gets it
+                frame, size = checked, len(checked.encode())
         traffic.count_in(frame, size)
         try:
             await agent.send(frame)
@@ -118,13 +142,19 @@ async def _client_to_agent(receive, agent: ClientConnection, traffic: Traffic, m
             return
 
 
-async def _agent_to_client(agent: ClientConnection, send, traffic: Traffic) -> None:
+async def _agent_to_client(agent: ClientConnection, send, traffic: Traffic, guard: FrameGuard | None) -> None:
     while True:
         try:
             frame = await agent.recv()
         except ConnectionClosed as closed:
             _agent_closed(traffic, closed)
             return
+        if guard is not None and isinstance(frame, str):
+            try:
+                frame = await guard.outbound(frame)
+            except FrameBlocked as refused:
+                traffic.blocked(refused)
+                return
         if isinstance(frame, str):
             traffic.count_out(frame, len(frame.encode()))
             message = {"type": "websocket.send", "text": frame}
@@ -136,6 +166,15 @@ async def _agent_to_client(agent: ClientConnection, send, traffic: Traffic) -> N
         except OSError:  # uvicorn: the client's connection is already gone
             traffic.end("client", 1006)
             return
+
+
+async def _sent(send, message: dict) -> bool:
+    """Whether ``message`` went to the client (under uvicorn, a client that is gone raises OSError)."""
+    try:
+        await send(message)
+    except OSError:
+        return False
+    return True
 
 
 def _agent_closed(traffic: Traffic, closed: ConnectionClosed) -> None:
