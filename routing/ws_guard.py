@@ -3,7 +3,7 @@ output guardrails on what the agent sends.
 
 The guardrails that apply are chosen once, when the session opens (``FrameGuard.for_session``: None when none
 applies, so such a session's frames cost nothing more). Each text frame is checked on its own, as ``guard_input``
-checks a body: every string of a JSON frame but its model, roles, types and ids (redacted in place, so the frame
+checks a body: every string and key of a JSON frame (redacted in place, so the frame
 stays JSON), or the raw text. A block ends the session (``FrameBlocked``); hooks are not asked per frame, and
 binary frames are not read. Decisions add up in one ``details.guardrails`` entry per guardrail, stage and action.
 """

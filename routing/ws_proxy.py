@@ -138,7 +138,7 @@ async def serve_session(scope: dict, receive, send) -> None:
             await settle(ex, ticket)
         ex.error_type = ex.error_type or traffic.error
         ex.input_text, ex.output_text = traffic.first_in, traffic.first_out
-        ex.details = traffic.details()
+        ex.details.update(traffic.details())  # beside what the stages wrote (the policy's, its context)
         if guard is not None:
             guard.audit(ex)
         if traffic.error == SESSION_DEADLINE:

@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from keys.guardrails import detector_for
-from routing.guarding import SKIPPED_KEYS, Rule
+from routing.guarding import Rule
 from routing.ws_guard import FrameBlocked, FrameGuard
 from tests.waiting import until, wait_for
 
@@ -194,14 +194,14 @@ def test_a_json_frame_stays_json_with_only_its_text_redacted(server, guardrails,
     raw, key = make_key()
     guardrails(detectors=["email", "card"], action="redact", clients=[key.client.slug])
     message = {"role": "user", "content": f"card {CARD}, mail {EMAIL} ✓"}
-    frame = {"type": "chat", "model": "m", "id": EMAIL, "messages": [message], "n": 1.5, "ok": True}  # ids not read
+    frame = {"type": "chat", "model": "m", "id": EMAIL, "messages": [message], "n": 1.5, "ok": True}  # ids read too
 
     def sent() -> dict | None:
         echoed = reply(server, raw, json.dumps(frame))
         return json.loads(echoed.removeprefix("echo: ")) if "[EMAIL]" in echoed else None
 
     got = until(sent, "the guardrail in force")
-    assert got == {**frame, "messages": [{"role": "user", "content": "card [CARD], mail [EMAIL] ✓"}]}
+    assert got == {**frame, "id": "[EMAIL]", "messages": [{"role": "user", "content": "card [CARD], mail [EMAIL] ✓"}]}
 
 
 def test_a_session_no_guardrail_applies_to_is_left_alone(server, guardrails, make_key, audit_for):
@@ -240,9 +240,9 @@ values = st.recursive(
 
 
 def planted(node, key: str = "") -> list[str]:
-    """The words a guard must find in ``node``: those of every string not under a skipped key."""
+    """The words a guard must find in ``node``: those of every string (identifiers too)."""
     if isinstance(node, str):
-        return [] if key in SKIPPED_KEYS else [w for w in node.split(" ") if w in FINDS]
+        return [w for w in node.split(" ") if w in FINDS]
     if isinstance(node, dict):
         return [w for k, v in node.items() for w in planted(v, k)]
     if isinstance(node, list):
@@ -252,8 +252,7 @@ def planted(node, key: str = "") -> list[str]:
 
 def without_findings(node, key: str = ""):
     if isinstance(node, str):
-        return node if key in SKIPPED_KEYS else " ".join("[EMAIL]" if FINDS.get(w) == "email" else w
-                                                         for w in node.split(" "))  # fmt: skip
+        return " ".join("[EMAIL]" if FINDS.get(w) == "email" else w for w in node.split(" "))
     if isinstance(node, dict):
         return {k: without_findings(v, k) for k, v in node.items()}
     if isinstance(node, list):
@@ -263,7 +262,7 @@ def without_findings(node, key: str = ""):
 
 @given(st.lists(st.lists(values, min_size=1, max_size=3) | texts, min_size=1, max_size=6))
 def test_frames_are_redacted_in_their_json_and_the_decisions_add_up(frames):
-    """Any frames, JSON or text: each passes as JSON with exactly its e-mail addresses replaced (ids and types kept),
+    """Any frames, JSON or text: each passes as JSON with exactly its e-mail addresses replaced (ids and types too),
     untouched when nothing is found, and the session's entries sum what each frame found, one per guardrail."""
     guard = FrameGuard([rule("mail", "redact", ("email",)), rule("keys", "flag", ("secret",))], [])
     emails = secrets = frames_mailed = frames_keyed = 0

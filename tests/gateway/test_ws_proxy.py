@@ -118,7 +118,9 @@ def test_a_session_relays_text_and_binary_frames_both_ways(server, make_key, aud
         "close_code": 1000,
         "closed_by": "client",
         "handshake_ms": record.details["handshake_ms"],
-    }
+        "context": {"agent": "research", "minute": record.details["context"]["minute"], "model": "gpt-4o-mini",
+                    "tokens": 1},  # the policy stage's, kept for what-if replays
+    }  # fmt: skip
     assert 0 < record.details["handshake_ms"] < record.latency_ms
     assert (record.input_preview, record.output_preview) == ("hello agent", "echo: hello agent")
     assert (record.user_agent, record.cost_usd, record.error_type) == ("ws-test/1", 0, "")
@@ -293,6 +295,7 @@ def test_the_client_closing_closes_the_agent_with_the_same_code(server, make_key
     assert wait_for(lambda: mock_sessions(seeded, marker)[0]["close_code"]) == 4100
     record = audit_for(key)[0]
     assert (record.details["closed_by"], record.details["close_code"]) == ("client", 4100)
+    assert record.details["context"]["minute"] > 0, "the policy stage's context (what-if replays it) was kept"
 
 
 @pytest.mark.parametrize(("command", "code"), [("bye", 1000), ("close 4321", 4321)])
@@ -303,7 +306,8 @@ def test_the_agent_closing_closes_the_client_with_the_same_code(server, make_key
         assert closing_code(ws) == code
     record = audit_for(key)[0]
     assert (record.status, record.error_type) == (101, "")
-    assert record.details | {"handshake_ms": 0} == {
+    assert record.details | {"handshake_ms": 0, "context": {}} == {
+        "context": {},
         "protocol": "websocket",
         "frames_in": 1,
         "frames_out": 0,
