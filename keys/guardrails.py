@@ -14,12 +14,15 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
-from collections.abc import Callable, Iterable
+from array import array
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 import re2
 
-MAX_SCAN_CHARS = 1_000_000  # text past this is not scanned (the gateway's bodies are smaller)
+MAX_SCAN_CHARS = 1_000_000  # the injection score reads no further (detectors read all of a text, in parts)
+SCAN_PART_CHARS = 1_000_000  # a longer text is scanned in parts of this many characters ...
+PART_OVERLAP = 8_192  # ... each running on this far into the next, past the longest match
 MAX_RETRIES = 1_000  # refused candidates searched again one character on, per text (each costs a few searches)
 
 
@@ -165,6 +168,7 @@ NATIONAL_IDS: dict[str, Pattern] = {
 }
 DETECTORS = (*PATTERNS, "national_id", "injection")  # injection is scored, not matched: see injection_score
 NATIONAL_ID_CHOICES = tuple(NATIONAL_IDS)
+MAX_MATCH = 2048  # longer than any detector's match but a JWT's (whose length has no bound; most are far shorter)
 MAX_HOLD = 4096  # characters of a streamed answer held back at most (a longer match in progress is not waited for)
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.max_mem = 64 << 20  # every pattern at once: the default 8 MB is too little for their DFA
@@ -196,7 +200,18 @@ class Detector:
         """The matches in ``text`` that are whole tokens and pass their code check, in order (linear in the text)."""
         if self._pattern is None or not text:
             return []
-        text, where = folded(text[:MAX_SCAN_CHARS])
+        if len(text) <= SCAN_PART_CHARS:
+            return self._scan_part(text)
+        found: list[Finding] = []  # a long text: in parts overlapping by more than any match is long
+        for at in range(0, len(text), SCAN_PART_CHARS):
+            last = at + SCAN_PART_CHARS >= len(text)
+            for finding in self._scan_part(text[at : at + SCAN_PART_CHARS + PART_OVERLAP]):
+                if (finding.start < SCAN_PART_CHARS or last) and (not found or at + finding.start >= found[-1].end):
+                    found.append(finding._replace(start=at + finding.start, end=at + finding.end))
+        return found
+
+    def _scan_part(self, text: str) -> list[Finding]:
+        text, where = folded(text)
         found = self._scan(text)
         if where is None:
             return found
@@ -254,18 +269,25 @@ class Detector:
 _INVISIBLE = re.compile("[\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
 
 
-def folded(text: str) -> tuple[str, list[int] | None]:
+def folded(text: str) -> tuple[str, Sequence[int] | None]:
     """``text`` as the detectors read it: compatibility forms folded (NFKC: full-width digits and letters, ligatures,
     mathematical letters) and invisible format characters dropped; with, when it differs, each of its characters'
     position in ``text`` (and a last entry past the end), so a finding maps back onto the text as written."""
     if text.isascii() or (unicodedata.is_normalized("NFKC", text) and not _INVISIBLE.search(text)):
         return text, None
     out: list[str] = []
-    where: list[int] = []
+    where = array("l")
     for at, char in enumerate(text):
+        if char.isascii():
+            out.append(char)
+            where.append(at)
+            continue
         if _INVISIBLE.match(char):
             continue
-        for piece in unicodedata.normalize("NFKC", char):
+        pieces = unicodedata.normalize("NFKC", char)
+        if len(pieces) > 3:  # a long ligature (U+FDFA is 18 letters): no detector reads it, and it swells the text
+            pieces = char
+        for piece in pieces:
             out.append(piece)
             where.append(at)
     where.append(len(text))
@@ -337,7 +359,7 @@ def _token_like(char: str) -> bool:
 
 
 def _grouped(char: str) -> bool:
-    return char.isdigit() or char.isupper() or char in "+-()"
+    return char.isdigit() or char.isupper() or char in "+-()" or (not char.isascii() and _token_like(char))
 
 
 @functools.lru_cache(maxsize=256)
@@ -399,6 +421,8 @@ def injection_score(text: str) -> tuple[int, list[str]]:
     if not text:
         return 0, []
     text = folded(text[:MAX_SCAN_CHARS])[0]
+    if not text.isascii():  # a lone surrogate (JSON may carry one) cannot go to RE2: it is no character
+        text = text.encode("utf-8", "replace").decode("utf-8")
     present = {match.group().lower() for match in _ANCHOR_PATTERN.finditer(text)}  # one pass for every cue's words
     hits = [
         (weight, name) for weight, name, pattern in _CUES

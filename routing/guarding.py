@@ -24,7 +24,16 @@ from gateway_project import outbound
 from gateway_project.errors import GatewayError
 from gateway_project.snapshots import RefreshingTable
 from keys.access import KeySnapshot
-from keys.guardrails import MAX_HOLD, Detector, Finding, detector_for, hold_from, injection_score, redact
+from keys.guardrails import (
+    MAX_HOLD,
+    MAX_MATCH,
+    Detector,
+    Finding,
+    detector_for,
+    hold_from,
+    injection_score,
+    redact,
+)
 
 log = logging.getLogger("gateway.guardrails")
 
@@ -34,6 +43,7 @@ ANSWER_TEXT_KEYS = frozenset({"content", "text", "output", "arguments", "thinkin
 MAX_HOOK_TEXT = 100_000  # characters of text a hook is sent
 OFF_LOOP_CHARS = 32_768  # a request with more text than this is scanned in a thread (other requests go on meanwhile)
 MAX_HOOK_ANSWER = 64 * 1024
+SCAN_CONTEXT = 64  # characters of a stream's sent text read before what goes next (a match's start edge)
 
 
 class Rule(NamedTuple):
@@ -159,13 +169,55 @@ def _rewritten(node, change, reading: Reading, key: str = "", inside: bool = Fal
             name = str(name)
             below = inside or name in reading.trees
             new_name = change(name) if inside or reading.object_keys else name
-            while new_name != name and new_name in out:
+            while new_name != name and (new_name in out or new_name in node):  # never over another member
                 new_name += "'"
             out[new_name] = _rewritten(value, change, reading, name, below)
         return out
     if isinstance(node, list):
         return [_rewritten(item, change, reading, key, inside) for item in node]
     return node
+
+
+MAX_DEPTH = 100  # levels of JSON nesting guardrails read; a deeper value is refused, not let through unread
+
+
+class TooDeep(ValueError):
+    """A JSON value nested deeper than ``MAX_DEPTH``."""
+
+
+def read_json(data: bytes | str):
+    """JSON as guardrails read it, or None when it is none: invalid UTF-8 replaced (a lenient reader downstream
+    reads it so, escapes and all), a key sent twice kept twice (renamed; a reader may take either value). Raises
+    ``TooDeep``."""
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    try:
+        node = json.loads(text, object_pairs_hook=_members)
+    except RecursionError:
+        raise TooDeep from None
+    except ValueError:
+        return None
+    check_depth(node)
+    return node
+
+
+def _members(pairs: list) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        while key in out:
+            key += "'"
+        out[key] = value
+    return out
+
+
+def check_depth(node) -> None:
+    """Raise ``TooDeep`` for a value nested deeper than ``MAX_DEPTH`` (walked without recursion)."""
+    stack = [(node, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > MAX_DEPTH:
+                raise TooDeep
+            stack.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
 
 
 def _named(name: str, reading: Reading) -> bool:
@@ -188,11 +240,11 @@ def logprob_tokens(node) -> list[str]:
         value = stack.pop()
         if isinstance(value, dict):
             for key, item in value.items():
-                if key == "logprobs" and isinstance(item, dict):
-                    for entries in item.values():
-                        if isinstance(entries, list):
-                            tokens = [e.get("token") for e in entries if isinstance(e, dict)]
-                            spelt.append("".join(t for t in tokens if isinstance(t, str)))
+                if key == "logprobs" and isinstance(item, dict | list):
+                    lists = [v for v in item.values() if isinstance(v, list)] if isinstance(item, dict) else [item]
+                    for entries in lists:
+                        tokens = [e.get("token") for e in entries if isinstance(e, dict)]
+                        spelt.append("".join(t for t in tokens if isinstance(t, str)))
                 else:
                     stack.append(item)
         elif isinstance(value, list):
@@ -243,11 +295,15 @@ async def guard_input(ex, key: KeySnapshot | None, agent: str, payload=None):
     if not inputs:
         return payload if payload is not None else ex.body
     raw_json = None
-    if payload is None and "json" in ex.header(b"content-type").lower():
-        try:  # a JSON body is read as JSON: its escapes ("\\u0040") undone, its keys read too
-            raw_json = payload = json.loads(ex.body)
-        except (ValueError, RecursionError):
-            payload = None
+    try:
+        if payload is None and "json" in ex.header(b"content-type").lower():
+            raw_json = payload = read_json(ex.body)  # its escapes ("\\u0040") undone, its keys read too
+        elif payload is not None:
+            check_depth(payload)
+    except TooDeep:
+        raise GatewayError(400, "invalid_request_error", "invalid_request",
+                           f"The body is nested deeper than {MAX_DEPTH} levels, which the gateway's guardrails do "
+                           "not read.") from None  # fmt: skip
     body_text = None
     if payload is None:
         try:
@@ -347,7 +403,9 @@ class OutputGuard:
         self.ex = ex
         self.rules = rules
         self.mode = ""  # "sse", "text" or "" (not watched) once the answer starts
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._carry = b""  # a CR that may be half of a CRLF
+        self._at_start = True  # no byte of the stream read yet (it may begin with a byte-order mark)
         self._held: list[_Event] = []
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._text_held = ""
@@ -364,9 +422,11 @@ class OutputGuard:
             return body
         if kind == "json":
             try:
-                node = json.loads(body)
-            except (ValueError, RecursionError):
-                node = None  # not JSON after all (or JSON lines): read as text below
+                node = read_json(body)  # None: not JSON after all (or JSON lines): read as text below
+            except TooDeep:
+                raise GatewayError(502, "upstream_error", "upstream_unreadable",
+                                   f"The answer is nested deeper than {MAX_DEPTH} levels, which the gateway's output "
+                                   "guardrails do not read; it was withheld.") from None  # fmt: skip
             if node is not None:
                 spelt = logprob_tokens(node)
                 changed = self._judge(_strings(node, reading), node, reading, spelt)
@@ -442,8 +502,8 @@ class OutputGuard:
 
     def _feed_text(self, data: bytes, final: bool) -> bytes:
         self._text_held += self._decoder.decode(data, final)
-        cut = len(self._text_held) if final else hold_from(self._text_held)
-        cut = self._safe_cut(self._text_held, cut)
+        cut = len(self._text_held) if final else _release_point(self._text_held)
+        cut = self._safe_cut(self._text_held, cut) if cut and not final else cut
         ready, self._text_held = self._text_held[:cut], self._text_held[cut:]
         if not ready:
             return b""
@@ -458,28 +518,21 @@ class OutputGuard:
         return event.strings[0].encode()
 
     def _safe_cut(self, text: str, cut: int) -> int:
-        """``cut`` moved back before any match that it would split."""
+        """``cut`` moved back before any match that it would split (read around the cut only: no match is longer
+        than ``MAX_MATCH``)."""
+        low = max(0, cut - MAX_MATCH)
+        around = text[low : cut + MAX_MATCH]
         for rule in self.rules:
-            for finding in rule.detector.scan(text) if rule.detector else ():
-                if finding.start < cut < finding.end:
-                    cut = finding.start
+            for finding in rule.detector.scan(around) if rule.detector else ():
+                if finding.start < cut - low < finding.end:
+                    cut = low + finding.start
         return cut
 
     def _feed_events(self, data: bytes, final: bool) -> bytes:
-        self._buffer += data
-        events = []
-        while True:
-            at = _event_end(self._buffer)
-            if at < 0:
-                break
-            events.append(_Event.parse(self._buffer[:at]))
-            self._buffer = self._buffer[at:]
-        if final and self._buffer:
-            events.append(_Event.parse(self._buffer))
-            self._buffer = b""
+        events = [_Event.parse(raw) for raw in self._split_events(data, final)]
         self._held.extend(events)
         text = "".join(event.text for event in self._held)
-        cut = len(text) if final else hold_from(text)
+        cut = len(text) if final else _release_point(text)
         while True:  # whole events only, and never part of a match: the cut moves back until both hold
             ready, used = [], 0
             for event in self._held:
@@ -487,7 +540,7 @@ class OutputGuard:
                     break
                 ready.append(event)
                 used += len(event.text)
-            safe = used if final else self._safe_cut(text, used)
+            safe = used if final or not used else self._safe_cut(text, used)
             if safe == used:
                 break
             cut = safe
@@ -502,23 +555,65 @@ class OutputGuard:
             raise StreamBlocked(error, _error_event(error, self.ex)) from None
         return b"".join(event.encoded() for event in ready)
 
+    def _split_events(self, data: bytes, final: bool) -> list[bytes]:
+        """The complete events so far, line ends made LF (CRLF and CR are as good, and ``\\n\\r\\n`` ends an
+        event too), the stream's leading byte-order mark dropped (a browser drops it); the rest kept for later.
+        Each byte is searched once (an event arriving in many pieces costs no more than one)."""
+        data = self._carry + data
+        self._carry = b""
+        if not final and data.endswith(b"\r"):  # the first half of a CRLF, perhaps
+            data, self._carry = data[:-1], b"\r"
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if self._at_start:
+            data = bytes(self._buffer) + data
+            self._buffer.clear()
+            if len(data) < 3 and b"\xef\xbb\xbf".startswith(data) and not final:
+                self._buffer += data  # too little yet to tell
+                return []
+            data = data.removeprefix(b"\xef\xbb\xbf")
+            self._at_start = False
+        searched = max(0, len(self._buffer) - 1)
+        self._buffer += data  # a bytearray: appending does not copy what it holds
+        events, taken = [], 0
+        while (at := self._buffer.find(b"\n\n", max(searched, taken))) >= 0:
+            events.append(bytes(self._buffer[taken : at + 2]))
+            taken = at + 2
+        del self._buffer[:taken]
+        if final and self._buffer:
+            events.append(bytes(self._buffer))
+            self._buffer.clear()
+        return events
+
     def _judge_events(self, events: list[_Event], after: str) -> None:
         """Run the rules on the events going out now, with the text held back after them (``after``) and the end of
         what was sent before them as context, so a match is judged as in the whole answer; redact the events."""
         segments = [(event, i) for event in events for i in range(len(event.strings))]
         before = self._sent_tail
+        context, after = before[-SCAN_CONTEXT:], after[:MAX_MATCH]  # what a match's edges and reach may need
         original = "".join(event.strings[i] for event, i in segments)
         for rule in self.rules:
             text = "".join(event.strings[i] for event, i in segments)
-            scanned = before + text + after
+            scanned = context + text + after
             findings = [
-                Finding(f.detector, f.kind, f.start - len(before), f.end - len(before))
+                Finding(f.detector, f.kind, f.start - len(context), f.end - len(context))
                 for f in (rule.detector.scan(scanned) if rule.detector else ())
-                if f.start >= len(before) and f.end <= len(before) + len(text)
+                if f.start >= len(context) and f.end <= len(context) + len(text)
             ]  # fmt: skip
             if self._outcome(rule, text, findings, before) == "redact":
                 _redact_segments(segments, findings)
         self._sent_tail = (self._sent_tail + original)[-MAX_HOLD:]  # as written: placeholders are no context
+
+
+def _release_point(text: str) -> int:
+    """How much of a streamed ``text`` may go now: all but what may still be the start of a match; when that is the
+    whole window (a run of digit groups, one long token), all but its last ``MAX_MATCH`` characters at once, so a
+    stream of such text is read in a few large pieces rather than a few characters an event (each read costs as
+    much as the window)."""
+    cut = hold_from(text)
+    floor = len(text) - MAX_HOLD
+    if floor > 0 and cut <= floor:
+        return len(text) - MAX_MATCH  # what is kept covers any match in progress
+    return cut
 
 
 class StreamBlocked(Exception):
@@ -573,11 +668,13 @@ class _Event:
         data = b"\n".join(line[5:].removeprefix(b" ") for line in lines if line.startswith(b"data:"))
         if not any(line.startswith(b"data:") for line in lines):
             return cls(raw, lines, None)
-        if data[:1] in (b"{", b"["):
+        if data.lstrip()[:1] in (b"{", b"["):
             try:
-                return cls(raw, lines, json.loads(data))
-            except (ValueError, RecursionError):
-                pass
+                node = read_json(data)
+            except TooDeep:
+                node = None  # read as the text it is
+            if node is not None:
+                return cls(raw, lines, node)
         text = data.decode("utf-8", "replace")
         return cls(raw, lines, None, None if text == "[DONE]" else text)  # plain text data is read as it is
 
@@ -602,12 +699,6 @@ class _Event:
             node = without_logprobs(_rewritten(self.node, lambda _: next(values), ANSWER))
             data = [b"data: " + json.dumps(node).encode()]
         return b"\n".join([*kept, *data]) + b"\n\n"
-
-
-def _event_end(buffer: bytes) -> int:
-    """Where the first complete event in ``buffer`` ends (after its blank line), or -1."""
-    ends = [at + len(mark) for mark in (b"\n\n", b"\r\n\r\n", b"\r\r") if (at := buffer.find(mark)) >= 0]
-    return min(ends) if ends else -1
 
 
 def _error_event(error: GatewayError, ex) -> bytes:

@@ -21,6 +21,7 @@ from routing.guarding import (
     REQUEST,
     REQUEST_PROSE,
     Rule,
+    TooDeep,
     _counts,
     _described,
     _findings,
@@ -29,6 +30,7 @@ from routing.guarding import (
     _strings,
     blocked,
     guardrail_table,
+    read_json,
 )
 
 GUARDRAIL_BLOCKED = "guardrail_blocked"  # the close reason and the audit error type of a session a guardrail ended
@@ -158,6 +160,6 @@ def _json(text: str):
     if text[:64].lstrip()[:1] not in ("{", "["):  # (leading blanks past 64: judged as text)
         return None
     try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
+        return read_json(text)
+    except TooDeep:
         return None

@@ -46,7 +46,7 @@ def test_folding_maps_every_character_back_onto_the_text(text):
         assert out == text
         return
     assert len(where) == len(out) + 1 and where[-1] == len(text)
-    assert where == sorted(where) and all(0 <= at < len(text) for at in where[:-1])
+    assert list(where) == sorted(where) and all(0 <= at < len(text) for at in where[:-1])
 
 
 def test_an_email_in_full_width_letters_or_with_a_soft_hyphen_is_found():
@@ -165,3 +165,146 @@ def test_media_kinds(content_type, kind):
 def test_a_binary_answer_is_passed_as_it_is():
     body = b"\x89PNG\r\n" + EMAIL.encode() + b"\xff\xfe"
     assert guard("block").whole(body, [(b"content-type", b"image/png")], ANY) is body
+
+
+# --- after an attack on the reading -----------------------------------------------------------------------------
+
+
+class InputExchange(FakeExchange):
+    def __init__(self, body: bytes):
+        super().__init__()
+        self.body, self.input_text, self.output_guard = body, "", None
+
+    def header(self, name, default=""):
+        return "application/json" if name == b"content-type" else default
+
+
+def input_rule(action="block", injection=False):
+    from keys.guardrails import detector_for
+    from routing.guarding import Rule
+
+    return Rule("in", frozenset({"input"}), detector_for(("email", "card", "secret"), ()), injection, 50, action,
+                frozenset(), frozenset(), frozenset(), "", 1.0, False)  # fmt: skip
+
+
+def run_input(body: bytes, rules, payload=None):
+    import asyncio
+
+    from routing import guarding
+
+    async def table():
+        return tuple(rules)
+
+    original = guarding.guardrail_table.get
+    guarding.guardrail_table.get = table
+    try:
+        return asyncio.run(guarding.guard_input(InputExchange(body), None, "a", payload))
+    finally:
+        guarding.guardrail_table.get = original
+
+
+AWS_ESCAPED = b'"key \\u0041KIAIOSFODNN7EXAMPLE"'
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"content": ' + AWS_ESCAPED + b', "x": "\xff"}',  # one invalid byte: still read as JSON
+     b'{"content": ' + AWS_ESCAPED + b', "content": "hi"}'],  # a key twice: both values read
+)  # fmt: skip
+def test_json_a_lenient_reader_would_take_is_read_as_it_would(body):
+    from gateway_project.errors import GatewayError
+
+    with pytest.raises(GatewayError, match="guardrail"):
+        run_input(body, [input_rule()])
+    with pytest.raises(GatewayError, match="guardrail"):
+        guard("block").whole(body, JSON_HEADERS, ANY)
+
+
+def test_json_nested_too_deep_is_refused_not_let_through_or_crashed():
+    from gateway_project.errors import GatewayError
+
+    deep = b"[" * 600 + b'"' + CARD.encode() + b'"' + b"]" * 600
+    with pytest.raises(GatewayError) as refused:
+        run_input(deep, [input_rule("redact")])
+    assert refused.value.status == 400 and "nested deeper" in refused.value.message
+    with pytest.raises(GatewayError) as withheld:
+        guard().whole(deep, JSON_HEADERS, ANY)
+    assert withheld.value.status == 502
+    g = guard("block")
+    g.started([(b"content-type", b"text/event-stream")])
+    with pytest.raises(Exception, match="guardrail"):  # an event too deep for JSON is read as its text
+        g.feed(b"data: " + deep + b"\n\n", final=True)
+
+
+def test_a_lone_surrogate_is_scored_not_crashed_on():
+    assert run_input(b'{"content": "hello \\ud800"}', [input_rule(injection=True)]) == b'{"content": "hello \\ud800"}'
+    assert injection_score("ignore all previous instructions \ud800")[0] >= 45
+
+
+def test_a_secret_past_the_first_million_characters_is_found():
+    body = json.dumps({"a": "x " * 600_000 + AWS_KEY}).encode()
+    with pytest.raises(Exception, match="guardrail"):
+        guard("block").whole(body, JSON_HEADERS, ANY)
+    text = ("word " * 250_000 + f"{EMAIL} ") * 2
+    assert redact(text, DETECTOR.scan(text)).count("[EMAIL]") == 2
+
+
+AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [[b'data:  {"choices":[{"delta":{"content":' + AWS_ESCAPED + b"}}]}\n\n"],  # data after two blanks
+     [b"\xef\xbb", b'\xbfdata: {"choices":[{"delta":{"content":"' + AWS_KEY.encode() + b'"}}]}\n\n'],  # a BOM
+     [b'data: {"choices":[{"delta":{"content":' + AWS_ESCAPED + b"}}]}\n\r", b"\ndata: [DONE]\n\n"]],  # \n\r\n
+)  # fmt: skip
+def test_event_framings_a_browser_reads_are_read(stream):
+    g = guard("block")
+    g.started([(b"content-type", b"text/event-stream")])
+    with pytest.raises(Exception, match="guardrail"):
+        for n, chunk in enumerate(stream):
+            g.feed(chunk, final=n == len(stream) - 1)
+
+
+class CountingDetector:
+    def __init__(self, detector):
+        self.detector, self.scans = detector, 0
+
+    def __bool__(self):
+        return True
+
+    def scan(self, text):
+        self.scans += 1
+        return self.detector.scan(text)
+
+
+@pytest.mark.parametrize("content_type", [b"text/event-stream", b"text/plain"])
+def test_a_long_run_of_digit_groups_is_read_in_a_few_large_pieces(content_type):
+    """Each read of a held window costs as much as the window: a stream of "1 " events must not read it again for
+    every event (3,000 events, a few dozen reads)."""
+    counting = CountingDetector(rule().detector)
+    g = OutputGuard(FakeExchange(), [rule()._replace(detector=counting)])
+    g.started([(b"content-type", content_type)])
+    event = b'data: {"choices": [{"delta": {"content": "1 "}}]}\n\n' if b"event" in content_type else b"1 "
+    sent = b"".join(g.feed(event, final=False) for _ in range(3000)) + g.feed(b"", final=True)
+    assert sent.count(b"1 ") == 3000 and counting.scans < 60, counting.scans
+
+
+def test_an_invisible_character_before_a_group_space_holds_the_number_back():
+    g = guard()
+    g.started([(b"content-type", b"text/plain")])
+    out = g.feed("card 4111 1111 1111\u200b ".encode(), final=False) + g.feed(b"1111 ok", final=True)
+    assert out.decode() == "card [CARD] ok"
+
+
+def test_a_key_redacted_onto_another_members_name_keeps_both():
+    out = _rewritten({EMAIL: "first", "[EMAIL]": "second"}, lambda t: redact(t, DETECTOR.scan(t)), REQUEST)
+    assert sorted(out.values()) == ["first", "second"]
+
+
+def test_logprobs_in_the_responses_api_shape_are_read_and_dropped():
+    answer = {"output": [{"type": "message", "content": [
+        {"type": "output_text", "text": "key AKIAIOSFODNN7EXAMPLE",
+         "logprobs": [{"token": "AKIA", "logprob": -1}, {"token": "IOSFODNN7EXAMPLE", "logprob": -1}]}]}]}  # fmt: skip
+    out = json.loads(guard().whole(json.dumps(answer).encode(), JSON_HEADERS))
+    assert out["output"][0]["content"][0] == {"type": "output_text", "text": "key [SECRET]", "logprobs": None}
