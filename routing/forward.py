@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from functools import partial
 
 import httpx
 from django.conf import settings
@@ -16,7 +17,7 @@ from django.conf import settings
 from gateway_project.errors import GatewayError
 from routing import protocols, upstream
 from routing.exchange import JSON, Exchange
-from routing.guarding import ANY, media_kind
+from routing.guarding import ANY, OFF_LOOP_CHARS, media_kind
 from routing.pricing import dearer_than_reserved, report_dearer_answer
 from routing.protocols import usage_from_headers, usage_from_json
 from routing.sse import EventTooLarge
@@ -301,7 +302,8 @@ async def _pass_through_checked(ex, route, response, answer, status: int, header
         answer.capture += body[:USAGE_CAPTURE_LIMIT]
         answer.tail += body[-USAGE_TAIL_BYTES:]
     answer.relayed = True  # read: its usage counts even when the guardrail withholds it
-    body = ex.output_guard.whole(body, headers, ANY)  # 403 ``guardrail_blocked`` on a block
+    check = partial(ex.output_guard.whole, body, headers, ANY)  # 403 ``guardrail_blocked`` on a block
+    body = await asyncio.to_thread(check) if len(body) > OFF_LOOP_CHARS else check()  # a large one beside the loop
     kept = [(name, value) for name, value in headers if name != b"content-length"]
     await ex.start(status, [*kept, (b"content-length", str(len(body)).encode())], checked=True)
     await ex.send(body, more=False)

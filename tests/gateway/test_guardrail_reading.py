@@ -45,7 +45,7 @@ def test_a_blocked_pass_through_answer_is_a_403_not_an_answer_cut_short(
     gateway, guardrails, make_key, agents, canned, audit_of
 ):
     agent, client = setup(gateway, guardrails, make_key, agents, canned, action="block")
-    canned.set("/ok", {"result": "x" * 5000 + f" {EMAIL}"})
+    canned.set("/ok", {"result": "x " * 20_000 + f" {EMAIL}"})  # past 32 K: checked beside the event loop
     canned.set("/page", f"<p>{EMAIL}</p>".encode(), content_type="text/html")
     answer, page = client.get(f"/agents/{agent.slug}/ok"), client.get(f"/agents/{agent.slug}/page")
     for refused in (answer, page):
