@@ -277,6 +277,8 @@ class Exchange:
     async def fail(self, error: GatewayError) -> None:
         """Send ``error`` as the response, or, if the answer had already begun, end it."""
         self.error_type = error.code
+        if self.output_guard is not None and error.code == "upstream_rejected":
+            error = self.output_guard.quoted(error)  # the upstream's own words, checked as its answer would be
         if self.response_started:
             if not self.response_finished:
                 await self.send(b"", more=False)

@@ -437,6 +437,17 @@ class OutputGuard:
         judged = self._judge([text], None, reading)
         return judged.encode() if judged is not text else body
 
+    def quoted(self, error: GatewayError) -> GatewayError:
+        """``error``, an upstream's refusal quoting what it said, with the quote checked as its answer would be:
+        redacted, or, where a guardrail blocks, replaced by the guardrail's own note (the status stays)."""
+        try:
+            message = self._judge([error.message], None, ANY)
+        except GatewayError as withheld:
+            message = withheld.message
+        if message is error.message:
+            return error
+        return GatewayError(error.status, error.type, error.code, message, error.headers)
+
     def _judge(self, texts: list[str], node, reading: Reading, spelt: list[str] = ()):
         """Run the rules on ``texts`` (the answer's strings) and ``spelt`` (what its logprobs tokens spell): raise
         on a block, note flags, redact ``node`` (or the one text) where a rule redacts."""

@@ -82,3 +82,14 @@ def test_a_pass_through_json_request_is_read_as_json(gateway, guardrails, make_k
     assert answer.status_code == 200, answer.text
     sent = json.loads(next(seen for path, seen in reversed(canned.seen) if path == "/in"))
     assert sent == {"note": "from [EMAIL]", "id": "[CARD]", "[EMAIL]": 1}
+
+
+def test_an_upstreams_refusal_quoted_in_the_gateways_error_is_checked(
+    gateway, guardrails, make_key, agents, canned, audit_of
+):
+    agent, client = setup(gateway, guardrails, make_key, agents, canned)
+    canned.set("/invoke", {"error": {"message": f"unknown account {EMAIL}"}}, status=422)
+    refused = client.post(INVOKE, json={"agent": agent.slug, "input": "hello"})
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "upstream_rejected"
+    assert EMAIL not in refused.text and "unknown account [EMAIL]" in refused.json()["error"]["message"]
+    assert EMAIL not in (audit_of(refused).output_preview or "")

@@ -308,3 +308,16 @@ def test_logprobs_in_the_responses_api_shape_are_read_and_dropped():
          "logprobs": [{"token": "AKIA", "logprob": -1}, {"token": "IOSFODNN7EXAMPLE", "logprob": -1}]}]}]}  # fmt: skip
     out = json.loads(guard().whole(json.dumps(answer).encode(), JSON_HEADERS))
     assert out["output"][0]["content"][0] == {"type": "output_text", "text": "key [SECRET]", "logprobs": None}
+
+
+def test_an_upstreams_quoted_refusal_is_redacted_or_replaced_by_the_guardrails_note():
+    from routing.upstream import UpstreamError
+
+    refusal = UpstreamError(422, "upstream_error", "upstream_rejected", f"The agent 'a' refused: no {EMAIL}",
+                            kind="status", upstream_status=422)  # fmt: skip
+    redacted = guard().quoted(refusal)
+    assert (redacted.status, redacted.code, redacted.message) == (
+        422, "upstream_rejected", "The agent 'a' refused: no [EMAIL]")  # fmt: skip
+    withheld = guard("block").quoted(refusal)
+    assert withheld.status == 422 and EMAIL not in withheld.message and "'r'" in withheld.message
+    assert guard().quoted(UpstreamError(422, "e", "upstream_rejected", "fine", kind="status")).message == "fine"
