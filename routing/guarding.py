@@ -108,6 +108,17 @@ def _described(findings: list[Finding], score: int, hook: str) -> str:
     return " and ".join(parts) or "it found nothing it may let through"
 
 
+def add_up(entry: dict, findings: list[Finding], score: int) -> None:
+    """Add a decision's findings (by kind) and injection score (the highest kept) to an audit entry that stands for
+    many (a stream's releases, a session's frames)."""
+    if findings:
+        found = entry.setdefault("found", {})
+        for kind, count in _counts(findings).items():
+            found[kind] = found.get(kind, 0) + count
+    if score:
+        entry["injection_score"] = max(score, entry.get("injection_score", 0))
+
+
 def _counts(findings: list[Finding]) -> dict[str, int]:
     counted: dict[str, int] = {}
     for finding in findings:
@@ -484,12 +495,7 @@ class OutputGuard:
             entry = self._noted[f"{rule.name}/{action}"] = {"guardrail": rule.name, "stage": "output",
                                                             "action": action}  # fmt: skip
             self.ex.details.setdefault("guardrails", []).append(entry)
-        if findings:
-            found = entry.setdefault("found", {})
-            for kind, count in _counts(findings).items():
-                found[kind] = found.get(kind, 0) + count
-        if score:
-            entry["injection_score"] = max(score, entry.get("injection_score", 0))
+        add_up(entry, findings, score)
 
     # streams
     def started(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

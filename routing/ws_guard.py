@@ -22,12 +22,12 @@ from routing.guarding import (
     REQUEST_PROSE,
     Rule,
     TooDeep,
-    _counts,
     _described,
     _findings,
     _redactor,
     _rewritten,
     _strings,
+    add_up,
     blocked,
     guardrail_table,
     read_json,
@@ -101,12 +101,7 @@ class FrameGuard:
             entry = self._entry[rule.name, stage, action] = {"guardrail": rule.name, "stage": stage, "action": action}
             self.entries.append(entry)
         entry["frames"] = entry.get("frames", 0) + 1
-        if findings:
-            found = entry.setdefault("found", {})
-            for kind, count in _counts(findings).items():
-                found[kind] = found.get(kind, 0) + count
-        if score:
-            entry["injection_score"] = max(score, entry.get("injection_score", 0))
+        add_up(entry, findings, score)
 
     def audit(self, ex) -> None:
         """Put the session's decisions in its audit record, and redact its previews (the first frame each way) as a
