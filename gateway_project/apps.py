@@ -7,4 +7,7 @@ class GatewayProjectConfig(AppConfig):
     name = "gateway_project"
 
     def ready(self):
-        from gateway_project import auth_events  # noqa: F401  (connects the auth signals' receivers)
+        from gateway_project import (
+            auth_events,  # noqa: F401  (connects the auth signals' receivers)
+            metrics_scrape,  # noqa: F401  (counts Celery tasks' outcomes)
+        )

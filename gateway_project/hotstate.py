@@ -23,6 +23,7 @@ import functools
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -264,6 +265,14 @@ class HotState:
         """Read a counter from synchronous code (console pages)."""
         raise NotImplementedError
 
+    def tally_now(self, key: str, field: str, amount: int = 1) -> None:
+        """Add ``amount`` to a named count kept with others under ``key`` (every process sees it); synchronous."""
+        raise NotImplementedError
+
+    def tallies_now(self, key: str) -> dict[str, int]:
+        """Every count kept under ``key`` (``tally_now``); synchronous."""
+        raise NotImplementedError
+
     def publish_key_change(self, key_id: int) -> None:
         """Announce to every process's ``key_changes`` that a key (or its client) changed; from synchronous code."""
         raise NotImplementedError
@@ -308,6 +317,8 @@ class MemoryHotState(HotState):
     def __init__(self):
         self._values: dict[str, tuple[object, float | None]] = {}
         self._listeners: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Queue]]] = {}
+        self._tallies: dict[str, dict[str, int]] = {}
+        self._tally_lock = threading.Lock()
 
     def _get(self, key, now_s):
         item = self._values.get(key)
@@ -513,6 +524,15 @@ class MemoryHotState(HotState):
     def get_int_now(self, key):
         value = self._get(key, time.time())
         return None if value is None else int(value)
+
+    def tally_now(self, key, field, amount=1):
+        with self._tally_lock:  # tasks run eagerly in the console's threads too
+            counts = self._tallies.setdefault(key, {})
+            counts[field] = counts.get(field, 0) + amount
+
+    def tallies_now(self, key):
+        with self._tally_lock:
+            return dict(self._tallies.get(key, {}))
 
     def _tell(self, channel: str, message) -> None:
         # Saves come from the console's threads; each listener is fed on its own loop.
@@ -1024,6 +1044,12 @@ class RedisHotState(HotState):
     def get_int_now(self, key):
         value = self._sync.get(key)
         return None if value is None else int(value)
+
+    def tally_now(self, key, field, amount=1):
+        self._sync.hincrby(key, field, amount)
+
+    def tallies_now(self, key):
+        return {name.decode(): int(count) for name, count in self._sync.hgetall(key).items()}
 
     def publish_key_change(self, key_id):
         self._sync.publish(self.key(KEY_CHANGES), key_id)

@@ -9,11 +9,14 @@ from django.conf import settings
 from django.urls import path
 
 from audit.consumers import LiveFeedConsumer
+from gateway_project.metrics import serve_metrics
 from gateway_project.request_bounds import PROXY_PREFIXES
 from routing.consumers import ProxyConsumer
 from routing.path_routes import match
 from routing.table import routing_table
 from routing.ws_proxy import WebSocketProxyConsumer
+
+METRICS_PATH = "/metrics"
 
 
 class GatewayHttpRouter:
@@ -32,6 +35,8 @@ class GatewayHttpRouter:
 
     async def __call__(self, scope, receive, send):
         path = scope["path"]
+        if path == METRICS_PATH:
+            return await serve_metrics(scope, receive, send)
         if path.startswith(PROXY_PREFIXES) or await self._is_path_route(path):
             return await self.proxy_app(scope, receive, send)
         if self.proxy_only_hosts and (_host(scope) or b"") in self.proxy_only_hosts | {b""}:

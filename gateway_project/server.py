@@ -13,15 +13,25 @@ its audit buffer on the way out.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from functools import partial
+from pathlib import Path
+
+from prometheus_client import multiprocess
+
+from gateway_project.spool import process_alive
 
 # The shell sets LISTEN_PID to its own pid and then execs Daphne in place, so
-# the pid Twisted sees is the one systemd's protocol expects.
-_EXEC = 'export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=gateway; exec "$0" "$@" 3<&{fd}'
+# the pid Twisted sees is the one systemd's protocol expects. The socket is put
+# on fd 3 before the shell runs (``_on_fd_3``): a POSIX shell's redirections
+# name single-digit descriptors only, and the supervisor may hold more.
+_EXEC = 'export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=gateway; exec "$0" "$@"'
+SYSTEMD_FD = 3
 
 
 def bind(host: str, port: int, backlog: int = 2048) -> socket.socket:
@@ -53,7 +63,7 @@ def worker_command(sock: socket.socket, application: str, server: str, extra_arg
     return [
         "sh",
         "-c",
-        _EXEC.format(fd=sock.fileno()),
+        _EXEC,
         sys.executable,
         "-m",
         "gateway_project.daphne_worker",  # Daphne, with its shutdown waiting for requests in flight
@@ -64,17 +74,38 @@ def worker_command(sock: socket.socket, application: str, server: str, extra_arg
     ]
 
 
+def metrics_directory(port: int) -> Path:
+    """Where the workers write their metric values (prometheus-client's multiprocess mode), emptied of what
+    processes no longer running left there: ``GATEWAY_METRICS_DIR`` (shared with a Celery worker on this host),
+    or one directory per port under ``GATEWAY_VAR_DIR``."""
+    from django.conf import settings
+
+    directory = Path(os.environ.get("GATEWAY_METRICS_DIR") or settings.VAR_DIR / "metrics" / str(port))
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in directory.glob("*.db"):
+        pid = path.stem.rpartition("_")[2]
+        if not (pid.isdigit() and process_alive(int(pid))):
+            path.unlink(missing_ok=True)
+    return directory
+
+
 def serve(host: str, port: int, workers: int, application: str, server: str, extra_args: list[str]) -> int:
     sockets = [bind(host, port)]
     port = sockets[0].getsockname()[1]  # a port of 0 asks the kernel for a free one
     sockets += [bind(host, port) for _ in range(workers - 1)]
     procs: dict[int, subprocess.Popen] = {}
     stopping = False
+    metrics = metrics_directory(port)
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
 
     def start(slot: int) -> None:
         sock = sockets[slot]
         command = worker_command(sock, application, server, extra_args)
-        procs[slot] = subprocess.Popen(command, pass_fds=(sock.fileno(),))
+        if server == "uvicorn":  # told its descriptor by number
+            procs[slot] = subprocess.Popen(command, pass_fds=(sock.fileno(),), env=env)
+        else:  # the supervisor runs no threads: a pre-exec step is safe here
+            on_fd_3 = partial(os.dup2, sock.fileno(), SYSTEMD_FD)
+            procs[slot] = subprocess.Popen(command, pass_fds=(SYSTEMD_FD,), preexec_fn=on_fd_3, env=env)
 
     def stop(signum, frame):
         nonlocal stopping
@@ -108,4 +139,5 @@ def serve(host: str, port: int, workers: int, application: str, server: str, ext
                     stop(None, None)
                     break
                 print(f"gateway: worker {slot} exited with {proc.returncode}; restarting", file=sys.stderr, flush=True)
+                multiprocess.mark_process_dead(proc.pid, str(metrics))  # its gauges go; its counts stay
                 start(slot)

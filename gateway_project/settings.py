@@ -7,6 +7,7 @@ cache, in-memory channel layer, eager Celery). ``DATABASE_URL`` and
 
 import hashlib
 import hmac
+import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -504,6 +505,15 @@ SPECTACULAR_SETTINGS = {
 
 # --- Gateway ---------------------------------------------------------------
 _max_answer_seconds = envfloat("GATEWAY_MAX_ANSWER_SECONDS", 600.0, minimum=1.0)
+
+
+def _networks(name: str, default: list[str]) -> list:
+    try:
+        return [ipaddress.ip_network(entry.strip("[]"), strict=False) for entry in envlist(name, default)]
+    except ValueError as error:
+        raise ImproperlyConfigured(f"{name}: {error}") from None
+
+
 GATEWAY = {
     # Largest request body the proxy accepts, in bytes (413 above it).
     "MAX_BODY_BYTES": envint("GATEWAY_MAX_BODY_BYTES", 1_048_576, minimum=1),
@@ -571,7 +581,26 @@ GATEWAY = {
     "AUTH_FAILURE_IPV6_PREFIX": envint("GATEWAY_AUTH_FAILURE_IPV6_PREFIX", 64, minimum=1, maximum=128),
     # Usage reports roll today's usage up again when its rollup is older than this, in seconds.
     "ROLLUP_MAX_AGE": envfloat("GATEWAY_ROLLUP_MAX_AGE", 60.0, minimum=0),
+    # Prometheus metrics (gateway_project/metrics.py; README "Metrics").
+    "METRICS": {
+        "ENABLED": envbool("GATEWAY_METRICS", True),
+        # /metrics answers a scraper that sends this bearer token, or one from these networks.
+        "TOKEN": envstr("GATEWAY_METRICS_TOKEN", ""),
+        "ALLOW_NETWORKS": _networks("GATEWAY_METRICS_ALLOW", ["127.0.0.0/8", "::1/128"]),
+        # Distinct label values each process keeps before counting the rest as "other".
+        "MAX_CLIENTS": envint("GATEWAY_METRICS_MAX_CLIENTS", 100, minimum=1),
+        "MAX_AGENTS": envint("GATEWAY_METRICS_MAX_AGENTS", 200, minimum=1),
+        "MAX_MODELS": envint("GATEWAY_METRICS_MAX_MODELS", 200, minimum=1),
+        "MAX_CODES": envint("GATEWAY_METRICS_MAX_CODES", 200, minimum=1),
+        # How often each process hands what it counted to the exposition (a scrape sees it at most this late).
+        "FLUSH_SECONDS": envfloat("GATEWAY_METRICS_FLUSH_SECONDS", 1.0, minimum=0.01),
+    },
 }
+
+# The directory every process of this host writes its metric values to (prometheus-client's multiprocess mode):
+# rungateway's workers and a Celery worker beside them. rungateway picks one under GATEWAY_VAR_DIR when unset.
+if envstr("GATEWAY_METRICS_DIR", ""):
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", envstr("GATEWAY_METRICS_DIR", ""))
 
 LOGGING = {
     "version": 1,

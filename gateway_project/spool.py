@@ -57,7 +57,7 @@ def _read_line(raw: bytes) -> tuple:
     return apps.get_model(item["model"]), item["row"]
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -90,6 +90,18 @@ class Spool:
         if not self.directory.is_dir():
             return []
         return sorted(self.directory.glob(f"*{READY}"))
+
+    def waiting_rows(self) -> tuple[int, int]:
+        """How many files wait to be replayed, and how many rows they hold (one a line)."""
+        files = rows = 0
+        for path in self.ready():
+            try:
+                with open(path, "rb") as handle:
+                    rows += sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+            except FileNotFoundError:  # replayed meanwhile
+                continue
+            files += 1
+        return files, rows
 
     def claim(self, path: Path, unreadable: list[tuple[str, str]] | None = None) -> tuple[Path, list[tuple]] | None:
         """Take ``path`` for this process and read its batch; None if another process took it first.
@@ -130,7 +142,7 @@ class Spool:
         recovered = 0
         for claimed in self.directory.glob(f"*{CLAIMED}"):
             pid = int(claimed.name.split(".")[1])
-            if pid != os.getpid() and not _alive(pid):
+            if pid != os.getpid() and not process_alive(pid):
                 self.give_back(claimed)
                 recovered += 1
         return recovered

@@ -34,6 +34,7 @@ from django.conf import settings
 from django.core.exceptions import FieldDoesNotExist
 from django.db import DataError, IntegrityError, close_old_connections, connection, models, transaction
 
+from gateway_project.metrics import AUDIT_QUEUE
 from gateway_project.rows import clean_text, is_clean
 from gateway_project.spool import Spool
 
@@ -148,6 +149,7 @@ class BufferedWriter:
             except TimeoutError:
                 pass
             self._wake.clear()
+            AUDIT_QUEUE.set(len(self._buffer))  # sampled before each flush: the most it held meanwhile
             if (self._buffer or self._spool_pending) and not await self.flush():
                 await asyncio.sleep(min(1.0, interval * 5))  # the database is down: try again soon
 

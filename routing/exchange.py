@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 
 from django.conf import settings
@@ -18,9 +19,13 @@ from keys.access import KeySnapshot
 from keys.origins import answer_headers, origin_table
 from routing.facts import RequestFacts
 from routing.guarding import StreamBlocked
+from routing.observe import observe_request
 from routing.upstream_url import raw_path_of
 
+log = logging.getLogger("gateway.proxy")
+
 JSON = (b"content-type", b"application/json")
+EVENT_STREAM = b"text/event-stream"
 # On every answer the gateway sends: an upstream's answer is served on the gateway's origin, so a browser must
 # neither sniff it into HTML nor run it with the origin's rights (cookies, storage) if it is HTML.
 UNTRUSTED_ANSWER_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"content-security-policy", b"sandbox")]
@@ -79,6 +84,11 @@ class Exchange:
         self.output_text = ""
         self.output_estimate = 0  # tokens of the answer as relayed, estimated from its text (see charged_usage)
         self.output_guard = None  # the output guardrails, when any apply (``routing.guarding.OutputGuard``)
+        # Timings for the metrics (``routing.observe``), from ``time.perf_counter``
+        self.upstream_seconds = 0.0  # spent waiting for upstream answers' headers, every attempt's
+        self.response_at = 0.0  # when the answer's head went to the client
+        self.first_byte_at = 0.0  # when its first body bytes did
+        self.streaming = False  # the answer is an event stream
         if bad_forwarded:
             self.details["forwarded_for_invalid"] = bad_forwarded
 
@@ -215,6 +225,10 @@ class Exchange:
             headers = self.output_guard.started(headers)
         self.status = status
         self.response_started = True
+        self.response_at = time.perf_counter()
+        self.streaming = any(
+            name == b"content-type" and value.startswith(b"text/event-stream") for name, value in headers
+        )
         if self.client_left:
             return
         await self._send(
@@ -260,6 +274,8 @@ class Exchange:
                 raise stop.error from None
         if not more:
             self.response_finished = True
+        elif not self.first_byte_at and data:
+            self.first_byte_at = time.perf_counter()
         if self.client_left:
             return
         await self._send({"type": "http.response.body", "body": data, "more_body": more})
@@ -292,7 +308,7 @@ class Exchange:
         previews = key is None or key.audit_previews  # a client may have its previews switched off
         if key is not None and key.subject:  # a caller with a token: who, never the token
             self.details["identity"] = {"provider": key.identity_provider, "subject": key.subject}
-        record_request(
+        row = record_request(
             request_id=self.request_id,
             method=self.method,
             path=self.path,
@@ -315,6 +331,10 @@ class Exchange:
             output_text=self.output_text if previews else "",
             details=self.details,
         )
+        try:
+            observe_request(self, row)
+        except Exception:  # a metric never costs a request its answer or its record
+            log.exception("request %s: metrics not counted", self.request_id)
 
 
 def parse_json(body: bytes):

@@ -45,6 +45,7 @@ from audit.redaction_rules import warm_rules
 from billing.budgets import BudgetRule
 from billing.periods import Period
 from billing.pricing import Price, Quote, prices
+from gateway_project import metrics
 from gateway_project.credentials import new_signing_secret
 from gateway_project.errors import GatewayError, bad_request, not_found
 from gateway_project.hotstate import BudgetCheck, get_hot_state
@@ -357,6 +358,7 @@ async def run(job_id: str) -> bool:
             await settle(ex, ticket)
         finally:
             ex.record()
+            metrics.pending.flush()  # a worker's task loop may end before a scheduled hand-over runs
     result = None if error else _result(ex, route, state)
     stored_error = {**json.loads(error.body(ex.request_id))["error"], "status": error.status} if error else None
     finished = await database_sync_to_async(_finish)(job_id, result, stored_error)

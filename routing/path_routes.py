@@ -21,7 +21,9 @@ from routing.deprecation import deprecation_headers
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 # Paths the gateway serves itself; Django's own top-level paths are added from the URLconf.
-GATEWAY_PREFIXES = ("/v1", "/agents", "/console", "/admin", "/static", "/ws", "/api/schema", "/api/docs")
+GATEWAY_PREFIXES = (
+    "/v1", "/agents", "/console", "/admin", "/static", "/ws", "/api/schema", "/api/docs", "/metrics",
+)  # fmt: skip
 _PREFIX = re.compile(r"^(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+$")
 
 

@@ -20,6 +20,7 @@ from dataclasses import replace
 from gateway_project.errors import GatewayError
 from routing import balance
 from routing.exchange import Exchange
+from routing.observe import observe_attempt
 from routing.table import AgentRoute, routing_table
 from routing.upstream import AttemptProbe, UpstreamError, current_attempt, timeout_message
 
@@ -239,6 +240,8 @@ async def _attempt(ex, ticket, route, lease, attempt, remaining, final) -> tuple
             entry["charged"] = "input" if probe.streamed else "worst_case"
         done = probe.answered_at or time.perf_counter()
         entry["ms"] = round((done - started) * 1000, 1)
+        ex.upstream_seconds += done - started
+        observe_attempt(route.slug, lease.target.name, entry.get("outcome", "error"), done - started)
         latency = (done - started) * 1000 if outcome != "none" else -1
         await ticket.end_attempt(lease, outcome, latency)
     if error is not None and not ex.response_started:
