@@ -21,7 +21,7 @@ from keys.api import (
     PolicyWhatIfViewSet,
 )
 from keys.token_api import CurrentTokenView, RotateTokenView
-from routing.api import AgentViewSet, TargetViewSet
+from routing.api import AgentViewSet, ResponseCacheViewSet, TargetViewSet
 from routing.route_api import CapabilityKeywordViewSet, PathRouteViewSet
 
 router = DefaultRouter()
@@ -36,6 +36,7 @@ router.register("identity-providers", IdentityProviderViewSet)
 router.register("policy-what-ifs", PolicyWhatIfViewSet)
 router.register("agents", AgentViewSet)
 router.register("targets", TargetViewSet)
+router.register("response-cache", ResponseCacheViewSet, basename="response-cache")
 router.register("prices", ModelPriceViewSet)
 router.register("budgets", BudgetViewSet)
 router.register("alerts", BudgetAlertViewSet)

@@ -25,6 +25,7 @@ import logging
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -265,6 +266,20 @@ class HotState:
         """Read a counter from synchronous code (console pages)."""
         raise NotImplementedError
 
+    async def cached(self, generation_keys: list[str], entry_key) -> bytes | None:
+        """A response-cache entry, if one is stored under ``entry_key(generations)``, where ``generations`` are the
+        current values of ``generation_keys`` (0 when unset): bumping one of them leaves its entries unreachable."""
+        raise NotImplementedError
+
+    async def cache(self, generation_keys: list[str], entry_key, value: bytes, ttl_seconds: int) -> None:
+        """Store a response-cache entry under ``entry_key(generations)`` (as ``cached`` reads them) for
+        ``ttl_seconds``."""
+        raise NotImplementedError
+
+    def bump_now(self, key: str) -> int:
+        """Add one to a generation counter (``cached``): every entry stored under the old value is gone for good."""
+        raise NotImplementedError
+
     def tally_now(self, key: str, field: str, amount: int = 1) -> None:
         """Add ``amount`` to a named count kept with others under ``key`` (every process sees it); synchronous."""
         raise NotImplementedError
@@ -319,6 +334,10 @@ class MemoryHotState(HotState):
         self._listeners: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Queue]]] = {}
         self._tallies: dict[str, dict[str, int]] = {}
         self._tally_lock = threading.Lock()
+        # The response cache: entries least recently used first, within GATEWAY_CACHE_MEMORY_BYTES in all.
+        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._entry_bytes = 0
+        self._generations: dict[str, int] = {}
 
     def _get(self, key, now_s):
         item = self._values.get(key)
@@ -524,6 +543,39 @@ class MemoryHotState(HotState):
     def get_int_now(self, key):
         value = self._get(key, time.time())
         return None if value is None else int(value)
+
+    async def cached(self, generation_keys, entry_key):
+        key = entry_key([self._generations.get(name, 0) for name in generation_keys])
+        item = self._entries.get(key)
+        if item is None:
+            return None
+        value, expires = item
+        if expires <= time.time():
+            self._forget(key)
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    async def cache(self, generation_keys, entry_key, value, ttl_seconds):
+        key = entry_key([self._generations.get(name, 0) for name in generation_keys])
+        if key in self._entries:
+            self._forget(key)
+        budget = settings.GATEWAY["CACHE"]["MEMORY_BYTES"]
+        if len(value) > budget:
+            return
+        self._entries[key] = (value, time.time() + ttl_seconds)
+        self._entry_bytes += len(value)
+        while self._entry_bytes > budget:  # the least recently used go first
+            self._forget(next(iter(self._entries)))
+
+    def _forget(self, key):
+        value, _expires = self._entries.pop(key)
+        self._entry_bytes -= len(value)
+
+    def bump_now(self, key):
+        with self._tally_lock:
+            self._generations[key] = self._generations.get(key, 0) + 1
+            return self._generations[key]
 
     def tally_now(self, key, field, amount=1):
         with self._tally_lock:  # tasks run eagerly in the console's threads too
@@ -1044,6 +1096,19 @@ class RedisHotState(HotState):
     def get_int_now(self, key):
         value = self._sync.get(key)
         return None if value is None else int(value)
+
+    async def cached(self, generation_keys, entry_key):
+        client = self._client()
+        generations = await client.mget(generation_keys)
+        return await client.get(entry_key([int(value or 0) for value in generations]))
+
+    async def cache(self, generation_keys, entry_key, value, ttl_seconds):
+        client = self._client()
+        generations = await client.mget(generation_keys)
+        await client.set(entry_key([int(value or 0) for value in generations]), value, ex=ttl_seconds)
+
+    def bump_now(self, key):
+        return self._sync.incr(key)
 
     def tally_now(self, key, field, amount=1):
         self._sync.hincrby(key, field, amount)

@@ -139,6 +139,18 @@ REFUSALS = Counter(
     ("reason", "code"),
     registry=REGISTRY,
 )
+CACHE = Counter(
+    "gateway_cache_requests",
+    "Requests to agents that cache answers, by result: hit, miss (asked upstream) or bypass (not cacheable).",
+    ("agent", "result"),
+    registry=REGISTRY,
+)
+CACHE_SAVED = Counter(
+    "gateway_cache_saved_usd",
+    "What cache hits would have cost at their model's price, by client, agent and model.",
+    ("client", "agent", "model"),
+    registry=REGISTRY,
+)
 OVERHEAD = Histogram(
     "gateway_overhead_seconds",
     "What the gateway added: from the request's arrival to its answer's start, less the time spent waiting for "

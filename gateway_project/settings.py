@@ -581,6 +581,13 @@ GATEWAY = {
     "AUTH_FAILURE_IPV6_PREFIX": envint("GATEWAY_AUTH_FAILURE_IPV6_PREFIX", 64, minimum=1, maximum=128),
     # Usage reports roll today's usage up again when its rollup is older than this, in seconds.
     "ROLLUP_MAX_AGE": envfloat("GATEWAY_ROLLUP_MAX_AGE", 60.0, minimum=0),
+    # The exact response cache (routing/response_cache.py; README "Response cache"): what the in-process store
+    # (no Redis) may hold in all, and the temperature above which a request is answered fresh unless its agent
+    # allows any (a request that sets none is taken at the providers' default, 1).
+    "CACHE": {
+        "MEMORY_BYTES": envint("GATEWAY_CACHE_MEMORY_BYTES", 64 * 1024 * 1024, minimum=0),
+        "MAX_TEMPERATURE": envfloat("GATEWAY_CACHE_MAX_TEMPERATURE", 1.0, minimum=0),
+    },
     # Prometheus metrics (gateway_project/metrics.py; README "Metrics").
     "METRICS": {
         "ENABLED": envbool("GATEWAY_METRICS", True),

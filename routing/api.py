@@ -7,16 +7,17 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import extend_schema
-from rest_framework import serializers
+from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from audit.trail import record_action
 from gateway_project.api import SEARCHABLE_FILTER_BACKENDS, NameListField, SlugRelatedField, TrailedModelViewSet
-from keys.models import AgentRole
+from keys.models import AgentRole, Client
+from routing import response_cache
 from routing.balance import DEFAULT_TARGET
 from routing.circuits import agent_health, reset_circuits
-from routing.models import RESILIENCE_FIELDS, Agent, Target, validate_agent_timeout
+from routing.models import CACHE_FIELDS, RESILIENCE_FIELDS, Agent, Target, validate_agent_timeout
 from routing.table import not_served_reason, target_credential
 
 CLEARED_HELP = (
@@ -62,6 +63,7 @@ class AgentSerializer(serializers.ModelSerializer):
             "max_concurrent",
             "requests_per_minute",
             *RESILIENCE_FIELDS,
+            *CACHE_FIELDS,
             "dearer_models",
             "unmetered_pass_through",
             "cost_center",
@@ -190,6 +192,66 @@ class AgentViewSet(TrailedModelViewSet):
             closed = reset_circuits(agent, target)
             record_action(request.user, "api", "reset_circuit", agent, {"targets": closed})
         return Response(agent_health(agent))
+
+
+class CacheStatsSerializer(serializers.Serializer):
+    """How an agent's response cache did, from the audit log (``routing.response_cache.cache_stats``)."""
+
+    agent = serializers.CharField()
+    hours = serializers.IntegerField(help_text="The window: this many hours up to now.")
+    hits = serializers.IntegerField()
+    misses = serializers.IntegerField(help_text="Requests it could have answered, asked upstream.")
+    bypassed = serializers.IntegerField(help_text="Requests it could not answer: no-store, a stream, too hot.")
+    hit_rate = serializers.FloatField(allow_null=True, help_text="Hits over hits and misses; null without either.")
+    saved_usd = serializers.DecimalField(max_digits=20, decimal_places=9, help_text="What the hits would have cost.")
+
+
+class CacheWindowSerializer(serializers.Serializer):
+    hours = serializers.IntegerField(min_value=1, max_value=24 * 90, default=24)
+
+
+class CacheForgetSerializer(serializers.Serializer):
+    """What to forget: one of the two."""
+
+    agent = SlugRelatedField(slug_field="slug", queryset=Agent.objects.all(), required=False,
+                             help_text="Every answer the agent's cache holds, for every client.")  # fmt: skip
+    client = serializers.PrimaryKeyRelatedField(
+        queryset=Client.objects.all(), required=False,
+        help_text="Every answer cached for the client alone, by every agent whose cache is per client.",
+    )  # fmt: skip
+
+    def validate(self, data):
+        if ("agent" in data) == ("client" in data):
+            raise serializers.ValidationError("Give either an agent or a client.")
+        return data
+
+
+class ResponseCacheViewSet(viewsets.ViewSet):
+    """The exact response cache: how each caching agent's did, and forgetting what it holds."""
+
+    @extend_schema(parameters=[CacheWindowSerializer], responses=CacheStatsSerializer(many=True))
+    def list(self, request):
+        """Every agent with its cache on: hits, misses and what the hits saved over the last ``hours`` (24)."""
+        window = CacheWindowSerializer(data=request.query_params)
+        window.is_valid(raise_exception=True)
+        agents = Agent.objects.filter(cache_enabled=True).order_by("slug").values_list("slug", flat=True)
+        return Response([response_cache.cache_stats(slug, window.validated_data["hours"]) for slug in agents])
+
+    @extend_schema(request=CacheForgetSerializer, responses={204: None})
+    @action(detail=False, methods=["post"])
+    def invalidate(self, request):
+        """Forget an agent's cached answers (``{"agent": slug}``) or a client's (``{"client": id}``), everywhere at
+        once: the next request for each is asked upstream."""
+        asked = CacheForgetSerializer(data=request.data)
+        asked.is_valid(raise_exception=True)
+        target = asked.validated_data.get("agent") or asked.validated_data["client"]
+        with transaction.atomic():
+            record_action(request.user, "api", "invalidate_cache", target)
+            if isinstance(target, Agent):
+                response_cache.forget_agent(target.slug)
+            else:
+                response_cache.forget_client(target.pk)
+        return Response(status=204)
 
 
 class TargetSerializer(serializers.ModelSerializer):

@@ -33,7 +33,7 @@ from keys.access import (
     refuse_if_blocked,
 )
 from keys.origins import allows, origin_table, preflight_headers
-from routing import anthropic_shape, deprecation, forward, jobs, path_routes, protocols, resilience
+from routing import anthropic_shape, deprecation, forward, jobs, path_routes, protocols, resilience, response_cache
 from routing.adapters import Plan, adapter_for
 from routing.admission import (
     RESERVATION_MARGIN_SECONDS,
@@ -145,16 +145,21 @@ async def _wrong_method(ex: Exchange, allowed: str) -> None:
     )
 
 
-async def _metered(ex: Exchange, facts: RequestFacts, max_output: int | None, call) -> None:
+async def _metered(ex: Exchange, facts: RequestFacts, max_output: int | None, call, cache=None) -> None:
     """Price and admit ``facts`` (routed: reserving the worst case at the dearest price the answer may cost), run
-    ``call``, and settle whatever happened to it."""
+    ``call``, and settle whatever happened to it. With a ``cache`` lookup (``response_cache.lookup_for``), a kept
+    answer answers instead, charged nothing; a fresh one is kept."""
     priced = await _priced_demand(ex, facts, max_output)
     await govern(ex, priced)  # the policy rules, before anything is taken
+    if cache is not None and await response_cache.answer_from_cache(ex, priced, cache):
+        return
     ticket = await admit(ex, priced, take_target=True)
     try:
         await within_deadline(ex, ticket, call)
     finally:
         await settle(ex, ticket)
+    if cache is not None:
+        await response_cache.keep_answer(ex, cache)
 
 
 async def _priced_demand(ex: Exchange, facts: RequestFacts, max_output: int | None) -> RequestFacts:
@@ -198,7 +203,16 @@ async def chat_completions(ex: Exchange) -> None:
     protocols.refuse_unpriced(payload, route)
     payload = _capped(payload, route)
     attempt = partial(_chat_via, ex, payload, stream, wants_usage)
-    await _metered(ex, facts, protocols.max_tokens(payload), partial(_run, ex, route, attempt))
+    cache = _composed_lookup(ex, route, payload, stream)
+    await _metered(ex, facts, protocols.max_tokens(payload), partial(_run, ex, route, attempt), cache)
+
+
+def _composed_lookup(ex: Exchange, route: AgentRoute, payload: dict, stream: bool):
+    """The cache lookup of a composed call (its JSON normalised), or None when its agent caches nothing."""
+    if route.cache is None:
+        return None
+    request = response_cache.normalised(f"{ex.path}\n{route.slug}", payload)
+    return response_cache.lookup_for(ex, route, request, stream=stream, payload=payload)
 
 
 def authorize_model(key, route: AgentRoute, requested: str) -> None:
@@ -255,7 +269,8 @@ async def messages(ex: Exchange) -> None:
     protocols.refuse_unpriced(payload, route)
     adapter_for(route).check_messages(payload, ex.model)
     attempt = partial(_messages_via, ex, payload, stream)
-    await _metered(ex, facts, payload["max_tokens"], partial(_run, ex, route, attempt))
+    cache = _composed_lookup(ex, route, payload, stream)
+    await _metered(ex, facts, payload["max_tokens"], partial(_run, ex, route, attempt), cache)
 
 
 async def _messages_via(ex, payload, stream, route):
@@ -369,7 +384,11 @@ async def pass_through(ex: Exchange, slug: str, rest: bytes) -> None:
     plan = _pass_through_plan(ex, route, rest)
     facts = ex.learn(ex.facts.routed(route, plan.model or route.slug))
     attempt = partial(_pass_through_once, ex, rest, plan)
-    await _metered(ex, facts, plan.max_output, partial(_run_without_fallbacks, ex, route, attempt))
+    cache = None
+    if route.cache is not None:
+        request, payload = response_cache.raw_request(ex, rest), response_cache.json_object(ex.body)
+        cache = response_cache.lookup_for(ex, route, request, stream=plan.stream, payload=payload or {})
+    await _metered(ex, facts, plan.max_output, partial(_run_without_fallbacks, ex, route, attempt), cache)
 
 
 def _pass_through_plan(ex: Exchange, route: AgentRoute, rest: bytes) -> Plan:

@@ -89,6 +89,10 @@ class Exchange:
         self.response_at = 0.0  # when the answer's head went to the client
         self.first_byte_at = 0.0  # when its first body bytes did
         self.streaming = False  # the answer is an event stream
+        # The answer as sent, kept for the response cache while it is wanted (``routing.response_cache``)
+        self.capture: bytearray | None = None
+        self.capture_limit = 0
+        self.captured_type = b""
         if bad_forwarded:
             self.details["forwarded_for_invalid"] = bad_forwarded
 
@@ -226,9 +230,9 @@ class Exchange:
         self.status = status
         self.response_started = True
         self.response_at = time.perf_counter()
-        self.streaming = any(
-            name == b"content-type" and value.startswith(b"text/event-stream") for name, value in headers
-        )
+        self.streaming = any(name == b"content-type" and value.startswith(EVENT_STREAM) for name, value in headers)
+        if self.capture is not None:
+            self._capture_start(status, headers)
         if self.client_left:
             return
         await self._send(
@@ -246,6 +250,16 @@ class Exchange:
                 ],
             }
         )
+
+    def _capture_start(self, status: int, headers) -> None:
+        """Keep capturing only a 200 answer that its upstream lets be stored; note its content type."""
+        for name, value in headers:
+            if name == b"content-type":
+                self.captured_type = value
+            elif name == b"cache-control" and (b"no-store" in value.lower() or b"private" in value.lower()):
+                self.capture = None
+        if status != 200:
+            self.capture = None
 
     def _cors_headers(self) -> list[tuple[bytes, bytes]]:
         """What lets the browser read this answer: its key's client's origins, or before the key is known (a 401,
@@ -276,6 +290,11 @@ class Exchange:
             self.response_finished = True
         elif not self.first_byte_at and data:
             self.first_byte_at = time.perf_counter()
+        if self.capture is not None:
+            if len(self.capture) + len(data) > self.capture_limit:
+                self.capture = None  # larger than the cache keeps
+            else:
+                self.capture += data
         if self.client_left:
             return
         await self._send({"type": "http.response.body", "body": data, "more_body": more})

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 from django import forms
 
 from gateway_project import datetimes
-from routing.models import CREDENTIAL_MAX_LENGTH, RESILIENCE_FIELDS, Agent, Target
+from routing.models import CACHE_FIELDS, CREDENTIAL_MAX_LENGTH, RESILIENCE_FIELDS, Agent, Target
 from routing.table import target_credential
 
 NAME_MAX_LENGTH = 200
@@ -116,6 +116,7 @@ class AgentForm(forms.ModelForm):
             "max_concurrent",
             "requests_per_minute",
             *RESILIENCE_FIELDS,
+            *CACHE_FIELDS,
             "dearer_models",
             "unmetered_pass_through",
             "cost_center",
@@ -132,6 +133,12 @@ class AgentForm(forms.ModelForm):
             "timeout_seconds": "Timeout (seconds)",
             "max_concurrent": "Capacity: requests at once",
             "requests_per_minute": "Capacity: requests per minute",
+            "cache_enabled": "Response cache: on",
+            "cache_ttl_seconds": "Response cache: keep answers for (seconds)",
+            "cache_shared": "Response cache: shared by all clients",
+            "cache_streams": "Response cache: streamed answers too",
+            "cache_max_entry_bytes": "Response cache: largest answer kept (bytes)",
+            "cache_any_temperature": "Response cache: any temperature",
         }
         widgets = {
             "timeout_seconds": forms.NumberInput(attrs={"step": "any", "min": "0"}),
@@ -168,6 +175,7 @@ class AgentForm(forms.ModelForm):
         "breaker_failures",
         "breaker_window_seconds",
         "breaker_cooldown_seconds",
+        *CACHE_FIELDS,
         "cost_center",
         "required_role",
         "is_active",
@@ -177,6 +185,7 @@ class AgentForm(forms.ModelForm):
     # Resilience settings left empty (or not sent) keep what the agent has, or the defaults for a new one.
     KEPT_WHEN_EMPTY = (
         "strategy", "max_retries", "breaker_failures", "breaker_window_seconds", "breaker_cooldown_seconds",
+        "cache_ttl_seconds", "cache_max_entry_bytes",
     )  # fmt: skip
 
     def __init__(self, *args, **kwargs):

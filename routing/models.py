@@ -35,6 +35,18 @@ RESILIENCE_FIELDS = [
     "sunset_at",
 ]
 
+# Its exact response cache (routing/response_cache.py): the console form and the API edit the same ones.
+CACHE_FIELDS = [
+    "cache_enabled",
+    "cache_ttl_seconds",
+    "cache_shared",
+    "cache_streams",
+    "cache_max_entry_bytes",
+    "cache_any_temperature",
+]
+CACHE_MAX_TTL_SECONDS = 30 * 86400
+CACHE_MAX_ENTRY_BYTES = 8 * 1024 * 1024
+
 
 def default_retry_statuses():
     return list(DEFAULT_RETRY_STATUSES)
@@ -141,6 +153,32 @@ class Agent(HostBoundCredential):
         default=False,
         help_text="Provider agents only: let pass-through calls whose usage the gateway cannot read (paths other than "
         "the provider's metered APIs) through unpriced. Off: such calls are refused with 403 unmetered_pass_through.",
+    )
+    # The exact response cache: off unless the admin turns it on for this agent.
+    cache_enabled = models.BooleanField(
+        default=False,
+        help_text="Answer a request the same as one answered before (same model, messages and parameters) from the "
+        "cache, at no cost to the client, until the entry expires.",
+    )
+    cache_ttl_seconds = models.PositiveIntegerField(
+        default=300, validators=[MinValueValidator(1), MaxValueValidator(CACHE_MAX_TTL_SECONDS)],
+        help_text="How long an answer is served from the cache.",
+    )  # fmt: skip
+    cache_shared = models.BooleanField(
+        default=False,
+        help_text="Share cached answers between all clients of this agent. Off: each client has its own.",
+    )
+    cache_streams = models.BooleanField(
+        default=False, help_text="Cache streamed answers too, replayed as the same event stream."
+    )
+    cache_max_entry_bytes = models.PositiveIntegerField(
+        default=262_144, validators=[MinValueValidator(1), MaxValueValidator(CACHE_MAX_ENTRY_BYTES)],
+        help_text="Larger answers are not cached.",
+    )  # fmt: skip
+    cache_any_temperature = models.BooleanField(
+        default=False,
+        help_text="Cache requests whatever their temperature. Off: one above GATEWAY_CACHE_MAX_TEMPERATURE is "
+        "answered fresh.",
     )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -55,6 +55,11 @@ def observe_request(ex, row: dict) -> None:
         count(m.TOKENS, (client, agent, model, "output"), row["output_tokens"])
     if row["cost_usd"]:
         count(m.COST, (client, agent, model), float(row["cost_usd"]))
+    cache = row["details"].get("cache")
+    if cache is not None:
+        count(m.CACHE, (agent, cache["status"]))
+        if "saved_usd" in cache:
+            count(m.CACHE_SAVED, (client, agent, model), float(cache["saved_usd"]))
     if status >= 400:
         reason = m.refusal_reason(status, row["error_type"])
         if reason is not None:

@@ -33,6 +33,17 @@ class TargetRoute:
 
 
 @dataclass(frozen=True, slots=True)
+class CachePolicy:
+    """An agent's exact response cache, as the hot path needs it (``routing.response_cache``)."""
+
+    ttl_seconds: int
+    shared: bool  # one cache for every client of the agent; else each client's own
+    streams: bool  # streamed answers are cached (and replayed) too
+    max_entry_bytes: int
+    any_temperature: bool
+
+
+@dataclass(frozen=True, slots=True)
 class AgentRoute:
     slug: str
     name: str
@@ -61,6 +72,7 @@ class AgentRoute:
     dearer_models: tuple[str, ...] = ()  # models its upstream answered with above what was reserved
     unmetered_pass_through: bool = False
     required_role: str = ""  # the AgentRole slug a key must hold to call it; "": none
+    cache: CachePolicy | None = None  # None: its answers are not cached
 
     def serves(self, model: str) -> bool:
         """Whether the agent may be asked for ``model``: one it serves, its default, or any when it lists none."""
@@ -109,6 +121,15 @@ def target_credential(target: Target, agent: Agent) -> str:
     return agent.upstream_api_key if same_origin(target.url, agent.upstream_url) else ""
 
 
+def cache_policy_of(agent: Agent) -> CachePolicy | None:
+    if not agent.cache_enabled:
+        return None
+    return CachePolicy(
+        agent.cache_ttl_seconds, agent.cache_shared, agent.cache_streams, agent.cache_max_entry_bytes,
+        agent.cache_any_temperature,
+    )  # fmt: skip
+
+
 def route_of(agent: Agent) -> AgentRoute:
     return AgentRoute(
         slug=agent.slug,
@@ -148,6 +169,7 @@ def route_of(agent: Agent) -> AgentRoute:
         deprecated=agent.deprecated,
         sunset_at=agent.sunset_at,
         dearer_models=tuple(agent.dearer_models or ()),
+        cache=cache_policy_of(agent),
         unmetered_pass_through=agent.unmetered_pass_through,
         required_role=agent.required_role.slug if agent.required_role_id else "",
     )

@@ -12,6 +12,8 @@ from django.views import View
 from audit.trail import record_action, record_create, record_delete, record_update, snapshot
 from gateway_project import roles
 from gateway_project.console import RoleRequiredMixin, TrailedEditView, TrailedToggleView, sorted_page
+from keys.models import Client
+from routing import response_cache
 from routing.circuits import agent_health, reset_circuits
 from routing.forms import AgentForm, TargetFormSet
 from routing.models import Agent
@@ -51,7 +53,10 @@ class AgentEditView(TrailedEditView):
             targets = TargetFormSet(instance=obj)
         health = agent_health(obj)["targets"] if obj is not None and obj.is_active else []
         not_served = not_served_reason(obj) if obj is not None else ""
-        context = {"form": form, "agent": obj, "targets": targets, "health": health, "not_served": not_served}
+        cache = response_cache.cache_stats(obj.slug) if obj is not None and obj.cache_enabled else None
+        context = {
+            "form": form, "agent": obj, "targets": targets, "health": health, "not_served": not_served, "cache": cache,
+        }  # fmt: skip
         return render(request, self.template_name, context, status=status)
 
     def post(self, request, pk=None):
@@ -124,3 +129,31 @@ class AgentResetCircuitView(RoleRequiredMixin, View):
         if request.POST.get("next") == "edit":
             return redirect("console:agent-edit", pk=agent.pk)
         return redirect("console:agents")
+
+
+class AgentForgetCacheView(RoleRequiredMixin, View):
+    """Forget every answer an agent's response cache holds (POST only): its next requests are asked upstream."""
+
+    needed_roles = roles.MANAGE
+
+    def post(self, request, pk):
+        agent = get_object_or_404(Agent, pk=pk)
+        with transaction.atomic():
+            record_action(request.user, "console", "invalidate_cache", agent)
+            response_cache.forget_agent(agent.slug)
+        messages.success(request, f"The cached answers of “{agent.slug}” are forgotten.")
+        return redirect("console:agent-edit", pk=agent.pk)
+
+
+class ClientForgetCacheView(RoleRequiredMixin, View):
+    """Forget every answer cached for a client alone (agents whose cache is per client; POST only)."""
+
+    needed_roles = roles.MANAGE
+
+    def post(self, request, pk):
+        client = get_object_or_404(Client, pk=pk)
+        with transaction.atomic():
+            record_action(request.user, "console", "invalidate_cache", client)
+            response_cache.forget_client(client.pk)
+        messages.success(request, f"The answers cached for “{client.slug}” are forgotten.")
+        return redirect("console:client", pk=client.pk)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from django.utils import timezone
 
 from audit.models import AdminAction
 from routing import balance
@@ -166,3 +167,44 @@ def test_a_sunset_with_an_offset_no_place_uses_is_a_form_error(operator, researc
     assert "Give a UTC offset from -12:00 to +14:00" in response.content.decode()
     research.refresh_from_db()
     assert research.sunset_at is None
+
+
+# --- the response cache ---------------------------------------------------------------------------------------------
+
+
+def test_an_operator_turns_the_response_cache_on_and_bad_settings_are_form_errors(operator, research):
+    data = edit_data(research, cache_enabled="on", cache_ttl_seconds="0") | targets_data()
+    response = operator.post(f"/console/agents/{research.pk}/edit/", data)
+    assert response.status_code == 400
+    assert "Ensure this value is greater than or equal to 1." in response.content.decode()
+    data = edit_data(research, cache_enabled="on", cache_max_entry_bytes="99999999") | targets_data()
+    assert operator.post(f"/console/agents/{research.pk}/edit/", data).status_code == 400
+    data = edit_data(research, cache_enabled="on", cache_ttl_seconds="60", cache_shared="on") | targets_data()
+    assert operator.post(f"/console/agents/{research.pk}/edit/", data).status_code == 302
+    research.refresh_from_db()
+    assert (research.cache_enabled, research.cache_ttl_seconds, research.cache_shared) == (True, 60, True)
+    assert research.cache_max_entry_bytes == 262_144  # not sent: kept
+
+
+def test_the_agent_page_shows_its_cache_hit_rate_and_saving_and_forgets_on_request(operator, compliance, research):
+    from audit.models import AuditRecord
+    from gateway_project.hotstate import get_hot_state
+    from routing.response_cache import forget_agent
+
+    Agent.objects.filter(pk=research.pk).update(cache_enabled=True)
+    for status, saved in (("hit", "0.001500000"), ("hit", "0.000500000"), ("miss", None), ("bypass", None)):
+        cache = {"status": status, **({"saved_usd": saved} if saved else {})}
+        AuditRecord.objects.create(request_id=f"r-{status}-{saved}", created_at=timezone.now(), method="POST",
+                                   path="/v1/chat/completions", status=200, agent=research.slug,
+                                   details={"cache": cache})  # fmt: skip
+    page = operator.get(f"/console/agents/{research.pk}/edit/").content.decode()
+    assert 'id="cache-hit-rate">67%' in page and 'id="cache-hits">2' in page and 'id="cache-misses">1' in page
+    assert 'id="cache-saved">$0.002000000' in page
+    store = get_hot_state()
+    generation = store.key("cache-gen", "agent", research.slug)
+    before = store.bump_now(generation)
+    assert compliance.post(f"/console/agents/{research.pk}/forget-cache/").status_code == 403
+    assert operator.post(f"/console/agents/{research.pk}/forget-cache/").status_code == 302
+    assert store.bump_now(generation) == before + 2  # the console bumped it once
+    assert AdminAction.objects.filter(action="invalidate_cache", via="console").count() == 1
+    forget_agent(research.slug)

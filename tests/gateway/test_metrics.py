@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +54,22 @@ def scrape(server, **headers) -> dict[tuple[str, tuple], float]:
     return samples
 
 
+def settled_scrape(server) -> dict:
+    """A scrape once every worker has handed over what it counted: two a hand-over apart that agree."""
+
+    def settled():
+        first = scrape(server)
+        time.sleep(1.2)  # GATEWAY_METRICS_FLUSH_SECONDS and a margin
+        second = scrape(server)
+        return second if _requests(first) == _requests(second) else None
+
+    return until(settled, "the workers' counts settle")
+
+
+def _requests(samples: dict) -> dict:
+    return {key: value for key, value in samples.items() if key[0] == "gateway_requests_total"}
+
+
 def added(before: dict, after: dict, name: str, by: tuple[str, ...]) -> dict[tuple, float]:
     """What the samples named ``name`` gained between two scrapes, summed by the labels ``by``."""
     totals: dict[tuple, float] = defaultdict(float)
@@ -63,12 +80,16 @@ def added(before: dict, after: dict, name: str, by: tuple[str, ...]) -> dict[tup
     return {labels: value for labels, value in totals.items() if value}
 
 
-def send_mixed_load(url: str, raws: dict[str, str]) -> list[httpx.Response]:
-    """Chat answers, streamed ones, pass-through calls, rate-limited and unauthenticated requests, eight at once."""
+def send_mixed_load(url: str, raws: dict[str, str], caching: str) -> list[httpx.Response]:
+    """Chat answers, streamed ones, pass-through calls, cached answers, rate-limited and unauthenticated requests,
+    eight at once."""
     chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}
     stream = {**chat, "stream": True, "stream_options": {"include_usage": True}}
+    cached = {**chat, "model": caching, "temperature": 0}
     plan = (
-        [("steady", CHAT, chat)] * 30
+        [("steady", CHAT, cached)] * 2  # kept before the rest asks for it
+        + [("steady", CHAT, chat)] * 30
+        + [("steady", CHAT, cached)] * 8
         + [("steady", CHAT, stream)] * 12
         + [("steady", "/agents/research/invoke", {"input": "look this up"})] * 6
         + [("limited", CHAT, chat)] * 12
@@ -84,17 +105,25 @@ def send_mixed_load(url: str, raws: dict[str, str]) -> list[httpx.Response]:
         return list(pool.map(one, plan))
 
 
-def test_counters_scraped_during_load_agree_exactly_with_the_audit_log(two_workers, make_key, live_db):
+def test_counters_scraped_during_load_agree_exactly_with_the_audit_log(two_workers, make_key, live_db, wait_for_agent):
+    from routing.models import Agent
+
+    caching = Agent.objects.create(
+        slug=f"cached-{uuid.uuid4().hex[:8]}", name="cached", kind="openai", upstream_url=two_workers_upstream(),
+        served_models=[], default_model="gpt-4o-mini", cache_enabled=True, cache_shared=True,
+    )  # fmt: skip
+    wait_for_agent(caching.slug, two_workers)
     steady_raw, _ = make_key()
     limited_raw, _ = make_key(rpm=4)
-    before = scrape(two_workers)
+    before = settled_scrape(two_workers)  # the requests that waited for the agent counted too
     with ThreadPoolExecutor(max_workers=1) as scraper:  # scraped while the load runs: the exposition holds up
         during = scraper.submit(lambda: [scrape(two_workers) for _ in range(5)])
-        answers = send_mixed_load(two_workers.url, {"steady": steady_raw, "limited": limited_raw, "nobody": "sk-no"})
+        raws = {"steady": steady_raw, "limited": limited_raw, "nobody": "sk-no"}
+        answers = send_mixed_load(two_workers.url, raws, caching.slug)
         assert all(sample for sample in during.result())
     statuses = Counter(answer.status_code for answer in answers)
     # The limited key's four a minute are each worker's own without Redis: eight may pass then.
-    assert statuses[401] == 5 and statuses[429] >= 4 and statuses[200] + statuses[429] == 60, statuses
+    assert statuses[401] == 5 and statuses[429] >= 4 and statuses[200] + statuses[429] == 70, statuses
     ids = [answer.headers["x-request-id"] for answer in answers]
     rows = wait_for(lambda: _all_written(ids))
     assert rows, "every request's audit record is written"
@@ -141,8 +170,27 @@ def test_counters_scraped_during_load_agree_exactly_with_the_audit_log(two_worke
         ("authentication",): 5.0,
     }
     attempts = added(before, after, "gateway_upstream_duration_seconds_count", ("outcome",))
-    assert attempts == {("ok",): statuses[200]}
+    hits = sum(1 for r in rows if r.details.get("cache", {}).get("status") == "hit")
+    assert attempts == {("ok",): statuses[200] - hits}  # a hit asks no upstream
     assert sum(added(before, after, "gateway_overhead_seconds_count", ()).values()) == len(rows)
+
+    # The cache's results and savings, as the audit records them (each worker keeps its own in-process cache
+    # without Redis: a miss or two more there).
+    results = Counter((r.agent, r.details["cache"]["status"]) for r in rows if "cache" in r.details)
+    assert added(before, after, "gateway_cache_requests_total", ("agent", "result")) == {
+        labels: float(count) for labels, count in results.items()
+    }
+    assert results[(caching.slug, "hit")] >= 6
+    saved = sum(Decimal(r.details["cache"].get("saved_usd", "0")) for r in rows if "cache" in r.details)
+    saved_added = sum(added(before, after, "gateway_cache_saved_usd_total", ()).values())
+    assert round(Decimal(saved_added), 9) == saved > 0
+    caching.delete()
+
+
+def two_workers_upstream() -> str:
+    from routing.models import Agent
+
+    return Agent.objects.get(slug="research").upstream_url
 
 
 def _all_written(ids: list[str]):
