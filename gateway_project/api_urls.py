@@ -22,6 +22,7 @@ from keys.api import (
 )
 from keys.token_api import CurrentTokenView, RotateTokenView
 from routing.api import AgentViewSet, ResponseCacheViewSet, TargetViewSet
+from routing.auto_route_api import AutoRouteRuleViewSet
 from routing.route_api import CapabilityKeywordViewSet, PathRouteViewSet
 
 router = DefaultRouter()
@@ -49,6 +50,7 @@ router.register("admin-actions", AdminActionViewSet)
 router.register("redaction-rules", RedactionRuleViewSet)
 router.register("routes", PathRouteViewSet)
 router.register("capability-keywords", CapabilityKeywordViewSet)
+router.register("auto-route-rules", AutoRouteRuleViewSet)
 router.register("auth-events", AuthEventViewSet)
 
 urlpatterns = [

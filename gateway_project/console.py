@@ -29,6 +29,7 @@ NAV = [
         ("agents", "Agents", ("agent", "agents"), roles.READ),
         ("routes", "Routes", ("route", "routes"), roles.READ),
         ("keywords", "Content routing", ("keyword", "keywords"), roles.READ),
+        ("auto-routes", "Auto-routing", ("auto-route", "auto-routes"), roles.READ),
     ]),
     ("Governance", [
         ("policies", "Policies", ("policy", "policies"), roles.READ),

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from routing import route_views, views
+from routing import auto_route_views, route_views, views
 
 # Relative to /console/, so these never collide with the gateway's own /agents/<slug>/ proxy paths.
 urlpatterns = [
@@ -20,4 +20,13 @@ urlpatterns = [
     path("content-routing/new/", route_views.KeywordEditView.as_view(), name="keyword-new"),
     path("content-routing/<int:pk>/edit/", route_views.KeywordEditView.as_view(), name="keyword-edit"),
     path("content-routing/<int:pk>/delete/", route_views.KeywordDeleteView.as_view(), name="keyword-delete"),
+    path("auto-routing/", auto_route_views.AutoRouteListView.as_view(), name="auto-routes"),
+    path("auto-routing/new/", auto_route_views.AutoRouteEditView.as_view(), name="auto-route-new"),
+    path("auto-routing/<int:pk>/edit/", auto_route_views.AutoRouteEditView.as_view(), name="auto-route-edit"),
+    path(
+        "auto-routing/<int:pk>/move/<str:direction>/",
+        auto_route_views.AutoRouteMoveView.as_view(),
+        name="auto-route-move",
+    ),
+    path("auto-routing/<int:pk>/delete/", auto_route_views.AutoRouteDeleteView.as_view(), name="auto-route-delete"),
 ]

@@ -33,7 +33,17 @@ from keys.access import (
     refuse_if_blocked,
 )
 from keys.origins import allows, origin_table, preflight_headers
-from routing import anthropic_shape, deprecation, forward, jobs, path_routes, protocols, resilience, response_cache
+from routing import (
+    anthropic_shape,
+    auto_route,
+    deprecation,
+    forward,
+    jobs,
+    path_routes,
+    protocols,
+    resilience,
+    response_cache,
+)  # fmt: skip
 from routing.adapters import Plan, adapter_for
 from routing.admission import (
     RESERVATION_MARGIN_SECONDS,
@@ -49,6 +59,7 @@ from routing.exchange import ClientLeft, Exchange
 from routing.facts import Demand, RequestFacts
 from routing.governance import govern
 from routing.guarding import guard_input
+from routing.models import AUTO_MODEL
 from routing.pricing import quote_for
 from routing.table import AgentRoute, RoutingTable, routing_table
 from routing.upstream_url import check_raw_path
@@ -174,11 +185,11 @@ async def _priced_demand(ex: Exchange, facts: RequestFacts, max_output: int | No
     return ex.learn(facts.priced(quoted).demanding(demand))
 
 
-async def _route_for_model(ex: Exchange, requested: str) -> RequestFacts:
-    """The facts routed to the agent serving ``requested`` (a model, or an agent's slug for its default model), if
-    the key may use it."""
+async def _route_for_model(ex: Exchange, requested: str, route: AgentRoute | None = None) -> RequestFacts:
+    """The facts routed to ``route``, else the agent serving ``requested`` (a model, or an agent's slug for its
+    default model), if the key may use it."""
     table = await routing_table.get()
-    route = table.for_model(requested)
+    route = route or table.for_model(requested)
     deprecation.mark(ex, table.deprecations.get(route.slug))
     ex.agent, ex.model = route.slug, route.answering_model(requested)
     authorize_model(ex.key, route, requested)
@@ -192,7 +203,8 @@ async def chat_completions(ex: Exchange) -> None:
     await authenticate(ex)
     payload = await ex.json()
     protocols.validate_chat(payload)
-    facts = await _route_for_model(ex, payload["model"])
+    payload, auto = await _auto_routed(ex, payload)
+    facts = await _route_for_model(ex, payload["model"], auto and auto.route)
     route = facts.route
     ex.input_text = protocols.last_user_text(payload["messages"])
     payload = await guard_input(ex, ex.key, route.slug, payload)  # before anything is reserved
@@ -213,6 +225,12 @@ def _composed_lookup(ex: Exchange, route: AgentRoute, payload: dict, stream: boo
         return None
     request = response_cache.normalised(f"{ex.path}\n{route.slug}", payload)
     return response_cache.lookup_for(ex, route, request, stream=stream, payload=payload)
+
+
+async def _auto_routed(ex: Exchange, payload: dict):
+    """A chat or messages ``payload`` with the model auto-routing chose, when it asks for one (``auto_route``)."""
+    text = protocols.last_user_text(payload["messages"])
+    return await auto_route.apply(ex, await routing_table.get(), payload, payload["model"], text)
 
 
 def authorize_model(key, route: AgentRoute, requested: str) -> None:
@@ -260,7 +278,8 @@ async def messages(ex: Exchange) -> None:
     await authenticate(ex)
     payload = await ex.json()
     anthropic_shape.validate_messages(payload)
-    facts = await _route_for_model(ex, payload["model"])
+    payload, auto = await _auto_routed(ex, payload)
+    facts = await _route_for_model(ex, payload["model"], auto and auto.route)
     route = facts.route
     ex.input_text = protocols.last_user_text(payload["messages"])
     payload = await guard_input(ex, ex.key, route.slug, payload)
@@ -287,6 +306,8 @@ async def agent_invoke(ex: Exchange) -> None:
     payload = await ex.json()
     protocols.validate_invoke(payload)
     table = await routing_table.get()
+    if payload.get("model") == AUTO_MODEL:  # an agent's own rules when it names one, else those of "auto"
+        payload = await auto_route.apply_to_invoke(ex, table, payload)
     full: set[str] = set()
     while True:
         route, reason = await _invoke_route_for(ex, table, payload, full)
@@ -322,6 +343,10 @@ async def _invoke_on(ex: Exchange, route: AgentRoute, reason: str, payload: dict
     """Invoke ``route`` (chosen for ``reason``): synchronously, or as a job."""
     table = await routing_table.get()
     deprecation.mark(ex, table.deprecations.get(route.slug))
+    if not payload.get("model") and route.default_model == AUTO_MODEL:  # the agent's rules pick one of its models
+        payload, _ = await auto_route.apply(ex, table, payload, route.slug, payload["input"], header=False)
+    if "auto_route" in ex.details:
+        reason = ex.details["auto_route"]["reason"]
     ex.details["route_reason"] = reason
     model = payload.get("model") or route.default_model
     ex.agent, ex.model, ex.input_text = route.slug, model, payload["input"]

@@ -314,3 +314,92 @@ class AgentJob(models.Model):
 
     def __str__(self):
         return f"job {self.id} ({self.status})"
+
+
+AUTO_MODEL = "auto"
+
+
+def validate_keywords(value):
+    from routing.auto_signals import clean_keywords
+
+    clean_keywords(value)
+
+
+def validate_capabilities(value):
+    from routing.auto_signals import clean_capabilities
+
+    clean_capabilities(value)
+
+
+class AutoRouteRule(models.Model):
+    """One rule of model auto-routing (``routing.auto_route``).
+
+    A request for the model ``auto`` (or for an agent whose default model is ``auto``) is
+    answered by the model of the first enabled rule, in ``position`` order, whose conditions
+    all hold and whose model the key may use and supports what the request asks for. The
+    rule marked ``is_default`` has no conditions: its model answers when no other rule does.
+    Rules with an ``agent`` apply only to requests for that agent, and pick among its models.
+    """
+
+    name = models.CharField(max_length=100, help_text="Shown in the X-Gateway-Route-Reason header and the audit.")
+    position = models.PositiveIntegerField(default=100, help_text="Rules are tried in ascending position.")
+    enabled = models.BooleanField(default=True)
+    agent = models.ForeignKey(
+        Agent, null=True, blank=True, on_delete=models.CASCADE, related_name="auto_route_rules",
+        help_text="Only for requests to this agent (its default model must be “auto”); empty: requests for the "
+        "model “auto”.",
+    )  # fmt: skip
+    model = models.CharField(max_length=200, help_text="The model this rule picks.")
+    is_default = models.BooleanField(
+        default=False, help_text="The fallback: no conditions, used when no other rule matches (one per agent)."
+    )
+    min_prompt_tokens = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Estimated prompt tokens: at least."
+    )
+    max_prompt_tokens = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Estimated prompt tokens: at most."
+    )
+    min_complexity = models.FloatField(
+        null=True, blank=True, validators=[MinValueValidator(0), MaxValueValidator(1)],
+        help_text="Complexity score (0 to 1), at least.",
+    )  # fmt: skip
+    max_complexity = models.FloatField(
+        null=True, blank=True, validators=[MinValueValidator(0), MaxValueValidator(1)],
+        help_text="Complexity score (0 to 1), at most.",
+    )  # fmt: skip
+    keywords = models.JSONField(
+        default=list, blank=True, validators=[validate_keywords],
+        help_text="Any of these words or phrases in the last user message (whole words, any case); empty: any text.",
+    )  # fmt: skip
+    asks_for = models.JSONField(
+        default=list, blank=True, validators=[validate_capabilities],
+        help_text="The request asks for all of these (tools, vision, json); empty: any request.",
+    )  # fmt: skip
+    max_input_per_million = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True, validators=[MinValueValidator(0)],
+        help_text="The model's input price (USD per million tokens), at most.",
+    )  # fmt: skip
+    max_output_per_million = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True, validators=[MinValueValidator(0)],
+        help_text="The model's output price (USD per million tokens), at most.",
+    )  # fmt: skip
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    CONDITIONS = (
+        "min_prompt_tokens", "max_prompt_tokens", "min_complexity", "max_complexity", "keywords", "asks_for",
+        "max_input_per_million", "max_output_per_million",
+    )  # fmt: skip
+
+    class Meta:
+        ordering = ["position", "pk"]
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        from routing.auto_route import rule_problems
+
+        problems = rule_problems(self)
+        if problems:
+            raise ValidationError(problems)

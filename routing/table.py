@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 
@@ -16,6 +17,9 @@ from routing import content_routing
 from routing.deprecation import deprecation_headers
 from routing.models import DEFAULT_RETRY_STATUSES, Agent, CapabilityKeyword, PathRoute, Target
 from routing.path_routes import PathRouteEntry, entry_of
+
+if TYPE_CHECKING:
+    from routing.auto_route import AutoRoutes
 
 log = logging.getLogger("gateway.routing")
 
@@ -94,6 +98,7 @@ class RoutingTable:
     paths: dict[str, PathRouteEntry] = field(default_factory=dict)  # active path routes by prefix
     keywords: dict[str, str] = field(default_factory=dict)  # content routing: keyword -> capability
     deprecations: dict[str, tuple] = field(default_factory=dict)  # agent slug -> Deprecation/Sunset headers
+    auto: AutoRoutes | None = None  # model auto-routing's enabled rules (``routing.auto_route``)
 
     def agent(self, slug: str) -> AgentRoute:
         route = self.agents.get(slug)
@@ -229,7 +234,9 @@ def load_table() -> RoutingTable:
     deprecations = {
         agent.slug: deprecation_headers(True, agent.updated_at, agent.sunset_at) for agent in active if agent.deprecated
     }
-    return RoutingTable(agents, by_model, paths, keywords, deprecations)
+    from routing.auto_route import load_auto_routes  # it prices through ``routing.pricing``, which imports this
+
+    return RoutingTable(agents, by_model, paths, keywords, deprecations, load_auto_routes())
 
 
 routing_table = RefreshingTable("routing", load_table, interval=lambda: settings.GATEWAY["CONFIG_REFRESH_SECONDS"])

@@ -1,0 +1,153 @@
+"""What model auto-routing reads of a request: its complexity, its keywords and the capabilities it asks for.
+
+Pure functions of the request's text and body, bounded in cost whatever they are
+given (only the first ``MAX_READ_CHARS`` characters of a text are read) and never
+raising: the hot path computes them once per auto-routed request, and the rules
+(``routing.auto_route``) compare them.
+
+The complexity score is a number from 0 to 1, two decimals:
+
+    0.40 * min(1, words / 1500)           how long the prompt is
+  + 0.30 * min(1, code fences / 4)        ``` pairs: code to read or write
+  + 0.15 * min(1, question marks / 5)     how many things are asked
+  + 0.15 * min(1, reasoning cues / 5)     "why", "explain", "prove", "step by step", ...
+
+Each part only grows as text is appended after a space or a line break, so the
+score never falls when a prompt grows so (a property test checks it).
+"""
+
+from __future__ import annotations
+
+import re
+
+from django.core.exceptions import ValidationError
+
+from routing.protocols import IMAGE_PARTS
+
+# Only the start of a text is read: a megabyte prompt costs no more than this, and every part saturates long before.
+MAX_READ_CHARS = 100_000
+MAX_KEYWORDS = 20
+MAX_KEYWORD_LENGTH = 50
+CAPABILITIES = ("tools", "vision", "json")
+
+WORDS_AT_FULL_LENGTH = 1500
+FENCES_AT_FULL = 4
+QUESTIONS_AT_FULL = 5
+CUES_AT_FULL = 5
+REASONING_CUES = frozenset(
+    {"why", "explain", "prove", "derive", "analyze", "analyse", "compare", "design", "optimize", "optimise",
+     "refactor", "debug", "tradeoffs", "architecture", "algorithm", "complexity", "reasoning", "evaluate"}
+)  # fmt: skip
+_WORD = re.compile(r"\w+")
+_KEYWORD_CHARS = re.compile(r"[\w\s'-]+")
+
+JSON_FORMATS = frozenset({"json_object", "json_schema"})
+
+
+def complexity(text) -> float:
+    """The prompt's complexity from 0 to 1 (the formula is in the module's docstring); 0 for anything not text."""
+    if not isinstance(text, str) or not text:
+        return 0.0
+    text = text[:MAX_READ_CHARS]
+    words = len(text.split())
+    fences = text.count("```") // 2
+    questions = text.count("?")
+    cues = sum(1 for word in _WORD.findall(text.lower()) if word in REASONING_CUES)
+    score = (
+        0.40 * min(1.0, words / WORDS_AT_FULL_LENGTH)
+        + 0.30 * min(1.0, fences / FENCES_AT_FULL)
+        + 0.15 * min(1.0, questions / QUESTIONS_AT_FULL)
+        + 0.15 * min(1.0, cues / CUES_AT_FULL)
+    )
+    return round(min(1.0, score), 2)
+
+
+def words_of(text) -> str:
+    """The text's words, lower-cased and joined by single spaces, with a space at each end: what keywords are
+    looked for in (a keyword matches whole words only: "code" is not found in "decode")."""
+    if not isinstance(text, str):
+        return " "
+    return " " + " ".join(_WORD.findall(text[:MAX_READ_CHARS].lower())) + " "
+
+
+def normal_keyword(keyword: str) -> str:
+    """A keyword as it is matched: its words, lower-cased, joined by single spaces ("Step-By-Step" -> "step by
+    step")."""
+    return " ".join(_WORD.findall(keyword.lower()))
+
+
+def clean_keywords(value) -> list[str]:
+    """Keywords as saved: at most ``MAX_KEYWORDS``, each a word or phrase of letters, digits, spaces, hyphens and
+    apostrophes, at most ``MAX_KEYWORD_LENGTH`` characters; trimmed, duplicates dropped."""
+    if value in (None, ""):
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValidationError("Give a list of words or phrases.")
+    kept: list[str] = []
+    for raw in value:
+        keyword = " ".join(raw.split())
+        if not keyword:
+            continue
+        if len(keyword) > MAX_KEYWORD_LENGTH:
+            raise ValidationError(f"“{keyword[:20]}…” is longer than {MAX_KEYWORD_LENGTH} characters.")
+        if not _KEYWORD_CHARS.fullmatch(keyword) or not normal_keyword(keyword):
+            raise ValidationError(
+                f"“{keyword}”: a keyword is letters, digits, spaces, “-” and “'” only (matched as whole words)."
+            )
+        if keyword.lower() not in (k.lower() for k in kept):
+            kept.append(keyword)
+    if len(kept) > MAX_KEYWORDS:
+        raise ValidationError(f"At most {MAX_KEYWORDS} keywords a rule.")
+    return kept
+
+
+def clean_capabilities(value) -> list[str]:
+    """The capabilities a rule asks for: a list drawn from ``CAPABILITIES``, each once, in that order."""
+    if value in (None, ""):
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValidationError(f"Give a list drawn from {', '.join(CAPABILITIES)}.")
+    unknown = [item for item in value if item not in CAPABILITIES]
+    if unknown:
+        raise ValidationError(f"Unknown capability “{unknown[0]}”: choose from {', '.join(CAPABILITIES)}.")
+    return [name for name in CAPABILITIES if name in value]
+
+
+def first_keyword(words: str, keywords: tuple[str, ...]) -> str:
+    """The first of ``keywords`` (normalised) found as whole words in ``words`` (from ``words_of``), or ""."""
+    for keyword in keywords:
+        if f" {keyword} " in words:
+            return keyword
+    return ""
+
+
+def asked_capabilities(payload) -> frozenset[str]:
+    """What a chat or messages request needs of its model: ``tools`` (tools or functions offered), ``vision`` (an
+    image part in its messages or system prompt), ``json`` (a JSON ``response_format``)."""
+    if not isinstance(payload, dict):
+        return frozenset()
+    asked = set()
+    if payload.get("tools") or payload.get("functions"):
+        asked.add("tools")
+    response_format = payload.get("response_format")
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if isinstance(kind, str) and kind in JSON_FORMATS:
+        asked.add("json")
+    if _has_image(payload.get("messages")) or _has_image(payload.get("system")):
+        asked.add("vision")
+    return frozenset(asked)
+
+
+def _has_image(node) -> bool:
+    """Whether an image part is anywhere in ``node`` (a tool result's content too); iterative, so any depth."""
+    stack = [node]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            kind = node.get("type")
+            if isinstance(kind, str) and kind in IMAGE_PARTS:
+                return True
+            stack.extend(value for value in node.values() if isinstance(value, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend(item for item in node if isinstance(item, (dict, list)))
+    return False
