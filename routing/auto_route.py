@@ -227,6 +227,39 @@ def _nothing_fits(scope: str, signals: Signals, skipped: list[dict]) -> GatewayE
     return GatewayError(400, "invalid_request_error", "no_auto_route", message + (f" Skipped: {why}." if why else ""))
 
 
+async def apply(ex, table, payload: dict, requested: str, text, *, header: bool = True) -> tuple[dict, Choice | None]:
+    """``payload`` with the model auto-routing chose, when ``requested`` (a model or an agent's slug) is auto-routed,
+    and the choice (noted in the audit record's ``details.auto_route`` and, with ``header``, the response's
+    ``X-Gateway-Route-Reason``); else ``payload`` as it was and None."""
+    scope = scope_of(table, requested)
+    if scope is None:
+        return payload, None
+    if scope:  # the agent asked for, before any of its models: a key outside its scope hears that
+        authorize(ex.key, table.agents[scope])
+    signals = signals_of(payload, text, input_estimate(ex.body))
+    choice = await choose(table, ex.key, signals, scope)
+    ex.details["auto_route"] = choice.details
+    if header:
+        ex.extra_headers.append((b"x-gateway-route-reason", choice.reason.encode()))
+    return {**payload, "model": choice.model}, choice
+
+
+async def apply_to_invoke(ex, table, payload: dict) -> dict:
+    """An invoke ``payload`` naming the model ``auto`` with the model chosen: by the rules of the agent it names
+    (whose default model must then be ``auto``), else by those of ``auto``."""
+    agent = payload.get("agent")
+    if agent:
+        table.agent(agent)  # 404 for an agent that does not exist
+    payload, choice = await apply(ex, table, payload, agent or AUTO_MODEL, payload["input"], header=False)
+    if choice is None:
+        raise bad_request(
+            f"The agent '{agent}' does not auto-route (its default model is not '{AUTO_MODEL}'): name a model it "
+            f"serves, or leave out the agent to use the rules of '{AUTO_MODEL}'.",
+            "no_auto_route",
+        )
+    return payload
+
+
 # --- validation of a rule as saved (the console's form and the API's serializer both call it) ---------------
 
 
@@ -263,50 +296,13 @@ def _model_problems(rule: AutoRouteRule) -> dict[str, str]:
     return {}
 
 
-async def apply(ex, table, payload: dict, requested: str, text, *, header: bool = True) -> tuple[dict, Choice | None]:
-    """``payload`` with the model auto-routing chose, when ``requested`` (a model or an agent's slug) is auto-routed,
-    and the choice (noted in the audit record's ``details.auto_route`` and, with ``header``, the response's
-    ``X-Gateway-Route-Reason``); else ``payload`` as it was and None."""
-    scope = scope_of(table, requested)
-    if scope is None:
-        return payload, None
-    if scope:  # the agent asked for, before any of its models: a key outside its scope hears that
-        authorize(ex.key, table.agents[scope])
-    signals = signals_of(payload, text, input_estimate(ex.body))
-    choice = await choose(table, ex.key, signals, scope)
-    ex.details["auto_route"] = choice.details
-    if header:
-        ex.extra_headers.append((b"x-gateway-route-reason", choice.reason.encode()))
-    return {**payload, "model": choice.model}, choice
-
-
-async def apply_to_invoke(ex, table, payload: dict) -> dict:
-    """An invoke ``payload`` naming the model ``auto`` with the model chosen: by the rules of the agent it names
-    (whose default model must then be ``auto``), else by those of ``auto``."""
-    agent = payload.get("agent")
-    if agent:
-        table.agent(agent)  # 404 for an agent that does not exist
-    payload, choice = await apply(ex, table, payload, agent or AUTO_MODEL, payload["input"], header=False)
-    if choice is None:
-        raise bad_request(
-            f"The agent '{agent}' does not auto-route (its default model is not '{AUTO_MODEL}'): name a model it "
-            f"serves, or leave out the agent to use the rules of '{AUTO_MODEL}'.",
-            "no_auto_route",
-        )
-    return payload
-
-
-def move(rule: AutoRouteRule, step: int) -> bool:
-    """Move ``rule`` one place up (-1) or down (+1) among its scope's rules, renumbering them 10, 20, … so that
-    equal positions still move; False when it is already first or last."""
+def reordered(rule: AutoRouteRule, step: int) -> list[tuple[AutoRouteRule, int]]:
+    """The rules of ``rule``'s scope whose position changes when it moves one place up (-1) or down (+1), with
+    their new positions (10, 20, …, so that equal positions still move); empty when it is already first or last."""
     siblings = list(AutoRouteRule.objects.filter(agent=rule.agent_id, is_default=False).order_by("position", "pk"))
     index = next(i for i, sibling in enumerate(siblings) if sibling.pk == rule.pk)
     other = index + step
     if not 0 <= other < len(siblings):
-        return False
+        return []
     siblings[index], siblings[other] = siblings[other], siblings[index]
-    for number, sibling in enumerate(siblings, start=1):
-        if sibling.position != number * 10:
-            sibling.position = number * 10
-            sibling.save(update_fields=["position", "updated_at"])
-    return True
+    return [(sibling, n * 10) for n, sibling in enumerate(siblings, start=1) if sibling.position != n * 10]

@@ -54,12 +54,13 @@ class AutoRouteMoveView(RoleRequiredMixin, View):
         if rule.is_default:
             messages.error(request, "The default rule is always tried last; it has no place to move to.")
             return redirect("console:auto-routes")
-        before = snapshot(rule)
+        moved = auto_route.reordered(rule, -1 if direction == "up" else 1)
         with transaction.atomic():
-            moved = auto_route.move(rule, -1 if direction == "up" else 1)
-            if moved:
-                rule.refresh_from_db()
-                record_update(request.user, "console", rule, before, action="reorder")
+            for sibling, position in moved:
+                before = snapshot(sibling)
+                sibling.position = position
+                sibling.save(update_fields=["position", "updated_at"])
+                record_update(request.user, "console", sibling, before, action="reorder")
         if moved:
             messages.success(request, f"“{rule.name}” moved {direction}. {REFRESH_NOTE}")
         else:
