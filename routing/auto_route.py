@@ -95,11 +95,9 @@ class Choice:
 
 
 def signals_of(payload: dict, text, prompt_tokens: int) -> Signals:
-    """The signals of a chat or messages request whose last user message is ``text``."""
-    return Signals(
-        prompt_tokens, auto_signals.complexity(text), auto_signals.words_of(text),
-        auto_signals.asked_capabilities(payload),
-    )  # fmt: skip
+    """The signals of a chat or messages request whose last user message is ``text`` (read once)."""
+    score, words = auto_signals.read(text)
+    return Signals(prompt_tokens, score, words, auto_signals.asked_capabilities(payload))
 
 
 def scope_of(table, requested: str) -> str | None:

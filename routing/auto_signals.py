@@ -19,6 +19,7 @@ score never falls when a prompt grows so (a property test checks it).
 from __future__ import annotations
 
 import re
+import string
 
 from django.core.exceptions import ValidationError
 
@@ -38,42 +39,56 @@ REASONING_CUES = frozenset(
     {"why", "explain", "prove", "derive", "analyze", "analyse", "compare", "design", "optimize", "optimise",
      "refactor", "debug", "tradeoffs", "architecture", "algorithm", "complexity", "reasoning", "evaluate"}
 )  # fmt: skip
-_WORD = re.compile(r"\w+")
+# Punctuation splits words as spaces do ("step-by-step" is three words, "don't" two); "_" joins them, as in code.
+# Unicode punctuation common in prose: dashes, curly quotes, guillemets, the ellipsis, CJK and full-width marks.
+_PROSE_PUNCTUATION = (
+    "\u2013\u2014\u2018\u2019\u201c\u201d\u00ab\u00bb\u2026\u00b7"
+    "\u3001\u3002\u300c\u300d\u3010\u3011\uff01\uff08\uff09\uff0c\uff1a\uff1b\uff1f"
+)
+_SEPARATORS = str.maketrans(dict.fromkeys(string.punctuation.replace("_", "") + _PROSE_PUNCTUATION, " "))
 _KEYWORD_CHARS = re.compile(r"[\w\s'-]+")
 
 JSON_FORMATS = frozenset({"json_object", "json_schema"})
 
 
-def complexity(text) -> float:
-    """The prompt's complexity from 0 to 1 (the formula is in the module's docstring); 0 for anything not text."""
+def read(text) -> tuple[float, str]:
+    """The complexity score of ``text`` (the formula is in the module's docstring) and its words (``words_of``),
+    reading it once; 0 and no words for anything not text."""
     if not isinstance(text, str) or not text:
-        return 0.0
+        return 0.0, " "
     text = text[:MAX_READ_CHARS]
-    words = len(text.split())
-    fences = text.count("```") // 2
-    questions = text.count("?")
-    cues = sum(1 for word in _WORD.findall(text.lower()) if word in REASONING_CUES)
+    words = _words(text)
+    cues = sum(map(REASONING_CUES.__contains__, words))
     score = (
-        0.40 * min(1.0, words / WORDS_AT_FULL_LENGTH)
-        + 0.30 * min(1.0, fences / FENCES_AT_FULL)
-        + 0.15 * min(1.0, questions / QUESTIONS_AT_FULL)
+        0.40 * min(1.0, len(words) / WORDS_AT_FULL_LENGTH)
+        + 0.30 * min(1.0, text.count("```") // 2 / FENCES_AT_FULL)
+        + 0.15 * min(1.0, text.count("?") / QUESTIONS_AT_FULL)
         + 0.15 * min(1.0, cues / CUES_AT_FULL)
     )
-    return round(min(1.0, score), 2)
+    return round(min(1.0, score), 2), " " + " ".join(words) + " "
+
+
+def complexity(text) -> float:
+    """The prompt's complexity from 0 to 1."""
+    return read(text)[0]
 
 
 def words_of(text) -> str:
     """The text's words, lower-cased and joined by single spaces, with a space at each end: what keywords are
     looked for in (a keyword matches whole words only: "code" is not found in "decode")."""
-    if not isinstance(text, str):
-        return " "
-    return " " + " ".join(_WORD.findall(text[:MAX_READ_CHARS].lower())) + " "
+    return read(text)[1]
+
+
+def _words(text: str) -> list[str]:
+    """Lower-cased words: runs of anything but spaces and punctuation (a translation and a split: a third of the
+    cost of a regular expression's ``\\w+`` on a 2 KB prompt)."""
+    return text[:MAX_READ_CHARS].lower().translate(_SEPARATORS).split()
 
 
 def normal_keyword(keyword: str) -> str:
     """A keyword as it is matched: its words, lower-cased, joined by single spaces ("Step-By-Step" -> "step by
     step")."""
-    return " ".join(_WORD.findall(keyword.lower()))
+    return " ".join(_words(keyword))
 
 
 def clean_keywords(value) -> list[str]:

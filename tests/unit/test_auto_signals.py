@@ -91,6 +91,8 @@ def test_keywords_match_whole_words_only():
     assert first_keyword(words_of("please decode this"), ("code",)) == ""
     assert first_keyword(words_of("Write CODE, now"), ("code",)) == "code"
     assert first_keyword(words_of("a step-by-step plan"), (normal_keyword("Step By  Step"),)) == "step by step"
+    assert first_keyword(words_of("Python\u2014why\u3002"), ("why",)) == "why"  # an em dash, a CJK full stop
+    assert first_keyword(words_of("my_python_var"), ("python",)) == ""  # "_" joins words, as in code
 
 
 @PROPERTY
