@@ -294,6 +294,18 @@ def _model_problems(rule: AutoRouteRule) -> dict[str, str]:
     return {}
 
 
+def unserved_models(rules) -> set[str]:
+    """The models of ``rules`` that no active agent serves (for their scope): the gateway skips those rules."""
+    active = list(Agent.objects.filter(is_active=True).only("slug", "served_models"))
+    served = {model for agent in active for model in agent.served_models or ()}
+    by_slug = {agent.slug: set(agent.served_models or ()) for agent in active}
+    return {
+        rule.model
+        for rule in rules
+        if rule.model not in (by_slug.get(rule.agent.slug, set()) if rule.agent_id else served)
+    }
+
+
 def reordered(rule: AutoRouteRule, step: int) -> list[tuple[AutoRouteRule, int]]:
     """The rules of ``rule``'s scope whose position changes when it moves one place up (-1) or down (+1), with
     their new positions (10, 20, …, so that equal positions still move); empty when it is already first or last."""

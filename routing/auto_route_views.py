@@ -26,6 +26,7 @@ class AutoRouteListView(RoleRequiredMixin, View):
             scopes.setdefault(rule.agent.slug if rule.agent_id else "", []).append(rule)
         context = {
             "scopes": [{"agent": scope, "rules": scopes[scope]} for scope in sorted(scopes)],
+            "unserved": auto_route.unserved_models(rules),
             "cues": sorted(REASONING_CUES),
         }
         return render(request, "routing/auto_route_list.html", context)

@@ -27,6 +27,10 @@ def test_every_role_reads_the_rules_and_only_managers_change_them(compliance, no
     page = compliance.get("/console/auto-routing/").content.decode()
     assert "long prompts" in page and "gpt-4o" in page and "New rule" not in page
     assert 'href="/console/auto-routing/"' in page  # in the Routing area's navigation
+    assert "not served" not in page
+    provider.is_active = False
+    provider.save()
+    assert "not served" in compliance.get("/console/auto-routing/").content.decode()
     assert nobody.get("/console/auto-routing/").status_code == 403
     assert compliance.post("/console/auto-routing/new/", rule_data()).status_code == 403
     assert AutoRouteRule.objects.count() == 1

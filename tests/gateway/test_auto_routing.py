@@ -186,3 +186,25 @@ def test_an_agent_whose_default_model_is_auto_picks_among_its_models(
         invoked = client.post("/v1/agent/invoke", json={"input": "hi", "agent": agent.slug})
         assert invoked.status_code == 200, invoked.text
         assert invoked.json()["model"] == small and invoked.json()["route_reason"].startswith('default "fallback"')
+
+
+def test_streams_and_invokes_are_auto_routed_too(gateway, models, rules_on, make_key, audit_of):
+    fast, deep = models(2)
+    (rule, _) = rules_on({gateway}, ("deep", deep, {"keywords": ["explain"]}), default=fast)
+    raw, _ = make_key()
+    with gateway.client(raw) as client:
+        with client.stream("POST", CHAT, json=chat(text="explain this", stream=True)) as streamed:
+            assert streamed.status_code == 200
+            assert streamed.headers["x-gateway-route-reason"].startswith(f'rule={rule.pk} "deep"')
+            body = b"".join(streamed.iter_bytes()).decode()
+        assert f'"model": "{deep}"' in body or f'"model":"{deep}"' in body
+        invoked = client.post("/v1/agent/invoke", json={"input": "please explain", "model": "auto"})
+        assert invoked.status_code == 200, invoked.text
+        answer = invoked.json()
+        assert answer["model"] == deep and answer["route_reason"] == invoked.headers["x-gateway-route-reason"]
+        assert answer["route_reason"].startswith(f'rule={rule.pk} "deep"')
+        assert audit_of(invoked).details["auto_route"]["model"] == deep
+        plain_agent = client.post("/v1/agent/invoke", json={"input": "hi", "model": "auto", "agent": "research"})
+        assert plain_agent.status_code == 400 and plain_agent.json()["error"]["code"] == "no_auto_route"
+        nobody = client.post("/v1/agent/invoke", json={"input": "hi", "model": "auto", "agent": "no-such-agent"})
+        assert nobody.status_code == 404 and nobody.json()["error"]["code"] == "agent_not_found"
