@@ -232,6 +232,7 @@ async def apply(ex, table, payload: dict, requested: str, text, *, header: bool 
     scope = scope_of(table, requested)
     if scope is None:
         return payload, None
+    ex.agent, ex.model = scope, AUTO_MODEL  # what a refusal's audit record shows was asked for
     if scope:  # the agent asked for, before any of its models: a key outside its scope hears that
         authorize(ex.key, table.agents[scope])
     signals = signals_of(payload, text, input_estimate(ex.body))

@@ -135,7 +135,7 @@ def test_a_rule_pointing_at_a_deactivated_model_is_skipped(gateway, models, rule
     assert answer.status_code == 200 and answer.json()["model"] == kept
 
 
-def test_nothing_that_fits_is_a_clear_400(gateway, models, rules_on, make_key):
+def test_nothing_that_fits_is_a_clear_400(gateway, models, rules_on, make_key, audit_of):
     (plain,) = models(1)
     rules_on({gateway}, ("short only", plain, {"max_prompt_tokens": 50}))
     raw, _ = make_key()
@@ -143,6 +143,8 @@ def test_nothing_that_fits_is_a_clear_400(gateway, models, rules_on, make_key):
         refused = client.post(CHAT, json=chat(text="long " * 400))
         assert refused.status_code == 400, refused.text
         assert refused.json()["error"]["code"] == "no_auto_route"
+        record = audit_of(refused)
+        assert (record.status, record.error_type, record.model) == (400, "no_auto_route", "auto")
         image = [{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "http://x/i"}}]
         blind = client.post(CHAT, json={**chat(), "messages": [{"role": "user", "content": image}]})
         assert blind.status_code == 400 and "vision" in blind.json()["error"]["message"]
