@@ -225,22 +225,28 @@ def _nothing_fits(scope: str, signals: Signals, skipped: list[dict]) -> GatewayE
     return GatewayError(400, "invalid_request_error", "no_auto_route", message + (f" Skipped: {why}." if why else ""))
 
 
-async def apply(ex, table, payload: dict, requested: str, text, *, header: bool = True) -> tuple[dict, Choice | None]:
+async def apply(ex, table, payload: dict, requested: str, text_of, *, header=True) -> tuple[dict, Choice | None]:
     """``payload`` with the model auto-routing chose, when ``requested`` (a model or an agent's slug) is auto-routed,
-    and the choice (noted in the audit record's ``details.auto_route`` and, with ``header``, the response's
-    ``X-Gateway-Route-Reason``); else ``payload`` as it was and None."""
+    its rules reading ``text_of(payload)`` (only then), and the choice, noted in the audit record's
+    ``details.auto_route`` and, with ``header``, the response's ``X-Gateway-Route-Reason``; else ``payload`` as it
+    was and None."""
     scope = scope_of(table, requested)
     if scope is None:
         return payload, None
     ex.agent, ex.model = scope, AUTO_MODEL  # what a refusal's audit record shows was asked for
     if scope:  # the agent asked for, before any of its models: a key outside its scope hears that
         authorize(ex.key, table.agents[scope])
-    signals = signals_of(payload, text, input_estimate(ex.body))
+    signals = signals_of(payload, text_of(payload), input_estimate(ex.body))
     choice = await choose(table, ex.key, signals, scope)
     ex.details["auto_route"] = choice.details
     if header:
         ex.extra_headers.append((b"x-gateway-route-reason", choice.reason.encode()))
     return {**payload, "model": choice.model}, choice
+
+
+def invoke_input(payload: dict):
+    """What an invoke's rules read: its input."""
+    return payload["input"]
 
 
 async def apply_to_invoke(ex, table, payload: dict) -> dict:
@@ -249,7 +255,7 @@ async def apply_to_invoke(ex, table, payload: dict) -> dict:
     agent = payload.get("agent")
     if agent:
         table.agent(agent)  # 404 for an agent that does not exist
-    payload, choice = await apply(ex, table, payload, agent or AUTO_MODEL, payload["input"], header=False)
+    payload, choice = await apply(ex, table, payload, agent or AUTO_MODEL, invoke_input, header=False)
     if choice is None:
         raise bad_request(
             f"The agent '{agent}' does not auto-route (its default model is not '{AUTO_MODEL}'): name a model it "

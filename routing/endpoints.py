@@ -229,8 +229,11 @@ def _composed_lookup(ex: Exchange, route: AgentRoute, payload: dict, stream: boo
 
 async def _auto_routed(ex: Exchange, payload: dict):
     """A chat or messages ``payload`` with the model auto-routing chose, when it asks for one (``auto_route``)."""
-    text = protocols.last_user_text(payload["messages"])
-    return await auto_route.apply(ex, await routing_table.get(), payload, payload["model"], text)
+    return await auto_route.apply(ex, await routing_table.get(), payload, payload["model"], _last_user_text)
+
+
+def _last_user_text(payload: dict):
+    return protocols.last_user_text(payload["messages"])
 
 
 def authorize_model(key, route: AgentRoute, requested: str) -> None:
@@ -344,7 +347,7 @@ async def _invoke_on(ex: Exchange, route: AgentRoute, reason: str, payload: dict
     table = await routing_table.get()
     deprecation.mark(ex, table.deprecations.get(route.slug))
     if not payload.get("model") and route.default_model == AUTO_MODEL:  # the agent's rules pick one of its models
-        payload, _ = await auto_route.apply(ex, table, payload, route.slug, payload["input"], header=False)
+        payload, _ = await auto_route.apply(ex, table, payload, route.slug, auto_route.invoke_input, header=False)
     if "auto_route" in ex.details:
         reason = ex.details["auto_route"]["reason"]
     ex.details["route_reason"] = reason
