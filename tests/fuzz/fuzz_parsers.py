@@ -23,7 +23,7 @@ django.setup()
 
 with atheris.instrument_imports(include=["routing", "gateway_project"]):
     from gateway_project.errors import GatewayError
-    from routing import anthropic_shape, protocols
+    from routing import anthropic_shape, auto_route, protocols
     from routing.adapters import ADAPTERS
     from routing.exchange import client_address, parse_json
     from routing.sse import (
@@ -53,13 +53,14 @@ def _json_entry(data: bytes, handle) -> None:
 def _chat(payload) -> None:
     protocols.validate_chat(payload)
     protocols.chat_to_anthropic(payload)
-    protocols.last_user_text(payload["messages"])
+    auto_route.signals_of(payload, protocols.last_user_text(payload["messages"]), 1)  # what auto-routing reads
 
 
 def _messages(payload) -> None:
     anthropic_shape.validate_messages(payload)
     anthropic_shape.ensure_translatable(payload, "m")
     anthropic_shape.messages_to_chat(payload, "m")
+    auto_route.signals_of(payload, protocols.last_user_text(payload["messages"]), 1)
 
 
 def _invoke(payload) -> None:
