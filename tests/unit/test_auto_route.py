@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
+from types import SimpleNamespace
 
 import pytest
 
@@ -148,3 +149,27 @@ def test_names_are_ascii_and_short_in_the_header():
     reason = pick(table([rule]), signals()).reason
     assert reason.isascii() and "\r" not in reason and "\n" not in reason
     assert reason.startswith('rule=1 "?n?code ?quoted? ? name??X-Evil: 1')
+
+
+def test_the_ceiling_reads_the_price_a_reservation_would_quote(monkeypatch):
+    """The price table as the gateway holds it, and the dearest model the answer may come from: a cheap model
+    whose agent falls back to a dear one is as dear as its reservation."""
+    from billing import pricing
+
+    def price(model, input_per_million, output_per_million):
+        nanos = Decimal(1000)  # nanodollars a token per USD a million tokens
+        per_token = (Decimal(input_per_million) * nanos, Decimal(output_per_million) * nanos)
+        return pricing.PriceHistory((0.0,), (Price(model, *per_token),))
+
+    monkeypatch.setattr(pricing.prices, "_value", {"mini": price("mini", "0.15", "0.6"), "big": price("big", 5, 15)})
+    # A refresher that is never done: none is started for this test's event loop, and the real one comes back after.
+    monkeypatch.setattr(pricing.prices, "_refresher", SimpleNamespace(done=lambda: False))
+    under_a_dollar = {"max_output_nanos": Decimal(1000)}  # $1 a million output tokens
+    rules = [RuleEntry(id=1, name="cheap big", model="big", **under_a_dollar),
+             RuleEntry(id=2, name="cheap mini", model="mini", **under_a_dollar)]  # fmt: skip
+    choice = pick(table(rules, DEFAULT), signals())
+    assert choice.details["rule"] == 2 and choice.details["skipped"][0]["why"] == "output price over the ceiling"
+    falls_back = agent("cheap", ("mini",))
+    falls_back = AgentRoute(**{**{f: getattr(falls_back, f) for f in AgentRoute.__slots__}, "fallbacks": ("smart",)})
+    tab = table(rules, DEFAULT, agents=[falls_back, agent("smart", ("big",))])
+    assert pick(tab, signals()).details["rule"] == DEFAULT.id  # mini's reservation is big's price
