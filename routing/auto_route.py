@@ -177,6 +177,18 @@ async def _why_not(table, key, scope: str, rule: RuleEntry, signals: Signals) ->
     return route, ""
 
 
+def reachable(table, key, scope: str) -> bool:
+    """Whether some rule of ``scope`` (its conditions aside) picks a model an active agent serves and the key may
+    use: what ``GET /v1/models`` and content routing ask before offering ``auto`` or an agent that auto-routes."""
+    routes: AutoRoutes = table.auto or NO_RULES
+    default = routes.defaults.get(scope)
+    for rule in (*routes.rules.get(scope, ()), *((default,) if default is not None else ())):
+        route = _serving(table, scope, rule.model)
+        if route is not None and key.may_call(route) and key.may_use_model(rule.model):
+            return True
+    return False
+
+
 async def choose(table, key, signals: Signals, scope: str) -> Choice:
     """The model for a request with ``signals`` in ``scope``, or the refusal that says why there is none."""
     routes: AutoRoutes = table.auto or NO_RULES

@@ -252,10 +252,12 @@ def authorize_model(key, route: AgentRoute, requested: str) -> None:
 
 def _may_use(key, table: RoutingTable, slug: str) -> bool:
     """Whether content routing may choose the agent ``slug`` for this key: the agent (its role too) and its default
-    model."""
+    model (of an agent that auto-routes: a model its rules may pick)."""
     route = table.agents.get(slug)
     if route is None:
         return key.may_use_agent(slug)
+    if route.default_model == AUTO_MODEL:
+        return key.may_call(route) and auto_route.reachable(table, key, slug)
     return key.may_call(route) and key.may_use_model(route.default_model)
 
 
@@ -510,6 +512,8 @@ async def list_models(ex: Exchange) -> None:
         table = await routing_table.get()
         created = int(time.time())
         data = []
+        if auto_route.reachable(table, ex.key, ""):
+            data.append({"id": AUTO_MODEL, "object": "model", "created": created, "owned_by": "gateway:auto-routing"})
         for route in sorted(table.agents.values(), key=lambda r: r.slug):
             if not ex.key.may_call(route):
                 continue

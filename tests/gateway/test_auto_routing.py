@@ -113,9 +113,11 @@ def test_a_rule_whose_model_the_key_may_not_use_is_skipped(gateway, models, rule
         assert answer.status_code == 200 and answer.json()["model"] == small
         skipped = audit_of(answer).details["auto_route"]["skipped"]
         assert skipped == [{"rule": rule.pk, "model": big, "why": "the key may not use the model"}]
+        assert "auto" in {entry["id"] for entry in client.get("/v1/models").json()["data"]}
     raw, _ = make_key(models=["some-other-model"])
     with gateway.client(raw) as client:
         refused = client.post(CHAT, json=chat(text="anything"))
+        assert "auto" not in {entry["id"] for entry in client.get("/v1/models").json()["data"]}
     assert refused.status_code == 403
     error = refused.json()["error"]
     assert error["code"] == "model_not_allowed" and error["request_id"] == refused.headers["x-request-id"]
@@ -210,3 +212,26 @@ def test_streams_and_invokes_are_auto_routed_too(gateway, models, rules_on, make
         assert plain_agent.status_code == 400 and plain_agent.json()["error"]["code"] == "no_auto_route"
         nobody = client.post("/v1/agent/invoke", json={"input": "hi", "model": "auto", "agent": "no-such-agent"})
         assert nobody.status_code == 404 and nobody.json()["error"]["code"] == "agent_not_found"
+
+
+def test_content_routing_reaches_an_agent_that_auto_routes_for_a_key_scoped_to_its_models(
+    gateway, agents, seeded, rules_on, make_key
+):
+    from routing.models import CapabilityKeyword
+
+    capability, word = f"cap{uuid.uuid4().hex[:6]}", f"otter{uuid.uuid4().hex[:6]}"
+    small, large = f"s-{uuid.uuid4().hex[:6]}", f"l-{uuid.uuid4().hex[:6]}"
+    agent = agents(seeded.url, kind="openai", served_models=[small, large], default_model="auto",
+                   capabilities=[capability])  # fmt: skip
+    keyword = CapabilityKeyword.objects.create(keyword=word, capability=capability)
+    try:
+        rules_on({gateway}, ("large", large, {"keywords": ["essay"]}), default=small, agent=agent)
+        raw, _ = make_key(agents=[agent.slug], models=[small])
+        with gateway.client(raw) as client:
+            answer = client.post("/v1/agent/invoke", json={"input": f"an {word} essay please"})
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert (body["agent_used"], body["model"]) == (agent.slug, small)  # large is outside the key's models
+            assert body["route_reason"].startswith('default "fallback"')
+    finally:
+        keyword.delete()

@@ -87,6 +87,16 @@ def test_a_rule_whose_model_the_key_may_not_use_is_skipped_and_noted():
     assert pick(tab, signals(tokens=2000), key(agents=["cheap"])).model == "mini"  # the agent's scope too
 
 
+def test_auto_is_offered_to_a_key_that_may_reach_one_of_its_models():
+    tab = table([LONG], DEFAULT)
+    assert auto_route.reachable(tab, key(), "")
+    assert auto_route.reachable(tab, key(models=["mini"]), "")  # the default's
+    assert not auto_route.reachable(tab, key(models=["codex"]), "")
+    assert not auto_route.reachable(tab, key(agents=["coder"]), "")
+    assert not auto_route.reachable(table([RuleEntry(id=4, name="gone", model="retired")]), key(), "")
+    assert not auto_route.reachable(tab, key(), "some-agent")
+
+
 def test_only_the_keys_scopes_in_the_way_is_a_403():
     with pytest.raises(GatewayError) as refused:
         pick(table([LONG], DEFAULT), signals(tokens=2000), key(models=["codex"]))
