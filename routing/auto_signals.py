@@ -10,7 +10,7 @@ The complexity score is a number from 0 to 1, two decimals:
     0.40 * min(1, words / 1500)           how long the prompt is
   + 0.30 * min(1, code fences / 4)        ``` pairs: code to read or write
   + 0.15 * min(1, question marks / 5)     how many things are asked
-  + 0.15 * min(1, reasoning cues / 5)     "why", "explain", "prove", "step by step", ...
+  + 0.15 * min(1, reasoning words / 5)    different ones of "why", "explain", "prove", ...
 
 Each part only grows as text is appended after a space or a line break, so the
 score never falls when a prompt grows so (a property test checks it).
@@ -58,7 +58,7 @@ def read(text) -> tuple[float, str]:
         return 0.0, " "
     text = text[:MAX_READ_CHARS]
     words = _words(text)
-    cues = sum(map(REASONING_CUES.__contains__, words))
+    cues = len(REASONING_CUES.intersection(words))  # different ones: "why why why why why" is not five
     score = (
         0.40 * min(1.0, len(words) / WORDS_AT_FULL_LENGTH)
         + 0.30 * min(1.0, text.count("```") // 2 / FENCES_AT_FULL)

@@ -51,6 +51,7 @@ def test_the_score_grows_with_length_code_questions_and_reasoning_words():
     assert complexity("hi") < complexity("word " * 800) < complexity("word " * 1600) == pytest.approx(0.4)
     assert complexity("```py\nx\n```\n" * 4) == pytest.approx(0.3)  # four blocks; a few words add under 0.01
     assert complexity("why? explain? prove? compare? design?") == pytest.approx(0.30)
+    assert complexity("why why why why why") < complexity("why explain prove compare design")  # different ones
     assert complexity("") == complexity(None) == complexity(["not", "text"]) == 0.0
 
 
