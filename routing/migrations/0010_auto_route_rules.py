@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('routing', '0008_agent_roles'),
+        ('routing', '0009_agent_response_cache'),
     ]
 
     operations = [
