@@ -414,11 +414,17 @@ async def pass_through(ex: Exchange, slug: str, rest: bytes) -> None:
     plan = _pass_through_plan(ex, route, rest)
     facts = ex.learn(ex.facts.routed(route, plan.model or route.slug))
     attempt = partial(_pass_through_once, ex, rest, plan)
-    cache = None
-    if route.cache is not None:
-        request, payload = response_cache.raw_request(ex, rest), response_cache.json_object(ex.body)
-        cache = response_cache.lookup_for(ex, route, request, stream=plan.stream, payload=payload or {})
+    cache = _pass_through_lookup(ex, route, rest, plan)
     await _metered(ex, facts, plan.max_output, partial(_run_without_fallbacks, ex, route, attempt), cache)
+
+
+def _pass_through_lookup(ex: Exchange, route: AgentRoute, rest: bytes, plan: Plan):
+    """The cache lookup of a pass-through call (its method, path, query, types and body as sent), or None when its
+    agent (or path route) caches nothing."""
+    if route.cache is None:
+        return None
+    request, payload = response_cache.raw_request(ex, rest), response_cache.json_object(ex.body)
+    return response_cache.lookup_for(ex, route, request, stream=plan.stream, payload=payload or {})
 
 
 def _pass_through_plan(ex: Exchange, route: AgentRoute, rest: bytes) -> Plan:
@@ -484,14 +490,16 @@ async def path_route(ex: Exchange, entry: path_routes.PathRouteEntry) -> None:
         )  # fmt: skip
     scanner = path_routes.observe_sse(ex) if entry.sse and not plan.stream else None
     facts = ex.learn(ex.facts.routed(route, plan.model or route.slug, entry))
+    cache = _pass_through_lookup(ex, route, rest, plan)
     if entry.auth_required:
-        priced = await _priced_demand(ex, facts, plan.max_output)
-        await govern(ex, priced)
-        ticket = await admit(ex, priced, take_target=True)
+        facts = await _priced_demand(ex, facts, plan.max_output)
+        await govern(ex, facts)
     else:
         ex.details["anonymous"] = True
         await govern(ex, facts)
-        ticket = await admit_anonymous(ex, facts)
+    if cache is not None and await response_cache.answer_from_cache(ex, facts, cache):
+        return
+    ticket = await (admit(ex, facts, take_target=True) if entry.auth_required else admit_anonymous(ex, facts))
     try:
         # The route's retries and timeout (``agent_route``), on the agent's targets and behind their breakers.
         attempt = partial(_pass_through_once, ex, rest, plan)
@@ -499,6 +507,8 @@ async def path_route(ex: Exchange, entry: path_routes.PathRouteEntry) -> None:
     finally:
         path_routes.note_sse_usage(ex, scanner)
         await settle(ex, ticket)
+    if cache is not None:
+        await response_cache.keep_answer(ex, cache)
 
 
 # --- GET /v1/models ---------------------------------------------------------

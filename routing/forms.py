@@ -54,6 +54,18 @@ class StatusListField(forms.CharField):
         return sorted(set(statuses))
 
 
+CACHE_LABELS = {
+    "cache_enabled": "Response cache: on",
+    "cache_ttl_seconds": "Response cache: keep answers for (seconds)",
+    "cache_shared": "Response cache: shared by all clients",
+    "cache_streams": "Response cache: streamed answers too",
+    "cache_max_entry_bytes": "Response cache: largest answer kept (bytes)",
+    "cache_any_temperature": "Response cache: any temperature",
+}
+# Left empty (or not sent), these keep what the agent or route has, or the defaults for a new one.
+CACHE_KEPT_WHEN_EMPTY = ("cache_ttl_seconds", "cache_max_entry_bytes")
+
+
 class AgentForm(forms.ModelForm):
     """An agent's settings. The upstream credential is never shown: empty keeps it, "remove" clears it."""
 
@@ -133,12 +145,7 @@ class AgentForm(forms.ModelForm):
             "timeout_seconds": "Timeout (seconds)",
             "max_concurrent": "Capacity: requests at once",
             "requests_per_minute": "Capacity: requests per minute",
-            "cache_enabled": "Response cache: on",
-            "cache_ttl_seconds": "Response cache: keep answers for (seconds)",
-            "cache_shared": "Response cache: shared by all clients",
-            "cache_streams": "Response cache: streamed answers too",
-            "cache_max_entry_bytes": "Response cache: largest answer kept (bytes)",
-            "cache_any_temperature": "Response cache: any temperature",
+            **CACHE_LABELS,
         }
         widgets = {
             "timeout_seconds": forms.NumberInput(attrs={"step": "any", "min": "0"}),

@@ -261,6 +261,14 @@ class PathRoute(models.Model):
     protocol = models.CharField(max_length=10, choices=Protocol.choices, default=Protocol.PLAIN)
     deprecated = models.BooleanField(default=False)
     sunset_at = models.DateTimeField(null=True, blank=True)
+    # Its own exact response cache (the agent's does not apply to calls through the route). Anonymous callers'
+    # answers are cached only when shared: they have no client of their own.
+    cache_enabled = Agent._meta.get_field("cache_enabled").clone()
+    cache_ttl_seconds = Agent._meta.get_field("cache_ttl_seconds").clone()
+    cache_shared = Agent._meta.get_field("cache_shared").clone()
+    cache_streams = Agent._meta.get_field("cache_streams").clone()
+    cache_max_entry_bytes = Agent._meta.get_field("cache_max_entry_bytes").clone()
+    cache_any_temperature = Agent._meta.get_field("cache_any_temperature").clone()
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from django.core.exceptions import ValidationError
 from django.urls import Resolver404, get_resolver, resolve
 
+from routing.cache_policy import CachePolicy, cache_policy_of
 from routing.deprecation import deprecation_headers
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -42,6 +43,7 @@ class PathRouteEntry:
     requests_per_minute: int  # 0: no limit of its own
     sse: bool
     deprecation: tuple[tuple[bytes, bytes], ...] = ()
+    cache: CachePolicy | None = None  # its own response cache; the agent's does not apply through the route
 
     def allows(self, method: str) -> bool:
         return not self.methods or method in self.methods
@@ -65,8 +67,8 @@ class PathRouteEntry:
         return base + rest if rest else self.upstream_path.encode()
 
     def agent_route(self, agent):
-        """The agent's route with this route's timeout and retries where it sets them."""
-        changes = {}
+        """The agent's route with this route's timeout and retries where it sets them, and its own cache."""
+        changes = {"cache": self.cache} if self.cache != agent.cache else {}
         if self.timeout is not None:
             changes["timeout"] = self.timeout
         if self.max_retries is not None:
@@ -87,6 +89,7 @@ def entry_of(route) -> PathRouteEntry:
         requests_per_minute=route.requests_per_minute,
         sse=route.protocol == "sse",
         deprecation=deprecation_headers(route.deprecated, route.updated_at, route.sunset_at),
+        cache=cache_policy_of(route, scope=f"route-{route.pk}"),
     )
 
 

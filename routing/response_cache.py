@@ -28,10 +28,11 @@ from django.conf import settings
 
 from billing.pricing import cost_nanos, nanos_to_usd, price_for, prices
 from gateway_project.hotstate import get_hot_state
-from routing.admission import admit, settle
+from routing.admission import admit, admit_anonymous, settle
+from routing.cache_policy import CachePolicy
 from routing.exchange import Exchange
 from routing.facts import RequestFacts
-from routing.table import AgentRoute, CachePolicy
+from routing.table import AgentRoute
 
 log = logging.getLogger("gateway.cache")
 
@@ -104,11 +105,12 @@ def lookup_for(ex: Exchange, route: AgentRoute, request: bytes, *, stream: bool,
     agent caches nothing, or the request is ``bypass``: ``no-store``, a stream the agent does not cache, too hot).
     """
     policy = route.cache
-    if policy is None or ex.key is None:
+    if policy is None:
         return None
     directives = cache_control(ex.headers)
     hot = payload is not None and too_hot(payload, policy)
-    if "no-store" in directives or (stream and not policy.streams) or hot:
+    anonymous = ex.key is None and not policy.shared  # a path route's keyless caller: no client to keep it for
+    if "no-store" in directives or (stream and not policy.streams) or hot or anonymous:
         ex.extra_headers.append((HEADER, BYPASS))
         ex.details["cache"] = {"status": "bypass"}
         return None
@@ -118,7 +120,7 @@ def lookup_for(ex: Exchange, route: AgentRoute, request: bytes, *, stream: bool,
         generations.append(store.key("cache-gen", "client", ex.key.client_id))
     client = "*" if policy.shared else str(ex.key.client_id)
     digest = hashlib.sha256(request).hexdigest()
-    scope = store.key("cache", route.slug, client)
+    scope = store.key("cache", route.slug, policy.scope or "agent", client)
     return Lookup(policy, tuple(generations), scope, digest, read="no-cache" not in directives)
 
 
@@ -153,7 +155,9 @@ def _read_entry(entry: bytes) -> tuple[dict, bytes] | None:
 
 async def _replay(ex: Exchange, facts: RequestFacts, meta: dict, body: bytes) -> None:
     """Send a kept answer as it was sent the first time (its output still checked against today's guardrails)."""
-    ticket = await admit(ex, facts._replace(route=None, demand=None))  # nothing reserved: nothing will be charged
+    # Nothing reserved, nothing will be charged; the agent is not asked, so its capacity is not taken.
+    free = facts._replace(route=None, demand=None)
+    ticket = await (admit(ex, free) if facts.key is not None else admit_anonymous(ex, free))
     age = max(0, int(time.time() - meta["created"]))
     try:
         ex.extra_headers += [(HEADER, HIT), (b"age", str(age).encode())]

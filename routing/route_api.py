@@ -11,7 +11,7 @@ from rest_framework import serializers
 from gateway_project.api import SEARCHABLE_FILTER_BACKENDS, SlugRelatedField, TrailedModelViewSet
 from routing import path_routes
 from routing.content_routing import clean_keyword
-from routing.models import Agent, CapabilityKeyword, PathRoute
+from routing.models import CACHE_FIELDS, Agent, CapabilityKeyword, PathRoute
 
 
 def _checked(check, value):
@@ -32,7 +32,8 @@ class PathRouteSerializer(serializers.ModelSerializer):
         model = PathRoute
         fields = [
             "id", "prefix", "methods", "agent", "upstream_path", "timeout_seconds", "max_retries", "auth_required",
-            "requests_per_minute", "protocol", "deprecated", "sunset_at", "is_active", "created_at", "updated_at",
+            "requests_per_minute", "protocol", "deprecated", "sunset_at", *CACHE_FIELDS, "is_active", "created_at",
+            "updated_at",
         ]  # fmt: skip
         read_only_fields = ["created_at", "updated_at"]
 

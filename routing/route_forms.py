@@ -7,7 +7,8 @@ from django import forms
 from gateway_project import datetimes
 from routing import path_routes
 from routing.content_routing import clean_keyword
-from routing.models import Agent, CapabilityKeyword, PathRoute
+from routing.forms import CACHE_KEPT_WHEN_EMPTY, CACHE_LABELS
+from routing.models import CACHE_FIELDS, Agent, CapabilityKeyword, PathRoute
 
 
 class PathRouteForm(forms.ModelForm):
@@ -26,8 +27,9 @@ class PathRouteForm(forms.ModelForm):
         model = PathRoute
         fields = [
             "prefix", "methods", "agent", "upstream_path", "timeout_seconds", "max_retries", "auth_required",
-            "requests_per_minute", "protocol", "deprecated", "sunset_at", "is_active",
+            "requests_per_minute", "protocol", "deprecated", "sunset_at", *CACHE_FIELDS, "is_active",
         ]  # fmt: skip
+        labels = CACHE_LABELS
         help_texts = {
             "deprecated": "Answers carry a Deprecation header.",
             "protocol": "Server-sent events are streamed through as they arrive; usage is read from the final chunk.",
@@ -37,6 +39,20 @@ class PathRouteForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         if self.instance.pk and not self.is_bound:
             self.initial["methods"] = ", ".join(self.instance.methods or ())
+        for name in CACHE_KEPT_WHEN_EMPTY:
+            self.fields[name].required = False
+        self.fields["cache_enabled"].help_text = (
+            "Answer a call the same as one answered before through this route from the cache, at no cost to the "
+            "client, until the entry expires. The agent's own cache does not apply to calls through the route; "
+            "keyless callers' answers are cached only when shared."
+        )
+
+    def clean(self):
+        data = super().clean()
+        for name in CACHE_KEPT_WHEN_EMPTY:
+            if name in data and data[name] is None:
+                data[name] = getattr(self.instance, name)
+        return data
 
     def clean_prefix(self):
         return path_routes.clean_prefix(self.cleaned_data["prefix"])

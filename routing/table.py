@@ -14,6 +14,7 @@ from gateway_project.credentials import same_origin
 from gateway_project.errors import not_found
 from gateway_project.snapshots import RefreshingTable
 from routing import content_routing
+from routing.cache_policy import CachePolicy, cache_policy_of
 from routing.deprecation import deprecation_headers
 from routing.models import DEFAULT_RETRY_STATUSES, Agent, CapabilityKeyword, PathRoute, Target
 from routing.path_routes import PathRouteEntry, entry_of
@@ -34,17 +35,6 @@ class TargetRoute:
     max_concurrent: int = 0  # 0: no limit
     # The credential this target is sent (``target_credential``), decrypted once when the table loads.
     upstream_api_key: str = field(default="", repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class CachePolicy:
-    """An agent's exact response cache, as the hot path needs it (``routing.response_cache``)."""
-
-    ttl_seconds: int
-    shared: bool  # one cache for every client of the agent; else each client's own
-    streams: bool  # streamed answers are cached (and replayed) too
-    max_entry_bytes: int
-    any_temperature: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,15 +114,6 @@ def target_credential(target: Target, agent: Agent) -> str:
     if target.upstream_api_key:
         return target.upstream_api_key
     return agent.upstream_api_key if same_origin(target.url, agent.upstream_url) else ""
-
-
-def cache_policy_of(agent: Agent) -> CachePolicy | None:
-    if not agent.cache_enabled:
-        return None
-    return CachePolicy(
-        agent.cache_ttl_seconds, agent.cache_shared, agent.cache_streams, agent.cache_max_entry_bytes,
-        agent.cache_any_temperature,
-    )  # fmt: skip
 
 
 def route_of(agent: Agent) -> AgentRoute:

@@ -60,7 +60,18 @@ def caching_agent(live_db, either_server, upstream, wait_for_agent):
 def ask(server, raw: str, agent, content="What is the capital of France?", headers=None, **fields):
     body = {"model": agent.slug, "messages": [{"role": "user", "content": content}], "temperature": 0, **fields}
     with server.client(raw) as client:
-        return client.post(CHAT, json=body, headers=headers or {})
+        return settled(client.post(CHAT, json=body, headers=headers or {}))
+
+
+def settled(response):
+    """``response`` once the gateway is done with it: an answer is kept after it is sent (its audit record is
+    written after that), so a request made again at once may still miss."""
+    if response.headers.get("x-gateway-cache") == "miss":
+        from audit.models import AuditRecord
+
+        request_id = response.headers["x-request-id"]
+        wait_for(lambda: AuditRecord.objects.filter(request_id=request_id).exists())
+    return response
 
 
 def calls(upstream: Canned) -> int:
@@ -264,3 +275,47 @@ def test_an_agent_without_a_cache_says_nothing_about_one(either_server, seeded, 
     with either_server.client(raw) as client:
         answered = client.post(CHAT, json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
     assert answered.status_code == 200 and "x-gateway-cache" not in answered.headers
+
+
+def test_a_path_route_caches_with_its_own_settings(
+    either_server, caching_agent, upstream, make_key, wait_for_reload, audit_of
+):
+    from routing.models import PathRoute
+
+    agent = caching_agent()  # its own cache does not apply through the routes
+    name = uuid.uuid4().hex[:8]
+    shared = PathRoute.objects.create(prefix=f"/catalog-{name}", agent=agent, upstream_path="/catalog",
+                                      auth_required=False, cache_enabled=True, cache_shared=True)  # fmt: skip
+    own = PathRoute.objects.create(prefix=f"/mine-{name}", agent=agent, upstream_path="/catalog",
+                                   auth_required=False, cache_enabled=True)  # fmt: skip
+    plain = PathRoute.objects.create(prefix=f"/plain-{name}", agent=agent, upstream_path="/catalog")
+    upstream.set("/catalog", {"items": [1, 2, 3]})
+    wait_for_reload(either_server)
+    raw, _ = make_key()
+    with either_server.client() as anonymous, either_server.client(raw) as keyed:
+        before = sum(1 for path, _ in upstream.seen if path.startswith("/catalog"))
+        first = settled(anonymous.get(f"/catalog-{name}?page=1"))
+        second = keyed.get(f"/catalog-{name}?page=1")
+        assert (first.headers["x-gateway-cache"], second.headers["x-gateway-cache"]) == ("miss", "hit")
+        assert second.json() == {"items": [1, 2, 3]} and audit_of(second).details["cache"]["status"] == "hit"
+        assert anonymous.get(f"/catalog-{name}?page=2").headers["x-gateway-cache"] == "miss"  # another query
+        assert sum(1 for path, _ in upstream.seen if path.startswith("/catalog")) == before + 2
+        # Per client, a keyless caller has no client to keep an answer for.
+        assert anonymous.get(f"/mine-{name}").headers["x-gateway-cache"] == "bypass"
+        # No cache of its own: the agent's does not answer through the route.
+        assert "x-gateway-cache" not in keyed.get(f"/plain-{name}").headers
+        assert "x-gateway-cache" not in keyed.get(f"/plain-{name}").headers
+    for route in (shared, own, plain):
+        route.delete()
+
+
+def test_an_upstream_that_forbids_storing_its_answer_is_not_cached(either_server, caching_agent, upstream, make_key):
+    agent = caching_agent()
+    raw, _ = make_key()
+    upstream.set("/private", {"me": "alice"}, **{"cache-control": "private, max-age=0"})
+    with either_server.client(raw) as client:
+        assert settled(client.get(f"/agents/{agent.slug}/private")).headers["x-gateway-cache"] == "miss"
+        assert client.get(f"/agents/{agent.slug}/private").headers["x-gateway-cache"] == "miss"
+        upstream.set("/public", {"all": True})
+        assert settled(client.get(f"/agents/{agent.slug}/public")).headers["x-gateway-cache"] == "miss"
+        assert client.get(f"/agents/{agent.slug}/public").headers["x-gateway-cache"] == "hit"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from gateway_project.hotstate import MemoryHotState
 from routing import response_cache as rc
-from routing.table import CachePolicy
+from routing.cache_policy import CachePolicy
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.text(max_size=20),
