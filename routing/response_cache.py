@@ -23,6 +23,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 
 from django.conf import settings
 
@@ -42,6 +43,7 @@ HIT, MISS, BYPASS = b"hit", b"miss", b"bypass"
 IGNORED_FIELDS = frozenset({"user", "metadata", "store"})
 DEFAULT_TEMPERATURE = 1.0  # the providers' own, for a request that sets none
 FORMAT = 1
+NANO = Decimal("0.000000001")
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +176,7 @@ async def _replay(ex: Exchange, facts: RequestFacts, meta: dict, body: bytes) ->
     price = price_for(await prices.get(), ex.model)
     saved = cost_nanos(price, ex.input_tokens, ex.output_tokens)
     ex.details["cache"] = {
-        "status": "hit", "saved_usd": str(nanos_to_usd(saved)), "age_seconds": age,
+        "status": "hit", "saved_usd": format(nanos_to_usd(saved), "f"), "age_seconds": age,
         "first_answered": meta["request_id"],
     }  # fmt: skip
 
@@ -249,5 +251,5 @@ def cache_stats(agent: str, hours: int = 24) -> dict:
         "misses": figures["misses"],
         "bypassed": figures["bypassed"],
         "hit_rate": round(figures["hits"] / answered, 4) if answered else None,
-        "saved_usd": str((figures["saved"] or 0).quantize(nanos_to_usd(0))),
+        "saved_usd": format(Decimal(figures["saved"] or 0).quantize(NANO), "f"),
     }

@@ -208,3 +208,15 @@ def test_the_agent_page_shows_its_cache_hit_rate_and_saving_and_forgets_on_reque
     assert store.bump_now(generation) == before + 2  # the console bumped it once
     assert AdminAction.objects.filter(action="invalidate_cache", via="console").count() == 1
     forget_agent(research.slug)
+
+
+def test_an_agent_whose_cache_saved_nothing_says_so_plainly(operator, research):
+    from routing.response_cache import cache_stats
+
+    Agent.objects.filter(pk=research.pk).update(cache_enabled=True)
+    assert cache_stats(research.slug) == {
+        "agent": research.slug, "hours": 24, "hits": 0, "misses": 0, "bypassed": 0, "hit_rate": None,
+        "saved_usd": "0.000000000",
+    }  # fmt: skip
+    page = operator.get(f"/console/agents/{research.pk}/edit/").content.decode()
+    assert 'id="cache-hit-rate">–' in page and 'id="cache-saved">$0.000000000' in page
