@@ -11,8 +11,11 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
+from gateway_project import tracing  # noqa: E402
 from gateway_project.lifespan import lifespan  # noqa: E402
 from gateway_project.routing import GatewayHttpRouter, websocket_application  # noqa: E402
+
+tracing.configure()  # off unless an OTLP endpoint is configured
 
 application = ProtocolTypeRouter(
     {"http": GatewayHttpRouter(django_asgi_app), "websocket": websocket_application, "lifespan": lifespan}

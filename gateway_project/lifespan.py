@@ -1,10 +1,13 @@
-"""ASGI lifespan: servers that speak it (uvicorn) flush the audit buffer on shutdown.
+"""ASGI lifespan: servers that speak it (uvicorn) flush the audit buffer and the queued spans on shutdown.
 
-Daphne does not speak lifespan; there the writer's exit hook does the same. Both
-are needed because uvicorn ends its process by re-raising the stop signal, so
-exit hooks never run there.
+Daphne does not speak lifespan; there the writer's and the tracer provider's exit
+hooks do the same. Both are needed because uvicorn ends its process by re-raising
+the stop signal, so exit hooks never run there.
 """
 
+import asyncio
+
+from gateway_project import tracing
 from gateway_project.writer import writer
 
 
@@ -15,5 +18,6 @@ async def lifespan(scope, receive, send):
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await writer.flush()  # written, or spooled to disk if the database refuses it: never dropped
+            await asyncio.to_thread(tracing.flush)  # the exporter's thread sends what is queued, for a few seconds
             await send({"type": "lifespan.shutdown.complete"})
             return

@@ -619,3 +619,26 @@ LOGGING = {
         "gateway": {"level": envstr("GATEWAY_LOG_LEVEL", "INFO"), "propagate": True},
     },
 }
+
+
+def _otlp_traces_endpoint() -> str:
+    """The OTLP/HTTP endpoint spans are sent to, or "" (tracing off): the standard variables, the traces' own first;
+    the general one is a base URL that ``/v1/traces`` is added to, as the OpenTelemetry specification says."""
+    exporter = envstr("OTEL_TRACES_EXPORTER", "otlp").strip().lower()
+    if envbool("OTEL_SDK_DISABLED", False) or exporter == "none":
+        return ""
+    if exporter != "otlp":
+        raise ImproperlyConfigured(f"OTEL_TRACES_EXPORTER={exporter!r}: the gateway exports with otlp (or none)")
+    protocol = envstr("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", envstr("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"))
+    if protocol.strip().lower() != "http/protobuf":
+        raise ImproperlyConfigured(f"OTLP protocol {protocol!r}: the gateway sends http/protobuf (port 4318), not gRPC")
+    endpoint = envstr("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    base = envstr("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    return endpoint or (base.rstrip("/") + "/v1/traces" if base else "")
+
+
+# OpenTelemetry traces (gateway_project/tracing.py): off unless an OTLP/HTTP endpoint is configured.
+TRACING = {
+    "ENDPOINT": _otlp_traces_endpoint(),
+    "SERVICE_NAME": envstr("OTEL_SERVICE_NAME", "agent-gateway"),
+}

@@ -24,7 +24,7 @@ from billing.usage import record_usage
 from gateway_project.errors import GatewayError
 from gateway_project.hotstate import BudgetCheck, ConcurrencySlot, HotState, RateCheck, TargetRelease, get_hot_state
 from keys.access import concurrency_key, rate_checks, token_correction
-from routing import balance
+from routing import balance, spans
 from routing.exchange import Exchange
 from routing.facts import Demand, RequestFacts
 from routing.pricing import report_dearer_answer
@@ -213,6 +213,7 @@ def _route_refusal(path_route, retry_after_ms: int) -> GatewayError:
     )  # fmt: skip
 
 
+@spans.traced("gateway.admission")
 async def admit_anonymous(ex: Exchange, facts: RequestFacts) -> Ticket:
     """Admit a call on a route that needs no key: only the route's own rate and the agent's capacity apply."""
     store = get_hot_state()
@@ -228,6 +229,7 @@ async def admit_anonymous(ex: Exchange, facts: RequestFacts) -> Ticket:
     return Ticket(facts, store, (), [], [], 0, [slot.key for slot in slots], answer_by=answer_by)
 
 
+@spans.traced("gateway.admission")
 async def admit(ex: Exchange, facts: RequestFacts, *, take_target: bool = False, spent_budgets: bool = False) -> Ticket:
     """Take a request slot and, when the facts carry a demand, reserve its worst-case cost in every budget; or
     raise 429/402.
@@ -496,6 +498,7 @@ def _refuse(key, result, rules, periods, route, path_route):
     raise _refusal(result.failed, key, result.retry_after_ms)
 
 
+@spans.traced("gateway.settle", after=spans.settled)
 async def settle(ex: Exchange, ticket: Ticket) -> None:
     """Price what the upstream really used, correct the counters, queue the usage row and notice alerts; once.
 

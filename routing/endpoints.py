@@ -43,7 +43,8 @@ from routing import (
     protocols,
     resilience,
     response_cache,
-)  # fmt: skip
+    spans,
+)
 from routing.adapters import Plan, adapter_for
 from routing.admission import (
     RESERVATION_MARGIN_SECONDS,
@@ -70,6 +71,7 @@ CLIENT_CLOSED = 499
 
 
 async def serve(ex: Exchange) -> None:
+    span = spans.begin_request(ex)
     try:
         if ex.origin is not None:  # a browser's: answers before its key is known name the origins any client allows
             await origin_table.get()
@@ -87,6 +89,7 @@ async def serve(ex: Exchange) -> None:
         await ex.fail(GatewayError(500, "api_error", "internal_error", "The gateway failed; see its logs."))
     finally:
         ex.record()
+        spans.end_request(ex, span)
 
 
 async def authenticate(ex: Exchange) -> None:

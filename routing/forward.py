@@ -15,7 +15,7 @@ import httpx
 from django.conf import settings
 
 from gateway_project.errors import GatewayError
-from routing import protocols, upstream
+from routing import protocols, spans, upstream
 from routing.exchange import JSON, Exchange
 from routing.guarding import ANY, OFF_LOOP_CHARS, media_kind
 from routing.pricing import dearer_than_reserved, report_dearer_answer
@@ -76,6 +76,7 @@ async def call_json(ex: Exchange, route: AgentRoute, path: str, body: bytes, hea
         ex.input_tokens, ex.output_tokens = usage
     if isinstance(answer.get("model"), str) and answer["model"]:
         ex.model = answer["model"]
+    spans.note_answer(answer)
     return answer, content
 
 
@@ -146,6 +147,7 @@ def watching_model(ex: Exchange, route: AgentRoute, scanner):
     return feed
 
 
+@spans.traced("gateway.relay", after=spans.relayed)
 async def _relay(
     ex: Exchange, route: AgentRoute, response: httpx.Response, transform=None, capture=None, tail=None,
     decoded: bool = False,

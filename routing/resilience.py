@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from gateway_project.errors import GatewayError
-from routing import balance
+from routing import balance, spans
 from routing.exchange import Exchange
 from routing.observe import observe_attempt
 from routing.table import AgentRoute, routing_table
@@ -185,7 +185,8 @@ async def _try_agent(ex: Exchange, ticket, route: AgentRoute, attempt: Attempt, 
             raise AgentFailed(last or refused.error()) from None
         tried.add(lease.target.name)
         final = final_agent and retry == route.max_retries
-        outcome, entry = await _attempt(ex, ticket, route, lease, attempt, remaining, final)
+        number = len(log) + 1
+        outcome, entry = await _attempt(ex, ticket, route, lease, attempt, remaining, final, (number, retry))
         log.append(entry)
         if outcome is None:
             return
@@ -200,8 +201,9 @@ async def _try_agent(ex: Exchange, ticket, route: AgentRoute, attempt: Attempt, 
     raise AgentFailed(last or balance.unavailable(route.slug, False, 1000))
 
 
-async def _attempt(ex, ticket, route, lease, attempt, remaining, final) -> tuple[GatewayError | None, dict]:
-    """One call to one target; returns its error (None: it answered) and its line in the audit's attempts."""
+async def _attempt(ex, ticket, route, lease, attempt, remaining, final, nth) -> tuple[GatewayError | None, dict]:
+    """One call to one target (``nth``: the request's attempt number and the agent's retry); returns its error
+    (None: it answered) and its line in the audit's attempts."""
     # The target's own URL and credential: a target is sent the agent's credential only on the agent's origin.
     target = lease.target
     target_route = replace(route, base_url=target.base_url, upstream_api_key=target.upstream_api_key, timeout=remaining)
@@ -212,6 +214,7 @@ async def _attempt(ex, ticket, route, lease, attempt, remaining, final) -> tuple
     outcome, error = "none", None
     entry = {"agent": route.slug, "target": lease.target.name}
     usage_before, answered = (ex.input_tokens, ex.output_tokens), False
+    span = spans.begin_attempt(ex, route, target, *nth)
     try:
         await attempt(target_route)
         answered = True
@@ -243,6 +246,7 @@ async def _attempt(ex, ticket, route, lease, attempt, remaining, final) -> tuple
         ex.upstream_seconds += done - started
         observe_attempt(route.slug, lease.target.name, entry.get("outcome", "error"), done - started)
         latency = (done - started) * 1000 if outcome != "none" else -1
+        spans.end_attempt(ex, span, entry)
         await ticket.end_attempt(lease, outcome, latency)
     if error is not None and not ex.response_started:
         _set_header(ex, TARGET_HEADER, None)

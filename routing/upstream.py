@@ -15,6 +15,7 @@ import httpcore
 import httpx
 from django.conf import settings
 
+from gateway_project import tracing
 from gateway_project.errors import GatewayError
 from gateway_project.outbound import CheckedResolver
 from gateway_project.outbound import address_literal as outbound_literal
@@ -212,6 +213,8 @@ def provider_url(route: AgentRoute, path: str) -> httpx.URL:
 
 def build_request(method: str, url, *, content, headers, route: AgentRoute) -> httpx.Request:
     extensions = {"timeout": timeout_for(route).as_dict()}
+    if tracing.tracer is not None:  # the attempt's span is the upstream's parent, in place of the client's
+        headers = tracing.with_trace_headers(headers)
     if settings.GATEWAY["HTTP_TRANSPORT"] != "aiohttp":
         extensions["trace"] = _httpcore_trace  # aiohttp's session has its own (``_sent_trace``)
     return httpx.Request(method, url, content=content, headers=headers, extensions=extensions)

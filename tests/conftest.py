@@ -288,10 +288,9 @@ def provider_at(live_db, seeded, gateway, wait_for_agent):
     made = []
 
     def make(url, kind="openai", on=gateway, **fields):
-        fields = {"served_models": ["gpt-4o-mini"], "default_model": "gpt-4o-mini", "timeout_seconds": 5, **fields}
-        agent = Agent.objects.create(
-            slug=f"s-{uuid.uuid4().hex[:8]}", name="s", kind=kind, upstream_url=url, max_retries=0, **fields
-        )
+        fields = {"served_models": ["gpt-4o-mini"], "default_model": "gpt-4o-mini", "timeout_seconds": 5,
+                  "max_retries": 0, **fields}  # fmt: skip
+        agent = Agent.objects.create(slug=f"s-{uuid.uuid4().hex[:8]}", name="s", kind=kind, upstream_url=url, **fields)
         made.append(agent)
         wait_for_agent(agent.slug, on)
         return agent

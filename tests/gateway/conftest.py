@@ -75,11 +75,13 @@ def agents(live_db, seeded, gateway, wait_for_agent):
 
 
 class Canned:
-    """An upstream on loopback answering, per path, what the test set: (status, headers, body)."""
+    """An upstream on loopback answering, per path, what the test set: (status, headers, body). Each request's path
+    and body are kept in ``seen``, its headers (names in lower case) in ``heads``."""
 
     def __init__(self):
         self.answers: dict[str, tuple[int, dict, bytes]] = {}
         self.seen: list[tuple[str, bytes]] = []
+        self.heads: list[dict[str, str]] = []
         canned = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -88,6 +90,7 @@ class Canned:
             def _answer(self):
                 length = int(self.headers.get("content-length") or 0)
                 canned.seen.append((self.path, self.rfile.read(length)))
+                canned.heads.append({name.lower(): value for name, value in self.headers.items()})
                 status, headers, body = canned.answers.get(self.path.split("?")[0], (404, {}, b"{}"))
                 self.send_response(status)
                 for name, value in {"content-length": str(len(body)), **headers}.items():

@@ -1,0 +1,93 @@
+"""Spans exported over OTLP/HTTP by real gateway processes (Daphne and uvicorn) to a receiver on loopback."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from tests.servers import Gateway
+
+CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CLIENT_SPAN = "00f067aa0ba902b7"
+
+
+def exported_spans(receiver) -> list[dict]:
+    """Every span a canned upstream standing in for a collector was sent on ``POST /v1/traces`` (OTLP/HTTP protobuf),
+    with its resource's attributes."""
+    spans = []
+    for (path, body), head in zip(receiver.seen, receiver.heads, strict=True):
+        assert (path, head["content-type"]) == ("/v1/traces", "application/x-protobuf")
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        for resource_spans in request.resource_spans:
+            resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
+            for scope_spans in resource_spans.scope_spans:
+                spans += [
+                    {
+                        "name": span.name,
+                        "kind": span.kind,
+                        "trace_id": span.trace_id.hex(),
+                        "span_id": span.span_id.hex(),
+                        "parent_span_id": span.parent_span_id.hex(),
+                        "attributes": {a.key: _value(a.value) for a in span.attributes},
+                        "resource": resource,
+                    }
+                    for span in scope_spans.spans
+                ]
+    return spans
+
+
+def collector(canned):
+    """``canned`` answering OTLP exports as a collector does (an empty ``ExportTraceServiceResponse``)."""
+    canned.set("/v1/traces", ExportTraceServiceResponse().SerializeToString(), content_type="application/x-protobuf")
+    return canned
+
+
+def _value(value):
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return [_value(v) for v in value.array_value.values]
+    return getattr(value, kind) if kind else None
+
+
+@pytest.mark.parametrize("server", ["daphne", "uvicorn"])
+def test_a_gateway_exports_the_requests_spans_and_the_upstream_joins_its_trace(
+    server, canned, live_db, seeded, make_key, wait_for_agent
+):
+    from routing.models import Agent
+
+    agent = Agent.objects.create(slug=f"x-{uuid.uuid4().hex[:8]}", name="x", kind="agent", upstream_url=seeded.url,
+                                 timeout_seconds=5)  # fmt: skip
+    # Batches wait a minute: what arrives before the gateway stops was flushed by its shutdown.
+    receiver = collector(canned)
+    gateway = Gateway(server=server, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_SERVICE_NAME="gw-under-test",
+                      OTEL_BSP_SCHEDULE_DELAY="60000")  # fmt: skip
+    try:
+        wait_for_agent(agent.slug, gateway)
+        raw, _ = make_key()
+        traceparent = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
+        response = gateway.client(raw).post(f"/agents/{agent.slug}/echo", json={}, headers={"traceparent": traceparent})
+        assert response.status_code == 200, response.text
+        request_id = response.headers["x-request-id"]
+    finally:
+        assert gateway.stop() == 0
+        agent.delete()
+    spans = [s for s in exported_spans(receiver) if s["attributes"].get("gateway.request_id") == request_id]
+    names = sorted(s["name"] for s in spans)
+    route = "/agents/{agent}/{path}"
+    assert names == sorted([f"POST {route}", "gateway.admission", f"attempt {agent.slug}", "gateway.relay",
+                            "gateway.settle"])  # fmt: skip
+    (request,) = [s for s in spans if s["name"] == f"POST {route}"]
+    assert request["attributes"]["http.route"] == route and request["kind"] == 2  # SPAN_KIND_SERVER
+    assert (request["trace_id"], request["parent_span_id"]) == (CLIENT_TRACE, CLIENT_SPAN)
+    assert request["resource"]["service.name"] == "gw-under-test"
+    assert {s["trace_id"] for s in spans} == {CLIENT_TRACE}
+    (attempt,) = [s for s in spans if s["name"] == f"attempt {agent.slug}"]
+    assert attempt["parent_span_id"] == request["span_id"]
+    seen = response.json()["headers"]["traceparent"]
+    assert seen == f"00-{CLIENT_TRACE}-{attempt['span_id']}-01"  # the upstream's parent: the attempt
