@@ -17,12 +17,16 @@ left running.
 Its HTTP connections are read by ``daphne_protocol.BoundedHTTPChannel``: a request's
 head and body have the same bounds in size and time as under uvicorn. An answer's
 body and a WebSocket's frames are sent only as fast as the client takes them
-(``handle_reply``). Everything else is Daphne's own.
+(``handle_reply``). Its access log (``rungateway --access-log``) is a log line like
+every other (``daphne.access``, in ``GATEWAY_LOG_FORMAT``), without query strings.
+Everything else is Daphne's own.
 """
 
 import asyncio
+import logging
 
 from daphne import server
+from daphne.access import AccessLogGenerator
 from daphne.cli import CommandLineInterface
 from daphne.http_protocol import HTTPFactory, WebRequest
 from daphne.ws_protocol import WebSocketProtocol
@@ -124,7 +128,21 @@ def kill_all_applications(self):
     return waited
 
 
+access_log = logging.getLogger("daphne.access")
+
+
+def write_entry(self, host, date, request, status=None, length=None, ident=None, user=None):
+    """Daphne's access line through logging, so it is JSON when the other lines are; never a query string (a
+    browser's WebSocket puts its key there)."""
+    request = request.partition("?")[0]
+    access_log.info(
+        '%s "%s" %s %s', host, request, status or "-", length or "-",
+        extra={"client_address": host, "request_line": request, "status": status, "bytes": length},
+    )  # fmt: skip
+
+
 server.Server.create_application = create_application
+AccessLogGenerator.write_entry = write_entry
 WebSocketProtocol.onMessage = on_message
 server.Server.kill_all_applications = kill_all_applications
 server.Server.handle_reply = handle_reply

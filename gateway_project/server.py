@@ -13,6 +13,7 @@ its audit buffer on the way out.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -25,6 +26,8 @@ from pathlib import Path
 from prometheus_client import multiprocess
 
 from gateway_project.spool import process_alive
+
+log = logging.getLogger("gateway.server")  # in the format of every other line (``gateway_project.logs``)
 
 # The shell sets LISTEN_PID to its own pid and then execs Daphne in place, so
 # the pid Twisted sees is the one systemd's protocol expects. The socket is put
@@ -118,7 +121,7 @@ def serve(host: str, port: int, workers: int, application: str, server: str, ext
     signal.signal(signal.SIGINT, stop)
     for slot in range(workers):
         start(slot)
-    print(f"gateway: {workers} {server} worker(s) on http://{host}:{port}/", flush=True)
+    log.info("gateway: %d %s worker(s) on http://%s:%d/", workers, server, host, port)
     restarts: list[float] = []
     while True:
         time.sleep(0.2)
@@ -135,9 +138,9 @@ def serve(host: str, port: int, workers: int, application: str, server: str, ext
                 now = time.monotonic()
                 restarts = [t for t in restarts if now - t < 60] + [now]
                 if len(restarts) > 5 * workers:
-                    print("gateway: workers keep dying; giving up", file=sys.stderr, flush=True)
+                    log.error("gateway: workers keep dying; giving up")
                     stop(None, None)
                     break
-                print(f"gateway: worker {slot} exited with {proc.returncode}; restarting", file=sys.stderr, flush=True)
+                log.warning("gateway: worker %d exited with %s; restarting", slot, proc.returncode)
                 multiprocess.mark_process_dead(proc.pid, str(metrics))  # its gauges go; its counts stay
                 start(slot)

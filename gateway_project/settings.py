@@ -27,6 +27,7 @@ from gateway_project.env import (
     new_fernet_key,
     private_file,
 )
+from gateway_project.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(envstr("GATEWAY_VAR_DIR", str(BASE_DIR / "var")))
@@ -609,16 +610,14 @@ GATEWAY = {
 if envstr("GATEWAY_METRICS_DIR", ""):
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", envstr("GATEWAY_METRICS_DIR", ""))
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": envstr("GATEWAY_LOG_LEVEL", "WARNING")},
-    "loggers": {
-        "gateway": {"level": envstr("GATEWAY_LOG_LEVEL", "INFO"), "propagate": True},
-    },
-}
+# Log lines (gateway_project/logs.py): JSON where a collector reads them (a deployed gateway), plain text for a
+# person at a terminal otherwise. GATEWAY_LOG_LEVEL unset: the gateway's and the servers' loggers at INFO (each
+# request has its access line), every other at WARNING.
+# GATEWAY_SERVER_ACCESS_LOG (``rungateway --access-log``): Daphne's or uvicorn's own line for every request too.
+SERVER_ACCESS_LOG = envbool("GATEWAY_SERVER_ACCESS_LOG", False)
+LOGGING = logging_config(
+    envstr("GATEWAY_LOG_LEVEL", ""), envstr("GATEWAY_LOG_FORMAT", "json" if DEPLOYED else "plain"), SERVER_ACCESS_LOG
+)
 
 
 def _otlp_traces_endpoint() -> str:

@@ -23,6 +23,7 @@ from audit.redaction_rules import warm_rules
 from billing.status import budget_report
 from billing.usage import client_usage, usage_query
 from gateway_project.errors import GatewayError, bad_request, forbidden, not_found
+from gateway_project.logs import request_id
 from gateway_project.writer import writer
 from keys.access import (
     authorize,
@@ -34,6 +35,7 @@ from keys.access import (
 )
 from keys.origins import allows, origin_table, preflight_headers
 from routing import (
+    access_log,
     anthropic_shape,
     auto_route,
     deprecation,
@@ -71,6 +73,7 @@ CLIENT_CLOSED = 499
 
 
 async def serve(ex: Exchange) -> None:
+    request_id.set(ex.request_id)  # log lines written while it is served name it
     span = spans.begin_request(ex)
     try:
         if ex.origin is not None:  # a browser's: answers before its key is known name the origins any client allows
@@ -89,6 +92,7 @@ async def serve(ex: Exchange) -> None:
         await ex.fail(GatewayError(500, "api_error", "internal_error", "The gateway failed; see its logs."))
     finally:
         ex.record()
+        access_log.line(ex, span)
         spans.end_request(ex, span)
 
 

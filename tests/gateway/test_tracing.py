@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import uuid
 
@@ -15,7 +16,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from gateway_project import tracing
+from gateway_project import logs, tracing
 from tests.gateway.test_proxy import sse_events
 from tests.servers import MockUpstream, free_port
 from tests.waiting import until
@@ -290,6 +291,34 @@ def test_a_pass_through_sends_the_attempts_traceparent_in_place_of_the_clients(
     assert server.attributes["http.route"] == "/agents/{agent}/{path}"
     (relay,) = [s for s in spans if s.name == "gateway.relay"]
     assert relay.parent.span_id == attempt.context.span_id
+
+
+def test_an_error_log_line_names_the_request_and_its_trace(traced, exporter, make_key, monkeypatch):
+    from routing import endpoints
+
+    async def broken(ex):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(endpoints.ENDPOINTS, "/v1/models", ("GET", broken))
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(handler.format(record))
+    handler.setFormatter(logs.json_formatter())
+    handler.addFilter(logs.RequestContext())
+    proxy_log = logging.getLogger("gateway.proxy")
+    proxy_log.addHandler(handler)
+    try:
+        response = traced.client(make_key()[0]).get("/v1/models")
+    finally:
+        proxy_log.removeHandler(handler)
+    assert response.status_code == 500 and response.json()["error"]["code"] == "internal_error"
+    server, _ = tree(spans_of(exporter, response))
+    (line,) = [json.loads(line) for line in lines]
+    assert line["level"] == "ERROR" and line["logger"] == "gateway.proxy"
+    assert line["request_id"] == response.headers["x-request-id"]
+    assert line["trace_id"] == f"{server.context.trace_id:032x}"
+    assert "RuntimeError: a bug" in line["exc_info"]
+    assert server.status.description == "internal_error"
 
 
 def test_with_tracing_off_no_span_is_made_and_a_pass_through_forwards_the_clients_traceparent_as_sent(

@@ -2,6 +2,7 @@
 
 import os
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from gateway_project.server import serve
@@ -19,7 +20,12 @@ class Command(BaseCommand):
             default=int(os.environ.get("GATEWAY_WORKERS", "1")),
             help="Daphne processes (one per core in production; 1 in the embedded profile).",
         )
-        parser.add_argument("--access-log", action="store_true", help="Log every request to stdout.")
+        parser.add_argument(
+            "--access-log",
+            action="store_true",
+            default=settings.SERVER_ACCESS_LOG,
+            help="The server's own line for every request too, console and API included (GATEWAY_SERVER_ACCESS_LOG).",
+        )
         parser.add_argument(
             "--server",
             choices=["daphne", "uvicorn"],
@@ -28,6 +34,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **opts):
+        if opts["access_log"]:
+            os.environ["GATEWAY_SERVER_ACCESS_LOG"] = "1"  # the workers' logging lets the lines through
         if opts["server"] == "uvicorn":
             extra = ["--log-level", "warning"] + ([] if opts["access_log"] else ["--no-access-log"])
         else:

@@ -1,0 +1,99 @@
+"""Log lines: JSON (one object a line, for collectors) or plain text, from every logger the process has.
+
+The gateway's own loggers, Django's (``django``, ``django.request``, ``django.server``),
+Daphne's and Twisted's, uvicorn's (``uvicorn.error``, ``uvicorn.access``) and the
+server supervisor's all go to one stderr handler in one format. A line logged while a
+request is served names it (``request_id``) and, with tracing on, its trace and span
+(``trace_id``, ``span_id``): ``RequestContext`` adds them to every record.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextvars import ContextVar
+
+from django.core.exceptions import ImproperlyConfigured
+from opentelemetry import trace
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.json import JsonFormatter
+
+from gateway_project import tracing
+
+# The request the running task serves: set by the proxy as it begins one (each request runs in a task of its own).
+request_id: ContextVar[str] = ContextVar("request_id", default="")
+
+FORMATS = ("json", "plain")
+PLAIN = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+class RequestContext(logging.Filter):
+    """Adds the request id and, with tracing on, the current trace and span ids to a record (unless it has its
+    own, as the access line does)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            current = request_id.get()
+            if current:
+                record.request_id = current
+        if tracing.tracer is not None and not hasattr(record, "trace_id"):
+            context = trace.get_current_span().get_span_context()
+            if context.is_valid:
+                record.trace_id, record.span_id = f"{context.trace_id:032x}", f"{context.span_id:016x}"
+        return True
+
+
+class QueryDropped(logging.Filter):
+    """uvicorn's access line without the query string: a browser's WebSocket puts its key there (``?api_key=``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            record.args = (args[0], args[1], args[2].partition("?")[0], args[3], args[4])
+        return True
+
+
+def json_formatter() -> JsonFormatter:
+    """``{"level", "logger", "message", "timestamp", ...}`` and whatever a line adds (``extra``), but Django's request
+    object: its repr holds the query string."""
+    return JsonFormatter(
+        ["levelname", "name", "message"],
+        rename_fields={"levelname": "level", "name": "logger"},
+        timestamp=True,
+        reserved_attrs=[*RESERVED_ATTRS, "request"],
+    )
+
+
+def logging_config(level: str, fmt: str, server_access: bool = False) -> dict:
+    """Django's ``LOGGING``: everything to stderr in ``fmt``; the gateway's, Django's and the servers' loggers at
+    ``level`` ("" : INFO for the gateway and the servers, so each request has its line, WARNING for the rest). The
+    servers' own access lines (every request, the console's too) only with ``server_access``."""
+    if fmt not in FORMATS:
+        raise ImproperlyConfigured(f"GATEWAY_LOG_FORMAT={fmt!r}: use one of {', '.join(FORMATS)}")
+    if level and not isinstance(logging.getLevelName(level.upper()), int):
+        raise ImproperlyConfigured(f"GATEWAY_LOG_LEVEL={level!r} is not a log level (DEBUG, INFO, WARNING, ERROR)")
+    own_level, other_level = (level.upper(), level.upper()) if level else ("INFO", "WARNING")
+    handler = {"class": "logging.StreamHandler", "formatter": fmt, "filters": ["request_context"]}
+    own = {"handlers": ["console"], "level": own_level, "propagate": False}
+    quiet = {"handlers": ["console"], "level": other_level, "propagate": False}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": PLAIN}, "json": {"()": json_formatter}},
+        "filters": {
+            "request_context": {"()": RequestContext},
+            "query_dropped": {"()": QueryDropped},
+        },
+        "handlers": {"console": handler},
+        "root": {"handlers": ["console"], "level": other_level},
+        "loggers": {
+            "gateway": own,
+            "django": quiet,
+            "django.server": own,
+            "daphne": own,
+            "twisted": own,
+            "uvicorn": own,
+            "uvicorn.error": own,
+            "uvicorn.access": {**own, "level": own_level if server_access else "WARNING", "filters": ["query_dropped"]},
+            "daphne.access": {**own, "level": own_level if server_access else "WARNING"},
+        },
+    }

@@ -1,0 +1,78 @@
+"""A gateway process's log in JSON: every line an object, one access line per request, Django's and the servers'
+lines in the same format, and no secret in any of them."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from tests.gateway.test_trace_export import collector
+from tests.servers import Gateway
+
+CLIENT_TRACE = "5bf92f3577b34da6a3ce929d0e0e4737"
+# What each server logs once it runs its application: its own start, in its own logger.
+SERVER_LINES = {"daphne": ("daphne.cli", "Starting server at"), "uvicorn": ("uvicorn.error", "Started server process")}
+
+
+@pytest.mark.parametrize("server", ["daphne", "uvicorn"])
+def test_every_line_is_json_and_each_request_has_one_naming_it(
+    server, canned, live_db, seeded, make_key, wait_for_agent
+):
+    from routing.models import Agent
+
+    agent = Agent.objects.create(
+        slug=f"j-{uuid.uuid4().hex[:8]}", name="j", kind="openai", upstream_url=seeded.url,
+        served_models=["json-model"], default_model="json-model", timeout_seconds=5,
+    )  # fmt: skip
+    receiver = collector(canned)
+    gateway = Gateway(server=server, GATEWAY_LOG_FORMAT="json", GATEWAY_LOG_LEVEL="INFO",
+                      GATEWAY_SERVER_ACCESS_LOG="1", OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url)  # fmt: skip
+    raw, key = make_key()
+    try:
+        wait_for_agent(agent.slug, gateway)
+        with gateway.client(raw) as client:
+            body = {"model": "json-model", "messages": [{"role": "user", "content": "a private prompt"}]}
+            answer = client.post("/v1/chat/completions", json=body,
+                                 headers={"traceparent": f"00-{CLIENT_TRACE}-00f067aa0ba902b7-01"})  # fmt: skip
+            refused = client.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer sk-not-a-key"})
+        assert answer.status_code == 200, answer.text
+        assert refused.status_code == 401
+        assert gateway.client().get("/console/no-such-page/?api_key=sk-in-a-query").status_code == 404
+    finally:
+        assert gateway.stop() == 0
+        agent.delete()
+    text = (Path(settings.VAR_DIR) / f"gateway-{gateway.port}.log").read_text()
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]  # every line is JSON
+    assert all({"timestamp", "level", "logger", "message"} <= line.keys() for line in lines)
+
+    (access,) = [line for line in lines if line.get("request_id") == answer.headers["x-request-id"]
+                 and line["logger"] == "gateway.access"]  # fmt: skip
+    assert access["level"] == "INFO"
+    assert (access["method"], access["path"], access["status"], access["error_code"]) == (
+        "POST", "/v1/chat/completions", 200, ""
+    )  # fmt: skip
+    assert (access["agent"], access["client"], access["key_prefix"]) == (agent.slug, key.client.slug, key.prefix)
+    assert access["model"] == "json-model" and access["input_tokens"] > 0 and access["output_tokens"] > 0
+    assert access["latency_ms"] > 0 and access["cost_usd"] >= 0
+    assert access["trace_id"] == CLIENT_TRACE and len(access["span_id"]) == 16
+    (denied,) = [line for line in lines if line.get("request_id") == refused.headers["x-request-id"]
+                 and line["logger"] == "gateway.access"]  # fmt: skip
+    assert (denied["status"], denied["error_code"], denied["client"]) == (401, "invalid_api_key", "")
+
+    django = [line for line in lines if line["logger"] == "django.request" and "/console/" in line["message"]]
+    assert [(line["level"], line["message"], line["status_code"]) for line in django] == [
+        ("WARNING", "Not Found: /console/no-such-page/", 404)
+    ]
+    assert "request" not in django[0]  # Django's request object: its repr holds the query string
+    name, start = SERVER_LINES[server]
+    assert any(line["logger"] == name and line["message"].startswith(start) for line in lines)
+    served = [line["message"] for line in lines if line["logger"] == f"{server}.access"]  # the server's own lines
+    assert any("/console/no-such-page/" in message and "404" in message for message in served), served
+    assert any(line["logger"] == "gateway.server" and "worker(s) on" in line["message"] for line in lines)
+
+    for secret in (raw, "sk-not-a-key", "a private prompt", "sk-in-a-query"):
+        assert secret not in text
