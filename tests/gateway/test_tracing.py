@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import threading
 import uuid
 
 import httpx
+import hypothesis
 import pytest
 from django.conf import settings
+from hypothesis import strategies as st
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
@@ -361,3 +364,34 @@ def test_a_trace_the_client_did_not_sample_is_not_recorded_but_its_context_goes_
     spans_of(exporter, traced.client(raw).post(f"/agents/{served.slug}/anything", content=b"{}"))  # after it
     assert not [s for s in exporter.get_finished_spans() if s.context.trace_id == int(CLIENT_TRACE, 16)
                 and s.attributes.get("gateway.request_id") == response.headers["x-request-id"]]  # fmt: skip
+
+
+HEX_CONTEXT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
+PRINTABLE = st.characters(min_codepoint=0x21, max_codepoint=0x7E)
+
+
+@st.composite
+def traceparents(draw):
+    """Any short printable text, or the W3C example with one character changed (sometimes still valid)."""
+    if draw(st.booleans()):
+        return draw(st.text(PRINTABLE, min_size=1, max_size=60))
+    at = draw(st.integers(0, len(TRACEPARENT) - 1))
+    return TRACEPARENT[:at] + draw(PRINTABLE) + TRACEPARENT[at + 1 :]
+
+
+def accepted(value: str) -> bool:
+    """What the W3C specification lets a receiver take (no other version's fields are drawn here)."""
+    found = HEX_CONTEXT.fullmatch(value)
+    return bool(found) and found[1] != "ff" and set(found[2]) != {"0"} and set(found[3]) != {"0"}
+
+
+@hypothesis.given(value=traceparents())
+@hypothesis.settings(max_examples=30, suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
+def test_a_malformed_traceparent_is_ignored_and_the_request_starts_a_trace_of_its_own(traced, exporter, value):
+    response = traced.client().get("/v1/models", headers={"traceparent": value})
+    assert response.status_code == 401  # the gateway's own refusal, whatever the header said
+    server, _ = tree(spans_of(exporter, response))
+    if accepted(value):
+        assert f"{server.parent.span_id:016x}" == value.split("-")[2]
+    else:
+        assert server.parent is None
