@@ -18,6 +18,6 @@ async def lifespan(scope, receive, send):
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await writer.flush()  # written, or spooled to disk if the database refuses it: never dropped
-            await asyncio.to_thread(tracing.flush)  # the exporter's thread sends what is queued, for a few seconds
+            await asyncio.to_thread(tracing.flush)  # what is queued, for a few seconds at most
             await send({"type": "lifespan.shutdown.complete"})
             return

@@ -93,6 +93,9 @@ def logging_config(level: str, fmt: str, server_access: bool = False) -> dict:
             "twisted": own,
             "uvicorn": own,
             "uvicorn.error": own,
+            # One warning a span while a collector is down, on the request's own path: its exporter's errors (one a
+            # batch, on its own thread) say enough.
+            "opentelemetry.sdk._shared_internal": {**own, "level": "ERROR"},
             "uvicorn.access": {**own, "level": own_level if server_access else "WARNING", "filters": ["query_dropped"]},
             "daphne.access": {**own, "level": own_level if server_access else "WARNING"},
         },

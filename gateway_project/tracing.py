@@ -13,7 +13,9 @@ TLS); the propagators are the SDK's (``OTEL_PROPAGATORS``: W3C ``traceparent`` a
 
 from __future__ import annotations
 
+import atexit
 import logging
+import threading
 
 from django.conf import settings
 from opentelemetry import propagate
@@ -23,6 +25,9 @@ log = logging.getLogger("gateway.tracing")
 
 tracer = None  # the gateway's ``opentelemetry.trace.Tracer`` once tracing is on; None: off
 _provider = None
+_flushed_at_exit = False
+# The longest a stopping process waits for its queued spans to go: a collector that is down must not hold it.
+SHUTDOWN_FLUSH_SECONDS = 5.0
 
 
 def configure() -> bool:
@@ -41,15 +46,19 @@ def configure() -> bool:
 
 def install(processor):
     """Make spans with ``processor`` (tests give theirs an in-memory exporter); the provider."""
-    global tracer, _provider
+    global tracer, _provider, _flushed_at_exit
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
 
     # The SDK adds OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME (which wins over this default) to the resource.
     resource = Resource.create({"service.name": settings.TRACING["SERVICE_NAME"]})
-    provider = TracerProvider(resource=resource)  # flushed at process exit too (Daphne; uvicorn: ``lifespan``)
+    # Not the SDK's own exit hook: its shutdown waits on the exporter's retries (up to 30 s).
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     provider.add_span_processor(processor)
     _provider, tracer = provider, provider.get_tracer("agent-gateway")
+    if not _flushed_at_exit:  # Daphne's workers exit through it; uvicorn's flush in ``lifespan``
+        atexit.register(flush)
+        _flushed_at_exit = True
     return provider
 
 
@@ -61,10 +70,23 @@ def uninstall() -> None:
         provider.shutdown()
 
 
-def flush(timeout_seconds: float = 5.0) -> None:
-    """Export what is queued, waiting at most ``timeout_seconds`` (blocking: call it beside the loop)."""
-    if _provider is not None:
-        _provider.force_flush(int(timeout_seconds * 1000))
+def flush(seconds: float = SHUTDOWN_FLUSH_SECONDS) -> bool:
+    """Export what is queued, waiting at most ``seconds`` (blocking: call it beside the loop); whether it all went.
+
+    The SDK's ``force_flush`` ignores its timeout (it exports every batch, each for as long as the exporter
+    retries), so it runs on a daemon thread that a stopping process does not wait for.
+    """
+    provider = _provider
+    if provider is None:
+        return True
+    done = threading.Event()
+
+    def export() -> None:
+        provider.force_flush()
+        done.set()
+
+    threading.Thread(target=export, name="otel-flush", daemon=True).start()
+    return done.wait(seconds)
 
 
 class _RawHeaders(Getter):

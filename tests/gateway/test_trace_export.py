@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -10,7 +11,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from tests.servers import Gateway
+from tests.servers import Gateway, free_port
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
@@ -91,3 +92,25 @@ def test_a_gateway_exports_the_requests_spans_and_the_upstream_joins_its_trace(
     assert attempt["parent_span_id"] == request["span_id"]
     seen = response.json()["headers"]["traceparent"]
     assert seen == f"00-{CLIENT_TRACE}-{attempt['span_id']}-01"  # the upstream's parent: the attempt
+
+
+@pytest.mark.parametrize("server", ["daphne", "uvicorn"])
+def test_a_collector_that_is_down_costs_no_request_and_does_not_hold_the_shutdown(
+    server, live_db, seeded, make_key, wait_for_agent
+):
+    from routing.models import Agent
+
+    agent = Agent.objects.create(slug=f"x-{uuid.uuid4().hex[:8]}", name="x", kind="agent", upstream_url=seeded.url,
+                                 timeout_seconds=5)  # fmt: skip
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there: every export is refused
+    gateway = Gateway(server=server, OTEL_EXPORTER_OTLP_ENDPOINT=down, OTEL_BSP_SCHEDULE_DELAY="20")
+    try:
+        wait_for_agent(agent.slug, gateway)
+        with gateway.client(make_key()[0]) as client:
+            statuses = [client.post(f"/agents/{agent.slug}/echo", json={}).status_code for _ in range(30)]
+        assert statuses == [200] * 30
+    finally:
+        started = time.monotonic()
+        assert gateway.stop() == 0
+        agent.delete()
+    assert time.monotonic() - started < 15  # the exporter's retries do not keep the workers from exiting
