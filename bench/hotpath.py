@@ -206,7 +206,8 @@ def main() -> None:
     root = args.root.resolve()
     os.environ.update(
         DJANGO_SETTINGS_MODULE="gateway_project.settings", DATABASE_URL=f"{PG_URL}/{args.db}",
-        REDIS_URL=args.redis_url, GATEWAY_HTTP_TRANSPORT="aiohttp", DJANGO_DEBUG="0", GATEWAY_LOG_LEVEL="WARNING",
+        REDIS_URL=args.redis_url, GATEWAY_HTTP_TRANSPORT="aiohttp", DJANGO_DEBUG="0",
+        GATEWAY_LOG_LEVEL=os.environ.get("GATEWAY_LOG_LEVEL", "WARNING"),  # INFO: each request's access line too
     )  # fmt: skip
     os.environ.pop("CELERY_TASK_ALWAYS_EAGER", None)
     os.chdir(root)
