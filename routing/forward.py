@@ -218,6 +218,7 @@ def note_stream_usage(ex: Exchange, scanner) -> None:
     ex.output_text = scanner.text
     ex.output_estimate = scanner.output_estimate
     ex.model = scanner.model or ex.model
+    spans.note_finish_reasons(getattr(scanner, "finish_reasons", ()))
     if ex.response_started and not scanner.complete:
         # Cut (the client left, the deadline passed, the upstream broke off) before its final usage, or ended
         # without one: charged from what was relayed (``admission.charged_usage``).

@@ -224,10 +224,14 @@ def end_attempt(ex, began, entry: dict) -> None:
 def note_answer(answer: dict) -> None:
     """The finish reasons of a whole JSON answer (OpenAI's ``choices``, Anthropic's ``stop_reason``) on the attempt's
     span and the request's."""
-    if tracing.tracer is None:
-        return
-    reasons = finish_reasons(answer)
-    if reasons:
+    if tracing.tracer is not None:
+        note_finish_reasons(finish_reasons(answer))
+
+
+def note_finish_reasons(reasons) -> None:
+    """``reasons`` (a stream's, or a whole answer's) on the attempt's span and the request's."""
+    if tracing.tracer is not None and reasons:
+        reasons = list(reasons)
         trace.get_current_span().set_attribute("gen_ai.response.finish_reasons", reasons)
         request = _request_span.get()
         if request is not None:

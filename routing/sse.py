@@ -132,6 +132,7 @@ class OpenAIStreamScanner:
         self.keep_usage_chunk = keep_usage_chunk
         self.usage: tuple[int, int] | None = None
         self.model = ""
+        self.finish_reasons: list[str] = []  # each choice's, as the upstream said it (for the trace)
         self._text = _TextCollector()
         self._buffer = bytearray()
 
@@ -182,6 +183,8 @@ class OpenAIStreamScanner:
                 delta = _dict(choice.get("delta"))
                 self._text.add(delta.get("content"))
                 self._text.count_delta(delta)
+                if choice.get("finish_reason"):
+                    self.finish_reasons.append(_str(choice["finish_reason"]))
         return bool(choices) or usage is None or self.keep_usage_chunk
 
 
@@ -218,6 +221,7 @@ class _AnthropicReading:
         self.input_tokens = 0
         self.output_tokens = 0
         self.error = ""  # the error type of an ``error`` event, which ends the stream
+        self.finish_reasons: list[str] = []  # the stop reason, as the upstream said it (for the trace)
         self._seen_usage = False
         self.complete = False  # whether the final usage (``message_delta``'s) came, not only ``message_start``'s
         self._text = _TextCollector()
@@ -247,6 +251,8 @@ class _AnthropicReading:
             self._text.count(delta.get("thinking"))
         elif kind == "message_delta":
             self.complete = self._note_usage(obj.get("usage")) or self.complete  # cumulative: replace, never add
+            stop = _str(_dict(obj.get("delta")).get("stop_reason"))
+            self.finish_reasons = [stop] if stop else self.finish_reasons
         elif kind == "error":
             error = obj.get("error")
             self.error = _str(error.get("type") if isinstance(error, dict) else "") or "api_error"
@@ -402,6 +408,7 @@ class OpenAIToAnthropicStream:
         self.model = model
         self.usage: tuple[int, int] | None = None
         self.error = ""
+        self.finish_reasons: list[str] = []  # the upstream's own, before translation (for the trace)
         self._stop_reason = ""
         self._started = False
         self._block_open = False
@@ -464,6 +471,7 @@ class OpenAIToAnthropicStream:
                 self._text.add(text)
                 out.append(_text_delta(text))
             if choice.get("finish_reason"):
+                self.finish_reasons = [_str(choice["finish_reason"])]
                 self._stop_reason = STOP_REASONS.get(_str(choice["finish_reason"]), "end_turn")
                 out.append(self._close_block())
         return b"".join(out)

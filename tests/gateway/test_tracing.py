@@ -203,6 +203,8 @@ def test_a_streamed_answer_has_a_relay_span_under_its_attempt(traced, exporter, 
     assert relay.status.status_code == StatusCode.UNSET
     assert relay.start_time >= attempt.start_time and relay.end_time <= attempt.end_time
     assert server.attributes["gen_ai.usage.output_tokens"] > 0
+    assert list(server.attributes["gen_ai.response.finish_reasons"]) == ["stop"]
+    assert list(attempt.attributes["gen_ai.response.finish_reasons"]) == ["stop"]
     assert all(s.attributes["gateway.request_id"] == response.headers["x-request-id"] for s in spans)
 
 

@@ -1,6 +1,6 @@
 import json
 
-from routing.sse import AnthropicToOpenAIStream, OpenAIStreamScanner
+from routing.sse import AnthropicToOpenAIStream, OpenAIStreamScanner, OpenAIToAnthropicStream
 
 
 def event(obj) -> bytes:
@@ -53,3 +53,18 @@ def test_anthropic_events_become_openai_chunks():
     assert chunks[2]["choices"][0]["finish_reason"] == "length"
     assert chunks[3]["usage"] == {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}
     assert stream.usage == (5, 4) and stream.text == "Hi"
+    assert stream.finish_reasons == ["max_tokens"]  # the upstream's own words, for the trace
+
+
+def test_each_scanner_keeps_the_finish_reasons_its_upstream_sent():
+    finished = event({"model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})
+    stream = b"".join([*CHUNKS[:2], finished, *CHUNKS[2:]])
+    scanner = OpenAIStreamScanner(keep_usage_chunk=False)
+    feed_in_pieces(scanner, stream, 5)
+    assert scanner.finish_reasons == ["length"]
+    translated = OpenAIToAnthropicStream("rid", "m")
+    feed_in_pieces(translated, stream, 5)
+    assert translated.finish_reasons == ["length"]  # not Anthropic's "max_tokens" it was translated to
+    unfinished = OpenAIStreamScanner(keep_usage_chunk=True)
+    feed_in_pieces(unfinished, b"".join(CHUNKS), 5)
+    assert unfinished.finish_reasons == []
