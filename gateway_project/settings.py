@@ -640,4 +640,11 @@ def _otlp_traces_endpoint() -> str:
 TRACING = {
     "ENDPOINT": _otlp_traces_endpoint(),
     "SERVICE_NAME": envstr("OTEL_SERVICE_NAME", "agent-gateway"),
+    # Upstream answers are untrusted: a model name or finish reason one sends is cut to this many characters on a
+    # span (the SDK's own default is no limit).
+    "ATTRIBUTE_LENGTH": envint(
+        "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+        envint("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", 1024, minimum=1),
+        minimum=1,
+    ),
 }

@@ -48,12 +48,13 @@ def install(processor):
     """Make spans with ``processor`` (tests give theirs an in-memory exporter); the provider."""
     global tracer, _provider, _flushed_at_exit
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 
     # The SDK adds OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME (which wins over this default) to the resource.
     resource = Resource.create({"service.name": settings.TRACING["SERVICE_NAME"]})
     # Not the SDK's own exit hook: its shutdown waits on the exporter's retries (up to 30 s).
-    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+    limits = SpanLimits(max_span_attribute_length=settings.TRACING["ATTRIBUTE_LENGTH"])
+    provider = TracerProvider(resource=resource, span_limits=limits, shutdown_on_exit=False)
     provider.add_span_processor(processor)
     _provider, tracer = provider, provider.get_tracer("agent-gateway")
     if not _flushed_at_exit:  # Daphne's workers exit through it; uvicorn's flush in ``lifespan``

@@ -14,6 +14,7 @@ from routing.anthropic_shape import STOP_REASONS, error_payload
 from routing.protocols import CACHE_FIELDS, FINISH_REASONS, MAX_REPORTED_TOKENS, anthropic_input, usage_from_json
 
 DONE = b"data: [DONE]\n\n"
+MAX_FINISH_REASONS = 16  # kept of a stream's (one a choice), for its trace
 
 
 # The largest event a stream may send: one past it (an upstream that never ends an event) ends the stream, rather
@@ -183,8 +184,9 @@ class OpenAIStreamScanner:
                 delta = _dict(choice.get("delta"))
                 self._text.add(delta.get("content"))
                 self._text.count_delta(delta)
-                if choice.get("finish_reason"):
-                    self.finish_reasons.append(_str(choice["finish_reason"]))
+                reason = _str(choice.get("finish_reason"))
+                if reason and len(self.finish_reasons) < MAX_FINISH_REASONS:  # an upstream may send one an event
+                    self.finish_reasons.append(reason)
         return bool(choices) or usage is None or self.keep_usage_chunk
 
 

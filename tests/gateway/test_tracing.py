@@ -186,6 +186,18 @@ def test_a_chat_completion_is_a_server_span_under_the_clients_trace_with_admissi
     assert "secret prompt" not in exported and raw not in exported
 
 
+def test_what_an_upstream_says_is_cut_short_on_a_span(traced, exporter, agent, canned, make_key):
+    served = agent(canned.url)
+    canned.set(CHAT, {**chat_answer("m" * 5000), "choices": [{"index": 0, "finish_reason": "x" * 5000}]})
+    body = {"model": served.default_model, "messages": [{"role": "user", "content": "hello"}]}
+    response = traced.client(make_key()[0]).post(CHAT, json=body)
+    assert response.status_code == 200, response.text
+    server, children = tree(spans_of(exporter, response))
+    for span in (server, children[1]):
+        assert span.attributes["gen_ai.response.model"] == "m" * 1024
+        assert list(span.attributes["gen_ai.response.finish_reasons"]) == ["x" * 1024]
+
+
 def test_a_streamed_answer_has_a_relay_span_under_its_attempt(traced, exporter, agent, seeded, make_key):
     served = agent(seeded.url)
     raw, _ = make_key()

@@ -1,6 +1,6 @@
 import json
 
-from routing.sse import AnthropicToOpenAIStream, OpenAIStreamScanner, OpenAIToAnthropicStream
+from routing.sse import MAX_FINISH_REASONS, AnthropicToOpenAIStream, OpenAIStreamScanner, OpenAIToAnthropicStream
 
 
 def event(obj) -> bytes:
@@ -68,3 +68,10 @@ def test_each_scanner_keeps_the_finish_reasons_its_upstream_sent():
     unfinished = OpenAIStreamScanner(keep_usage_chunk=True)
     feed_in_pieces(unfinished, b"".join(CHUNKS), 5)
     assert unfinished.finish_reasons == []
+
+
+def test_a_stream_that_finishes_every_event_keeps_a_bounded_few():
+    finished = event({"model": "m", "choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": "stop"}]})
+    scanner = OpenAIStreamScanner(keep_usage_chunk=False)
+    feed_in_pieces(scanner, finished * 1000, 4096)
+    assert scanner.finish_reasons == ["stop"] * MAX_FINISH_REASONS
