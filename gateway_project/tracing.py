@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from opentelemetry import propagate
@@ -39,8 +40,11 @@ def configure() -> bool:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    install(BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.TRACING["ENDPOINT"])))
-    log.info("traces exported to %s", settings.TRACING["ENDPOINT"])
+    endpoint = settings.TRACING["ENDPOINT"]
+    install(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    url = urlsplit(endpoint)
+    where = url.netloc.rpartition("@")[2]  # never a password the URL may hold
+    log.info("traces exported to %s://%s%s", url.scheme, where, url.path)
     return True
 
 

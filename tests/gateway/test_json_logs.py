@@ -30,7 +30,8 @@ def test_every_line_is_json_and_each_request_has_one_naming_it(
     )  # fmt: skip
     receiver = collector(canned)
     gateway = Gateway(server=server, GATEWAY_LOG_FORMAT="json", GATEWAY_LOG_LEVEL="INFO",
-                      GATEWAY_SERVER_ACCESS_LOG="1", OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url)  # fmt: skip
+                      GATEWAY_SERVER_ACCESS_LOG="1",
+                      OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url.replace("//", "//otel:pw-in-url@"))  # fmt: skip
     raw, key = make_key()
     try:
         wait_for_agent(agent.slug, gateway)
@@ -74,5 +75,6 @@ def test_every_line_is_json_and_each_request_has_one_naming_it(
     assert any("/console/no-such-page/" in message and "404" in message for message in served), served
     assert any(line["logger"] == "gateway.server" and "worker(s) on" in line["message"] for line in lines)
 
-    for secret in (raw, "sk-not-a-key", "a private prompt", "sk-in-a-query"):
+    assert any(line["logger"] == "gateway.tracing" and receiver.url in line["message"] for line in lines)
+    for secret in (raw, "sk-not-a-key", "a private prompt", "sk-in-a-query", "pw-in-url"):
         assert secret not in text
