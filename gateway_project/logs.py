@@ -43,12 +43,15 @@ class RequestContext(logging.Filter):
 
 
 class QueryDropped(logging.Filter):
-    """uvicorn's access line without the query string: a browser's WebSocket puts its key there (``?api_key=``)."""
+    """uvicorn's lines without query strings (its access line's path, its WebSocket handshake's): a browser's
+    WebSocket puts its key there (``?api_key=``)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
-        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
-            record.args = (args[0], args[1], args[2].partition("?")[0], args[3], args[4])
+        if isinstance(args, tuple) and any(isinstance(arg, str) and arg.startswith("/") for arg in args):
+            record.args = tuple(
+                arg.partition("?")[0] if isinstance(arg, str) and arg.startswith("/") else arg for arg in args
+            )
         return True
 
 
@@ -92,7 +95,7 @@ def logging_config(level: str, fmt: str, server_access: bool = False) -> dict:
             "daphne": own,
             "twisted": own,
             "uvicorn": own,
-            "uvicorn.error": own,
+            "uvicorn.error": {**own, "filters": ["query_dropped"]},
             # One warning a span while a collector is down, on the request's own path: its exporter's errors (one a
             # batch, on its own thread) say enough.
             "opentelemetry.sdk._shared_internal": {**own, "level": "ERROR"},

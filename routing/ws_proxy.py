@@ -41,8 +41,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus, WebSocketException
 
 from gateway_project.errors import GatewayError, forbidden, not_found
+from gateway_project.logs import request_id
 from keys.access import authorize, presented_key
-from routing import upstream
+from routing import access_log, upstream
 from routing.adapters import adapter_for
 from routing.adapters.base import ProviderAdapter
 from routing.admission import admit, settle
@@ -90,6 +91,7 @@ class WebSocketProxyConsumer(AsyncWebsocketConsumer):
 async def serve_session(scope: dict, receive, send) -> None:
     """Admit, connect, relay and settle one session; write exactly one audit record whatever happened."""
     ex = Exchange({**scope, "method": "WS"}, b"", False, send)
+    request_id.set(ex.request_id)  # log lines written while it lasts name it
     traffic = Traffic()
     ticket = guard = None
     try:
@@ -144,6 +146,7 @@ async def serve_session(scope: dict, receive, send) -> None:
         if traffic.error == SESSION_DEADLINE:
             ex.details["session_deadline_seconds"] = settings.GATEWAY["MAX_SESSION_SECONDS"]
         ex.record()
+        access_log.line(ex, None)  # a session is not traced
 
 
 async def _authorize(ex: Exchange) -> AgentRoute:

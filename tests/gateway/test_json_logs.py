@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from websockets.sync.client import connect
 
 from tests.gateway.test_trace_export import collector
 from tests.servers import Gateway
@@ -43,6 +44,11 @@ def test_every_line_is_json_and_each_request_has_one_naming_it(
         assert answer.status_code == 200, answer.text
         assert refused.status_code == 401
         assert gateway.client().get("/console/no-such-page/?api_key=sk-in-a-query").status_code == 404
+        ws_url = gateway.url.replace("http://", "ws://") + f"/agents/research/ws?api_key={raw}"  # a browser's way
+        with connect(ws_url, open_timeout=10) as ws:
+            ws.send("say hi")
+            assert ws.recv(timeout=10) == "hi"
+            session_id = dict(ws.response.headers).get("x-request-id")
     finally:
         assert gateway.stop() == 0
         agent.delete()
@@ -63,6 +69,10 @@ def test_every_line_is_json_and_each_request_has_one_naming_it(
     (denied,) = [line for line in lines if line.get("request_id") == refused.headers["x-request-id"]
                  and line["logger"] == "gateway.access"]  # fmt: skip
     assert (denied["status"], denied["error_code"], denied["client"]) == (401, "invalid_api_key", "")
+
+    (session,) = [line for line in lines if line["logger"] == "gateway.access" and line["method"] == "WS"]
+    assert (session["path"], session["status"], session["agent"]) == ("/agents/research/ws", 101, "research")
+    assert session_id in (None, session["request_id"])  # Daphne sends no handshake headers
 
     django = [line for line in lines if line["logger"] == "django.request" and "/console/" in line["message"]]
     assert [(line["level"], line["message"], line["status_code"]) for line in django] == [

@@ -7,7 +7,7 @@ import logging
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from gateway_project.logs import RequestContext, logging_config, request_id
+from gateway_project.logs import QueryDropped, RequestContext, logging_config, request_id
 
 
 def test_a_format_or_level_the_gateway_does_not_know_stops_it():
@@ -40,3 +40,14 @@ def test_a_line_names_the_request_being_served_and_no_other():
     finally:
         request_id.reset(token)
     assert line.request_id == "abc123"
+
+
+def test_uvicorn_lines_lose_their_query_strings():
+    access = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                               ("1.2.3.4:5", "GET", "/agents/a/ws?api_key=sk-1", "1.1", 101), None)  # fmt: skip
+    handshake = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, '%s - "WebSocket %s" [accepted]',
+                                  ("1.2.3.4:5", "/agents/a/ws?api_key=sk-2"), None)  # fmt: skip
+    for record in (access, handshake):
+        QueryDropped().filter(record)
+    assert access.getMessage() == '1.2.3.4:5 - "GET /agents/a/ws HTTP/1.1" 101'
+    assert handshake.getMessage() == '1.2.3.4:5 - "WebSocket /agents/a/ws" [accepted]'
