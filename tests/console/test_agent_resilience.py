@@ -219,4 +219,4 @@ def test_an_agent_whose_cache_saved_nothing_says_so_plainly(operator, research):
         "saved_usd": "0.000000000",
     }  # fmt: skip
     page = operator.get(f"/console/agents/{research.pk}/edit/").content.decode()
-    assert 'id="cache-hit-rate">–' in page and 'id="cache-saved">$0.000000000' in page
+    assert 'id="cache-hit-rate">\u2013' in page and 'id="cache-saved">$0.000000000' in page
