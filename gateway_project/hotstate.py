@@ -271,9 +271,14 @@ class HotState:
         current values of ``generation_keys`` (0 when unset): bumping one of them leaves its entries unreachable."""
         raise NotImplementedError
 
-    async def cache(self, generation_keys: list[str], entry_key, value: bytes, ttl_seconds: int) -> None:
+    async def cache(self, generation_keys: list[str], entry_key, value: bytes, ttl_seconds: int) -> bool:
         """Store a response-cache entry under ``entry_key(generations)`` (as ``cached`` reads them) for
-        ``ttl_seconds``."""
+        ``ttl_seconds``; not when ``entry_key`` returns None (a generation moved on since the answer was asked for).
+        Whether it was stored."""
+        raise NotImplementedError
+
+    async def generations(self, generation_keys: list[str]) -> list[int]:
+        """The current values of response-cache generation counters (0 when unset), as ``cached`` reads them."""
         raise NotImplementedError
 
     def bump_now(self, key: str) -> int:
@@ -557,16 +562,22 @@ class MemoryHotState(HotState):
         return value
 
     async def cache(self, generation_keys, entry_key, value, ttl_seconds):
-        key = entry_key([self._generations.get(name, 0) for name in generation_keys])
+        key = entry_key(await self.generations(generation_keys))
+        if key is None:
+            return False
         if key in self._entries:
             self._forget(key)
         budget = settings.GATEWAY["CACHE"]["MEMORY_BYTES"]
         if len(value) > budget:
-            return
+            return False
         self._entries[key] = (value, time.time() + ttl_seconds)
         self._entry_bytes += len(value)
         while self._entry_bytes > budget:  # the least recently used go first
             self._forget(next(iter(self._entries)))
+        return True
+
+    async def generations(self, generation_keys):
+        return [self._generations.get(name, 0) for name in generation_keys]
 
     def _forget(self, key):
         value, _expires = self._entries.pop(key)
@@ -1103,9 +1114,14 @@ class RedisHotState(HotState):
         return await client.get(entry_key([int(value or 0) for value in generations]))
 
     async def cache(self, generation_keys, entry_key, value, ttl_seconds):
-        client = self._client()
-        generations = await client.mget(generation_keys)
-        await client.set(entry_key([int(value or 0) for value in generations]), value, ex=ttl_seconds)
+        key = entry_key(await self.generations(generation_keys))
+        if key is None:
+            return False
+        await self._client().set(key, value, ex=ttl_seconds)
+        return True
+
+    async def generations(self, generation_keys):
+        return [int(value or 0) for value in await self._client().mget(generation_keys)]
 
     def bump_now(self, key):
         return self._sync.incr(key)

@@ -252,11 +252,19 @@ class Exchange:
         )
 
     def _capture_start(self, status: int, headers) -> None:
-        """Keep capturing only a 200 answer that its upstream lets be stored; note its content type."""
+        """Keep capturing only a 200 answer that its upstream lets be stored; note its content type. Not one sent
+        compressed (an upstream may ignore the gateway's ``Accept-Encoding: identity``): a hit is replayed with its
+        content type only, so its bytes must be readable without their ``Content-Encoding``. Not one that says it
+        varies on a request header the cache's key does not hold (``Vary``): a pass-through request's other headers
+        are forwarded, and an agent answering per end user would have one user's answer replayed to the next."""
         for name, value in headers:
             if name == b"content-type":
                 self.captured_type = value
             elif name == b"cache-control" and (b"no-store" in value.lower() or b"private" in value.lower()):
+                self.capture = None
+            elif name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+                self.capture = None
+            elif name == b"vary" and not _varies_within_key(value):
                 self.capture = None
         if status != 200:
             self.capture = None
@@ -354,6 +362,17 @@ class Exchange:
             observe_request(self, row)
         except Exception:  # a metric never costs a request its answer or its record
             log.exception("request %s: metrics not counted", self.request_id)
+
+
+# What a pass-through request's cache key holds of its headers (``response_cache.raw_request``), and the encoding
+# the gateway always asks for.
+KEYED_HEADERS = frozenset({"accept", "content-type", "accept-encoding"})
+
+
+def _varies_within_key(vary: bytes) -> bool:
+    """Whether an answer's ``Vary`` names only headers the response cache's key holds (``*``: any, so not)."""
+    names = {part.strip().lower() for part in vary.decode("latin-1").split(",")} - {""}
+    return names <= KEYED_HEADERS
 
 
 def parse_json(body: bytes):

@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.conf import settings
@@ -55,9 +55,21 @@ class Lookup:
     scope: str  # the entries' key prefix: agent, and client or "*"
     digest: str  # the normalised request's hash
     read: bool  # a cached answer may answer it (not after ``Cache-Control: no-cache``)
+    # The generations when the request was looked up: its answer is kept only if none moved on meanwhile (an
+    # invalidation while the upstream was answering must not let the answer it made stale be kept past it).
+    seen: list[int] = field(default_factory=list)
 
     def entry_key(self, generations: list[int]) -> str:
         return f"{self.scope}:{':'.join(map(str, generations))}:{self.digest}"
+
+    def looked_up(self, generations: list[int]) -> str:
+        """``entry_key`` for ``cached``, noting the generations it was read under."""
+        self.seen[:] = generations
+        return self.entry_key(generations)
+
+    def unchanged(self, generations: list[int]) -> str | None:
+        """``entry_key`` for ``cache``: None when a generation moved on since the look-up (not kept)."""
+        return self.entry_key(generations) if self.seen and list(generations) == self.seen else None
 
 
 def cache_control(headers: dict[bytes, bytes]) -> frozenset[str]:
@@ -129,13 +141,16 @@ def lookup_for(ex: Exchange, route: AgentRoute, request: bytes, *, stream: bool,
 async def answer_from_cache(ex: Exchange, facts: RequestFacts, lookup: Lookup) -> bool:
     """Answer from the cache if it holds this request's answer: admitted for its requests per minute and at once
     only, charged nothing. False (a miss) when it does not, or cannot be read."""
-    if lookup.read:
-        try:
-            entry = await get_hot_state().cached(list(lookup.generation_keys), lookup.entry_key)
-        except Exception:  # an unreachable cache is a miss, never a failed request
-            log.warning("request %s: the response cache could not be read", ex.request_id, exc_info=True)
-            entry = None
-        kept = _read_entry(entry) if entry is not None else None
+    entry = None
+    try:
+        if lookup.read:
+            entry = await get_hot_state().cached(list(lookup.generation_keys), lookup.looked_up)
+        else:  # asked fresh, but kept only if nothing is forgotten meanwhile
+            lookup.seen[:] = await get_hot_state().generations(list(lookup.generation_keys))
+    except Exception:  # an unreachable cache is a miss, never a failed request
+        log.warning("request %s: the response cache could not be read", ex.request_id, exc_info=True)
+    if entry is not None:
+        kept = _read_entry(entry)
         if kept is not None:
             await _replay(ex, facts, *kept)
             return True
@@ -201,7 +216,7 @@ async def keep_answer(ex: Exchange, lookup: Lookup) -> None:
         value = json.dumps(meta).encode() + b"\n" + bytes(captured)
         try:
             ttl = lookup.policy.ttl_seconds
-            await get_hot_state().cache(list(lookup.generation_keys), lookup.entry_key, value, ttl)
+            stored = await get_hot_state().cache(list(lookup.generation_keys), lookup.unchanged, value, ttl)
         except Exception:
             log.warning("request %s: the response cache could not be written", ex.request_id, exc_info=True)
             stored = False

@@ -1,0 +1,111 @@
+"""Attack 7's probes of the response cache: each asserts a promise of the README."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+
+import pytest
+
+from tests.attack.helpers import Answering, chat_answer
+from tests.servers import scripted_upstreams
+
+
+@pytest.fixture
+def answering():
+    with scripted_upstreams(Answering) as make:
+        yield make
+
+
+def gzipped_json(obj) -> bytes:
+    body = gzip.compress(json.dumps(obj).encode())
+    head = (
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def test_a_compressed_pass_through_answer_is_never_replayed_without_its_encoding(
+    answering, provider_at, gateway, make_key
+):
+    """An upstream may answer gzip though the gateway asked for identity. Kept, its bytes were replayed with only
+    their content type: every later client got undecodable bytes labelled JSON."""
+    upstream = answering(lambda head, body: gzipped_json({"answer": "Paris"}))
+    agent = provider_at(upstream.url, kind="agent", served_models=[], default_model="", cache_enabled=True)
+    raw, _ = make_key()
+    with gateway.client(raw) as client:
+        answers = [client.post(f"/agents/{agent.slug}/ask", json={"q": "capital of France?"}) for _ in range(2)]
+    assert answers[0].status_code == answers[1].status_code == 200
+    assert answers[0].json() == {"answer": "Paris"}
+    second = answers[1]  # httpx decodes what its Content-Encoding says
+    assert second.json() == {"answer": "Paris"}, (second.headers, second.content[:40])
+
+
+def test_an_answer_in_flight_when_the_cache_is_forgotten_is_not_kept_past_it(
+    answering, provider_at, gateway, make_key, admin_api
+):
+    """README: invalidation makes old entries "unreachable at once". An answer asked before the invalidation and
+    finished after it was stored under the new generation: the forgotten answer came back."""
+    gate = threading.Event()
+    upstream = Answering(lambda head, body: chat_answer(10, 5), gate=gate)
+    agent = provider_at(upstream.url, cache_enabled=True)
+    raw, _ = make_key()
+    body = {"model": agent.slug, "temperature": 0, "messages": [{"role": "user", "content": "hello?"}]}
+    result = {}
+
+    def first():
+        with gateway.client(raw) as client:
+            result["first"] = client.post("/v1/chat/completions", json=body)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        import time
+
+        deadline = time.time() + 10
+        while not upstream.requests and time.time() < deadline:
+            time.sleep(0.02)
+        assert upstream.requests, "the first request reached the upstream"
+        with admin_api(gateway) as api:
+            forgot = api.post("/api/v1/response-cache/invalidate/", json={"agent": agent.slug})
+        assert forgot.status_code in (200, 202, 204), forgot.text
+    finally:
+        gate.set()
+        thread.join(15)
+        upstream.stop()
+    assert result["first"].status_code == 200 and result["first"].headers["x-gateway-cache"] == "miss"
+    with gateway.client(raw) as client:
+        again = client.post("/v1/chat/completions", json=body)
+    assert again.headers["x-gateway-cache"] == "miss", "an answer asked for before the invalidation came back"
+
+
+def _per_user(head: bytes, body: bytes) -> bytes:
+    user = b"nobody"
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"x-end-user":
+            user = value.strip()
+    payload = json.dumps({"profile_of": user.decode()}).encode()
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nVary: X-End-User\r\n"
+        + f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+        + payload
+    )
+
+
+def test_a_pass_through_answer_that_varies_on_a_request_header_is_not_served_to_another_value(
+    answering, provider_at, gateway, make_key
+):
+    """A pass-through request is keyed on method, path, query, content type, accepted type and body, but every
+    other header is forwarded too: an agent that answers per end user (and says so, ``Vary: X-End-User``) had one
+    user's answer replayed to the next."""
+    upstream = answering(_per_user)
+    agent = provider_at(upstream.url, kind="agent", served_models=[], default_model="", cache_enabled=True)
+    raw, _ = make_key()
+    with gateway.client(raw) as client:
+        alice = client.get(f"/agents/{agent.slug}/me", headers={"X-End-User": "alice"})
+        bob = client.get(f"/agents/{agent.slug}/me", headers={"X-End-User": "bob"})
+    assert alice.json() == {"profile_of": "alice"}
+    assert bob.json() == {"profile_of": "bob"}, f"bob got alice's answer ({bob.headers.get('x-gateway-cache')})"
