@@ -51,6 +51,10 @@ class BoundedLabel:
         self._seen: dict[str, str] = {}
         self._lock = threading.Lock()
 
+    def kept(self, value: str) -> str | None:
+        """The label ``value`` already has, or None when it has none yet (nothing is taken)."""
+        return self._seen.get(value)
+
     def __call__(self, value: str) -> str:
         kept = self._seen.get(value)
         if kept is not None:

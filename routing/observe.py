@@ -35,8 +35,8 @@ def observe_request(ex, row: dict) -> None:
     if not ENABLED:
         return
     now = time.perf_counter()
-    agent, model, code = m.agents(row["agent"]), m.models(row["model"]), m.codes(row["error_type"])
     status = row["status"]
+    agent, model, code = m.agents(row["agent"]), model_label(row["model"], status), m.codes(row["error_type"])
     count(m.REQUESTS, (agent, model, m.status_class(status), code))
     labels = (operation(ex.path), model, agent)
     observe(m.REQUEST_DURATION, (*labels, code), now - ex.started)
@@ -64,6 +64,30 @@ def observe_request(ex, row: dict) -> None:
         reason = m.refusal_reason(status, row["error_type"])
         if reason is not None:
             count(m.REFUSALS, (reason, code))
+
+
+def model_label(model: str, status: int) -> str:
+    """A request's model label. A name not kept yet takes one of the cap's places only when the request was answered
+    or the gateway knows the model (an agent serves it, the price table prices it): any caller can make names up
+    for an agent that serves every model, each refused by its upstream, and the first names a process saw kept
+    their places, so every real model after them was counted as ``other``."""
+    kept = m.models.kept(model)
+    if kept is not None:
+        return kept
+    if status < 400 or _known(model):
+        return m.models(model)
+    return m.OTHER
+
+
+def _known(model: str) -> bool:
+    from billing.pricing import prices
+    from routing.models import AUTO_MODEL
+    from routing.table import routing_table
+
+    table = routing_table.last()
+    if table is not None and (model in table.by_model or model in table.agents):
+        return True
+    return not model or model == AUTO_MODEL or model in prices.last({})
 
 
 def observe_attempt(agent: str, target: str, outcome: str, seconds: float) -> None:
