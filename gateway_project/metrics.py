@@ -327,7 +327,7 @@ async def serve_metrics(scope, receive, send) -> None:
     Served before Django (``GatewayHttpRouter``): a scraper names a worker by its address, which no
     ``ALLOWED_HOSTS`` lists, and a gateway-only host serves it too.
     """
-    from channels.db import database_sync_to_async
+    from channels.db import DatabaseSyncToAsync
 
     from gateway_project.addresses import client_address
     from gateway_project.errors import GatewayError
@@ -360,7 +360,10 @@ async def serve_metrics(scope, receive, send) -> None:
         head = [(b"content-type", b"application/json"), *error.headers]
     else:
         accept = headers.get(b"accept", b"").decode("latin-1")
-        body, content_type = await database_sync_to_async(exposition)([SharedStateCollector()], accept)
+        # Not thread-sensitive: the scrape's queries (a budget's spend summed from its usage rows...) would hold the
+        # one thread every other synchronous database call of this process waits for (key look-ups, audit writes).
+        read = DatabaseSyncToAsync(exposition, thread_sensitive=False)
+        body, content_type = await read([SharedStateCollector()], accept)
         status, head = 200, [(b"content-type", content_type.encode()), (b"cache-control", b"no-store")]
     head += [(b"content-length", str(len(body)).encode()), (b"x-request-id", request_id.encode()),
              (b"x-content-type-options", b"nosniff")]  # fmt: skip
