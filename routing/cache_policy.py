@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 
@@ -13,13 +14,19 @@ class CachePolicy:
     max_entry_bytes: int
     any_temperature: bool
     scope: str = ""  # "" for an agent's own cache; a path route's id for its own, apart from the agent's
+    # Which agent's answers: its id, kind and upstream. An agent made again under a deleted one's slug, or pointed at
+    # another upstream, does not answer with what the old one said (entries are keyed by slug otherwise).
+    epoch: str = ""
 
 
-def cache_policy_of(obj, scope: str = "") -> CachePolicy | None:
-    """The policy of an ``Agent`` or a ``PathRoute`` (the same ``cache_*`` fields), or None when it caches nothing."""
+def cache_policy_of(obj, scope: str = "", agent=None) -> CachePolicy | None:
+    """The policy of an ``Agent`` or a ``PathRoute`` (the same ``cache_*`` fields; ``agent``: the route's), or None
+    when it caches nothing."""
     if not obj.cache_enabled:
         return None
+    agent = agent or obj
+    origin = f"{agent.pk}\n{agent.kind}\n{agent.upstream_url}".encode()
     return CachePolicy(
         obj.cache_ttl_seconds, obj.cache_shared, obj.cache_streams, obj.cache_max_entry_bytes,
-        obj.cache_any_temperature, scope,
+        obj.cache_any_temperature, scope, hashlib.sha256(origin).hexdigest()[:16],
     )  # fmt: skip

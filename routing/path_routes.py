@@ -89,7 +89,7 @@ def entry_of(route) -> PathRouteEntry:
         requests_per_minute=route.requests_per_minute,
         sse=route.protocol == "sse",
         deprecation=deprecation_headers(route.deprecated, route.updated_at, route.sunset_at),
-        cache=cache_policy_of(route, scope=f"route-{route.pk}"),
+        cache=cache_policy_of(route, scope=f"route-{route.pk}", agent=route.agent),
     )
 
 

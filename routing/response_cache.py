@@ -134,7 +134,7 @@ def lookup_for(ex: Exchange, route: AgentRoute, request: bytes, *, stream: bool,
         generations.append(store.key("cache-gen", "client", ex.key.client_id))
     client = "*" if policy.shared else str(ex.key.client_id)
     digest = hashlib.sha256(request).hexdigest()
-    scope = store.key("cache", route.slug, policy.scope or "agent", client)
+    scope = store.key("cache", route.slug, policy.scope or "agent", policy.epoch, client)
     return Lookup(policy, tuple(generations), scope, digest, read="no-cache" not in directives)
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import gzip
 import json
 import threading
+import uuid
 
 import pytest
 
 from tests.attack.helpers import Answering, chat_answer
-from tests.servers import scripted_upstreams
+from tests.servers import json_answer, scripted_upstreams
+from tests.waiting import until
 
 
 @pytest.fixture
@@ -109,3 +111,45 @@ def test_a_pass_through_answer_that_varies_on_a_request_header_is_not_served_to_
         bob = client.get(f"/agents/{agent.slug}/me", headers={"X-End-User": "bob"})
     assert alice.json() == {"profile_of": "alice"}
     assert bob.json() == {"profile_of": "bob"}, f"bob got alice's answer ({bob.headers.get('x-gateway-cache')})"
+
+
+def _answers(text: str):
+    def answer(head: bytes, body: bytes) -> bytes:
+        return json_answer({"answer": text})
+
+    return answer
+
+
+def test_an_agent_made_again_under_a_deleted_ones_slug_does_not_answer_with_its_cache(
+    answering, gateway, make_key, wait_for_agent, wait_for_reload
+):
+    """Entries and their generation counters were keyed by the agent's slug alone: an agent deleted and made again
+    under the same slug, at another upstream, answered with the deleted agent's answers until they expired (up
+    to 30 days); so did an agent pointed at another upstream."""
+    from routing.models import Agent
+
+    first, second, third = answering(_answers("old")), answering(_answers("new")), answering(_answers("moved"))
+    slug = f"again-{uuid.uuid4().hex[:8]}"
+    agent = Agent.objects.create(
+        slug=slug, name="first", kind="agent", upstream_url=first.url, served_models=[], default_model="",
+        timeout_seconds=5, max_retries=0, cache_enabled=True,
+    )  # fmt: skip
+    wait_for_agent(slug, gateway)
+    raw, _ = make_key()
+
+    def ask():
+        with gateway.client(raw) as client:
+            return client.post(f"/agents/{slug}/ask", json={"q": "same question"})
+
+    assert ask().json() == {"answer": "old"}
+    assert ask().headers["x-gateway-cache"] == "hit"
+    agent.delete()
+    Agent.objects.create(
+        slug=slug, name="again", kind="agent", upstream_url=second.url, served_models=[], default_model="",
+        timeout_seconds=5, max_retries=0, cache_enabled=True,
+    )  # fmt: skip
+    wait_for_reload(gateway)  # the table has the new agent, not the deleted one under its slug
+    assert ask().json() == {"answer": "new"}, "the deleted agent's answer"
+    Agent.objects.filter(slug=slug).update(upstream_url=third.url)
+    until(lambda: ask().json() == {"answer": "moved"}, "the agent's new upstream answers")
+    Agent.objects.filter(slug=slug).delete()
