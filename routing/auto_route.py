@@ -62,7 +62,7 @@ class RuleEntry:
             return None
         if not self.keywords:
             return ""
-        return auto_signals.first_keyword(signals.words, self.keywords) or None
+        return auto_signals.first_keyword(signals.words, self.keywords, signals.vocabulary) or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +84,7 @@ class Signals:
     complexity: float
     words: str  # ``auto_signals.words_of`` the last user message
     asks_for: frozenset[str]
+    vocabulary: frozenset[str] | None = None  # its different words (``auto_signals.read_all``); None: not known
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +97,8 @@ class Choice:
 
 def signals_of(payload: dict, text, prompt_tokens: int) -> Signals:
     """The signals of a chat or messages request whose last user message is ``text`` (read once)."""
-    score, words = auto_signals.read(text)
-    return Signals(prompt_tokens, score, words, auto_signals.asked_capabilities(payload))
+    score, words, vocabulary = auto_signals.read_all(text)
+    return Signals(prompt_tokens, score, words, auto_signals.asked_capabilities(payload), vocabulary)
 
 
 def scope_of(table, requested: str) -> str | None:

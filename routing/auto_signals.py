@@ -54,18 +54,26 @@ JSON_FORMATS = frozenset({"json_object", "json_schema"})
 def read(text) -> tuple[float, str]:
     """The complexity score of ``text`` (the formula is in the module's docstring) and its words (``words_of``),
     reading it once; 0 and no words for anything not text."""
+    score, words, _vocabulary = read_all(text)
+    return score, words
+
+
+def read_all(text) -> tuple[float, str, frozenset[str]]:
+    """``read``, and the set of the text's different words: a keyword with a word not in it cannot match, found
+    without scanning the text (``first_keyword``)."""
     if not isinstance(text, str) or not text:
-        return 0.0, " "
+        return 0.0, " ", frozenset()
     text = text[:MAX_READ_CHARS]
     words = _words(text)
-    cues = len(REASONING_CUES.intersection(words))  # different ones: "why why why why why" is not five
+    vocabulary = frozenset(words)
+    cues = len(REASONING_CUES.intersection(vocabulary))  # different ones: "why why why why why" is not five
     score = (
         0.40 * min(1.0, len(words) / WORDS_AT_FULL_LENGTH)
         + 0.30 * min(1.0, text.count("```") // 2 / FENCES_AT_FULL)
         + 0.15 * min(1.0, text.count("?") / QUESTIONS_AT_FULL)
         + 0.15 * min(1.0, cues / CUES_AT_FULL)
     )
-    return round(min(1.0, score), 2), " " + " ".join(words) + " "
+    return round(min(1.0, score), 2), " " + " ".join(words) + " ", vocabulary
 
 
 def complexity(text) -> float:
@@ -128,9 +136,19 @@ def clean_capabilities(value) -> list[str]:
     return [name for name in CAPABILITIES if name in value]
 
 
-def first_keyword(words: str, keywords: tuple[str, ...]) -> str:
-    """The first of ``keywords`` (normalised) found as whole words in ``words`` (from ``words_of``), or ""."""
+def first_keyword(words: str, keywords: tuple[str, ...], vocabulary: frozenset[str] | None = None) -> str:
+    """The first of ``keywords`` (normalised) found as whole words in ``words`` (from ``words_of``), or "".
+
+    With the text's ``vocabulary`` (``read_all``), a one-word keyword is a set look-up and a phrase is looked for in
+    the text only when each of its words is in it: scanning a 100,000-character prompt for each keyword of every
+    rule cost about 25 µs a keyword, some 10 ms of the event loop for 20 rules of 20 keywords."""
     for keyword in keywords:
+        if vocabulary is not None:
+            parts = keyword.split(" ")
+            if not all(part in vocabulary for part in parts):
+                continue
+            if len(parts) == 1:
+                return keyword
         if f" {keyword} " in words:
             return keyword
     return ""
