@@ -331,6 +331,16 @@ def _gcra(tat: float, now: float, check_limit: int, cost: int, period: int):
     return new_tat, None, math.floor((period - (new_tat - now)) / interval)
 
 
+# What an in-process cache entry costs beyond its value's bytes: its key, the bytes object's header, the tuple with
+# its expiry and the ordered dictionary's slot. Counting values alone let many small entries take several times
+# GATEWAY_CACHE_MEMORY_BYTES.
+ENTRY_OVERHEAD_BYTES = 250
+
+
+def _entry_size(key: str, value: bytes) -> int:
+    return len(key) + len(value) + ENTRY_OVERHEAD_BYTES
+
+
 class MemoryHotState(HotState):
     """In-process store: correct for one process, which is all the embedded profile runs."""
 
@@ -568,10 +578,10 @@ class MemoryHotState(HotState):
         if key in self._entries:
             self._forget(key)
         budget = settings.GATEWAY["CACHE"]["MEMORY_BYTES"]
-        if len(value) > budget:
+        if _entry_size(key, value) > budget:
             return False
         self._entries[key] = (value, time.time() + ttl_seconds)
-        self._entry_bytes += len(value)
+        self._entry_bytes += _entry_size(key, value)
         while self._entry_bytes > budget:  # the least recently used go first
             self._forget(next(iter(self._entries)))
         return True
@@ -581,7 +591,7 @@ class MemoryHotState(HotState):
 
     def _forget(self, key):
         value, _expires = self._entries.pop(key)
-        self._entry_bytes -= len(value)
+        self._entry_bytes -= _entry_size(key, value)
 
     def bump_now(self, key):
         with self._tally_lock:

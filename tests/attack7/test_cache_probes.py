@@ -153,3 +153,31 @@ def test_an_agent_made_again_under_a_deleted_ones_slug_does_not_answer_with_its_
     Agent.objects.filter(slug=slug).update(upstream_url=third.url)
     until(lambda: ask().json() == {"answer": "moved"}, "the agent's new upstream answers")
     Agent.objects.filter(slug=slug).delete()
+
+
+def test_the_in_process_cache_counts_what_its_entries_really_take(settings):
+    """``GATEWAY_CACHE_MEMORY_BYTES`` counted the values' bytes alone: many small answers (a key holder's many
+    different short questions) took several times the budget in keys, tuples and the dictionary's slots."""
+    import asyncio
+    import tracemalloc
+
+    from gateway_project.hotstate import MemoryHotState
+
+    budget = 400_000
+    settings.GATEWAY = {**settings.GATEWAY, "CACHE": {**settings.GATEWAY["CACHE"], "MEMORY_BYTES": budget}}
+    store = MemoryHotState()
+    scope = "gw:cache:an-agent:0123456789abcdef:42"
+
+    async def fill():
+        for n in range(20_000):
+            digest = f"{n:064x}"
+            await store.cache(["gen"], lambda generations, d=digest: f"{scope}:{generations}:{d}", b"x" * 40, 60)
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        asyncio.run(fill())
+        taken = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert taken < 1.5 * budget, f"{taken} bytes for a budget of {budget}"

@@ -78,7 +78,7 @@ def _run(coroutine):
     return asyncio.run(coroutine)
 
 
-@override_settings(GATEWAY={"CACHE": {"MEMORY_BYTES": 1000, "MAX_TEMPERATURE": 1.0}})
+@override_settings(GATEWAY={"CACHE": {"MEMORY_BYTES": 3600, "MAX_TEMPERATURE": 1.0}})
 def test_the_in_process_store_stays_within_its_bytes_dropping_the_least_recently_used():
     store = MemoryHotState()
 
@@ -87,15 +87,15 @@ def test_the_in_process_store_stays_within_its_bytes_dropping_the_least_recently
 
     for index in range(30):
         _run(store.cache(["g"], key(index), b"x" * 100, 60))
-        assert store._entry_bytes <= 1000
+        assert store._entry_bytes <= 3600
     assert _run(store.cached(["g"], key(29))) == b"x" * 100
     assert _run(store.cached(["g"], key(0))) is None  # gone first
     _run(store.cached(["g"], key(20)))  # used: kept over the rest
     for index in range(30, 38):
         _run(store.cache(["g"], key(index), b"x" * 100, 60))
     assert _run(store.cached(["g"], key(20))) is not None
-    _run(store.cache(["g"], key("huge"), b"x" * 1001, 60))  # larger than the whole store: not kept
-    assert _run(store.cached(["g"], key("huge"))) is None and store._entry_bytes <= 1000
+    _run(store.cache(["g"], key("huge"), b"x" * 3601, 60))  # larger than the whole store: not kept
+    assert _run(store.cached(["g"], key("huge"))) is None and store._entry_bytes <= 3600
 
 
 @override_settings(GATEWAY={"CACHE": {"MEMORY_BYTES": 1000, "MAX_TEMPERATURE": 1.0}})
