@@ -260,7 +260,7 @@ class Exchange:
         for name, value in headers:
             if name == b"content-type":
                 self.captured_type = value
-            elif name == b"cache-control" and (b"no-store" in value.lower() or b"private" in value.lower()):
+            elif name == b"cache-control" and not _reusable(value, stream=self.streaming):
                 self.capture = None
             elif name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
                 self.capture = None
@@ -367,6 +367,20 @@ class Exchange:
 # What a pass-through request's cache key holds of its headers (``response_cache.raw_request``), and the encoding
 # the gateway always asks for.
 KEYED_HEADERS = frozenset({"accept", "content-type", "accept-encoding"})
+
+
+def _reusable(cache_control: bytes, *, stream: bool) -> bool:
+    """Whether an answer's ``Cache-Control`` lets a cache reuse it without asking its upstream again: not with
+    ``no-store`` or ``private``, nor (RFC 9111 5.2.2.4) ``no-cache`` or a ``max-age``/``s-maxage`` of 0, except on
+    an event stream, where ``no-cache`` is what every server sends to keep proxies from buffering it."""
+    for part in cache_control.decode("latin-1").lower().split(","):
+        name, _, argument = part.partition("=")
+        name, argument = name.strip(), argument.strip().strip('"')
+        if name in ("no-store", "private"):
+            return False
+        if not stream and (name == "no-cache" or (name in ("max-age", "s-maxage") and argument == "0")):
+            return False
+    return True
 
 
 def _varies_within_key(vary: bytes) -> bool:

@@ -181,3 +181,27 @@ def test_the_in_process_cache_counts_what_its_entries_really_take(settings):
     finally:
         tracemalloc.stop()
     assert taken < 1.5 * budget, f"{taken} bytes for a budget of {budget}"
+
+
+def _must_revalidate(head: bytes, body: bytes) -> bytes:
+    payload = b'{"balance": 17}'
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-cache, max-age=0\r\n"
+        + f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+        + payload
+    )
+
+
+def test_a_pass_through_answer_its_upstream_says_must_not_be_reused_unchecked_is_not_kept(
+    answering, provider_at, gateway, make_key
+):
+    """``Cache-Control: no-cache`` (or ``max-age=0``) from an upstream: a cache may not reuse the answer without
+    asking again (RFC 9111 5.2.2.4). Only ``no-store`` and ``private`` were read: such answers were replayed."""
+    upstream = answering(_must_revalidate)
+    agent = provider_at(upstream.url, kind="agent", served_models=[], default_model="", cache_enabled=True)
+    raw, _ = make_key()
+    with gateway.client(raw) as client:
+        first = client.get(f"/agents/{agent.slug}/balance")
+        second = client.get(f"/agents/{agent.slug}/balance")
+    assert first.status_code == second.status_code == 200
+    assert second.headers["x-gateway-cache"] == "miss" and len(upstream.requests) == 2
