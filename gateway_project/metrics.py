@@ -21,6 +21,7 @@ import asyncio
 import atexit
 import hmac
 import ipaddress
+import logging
 import os
 import threading
 from bisect import bisect_left
@@ -28,6 +29,8 @@ from bisect import bisect_left
 from django.conf import settings
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
+
+log = logging.getLogger("gateway.metrics")
 
 OTHER = "other"
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
@@ -354,16 +357,23 @@ async def serve_metrics(scope, receive, send) -> None:
         else:
             error = GatewayError(403, "permission_error", "metrics_not_allowed",
                                  "This address may not read /metrics (GATEWAY_METRICS_ALLOW).")  # fmt: skip
-    pending.flush()  # this worker's latest, before it is read
+    if error is None:
+        try:
+            pending.flush()  # this worker's latest, before it is read
+            accept = headers.get(b"accept", b"").decode("latin-1")
+            # Not thread-sensitive: the scrape's queries (a budget's spend summed from its usage rows...) would hold
+            # the one thread every other synchronous database call of this process waits for (key look-ups, audit
+            # writes).
+            read = DatabaseSyncToAsync(exposition, thread_sensitive=False)
+            body, content_type = await read([SharedStateCollector()], accept)
+        except Exception:  # the metrics directory full or gone: the scraper is told, the worker goes on
+            log.exception("metrics: the exposition could not be made")
+            error = GatewayError(503, "api_error", "metrics_unavailable", "The metrics could not be read; see the "
+                                 "gateway's logs.")  # fmt: skip
     if error is not None:
         body, status = error.body(request_id), error.status
         head = [(b"content-type", b"application/json"), *error.headers]
     else:
-        accept = headers.get(b"accept", b"").decode("latin-1")
-        # Not thread-sensitive: the scrape's queries (a budget's spend summed from its usage rows...) would hold the
-        # one thread every other synchronous database call of this process waits for (key look-ups, audit writes).
-        read = DatabaseSyncToAsync(exposition, thread_sensitive=False)
-        body, content_type = await read([SharedStateCollector()], accept)
         status, head = 200, [(b"content-type", content_type.encode()), (b"cache-control", b"no-store")]
     head += [(b"content-length", str(len(body)).encode()), (b"x-request-id", request_id.encode()),
              (b"x-content-type-options", b"nosniff")]  # fmt: skip

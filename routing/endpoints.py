@@ -336,6 +336,7 @@ async def agent_invoke(ex: Exchange) -> None:
             if not any(_may_use(ex.key, table, slug) for slug in table.agents.keys() - full):
                 raise
             del ex.extra_headers[headers:]
+            ex.details.pop("auto_route", None)  # the agent chosen next decides its own model, and says why
             ex.details["content_routing_full"] = sorted(full)
 
 

@@ -55,6 +55,9 @@ class Lookup:
     scope: str  # the entries' key prefix: agent, and client or "*"
     digest: str  # the normalised request's hash
     read: bool  # a cached answer may answer it (not after ``Cache-Control: no-cache``)
+    # Its answer may be kept. Not a ``no-cache`` answer in a shared cache: one client asking again and again until
+    # it likes a sample would otherwise choose what every other client is served.
+    keep: bool = True
     # The generations when the request was looked up: its answer is kept only if none moved on meanwhile (an
     # invalidation while the upstream was answering must not let the answer it made stale be kept past it).
     seen: list[int] = field(default_factory=list)
@@ -135,7 +138,8 @@ def lookup_for(ex: Exchange, route: AgentRoute, request: bytes, *, stream: bool,
     client = "*" if policy.shared else str(ex.key.client_id)
     digest = hashlib.sha256(request).hexdigest()
     scope = store.key("cache", route.slug, policy.scope or "agent", policy.epoch, client)
-    return Lookup(policy, tuple(generations), scope, digest, read="no-cache" not in directives)
+    fresh = "no-cache" in directives
+    return Lookup(policy, tuple(generations), scope, digest, read=not fresh, keep=not (fresh and policy.shared))
 
 
 async def answer_from_cache(ex: Exchange, facts: RequestFacts, lookup: Lookup) -> bool:
@@ -201,6 +205,7 @@ async def keep_answer(ex: Exchange, lookup: Lookup) -> None:
     captured, ex.capture = ex.capture, None
     stored = (
         captured is not None
+        and lookup.keep
         and ex.status == 200
         and ex.response_finished
         and not (ex.error_type or ex.client_left)

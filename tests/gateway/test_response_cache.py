@@ -136,6 +136,21 @@ def test_the_clients_cache_control_is_honoured(either_server, caching_agent, ups
     assert again.headers["x-gateway-cache"] == "hit" and again.json()["choices"][0]["message"]["content"] == "second"
 
 
+def test_in_a_shared_cache_no_client_chooses_what_the_others_are_served(
+    either_server, caching_agent, upstream, make_key
+):
+    agent = caching_agent(cache_shared=True)
+    (first_raw, _), (second_raw, _) = make_key(), make_key()
+    upstream.set(CHAT, answer("the first sample"))
+    assert ask(either_server, first_raw, agent).headers["x-gateway-cache"] == "miss"
+    upstream.set(CHAT, answer("a sample someone liked better"))
+    rerolled = ask(either_server, second_raw, agent, headers={"Cache-Control": "no-cache"})
+    assert rerolled.json()["choices"][0]["message"]["content"] == "a sample someone liked better"
+    kept = ask(either_server, first_raw, agent)
+    assert kept.headers["x-gateway-cache"] == "hit"
+    assert kept.json()["choices"][0]["message"]["content"] == "the first sample"
+
+
 def test_answers_are_each_clients_own_unless_the_agent_shares_them(either_server, caching_agent, upstream, make_key):
     upstream.set(CHAT, answer("Paris."))
     own, shared = caching_agent(), caching_agent(cache_shared=True)

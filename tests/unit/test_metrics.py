@@ -154,3 +154,26 @@ def _task_samples() -> dict[tuple[str, str], float]:
         if family.name == "gateway_celery_tasks":
             return {(s.labels["task"], s.labels["outcome"]): s.value for s in family.samples}
     raise AssertionError("no gateway_celery_tasks family")
+
+
+def test_a_scrape_that_cannot_be_made_is_a_json_503_not_a_crash(monkeypatch):
+    import asyncio
+    import json
+
+    def broken(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(m, "exposition", broken)
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/metrics", "headers": [], "client": ("127.0.0.1", 5000)}
+    asyncio.run(m.serve_metrics(scope, receive, send))
+    assert sent[0]["status"] == 503
+    error = json.loads(sent[1]["body"])["error"]
+    assert error["code"] == "metrics_unavailable" and error["request_id"]
