@@ -9,7 +9,11 @@ request is served names it (``request_id``) and, with tracing on, its trace and 
 
 from __future__ import annotations
 
+import atexit
 import logging
+import logging.handlers
+import os
+import queue
 from contextvars import ContextVar
 
 from django.core.exceptions import ImproperlyConfigured
@@ -40,6 +44,60 @@ class RequestContext(logging.Filter):
             if context.is_valid:
                 record.trace_id, record.span_id = f"{context.trace_id:032x}", f"{context.span_id:016x}"
         return True
+
+
+class BackgroundStreamHandler(logging.handlers.QueueHandler):
+    """Writes to stderr from a thread of its own: a line never waits on the stream on the event loop (a collector
+    that reads stderr slowly, a full pipe), and its JSON is made there too.
+
+    The message itself is made in the caller (from its arguments as they are then), and the filters run there
+    (the request's and the trace's ids are the caller's context). At most ``QUEUE_LINES`` wait; more are dropped
+    and counted rather than hold a request. A forked child (a Celery worker's pool) starts a thread of its own.
+    """
+
+    QUEUE_LINES = 10_000
+
+    def __init__(self):
+        super().__init__(queue.Queue(self.QUEUE_LINES))
+        self.dropped = 0
+        self._listener: logging.handlers.QueueListener | None = None
+        self._start()
+        os.register_at_fork(after_in_child=self._start)
+        atexit.register(self.close)
+
+    def _start(self) -> None:
+        self.queue = queue.Queue(self.QUEUE_LINES)  # a child's: the parent's thread is not there to empty it
+        self._listener = logging.handlers.QueueListener(self.queue, _FormattedBy(self))
+        self._listener.start()
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record.message = record.getMessage()
+        record.msg, record.args = record.message, None
+        return record
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+    def close(self) -> None:
+        """Write what waits, then stop the thread (at exit)."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
+        super().close()
+
+
+class _FormattedBy(logging.StreamHandler):
+    """The background thread's stderr handler, in the format configured on its ``BackgroundStreamHandler``."""
+
+    def __init__(self, owner: logging.Handler):
+        super().__init__()
+        self.owner = owner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.owner.format(record)
 
 
 class QueryDropped(logging.Filter):
@@ -75,7 +133,7 @@ def logging_config(level: str, fmt: str, server_access: bool = False) -> dict:
     if level and not isinstance(logging.getLevelName(level.upper()), int):
         raise ImproperlyConfigured(f"GATEWAY_LOG_LEVEL={level!r} is not a log level (DEBUG, INFO, WARNING, ERROR)")
     own_level, other_level = (level.upper(), level.upper()) if level else ("INFO", "WARNING")
-    handler = {"class": "logging.StreamHandler", "formatter": fmt, "filters": ["request_context"]}
+    handler = {"()": BackgroundStreamHandler, "formatter": fmt, "filters": ["request_context"]}
     own = {"handlers": ["console"], "level": own_level, "propagate": False}
     quiet = {"handlers": ["console"], "level": other_level, "propagate": False}
     return {
