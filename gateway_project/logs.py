@@ -67,7 +67,7 @@ class BackgroundStreamHandler(logging.handlers.QueueHandler):
 
     def _start(self) -> None:
         self.queue = queue.Queue(self.QUEUE_LINES)  # a child's: the parent's thread is not there to empty it
-        self._listener = logging.handlers.QueueListener(self.queue, _FormattedBy(self))
+        self._listener = _Listener(self.queue, _FormattedBy(self))
         self._listener.start()
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
@@ -87,6 +87,23 @@ class BackgroundStreamHandler(logging.handlers.QueueHandler):
         if listener is not None:
             listener.stop()
         super().close()
+
+
+class _Listener(logging.handlers.QueueListener):
+    """The standard listener, whose stop waits ``STOP_SECONDS`` at most: at exit, a stream nobody reads must not
+    hold the process (its thread is a daemon: left behind, it goes with the process)."""
+
+    STOP_SECONDS = 5.0
+
+    def stop(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        try:
+            self.queue.put(self._sentinel, timeout=self.STOP_SECONDS)
+        except queue.Full:
+            return
+        thread.join(self.STOP_SECONDS)
 
 
 class _FormattedBy(logging.StreamHandler):

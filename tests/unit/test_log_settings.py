@@ -51,3 +51,38 @@ def test_uvicorn_lines_lose_their_query_strings():
         QueryDropped().filter(record)
     assert access.getMessage() == '1.2.3.4:5 - "GET /agents/a/ws HTTP/1.1" 101'
     assert handshake.getMessage() == '1.2.3.4:5 - "WebSocket /agents/a/ws" [accepted]'
+
+
+def test_a_stderr_nobody_reads_never_holds_the_caller():
+    """A full pipe blocks whoever writes to it: the lines wait in the handler's queue (and past its bound are dropped
+    and counted), and the caller goes on."""
+    import logging
+    import os
+    import threading
+
+    from gateway_project.logs import BackgroundStreamHandler
+
+    handler = BackgroundStreamHandler()
+    read_end, write_end = os.pipe()
+    writer = os.fdopen(write_end, "w")
+    handler._listener.handlers[0].setStream(writer)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    record = logging.LogRecord("gateway.access", logging.INFO, __file__, 1, "x" * 200 + " %s", ("line",), None)
+    done = threading.Event()
+
+    def log_many():
+        for _ in range(BackgroundStreamHandler.QUEUE_LINES + 2_000):
+            handler.handle(record)
+        done.set()
+
+    threading.Thread(target=log_many, daemon=True).start()
+    assert done.wait(60), "the caller was held by the stream"
+    assert handler.dropped > 0
+    drained = threading.Thread(
+        target=lambda: [None for _ in iter(lambda: os.read(read_end, 1 << 16), b"")], daemon=True
+    )
+    drained.start()
+    handler.close()  # writes what waits, now that someone reads
+    writer.close()
+    drained.join(10)
+    os.close(read_end)
