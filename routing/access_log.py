@@ -37,5 +37,11 @@ def line(ex, span) -> None:
         fields["trace_id"], fields["span_id"] = f"{context.trace_id:032x}", f"{context.span_id:016x}"
     log.info(
         "%s %s %s %s %.2f ms request_id=%s",
-        ex.method, ex.path, ex.status, ex.error_type or "-", latency_ms, ex.request_id, extra=fields,
+        ex.method, printable(ex.path), ex.status, ex.error_type or "-", latency_ms, ex.request_id, extra=fields,
     )  # fmt: skip
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters and line separators escaped: a client's path (``/v1/%0a...``, refused but
+    logged) cannot start a line of its own in a plain-text log and pass for the gateway's."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")

@@ -86,3 +86,20 @@ def test_a_stderr_nobody_reads_never_holds_the_caller():
     writer.close()
     drained.join(10)
     os.close(read_end)
+
+
+def test_a_clients_path_cannot_forge_a_log_line():
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from routing.access_log import printable
+
+    @given(st.text(max_size=80))
+    def check(path):
+        shown = printable(path)
+        assert "\n" not in shown and "\r" not in shown and "\u2028" not in shown and "\x1b" not in shown
+        if path.isprintable():
+            assert shown == path
+
+    check()
+    assert printable("/v1/x\nINFO gateway.access fake") == "/v1/x\\nINFO gateway.access fake"
