@@ -90,18 +90,26 @@ def test_the_reservation_prices_the_chosen_model(gateway, models, rules_on, make
     from billing.models import ModelPrice
 
     dear, cheap = models(2)
-    ModelPrice.objects.create(model=dear, input_per_million=Decimal(1000), output_per_million=Decimal(1000))
-    ModelPrice.objects.create(model=cheap, input_per_million=Decimal("0.01"), output_per_million=Decimal("0.01"))
-    wait_for_price(dear, gateway)
-    rules_on({gateway}, ("hard ones", dear, {"keywords": ["prove"]}), default=cheap)
-    raw, _ = make_key(budget="0.01")  # the dear model's worst case (16 tokens out, ~30 in) is over a cent
-    with gateway.client(raw) as client:
-        refused = client.post(CHAT, json=chat(text="prove it"))
-        assert refused.status_code == 402, refused.text
-        assert refused.json()["error"]["code"] == "budget_exceeded"
-        assert audit_of(refused).model == dear
-        cheaply = client.post(CHAT, json=chat(text="say it"))
-        assert cheaply.status_code == 200 and cheaply.json()["model"] == cheap
+    # Removed after: a price this dear would be the dearest an upstream that picks its own model may answer with,
+    # and other tests' reservations for such upstreams price that.
+    prices = [
+        ModelPrice.objects.create(model=dear, input_per_million=Decimal(1000), output_per_million=Decimal(1000)),
+        ModelPrice.objects.create(model=cheap, input_per_million=Decimal("0.01"), output_per_million=Decimal("0.01")),
+    ]
+    try:
+        wait_for_price(dear, gateway)
+        rules_on({gateway}, ("hard ones", dear, {"keywords": ["prove"]}), default=cheap)
+        raw, _ = make_key(budget="0.01")  # the dear model's worst case (16 tokens out, ~30 in) is over a cent
+        with gateway.client(raw) as client:
+            refused = client.post(CHAT, json=chat(text="prove it"))
+            assert refused.status_code == 402, refused.text
+            assert refused.json()["error"]["code"] == "budget_exceeded"
+            assert audit_of(refused).model == dear
+            cheaply = client.post(CHAT, json=chat(text="say it"))
+            assert cheaply.status_code == 200 and cheaply.json()["model"] == cheap
+    finally:
+        for price in prices:
+            price.delete()
 
 
 def test_a_rule_whose_model_the_key_may_not_use_is_skipped(gateway, models, rules_on, make_key, audit_of):
