@@ -244,13 +244,7 @@ class ResponseCacheViewSet(viewsets.ViewSet):
         once: the next request for each is asked upstream."""
         asked = CacheForgetSerializer(data=request.data)
         asked.is_valid(raise_exception=True)
-        target = asked.validated_data.get("agent") or asked.validated_data["client"]
-        with transaction.atomic():
-            record_action(request.user, "api", "invalidate_cache", target)
-            if isinstance(target, Agent):
-                response_cache.forget_agent(target.slug)
-            else:
-                response_cache.forget_client(target.pk)
+        response_cache.forget(asked.validated_data.get("agent") or asked.validated_data["client"], request.user, "api")
         return Response(status=204)
 
 

@@ -1,5 +1,6 @@
 from django.urls import path
 
+from keys.models import Client
 from routing import auto_route_views, route_views, views
 
 # Relative to /console/, so these never collide with the gateway's own /agents/<slug>/ proxy paths.
@@ -9,8 +10,8 @@ urlpatterns = [
     path("agents/<int:pk>/edit/", views.AgentEditView.as_view(), name="agent-edit"),
     path("agents/<int:pk>/toggle/", views.AgentToggleView.as_view(), name="agent-toggle"),
     path("agents/<int:pk>/reset-circuit/", views.AgentResetCircuitView.as_view(), name="agent-reset-circuit"),
-    path("agents/<int:pk>/forget-cache/", views.AgentForgetCacheView.as_view(), name="agent-forget-cache"),
-    path("clients/<int:pk>/forget-cache/", views.ClientForgetCacheView.as_view(), name="client-forget-cache"),
+    path("agents/<int:pk>/forget-cache/", views.ForgetCacheView.as_view(), name="agent-forget-cache"),
+    path("clients/<int:pk>/forget-cache/", views.ForgetCacheView.as_view(model=Client), name="client-forget-cache"),
     path("routes/", route_views.RouteListView.as_view(), name="routes"),
     path("routes/new/", route_views.RouteEditView.as_view(), name="route-new"),
     path("routes/<int:pk>/edit/", route_views.RouteEditView.as_view(), name="route-edit"),

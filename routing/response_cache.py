@@ -228,6 +228,21 @@ async def keep_answer(ex: Exchange, lookup: Lookup) -> None:
     ex.details["cache"] = {"status": "miss", "stored": stored}
 
 
+def forget(target, user, via: str) -> None:
+    """Forget what an ``Agent`` (every client's) or a ``Client`` (its own entries) has cached, in the admin trail."""
+    from django.db import transaction
+
+    from audit.trail import record_action
+    from keys.models import Client
+
+    with transaction.atomic():
+        record_action(user, via, "invalidate_cache", target)
+        if isinstance(target, Client):
+            forget_client(target.pk)
+        else:
+            forget_agent(target.slug)
+
+
 def forget_agent(slug: str) -> None:
     """Every cached answer of the agent, for every client, unreachable from now on."""
     store = get_hot_state()

@@ -131,29 +131,17 @@ class AgentResetCircuitView(RoleRequiredMixin, View):
         return redirect("console:agents")
 
 
-class AgentForgetCacheView(RoleRequiredMixin, View):
-    """Forget every answer an agent's response cache holds (POST only): its next requests are asked upstream."""
+class ForgetCacheView(RoleRequiredMixin, View):
+    """Forget what the response cache holds for an agent (every client's) or a client (its own; POST only)."""
 
     needed_roles = roles.MANAGE
+    model = Agent
 
     def post(self, request, pk):
-        agent = get_object_or_404(Agent, pk=pk)
-        with transaction.atomic():
-            record_action(request.user, "console", "invalidate_cache", agent)
-            response_cache.forget_agent(agent.slug)
-        messages.success(request, f"The cached answers of “{agent.slug}” are forgotten.")
-        return redirect("console:agent-edit", pk=agent.pk)
-
-
-class ClientForgetCacheView(RoleRequiredMixin, View):
-    """Forget every answer cached for a client alone (agents whose cache is per client; POST only)."""
-
-    needed_roles = roles.MANAGE
-
-    def post(self, request, pk):
-        client = get_object_or_404(Client, pk=pk)
-        with transaction.atomic():
-            record_action(request.user, "console", "invalidate_cache", client)
-            response_cache.forget_client(client.pk)
-        messages.success(request, f"The answers cached for “{client.slug}” are forgotten.")
-        return redirect("console:client", pk=client.pk)
+        target = get_object_or_404(self.model, pk=pk)
+        response_cache.forget(target, request.user, "console")
+        if isinstance(target, Client):
+            messages.success(request, f"The answers cached for “{target.slug}” are forgotten.")
+            return redirect("console:client", pk=target.pk)
+        messages.success(request, f"The cached answers of “{target.slug}” are forgotten.")
+        return redirect("console:agent-edit", pk=target.pk)

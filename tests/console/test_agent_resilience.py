@@ -220,3 +220,18 @@ def test_an_agent_whose_cache_saved_nothing_says_so_plainly(operator, research):
     }  # fmt: skip
     page = operator.get(f"/console/agents/{research.pk}/edit/").content.decode()
     assert 'id="cache-hit-rate">\u2013' in page and 'id="cache-saved">$0.000000000' in page
+
+
+def test_the_client_page_forgets_what_is_cached_for_that_client(operator, compliance, acme):
+    from gateway_project.hotstate import get_hot_state
+
+    store = get_hot_state()
+    generation = store.key("cache-gen", "client", acme.pk)
+    before = store.bump_now(generation)
+    assert "Forget cached answers" in operator.get(f"/console/clients/{acme.pk}/").content.decode()
+    assert compliance.post(f"/console/clients/{acme.pk}/forget-cache/").status_code == 403
+    response = operator.post(f"/console/clients/{acme.pk}/forget-cache/")
+    assert response.status_code == 302 and response["Location"] == f"/console/clients/{acme.pk}/"
+    assert store.bump_now(generation) == before + 2  # the console bumped it once
+    action = AdminAction.objects.get(action="invalidate_cache")
+    assert (action.via, action.object_id) == ("console", str(acme.pk))
