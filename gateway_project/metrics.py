@@ -188,10 +188,13 @@ class Pending:
     file: about 1 µs, and a request makes more than a dozen. Here a request costs a
     dictionary update per series (a histogram's bucket found by bisection), and
     ``flush`` hands each series' total over once, every ``FLUSH_SECONDS``, before a
-    scrape, and at exit. Used from the event loop's thread only.
+    scrape, and at exit. Callers hold ``lock`` while they count (once for all of a
+    request's series): a Celery worker with a thread pool runs jobs, each on a loop of
+    its own, in one process, and an update must not land in a table being handed over.
     """
 
     def __init__(self):
+        self.lock = threading.RLock()  # re-entered: a count with no loop running hands over at once
         self._counts: dict[tuple, float] = {}
         self._observed: dict[tuple, list] = {}  # (histogram, labels) -> [sum, count per bucket...]
         self._bounds: dict[object, tuple[float, ...]] = {}
@@ -228,9 +231,10 @@ class Pending:
 
     def flush(self) -> None:
         """Hand every series' total to prometheus-client (its values, or its files in multiprocess mode)."""
-        self.scheduled = False
-        counts, self._counts = self._counts, {}
-        observed, self._observed = self._observed, {}
+        with self.lock:
+            self.scheduled = False
+            counts, self._counts = self._counts, {}
+            observed, self._observed = self._observed, {}
         for (metric, labels), amount in counts.items():
             self._child(metric, labels).inc(amount)
         for (metric, labels), series in observed.items():

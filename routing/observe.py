@@ -2,7 +2,8 @@
 
 Called once per request (``Exchange.record``) and once per upstream attempt
 (``resilience``), on the event loop: no I/O, a dictionary update per series
-(``gateway_project.metrics.pending``), handed to prometheus-client every second.
+(``gateway_project.metrics.pending``, under its lock), handed to prometheus-client
+every second.
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ def operation(path: str) -> str:
 
 def observe_request(ex, row: dict) -> None:
     """Count one finished request as its audit ``row`` says (agent, model, status, tokens, cost) and time it."""
-    if not ENABLED:
-        return
+    if ENABLED:
+        with m.pending.lock:  # one request's series together, never halfway into a hand-over
+            _observe_request(ex, row)
+
+
+def _observe_request(ex, row: dict) -> None:
     now = time.perf_counter()
     status = row["status"]
     agent, model, code = m.agents(row["agent"]), model_label(row["model"], status), m.codes(row["error_type"])
@@ -93,4 +98,6 @@ def _known(model: str) -> bool:
 def observe_attempt(agent: str, target: str, outcome: str, seconds: float) -> None:
     """One upstream attempt: its time to the answer's headers (or its failure), by outcome."""
     if ENABLED:
-        observe(m.UPSTREAM_DURATION, (m.agents(agent), m.targets(target), m.codes(outcome)), seconds)
+        labels = (m.agents(agent), m.targets(target), m.codes(outcome))
+        with m.pending.lock:
+            observe(m.UPSTREAM_DURATION, labels, seconds)

@@ -4,6 +4,8 @@ refusal is classed, and Celery task outcomes counted where every process reads t
 from __future__ import annotations
 
 import ipaddress
+import sys
+import threading
 
 import pytest
 from django.test import override_settings
@@ -79,6 +81,49 @@ def test_nothing_counted_is_lost_between_hand_overs():
     pending.flush()
     pending.flush()  # nothing new: nothing added twice
     assert registry.get_sample_value("n_total") == 5
+
+
+def test_threads_counting_while_another_hands_over_lose_nothing():
+    """A Celery worker with a thread pool runs jobs on loops of their own in one process: every update lands in one
+    hand-over or the next, never in a table being handed over."""
+    registry = CollectorRegistry()
+    counter = Counter("n", "n", ("k",), registry=registry)
+    histogram = Histogram("h_seconds", "h", ("k",), buckets=(0.5, 1), registry=registry)
+    pending = m.Pending()
+    pending.scheduled = True  # handed over by the thread below, not on a timer
+    per_thread, threads = 20_000, 4
+    stop = threading.Event()
+
+    def count(index: int) -> None:
+        for n in range(per_thread):
+            label = str(n % 7)
+            with pending.lock:
+                pending.count(counter, (label,))
+                pending.observe(histogram, (label,), 0.25 * index)
+
+    def hand_over() -> None:
+        while not stop.is_set():
+            pending.flush()
+            pending.scheduled = True
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch as often as they can
+    try:
+        flusher = threading.Thread(target=hand_over)
+        flusher.start()
+        counters = [threading.Thread(target=count, args=(index,)) for index in range(threads)]
+        for thread in counters:
+            thread.start()
+        for thread in counters:
+            thread.join()
+        stop.set()
+        flusher.join()
+    finally:
+        sys.setswitchinterval(interval)
+    pending.flush()
+    counted = sum(registry.get_sample_value("n_total", {"k": str(k)}) or 0 for k in range(7))
+    observed = sum(registry.get_sample_value("h_seconds_count", {"k": str(k)}) or 0 for k in range(7))
+    assert counted == observed == per_thread * threads
 
 
 @pytest.mark.parametrize(
