@@ -308,10 +308,10 @@ def exposition(extra_collectors=(), accept: str = "") -> tuple[bytes, str]:
     this process's, or every worker's in multiprocess mode, and what ``extra_collectors`` read now (shared
     state: circuits, budgets)."""
     if MULTIPROCESS:
-        from prometheus_client import multiprocess
+        from gateway_project.metrics_archive import ArchivingAwareCollector
 
         registry = CollectorRegistry(auto_describe=True)
-        multiprocess.MultiProcessCollector(registry)
+        ArchivingAwareCollector(registry)
     else:
         registry = CollectorRegistry(auto_describe=True)
         registry.register(_Local())

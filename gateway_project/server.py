@@ -23,8 +23,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-from prometheus_client import multiprocess
-
+from gateway_project.metrics_archive import archive_dead_worker, directory_lock
 from gateway_project.spool import process_alive
 
 log = logging.getLogger("gateway.server")  # in the format of every other line (``gateway_project.logs``)
@@ -79,16 +78,18 @@ def worker_command(sock: socket.socket, application: str, server: str, extra_arg
 
 def metrics_directory(port: int) -> Path:
     """Where the workers write their metric values (prometheus-client's multiprocess mode), emptied of what
-    processes no longer running left there: ``GATEWAY_METRICS_DIR`` (shared with a Celery worker on this host),
+    processes no longer running left there and of the archive of dead workers' counts (a new supervisor's start
+    from zero, a reset Prometheus expects): ``GATEWAY_METRICS_DIR`` (shared with a Celery worker on this host),
     or one directory per port under ``GATEWAY_VAR_DIR``."""
     from django.conf import settings
 
     directory = Path(os.environ.get("GATEWAY_METRICS_DIR") or settings.VAR_DIR / "metrics" / str(port))
     directory.mkdir(parents=True, exist_ok=True)
-    for path in directory.glob("*.db"):
-        pid = path.stem.rpartition("_")[2]
-        if not (pid.isdigit() and process_alive(int(pid))):
-            path.unlink(missing_ok=True)
+    with directory_lock(directory, exclusive=True):
+        for path in directory.glob("*.db"):
+            pid = path.stem.rpartition("_")[2]
+            if not (pid.isdigit() and process_alive(int(pid))):
+                path.unlink(missing_ok=True)
     return directory
 
 
@@ -142,5 +143,5 @@ def serve(host: str, port: int, workers: int, application: str, server: str, ext
                     stop(None, None)
                     break
                 log.warning("gateway: worker %d exited with %s; restarting", slot, proc.returncode)
-                multiprocess.mark_process_dead(proc.pid, str(metrics))  # its gauges go; its counts stay
+                archive_dead_worker(metrics, proc.pid)  # its gauges go; its counts stay, in the archive
                 start(slot)

@@ -5,7 +5,9 @@ budgets, Celery outcomes) is read at scrape time; a scraper is let in only by it
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -309,5 +311,36 @@ def test_a_restarted_supervisor_starts_from_a_clean_metrics_directory(seeded, tm
     try:
         until(lambda: not stale.exists(), "the dead process's file is removed")
         assert httpx.get(f"{server.url}/metrics", timeout=30).status_code == 200
+    finally:
+        server.stop()
+
+
+def test_a_dead_workers_counts_stay_in_one_archive_and_its_files_go(seeded, tmp_path):
+    """A worker killed and restarted twice: what it counted is still exposed, from ``<kind>_archive.db``; the
+    directory keeps a file per kind and live worker, not one per worker the gateway ever ran."""
+    server = Gateway(workers=2, GATEWAY_METRICS_DIR=str(tmp_path))
+    try:
+
+        def refused(n: int) -> None:
+            with httpx.Client(base_url=server.url, timeout=30) as client:
+                for _ in range(n):
+                    answer = client.post(CHAT, json={}, headers={"Authorization": "Bearer sk-nobody"})
+                    assert answer.status_code == 401
+
+        def requests_counted() -> float:
+            return sum(_requests(scrape(server)).values())
+
+        refused(12)
+        for _ in range(2):
+            counted = sum(_requests(settled_scrape(server)).values())  # every worker's counts in its files
+            pid = int(next(tmp_path.glob("counter_[0-9]*.db")).stem.rpartition("_")[2])
+            os.kill(pid, signal.SIGKILL)
+            until(lambda pid=pid: not list(tmp_path.glob(f"*_{pid}.db")), "the dead worker's files are archived")
+            assert (tmp_path / "counter_archive.db").exists() and (tmp_path / "histogram_archive.db").exists()
+            until(lambda counted=counted: requests_counted() == counted, "the dead worker's counts are still exposed")
+            refused(6)  # the new worker counts on top
+            until(lambda counted=counted: requests_counted() == counted + 6, "the new requests are counted too")
+        kinds = Counter(path.name.partition("_")[0] for path in tmp_path.glob("*.db"))
+        assert kinds["counter"] <= 3 and kinds["histogram"] <= 3  # a live worker's each, and the archive
     finally:
         server.stop()
