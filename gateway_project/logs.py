@@ -174,6 +174,11 @@ def logging_config(level: str, fmt: str, server_access: bool = False) -> dict:
             # One warning a span while a collector is down, on the request's own path: its exporter's errors (one a
             # batch, on its own thread) say enough.
             "opentelemetry.sdk._shared_internal": {**own, "level": "ERROR"},
+            # A client's malformed baggage or tracestate is ignored (W3C), but the API warns of it with the header's
+            # text, a line a member and without bound for baggage members not in ASCII: a header in the log, and
+            # one request's thousands of lines crowding out every other request's.
+            "opentelemetry.baggage": {**own, "level": "ERROR"},
+            "opentelemetry.trace.span": {**own, "level": "ERROR"},
             "uvicorn.access": {**own, "level": own_level if server_access else "WARNING", "filters": ["query_dropped"]},
             "daphne.access": {**own, "level": own_level if server_access else "WARNING"},
         },
