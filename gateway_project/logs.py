@@ -9,7 +9,9 @@ request is served names it (``request_id``) and, with tracing on, its trace and 
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import contextvars
 import logging
 import logging.handlers
 import os
@@ -28,6 +30,13 @@ request_id: ContextVar[str] = ContextVar("request_id", default="")
 
 FORMATS = ("json", "plain")
 PLAIN = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def background_task(coro, name: str | None = None) -> asyncio.Task:
+    """``coro`` as a task of the running loop that serves no request. A task starts with a copy of its creator's
+    context: one a request happened to start (the audit writer, a table's refresh, a listener) would otherwise name
+    that request and its trace on every line it writes for the life of the process."""
+    return asyncio.get_running_loop().create_task(coro, name=name, context=contextvars.Context())
 
 
 class RequestContext(logging.Filter):

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from channels.db import database_sync_to_async
 
 from gateway_project.hotstate import get_hot_state
+from gateway_project.logs import background_task
 
 log = logging.getLogger("gateway.snapshots")
 _MISSING = object()
@@ -89,7 +90,7 @@ class RefreshingTable:
         if self._value is _MISSING:
             await self.reload()
         if self._refresher is None or self._refresher.done():
-            self._refresher = asyncio.ensure_future(self._refresh_forever())
+            self._refresher = background_task(self._refresh_forever())
         return self._value
 
     def last(self, default=None):

@@ -34,6 +34,7 @@ from django.conf import settings
 from django.core.exceptions import FieldDoesNotExist
 from django.db import DataError, IntegrityError, close_old_connections, connection, models, transaction
 
+from gateway_project.logs import background_task
 from gateway_project.metrics import AUDIT_QUEUE
 from gateway_project.rows import clean_text, is_clean
 from gateway_project.spool import Spool
@@ -135,11 +136,11 @@ class BufferedWriter:
         if self._task is not None and not self._task.done():
             return
         try:
-            loop = asyncio.get_running_loop()
+            asyncio.get_running_loop()
         except RuntimeError:
             return  # synchronous caller (a command, a test): flush_sync writes it
         self._wake = asyncio.Event()
-        self._task = loop.create_task(self._run())
+        self._task = background_task(self._run())
 
     async def _run(self) -> None:
         interval = settings.GATEWAY["FLUSH_SECONDS"]

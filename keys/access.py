@@ -15,6 +15,7 @@ from django.conf import settings
 from gateway_project.addresses import counted_as
 from gateway_project.errors import GatewayError, forbidden
 from gateway_project.hotstate import HotState, RateAdjust, RateCheck, get_hot_state
+from gateway_project.logs import background_task
 from gateway_project.snapshots import SnapshotCache
 from keys.models import ALL, ApiKey, hash_key
 from keys.origins import allows
@@ -260,7 +261,7 @@ class BlockedAddresses:
     def _listen(self) -> None:
         loop = asyncio.get_running_loop()
         if self._listener is None or self._listener.done() or self._listener.get_loop() is not loop:
-            self._listener = loop.create_task(self._follow(), name="auth-blocks")
+            self._listener = background_task(self._follow(), name="auth-blocks")
 
     async def _follow(self) -> None:
         async with contextlib.aclosing(get_hot_state().announcements(AUTH_BLOCKS)) as blocks:

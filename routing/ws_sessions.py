@@ -26,6 +26,7 @@ from django.conf import settings
 
 from gateway_project.errors import GatewayError
 from gateway_project.hotstate import get_hot_state
+from gateway_project.logs import background_task
 from keys.access import KeySnapshot, authorize, carry_identity, ensure_origin, ensure_usable, key_as_saved
 
 log = logging.getLogger("gateway.ws")
@@ -133,9 +134,9 @@ class OpenSessions:
         loop = asyncio.get_running_loop()
         if self._listener is None or self._listener.done() or self._listener.get_loop() is not loop:
             self._listening_since, self._changed_at = None, {}
-            self._listener = loop.create_task(self._follow_key_changes(), name="ws-sessions-key-changes")
+            self._listener = background_task(self._follow_key_changes(), name="ws-sessions-key-changes")
         if self._sweeper is None or self._sweeper.done() or self._sweeper.get_loop() is not loop:
-            self._sweeper = loop.create_task(self._follow_agent_changes(), name="ws-sessions-agent-changes")
+            self._sweeper = background_task(self._follow_agent_changes(), name="ws-sessions-agent-changes")
 
     async def _follow_agent_changes(self) -> None:
         while True:
