@@ -16,6 +16,7 @@ flag, but no children: every sampler the SDK has decides a trace's spans alike.
 from __future__ import annotations
 
 import functools
+import itertools
 from contextvars import ContextVar
 from urllib.parse import urlsplit
 
@@ -24,6 +25,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from gateway_project import tracing
 from gateway_project.errors import GatewayError
+from routing.sse import MAX_FINISH_REASONS
 
 REQUEST_ID = "gateway.request_id"
 # gen_ai.operation.name of each of the gateway's APIs; a pass-through or path route's call is the upstream's own.
@@ -239,8 +241,11 @@ def note_finish_reasons(reasons) -> None:
 
 
 def finish_reasons(answer: dict) -> list[str]:
+    """Each choice's, as many as a stream's are kept (an upstream may answer thousands of choices)."""
     choices = answer.get("choices")
     if isinstance(choices, list):
-        return [c["finish_reason"] for c in choices if isinstance(c, dict) and isinstance(c.get("finish_reason"), str)]
+        reasons = (c.get("finish_reason") for c in choices if isinstance(c, dict))
+        reasons = (reason for reason in reasons if isinstance(reason, str))
+        return list(itertools.islice(reasons, MAX_FINISH_REASONS))
     reason = answer.get("stop_reason")
     return [reason] if isinstance(reason, str) else []
