@@ -25,6 +25,7 @@ from gateway_project import private_files
 
 log = logging.getLogger("gateway.spool")
 READY, CLAIMED = ".jsonl", ".claimed"
+REJECTED = "rejected"  # rows no database table would take, kept for a person to read
 
 
 def _encode(value):
@@ -35,6 +36,14 @@ def _encode(value):
     if isinstance(value, Decimal):
         return {"$dec": str(value)}
     raise TypeError(f"cannot spool a {type(value).__name__}")
+
+
+def _encode_or_text(value):
+    """``_encode``, or the value's ``repr`` for what a spooled row never holds (a rejected row may hold anything)."""
+    try:
+        return _encode(value)
+    except TypeError:
+        return {"$repr": repr(value)}
 
 
 def _decode(obj: dict):
@@ -83,6 +92,21 @@ class Spool:
             os.fsync(handle.fileno())
         path = temporary.with_suffix(READY)
         os.replace(temporary, path)  # readers only ever see whole files
+        return path
+
+    def reject(self, label: str, row: dict, reason: str) -> Path:
+        """Keep a row that neither the database nor its quarantine would take in a file of its own under
+        ``rejected/`` (never replayed), durably: its prompt and answer previews stay out of the logs, and it is
+        not lost. Returns the file's path, which the log names."""
+        directory = self.directory / REJECTED
+        private_files.make_dir(self.directory, private_files.OWNER_DIR_MODE)
+        private_files.make_dir(directory, private_files.OWNER_DIR_MODE)
+        path = directory / f"{time.time_ns():020d}-{os.getpid()}{READY}"
+        line = json.dumps({"model": label, "row": row, "reason": reason}, default=_encode_or_text)
+        with private_files.create(path, private_files.OWNER_FILE_MODE, text=True) as handle:
+            handle.write(line + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
         return path
 
     def ready(self) -> list[Path]:

@@ -285,7 +285,7 @@ class BufferedWriter:
         """Quarantine a row the database refused (or a spool line no one can read): the rows around it are written."""
         log.error("setting aside a %s row: %s", label or "spooled", reason)
         if self._quarantine is None:
-            log.error("no quarantine is set; the row was %r", row)
+            self._reject(label, row, f"{reason}; no quarantine is set")
         else:
             try:
                 with transaction.atomic():
@@ -293,8 +293,18 @@ class BufferedWriter:
             except Exception as error:
                 if not refused_for_its_data(error):
                     raise  # the database went away: the batch is spooled and tried again
-                log.exception("the quarantine refused it too; the row was %r", row)
+                self._reject(label, row, f"{reason}; the quarantine refused it too: {describe(error)}")
         self.quarantined_total += 1
+
+    def _reject(self, label: str, row: dict, reason: str) -> None:
+        """Keep a row no table takes in a file (``Spool.reject``): the log names the file, never the row's text
+        (its previews are a prompt and an answer). Only if the file cannot be written either is the row logged."""
+        try:
+            path = self.spool.reject(label, row, reason)
+        except Exception:
+            log.exception("%s; the row could not be kept in a file either: %r", reason, row)
+            return
+        log.error("%s; the row is kept in %s", reason, path)
 
 
 def _not_yet_written(batch: list) -> list:

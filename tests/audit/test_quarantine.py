@@ -203,3 +203,29 @@ def test_the_api_lists_the_quarantine_to_admins_only(admin_api, compliance_api, 
     assert listed.json()["results"][0]["row"] == {"path": {"$escaped": "/v1/x\\x00y"}}
     assert admin_api.post("/api/v1/audit-quarantine/", {}).status_code == 405
     assert compliance_api.get("/api/v1/audit-quarantine/").status_code == 403
+
+
+def test_a_row_the_quarantine_refuses_too_is_kept_in_a_file_and_its_prompt_stays_out_of_the_log(writer, caplog):
+    """The last resort keeps the row where a person can read it (``<spool>/rejected/``, the owner's only), not in
+    the log: its previews are a prompt and an answer."""
+    from django.db import DataError
+
+    def refusing(label, row, reason):
+        raise DataError("value too long for the quarantine")
+
+    writer.set_quarantine(refusing)
+    good = audit_row()
+    bad = audit_row(input_tokens=-1, input_preview="SECRET-PROMPT-1234", output_preview="SECRET-ANSWER")
+    writer.add(AuditRecord, good)
+    writer.add(AuditRecord, bad)
+    with caplog.at_level("INFO", logger="gateway"):
+        writer.flush_sync()
+    assert _saved_in_order(_ids([good, bad])) == _ids([good])
+    assert "SECRET" not in caplog.text and "the row is kept in" in caplog.text
+    [path] = (settings.GATEWAY["SPOOL_DIR"] / "rejected").iterdir()
+    assert path.stat().st_mode & 0o077 == 0 and path.parent.stat().st_mode & 0o077 == 0
+    kept = json.loads(path.read_text())
+    assert kept["model"] == "audit.AuditRecord" and "quarantine refused it too" in kept["reason"]
+    assert kept["row"]["request_id"] == bad["request_id"] and kept["row"]["input_preview"] == "SECRET-PROMPT-1234"
+    assert Spool(settings.GATEWAY["SPOOL_DIR"]).ready() == []  # never replayed
+    assert writer.quarantined_total == 1
