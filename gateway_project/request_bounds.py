@@ -13,10 +13,12 @@ it. The console's and the API's bodies keep the server's 408.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from gateway_project.errors import GatewayError
 
+access = logging.getLogger("gateway.access")
 # The gateway's own paths (the proxy's), as opposed to the console's and the management API's.
 PROXY_PREFIXES = ("/v1/", "/agents/")
 # Scope key: Daphne handed on a gateway request whose body did not arrive within this many seconds (the application
@@ -50,11 +52,30 @@ def too_slow(part: str, seconds: float) -> GatewayError:
 
 
 def raw_answer(error: GatewayError) -> bytes:
-    """The whole HTTP/1.1 answer to a request refused before any application saw it, closing the connection."""
+    """The whole HTTP/1.1 answer to a request refused before any application saw it, closing the connection.
+
+    Logged as any request is (one ``gateway.access`` line with its request id, which the
+    client was given) and counted as a refusal: a flood of oversized or dripping heads
+    is seen in the log and on ``/metrics``, not only by the clients refused.
+    """
     request_id = os.urandom(16).hex()
+    _log_refusal(error, request_id)
     body = error.body(request_id)
     return (
         b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n"
         b"x-request-id: %s\r\n%s\r\n%s"
         % (error.status, REASONS.get(error.status, b"Error"), len(body), request_id.encode(), ANSWER_HEADERS, body)
     )
+
+
+def _log_refusal(error: GatewayError, request_id: str) -> None:
+    from django.conf import settings
+
+    from gateway_project import metrics
+
+    if settings.GATEWAY["METRICS"]["ENABLED"]:
+        reason = metrics.refusal_reason(error.status, error.code)
+        with metrics.pending.lock:
+            metrics.pending.count(metrics.REFUSALS, (reason, metrics.codes(error.code)))
+    fields = {"request_id": request_id, "method": "", "path": "", "status": error.status, "error_code": error.code}
+    access.info("- - %s %s request_id=%s", error.status, error.code, request_id, extra=fields)

@@ -4,15 +4,19 @@ lines in the same format, and no secret in any of them."""
 from __future__ import annotations
 
 import json
+import socket
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 from django.conf import settings
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
 from tests.gateway.test_trace_export import collector
-from tests.servers import Gateway
+from tests.servers import Gateway, read_answer
+from tests.waiting import until
 
 CLIENT_TRACE = "5bf92f3577b34da6a3ce929d0e0e4737"
 # What each server logs once it runs its application: its own start, in its own logger.
@@ -88,3 +92,43 @@ def test_every_line_is_json_and_each_request_has_one_naming_it(
     assert any(line["logger"] == "gateway.tracing" and receiver.url in line["message"] for line in lines)
     for secret in (raw, "sk-not-a-key", "a private prompt", "sk-in-a-query", "pw-in-url"):
         assert secret not in text
+
+
+@pytest.mark.parametrize("server", ["daphne", "uvicorn"])
+def test_a_head_refused_before_the_application_has_its_access_line_and_its_count(server, seeded):
+    """The server's protocol answers an oversized head 431 and a dripping one 408 before any application runs: each
+    is still one access line naming the request id the client was given, and a refusal on ``/metrics``."""
+    gateway = Gateway(server=server, GATEWAY_LOG_FORMAT="json", GATEWAY_LOG_LEVEL="INFO",
+                      GATEWAY_MAX_HEAD_BYTES="8192", GATEWAY_HEAD_READ_SECONDS="1")  # fmt: skip
+    answers = {}
+    try:
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as conn:
+            conn.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 9000 + b"\r\n")  # unended
+            answers[431] = read_answer(conn)
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as conn:
+            conn.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: a")  # and nothing more
+            answers[408] = read_answer(conn)
+        ids = {}
+        for status, answer in answers.items():
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+            ids[status] = json.loads(body)["error"]["request_id"]
+        scraped = until(lambda: _refusals(gateway) or None, "the refusals are counted")
+        assert scraped == {"request_head_too_large": 1.0, "request_head_timeout": 1.0}
+    finally:
+        assert gateway.stop() == 0
+    text = (Path(settings.VAR_DIR) / f"gateway-{gateway.port}.log").read_text()
+    access = [json.loads(line) for line in text.splitlines() if '"gateway.access"' in line]
+    for status, code in ((431, "request_head_too_large"), (408, "request_head_timeout")):
+        (line,) = [line for line in access if line["request_id"] == ids[status]]
+        assert (line["status"], line["error_code"], line["level"]) == (status, code, "INFO")
+
+
+def _refusals(gateway) -> dict[str, float]:
+    answer = httpx.get(f"{gateway.url}/metrics", timeout=10)
+    return {
+        sample.labels["code"]: sample.value
+        for family in text_string_to_metric_families(answer.text)
+        for sample in family.samples
+        if sample.name == "gateway_refusals_total" and sample.labels["reason"] == "invalid_request"
+    }
