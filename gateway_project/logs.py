@@ -139,6 +139,16 @@ class QueryDropped(logging.Filter):
         return True
 
 
+class PlainFormatter(logging.Formatter):
+    """Text lines whose message cannot start a line of its own: its control characters escaped (a request line's
+    ``%0d%0a`` decoded into an access line by a server would otherwise forge a line in the gateway's name). A
+    traceback, added after the message, keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        text = super().formatMessage(record)
+        return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 def json_formatter() -> JsonFormatter:
     """``{"level", "logger", "message", "timestamp", ...}`` and whatever a line adds (``extra``), but Django's request
     object: its repr holds the query string."""
@@ -165,7 +175,7 @@ def logging_config(level: str, fmt: str, server_access: bool = False) -> dict:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"plain": {"format": PLAIN}, "json": {"()": json_formatter}},
+        "formatters": {"plain": {"()": PlainFormatter, "format": PLAIN}, "json": {"()": json_formatter}},
         "filters": {
             "request_context": {"()": RequestContext},
             "query_dropped": {"()": QueryDropped},

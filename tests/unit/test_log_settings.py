@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gateway_project.logs import QueryDropped, RequestContext, logging_config, request_id
+from gateway_project.logs import PLAIN, PlainFormatter, QueryDropped, RequestContext, logging_config, request_id
 
 
 def test_a_format_or_level_the_gateway_does_not_know_stops_it():
@@ -103,3 +106,25 @@ def test_a_clients_path_cannot_forge_a_log_line():
 
     check()
     assert printable("/v1/x\nINFO gateway.access fake") == "/v1/x\\nINFO gateway.access fake"
+
+
+@settings(max_examples=300)
+@given(message=st.text(), argument=st.text())
+def test_a_plain_line_is_one_line_whatever_its_message_holds(message, argument):
+    """A message (a server's access line with a client's request line in it) cannot forge a second line."""
+    formatter = PlainFormatter(PLAIN)
+    record = logging.LogRecord("daphne.access", logging.INFO, __file__, 1, "%s %s", (message, argument), None)
+    line = formatter.format(record)
+    assert len(line.splitlines()) <= 1
+    if (message + argument).isprintable():
+        assert line.endswith(f"{message} {argument}")  # nothing to escape: the line as it was
+
+
+def test_a_plain_lines_traceback_keeps_its_lines():
+    formatter = PlainFormatter(PLAIN)
+    try:
+        raise ValueError("broken")
+    except ValueError:
+        record = logging.LogRecord("gateway", logging.ERROR, __file__, 1, "GET /a\r\nforged", (), sys.exc_info())
+    first, *rest = formatter.format(record).splitlines()
+    assert first.endswith("GET /a\\r\\nforged") and rest[0] == "Traceback (most recent call last):"
