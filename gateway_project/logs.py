@@ -190,6 +190,7 @@ def logging_config(level: str, fmt: str, server_access: bool = False) -> dict:
             "twisted": own,
             "uvicorn": own,
             "uvicorn.error": {**own, "filters": ["query_dropped"]},
+            "celery": own,  # a worker's start, each task's outcome (``celery.app.trace``)
             # One warning a span while a collector is down, on the request's own path: its exporter's errors (one a
             # batch, on its own thread) say enough.
             "opentelemetry.sdk._shared_internal": {**own, "level": "ERROR"},

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
 from tests.gateway.test_trace_export import collector
-from tests.servers import Gateway, read_answer
+from tests.servers import ROOT, Gateway, read_answer, server_env, stop
 from tests.waiting import until
 
 CLIENT_TRACE = "5bf92f3577b34da6a3ce929d0e0e4737"
@@ -132,3 +134,36 @@ def _refusals(gateway) -> dict[str, float]:
         for sample in family.samples
         if sample.name == "gateway_refusals_total" and sample.labels["reason"] == "invalid_request"
     }
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="a worker needs the production profile's Redis broker")
+def test_a_celery_workers_lines_are_the_gateways_json_lines(seeded, tmp_path):
+    """A worker's start and a task's outcome, each one JSON object a line, at the gateway's level
+    (``GATEWAY_LOG_LEVEL``), not in Celery's own format."""
+    from gateway_project.celery import app
+
+    name = f"logs-{uuid.uuid4().hex[:8]}"
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "gateway_project", "--quiet", "worker", "--pool", "threads",
+             "-c", "1", "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
+             "-Q", name],
+            cwd=ROOT, env=server_env(CELERY_TASK_ALWAYS_EAGER="0", GATEWAY_LOG_FORMAT="json", GATEWAY_LOG_LEVEL="INFO"),
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            until(lambda: " ready." in log_path.read_text(), "the worker is ready", seconds=60)
+            result = app.send_task("routing.tasks.expire_stuck_jobs", queue=name)
+            until(lambda: "succeeded" in log_path.read_text(), "the worker ran the task", seconds=60)
+            assert result.id in log_path.read_text()
+        finally:
+            assert stop(proc, seconds=30) == 0
+    text = log_path.read_text()
+    # Celery prints (not logs) a line or two of its own: its shutdown, a warning to root before logging is set up.
+    assert not [line for line in text.splitlines() if line.startswith("[")], "a line in Celery's own format"
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    by_logger = {line["logger"] for line in lines}
+    assert {"celery.apps.worker", "celery.app.trace"} <= by_logger, by_logger
+    (done,) = [line for line in lines if line["logger"] == "celery.app.trace"]
+    assert done["level"] == "INFO" and "expire_stuck_jobs" in done["message"] and "succeeded" in done["message"]
