@@ -3,7 +3,7 @@
 import os
 
 from celery import Celery
-from celery.signals import setup_logging
+from celery.signals import setup_logging, worker_process_shutdown
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_project.settings")
 
@@ -21,3 +21,12 @@ def log_as_the_gateway_does(**kwargs) -> None:
     from django.conf import settings
 
     dictConfig(settings.LOGGING)
+
+
+@worker_process_shutdown.connect
+def send_the_last_spans(**kwargs) -> None:
+    """A pool process's queued spans (its jobs' traces) go before it exits, within ``tracing.flush``'s bound: a
+    pool's processes leave without running the interpreter's exit hooks."""
+    from gateway_project import tracing
+
+    tracing.flush()

@@ -126,3 +126,17 @@ def with_trace_headers(headers):
         return kept
     kept = [(name, value) for name, value in headers if name.decode("latin-1").lower() not in fields]
     return kept + [(name.encode("latin-1"), value.encode("latin-1")) for name, value in carrier.items()]
+
+
+def current_context_carrier() -> dict[str, str]:
+    """The current span's context as headers (``traceparent``, ``tracestate``), to keep with work done later
+    elsewhere (a queued job); empty when tracing is off."""
+    carrier: dict[str, str] = {}
+    if tracer is not None:
+        propagate.inject(carrier)
+    return carrier
+
+
+def stored_context(carrier: dict[str, str]):
+    """The context ``current_context_carrier`` kept: the parent of the later work's span."""
+    return propagate.extract(carrier if isinstance(carrier, dict) else {})

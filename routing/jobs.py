@@ -45,12 +45,13 @@ from audit.redaction_rules import warm_rules
 from billing.budgets import BudgetRule
 from billing.periods import Period
 from billing.pricing import Price, Quote, prices
-from gateway_project import metrics
+from gateway_project import metrics, tracing
 from gateway_project.credentials import new_signing_secret
 from gateway_project.errors import GatewayError, bad_request, not_found
 from gateway_project.hotstate import BudgetCheck, get_hot_state
+from gateway_project.logs import request_id
 from keys.access import KeySnapshot, authorize, ensure_usable, rate_checks, snapshot_for
-from routing import guarding, job_webhooks, protocols
+from routing import guarding, job_webhooks, protocols, spans
 from routing.admission import Ticket, admit, input_estimate, settle, within_deadline
 from routing.admission import _refusal as rate_refusal
 from routing.exchange import Exchange
@@ -115,7 +116,10 @@ async def submit(ex: Exchange, facts: RequestFacts, reason: str, payload: dict, 
     ticket = await admit(ex, ex.learn(facts.priced(quoted).demanding(demand)))
     job = None
     try:
-        job = await database_sync_to_async(_create)(ex, route, reason, payload, model, limit, webhook, ticket)
+        trace_carrier = tracing.current_context_carrier()  # the job's run is traced as this request's child
+        job = await database_sync_to_async(_create)(
+            ex, route, reason, payload, model, limit, webhook, ticket, trace_carrier
+        )
         await _dispatch(str(job.pk))
     except BaseException as exc:
         await settle(ex, ticket)  # nothing ran: give the slots and the reservation back
@@ -146,7 +150,7 @@ async def submit(ex: Exchange, facts: RequestFacts, reason: str, payload: dict, 
     await ex.respond_json(202, accepted)
 
 
-def _create(ex, route, reason, payload, model, limit, webhook, ticket) -> AgentJob:
+def _create(ex, route, reason, payload, model, limit, webhook, ticket, trace_carrier) -> AgentJob:
     key = ex.key
     return AgentJob.objects.create(
         request_id=ex.request_id,
@@ -166,6 +170,7 @@ def _create(ex, route, reason, payload, model, limit, webhook, ticket) -> AgentJ
                 "user_agent": ex.header(b"user-agent"),
                 "key": _key_state(key),
                 "admission": ticket_state(ticket),
+                "trace": trace_carrier,
             },
         },
         webhook_url=webhook,
@@ -325,8 +330,10 @@ async def run(job_id: str) -> bool:
     state = job.request["gateway"]
     ex = _exchange(job, _key_of(state["key"]))
     ex.details["queued_ms"] = round((job.started_at - job.created_at).total_seconds() * 1000, 1)
+    request_id.set(ex.request_id)  # log lines written while it runs name the job's record, not a request
     ticket = ticket_of(state["admission"], ex.facts)
     route, error, cancelled = None, None, False
+    span = spans.begin_job(ex, state.get("trace"))
     try:
         await warm_rules()
         await _fresh(routing_table)
@@ -358,6 +365,7 @@ async def run(job_id: str) -> bool:
             await settle(ex, ticket)
         finally:
             ex.record()
+            spans.end_job(ex, span)
             metrics.pending.flush()  # a worker's task loop may end before a scheduled hand-over runs
     result = None if error else _result(ex, route, state)
     stored_error = {**json.loads(error.body(ex.request_id))["error"], "status": error.status} if error else None
@@ -399,6 +407,7 @@ def run_in_worker(job_id: str) -> bool:
         finally:
             await writer.flush()
 
+    tracing.configure()  # once per worker process (a forked child starts its own exporter thread)
     return asyncio.run(run_and_flush())
 
 

@@ -4,7 +4,11 @@
     ├── gateway.admission          limits, budgets and the first target, in one round trip
     ├── chat gpt-4o-mini           client span: one per upstream attempt (a retry, a fallback: another one)
     │   └── gateway.relay          the answer relayed as it arrives (a stream, a pass-through body)
-    └── gateway.settle             the real usage charged, everything taken given back
+    ├── gateway.settle             the real usage charged, everything taken given back
+    └── invoke_agent research      consumer span: a job the request queued, run later by any process
+
+A WebSocket session is one server span (``WS /agents/{agent}/{path}``) from its
+handshake to its close, the agent's handshake its child's context.
 
 Every span carries ``gateway.request_id``; attributes follow OpenTelemetry's HTTP
 and GenAI semantic conventions. With tracing off every helper returns at its
@@ -52,7 +56,12 @@ def begin_request(ex):
         "client.address": ex.client_ip or "",
         "user_agent.original": ex.header(b"user-agent"),
     }
-    span = tracer.start_span(ex.method, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+    return _begin(tracer, ex.method, parent, SpanKind.SERVER, attributes)
+
+
+def _begin(tracer, name: str, parent, kind, attributes: dict):
+    """Start the span of a request (or a job's run) as the current one, and its request's span for its children."""
+    span = tracer.start_span(name, context=parent, kind=kind, attributes=attributes)
     token = context.attach(trace.set_span_in_context(span, parent))
     _request_span.set(span)
     return span, token
@@ -60,29 +69,80 @@ def begin_request(ex):
 
 def end_request(ex, began) -> None:
     """The request's outcome on its span (status, error code, agent, models, usage, cost), then end it."""
+    _end(ex, began, http=True)
+
+
+def _end(ex, began, *, http: bool) -> None:
     if began is None:
         return
     span, token = began
     try:
         if span.is_recording():  # not when the sampler left this trace out
-            route = _route_of(ex)
-            attributes = {"http.response.status_code": ex.status}
-            if route:
-                span.update_name(f"{ex.method} {route}")
-                attributes["http.route"] = route
-            key = ex.key
-            if key is not None:
-                attributes["gateway.client"] = key.client_slug
-            if ex.agent:
-                attributes["gateway.agent"] = ex.agent
-            if ex.cost_nanos:
-                attributes["gateway.cost_usd"] = ex.cost_nanos / 1e9
-            _gen_ai(attributes, ex, OPERATIONS.get(ex.path), ex.facts.requested or ex.model, ex.facts.route)
-            span.set_attributes(attributes)
-            _outcome(span, ex.error_type)
+            attributes = {}
+            if http:
+                route = _route_of(ex)
+                attributes["http.response.status_code"] = ex.status
+                if route:
+                    span.update_name(f"{ex.method} {route}")
+                    attributes["http.route"] = route
+            _describe(span, ex, attributes)
     finally:
         span.end()
         context.detach(token)
+
+
+def end_session(ex, began, traffic) -> None:
+    """A WebSocket session's span: the request's attributes, and what went each way and how it closed."""
+    if began is not None and began[0].is_recording():
+        attributes = {
+            "gateway.ws.frames_in": traffic.frames_in,
+            "gateway.ws.frames_out": traffic.frames_out,
+            "gateway.ws.bytes_in": traffic.bytes_in,
+            "gateway.ws.bytes_out": traffic.bytes_out,
+        }
+        if traffic.close_code is not None:  # None: refused with an HTTP answer
+            attributes["gateway.ws.close_code"] = traffic.close_code
+        if traffic.closed_by:
+            attributes["gateway.ws.closed_by"] = traffic.closed_by
+        began[0].set_attributes(attributes)
+    end_request(ex, began)
+
+
+def begin_job(ex, carrier: dict[str, str] | None):
+    """Start a queued agent job's run as the current span, in the trace of the request that queued it (its
+    ``traceparent`` kept with the job: a child of that request's span, whichever process runs it); None when
+    tracing is off. The job's attempts, relay and settle are its children as a request's are."""
+    tracer = tracing.tracer
+    if tracer is None:
+        return None
+    parent = tracing.stored_context(carrier or {})
+    attributes = {
+        REQUEST_ID: ex.request_id,
+        "gateway.job_id": ex.details["job_id"],
+        "gateway.submitted_request_id": ex.details["submitted_request_id"],
+        "gen_ai.operation.name": "invoke_agent",
+        "gen_ai.agent.name": ex.agent,
+    }
+    return _begin(tracer, f"invoke_agent {ex.agent}", parent, SpanKind.CONSUMER, attributes)
+
+
+def end_job(ex, began) -> None:
+    """The job run's outcome on its span (error code, agent, models, usage, cost), then end it."""
+    _end(ex, began, http=False)
+
+
+def _describe(span, ex, attributes: dict) -> None:
+    """What a request or a job run came to, on its span: who asked, which agent and models, usage, cost, error."""
+    key = ex.key
+    if key is not None:
+        attributes["gateway.client"] = key.client_slug
+    if ex.agent:
+        attributes["gateway.agent"] = ex.agent
+    if ex.cost_nanos:
+        attributes["gateway.cost_usd"] = ex.cost_nanos / 1e9
+    _gen_ai(attributes, ex, OPERATIONS.get(ex.path), ex.facts.requested or ex.model, ex.facts.route)
+    span.set_attributes(attributes)
+    _outcome(span, ex.error_type)
 
 
 def _route_of(ex) -> str:

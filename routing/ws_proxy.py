@@ -40,10 +40,11 @@ from django.conf import settings
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus, WebSocketException
 
+from gateway_project import tracing
 from gateway_project.errors import GatewayError, forbidden, not_found
 from gateway_project.logs import request_id
 from keys.access import authorize, presented_key
-from routing import access_log, upstream
+from routing import access_log, spans, upstream
 from routing.adapters import adapter_for
 from routing.adapters.base import ProviderAdapter
 from routing.admission import admit, settle
@@ -92,6 +93,7 @@ async def serve_session(scope: dict, receive, send) -> None:
     """Admit, connect, relay and settle one session; write exactly one audit record whatever happened."""
     ex = Exchange({**scope, "method": "WS"}, b"", False, send)
     request_id.set(ex.request_id)  # log lines written while it lasts name it
+    span = spans.begin_request(ex)  # the whole session, handshake to close
     traffic = Traffic()
     ticket = guard = None
     try:
@@ -146,7 +148,8 @@ async def serve_session(scope: dict, receive, send) -> None:
         if traffic.error == SESSION_DEADLINE:
             ex.details["session_deadline_seconds"] = settings.GATEWAY["MAX_SESSION_SECONDS"]
         ex.record()
-        access_log.line(ex, None)  # a session is not traced
+        access_log.line(ex, span)
+        spans.end_session(ex, span, traffic)
 
 
 async def _authorize(ex: Exchange) -> AgentRoute:
@@ -207,6 +210,8 @@ async def open_upstream(ex: Exchange, route: AgentRoute, scope: dict) -> ClientC
     ex.target = route.base_url
     raw = [(name, value) for name, value in ex.raw_headers if name not in NOT_FORWARDED]
     headers = upstream.passthrough_headers(raw, route, ex.request_id, ex.key.client_slug)
+    if tracing.tracer is not None:  # the session's span is the agent's parent, in place of the client's
+        headers = tracing.with_trace_headers(headers)
     try:
         return await connect(
             upstream_url(route, ex.query),

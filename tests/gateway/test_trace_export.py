@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
 
 import pytest
+from django.conf import settings
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 
-from tests.servers import Gateway, free_port
+from tests.servers import ROOT, Gateway, free_port, server_env, stop
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
@@ -114,3 +117,41 @@ def test_a_collector_that_is_down_costs_no_request_and_does_not_hold_the_shutdow
         assert gateway.stop() == 0
         agent.delete()
     assert time.monotonic() - started < 15  # the exporter's retries do not keep the workers from exiting
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="a worker needs the production profile's Redis broker")
+def test_a_job_run_by_a_celery_worker_is_exported_in_the_trace_of_the_request_that_queued_it(
+    canned, live_db, seeded, make_key, tmp_path
+):
+    """A prefork worker's pool process starts its own exporter with its first job, and sends what it holds as it
+    stops (batches would otherwise wait a minute here)."""
+    from tests.gateway.test_async_jobs import finished, submit
+
+    receiver = collector(canned)
+    otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "60000"}
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "gateway_project", "--quiet", "worker", "--pool", "prefork",
+             "-c", "1", "-n", f"traced-{uuid.uuid4().hex[:8]}@%h", "--without-gossip", "--without-mingle",
+             "--without-heartbeat"],
+            cwd=ROOT, env=server_env(CELERY_TASK_ALWAYS_EAGER="0", **otel), stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        gateway = Gateway(CELERY_TASK_ALWAYS_EAGER="0", **otel)
+        try:
+            with gateway.client(make_key()[0]) as client:
+                client.headers["traceparent"] = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
+                accepted = submit(client, **{"async": True})
+                job_id = accepted.json()["id"]
+                assert finished(client, job_id)["status"] == "succeeded"
+        finally:
+            assert gateway.stop() == 0
+            assert stop(worker, seconds=30) == 0, log_path.read_text()
+    spans = exported_spans(receiver)
+    (queued,) = [s for s in spans if s["attributes"].get("gateway.request_id") == accepted.headers["x-request-id"]
+                 and s["kind"] == 2]  # fmt: skip
+    (run,) = [s for s in spans if s["attributes"].get("gateway.job_id") == job_id]
+    assert run["name"] == "invoke_agent research" and run["kind"] == 5  # SPAN_KIND_CONSUMER
+    assert (run["trace_id"], run["parent_span_id"]) == (CLIENT_TRACE, queued["span_id"])
+    under = {s["name"] for s in spans if s["parent_span_id"] == run["span_id"]}
+    assert "gateway.settle" in under and len(under) >= 2, under

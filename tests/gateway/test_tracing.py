@@ -112,12 +112,12 @@ def agent(traced, provider_at):
 def spans_of(exporter, response) -> list:
     """The finished spans of the request that answered ``response``, once its server span has ended."""
     request_id = response.headers["x-request-id"]
+    return until(lambda: spans_of_id(exporter, request_id), f"the spans of {request_id}")
 
-    def finished():
-        found = [s for s in exporter.get_finished_spans() if s.attributes.get("gateway.request_id") == request_id]
-        return found if any(s.kind == SpanKind.SERVER for s in found) else None
 
-    return until(finished, f"the spans of {request_id}")
+def spans_of_id(exporter, request_id: str) -> list | None:
+    found = [s for s in exporter.get_finished_spans() if s.attributes.get("gateway.request_id") == request_id]
+    return found if any(s.kind == SpanKind.SERVER for s in found) else None
 
 
 def tree(spans) -> tuple:
@@ -409,3 +409,56 @@ def test_a_malformed_traceparent_is_ignored_and_the_request_starts_a_trace_of_it
         assert f"{server.parent.span_id:016x}" == value.split("-")[2]
     else:
         assert server.parent is None
+
+
+def test_a_queued_job_runs_as_a_span_in_the_trace_of_the_request_that_queued_it(traced, exporter, make_key):
+    """The request that queued the job and the job's run are one trace: the run a consumer span under the
+    request's server span, with the run's attempts and settle under it, and its outcome on it."""
+    from tests.gateway.test_async_jobs import finished, submit
+
+    client = traced.client(make_key()[0])
+    client.headers["traceparent"] = TRACEPARENT
+    accepted = submit(client, **{"async": True})
+    job_id = accepted.json()["id"]
+    assert finished(client, job_id)["status"] == "succeeded"
+    queued, _ = tree(spans_of(exporter, accepted))
+
+    def run_span():
+        found = [s for s in exporter.get_finished_spans() if s.attributes.get("gateway.job_id") == job_id]
+        return found or None
+
+    (run,) = until(run_span, "the job's span")
+    assert run.kind == SpanKind.CONSUMER and run.name == "invoke_agent research"
+    assert f"{run.context.trace_id:032x}" == CLIENT_TRACE
+    assert run.parent.span_id == queued.context.span_id
+    a = run.attributes
+    assert a["gateway.submitted_request_id"] == accepted.headers["x-request-id"]
+    assert a["gateway.request_id"] == uuid.UUID(job_id).hex  # the run's audit record
+    assert a["gen_ai.agent.name"] == a["gateway.agent"] == "research"
+    assert a["gen_ai.usage.output_tokens"] > 0 and run.status.status_code == StatusCode.UNSET
+    under = [s for s in exporter.get_finished_spans() if s.parent and s.parent.span_id == run.context.span_id]
+    assert min(under, key=lambda s: s.start_time).kind == SpanKind.CLIENT  # its attempt first
+    assert "gateway.settle" in {s.name for s in under}
+    assert all(s.attributes["gateway.request_id"] == a["gateway.request_id"] for s in under)
+
+
+def test_a_websocket_session_is_one_server_span_from_handshake_to_close(traced, exporter, make_key):
+    from websockets.sync.client import connect
+
+    raw, _ = make_key()
+    url = traced.url.replace("http://", "ws://") + "/agents/research/ws"
+    headers = {"Authorization": f"Bearer {raw}", "traceparent": TRACEPARENT}
+    with connect(url, additional_headers=headers, open_timeout=10) as ws:
+        ws.send("say hi")
+        assert ws.recv(timeout=10) == "hi"
+        session_id = ws.response.headers["x-request-id"]
+
+    session, children = tree(until(lambda: spans_of_id(exporter, session_id), "the session's span"))
+    assert session.name == "WS /agents/{agent}/{path}"
+    assert [s.name for s in children] == ["gateway.admission", "gateway.settle"]
+    assert f"{session.context.trace_id:032x}" == CLIENT_TRACE
+    a = session.attributes
+    assert a["http.response.status_code"] == 101 and a["gateway.agent"] == "research"
+    assert (a["gateway.ws.frames_in"], a["gateway.ws.frames_out"]) == (1, 1)
+    assert (a["gateway.ws.close_code"], a["gateway.ws.closed_by"]) == (1000, "client")
+    assert raw not in json.dumps(dict(a))
