@@ -74,6 +74,12 @@ def describe(error: BaseException) -> str:
     return clean_text(f"{type(error).__name__}: {error}", REASON_LENGTH)
 
 
+def headline(reason: str) -> str:
+    """A refusal's first line, for the log: PostgreSQL's DETAIL and CONTEXT lines quote the refused row (a prompt's
+    preview among its columns); the quarantine, which holds the row anyway, keeps the whole reason."""
+    return reason.partition("\n")[0]
+
+
 class BufferedWriter:
     def __init__(self):
         self._buffer: list = []
@@ -283,9 +289,9 @@ class BufferedWriter:
 
     def _set_aside(self, label: str, row: dict, reason: str) -> None:
         """Quarantine a row the database refused (or a spool line no one can read): the rows around it are written."""
-        log.error("setting aside a %s row: %s", label or "spooled", reason)
+        log.error("setting aside a %s row: %s", label or "spooled", headline(reason))
         if self._quarantine is None:
-            self._reject(label, row, f"{reason}; no quarantine is set")
+            self._reject(label, row, reason, "no quarantine is set")
         else:
             try:
                 with transaction.atomic():
@@ -293,18 +299,21 @@ class BufferedWriter:
             except Exception as error:
                 if not refused_for_its_data(error):
                     raise  # the database went away: the batch is spooled and tried again
-                self._reject(label, row, f"{reason}; the quarantine refused it too: {describe(error)}")
+                refused = describe(error)
+                why = f"the quarantine refused it too ({headline(refused)})"
+                self._reject(label, row, f"{reason}\nthe quarantine refused it too: {refused}", why)
         self.quarantined_total += 1
 
-    def _reject(self, label: str, row: dict, reason: str) -> None:
-        """Keep a row no table takes in a file (``Spool.reject``): the log names the file, never the row's text
-        (its previews are a prompt and an answer). Only if the file cannot be written either is the row logged."""
+    def _reject(self, label: str, row: dict, reason: str, why: str) -> None:
+        """Keep a row no table takes in a file (``Spool.reject``) with the whole ``reason``: the log says ``why``
+        and names the file, never the row's text (its previews are a prompt and an answer). Only if the file
+        cannot be written either is the row logged."""
         try:
             path = self.spool.reject(label, row, reason)
         except Exception:
-            log.exception("%s; the row could not be kept in a file either: %r", reason, row)
+            log.exception("%s; the row could not be kept in a file either: %r", why, row)
             return
-        log.error("%s; the row is kept in %s", reason, path)
+        log.error("%s; the row is kept in %s", why, path)
 
 
 def _not_yet_written(batch: list) -> list:
