@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 from prometheus_client import multiprocess
 from prometheus_client.mmap_dict import MmapedDict
+
+log = logging.getLogger("gateway.server")
 
 LOCK_FILE = ".scrape.lock"
 KINDS = ("counter", "histogram", "summary")  # summed at a scrape; live gauges go with their process
@@ -35,17 +38,27 @@ def directory_lock(directory: str | Path, *, exclusive: bool) -> Iterator[None]:
 
 
 def archive_dead_worker(directory: str | Path, pid: int) -> None:
-    """Move a dead process's values into the archive: its live gauges go, its counts and observations stay."""
+    """Move a dead process's values into the archive: its live gauges go, its counts and observations stay.
+
+    Never raises: the supervisor calls it between restarts, and a file it cannot read
+    (a worker killed halfway through growing it) stays where it is, logged, rather than
+    stop the supervisor and every worker with it.
+    """
     multiprocess.mark_process_dead(pid, str(directory))
     directory = Path(directory)
     with directory_lock(directory, exclusive=True):
         for kind in KINDS:
             dead = directory / f"{kind}_{pid}.db"
-            if not dead.exists():
+            try:
+                values = list(MmapedDict.read_all_values_from_file(str(dead)))  # all read before any is written
+            except FileNotFoundError:
+                continue
+            except Exception:
+                log.exception("metrics: %s of dead worker %d could not be read; left in place", dead.name, pid)
                 continue
             archive = MmapedDict(str(directory / f"{kind}_{ARCHIVE}.db"))
             try:
-                for key, value, timestamp, _position in MmapedDict.read_all_values_from_file(str(dead)):
+                for key, value, timestamp, _position in values:
                     total, _when = archive.read_value(key)
                     archive.write_value(key, total + value, timestamp)
             finally:

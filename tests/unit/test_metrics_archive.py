@@ -104,3 +104,15 @@ def test_the_plain_collector_reads_the_archive_the_same_way(tmp_path):
     plain = figures(multiprocess.MultiProcessCollector(None, str(tmp_path)))
     assert plain[("requests_total", (("k", "a"),))] == 5.0
     assert plain[("latency_seconds_count", ())] == 5.0
+
+
+def test_a_dead_workers_file_that_cannot_be_read_is_left_and_the_rest_archived(tmp_path, caplog):
+    """The supervisor archives between restarts: a damaged file (a worker killed as it grew it) is logged and left,
+    never an exception that would stop the supervisor and its workers."""
+    write_worker(tmp_path, 9, {"a": 4}, {"+Inf": 4})
+    damaged = tmp_path / "counter_9.db"
+    damaged.write_bytes((10**9).to_bytes(4, "little") + b"\0" * 60)  # says it holds a gigabyte
+    archive_dead_worker(tmp_path, 9)
+    assert damaged.exists() and "counter_9.db of dead worker 9 could not be read" in caplog.text
+    assert not (tmp_path / "histogram_9.db").exists() and (tmp_path / "histogram_archive.db").exists()
+    assert not (tmp_path / "gauge_livesum_9.db").exists()
