@@ -44,26 +44,32 @@ def archive_dead_worker(directory: str | Path, pid: int) -> None:
     (a worker killed halfway through growing it) stays where it is, logged, rather than
     stop the supervisor and every worker with it.
     """
-    multiprocess.mark_process_dead(pid, str(directory))
     directory = Path(directory)
-    with directory_lock(directory, exclusive=True):
-        for kind in KINDS:
-            dead = directory / f"{kind}_{pid}.db"
-            try:
-                values = list(MmapedDict.read_all_values_from_file(str(dead)))  # all read before any is written
-            except FileNotFoundError:
-                continue
-            except Exception:
-                log.exception("metrics: %s of dead worker %d could not be read; left in place", dead.name, pid)
-                continue
-            archive = MmapedDict(str(directory / f"{kind}_{ARCHIVE}.db"))
-            try:
-                for key, value, timestamp, _position in values:
-                    total, _when = archive.read_value(key)
-                    archive.write_value(key, total + value, timestamp)
-            finally:
-                archive.close()
-            dead.unlink()
+    try:
+        multiprocess.mark_process_dead(pid, str(directory))
+        with directory_lock(directory, exclusive=True):
+            for kind in KINDS:
+                _archive(directory / f"{kind}_{pid}.db", directory / f"{kind}_{ARCHIVE}.db", pid)
+    except OSError:  # the directory gone or not writable: its files stay, the supervisor goes on
+        log.exception("metrics: dead worker %d's files could not be archived", pid)
+
+
+def _archive(dead: Path, archive_path: Path, pid: int) -> None:
+    try:
+        values = list(MmapedDict.read_all_values_from_file(str(dead)))  # all read before any is written
+    except FileNotFoundError:
+        return
+    except Exception:
+        log.exception("metrics: %s of dead worker %d could not be read; left in place", dead.name, pid)
+        return
+    archive = MmapedDict(str(archive_path))
+    try:
+        for key, value, timestamp, _position in values:
+            total, _when = archive.read_value(key)
+            archive.write_value(key, total + value, timestamp)
+    finally:
+        archive.close()
+    dead.unlink()
 
 
 class ArchivingAwareCollector(multiprocess.MultiProcessCollector):

@@ -116,3 +116,8 @@ def test_a_dead_workers_file_that_cannot_be_read_is_left_and_the_rest_archived(t
     assert damaged.exists() and "counter_9.db of dead worker 9 could not be read" in caplog.text
     assert not (tmp_path / "histogram_9.db").exists() and (tmp_path / "histogram_archive.db").exists()
     assert not (tmp_path / "gauge_livesum_9.db").exists()
+
+
+def test_archiving_into_a_directory_that_is_gone_logs_and_returns(tmp_path, caplog):
+    archive_dead_worker(tmp_path / "gone", 9)
+    assert "dead worker 9's files could not be archived" in caplog.text
