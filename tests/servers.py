@@ -90,8 +90,11 @@ def server_env(**extra) -> dict[str, str]:
         GATEWAY_FLUSH_SECONDS="0.05",
         GATEWAY_MAX_BODY_BYTES="65536",
         GATEWAY_LOG_LEVEL="WARNING",
-        # Every test calls from 127.0.0.1: tests of the failed-authentication limit set their own.
+        # Every test calls from 127.0.0.1, and under Redis every server and the tests share one count: tests of the
+        # failed-authentication limit and of the sign-in throttle set their own.
         GATEWAY_AUTH_FAILURES_PER_MINUTE="100000",
+        GATEWAY_LOGIN_RATE="100000/m",
+        GATEWAY_LOGIN_USERNAME_RATE="100000/h",
         # Identity providers' tests rotate keys: a token with a new key id fetches the key set again at once.
         GATEWAY_JWKS_MIN_REFETCH_SECONDS="0.2",
         PYTHONUNBUFFERED="1",
