@@ -12,6 +12,7 @@ import time
 import uuid
 from decimal import Decimal
 
+import freezegun
 import hypothesis
 import pytest
 from django.conf import settings
@@ -23,6 +24,8 @@ from tests.waiting import until, wait_for  # the audit writer is asynchronous by
 # 200 ms deadline fail tests that were right).
 hypothesis.settings.register_profile("gateway", deadline=None)
 hypothesis.settings.load_profile("gateway")
+# pytest times each test with time.perf_counter: a frozen clock made --durations report billions of seconds.
+freezegun.configure(extend_ignore_list=["_pytest"])
 
 # Agents every gateway test can use; the mock upstream answers for all of them.
 SPECIAL_AGENTS = [
